@@ -1,0 +1,134 @@
+//! Strict JSON bodies: `application/json` only, at most [`BODY_LIMIT`] bytes, unknown fields and
+//! wrong types rejected with a 400 that names the problem. Also the canonical form used to
+//! fingerprint a request for idempotency.
+
+use actix_web::HttpRequest;
+use actix_web::http::header;
+use actix_web::web;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::problem::CommonError;
+
+/// The contract's body limit.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// A parsed body and the bytes it came from.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: web::Bytes,
+}
+
+/// Reads and parses a JSON body, refusing anything the contract does not allow.
+pub async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<JsonBody<T>, CommonError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(CommonError::UnsupportedMediaType);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(CommonError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| CommonError::InvalidRequest(format!("could not read the body: {e}")))?;
+        if buf.len() + chunk.len() > BODY_LIMIT {
+            return Err(CommonError::PayloadTooLarge { limit: BODY_LIMIT });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let raw = buf.freeze();
+    let value = parse(&raw)?;
+    Ok(JsonBody { value, raw })
+}
+
+/// Parses with a message that tells a client what to fix.
+pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CommonError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        use serde_json::error::Category;
+        let what = match e.classify() {
+            Category::Syntax | Category::Eof => "malformed JSON",
+            Category::Data => "invalid body",
+            Category::Io => "unreadable body",
+        };
+        CommonError::InvalidRequest(format!("{what}: {e}"))
+    })
+}
+
+/// SHA-256 over method, path and the canonical JSON of the body (object keys sorted, no
+/// insignificant whitespace), so that key order and spacing do not make two requests differ.
+pub fn fingerprint(method: &str, path: &str, raw: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| serde_json::to_vec(&v).ok())
+        .unwrap_or_else(|| raw.to_vec());
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(b" ");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&canonical);
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_whitespace() {
+        let a = fingerprint("POST", "/checkout", br#"{"itemId":1,"quantity":2}"#);
+        let b = fingerprint("POST", "/checkout", br#"{ "quantity": 2, "itemId": 1 }"#);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn fingerprint_differs_by_payload_method_and_path() {
+        let base = fingerprint("POST", "/checkout", br#"{"itemId":1}"#);
+        assert_ne!(base, fingerprint("POST", "/checkout", br#"{"itemId":2}"#));
+        assert_ne!(base, fingerprint("PUT", "/checkout", br#"{"itemId":1}"#));
+        assert_ne!(base, fingerprint("POST", "/reserve", br#"{"itemId":1}"#));
+    }
+
+    #[test]
+    fn parse_errors_say_what_was_wrong() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            a: u32,
+        }
+        let e = parse::<T>(b"{").unwrap_err().to_string();
+        assert!(e.contains("malformed JSON"), "{e}");
+        let e = parse::<T>(br#"{"a":"x"}"#).unwrap_err().to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = parse::<T>(br#"{"a":1,"b":2}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `b`"), "{e}");
+    }
+}

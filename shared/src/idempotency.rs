@@ -1,0 +1,437 @@
+//! `Idempotency-Key` handling, after draft-ietf-httpapi-idempotency-key-header and Stripe.
+//!
+//! One record per (service, endpoint, key) in Redis, decided by one Lua script so that two
+//! concurrent requests can never both see "new":
+//! - new → "running", with the request fingerprint, an owner token and a lease;
+//! - running, lease live → 409 `idempotency-key-in-use` with `Retry-After`;
+//! - running, lease run out (its owner died) → taken over by this request, same token;
+//! - done → the stored status, headers and body, byte for byte, `Idempotent-Replayed: true`;
+//! - different fingerprint → 422 `idempotency-key-reused`.
+//!
+//! The business effect is recorded with its own idempotency marker in the script that applies
+//! it (in the effect's hash slot), so a crash between the effect and [`IdempotencyStore::finish`]
+//! leaves a running record whose lease runs out, and the retry finds the effect already done.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use deadpool_redis::Pool;
+use redis::Script;
+use serde::Serialize;
+
+use crate::problem::{CommonError, PROBLEM_JSON, Problem};
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Validates the header: 1–255 printable ASCII characters, no spaces.
+pub fn key_from(req: &HttpRequest) -> Result<String, CommonError> {
+    let Some(value) = req.headers().get(HEADER) else {
+        return Err(CommonError::IdempotencyKeyMissing);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(CommonError::IdempotencyKeyInvalid);
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// A response as stored for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub location: Option<String>,
+}
+
+impl StoredResponse {
+    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
+        Self {
+            status: status.as_u16(),
+            content_type: "application/json".into(),
+            body: serde_json::to_vec(value).unwrap_or_default(),
+            location: None,
+        }
+    }
+
+    pub fn problem(problem: &Problem) -> Self {
+        Self {
+            status: problem.status.as_u16(),
+            content_type: PROBLEM_JSON.into(),
+            body: problem.body(),
+            location: None,
+        }
+    }
+
+    pub fn with_location(mut self, location: String) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn to_response(&self, replayed: bool) -> HttpResponse {
+        let mut builder = HttpResponseBuilder::new(self.status());
+        if let Ok(v) = HeaderValue::from_str(&self.content_type) {
+            builder.insert_header((header::CONTENT_TYPE, v));
+        }
+        if let Some(loc) = self
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            builder.insert_header((header::LOCATION, loc));
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE || self.status() == StatusCode::ACCEPTED
+        {
+            builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if replayed {
+            builder.insert_header((
+                HeaderName::from_static(REPLAYED_HEADER),
+                HeaderValue::from_static("true"),
+            ));
+        }
+        builder.body(self.body.clone())
+    }
+}
+
+/// What [`IdempotencyStore::begin`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Execute. `resumed` when a previous owner's lease ran out; `token` is then the previous one.
+    Execute {
+        token: String,
+        resumed: bool,
+    },
+    Replay(StoredResponse),
+    InUse {
+        retry_after_ms: u64,
+    },
+    Reused,
+}
+
+/// How a finished execution leaves its key.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A definitive answer: stored and replayed to every retry.
+    Store(StoredResponse),
+    /// A transient failure whose effects were undone: the key is freed for a retry.
+    Free(StoredResponse),
+    /// Still unresolved (work goes on, or its result is unknown): the key stays locked until its
+    /// lease runs out, so a retry cannot start a second execution.
+    Hold(StoredResponse),
+}
+
+impl Outcome {
+    /// The contract's default: 2xx–4xx answers are definitive, 5xx free the key.
+    pub fn by_status(resp: StoredResponse) -> Self {
+        if resp.status < 500 {
+            Self::Store(resp)
+        } else {
+            Self::Free(resp)
+        }
+    }
+
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Self::Store(r) | Self::Free(r) | Self::Hold(r) => r,
+        }
+    }
+}
+
+// Decides new / replay / in-use / reused / take-over in one step; TIME keeps one clock for all
+// replicas. Fields: state, fp, token, lease (ms), status, ctype, body, location.
+static BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rec = redis.call('HMGET', KEYS[1], 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
+local lease_ms = tonumber(ARGV[3])
+if not rec[1] then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'fp', ARGV[1], 'token', ARGV[2], 'lease', now + lease_ms)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {'new', ARGV[2]}
+end
+if rec[2] ~= ARGV[1] then return {'reused'} end
+if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
+local lease = tonumber(rec[3]) or 0
+if lease > now then return {'busy', tostring(lease - now)} end
+redis.call('HSET', KEYS[1], 'lease', now + lease_ms)
+return {'resume', rec[4]}
+"#,
+    )
+});
+
+// Stores the final response unless another owner already did. A vanished record (expired, or
+// lost with a Redis restart) is written again so the answer is still replayed.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
+if rec[1] == 'done' then return 0 end
+if rec[2] and rec[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'fp', ARGV[2], 'token', ARGV[1], 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5], 'location', ARGV[6])
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+"#,
+    )
+});
+
+// Frees the key only for its owner and only while running.
+static FREE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
+if rec[1] == 'running' and rec[2] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
+// Extends the owner's lease while it is still working.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
+if rec[1] ~= 'running' or rec[2] ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[2]))
+return 1
+"#,
+    )
+});
+
+/// A key's record, scoped per service and endpoint.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    redis_key: String,
+    fingerprint: String,
+}
+
+impl KeyRef {
+    /// `scope` is `service:endpoint`, e.g. `stock:reserve`.
+    pub fn new(scope: &str, key: &str, fingerprint: String) -> Self {
+        // The hash tag covers scope and key: each record is its own slot on Redis Cluster.
+        Self {
+            redis_key: format!("idem:{{{scope}:{key}}}"),
+            fingerprint,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    pool: Pool,
+    ttl: Duration,
+    lease: Duration,
+}
+
+impl IdempotencyStore {
+    pub fn new(pool: Pool, ttl: Duration, lease: Duration) -> Self {
+        Self { pool, ttl, lease }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
+        let mut conn = self.pool.get().await?;
+        let reply: Vec<redis::Value> = BEGIN
+            .key(&key.redis_key)
+            .arg(&key.fingerprint)
+            .arg(new_token)
+            .arg(self.lease.as_millis() as u64)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let text = |i: usize| -> String {
+            match reply.get(i) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                Some(redis::Value::Int(n)) => n.to_string(),
+                _ => String::new(),
+            }
+        };
+        let bytes = |i: usize| -> Vec<u8> {
+            match reply.get(i) {
+                Some(redis::Value::BulkString(b)) => b.clone(),
+                _ => Vec::new(),
+            }
+        };
+        Ok(match text(0).as_str() {
+            "new" => Begin::Execute {
+                token: text(1),
+                resumed: false,
+            },
+            "resume" => Begin::Execute {
+                token: text(1),
+                resumed: true,
+            },
+            "busy" => Begin::InUse {
+                retry_after_ms: text(1).parse().unwrap_or(1000),
+            },
+            "reused" => Begin::Reused,
+            "replay" => {
+                let location = text(4);
+                Begin::Replay(StoredResponse {
+                    status: text(1).parse().unwrap_or(500),
+                    content_type: text(2),
+                    body: bytes(3),
+                    location: (!location.is_empty()).then_some(location),
+                })
+            }
+            other => {
+                return Err(CommonError::Internal(format!(
+                    "idempotency script answered {other:?}"
+                )));
+            }
+        })
+    }
+
+    pub async fn finish(
+        &self,
+        key: &KeyRef,
+        token: &str,
+        resp: &StoredResponse,
+    ) -> Result<(), CommonError> {
+        let mut conn = self.pool.get().await?;
+        let _: i64 = FINISH
+            .key(&key.redis_key)
+            .arg(token)
+            .arg(&key.fingerprint)
+            .arg(resp.status)
+            .arg(&resp.content_type)
+            .arg(&resp.body[..])
+            .arg(resp.location.as_deref().unwrap_or(""))
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
+        let mut conn = self.pool.get().await?;
+        let _: i64 = FREE
+            .key(&key.redis_key)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn renew(&self, key: &KeyRef, token: &str) -> Result<bool, CommonError> {
+        let mut conn = self.pool.get().await?;
+        let renewed: i64 = RENEW
+            .key(&key.redis_key)
+            .arg(token)
+            .arg(self.lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Records the outcome and renders it. A failure to record is logged, not returned: the
+    /// record stays "running" until its lease runs out, and the effect's own marker makes the
+    /// retry safe.
+    pub async fn settle(&self, key: &KeyRef, token: &str, outcome: Outcome) -> HttpResponse {
+        let result = match &outcome {
+            Outcome::Store(resp) => self.finish(key, token, resp).await,
+            Outcome::Free(_) => self.free(key, token).await,
+            Outcome::Hold(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the idempotency outcome; the lease will expire");
+        }
+        outcome.response().to_response(false)
+    }
+
+    /// The usual flow for an endpoint: decide, execute when told to, settle.
+    pub async fn run<F, Fut>(&self, key: &KeyRef, execute: F) -> Result<HttpResponse, CommonError>
+    where
+        F: FnOnce(String, bool) -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let fresh = crate::ids::new_id("op");
+        match self.begin(key, &fresh).await? {
+            Begin::Replay(stored) => {
+                crate::metrics::idempotency_event("replay");
+                Ok(stored.to_response(true))
+            }
+            Begin::InUse { retry_after_ms } => {
+                crate::metrics::idempotency_event("in_use");
+                Err(CommonError::IdempotencyKeyInUse {
+                    retry_after: retry_after_ms.div_ceil(1000),
+                })
+            }
+            Begin::Reused => {
+                crate::metrics::idempotency_event("reused");
+                Err(CommonError::IdempotencyKeyReused)
+            }
+            Begin::Execute { token, resumed } => {
+                let outcome = execute(token.clone(), resumed).await;
+                Ok(self.settle(key, &token, outcome).await)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn keys_must_be_printable_ascii_without_spaces() {
+        let ok = TestRequest::default()
+            .insert_header((HEADER, "order-123_ABC:x"))
+            .to_http_request();
+        assert_eq!(key_from(&ok).ok().as_deref(), Some("order-123_ABC:x"));
+        let missing = TestRequest::default().to_http_request();
+        assert!(matches!(
+            key_from(&missing),
+            Err(CommonError::IdempotencyKeyMissing)
+        ));
+        let spaced = TestRequest::default()
+            .insert_header((HEADER, "a b"))
+            .to_http_request();
+        assert!(matches!(
+            key_from(&spaced),
+            Err(CommonError::IdempotencyKeyInvalid)
+        ));
+        let long = TestRequest::default()
+            .insert_header((HEADER, "k".repeat(256)))
+            .to_http_request();
+        assert!(matches!(
+            key_from(&long),
+            Err(CommonError::IdempotencyKeyInvalid)
+        ));
+        let max = TestRequest::default()
+            .insert_header((HEADER, "k".repeat(255)))
+            .to_http_request();
+        assert!(key_from(&max).is_ok());
+    }
+
+    #[test]
+    fn only_server_errors_free_the_key_by_default() {
+        let r = |s: u16| StoredResponse {
+            status: s,
+            content_type: "application/json".into(),
+            body: vec![],
+            location: None,
+        };
+        assert!(matches!(Outcome::by_status(r(201)), Outcome::Store(_)));
+        assert!(matches!(Outcome::by_status(r(409)), Outcome::Store(_)));
+        assert!(matches!(Outcome::by_status(r(503)), Outcome::Free(_)));
+    }
+}

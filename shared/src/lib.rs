@@ -1,0 +1,31 @@
+//! Mechanisms every checkout service shares; the business rules live in the services.
+//!
+//! Layout:
+//! - [`config`]: environment-driven settings with documented defaults, read once at start-up.
+//! - [`problem`]: RFC 9457 problem+json, the only error shape a client ever sees.
+//! - [`request_id`]: `X-Request-ID` propagation, used as each problem's `instance`.
+//! - [`body`]: bounded, strict JSON body reading and the request fingerprint.
+//! - [`idempotency`]: the Redis-backed `Idempotency-Key` store and its HTTP flow.
+//! - [`redis_pool`]: connection pool setup and readiness checks.
+//! - [`http_client`]: the retrying client services use to call each other.
+//! - [`auth`]: the internal bearer token check.
+//! - [`metrics`], [`ops`], [`telemetry`]: `/metrics`, `/health`, `/ready`, `/openapi.json`, logs.
+//! - [`ids`]: shard selection for hash-tagged keys.
+//! - [`server`]: builds and runs an actix server the same way for `main` and for tests.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod http_client;
+pub mod idempotency;
+pub mod ids;
+pub mod metrics;
+pub mod ops;
+pub mod problem;
+pub mod redis_pool;
+pub mod request_id;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+
+pub use problem::{CommonError, Problem};

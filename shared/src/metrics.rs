@@ -1,0 +1,163 @@
+//! Prometheus metrics: one registry per process, rendered at `/metrics`.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    idempotency: Family<Labels, Counter>,
+    events: Family<Labels, Counter>,
+    attempts: Family<Labels, Counter>,
+    pool: Family<Labels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let requests = Family::<Labels, Counter>::default();
+    let latency =
+        Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+    let idempotency = Family::<Labels, Counter>::default();
+    let events = Family::<Labels, Counter>::default();
+    let attempts = Family::<Labels, Counter>::default();
+    let pool = Family::<Labels, Gauge>::default();
+    registry.register(
+        "http_requests",
+        "HTTP requests by route, method and status",
+        requests.clone(),
+    );
+    registry.register(
+        "http_request_duration_seconds",
+        "HTTP request latency by route and method",
+        latency.clone(),
+    );
+    registry.register(
+        "idempotency_events",
+        "Idempotency-Key replays, in-use conflicts and reuses",
+        idempotency.clone(),
+    );
+    registry.register(
+        "business_events",
+        "Business outcomes: checkouts, compensations, reservations, charges",
+        events.clone(),
+    );
+    registry.register(
+        "downstream_attempts",
+        "Calls to other services, one per attempt, by result",
+        attempts.clone(),
+    );
+    registry.register(
+        "redis_pool_connections",
+        "Redis pool connections by state",
+        pool.clone(),
+    );
+    Metrics {
+        registry,
+        requests,
+        latency,
+        idempotency,
+        events,
+        attempts,
+        pool,
+    }
+});
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn idempotency_event(event: &str) {
+    METRICS
+        .idempotency
+        .get_or_create(&labels(&[("event", event)]))
+        .inc();
+}
+
+/// A business outcome, e.g. `("checkout", "completed")` or `("compensation", "refund")`.
+pub fn event(kind: &str, outcome: &str) {
+    METRICS
+        .events
+        .get_or_create(&labels(&[("kind", kind), ("outcome", outcome)]))
+        .inc();
+}
+
+pub fn attempt(dependency: &str, result: &str) {
+    METRICS
+        .attempts
+        .get_or_create(&labels(&[("dependency", dependency), ("result", result)]))
+        .inc();
+}
+
+pub fn render(pool: Option<&deadpool_redis::Pool>) -> String {
+    if let Some(pool) = pool {
+        let status = pool.status();
+        METRICS
+            .pool
+            .get_or_create(&labels(&[("state", "in_use")]))
+            .set((status.size - status.available) as i64);
+        METRICS
+            .pool
+            .get_or_create(&labels(&[("state", "idle")]))
+            .set(status.available as i64);
+        METRICS
+            .pool
+            .get_or_create(&labels(&[("state", "waiting")]))
+            .set(status.waiting as i64);
+    }
+    let mut out = String::new();
+    if encode(&mut out, &METRICS.registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Counts and times every request by its route pattern (not its raw path, which would let
+/// clients create unbounded label values).
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16().to_string();
+    METRICS
+        .requests
+        .get_or_create(&labels(&[
+            ("route", &route),
+            ("method", &method),
+            ("status", &status),
+        ]))
+        .inc();
+    METRICS
+        .latency
+        .get_or_create(&labels(&[("route", &route), ("method", &method)]))
+        .observe(started.elapsed().as_secs_f64());
+    Ok(res)
+}

@@ -1,0 +1,47 @@
+//! Operations endpoints every service serves: `/health`, `/ready`, `/metrics`, `/openapi.json`.
+
+use actix_web::{HttpResponse, web};
+use deadpool_redis::Pool;
+use serde_json::json;
+
+#[derive(Clone)]
+pub struct Ops {
+    pub pool: Pool,
+    /// The service's OpenAPI document, rendered once at start-up.
+    pub openapi: std::sync::Arc<String>,
+}
+
+pub fn configure(ops: Ops) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(ops))
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
+            .route("/openapi.json", web::get().to(openapi));
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn ready(ops: web::Data<Ops>) -> HttpResponse {
+    if crate::redis_pool::is_ready(&ops.pool).await {
+        HttpResponse::Ok().json(json!({"status": "ok", "checks": {"redis": "ok"}}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "unavailable", "checks": {"redis": "unavailable"}}))
+    }
+}
+
+async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render(Some(&ops.pool)))
+}
+
+async fn openapi(ops: web::Data<Ops>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(ops.openapi.as_str().to_owned())
+}

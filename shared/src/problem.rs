@@ -1,0 +1,269 @@
+//! RFC 9457 problem+json: the one error shape clients see. Services map their own error enum to a
+//! [`Problem`] in a single `match`; the conditions every service shares are [`CommonError`].
+
+use std::sync::OnceLock;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use serde_json::{Map, Value};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+static TYPE_BASE: OnceLock<String> = OnceLock::new();
+
+/// Sets the base of every problem `type`; called once at start-up (later calls are ignored).
+pub fn set_type_base(base: &str) {
+    let _ = TYPE_BASE.set(base.to_string());
+}
+
+fn type_base() -> &'static str {
+    TYPE_BASE
+        .get()
+        .map(String::as_str)
+        .unwrap_or("https://checkout.example/problems/")
+}
+
+/// A problem about to be rendered: slug, status, human text and extension members.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// The JSON body, with `instance` set to the current request id.
+    pub fn body(&self) -> Vec<u8> {
+        let mut obj = Map::new();
+        obj.insert(
+            "type".into(),
+            Value::String(format!("{}{}", type_base(), self.slug)),
+        );
+        obj.insert("title".into(), Value::String(self.title.into()));
+        obj.insert("status".into(), Value::from(self.status.as_u16()));
+        obj.insert("detail".into(), Value::String(self.detail.clone()));
+        obj.insert(
+            "instance".into(),
+            Value::String(crate::request_id::current()),
+        );
+        for (k, v) in &self.extensions {
+            obj.insert(k.clone(), v.clone());
+        }
+        serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
+    }
+
+    pub fn response(&self) -> HttpResponse {
+        let mut builder = HttpResponseBuilder::new(self.status);
+        builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if let Some(secs) = self.retry_after {
+            builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        builder.body(self.body())
+    }
+}
+
+/// Conditions every service shares. Each service's error enum wraps this in one variant.
+#[derive(Debug, thiserror::Error)]
+pub enum CommonError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("Idempotency-Key header missing")]
+    IdempotencyKeyMissing,
+    #[error("Idempotency-Key header invalid")]
+    IdempotencyKeyInvalid,
+    #[error("Idempotency-Key in use")]
+    IdempotencyKeyInUse { retry_after: u64 },
+    #[error("Idempotency-Key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("dependency unavailable: {0}")]
+    DependencyUnavailable(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CommonError {
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::InvalidRequest(detail) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+                detail.clone(),
+            ),
+            Self::PayloadTooLarge { limit } => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                format!("the request body exceeds the limit of {limit} bytes"),
+            ),
+            Self::UnsupportedMediaType => Problem::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as JSON with Content-Type: application/json",
+            ),
+            Self::IdempotencyKeyMissing => Problem::new(
+                S::BAD_REQUEST,
+                "idempotency-key-missing",
+                "Idempotency-Key missing",
+                "this request changes state and needs an Idempotency-Key header",
+            ),
+            Self::IdempotencyKeyInvalid => Problem::new(
+                S::BAD_REQUEST,
+                "idempotency-key-invalid",
+                "Idempotency-Key invalid",
+                "the Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+            ),
+            Self::IdempotencyKeyInUse { retry_after } => Problem::new(
+                S::CONFLICT,
+                "idempotency-key-in-use",
+                "Idempotency-Key in use",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            )
+            .retry_after(*retry_after),
+            Self::IdempotencyKeyReused => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request; use a new key for a new request",
+            ),
+            Self::Unauthorized => Problem::new(
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "this endpoint needs Authorization: Bearer <internal token>",
+            ),
+            Self::NotFound(detail) => {
+                Problem::new(S::NOT_FOUND, "not-found", "Not found", detail.clone())
+            }
+            Self::MethodNotAllowed => Problem::new(
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this method is not supported on this path",
+            ),
+            Self::DependencyUnavailable(detail) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "dependency-unavailable",
+                "Dependency unavailable",
+                detail.clone(),
+            )
+            .retry_after(1),
+            // Redis trouble is transient for the client: nothing was committed that the
+            // idempotency record does not also know about, so a retry is safe.
+            Self::Redis(_) | Self::Pool(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "dependency-unavailable",
+                "Dependency unavailable",
+                "the data store is unavailable; retry later",
+            )
+            .retry_after(1),
+            Self::Internal(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "Internal error",
+                "an unexpected error occurred; it has been logged",
+            ),
+        }
+    }
+
+    /// Logs the whole cause once, at the boundary, for the failures a client cannot explain.
+    pub fn log(&self) {
+        match self {
+            Self::Redis(_) | Self::Pool(_) | Self::Internal(_) | Self::DependencyUnavailable(_) => {
+                tracing::error!(error = %self, "request failed");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl actix_web::ResponseError for CommonError {
+    fn status_code(&self) -> StatusCode {
+        self.problem().status
+    }
+    fn error_response(&self) -> HttpResponse {
+        self.log();
+        self.problem().response()
+    }
+}
+
+/// Turns every error response that is not already problem+json (actix's own 404/405, extractor
+/// failures) into one, so a client never sees a plain-text error.
+pub fn problemize<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let problem = match status {
+        StatusCode::NOT_FOUND => CommonError::NotFound("no resource at this path".into()).problem(),
+        StatusCode::METHOD_NOT_ALLOWED => CommonError::MethodNotAllowed.problem(),
+        StatusCode::PAYLOAD_TOO_LARGE => CommonError::PayloadTooLarge {
+            limit: crate::body::BODY_LIMIT,
+        }
+        .problem(),
+        s if s.is_client_error() => CommonError::InvalidRequest(
+            s.canonical_reason()
+                .unwrap_or("bad request")
+                .to_ascii_lowercase(),
+        )
+        .problem(),
+        _ => CommonError::Internal(String::new()).problem(),
+    };
+    let (req, _) = res.into_parts();
+    let res = actix_web::dev::ServiceResponse::new(req, problem.response()).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}

@@ -1,0 +1,31 @@
+//! Starts a service the same way from `main` and from tests: settings, telemetry, Redis, then
+//! an actix server with the shared middleware around the service's routes.
+
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use crate::config::CommonSettings;
+use crate::ops::Ops;
+
+/// The middleware and operations routes every service wears, outermost first: request id,
+/// metrics, problem+json for stray errors.
+pub async fn serve<F>(settings: &CommonSettings, ops: Ops, routes: F) -> std::io::Result<()>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let bind = (settings.host.clone(), settings.port);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(ErrorHandlers::new().default_handler(crate::problem::problemize))
+            .wrap(from_fn(crate::metrics::middleware))
+            .wrap(from_fn(crate::request_id::middleware))
+            .configure(crate::ops::configure(ops.clone()))
+            .configure(routes.clone())
+    })
+    .workers(settings.workers)
+    .backlog(4096)
+    .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
+    .bind(bind)?;
+    tracing::info!(service = settings.service, host = %settings.host, port = settings.port, "listening");
+    server.run().await
+}

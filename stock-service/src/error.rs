@@ -1,0 +1,94 @@
+//! The stock service's errors and their one mapping to problem+json.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use shared::{CommonError, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    #[error(transparent)]
+    Common(#[from] CommonError),
+    #[error("item {0} not found")]
+    ItemNotFound(String),
+    #[error("item {item_id}: {requested} requested, {available} available")]
+    OutOfStock {
+        item_id: u64,
+        requested: u32,
+        available: i64,
+    },
+    #[error("reservation {0} not found")]
+    ReservationNotFound(String),
+    #[error("reservation {0} is completed")]
+    ReservationCompleted(String),
+    #[error("reservation {0} was released or expired")]
+    ReservationReleased(String),
+}
+
+impl From<redis::RedisError> for StockError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Common(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for StockError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Common(e.into())
+    }
+}
+
+impl StockError {
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::Common(e) => e.problem(),
+            Self::ItemNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "item-not-found",
+                "Item not found",
+                format!("no item with id {id}"),
+            ),
+            Self::OutOfStock {
+                item_id,
+                requested,
+                available,
+            } => Problem::new(
+                S::CONFLICT,
+                "out-of-stock",
+                "Out of stock",
+                format!("item {item_id} has {available} units available, {requested} requested"),
+            )
+            .with("itemId", *item_id)
+            .with("available", *available),
+            Self::ReservationNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "reservation-not-found",
+                "Reservation not found",
+                format!("no reservation with id {id}"),
+            ),
+            Self::ReservationCompleted(id) => Problem::new(
+                S::CONFLICT,
+                "reservation-completed",
+                "Reservation completed",
+                format!("reservation {id} is already completed and cannot be released"),
+            ),
+            Self::ReservationReleased(id) => Problem::new(
+                S::CONFLICT,
+                "reservation-released",
+                "Reservation released",
+                format!("reservation {id} was released or expired and cannot be completed"),
+            ),
+        }
+    }
+}
+
+impl ResponseError for StockError {
+    fn status_code(&self) -> StatusCode {
+        self.problem().status
+    }
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Common(e) = self {
+            e.log();
+        }
+        self.problem().response()
+    }
+}

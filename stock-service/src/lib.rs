@@ -1,0 +1,88 @@
+//! Stock service: items and reservations in Redis. Never oversells: every change of an item's
+//! counts is one Lua script on that item's hash slot, and `available + reserved + sold` is the
+//! same before and after each.
+//!
+//! Layout: [`config`] settings, [`error`] the one error enum, [`store`] Redis scripts and reads,
+//! [`routes`] HTTP handlers, [`model`] request and response bodies, [`expiry`] the sweeper that
+//! returns lapsed reservations to `available`.
+
+pub mod config;
+pub mod error;
+pub mod expiry;
+pub mod model;
+pub mod routes;
+pub mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use shared::idempotency::IdempotencyStore;
+use shared::ops::Ops;
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub idempotency: IdempotencyStore,
+}
+
+pub async fn main_entry() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stock-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = shared::telemetry::init("stock-service", &settings.common.log_format);
+    match run(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stock-service stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(settings: Settings) -> Result<(), String> {
+    shared::problem::set_type_base(&settings.common.problem_type_base);
+    if settings.common.uses_default_token() {
+        tracing::warn!(
+            "INTERNAL_TOKEN is the development default; set a secret outside development"
+        );
+    }
+    let pool = shared::redis_pool::create(&settings.common)?;
+    let store = Store::new(
+        pool.clone(),
+        settings.reservation_ttl,
+        settings.common.idempotency_ttl,
+    );
+    if settings.seed_demo {
+        // Redis may still be starting: seeding is retried by the sweeper loop until it succeeds.
+        if let Err(e) = store.seed_demo(settings.seed_units).await {
+            tracing::warn!(error = %e, "demo seed deferred: redis not reachable yet");
+        }
+    }
+    let settings = Arc::new(settings);
+    tokio::spawn(expiry::sweep_forever(store.clone(), settings.clone()));
+    let state = AppState {
+        settings: settings.clone(),
+        store,
+        idempotency: IdempotencyStore::new(
+            pool.clone(),
+            settings.common.idempotency_ttl,
+            settings.common.idempotency_lease,
+        ),
+    };
+    let ops = Ops {
+        pool,
+        openapi: Arc::new(routes::openapi_json()),
+    };
+    shared::server::serve(&settings.common, ops, routes::configure(state))
+        .await
+        .map_err(|e| e.to_string())
+}

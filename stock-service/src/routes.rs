@@ -1,0 +1,283 @@
+//! HTTP handlers. Reads are public; writes need the internal token and, when they are POSTs,
+//! an Idempotency-Key.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use shared::body::{self, JsonBody};
+use shared::idempotency::{self, KeyRef, Outcome, StoredResponse};
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::StockError;
+use crate::model::{
+    Item, MAX_AVAILABLE, MAX_PRICE, MAX_QUANTITY, PutItemRequest, ReservationRef,
+    ReservationResponse, ReservationStatus, ReserveRequest, valid_currency,
+};
+use crate::store::{ReserveOutcome, TransitionOutcome};
+
+pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state.clone()))
+            .service(web::resource("/items").get(list_items))
+            .service(web::resource("/items/{id}").get(get_item).put(put_item))
+            .service(web::resource("/reserve").post(reserve_stock))
+            .service(web::resource("/release").post(release_reservation))
+            .service(web::resource("/complete").post(complete_reservation));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "stock-service", description = "Items and reservations. Every error is application/problem+json."),
+    servers((url = "/stock")),
+    paths(list_items, get_item, put_item, reserve_stock, release_reservation, complete_reservation),
+    components(schemas(Item, PutItemRequest, ReserveRequest, ReservationResponse, ReservationRef, ReservationStatus))
+)]
+struct ApiDoc;
+
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}
+
+/// Item ids in paths are positive integers; anything else names no item.
+fn parse_item_id(raw: &str) -> Result<u64, StockError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
+}
+
+/// A handler's result as the response to store: definitive answers are kept, 5xx free the key.
+fn outcome(result: Result<StoredResponse, StockError>) -> Outcome {
+    match result {
+        Ok(resp) => Outcome::by_status(resp),
+        Err(e) => {
+            if let StockError::Common(c) = &e {
+                c.log();
+            }
+            Outcome::by_status(StoredResponse::problem(&e.problem()))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/items", responses((status = 200, body = [Item])))]
+async fn list_items(state: web::Data<AppState>) -> Result<HttpResponse, StockError> {
+    Ok(HttpResponse::Ok().json(state.store.list_items().await?))
+}
+
+#[utoipa::path(get, path = "/items/{id}", responses((status = 200, body = Item), (status = 404, description = "item-not-found")))]
+async fn get_item(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, StockError> {
+    let id = parse_item_id(&id)?;
+    let item = state
+        .store
+        .get_item(id)
+        .await?
+        .ok_or_else(|| StockError::ItemNotFound(id.to_string()))?;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+#[utoipa::path(
+    put, path = "/items/{id}", request_body = PutItemRequest,
+    responses((status = 200, body = Item), (status = 400, description = "invalid-request"), (status = 401, description = "unauthorized")),
+    security(("bearer" = []))
+)]
+async fn put_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, StockError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let id = id
+        .parse::<u64>()
+        .ok()
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| {
+            shared::CommonError::InvalidRequest(
+                "the item id in the path must be a positive integer".into(),
+            )
+        })?;
+    let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
+    let invalid = |m: &str| StockError::Common(shared::CommonError::InvalidRequest(m.into()));
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(invalid("name must be 1 to 200 characters"));
+    }
+    if !valid_currency(&body.currency) {
+        return Err(invalid("currency must be an ISO 4217 code such as USD"));
+    }
+    if body.price > MAX_PRICE {
+        return Err(invalid(
+            "price is in minor units and must be at most 1000000000000",
+        ));
+    }
+    if body.available > MAX_AVAILABLE {
+        return Err(invalid("available must be at most 1000000000"));
+    }
+    let item = state
+        .store
+        .put_item(
+            id,
+            body.name.trim(),
+            body.price,
+            &body.currency,
+            body.available,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+#[utoipa::path(
+    post, path = "/reserve", request_body = ReserveRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 201, body = ReservationResponse),
+        (status = 404, description = "item-not-found"),
+        (status = 409, description = "out-of-stock, or idempotency-key-in-use"),
+        (status = 422, description = "idempotency-key-reused")
+    ),
+    security(("bearer" = []))
+)]
+async fn reserve_stock(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, StockError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let key = idempotency::key_from(&req)?;
+    let JsonBody { value: body, raw } = body::read_json::<ReserveRequest>(&req, payload).await?;
+    if body.item_id == 0 {
+        return Err(shared::CommonError::InvalidRequest("itemId must be at least 1".into()).into());
+    }
+    if body.quantity == 0 || body.quantity > MAX_QUANTITY {
+        return Err(shared::CommonError::InvalidRequest(format!(
+            "quantity must be between 1 and {MAX_QUANTITY}"
+        ))
+        .into());
+    }
+    let key_ref = KeyRef::new(
+        "stock:reserve",
+        &key,
+        body::fingerprint("POST", req.path(), &raw),
+    );
+    let store = state.store.clone();
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            let result = match store.reserve(body.item_id, body.quantity, &key).await {
+                Ok(ReserveOutcome::Reserved(r)) => {
+                    shared::metrics::event("reservation", "reserved");
+                    Ok(StoredResponse::json(StatusCode::CREATED, &r))
+                }
+                Ok(ReserveOutcome::NotFound) => {
+                    Err(StockError::ItemNotFound(body.item_id.to_string()))
+                }
+                Ok(ReserveOutcome::OutOfStock { available }) => {
+                    shared::metrics::event("reservation", "out_of_stock");
+                    Err(StockError::OutOfStock {
+                        item_id: body.item_id,
+                        requested: body.quantity,
+                        available,
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            outcome(result)
+        })
+        .await?;
+    Ok(response)
+}
+
+#[utoipa::path(
+    post, path = "/release", request_body = ReservationRef,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = ReservationStatus),
+        (status = 404, description = "reservation-not-found"),
+        (status = 409, description = "reservation-completed")
+    ),
+    security(("bearer" = []))
+)]
+async fn release_reservation(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, StockError> {
+    transition(req, payload, state, "release").await
+}
+
+#[utoipa::path(
+    post, path = "/complete", request_body = ReservationRef,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = ReservationStatus),
+        (status = 404, description = "reservation-not-found"),
+        (status = 409, description = "reservation-released (released or expired)")
+    ),
+    security(("bearer" = []))
+)]
+async fn complete_reservation(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, StockError> {
+    transition(req, payload, state, "complete").await
+}
+
+/// Release and complete share their shape: both are idempotent by state, and the
+/// Idempotency-Key adds byte-identical replays and payload-reuse detection on top.
+async fn transition(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    action: &'static str,
+) -> Result<HttpResponse, StockError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let key = idempotency::key_from(&req)?;
+    let JsonBody { value: body, raw } = body::read_json::<ReservationRef>(&req, payload).await?;
+    let key_ref = KeyRef::new(
+        &format!("stock:{action}"),
+        &key,
+        body::fingerprint("POST", req.path(), &raw),
+    );
+    let store = state.store.clone();
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            let rid = body.reservation_id;
+            let result = if action == "release" {
+                store.release(&rid).await
+            } else {
+                store.complete(&rid).await
+            };
+            let ok = |status: &str| {
+                shared::metrics::event("reservation", status);
+                Ok(StoredResponse::json(
+                    StatusCode::OK,
+                    &ReservationStatus {
+                        reservation_id: rid.clone(),
+                        status: status.into(),
+                    },
+                ))
+            };
+            let result = match (action, result) {
+                (_, Err(e)) => Err(e),
+                (_, Ok(TransitionOutcome::NotFound)) => Err(StockError::ReservationNotFound(
+                    rid.chars().take(128).collect(),
+                )),
+                ("release", Ok(TransitionOutcome::Released)) => ok("released"),
+                ("release", Ok(TransitionOutcome::Completed)) => {
+                    Err(StockError::ReservationCompleted(rid.clone()))
+                }
+                (_, Ok(TransitionOutcome::Completed)) => ok("completed"),
+                (_, Ok(TransitionOutcome::Released)) => {
+                    Err(StockError::ReservationReleased(rid.clone()))
+                }
+            };
+            outcome(result)
+        })
+        .await?;
+    Ok(response)
+}
