@@ -341,11 +341,10 @@ impl IdempotencyStore {
         Ok(renewed == 1)
     }
 
-    /// Records the outcome and renders it. A failure to record is logged, not returned: the
-    /// record stays "running" until its lease runs out, and the effect's own marker makes the
-    /// retry safe.
-    pub async fn settle(&self, key: &KeyRef, token: &str, outcome: Outcome) -> HttpResponse {
-        let result = match &outcome {
+    /// Records the outcome. A failure to record is logged, not returned: the record stays
+    /// "running" until its lease runs out, and the effect's own marker makes the retry safe.
+    pub async fn record(&self, key: &KeyRef, token: &str, outcome: &Outcome) {
+        let result = match outcome {
             Outcome::Store(resp) => self.finish(key, token, resp).await,
             Outcome::Free(_) => self.free(key, token).await,
             Outcome::Hold(_) => Ok(()),
@@ -353,17 +352,17 @@ impl IdempotencyStore {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not record the idempotency outcome; the lease will expire");
         }
+    }
+
+    /// Records the outcome and renders it.
+    pub async fn settle(&self, key: &KeyRef, token: &str, outcome: Outcome) -> HttpResponse {
+        self.record(key, token, &outcome).await;
         outcome.response().to_response(false)
     }
 
-    /// The usual flow for an endpoint: decide, execute when told to, settle.
-    pub async fn run<F, Fut>(&self, key: &KeyRef, execute: F) -> Result<HttpResponse, CommonError>
-    where
-        F: FnOnce(String, bool) -> Fut,
-        Fut: std::future::Future<Output = Outcome>,
-    {
-        let fresh = crate::ids::new_id("op");
-        match self.begin(key, &fresh).await? {
+    /// Counts and turns the non-executing decisions into their answers: a replay, or an error.
+    pub fn refusal(begin: Begin) -> Result<HttpResponse, CommonError> {
+        match begin {
             Begin::Replay(stored) => {
                 crate::metrics::idempotency_event("replay");
                 Ok(stored.to_response(true))
@@ -378,10 +377,25 @@ impl IdempotencyStore {
                 crate::metrics::idempotency_event("reused");
                 Err(CommonError::IdempotencyKeyReused)
             }
+            Begin::Execute { .. } => Err(CommonError::Internal(
+                "refusal() called for an execution".into(),
+            )),
+        }
+    }
+
+    /// The usual flow for an endpoint: decide, execute when told to, settle.
+    pub async fn run<F, Fut>(&self, key: &KeyRef, execute: F) -> Result<HttpResponse, CommonError>
+    where
+        F: FnOnce(String, bool) -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let fresh = crate::ids::new_id("op");
+        match self.begin(key, &fresh).await? {
             Begin::Execute { token, resumed } => {
                 let outcome = execute(token.clone(), resumed).await;
                 Ok(self.settle(key, &token, outcome).await)
             }
+            other => Self::refusal(other),
         }
     }
 }

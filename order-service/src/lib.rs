@@ -1,0 +1,89 @@
+//! Order service: orchestrates a checkout as a saga — reserve stock, charge the payment,
+//! complete the reservation — and undoes what was done (release, refund) when it cannot finish.
+//!
+//! Layout: [`config`] settings, [`error`] the one error enum, [`model`] bodies, [`store`]
+//! orders and totals in Redis, [`clients`] typed calls to stock and payment, [`saga`] the
+//! checkout state machine, [`routes`] HTTP handlers.
+
+pub mod clients;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod routes;
+pub mod saga;
+pub mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use shared::http_client::Downstream;
+use shared::idempotency::IdempotencyStore;
+use shared::ops::Ops;
+
+use crate::clients::{PaymentClient, StockClient};
+use crate::config::Settings;
+use crate::saga::Saga;
+use crate::store::OrderStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: OrderStore,
+    pub saga: Saga,
+    pub idempotency: IdempotencyStore,
+}
+
+pub async fn main_entry() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("order-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = shared::telemetry::init("order-service", &settings.common.log_format);
+    match run(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "order-service stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(settings: Settings) -> Result<(), String> {
+    shared::problem::set_type_base(&settings.common.problem_type_base);
+    if settings.common.uses_default_token() {
+        tracing::warn!(
+            "INTERNAL_TOKEN is the development default; set a secret outside development"
+        );
+    }
+    let pool = shared::redis_pool::create(&settings.common)?;
+    let token = settings.common.internal_token.clone();
+    let stock = Downstream::new("stock", &settings.stock_url, token.clone(), &settings.retry)?;
+    let payment = Downstream::new("payment", &settings.payment_url, token, &settings.retry)?;
+    let store = OrderStore::new(pool.clone());
+    let saga = Saga::new(
+        store.clone(),
+        StockClient::new(stock),
+        PaymentClient::new(payment),
+    );
+    let settings = Arc::new(settings);
+    let state = AppState {
+        settings: settings.clone(),
+        store,
+        saga,
+        idempotency: IdempotencyStore::new(
+            pool.clone(),
+            settings.common.idempotency_ttl,
+            settings.common.idempotency_lease,
+        ),
+    };
+    let ops = Ops {
+        pool,
+        openapi: Arc::new(routes::openapi_json()),
+    };
+    shared::server::serve(&settings.common, ops, routes::configure(state))
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,89 @@
+//! Request and response bodies, camelCase on the wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub const MAX_QUANTITY: u32 = 1000;
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub item_id: u64,
+    pub quantity: u32,
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    #[serde(default)]
+    pub payment_method: Option<String>,
+}
+
+/// A checkout request after validation and defaults.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub order_id: String,
+    pub item_id: u64,
+    pub quantity: u32,
+    pub customer_id: String,
+    pub payment_method: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckoutCompleted {
+    pub order_id: String,
+    pub status: String,
+    pub item_id: u64,
+    pub quantity: u32,
+    pub amount: u64,
+    pub currency: String,
+    pub reservation_id: String,
+    pub charge_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckoutProcessing {
+    pub order_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub status: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: String,
+    pub status: String,
+    pub item_id: u64,
+    pub quantity: u32,
+    pub amount: Option<u64>,
+    pub currency: Option<String>,
+    pub reservation_id: Option<String>,
+    pub charge_id: Option<String>,
+    pub refund_id: Option<String>,
+    pub steps: Vec<Step>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Bucket {
+    pub count: i64,
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CurrencyTotals {
+    pub completed: Bucket,
+    pub failed: Bucket,
+    pub compensated: Bucket,
+    pub processing: Bucket,
+}
+
+pub type Totals = BTreeMap<String, CurrencyTotals>;

@@ -1,0 +1,239 @@
+//! HTTP handlers: checkout (public, idempotent), order reads (public), totals (internal).
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use shared::body::{self, JsonBody};
+use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, Outcome};
+use shared::ids;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::OrderError;
+use crate::model::{
+    Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, MAX_QUANTITY,
+    NewOrder, OrderView, Step,
+};
+use crate::saga::{SagaEnd, processing_response};
+
+pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state.clone()))
+            .service(web::resource("/checkout").post(create_checkout))
+            .service(web::resource("/orders/{orderId}").get(get_order))
+            .service(web::resource("/totals").get(get_totals));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "order-service", description = "Checkout orchestration. Every error is application/problem+json."),
+    servers((url = "/order")),
+    paths(create_checkout, get_order, get_totals),
+    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, OrderView, Step, Bucket, CurrencyTotals))
+)]
+struct ApiDoc;
+
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}
+
+const DEFAULT_CUSTOMER: &str = "guest";
+const DEFAULT_PAYMENT_METHOD: &str = "pm_card_visa";
+
+fn invalid(detail: &str) -> OrderError {
+    shared::CommonError::InvalidRequest(detail.into()).into()
+}
+
+fn validate(req: CheckoutRequest, order_id: String) -> Result<NewOrder, OrderError> {
+    if req.item_id == 0 {
+        return Err(invalid("itemId must be an integer of at least 1"));
+    }
+    if req.quantity == 0 || req.quantity > MAX_QUANTITY {
+        return Err(invalid("quantity must be an integer between 1 and 1000"));
+    }
+    let customer_id = req.customer_id.unwrap_or_else(|| DEFAULT_CUSTOMER.into());
+    if customer_id.is_empty()
+        || customer_id.len() > 128
+        || !customer_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid(
+            "customerId must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    let payment_method = req
+        .payment_method
+        .unwrap_or_else(|| DEFAULT_PAYMENT_METHOD.into());
+    if !ids::is_safe_id(&payment_method) {
+        return Err(invalid(
+            "paymentMethod must be a payment method id such as pm_card_visa",
+        ));
+    }
+    Ok(NewOrder {
+        order_id,
+        item_id: req.item_id,
+        quantity: req.quantity,
+        customer_id,
+        payment_method,
+    })
+}
+
+#[utoipa::path(
+    post, path = "/checkout", request_body = CheckoutRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = CheckoutCompleted),
+        (status = 202, body = CheckoutProcessing, description = "still running past the deadline, or the payment's outcome is being resolved"),
+        (status = 400, description = "invalid-request, idempotency-key-missing, idempotency-key-invalid"),
+        (status = 402, description = "payment-declined"),
+        (status = 404, description = "item-not-found"),
+        (status = 409, description = "out-of-stock, idempotency-key-in-use"),
+        (status = 422, description = "idempotency-key-reused"),
+        (status = 503, description = "dependency-unavailable; everything was undone")
+    )
+)]
+async fn create_checkout(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, OrderError> {
+    let key = idempotency::key_from(&req)?;
+    let JsonBody { value, raw } = body::read_json::<CheckoutRequest>(&req, payload).await?;
+    let fresh = ids::new_id("ord");
+    let candidate = validate(value, fresh.clone())?;
+    let key_ref = KeyRef::new(
+        "order:checkout",
+        &key,
+        body::fingerprint("POST", req.path(), &raw),
+    );
+    let (order_id, resumed) = match state.idempotency.begin(&key_ref, &fresh).await? {
+        Begin::Execute { token, resumed } => (token, resumed),
+        other => return Ok(IdempotencyStore::refusal(other)?),
+    };
+    let order = NewOrder {
+        order_id: order_id.clone(),
+        ..candidate
+    };
+    if resumed {
+        tracing::info!(order_id, "taking over a checkout whose lease ran out");
+    }
+
+    // The saga runs in its own task so that neither the deadline nor a client hanging up can
+    // cancel it halfway: it always reaches an end and settles its key.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let idem = state.idempotency.clone();
+    let saga = state.saga.clone();
+    let request_id = shared::request_id::current();
+    tokio::spawn(shared::request_id::scope(request_id, async move {
+        let renewer = tokio::spawn(renew_lease(
+            idem.clone(),
+            key_ref.clone(),
+            order.order_id.clone(),
+        ));
+        let end = saga.run(&order).await;
+        renewer.abort();
+        let outcome = match end {
+            SagaEnd::Final(r) => Outcome::Store(r),
+            SagaEnd::Retryable(r) => Outcome::Free(r),
+            SagaEnd::Pending(r) => Outcome::Hold(r),
+        };
+        idem.record(&key_ref, &order.order_id, &outcome).await;
+        let _ = tx.send(outcome.response().clone());
+    }));
+
+    match tokio::time::timeout(state.settings.checkout_deadline, rx).await {
+        Ok(Ok(resp)) => Ok(resp.to_response(false)),
+        // Past the deadline (or the task died): the order exists and goes on.
+        _ => Ok(processing_response(&order_id).to_response(false)),
+    }
+}
+
+/// Keeps the key's lease alive while the saga works, so no other request takes it over.
+async fn renew_lease(idem: IdempotencyStore, key: KeyRef, token: String) {
+    let every = (idem.lease() / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        match idem.renew(&key, &token).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "could not renew the checkout lease"),
+        }
+    }
+}
+
+#[utoipa::path(
+    get, path = "/orders/{orderId}",
+    responses((status = 200, body = OrderView), (status = 404, description = "order-not-found"))
+)]
+async fn get_order(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, OrderError> {
+    let id = id.into_inner();
+    if !ids::is_safe_id(&id) {
+        return Err(OrderError::OrderNotFound(id.chars().take(64).collect()));
+    }
+    let order = state
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| OrderError::OrderNotFound(id.clone()))?;
+    Ok(HttpResponse::Ok().json(order))
+}
+
+#[utoipa::path(
+    get, path = "/totals",
+    responses((status = 200, body = std::collections::BTreeMap<String, CurrencyTotals>), (status = 401, description = "unauthorized")),
+    security(("bearer" = []))
+)]
+async fn get_totals(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, OrderError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    Ok(HttpResponse::Ok().json(state.store.totals().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(item_id: u64, quantity: u32) -> CheckoutRequest {
+        CheckoutRequest {
+            item_id,
+            quantity,
+            customer_id: None,
+            payment_method: None,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_customer_and_payment_method() {
+        let order = validate(request(1, 2), "ord_1".into()).ok();
+        let order = order.as_ref();
+        assert_eq!(order.map(|o| o.customer_id.as_str()), Some("guest"));
+        assert_eq!(
+            order.map(|o| o.payment_method.as_str()),
+            Some("pm_card_visa")
+        );
+    }
+
+    #[test]
+    fn quantity_must_be_between_one_and_a_thousand() {
+        assert!(validate(request(1, 0), "o".into()).is_err());
+        assert!(validate(request(1, 1001), "o".into()).is_err());
+        assert!(validate(request(1, 1), "o".into()).is_ok());
+        assert!(validate(request(1, 1000), "o".into()).is_ok());
+    }
+
+    #[test]
+    fn item_zero_and_odd_payment_methods_are_refused() {
+        assert!(validate(request(0, 1), "o".into()).is_err());
+        let mut odd = request(1, 1);
+        odd.payment_method = Some("pm card}".into());
+        assert!(validate(odd, "o".into()).is_err());
+        let mut empty_customer = request(1, 1);
+        empty_customer.customer_id = Some(String::new());
+        assert!(validate(empty_customer, "o".into()).is_err());
+    }
+}

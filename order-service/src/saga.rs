@@ -1,0 +1,349 @@
+//! The checkout saga: reserve → charge → complete, undoing what was done when it cannot finish.
+//!
+//! Every step is an idempotent call keyed by the order (`<orderId>:<step>`), so running the
+//! saga again for the same order — after a crash, or when a client retries once the key's lease
+//! ran out — replays the steps that happened and continues from there. Each outcome is recorded
+//! on the order before the next step starts.
+//!
+//! The rule for money: never report failure while money may have moved. When the charge's
+//! outcome is unknown (payment reached, answer lost), or the completion/refund after a charge
+//! is unknown, the order stays `processing`, the client gets 202 and the Idempotency-Key stays
+//! locked; re-running the saga resolves it by re-sending the same idempotent calls.
+
+use actix_web::http::StatusCode;
+use shared::idempotency::StoredResponse;
+
+use crate::clients::{
+    ChargeAnswer, PaymentClient, RefundAnswer, ReserveAnswer, StockClient, TransitionAnswer,
+};
+use crate::error::OrderError;
+use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
+use crate::store::{Change, Created, OrderStore};
+
+/// How a run of the saga ended, and so what becomes of the Idempotency-Key.
+#[derive(Debug)]
+pub enum SagaEnd {
+    /// Definitive: stored and replayed.
+    Final(StoredResponse),
+    /// Failed with everything undone: the key is freed so the client may retry.
+    Retryable(StoredResponse),
+    /// Unresolved: 202, the key stays locked until its lease runs out.
+    Pending(StoredResponse),
+}
+
+impl SagaEnd {
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Self::Final(r) | Self::Retryable(r) | Self::Pending(r) => r,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Saga {
+    store: OrderStore,
+    stock: StockClient,
+    payment: PaymentClient,
+}
+
+pub fn processing_response(order_id: &str) -> StoredResponse {
+    StoredResponse::json(
+        StatusCode::ACCEPTED,
+        &CheckoutProcessing {
+            order_id: order_id.to_string(),
+            status: "processing".into(),
+        },
+    )
+    .with_location(format!("/order/orders/{order_id}"))
+}
+
+impl Saga {
+    pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient) -> Self {
+        Self {
+            store,
+            stock,
+            payment,
+        }
+    }
+
+    pub async fn run(&self, order: &NewOrder) -> SagaEnd {
+        match self.store.create(order).await {
+            Ok(Created::New) => {}
+            Ok(Created::Existing { status, response }) => {
+                if let Some(resp) = response.filter(|_| status != "processing") {
+                    // Ended before, but its key was not settled (crash in between).
+                    return if resp.status < 500 {
+                        SagaEnd::Final(resp)
+                    } else {
+                        SagaEnd::Retryable(resp)
+                    };
+                }
+                tracing::info!(order_id = %order.order_id, "resuming checkout");
+            }
+            Err(e) => return SagaEnd::Retryable(StoredResponse::problem(&e.problem())),
+        }
+        let end = self.proceed(order).await;
+        let outcome = match (&end, end.response().status) {
+            (SagaEnd::Pending(_), _) => "processing",
+            (_, 200) => "completed",
+            (_, s) if s >= 500 => "unavailable",
+            _ => "refused",
+        };
+        shared::metrics::event("checkout", outcome);
+        end
+    }
+
+    async fn proceed(&self, o: &NewOrder) -> SagaEnd {
+        let id = o.order_id.as_str();
+
+        let reservation = match self.stock.reserve(id, o.item_id, o.quantity).await {
+            Ok(ReserveAnswer::Reserved(r)) => r,
+            Ok(ReserveAnswer::ItemNotFound) => {
+                let err = OrderError::ItemNotFound {
+                    order_id: id.into(),
+                    item_id: o.item_id,
+                };
+                return self
+                    .end(id, "failed", ("reserve", "item_not_found"), vec![], err)
+                    .await;
+            }
+            Ok(ReserveAnswer::OutOfStock) => {
+                let err = OrderError::OutOfStock {
+                    order_id: id.into(),
+                    item_id: o.item_id,
+                    quantity: o.quantity,
+                };
+                return self
+                    .end(id, "failed", ("reserve", "out_of_stock"), vec![], err)
+                    .await;
+            }
+            Ok(ReserveAnswer::Unexpected(why)) => return self.reserve_failed(id, &why).await,
+            Err(e) => return self.reserve_failed(id, &e.to_string()).await,
+        };
+        let rid = reservation.reservation_id.as_str();
+        self.note(
+            id,
+            Change {
+                step: Some(("reserve", "succeeded")),
+                currency: Some(&reservation.currency),
+                amount: Some(reservation.total_fee),
+                fields: vec![("reservationId", rid.to_string())],
+                ..Change::default()
+            },
+        )
+        .await;
+
+        let charge = match self
+            .payment
+            .charge(
+                id,
+                reservation.total_fee,
+                &reservation.currency,
+                &o.customer_id,
+                &o.payment_method,
+            )
+            .await
+        {
+            Ok(ChargeAnswer::Charged(c)) => c,
+            Ok(ChargeAnswer::Declined { decline_code }) => {
+                let release = self.release(id, rid).await;
+                let err = OrderError::PaymentDeclined {
+                    order_id: id.into(),
+                    decline_code,
+                };
+                return self
+                    .end(id, "compensated", ("charge", "declined"), release, err)
+                    .await;
+            }
+            Ok(ChargeAnswer::Refused { detail }) => {
+                let release = self.release(id, rid).await;
+                let err = OrderError::PaymentMethodRefused {
+                    order_id: id.into(),
+                    detail,
+                };
+                return self
+                    .end(id, "compensated", ("charge", "refused"), release, err)
+                    .await;
+            }
+            Err(e) if !e.maybe_sent() => {
+                // Payment never received the request: no money moved, undo the reservation.
+                tracing::warn!(order_id = id, error = %e, "payment unreachable; releasing");
+                let release = self.release(id, rid).await;
+                let err = OrderError::DependencyUnavailable {
+                    order_id: id.into(),
+                    detail: "the payment service is unavailable; nothing was charged and the reservation was released".into(),
+                };
+                return self
+                    .end(id, "compensated", ("charge", "unavailable"), release, err)
+                    .await;
+            }
+            Ok(ChargeAnswer::Unexpected(why)) => {
+                return self.pending(id, ("charge", "unknown"), &why).await;
+            }
+            Err(e) => {
+                return self
+                    .pending(id, ("charge", "unknown"), &e.to_string())
+                    .await;
+            }
+        };
+        let charge_id = charge.charge_id.as_str();
+        self.note(
+            id,
+            Change {
+                step: Some(("charge", "succeeded")),
+                fields: vec![("chargeId", charge_id.to_string())],
+                ..Change::default()
+            },
+        )
+        .await;
+
+        match self.stock.complete(id, rid).await {
+            Ok(TransitionAnswer::Done) => {
+                let body = CheckoutCompleted {
+                    order_id: id.into(),
+                    status: "completed".into(),
+                    item_id: o.item_id,
+                    quantity: o.quantity,
+                    amount: reservation.total_fee,
+                    currency: reservation.currency.clone(),
+                    reservation_id: rid.into(),
+                    charge_id: charge_id.into(),
+                };
+                let resp = StoredResponse::json(StatusCode::OK, &body);
+                let change = Change {
+                    step: Some(("complete", "succeeded")),
+                    status: Some("completed"),
+                    response: Some(&resp),
+                    ..Change::default()
+                };
+                self.note(id, change).await;
+                SagaEnd::Final(resp)
+            }
+            Ok(TransitionAnswer::Refused(slug)) => {
+                // Stock definitively refused (the reservation expired or was released): the
+                // customer paid for units we no longer hold, so the money goes back.
+                tracing::warn!(order_id = id, slug, "completion refused; refunding");
+                self.note(
+                    id,
+                    Change {
+                        step: Some(("complete", "refused")),
+                        ..Change::default()
+                    },
+                )
+                .await;
+                match self.payment.refund(id, charge_id).await {
+                    Ok(RefundAnswer::Refunded { refund_id }) => {
+                        shared::metrics::event("compensation", "refund");
+                        let mut fields = self.release(id, rid).await;
+                        fields.push(("refundId", refund_id));
+                        let err = OrderError::DependencyUnavailable {
+                            order_id: id.into(),
+                            detail: "the reservation lapsed before it could be completed; the charge was refunded".into(),
+                        };
+                        self.end(id, "compensated", ("refund", "succeeded"), fields, err)
+                            .await
+                    }
+                    Ok(RefundAnswer::Unexpected(why)) => {
+                        self.pending(id, ("refund", "unknown"), &why).await
+                    }
+                    Err(e) => {
+                        self.pending(id, ("refund", "unknown"), &e.to_string())
+                            .await
+                    }
+                }
+            }
+            Ok(TransitionAnswer::Unexpected(why)) => {
+                self.pending(id, ("complete", "unknown"), &why).await
+            }
+            Err(e) => {
+                self.pending(id, ("complete", "unknown"), &e.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// The reservation may or may not exist (the answer was lost); without its id it cannot be
+    /// released here, and it returns to `available` when RESERVATION_TTL runs out. No money
+    /// has moved, so the client may retry at once.
+    async fn reserve_failed(&self, id: &str, why: &str) -> SagaEnd {
+        tracing::warn!(order_id = id, error = why, "stock unavailable");
+        let err = OrderError::DependencyUnavailable {
+            order_id: id.into(),
+            detail: "the stock service is unavailable; nothing was charged".into(),
+        };
+        self.end(id, "failed", ("reserve", "unavailable"), vec![], err)
+            .await
+    }
+
+    /// Releases the reservation, returning the step fields to record. A release that cannot
+    /// get through is left to the reservation's expiry, which returns the units anyway.
+    async fn release(&self, id: &str, rid: &str) -> Vec<(&'static str, String)> {
+        let status = match self.stock.release(id, rid).await {
+            Ok(TransitionAnswer::Done) => "succeeded",
+            Ok(TransitionAnswer::Refused(_)) | Ok(TransitionAnswer::Unexpected(_)) => "refused",
+            Err(_) => "unavailable_expires",
+        };
+        shared::metrics::event("compensation", "release");
+        self.note(
+            id,
+            Change {
+                step: Some(("release", status)),
+                ..Change::default()
+            },
+        )
+        .await;
+        vec![]
+    }
+
+    /// Ends the order with a problem response.
+    async fn end(
+        &self,
+        id: &str,
+        status: &str,
+        step: (&str, &str),
+        fields: Vec<(&'static str, String)>,
+        err: OrderError,
+    ) -> SagaEnd {
+        let resp = StoredResponse::problem(&err.problem());
+        let change = Change {
+            step: Some(step),
+            status: Some(status),
+            fields,
+            response: Some(&resp),
+            ..Change::default()
+        };
+        self.note(id, change).await;
+        match resp.status {
+            // Definitive business answers are stored; a refused payment method is a 400 that,
+            // like any validation error, leaves the key free.
+            402 | 404 | 409 => SagaEnd::Final(resp),
+            _ => SagaEnd::Retryable(resp),
+        }
+    }
+
+    async fn pending(&self, id: &str, step: (&str, &str), why: &str) -> SagaEnd {
+        tracing::warn!(
+            order_id = id,
+            step = step.0,
+            error = why,
+            "outcome unknown; order stays processing"
+        );
+        self.note(
+            id,
+            Change {
+                step: Some(step),
+                ..Change::default()
+            },
+        )
+        .await;
+        SagaEnd::Pending(processing_response(id))
+    }
+
+    /// Records a step. A failure is logged and the saga goes on: the downstream calls are
+    /// idempotent, so a later run reconstructs what happened by replaying them.
+    async fn note(&self, id: &str, change: Change<'_>) {
+        if let Err(e) = self.store.update(id, change).await {
+            tracing::warn!(order_id = id, error = %e, "could not record a saga step");
+        }
+    }
+}
