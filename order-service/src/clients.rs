@@ -68,12 +68,7 @@ impl StockClient {
         Self(d)
     }
 
-    pub async fn reserve(
-        &self,
-        order_id: &str,
-        item_id: u64,
-        quantity: u32,
-    ) -> Result<ReserveAnswer, CallError> {
+    pub async fn reserve(&self, order_id: &str, item_id: u64, quantity: u32) -> Result<ReserveAnswer, CallError> {
         let resp = self
             .0
             .post(
@@ -82,52 +77,35 @@ impl StockClient {
                 &json!({"itemId": item_id, "quantity": quantity}),
             )
             .await?;
-        Ok(
-            match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
-                (201, _) => match resp.json::<Reservation>() {
-                    Some(r) => ReserveAnswer::Reserved(r),
-                    None => ReserveAnswer::Unexpected(unexpected(&resp)),
-                },
-                (404, Some("item-not-found")) => ReserveAnswer::ItemNotFound,
-                (409, Some("out-of-stock")) => ReserveAnswer::OutOfStock,
-                _ => ReserveAnswer::Unexpected(unexpected(&resp)),
+        Ok(match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
+            (201, _) => match resp.json::<Reservation>() {
+                Some(r) => ReserveAnswer::Reserved(r),
+                None => ReserveAnswer::Unexpected(unexpected(&resp)),
             },
-        )
+            (404, Some("item-not-found")) => ReserveAnswer::ItemNotFound,
+            (409, Some("out-of-stock")) => ReserveAnswer::OutOfStock,
+            _ => ReserveAnswer::Unexpected(unexpected(&resp)),
+        })
     }
 
-    pub async fn complete(
-        &self,
-        order_id: &str,
-        reservation_id: &str,
-    ) -> Result<TransitionAnswer, CallError> {
+    pub async fn complete(&self, order_id: &str, reservation_id: &str) -> Result<TransitionAnswer, CallError> {
         self.transition("/complete", &format!("{order_id}:complete"), reservation_id)
             .await
     }
 
-    pub async fn release(
-        &self,
-        order_id: &str,
-        reservation_id: &str,
-    ) -> Result<TransitionAnswer, CallError> {
+    pub async fn release(&self, order_id: &str, reservation_id: &str) -> Result<TransitionAnswer, CallError> {
         self.transition("/release", &format!("{order_id}:release"), reservation_id)
             .await
     }
 
-    async fn transition(
-        &self,
-        path: &str,
-        key: &str,
-        reservation_id: &str,
-    ) -> Result<TransitionAnswer, CallError> {
+    async fn transition(&self, path: &str, key: &str, reservation_id: &str) -> Result<TransitionAnswer, CallError> {
         let resp = self
             .0
             .post(path, key, &json!({"reservationId": reservation_id}))
             .await?;
         Ok(match (resp.status.as_u16(), resp.problem_slug()) {
             (200, _) => TransitionAnswer::Done,
-            (404 | 409, Some(slug)) if slug.starts_with("reservation-") => {
-                TransitionAnswer::Refused(slug)
-            }
+            (404 | 409, Some(slug)) if slug.starts_with("reservation-") => TransitionAnswer::Refused(slug),
             _ => TransitionAnswer::Unexpected(unexpected(&resp)),
         })
     }
@@ -156,37 +134,28 @@ impl PaymentClient {
             "customerId": customer_id,
             "paymentMethod": payment_method,
         });
-        let resp = self
-            .0
-            .post("/charge", &format!("{order_id}:charge"), &body)
-            .await?;
-        Ok(
-            match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
-                (201, _) => match resp.json::<Charge>() {
-                    Some(c) => ChargeAnswer::Charged(c),
-                    None => ChargeAnswer::Unexpected(unexpected(&resp)),
-                },
-                (402, _) => {
-                    let code = resp
-                        .json::<serde_json::Value>()
-                        .and_then(|v| {
-                            v.get("declineCode")
-                                .and_then(|c| c.as_str())
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_else(|| "card_declined".into());
-                    ChargeAnswer::Declined { decline_code: code }
-                }
-                (400, Some("invalid-request")) => {
-                    let detail = resp
-                        .json::<serde_json::Value>()
-                        .and_then(|v| v.get("detail").and_then(|c| c.as_str()).map(str::to_string))
-                        .unwrap_or_else(|| "the payment service refused the request".into());
-                    ChargeAnswer::Refused { detail }
-                }
-                _ => ChargeAnswer::Unexpected(unexpected(&resp)),
+        let resp = self.0.post("/charge", &format!("{order_id}:charge"), &body).await?;
+        Ok(match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
+            (201, _) => match resp.json::<Charge>() {
+                Some(c) => ChargeAnswer::Charged(c),
+                None => ChargeAnswer::Unexpected(unexpected(&resp)),
             },
-        )
+            (402, _) => {
+                let code = resp
+                    .json::<serde_json::Value>()
+                    .and_then(|v| v.get("declineCode").and_then(|c| c.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| "card_declined".into());
+                ChargeAnswer::Declined { decline_code: code }
+            }
+            (400, Some("invalid-request")) => {
+                let detail = resp
+                    .json::<serde_json::Value>()
+                    .and_then(|v| v.get("detail").and_then(|c| c.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| "the payment service refused the request".into());
+                ChargeAnswer::Refused { detail }
+            }
+            _ => ChargeAnswer::Unexpected(unexpected(&resp)),
+        })
     }
 
     pub async fn refund(&self, order_id: &str, charge_id: &str) -> Result<RefundAnswer, CallError> {
@@ -199,11 +168,10 @@ impl PaymentClient {
             )
             .await?;
         Ok(match resp.status.as_u16() {
-            200 => match resp.json::<serde_json::Value>().and_then(|v| {
-                v.get("refundId")
-                    .and_then(|r| r.as_str())
-                    .map(str::to_string)
-            }) {
+            200 => match resp
+                .json::<serde_json::Value>()
+                .and_then(|v| v.get("refundId").and_then(|r| r.as_str()).map(str::to_string))
+            {
                 Some(refund_id) => RefundAnswer::Refunded { refund_id },
                 None => RefundAnswer::Unexpected(unexpected(&resp)),
             },

@@ -20,10 +20,7 @@ pub enum OrderError {
         quantity: u32,
     },
     #[error("payment declined: {decline_code}")]
-    PaymentDeclined {
-        order_id: String,
-        decline_code: String,
-    },
+    PaymentDeclined { order_id: String, decline_code: String },
     #[error("payment method refused: {detail}")]
     PaymentMethodRefused { order_id: String, detail: String },
     #[error("{detail}")]
@@ -71,10 +68,7 @@ impl OrderError {
                 format!("item {item_id} does not have {quantity} units available"),
             )
             .with("orderId", order_id.as_str()),
-            Self::PaymentDeclined {
-                order_id,
-                decline_code,
-            } => Problem::new(
+            Self::PaymentDeclined { order_id, decline_code } => Problem::new(
                 S::PAYMENT_REQUIRED,
                 "payment-declined",
                 "Payment declined",
@@ -82,13 +76,10 @@ impl OrderError {
             )
             .with("orderId", order_id.as_str())
             .with("declineCode", decline_code.as_str()),
-            Self::PaymentMethodRefused { order_id, detail } => Problem::new(
-                S::BAD_REQUEST,
-                "invalid-request",
-                "Invalid request",
-                detail.clone(),
-            )
-            .with("orderId", order_id.as_str()),
+            Self::PaymentMethodRefused { order_id, detail } => {
+                Problem::new(S::BAD_REQUEST, "invalid-request", "Invalid request", detail.clone())
+                    .with("orderId", order_id.as_str())
+            }
             Self::DependencyUnavailable { order_id, detail } => Problem::new(
                 S::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",

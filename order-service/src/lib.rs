@@ -54,20 +54,14 @@ pub async fn main_entry() -> ExitCode {
 pub async fn run(settings: Settings) -> Result<(), String> {
     shared::problem::set_type_base(&settings.common.problem_type_base);
     if settings.common.uses_default_token() {
-        tracing::warn!(
-            "INTERNAL_TOKEN is the development default; set a secret outside development"
-        );
+        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
     }
     let pool = shared::redis_pool::create(&settings.common)?;
     let token = settings.common.internal_token.clone();
     let stock = Downstream::new("stock", &settings.stock_url, token.clone(), &settings.retry)?;
     let payment = Downstream::new("payment", &settings.payment_url, token, &settings.retry)?;
     let store = OrderStore::new(pool.clone());
-    let saga = Saga::new(
-        store.clone(),
-        StockClient::new(stock),
-        PaymentClient::new(payment),
-    );
+    let saga = Saga::new(store.clone(), StockClient::new(stock), PaymentClient::new(payment));
     let settings = Arc::new(settings);
     let state = AppState {
         settings: settings.clone(),

@@ -11,8 +11,8 @@ use utoipa::OpenApi;
 use crate::AppState;
 use crate::error::OrderError;
 use crate::model::{
-    Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, MAX_QUANTITY,
-    NewOrder, OrderView, Step,
+    Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, MAX_QUANTITY, NewOrder, OrderView,
+    Step,
 };
 use crate::saga::{SagaEnd, processing_response};
 
@@ -53,17 +53,10 @@ fn validate(req: CheckoutRequest, order_id: String) -> Result<NewOrder, OrderErr
         return Err(invalid("quantity must be an integer between 1 and 1000"));
     }
     let customer_id = req.customer_id.unwrap_or_else(|| DEFAULT_CUSTOMER.into());
-    if customer_id.is_empty()
-        || customer_id.len() > 128
-        || !customer_id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(invalid(
-            "customerId must be 1 to 128 printable ASCII characters",
-        ));
+    if customer_id.is_empty() || customer_id.len() > 128 || !customer_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("customerId must be 1 to 128 printable ASCII characters"));
     }
-    let payment_method = req
-        .payment_method
-        .unwrap_or_else(|| DEFAULT_PAYMENT_METHOD.into());
+    let payment_method = req.payment_method.unwrap_or_else(|| DEFAULT_PAYMENT_METHOD.into());
     if !ids::is_safe_id(&payment_method) {
         return Err(invalid(
             "paymentMethod must be a payment method id such as pm_card_visa",
@@ -101,11 +94,7 @@ async fn create_checkout(
     let JsonBody { value, raw } = body::read_json::<CheckoutRequest>(&req, payload).await?;
     let fresh = ids::new_id("ord");
     let candidate = validate(value, fresh.clone())?;
-    let key_ref = KeyRef::new(
-        "order:checkout",
-        &key,
-        body::fingerprint("POST", req.path(), &raw),
-    );
+    let key_ref = KeyRef::new("order:checkout", &key, body::fingerprint("POST", req.path(), &raw));
     let (order_id, resumed) = match state.idempotency.begin(&key_ref, &fresh).await? {
         Begin::Execute { token, resumed } => (token, resumed),
         other => return Ok(IdempotencyStore::refusal(other)?),
@@ -125,11 +114,7 @@ async fn create_checkout(
     let saga = state.saga.clone();
     let request_id = shared::request_id::current();
     tokio::spawn(shared::request_id::scope(request_id, async move {
-        let renewer = tokio::spawn(renew_lease(
-            idem.clone(),
-            key_ref.clone(),
-            order.order_id.clone(),
-        ));
+        let renewer = tokio::spawn(renew_lease(idem.clone(), key_ref.clone(), order.order_id.clone()));
         let end = saga.run(&order).await;
         renewer.abort();
         let outcome = match end {
@@ -165,10 +150,7 @@ async fn renew_lease(idem: IdempotencyStore, key: KeyRef, token: String) {
     get, path = "/orders/{orderId}",
     responses((status = 200, body = OrderView), (status = 404, description = "order-not-found"))
 )]
-async fn get_order(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, OrderError> {
+async fn get_order(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, OrderError> {
     let id = id.into_inner();
     if !ids::is_safe_id(&id) {
         return Err(OrderError::OrderNotFound(id.chars().take(64).collect()));
@@ -186,10 +168,7 @@ async fn get_order(
     responses((status = 200, body = std::collections::BTreeMap<String, CurrencyTotals>), (status = 401, description = "unauthorized")),
     security(("bearer" = []))
 )]
-async fn get_totals(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, OrderError> {
+async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, OrderError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
     Ok(HttpResponse::Ok().json(state.store.totals().await?))
 }
@@ -212,10 +191,7 @@ mod tests {
         let order = validate(request(1, 2), "ord_1".into()).ok();
         let order = order.as_ref();
         assert_eq!(order.map(|o| o.customer_id.as_str()), Some("guest"));
-        assert_eq!(
-            order.map(|o| o.payment_method.as_str()),
-            Some("pm_card_visa")
-        );
+        assert_eq!(order.map(|o| o.payment_method.as_str()), Some("pm_card_visa"));
     }
 
     #[test]

@@ -13,9 +13,7 @@
 use actix_web::http::StatusCode;
 use shared::idempotency::StoredResponse;
 
-use crate::clients::{
-    ChargeAnswer, PaymentClient, RefundAnswer, ReserveAnswer, StockClient, TransitionAnswer,
-};
+use crate::clients::{ChargeAnswer, PaymentClient, RefundAnswer, ReserveAnswer, StockClient, TransitionAnswer};
 use crate::error::OrderError;
 use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
 use crate::store::{Change, Created, OrderStore};
@@ -59,11 +57,7 @@ pub fn processing_response(order_id: &str) -> StoredResponse {
 
 impl Saga {
     pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient) -> Self {
-        Self {
-            store,
-            stock,
-            payment,
-        }
+        Self { store, stock, payment }
     }
 
     pub async fn run(&self, order: &NewOrder) -> SagaEnd {
@@ -103,9 +97,7 @@ impl Saga {
                     order_id: id.into(),
                     item_id: o.item_id,
                 };
-                return self
-                    .end(id, "failed", ("reserve", "item_not_found"), vec![], err)
-                    .await;
+                return self.end(id, "failed", ("reserve", "item_not_found"), vec![], err).await;
             }
             Ok(ReserveAnswer::OutOfStock) => {
                 let err = OrderError::OutOfStock {
@@ -113,9 +105,7 @@ impl Saga {
                     item_id: o.item_id,
                     quantity: o.quantity,
                 };
-                return self
-                    .end(id, "failed", ("reserve", "out_of_stock"), vec![], err)
-                    .await;
+                return self.end(id, "failed", ("reserve", "out_of_stock"), vec![], err).await;
             }
             Ok(ReserveAnswer::Unexpected(why)) => return self.reserve_failed(id, &why).await,
             Err(e) => return self.reserve_failed(id, &e.to_string()).await,
@@ -151,9 +141,7 @@ impl Saga {
                     order_id: id.into(),
                     decline_code,
                 };
-                return self
-                    .end(id, "compensated", ("charge", "declined"), release, err)
-                    .await;
+                return self.end(id, "compensated", ("charge", "declined"), release, err).await;
             }
             Ok(ChargeAnswer::Refused { detail }) => {
                 let release = self.release(id, rid).await;
@@ -161,9 +149,7 @@ impl Saga {
                     order_id: id.into(),
                     detail,
                 };
-                return self
-                    .end(id, "compensated", ("charge", "refused"), release, err)
-                    .await;
+                return self.end(id, "compensated", ("charge", "refused"), release, err).await;
             }
             Err(e) if !e.maybe_sent() => {
                 // Payment never received the request: no money moved, undo the reservation.
@@ -171,7 +157,8 @@ impl Saga {
                 let release = self.release(id, rid).await;
                 let err = OrderError::DependencyUnavailable {
                     order_id: id.into(),
-                    detail: "the payment service is unavailable; nothing was charged and the reservation was released".into(),
+                    detail: "the payment service is unavailable; nothing was charged and the reservation was released"
+                        .into(),
                 };
                 return self
                     .end(id, "compensated", ("charge", "unavailable"), release, err)
@@ -181,9 +168,7 @@ impl Saga {
                 return self.pending(id, ("charge", "unknown"), &why).await;
             }
             Err(e) => {
-                return self
-                    .pending(id, ("charge", "unknown"), &e.to_string())
-                    .await;
+                return self.pending(id, ("charge", "unknown"), &e.to_string()).await;
             }
         };
         let charge_id = charge.charge_id.as_str();
@@ -238,27 +223,17 @@ impl Saga {
                         fields.push(("refundId", refund_id));
                         let err = OrderError::DependencyUnavailable {
                             order_id: id.into(),
-                            detail: "the reservation lapsed before it could be completed; the charge was refunded".into(),
+                            detail: "the reservation lapsed before it could be completed; the charge was refunded"
+                                .into(),
                         };
-                        self.end(id, "compensated", ("refund", "succeeded"), fields, err)
-                            .await
+                        self.end(id, "compensated", ("refund", "succeeded"), fields, err).await
                     }
-                    Ok(RefundAnswer::Unexpected(why)) => {
-                        self.pending(id, ("refund", "unknown"), &why).await
-                    }
-                    Err(e) => {
-                        self.pending(id, ("refund", "unknown"), &e.to_string())
-                            .await
-                    }
+                    Ok(RefundAnswer::Unexpected(why)) => self.pending(id, ("refund", "unknown"), &why).await,
+                    Err(e) => self.pending(id, ("refund", "unknown"), &e.to_string()).await,
                 }
             }
-            Ok(TransitionAnswer::Unexpected(why)) => {
-                self.pending(id, ("complete", "unknown"), &why).await
-            }
-            Err(e) => {
-                self.pending(id, ("complete", "unknown"), &e.to_string())
-                    .await
-            }
+            Ok(TransitionAnswer::Unexpected(why)) => self.pending(id, ("complete", "unknown"), &why).await,
+            Err(e) => self.pending(id, ("complete", "unknown"), &e.to_string()).await,
         }
     }
 
@@ -271,8 +246,7 @@ impl Saga {
             order_id: id.into(),
             detail: "the stock service is unavailable; nothing was charged".into(),
         };
-        self.end(id, "failed", ("reserve", "unavailable"), vec![], err)
-            .await
+        self.end(id, "failed", ("reserve", "unavailable"), vec![], err).await
     }
 
     /// Releases the reservation, returning the step fields to record. A release that cannot

@@ -171,12 +171,7 @@ impl OrderStore {
         let mut inv = UPDATE.key(order_key(order_id));
         inv.key(steps_key(order_id)).key(totals_key_of(order_id));
         inv.arg(&now)
-            .arg(
-                change
-                    .step
-                    .map(|(n, s)| step_json(n, s, &now))
-                    .unwrap_or_default(),
-            )
+            .arg(change.step.map(|(n, s)| step_json(n, s, &now)).unwrap_or_default())
             .arg(change.status.unwrap_or(""))
             .arg(change.currency.unwrap_or(""))
             .arg(change.amount.map(|a| a.to_string()).unwrap_or_default());
@@ -230,10 +225,7 @@ impl OrderStore {
             reservation_id: get(5),
             charge_id: get(6),
             refund_id: get(7),
-            steps: steps
-                .iter()
-                .filter_map(|s| serde_json::from_str(s).ok())
-                .collect(),
+            steps: steps.iter().filter_map(|s| serde_json::from_str(s).ok()).collect(),
             created_at: get(8).unwrap_or_default(),
             updated_at: get(9).unwrap_or_default(),
         }))
@@ -244,16 +236,13 @@ impl OrderStore {
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();
         for shard in 0..SHARDS {
-            pipe.cmd("HGETALL")
-                .arg(format!("order:{{ord:{shard}}}:totals"));
+            pipe.cmd("HGETALL").arg(format!("order:{{ord:{shard}}}:totals"));
         }
         let shards: Vec<Vec<(String, i64)>> = pipe.query_async(&mut conn).await?;
         let mut totals = Totals::new();
         for (field, value) in shards.into_iter().flatten() {
             let mut parts = field.splitn(3, ':');
-            let (Some(currency), Some(status), Some(measure)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(currency), Some(status), Some(measure)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
             let entry = totals.entry(currency.to_string()).or_default();

@@ -42,13 +42,7 @@ mod tests {
             .insert_header(("authorization", "Bearer s3cret"))
             .to_http_request();
         assert!(require(&ok, &token).is_ok());
-        for bad in [
-            "Bearer s3cre",
-            "Bearer s3cret2",
-            "Basic s3cret",
-            "s3cret",
-            "Bearer ",
-        ] {
+        for bad in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret", "Bearer "] {
             let req = TestRequest::default()
                 .insert_header(("authorization", bad))
                 .to_http_request();

@@ -29,16 +29,8 @@ pub async fn read_json<T: DeserializeOwned>(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|m| {
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        });
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
     if !is_json {
         return Err(CommonError::UnsupportedMediaType);
     }
@@ -52,8 +44,7 @@ pub async fn read_json<T: DeserializeOwned>(
     }
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| CommonError::InvalidRequest(format!("could not read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| CommonError::InvalidRequest(format!("could not read the body: {e}")))?;
         if buf.len() + chunk.len() > BODY_LIMIT {
             return Err(CommonError::PayloadTooLarge { limit: BODY_LIMIT });
         }
@@ -90,11 +81,7 @@ pub fn fingerprint(method: &str, path: &str, raw: &[u8]) -> String {
     hasher.update(path.as_bytes());
     hasher.update(b"\n");
     hasher.update(&canonical);
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

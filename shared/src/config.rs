@@ -80,6 +80,25 @@ pub const COMMON_ENV: &[EnvVar] = &[
     },
 ];
 
+/// The README's configuration table, generated from the services' tables so the two cannot
+/// drift apart: one row per variable, the services that read it in the last column.
+pub fn markdown_table(tables: &[(&str, &[EnvVar])]) -> String {
+    let mut rows: Vec<(EnvVar, Vec<&str>)> = Vec::new();
+    for (service, vars) in tables {
+        for var in *vars {
+            match rows.iter_mut().find(|(v, _)| v.name == var.name) {
+                Some((_, services)) => services.push(service),
+                None => rows.push((*var, vec![service])),
+            }
+        }
+    }
+    let mut out = String::from("| variable | default | read by | meaning |\n| --- | --- | --- | --- |\n");
+    for (var, services) in rows {
+        out.push_str(&format!("| `{}` | `{}` | {} | {} |\n", var.name, var.default, services.join(", "), var.help));
+    }
+    out
+}
+
 /// A string that never prints: keeps tokens out of logs and Debug output.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -131,9 +150,7 @@ pub fn duration(name: &'static str, default: &str) -> Result<Duration, ConfigErr
 
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let ms = match unit.trim() {

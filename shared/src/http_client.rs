@@ -74,23 +74,13 @@ impl RetrySettings {
 struct TransientStrategy;
 
 impl RetryableStrategy for TransientStrategy {
-    fn handle(
-        &self,
-        res: &Result<reqwest::Response, reqwest_middleware::Error>,
-    ) -> Option<Retryable> {
+    fn handle(&self, res: &Result<reqwest::Response, reqwest_middleware::Error>) -> Option<Retryable> {
         match res {
-            Ok(resp)
-                if is_transient_status(
-                    resp.status(),
-                    resp.headers().contains_key("retry-after"),
-                ) =>
-            {
+            Ok(resp) if is_transient_status(resp.status(), resp.headers().contains_key("retry-after")) => {
                 Some(Retryable::Transient)
             }
             Ok(_) => None,
-            Err(reqwest_middleware::Error::Reqwest(e))
-                if e.is_connect() || e.is_timeout() || e.is_request() =>
-            {
+            Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() || e.is_timeout() || e.is_request() => {
                 Some(Retryable::Transient)
             }
             Err(_) => Some(Retryable::Fatal),
@@ -126,12 +116,8 @@ impl Middleware for AttemptObserver {
         // been received and acted on.
         let (sent, result) = match &res {
             Ok(resp) => (true, resp.status().as_u16().to_string()),
-            Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() => {
-                (false, "connect_error".to_string())
-            }
-            Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => {
-                (true, "timeout".to_string())
-            }
+            Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() => (false, "connect_error".to_string()),
+            Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => (true, "timeout".to_string()),
             Err(_) => (true, "error".to_string()),
         };
         if sent && let Some(tracker) = extensions.get::<SentTracker>() {
@@ -176,11 +162,7 @@ impl CallResponse {
     /// The slug at the end of a problem's `type`, if the body is a problem.
     pub fn problem_slug(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("type")?
-            .as_str()?
-            .rsplit('/')
-            .next()
-            .map(str::to_string)
+        v.get("type")?.as_str()?.rsplit('/').next().map(str::to_string)
     }
 }
 
@@ -194,12 +176,7 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    pub fn new(
-        name: &'static str,
-        base: &str,
-        token: Secret,
-        retry: &RetrySettings,
-    ) -> Result<Self, String> {
+    pub fn new(name: &'static str, base: &str, token: Secret, retry: &RetrySettings) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(retry.attempt_timeout)
             .connect_timeout(retry.connect_timeout)
@@ -254,14 +231,10 @@ impl Downstream {
     }
 
     pub async fn get(&self, path: &str) -> Result<CallResponse, CallError> {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.client.get(format!("{}{path}", self.base))).await
     }
 
-    async fn send(
-        &self,
-        request: reqwest_middleware::RequestBuilder,
-    ) -> Result<CallResponse, CallError> {
+    async fn send(&self, request: reqwest_middleware::RequestBuilder) -> Result<CallResponse, CallError> {
         let tracker = SentTracker::default();
         let result = request
             .bearer_auth(self.token.expose())
@@ -300,10 +273,7 @@ mod tests {
         assert!(is_transient_status(StatusCode::CONFLICT, true));
         // A 409 without Retry-After is a business answer (out of stock), never retried.
         assert!(!is_transient_status(StatusCode::CONFLICT, false));
-        assert!(!is_transient_status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            false
-        ));
+        assert!(!is_transient_status(StatusCode::INTERNAL_SERVER_ERROR, false));
         assert!(!is_transient_status(StatusCode::PAYMENT_REQUIRED, false));
         assert!(!is_transient_status(StatusCode::NOT_FOUND, false));
     }

@@ -81,15 +81,10 @@ impl StoredResponse {
         if let Ok(v) = HeaderValue::from_str(&self.content_type) {
             builder.insert_header((header::CONTENT_TYPE, v));
         }
-        if let Some(loc) = self
-            .location
-            .as_deref()
-            .and_then(|l| HeaderValue::from_str(l).ok())
-        {
+        if let Some(loc) = self.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
             builder.insert_header((header::LOCATION, loc));
         }
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE || self.status() == StatusCode::ACCEPTED
-        {
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE || self.status() == StatusCode::ACCEPTED {
             builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         if replayed {
@@ -292,19 +287,12 @@ impl IdempotencyStore {
                 })
             }
             other => {
-                return Err(CommonError::Internal(format!(
-                    "idempotency script answered {other:?}"
-                )));
+                return Err(CommonError::Internal(format!("idempotency script answered {other:?}")));
             }
         })
     }
 
-    pub async fn finish(
-        &self,
-        key: &KeyRef,
-        token: &str,
-        resp: &StoredResponse,
-    ) -> Result<(), CommonError> {
+    pub async fn finish(&self, key: &KeyRef, token: &str, resp: &StoredResponse) -> Result<(), CommonError> {
         let mut conn = self.pool.get().await?;
         let _: i64 = FINISH
             .key(&key.redis_key)
@@ -322,11 +310,7 @@ impl IdempotencyStore {
 
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
         let mut conn = self.pool.get().await?;
-        let _: i64 = FREE
-            .key(&key.redis_key)
-            .arg(token)
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = FREE.key(&key.redis_key).arg(token).invoke_async(&mut conn).await?;
         Ok(())
     }
 
@@ -377,9 +361,7 @@ impl IdempotencyStore {
                 crate::metrics::idempotency_event("reused");
                 Err(CommonError::IdempotencyKeyReused)
             }
-            Begin::Execute { .. } => Err(CommonError::Internal(
-                "refusal() called for an execution".into(),
-            )),
+            Begin::Execute { .. } => Err(CommonError::Internal("refusal() called for an execution".into())),
         }
     }
 
@@ -412,24 +394,13 @@ mod tests {
             .to_http_request();
         assert_eq!(key_from(&ok).ok().as_deref(), Some("order-123_ABC:x"));
         let missing = TestRequest::default().to_http_request();
-        assert!(matches!(
-            key_from(&missing),
-            Err(CommonError::IdempotencyKeyMissing)
-        ));
-        let spaced = TestRequest::default()
-            .insert_header((HEADER, "a b"))
-            .to_http_request();
-        assert!(matches!(
-            key_from(&spaced),
-            Err(CommonError::IdempotencyKeyInvalid)
-        ));
+        assert!(matches!(key_from(&missing), Err(CommonError::IdempotencyKeyMissing)));
+        let spaced = TestRequest::default().insert_header((HEADER, "a b")).to_http_request();
+        assert!(matches!(key_from(&spaced), Err(CommonError::IdempotencyKeyInvalid)));
         let long = TestRequest::default()
             .insert_header((HEADER, "k".repeat(256)))
             .to_http_request();
-        assert!(matches!(
-            key_from(&long),
-            Err(CommonError::IdempotencyKeyInvalid)
-        ));
+        assert!(matches!(key_from(&long), Err(CommonError::IdempotencyKeyInvalid)));
         let max = TestRequest::default()
             .insert_header((HEADER, "k".repeat(255)))
             .to_http_request();

@@ -21,11 +21,7 @@ pub fn new_id(prefix: &str) -> String {
 
 /// Ids that reach us from clients are used inside Redis keys: keep them to a safe alphabet.
 pub fn is_safe_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -35,13 +31,9 @@ mod tests {
     #[test]
     fn shards_are_stable_and_in_range() {
         assert_eq!(shard_of("ord_abc"), shard_of("ord_abc"));
-        let spread: std::collections::HashSet<u16> =
-            (0..200).map(|i| shard_of(&format!("ord_{i}"))).collect();
+        let spread: std::collections::HashSet<u16> = (0..200).map(|i| shard_of(&format!("ord_{i}"))).collect();
         assert!(spread.iter().all(|s| *s < SHARDS));
-        assert!(
-            spread.len() > SHARDS as usize / 2,
-            "ids should spread over the shards"
-        );
+        assert!(spread.len() > SHARDS as usize / 2, "ids should spread over the shards");
     }
 
     #[test]

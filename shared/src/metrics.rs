@@ -34,8 +34,7 @@ fn latency_histogram() -> Histogram {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::default();
     let requests = Family::<Labels, Counter>::default();
-    let latency =
-        Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+    let latency = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
     let idempotency = Family::<Labels, Counter>::default();
     let events = Family::<Labels, Counter>::default();
     let attempts = Family::<Labels, Counter>::default();
@@ -82,17 +81,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn idempotency_event(event: &str) {
-    METRICS
-        .idempotency
-        .get_or_create(&labels(&[("event", event)]))
-        .inc();
+    METRICS.idempotency.get_or_create(&labels(&[("event", event)])).inc();
 }
 
 /// A business outcome, e.g. `("checkout", "completed")` or `("compensation", "refund")`.
@@ -142,18 +135,11 @@ pub async fn middleware(
     let started = Instant::now();
     let method = req.method().to_string();
     let res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".into());
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status().as_u16().to_string();
     METRICS
         .requests
-        .get_or_create(&labels(&[
-            ("route", &route),
-            ("method", &method),
-            ("status", &status),
-        ]))
+        .get_or_create(&labels(&[("route", &route), ("method", &method), ("status", &status)]))
         .inc();
     METRICS
         .latency

@@ -29,8 +29,7 @@ async fn ready(ops: web::Data<Ops>) -> HttpResponse {
     if crate::redis_pool::is_ready(&ops.pool).await {
         HttpResponse::Ok().json(json!({"status": "ok", "checks": {"redis": "ok"}}))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "checks": {"redis": "unavailable"}}))
+        HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "checks": {"redis": "unavailable"}}))
     }
 }
 

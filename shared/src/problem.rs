@@ -36,12 +36,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(
-        status: StatusCode,
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,
             slug,
@@ -65,17 +60,11 @@ impl Problem {
     /// The JSON body, with `instance` set to the current request id.
     pub fn body(&self) -> Vec<u8> {
         let mut obj = Map::new();
-        obj.insert(
-            "type".into(),
-            Value::String(format!("{}{}", type_base(), self.slug)),
-        );
+        obj.insert("type".into(), Value::String(format!("{}{}", type_base(), self.slug)));
         obj.insert("title".into(), Value::String(self.title.into()));
         obj.insert("status".into(), Value::from(self.status.as_u16()));
         obj.insert("detail".into(), Value::String(self.detail.clone()));
-        obj.insert(
-            "instance".into(),
-            Value::String(crate::request_id::current()),
-        );
+        obj.insert("instance".into(), Value::String(crate::request_id::current()));
         for (k, v) in &self.extensions {
             obj.insert(k.clone(), v.clone());
         }
@@ -129,12 +118,9 @@ impl CommonError {
     pub fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
-            Self::InvalidRequest(detail) => Problem::new(
-                S::BAD_REQUEST,
-                "invalid-request",
-                "Invalid request",
-                detail.clone(),
-            ),
+            Self::InvalidRequest(detail) => {
+                Problem::new(S::BAD_REQUEST, "invalid-request", "Invalid request", detail.clone())
+            }
             Self::PayloadTooLarge { limit } => Problem::new(
                 S::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -178,9 +164,7 @@ impl CommonError {
                 "Unauthorized",
                 "this endpoint needs Authorization: Bearer <internal token>",
             ),
-            Self::NotFound(detail) => {
-                Problem::new(S::NOT_FOUND, "not-found", "Not found", detail.clone())
-            }
+            Self::NotFound(detail) => Problem::new(S::NOT_FOUND, "not-found", "Not found", detail.clone()),
             Self::MethodNotAllowed => Problem::new(
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -255,12 +239,9 @@ pub fn problemize<B>(
             limit: crate::body::BODY_LIMIT,
         }
         .problem(),
-        s if s.is_client_error() => CommonError::InvalidRequest(
-            s.canonical_reason()
-                .unwrap_or("bad request")
-                .to_ascii_lowercase(),
-        )
-        .problem(),
+        s if s.is_client_error() => {
+            CommonError::InvalidRequest(s.canonical_reason().unwrap_or("bad request").to_ascii_lowercase()).problem()
+        }
         _ => CommonError::Internal(String::new()).problem(),
     };
     let (req, _) = res.into_parts();

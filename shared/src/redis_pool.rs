@@ -24,13 +24,7 @@ pub fn create(settings: &CommonSettings) -> Result<Pool, String> {
 pub async fn is_ready(pool: &Pool) -> bool {
     let ping = async {
         let mut conn = pool.get().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
+        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), ping).await,
-        Ok(Some(_))
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Some(_)))
 }

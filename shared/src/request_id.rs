@@ -15,9 +15,7 @@ tokio::task_local! {
 
 /// The id of the request being served, or `-` outside a request.
 pub fn current() -> String {
-    REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| "-".to_string())
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_string())
 }
 
 #[derive(Clone, Debug)]
@@ -41,8 +39,7 @@ pub async fn middleware(
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = REQUEST_ID.scope(id.clone(), next.call(req)).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(HEADER), value);
+        res.headers_mut().insert(HeaderName::from_static(HEADER), value);
     }
     Ok(res)
 }

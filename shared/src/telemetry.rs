@@ -7,9 +7,7 @@ pub struct TelemetryGuard;
 
 pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let installed = if format == "text" {
         builder.try_init()
     } else {

@@ -48,8 +48,7 @@ impl Settings {
         Ok(Self {
             common: CommonSettings::from_env("stock-service", &PORT)?,
             reservation_ttl: config::duration("RESERVATION_TTL", "10m")?,
-            sweep_interval: config::duration("RESERVATION_SWEEP_INTERVAL", "1s")?
-                .max(Duration::from_millis(50)),
+            sweep_interval: config::duration("RESERVATION_SWEEP_INTERVAL", "1s")?.max(Duration::from_millis(50)),
             seed_demo: config::boolean("SEED_DEMO", "true")?,
             seed_units: config::parse("SEED_UNITS", "1000")?,
         })

@@ -51,16 +51,10 @@ pub async fn main_entry() -> ExitCode {
 pub async fn run(settings: Settings) -> Result<(), String> {
     shared::problem::set_type_base(&settings.common.problem_type_base);
     if settings.common.uses_default_token() {
-        tracing::warn!(
-            "INTERNAL_TOKEN is the development default; set a secret outside development"
-        );
+        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
     }
     let pool = shared::redis_pool::create(&settings.common)?;
-    let store = Store::new(
-        pool.clone(),
-        settings.reservation_ttl,
-        settings.common.idempotency_ttl,
-    );
+    let store = Store::new(pool.clone(), settings.reservation_ttl, settings.common.idempotency_ttl);
     if settings.seed_demo {
         // Redis may still be starting: seeding is retried by the sweeper loop until it succeeds.
         if let Err(e) = store.seed_demo(settings.seed_units).await {

@@ -10,8 +10,8 @@ use utoipa::OpenApi;
 use crate::AppState;
 use crate::error::StockError;
 use crate::model::{
-    Item, MAX_AVAILABLE, MAX_PRICE, MAX_QUANTITY, PutItemRequest, ReservationRef,
-    ReservationResponse, ReservationStatus, ReserveRequest, valid_currency,
+    Item, MAX_AVAILABLE, MAX_PRICE, MAX_QUANTITY, PutItemRequest, ReservationRef, ReservationResponse,
+    ReservationStatus, ReserveRequest, valid_currency,
 };
 use crate::store::{ReserveOutcome, TransitionOutcome};
 
@@ -66,10 +66,7 @@ async fn list_items(state: web::Data<AppState>) -> Result<HttpResponse, StockErr
 }
 
 #[utoipa::path(get, path = "/items/{id}", responses((status = 200, body = Item), (status = 404, description = "item-not-found")))]
-async fn get_item(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, StockError> {
+async fn get_item(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, StockError> {
     let id = parse_item_id(&id)?;
     let item = state
         .store
@@ -91,15 +88,9 @@ async fn put_item(
     id: web::Path<String>,
 ) -> Result<HttpResponse, StockError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
-    let id = id
-        .parse::<u64>()
-        .ok()
-        .filter(|id| *id >= 1)
-        .ok_or_else(|| {
-            shared::CommonError::InvalidRequest(
-                "the item id in the path must be a positive integer".into(),
-            )
-        })?;
+    let id = id.parse::<u64>().ok().filter(|id| *id >= 1).ok_or_else(|| {
+        shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
+    })?;
     let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
     let invalid = |m: &str| StockError::Common(shared::CommonError::InvalidRequest(m.into()));
     if body.name.trim().is_empty() || body.name.len() > 200 {
@@ -109,22 +100,14 @@ async fn put_item(
         return Err(invalid("currency must be an ISO 4217 code such as USD"));
     }
     if body.price > MAX_PRICE {
-        return Err(invalid(
-            "price is in minor units and must be at most 1000000000000",
-        ));
+        return Err(invalid("price is in minor units and must be at most 1000000000000"));
     }
     if body.available > MAX_AVAILABLE {
         return Err(invalid("available must be at most 1000000000"));
     }
     let item = state
         .store
-        .put_item(
-            id,
-            body.name.trim(),
-            body.price,
-            &body.currency,
-            body.available,
-        )
+        .put_item(id, body.name.trim(), body.price, &body.currency, body.available)
         .await?;
     Ok(HttpResponse::Ok().json(item))
 }
@@ -152,16 +135,11 @@ async fn reserve_stock(
         return Err(shared::CommonError::InvalidRequest("itemId must be at least 1".into()).into());
     }
     if body.quantity == 0 || body.quantity > MAX_QUANTITY {
-        return Err(shared::CommonError::InvalidRequest(format!(
-            "quantity must be between 1 and {MAX_QUANTITY}"
-        ))
-        .into());
+        return Err(
+            shared::CommonError::InvalidRequest(format!("quantity must be between 1 and {MAX_QUANTITY}")).into(),
+        );
     }
-    let key_ref = KeyRef::new(
-        "stock:reserve",
-        &key,
-        body::fingerprint("POST", req.path(), &raw),
-    );
+    let key_ref = KeyRef::new("stock:reserve", &key, body::fingerprint("POST", req.path(), &raw));
     let store = state.store.clone();
     let response = state
         .idempotency
@@ -171,9 +149,7 @@ async fn reserve_stock(
                     shared::metrics::event("reservation", "reserved");
                     Ok(StoredResponse::json(StatusCode::CREATED, &r))
                 }
-                Ok(ReserveOutcome::NotFound) => {
-                    Err(StockError::ItemNotFound(body.item_id.to_string()))
-                }
+                Ok(ReserveOutcome::NotFound) => Err(StockError::ItemNotFound(body.item_id.to_string())),
                 Ok(ReserveOutcome::OutOfStock { available }) => {
                     shared::metrics::event("reservation", "out_of_stock");
                     Err(StockError::OutOfStock {
@@ -264,17 +240,13 @@ async fn transition(
             };
             let result = match (action, result) {
                 (_, Err(e)) => Err(e),
-                (_, Ok(TransitionOutcome::NotFound)) => Err(StockError::ReservationNotFound(
-                    rid.chars().take(128).collect(),
-                )),
+                (_, Ok(TransitionOutcome::NotFound)) => {
+                    Err(StockError::ReservationNotFound(rid.chars().take(128).collect()))
+                }
                 ("release", Ok(TransitionOutcome::Released)) => ok("released"),
-                ("release", Ok(TransitionOutcome::Completed)) => {
-                    Err(StockError::ReservationCompleted(rid.clone()))
-                }
+                ("release", Ok(TransitionOutcome::Completed)) => Err(StockError::ReservationCompleted(rid.clone())),
                 (_, Ok(TransitionOutcome::Completed)) => ok("completed"),
-                (_, Ok(TransitionOutcome::Released)) => {
-                    Err(StockError::ReservationReleased(rid.clone()))
-                }
+                (_, Ok(TransitionOutcome::Released)) => Err(StockError::ReservationReleased(rid.clone())),
             };
             outcome(result)
         })

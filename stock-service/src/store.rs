@@ -42,9 +42,7 @@ pub fn new_reservation_id(item_id: u64) -> String {
 pub fn item_of_reservation(rid: &str) -> Option<u64> {
     let rest = rid.strip_prefix("rsv_")?;
     let (item, random) = rest.split_once('_')?;
-    let valid = !random.is_empty()
-        && random.len() <= 64
-        && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid = !random.is_empty() && random.len() <= 64 && random.bytes().all(|b| b.is_ascii_alphanumeric());
     if !valid {
         return None;
     }
@@ -241,11 +239,7 @@ impl Store {
             pipe.add_command(item_fields(*id));
         }
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
-        Ok(ids
-            .iter()
-            .zip(rows)
-            .filter_map(|(id, f)| item_from(*id, &f))
-            .collect())
+        Ok(ids.iter().zip(rows).filter_map(|(id, f)| item_from(*id, &f)).collect())
     }
 
     pub async fn put_item(
@@ -332,10 +326,7 @@ impl Store {
                 available: field(1).parse().unwrap_or(0),
             },
             other => {
-                return Err(shared::CommonError::Internal(format!(
-                    "reserve script answered {other:?}"
-                ))
-                .into());
+                return Err(shared::CommonError::Internal(format!("reserve script answered {other:?}")).into());
             }
         })
     }
@@ -348,11 +339,7 @@ impl Store {
         self.transition(&COMPLETE, rid).await
     }
 
-    async fn transition(
-        &self,
-        script: &Script,
-        rid: &str,
-    ) -> Result<TransitionOutcome, StockError> {
+    async fn transition(&self, script: &Script, rid: &str) -> Result<TransitionOutcome, StockError> {
         let Some(item_id) = item_of_reservation(rid) else {
             return Ok(TransitionOutcome::NotFound);
         };
