@@ -1,0 +1,78 @@
+//! The payment service's errors and their one mapping to problem+json.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use shared::{CommonError, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error(transparent)]
+    Common(#[from] CommonError),
+    #[error("charge {charge_id} declined: {decline_code}")]
+    Declined { charge_id: String, decline_code: String },
+    #[error("charge {0} not found")]
+    ChargeNotFound(String),
+    #[error("charge {charge_id} is {status} and cannot be refunded")]
+    ChargeNotRefundable { charge_id: String, status: String },
+}
+
+impl From<redis::RedisError> for PaymentError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Common(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for PaymentError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Common(e.into())
+    }
+}
+
+impl PaymentError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::Common(CommonError::InvalidRequest(detail.into()))
+    }
+
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::Common(e) => e.problem(),
+            Self::Declined {
+                charge_id,
+                decline_code,
+            } => Problem::new(
+                S::PAYMENT_REQUIRED,
+                "payment-declined",
+                "Payment declined",
+                format!("the payment was declined: {decline_code}"),
+            )
+            .with("declineCode", decline_code.as_str())
+            .with("chargeId", charge_id.as_str()),
+            Self::ChargeNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "charge-not-found",
+                "Charge not found",
+                format!("no charge with id {id}"),
+            ),
+            Self::ChargeNotRefundable { charge_id, status } => Problem::new(
+                S::CONFLICT,
+                "charge-not-refundable",
+                "Charge not refundable",
+                format!("charge {charge_id} is {status}; only a succeeded charge can be refunded"),
+            )
+            .with("chargeId", charge_id.as_str()),
+        }
+    }
+}
+
+impl ResponseError for PaymentError {
+    fn status_code(&self) -> StatusCode {
+        self.problem().status
+    }
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Common(e) = self {
+            e.log();
+        }
+        self.problem().response()
+    }
+}

@@ -1,0 +1,158 @@
+//! The payment gateway behind every charge. Only the simulator exists: it answers like Stripe
+//! does for its test payment methods, deterministically and without any I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Stripe's test payment methods the simulator knows, with the decline code each one earns.
+pub const TEST_METHODS: [(&str, Option<&str>); 3] = [
+    ("pm_card_visa", None),
+    ("pm_card_chargeDeclined", Some("card_declined")),
+    ("pm_card_chargeDeclinedInsufficientFunds", Some("insufficient_funds")),
+];
+
+/// What the gateway said about one charge attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Declined { code: String },
+}
+
+/// One charge as sent to the gateway.
+#[derive(Debug)]
+pub struct ChargeAttempt<'a> {
+    /// Derived from the client's Idempotency-Key. A real gateway must be sent this same key
+    /// (Stripe's `Idempotency-Key`), so that a retry after a crash between the gateway's answer
+    /// and our record cannot charge the card twice: the gateway answers the retry with the
+    /// first attempt's result.
+    pub idempotency_key: &'a str,
+    pub order_id: &'a str,
+    pub amount: u64,
+    pub currency: &'a str,
+    pub customer_id: &'a str,
+    pub payment_method: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    Simulator,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown gateway (accepted: simulator)")]
+pub struct UnknownGateway;
+
+impl FromStr for Gateway {
+    type Err = UnknownGateway;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "simulator" => Ok(Self::Simulator),
+            _ => Err(UnknownGateway),
+        }
+    }
+}
+
+impl fmt::Display for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Simulator => "simulator",
+        })
+    }
+}
+
+impl Gateway {
+    /// Refuses, before anything is recorded, a payment method this gateway cannot charge; the
+    /// error names the accepted ones.
+    pub fn check_method(&self, payment_method: &str) -> Result<(), String> {
+        match self {
+            Self::Simulator if simulate(payment_method).is_some() => Ok(()),
+            Self::Simulator => Err(format!(
+                "paymentMethod must be one of the simulator's test payment methods: {}",
+                TEST_METHODS.map(|(m, _)| m).join(", ")
+            )),
+        }
+    }
+
+    /// Asks the gateway to charge. `None` for a payment method [`Gateway::check_method`] refuses.
+    pub async fn charge(&self, attempt: &ChargeAttempt<'_>) -> Option<Decision> {
+        match self {
+            Self::Simulator => {
+                tracing::debug!(
+                    idempotency_key = attempt.idempotency_key,
+                    order_id = attempt.order_id,
+                    amount = attempt.amount,
+                    currency = attempt.currency,
+                    "simulated gateway charge"
+                );
+                simulate(attempt.payment_method)
+            }
+        }
+    }
+}
+
+fn simulate(payment_method: &str) -> Option<Decision> {
+    TEST_METHODS
+        .iter()
+        .find(|(m, _)| *m == payment_method)
+        .map(|(_, decline)| match decline {
+            None => Decision::Approved,
+            Some(code) => Decision::Declined {
+                code: (*code).to_string(),
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(payment_method: &str) -> ChargeAttempt<'_> {
+        ChargeAttempt {
+            idempotency_key: "ord_1:charge",
+            order_id: "ord_1",
+            amount: 999,
+            currency: "USD",
+            customer_id: "guest",
+            payment_method,
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_simulator_follows_stripes_test_payment_methods() {
+        let g = Gateway::Simulator;
+        assert_eq!(g.charge(&attempt("pm_card_visa")).await, Some(Decision::Approved));
+        assert_eq!(
+            g.charge(&attempt("pm_card_chargeDeclined")).await,
+            Some(Decision::Declined {
+                code: "card_declined".into()
+            })
+        );
+        assert_eq!(
+            g.charge(&attempt("pm_card_chargeDeclinedInsufficientFunds")).await,
+            Some(Decision::Declined {
+                code: "insufficient_funds".into()
+            })
+        );
+        assert_eq!(g.charge(&attempt("pm_card_mastercard")).await, None);
+    }
+
+    #[test]
+    fn unknown_payment_methods_are_refused_naming_the_accepted_ones() {
+        let g = Gateway::Simulator;
+        assert!(g.check_method("pm_card_visa").is_ok());
+        for bad in ["", "pm_card_Visa", "tok_visa", "pm_card_visa "] {
+            let detail = g.check_method(bad).err().unwrap_or_default();
+            for (m, _) in TEST_METHODS {
+                assert!(detail.contains(m), "{bad:?}: {detail}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_simulator_gateway_is_configurable() {
+        assert_eq!("simulator".parse::<Gateway>().ok(), Some(Gateway::Simulator));
+        assert!("stripe".parse::<Gateway>().is_err());
+        assert!("Simulator".parse::<Gateway>().is_err());
+    }
+}

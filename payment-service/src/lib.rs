@@ -1,0 +1,77 @@
+//! Payment service: charges and refunds over a simulated gateway, and the books that count
+//! them. Every charge and refund is one Lua script on its order's shard that writes the effect,
+//! its idempotency marker and the totals together, so charged − refunded balances at every
+//! instant, and a retry after a crash never charges twice.
+//!
+//! Layout: [`config`] settings, [`error`] the one error enum, [`gateway`] the (simulated)
+//! payment gateway, [`store`] Redis scripts and reads, [`routes`] HTTP handlers, [`model`]
+//! request and response bodies.
+
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod model;
+pub mod routes;
+pub mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use shared::idempotency::IdempotencyStore;
+use shared::ops::Ops;
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub idempotency: IdempotencyStore,
+}
+
+pub async fn main_entry() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("payment-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = shared::telemetry::init("payment-service", &settings.common.log_format);
+    match run(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "payment-service stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(settings: Settings) -> Result<(), String> {
+    shared::problem::set_type_base(&settings.common.problem_type_base);
+    if settings.common.uses_default_token() {
+        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
+    }
+    tracing::info!(gateway = %settings.gateway, "payment gateway");
+    let pool = shared::redis_pool::create(&settings.common)?;
+    let settings = Arc::new(settings);
+    let state = AppState {
+        settings: settings.clone(),
+        // Markers live as long as the idempotency records they back up.
+        store: Store::new(pool.clone(), settings.common.idempotency_ttl),
+        idempotency: IdempotencyStore::new(
+            pool.clone(),
+            settings.common.idempotency_ttl,
+            settings.common.idempotency_lease,
+        ),
+    };
+    let ops = Ops {
+        pool,
+        openapi: Arc::new(routes::openapi_json()),
+    };
+    shared::server::serve(&settings.common, ops, routes::configure(state))
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,331 @@
+//! HTTP handlers. Every endpoint needs the internal token, checked first; the POSTs also need
+//! an Idempotency-Key.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use shared::CommonError;
+use shared::body::{self, JsonBody};
+use shared::idempotency::{self, KeyRef, Outcome, StoredResponse};
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::PaymentError;
+use crate::gateway::{ChargeAttempt, Decision, Gateway};
+use crate::model::{
+    Charge, ChargeRequest, ChargeResponse, ChargesQuery, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse,
+    Tally, Totals,
+};
+use crate::store::{ChargeOutcome, NewCharge, RefundOutcome, Store};
+
+pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state.clone()))
+            .service(web::resource("/charge").post(create_charge))
+            .service(web::resource("/refund").post(refund_charge))
+            .service(web::resource("/charges").get(list_charges))
+            .service(web::resource("/charges/{chargeId}").get(get_charge))
+            .service(web::resource("/totals").get(get_totals));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "payment-service", description = "Charges, refunds and the books, over a simulated gateway. Every error is application/problem+json."),
+    servers((url = "/payment")),
+    paths(create_charge, refund_charge, get_charge, list_charges, get_totals),
+    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally))
+)]
+struct ApiDoc;
+
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}
+
+/// A handler's result as the response to store: definitive answers are kept, 5xx free the key.
+/// Validation errors and a reused key are not definitive either (the contract keeps 400 and
+/// 422 out of the store), should one arise inside the execution.
+fn outcome(result: Result<StoredResponse, PaymentError>) -> Outcome {
+    match result {
+        Ok(resp) => Outcome::by_status(resp),
+        Err(e @ PaymentError::Common(CommonError::InvalidRequest(_) | CommonError::IdempotencyKeyReused)) => {
+            Outcome::Free(StoredResponse::problem(&e.problem()))
+        }
+        Err(e) => {
+            if let PaymentError::Common(c) = &e {
+                c.log();
+            }
+            Outcome::by_status(StoredResponse::problem(&e.problem()))
+        }
+    }
+}
+
+/// Ids echoed in a 404 are cut short: they come from the client.
+fn not_found(charge_id: &str) -> PaymentError {
+    PaymentError::ChargeNotFound(charge_id.chars().take(128).collect())
+}
+
+#[utoipa::path(
+    post, path = "/charge", request_body = ChargeRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 201, body = ChargeResponse),
+        (status = 400, description = "invalid-request (also an unknown paymentMethod), idempotency-key-missing or -invalid"),
+        (status = 401, description = "unauthorized"),
+        (status = 402, description = "payment-declined, with declineCode and chargeId"),
+        (status = 409, description = "idempotency-key-in-use"),
+        (status = 422, description = "idempotency-key-reused")
+    ),
+    security(("bearer" = []))
+)]
+async fn create_charge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let key = idempotency::key_from(&req)?;
+    let JsonBody { value: body, raw } = body::read_json::<ChargeRequest>(&req, payload).await?;
+    body.validate().map_err(PaymentError::invalid)?;
+    let gateway = state.settings.gateway;
+    // Checked before the key is taken: an unknown method is a validation error, never stored.
+    gateway
+        .check_method(&body.payment_method)
+        .map_err(PaymentError::invalid)?;
+    let key_ref = KeyRef::new("payment:charge", &key, body::fingerprint("POST", req.path(), &raw));
+    let store = state.store.clone();
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            outcome(charge(&store, gateway, &body, &key).await)
+        })
+        .await?;
+    Ok(response)
+}
+
+/// Asks the gateway, then records the charge with its key's marker. A declined charge is
+/// recorded too (the order's history shows it) and answered 402.
+async fn charge(
+    store: &Store,
+    gateway: Gateway,
+    body: &ChargeRequest,
+    key: &str,
+) -> Result<StoredResponse, PaymentError> {
+    let attempt = ChargeAttempt {
+        idempotency_key: key,
+        order_id: &body.order_id,
+        amount: body.amount,
+        currency: &body.currency,
+        customer_id: &body.customer_id,
+        payment_method: &body.payment_method,
+    };
+    let decision = match gateway.charge(&attempt).await {
+        Some(d) => d,
+        None => {
+            return Err(PaymentError::invalid(
+                gateway.check_method(&body.payment_method).err().unwrap_or_default(),
+            ));
+        }
+    };
+    let decline_code = match &decision {
+        Decision::Approved => None,
+        Decision::Declined { code } => Some(code.as_str()),
+    };
+    let new = NewCharge {
+        order_id: &body.order_id,
+        amount: body.amount,
+        currency: &body.currency,
+        customer_id: &body.customer_id,
+        payment_method: &body.payment_method,
+        decline_code,
+    };
+    let recorded = match store.charge(&new, key).await? {
+        ChargeOutcome::Recorded(r) => r,
+        ChargeOutcome::KeyReused => return Err(CommonError::IdempotencyKeyReused.into()),
+    };
+    let found = !recorded.fresh;
+    match recorded.decline_code {
+        None => {
+            shared::metrics::event("charge", if found { "found" } else { "succeeded" });
+            tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, "charge succeeded");
+            Ok(StoredResponse::json(
+                StatusCode::CREATED,
+                &ChargeResponse {
+                    charge_id: recorded.charge_id,
+                    status: "succeeded".into(),
+                    amount: recorded.amount,
+                    currency: recorded.currency,
+                    order_id: recorded.order_id,
+                },
+            ))
+        }
+        Some(decline_code) => {
+            shared::metrics::event("charge", if found { "found" } else { "declined" });
+            tracing::info!(
+                charge_id = %recorded.charge_id,
+                order_id = %recorded.order_id,
+                %decline_code,
+                "charge declined"
+            );
+            Err(PaymentError::Declined {
+                charge_id: recorded.charge_id,
+                decline_code,
+            })
+        }
+    }
+}
+
+#[utoipa::path(
+    post, path = "/refund", request_body = RefundRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = RefundResponse, description = "refunded now, or earlier (the same refundId)"),
+        (status = 401, description = "unauthorized"),
+        (status = 404, description = "charge-not-found"),
+        (status = 409, description = "charge-not-refundable (a declined charge), or idempotency-key-in-use"),
+        (status = 422, description = "idempotency-key-reused")
+    ),
+    security(("bearer" = []))
+)]
+async fn refund_charge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let key = idempotency::key_from(&req)?;
+    let JsonBody { value: body, raw } = body::read_json::<RefundRequest>(&req, payload).await?;
+    let key_ref = KeyRef::new("payment:refund", &key, body::fingerprint("POST", req.path(), &raw));
+    let store = state.store.clone();
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            let charge_id = body.charge_id;
+            let result = match store.refund(&charge_id).await {
+                Ok(RefundOutcome::Refunded {
+                    refund_id,
+                    amount,
+                    fresh,
+                }) => {
+                    shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
+                    Ok(StoredResponse::json(
+                        StatusCode::OK,
+                        &RefundResponse {
+                            refund_id,
+                            charge_id,
+                            status: "refunded".into(),
+                            amount,
+                        },
+                    ))
+                }
+                Ok(RefundOutcome::NotFound) => Err(not_found(&charge_id)),
+                Ok(RefundOutcome::NotRefundable { status }) => {
+                    Err(PaymentError::ChargeNotRefundable { charge_id, status })
+                }
+                Err(e) => Err(e),
+            };
+            outcome(result)
+        })
+        .await?;
+    Ok(response)
+}
+
+#[utoipa::path(
+    get, path = "/charges/{chargeId}",
+    params(("chargeId" = String, Path, description = "`ch_` and 32 hex digits")),
+    responses((status = 200, body = Charge), (status = 401, description = "unauthorized"), (status = 404, description = "charge-not-found")),
+    security(("bearer" = []))
+)]
+async fn get_charge(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    charge_id: web::Path<String>,
+) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let charge = state
+        .store
+        .get_charge(&charge_id)
+        .await?
+        .ok_or_else(|| not_found(&charge_id))?;
+    Ok(HttpResponse::Ok().json(charge))
+}
+
+#[utoipa::path(
+    get, path = "/charges",
+    params(("orderId" = String, Query, description = "the order whose charges to list")),
+    responses(
+        (status = 200, body = OrderCharges, description = "oldest first; empty for an unknown order"),
+        (status = 400, description = "invalid-request: orderId missing or malformed"),
+        (status = 401, description = "unauthorized")
+    ),
+    security(("bearer" = []))
+)]
+async fn list_charges(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let query = web::Query::<ChargesQuery>::from_query(req.query_string())
+        .map_err(|e| PaymentError::invalid(format!("invalid query: {e}")))?;
+    let order_id = query
+        .into_inner()
+        .order_id
+        .filter(|id| shared::ids::is_safe_id(id))
+        .ok_or_else(|| {
+            PaymentError::invalid("the orderId query parameter is required: 1 to 128 letters, digits, '_' and '-'")
+        })?;
+    let charges = state.store.charges_of_order(&order_id).await?;
+    Ok(HttpResponse::Ok().json(OrderCharges { order_id, charges }))
+}
+
+#[utoipa::path(
+    get, path = "/totals",
+    responses((status = 200, body = Totals, description = "charged and refunded per currency; declined charges count in neither"), (status = 401, description = "unauthorized")),
+    security(("bearer" = []))
+)]
+async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    Ok(HttpResponse::Ok().json(state.store.totals().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_endpoint() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
+        for path in ["/charge", "/refund", "/charges", "/charges/{chargeId}", "/totals"] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+    }
+
+    #[test]
+    fn declines_are_stored_but_validation_errors_and_reused_keys_free_the_key() {
+        let declined = outcome(Err(PaymentError::Declined {
+            charge_id: "ch_00".into(),
+            decline_code: "card_declined".into(),
+        }));
+        assert!(matches!(declined, Outcome::Store(ref r) if r.status == 402));
+        assert!(matches!(outcome(Err(PaymentError::invalid("x"))), Outcome::Free(_)));
+        assert!(matches!(
+            outcome(Err(CommonError::IdempotencyKeyReused.into())),
+            Outcome::Free(_)
+        ));
+        assert!(matches!(outcome(Err(not_found("ch_x"))), Outcome::Store(ref r) if r.status == 404));
+        assert!(matches!(
+            outcome(Err(CommonError::Internal("boom".into()).into())),
+            Outcome::Free(_)
+        ));
+    }
+
+    #[test]
+    fn a_decline_names_its_code_and_charge() {
+        let p = PaymentError::Declined {
+            charge_id: "ch_00abc".into(),
+            decline_code: "insufficient_funds".into(),
+        }
+        .problem();
+        assert_eq!(p.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(p.slug, "payment-declined");
+        assert!(p.detail.contains("insufficient_funds"));
+        assert_eq!(p.extensions.get("declineCode"), Some(&"insufficient_funds".into()));
+        assert_eq!(p.extensions.get("chargeId"), Some(&"ch_00abc".into()));
+    }
+}

@@ -1,0 +1,433 @@
+//! Charges, refunds and the books in Redis.
+//!
+//! Keys all carry the `{pay:S}` hash tag, S = `shared::ids::shard_of(orderId)` (0..16): a charge,
+//! its order's index and the totals that count it share one Redis Cluster slot, so each script
+//! below writes an effect and its counters atomically, and the books balance at every instant.
+//! - `payment:{pay:S}:charge:<chargeId>` hash: chargeId, orderId, amount, currency, customerId,
+//!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt,
+//!   refundedAt
+//! - `payment:{pay:S}:order:<orderId>` list: the order's charge ids, oldest first
+//! - `payment:{pay:S}:totals` hash: `<CUR>:charged:count`, `<CUR>:charged:amount`,
+//!   `<CUR>:refunded:count`, `<CUR>:refunded:amount`
+//! - `payment:{pay:S}:op:charge:<Idempotency-Key>`: the charge that key created, written in the
+//!   same script as the charge, so a retry after a crash finds it instead of charging again
+//!
+//! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 30 hex), which is how refunds
+//! and reads find the slot without an index. Amounts travel as decimal strings and are added
+//! with HINCRBY, never through Lua's numbers.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::{AsyncCommands, Script};
+use shared::ids::SHARDS;
+
+use crate::error::PaymentError;
+use crate::model::{Charge, Totals};
+
+fn tag(shard: u16) -> String {
+    format!("payment:{{pay:{shard}}}")
+}
+fn charge_prefix(shard: u16) -> String {
+    format!("{}:charge:", tag(shard))
+}
+fn charge_key(shard: u16, charge_id: &str) -> String {
+    format!("{}{charge_id}", charge_prefix(shard))
+}
+fn order_key(shard: u16, order_id: &str) -> String {
+    format!("{}:order:{order_id}", tag(shard))
+}
+fn totals_key(shard: u16) -> String {
+    format!("{}:totals", tag(shard))
+}
+fn op_key(shard: u16, idempotency_key: &str) -> String {
+    // The key may contain braces; Redis takes the first `{…}`, which is ours, as the tag.
+    format!("{}:op:charge:{idempotency_key}", tag(shard))
+}
+
+/// A new charge id for an order's shard: `ch_` + the shard as 2 hex digits + 30 random hex.
+pub fn new_charge_id(shard: u16) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("ch_{:02x}{}", shard % SHARDS, &random[2..])
+}
+
+/// The shard a charge id names, if it is exactly of the form [`new_charge_id`] makes.
+pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
+    let hex = charge_id.strip_prefix("ch_")?;
+    let well_formed = hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !well_formed {
+        return None;
+    }
+    let shard = u16::from_str_radix(hex.get(..2)?, 16).ok()?;
+    (shard < SHARDS).then_some(shard)
+}
+
+pub fn new_refund_id() -> String {
+    shared::ids::new_id("re")
+}
+
+// Charge: one script so that the charge record, its order index, the totals that count it and
+// the Idempotency-Key marker are written together or not at all. If the marker exists (a retry
+// after a crash between this script and the idempotency record's finish), the charge it names
+// is returned ('found') instead of recording a second one ('charged'). A marker found for a
+// different request (the key's idempotency record vanished, the marker not yet) is refused as
+// a reused key.
+// The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
+// and a failing script keeps the writes made before the failure.
+// KEYS: charge, order index, totals, marker.
+// ARGV: chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
+//       createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot).
+static CHARGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local prev = redis.call('GET', KEYS[4])
+if prev then
+  local c = redis.call('HMGET', ARGV[11] .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
+  if c[1] then
+    if c[1] ~= ARGV[2] or c[2] ~= ARGV[3] or c[3] ~= ARGV[4] or c[4] ~= ARGV[5] or c[5] ~= ARGV[6] then
+      return {'reused'}
+    end
+    return {'found', prev, c[1], c[2], c[3], c[6] or ''}
+  end
+end
+if ARGV[7] == 'succeeded' then
+  redis.call('HINCRBY', KEYS[3], ARGV[4] .. ':charged:amount', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], ARGV[4] .. ':charged:count', 1)
+end
+redis.call('HSET', KEYS[1], 'chargeId', ARGV[1], 'orderId', ARGV[2], 'amount', ARGV[3], 'currency', ARGV[4],
+  'customerId', ARGV[5], 'paymentMethod', ARGV[6], 'status', ARGV[7], 'declineCode', ARGV[8],
+  'refundId', '', 'createdAt', ARGV[9], 'refundedAt', '')
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[10])
+return {'charged', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]}
+"#,
+    )
+});
+
+// Refund: succeeded → refunded, with the refunded totals, in one step so that the books never
+// show a refund without its counters or the reverse, and two concurrent refunds cannot both
+// pass the status check. Already refunded: the existing refund is returned ('already_refunded':
+// a refund is idempotent by state, whatever the key), so it needs no marker of its own.
+// Failed (declined): refused. Totals first, as above.
+// KEYS: charge, totals. ARGV: new refundId, refundedAt.
+static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local c = redis.call('HMGET', KEYS[1], 'status', 'amount', 'currency', 'refundId')
+if not c[1] then return {'not_found'} end
+if c[1] == 'refunded' then return {'already_refunded', c[4], c[2]} end
+if c[1] ~= 'succeeded' then return {'not_refundable', c[1]} end
+redis.call('HINCRBY', KEYS[2], c[3] .. ':refunded:amount', c[2])
+redis.call('HINCRBY', KEYS[2], c[3] .. ':refunded:count', 1)
+redis.call('HSET', KEYS[1], 'status', 'refunded', 'refundId', ARGV[1], 'refundedAt', ARGV[2])
+return {'refunded', ARGV[1], c[2]}
+"#,
+    )
+});
+
+/// A new charge to record, with the gateway's verdict.
+#[derive(Debug)]
+pub struct NewCharge<'a> {
+    pub order_id: &'a str,
+    pub amount: u64,
+    pub currency: &'a str,
+    pub customer_id: &'a str,
+    pub payment_method: &'a str,
+    /// `None` when the gateway approved.
+    pub decline_code: Option<&'a str>,
+}
+
+/// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
+/// way, so the response built from them is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub charge_id: String,
+    pub order_id: String,
+    pub amount: u64,
+    pub currency: String,
+    /// `None`: the charge succeeded.
+    pub decline_code: Option<String>,
+    /// False when the key's marker named an earlier charge.
+    pub fresh: bool,
+}
+
+pub enum ChargeOutcome {
+    Recorded(Recorded),
+    /// The key's marker names a charge for a different request.
+    KeyReused,
+}
+
+pub enum RefundOutcome {
+    /// `fresh` is false when the charge had been refunded before.
+    Refunded {
+        refund_id: String,
+        amount: u64,
+        fresh: bool,
+    },
+    NotFound,
+    NotRefundable {
+        status: String,
+    },
+}
+
+const CHARGE_FIELDS: [&str; 9] = [
+    "chargeId",
+    "status",
+    "amount",
+    "currency",
+    "orderId",
+    "refundId",
+    "declineCode",
+    "createdAt",
+    "refundedAt",
+];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    marker_ttl: Duration,
+}
+
+impl Store {
+    pub fn new(pool: Pool, marker_ttl: Duration) -> Self {
+        Self { pool, marker_ttl }
+    }
+
+    pub async fn charge(&self, new: &NewCharge<'_>, idempotency_key: &str) -> Result<ChargeOutcome, PaymentError> {
+        let shard = shared::ids::shard_of(new.order_id);
+        let charge_id = new_charge_id(shard);
+        let status = if new.decline_code.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        let mut conn = self.pool.get().await?;
+        let reply: Vec<String> = CHARGE
+            .key(charge_key(shard, &charge_id))
+            .key(order_key(shard, new.order_id))
+            .key(totals_key(shard))
+            .key(op_key(shard, idempotency_key))
+            .arg(&charge_id)
+            .arg(new.order_id)
+            .arg(new.amount.to_string())
+            .arg(new.currency)
+            .arg(new.customer_id)
+            .arg(new.payment_method)
+            .arg(status)
+            .arg(new.decline_code.unwrap_or(""))
+            .arg(shared::time::now_rfc3339())
+            .arg(self.marker_ttl.as_millis() as u64)
+            .arg(charge_prefix(shard))
+            .invoke_async(&mut conn)
+            .await?;
+        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+        match field(0) {
+            kind @ ("charged" | "found") => Ok(ChargeOutcome::Recorded(Recorded {
+                charge_id: field(1).to_string(),
+                order_id: field(2).to_string(),
+                amount: parse_amount(field(3))?,
+                currency: field(4).to_string(),
+                decline_code: Some(field(5)).filter(|c| !c.is_empty()).map(str::to_string),
+                fresh: kind == "charged",
+            })),
+            "reused" => Ok(ChargeOutcome::KeyReused),
+            other => Err(shared::CommonError::Internal(format!("charge script answered {other:?}")).into()),
+        }
+    }
+
+    pub async fn refund(&self, charge_id: &str) -> Result<RefundOutcome, PaymentError> {
+        let Some(shard) = shard_of_charge(charge_id) else {
+            return Ok(RefundOutcome::NotFound);
+        };
+        let mut conn = self.pool.get().await?;
+        let reply: Vec<String> = REFUND
+            .key(charge_key(shard, charge_id))
+            .key(totals_key(shard))
+            .arg(new_refund_id())
+            .arg(shared::time::now_rfc3339())
+            .invoke_async(&mut conn)
+            .await?;
+        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+        match field(0) {
+            kind @ ("refunded" | "already_refunded") => Ok(RefundOutcome::Refunded {
+                refund_id: field(1).to_string(),
+                amount: parse_amount(field(2))?,
+                fresh: kind == "refunded",
+            }),
+            "not_found" => Ok(RefundOutcome::NotFound),
+            "not_refundable" => Ok(RefundOutcome::NotRefundable {
+                status: field(1).to_string(),
+            }),
+            other => Err(shared::CommonError::Internal(format!("refund script answered {other:?}")).into()),
+        }
+    }
+
+    pub async fn get_charge(&self, charge_id: &str) -> Result<Option<Charge>, PaymentError> {
+        let Some(shard) = shard_of_charge(charge_id) else {
+            return Ok(None);
+        };
+        let mut conn = self.pool.get().await?;
+        let fields: Vec<Option<String>> = charge_fields(shard, charge_id).query_async(&mut conn).await?;
+        charge_from(&fields)
+    }
+
+    /// The order's charges, oldest first: its index, then every charge in one pipeline.
+    pub async fn charges_of_order(&self, order_id: &str) -> Result<Vec<Charge>, PaymentError> {
+        let shard = shared::ids::shard_of(order_id);
+        let mut conn = self.pool.get().await?;
+        let ids: Vec<String> = conn.lrange(order_key(shard, order_id), 0, -1).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.add_command(charge_fields(shard, id));
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+        let mut charges = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(c) = charge_from(&row)? {
+                charges.push(c);
+            }
+        }
+        Ok(charges)
+    }
+
+    /// Every shard's counters, read in one pipeline and summed.
+    pub async fn totals(&self) -> Result<Totals, PaymentError> {
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for shard in 0..SHARDS {
+            pipe.add_command(redis::cmd("HGETALL").arg(totals_key(shard)).to_owned());
+        }
+        let shards: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut totals = Totals::default();
+        for counters in shards {
+            for (field, value) in counters {
+                totals.add_field(&field, parse_amount(&value)?);
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// Stored numbers are written only by the scripts above; anything else is corruption.
+fn parse_amount(raw: &str) -> Result<u64, PaymentError> {
+    raw.parse().map_err(|_| {
+        shared::CommonError::Internal(format!("stored amount {raw:?} is not a non-negative integer")).into()
+    })
+}
+
+fn charge_fields(shard: u16, charge_id: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(charge_key(shard, charge_id)).arg(&CHARGE_FIELDS);
+    cmd
+}
+
+fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
+    let get = |i: usize| f.get(i).cloned().flatten().filter(|v| !v.is_empty());
+    let Some(charge_id) = get(0) else {
+        return Ok(None);
+    };
+    Ok(Some(Charge {
+        charge_id,
+        status: get(1).unwrap_or_default(),
+        amount: parse_amount(&get(2).unwrap_or_default())?,
+        currency: get(3).unwrap_or_default(),
+        order_id: get(4).unwrap_or_default(),
+        refund_id: get(5),
+        decline_code: get(6),
+        created_at: get(7).unwrap_or_default(),
+        refunded_at: get(8),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charge_ids_carry_their_shard() {
+        for shard in 0..SHARDS {
+            let id = new_charge_id(shard);
+            assert_eq!(id.len(), 3 + 32, "{id}");
+            assert!(id.starts_with(&format!("ch_{shard:02x}")), "{id}");
+            assert_eq!(shard_of_charge(&id), Some(shard), "{id}");
+            assert!(shared::ids::is_safe_id(&id));
+        }
+    }
+
+    #[test]
+    fn malformed_charge_ids_find_no_shard() {
+        let ok = "ch_0f0123456789abcdef0123456789abcd";
+        assert_eq!(shard_of_charge(ok), Some(15));
+        for bad in [
+            "",
+            "ch_",
+            "ch_0f0123456789abcdef0123456789abc",      // 31 hex
+            "ch_0f0123456789abcdef0123456789abcde",    // 33 hex
+            "ch_100123456789abcdef0123456789abcd",     // shard 16
+            "ch_ff0123456789abcdef0123456789abcd",     // shard 255
+            "ch_0F0123456789abcdef0123456789abcd",     // uppercase
+            "ch_0g0123456789abcdef0123456789abcd",     // not hex
+            "cx_0f0123456789abcdef0123456789abcd",     // prefix
+            "ch_0f0123456789abcdef0123456789abc}",     // would break the key's hash tag
+            "ch_+f0123456789abcdef0123456789abcd",     // sign accepted by from_str_radix
+            "ch_0f0123456789abcdef0123456789ab\u{e9}", // non-ASCII
+        ] {
+            assert_eq!(shard_of_charge(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_shard_shares_one_hash_tag() {
+        let shard = shared::ids::shard_of("ord_1");
+        let tag = format!("{{pay:{shard}}}");
+        let id = new_charge_id(shard);
+        for key in [
+            charge_key(shard, &id),
+            order_key(shard, "ord_1"),
+            totals_key(shard),
+            op_key(shard, "ord_1:charge}{x"),
+        ] {
+            let open = key.find('{').unwrap_or(usize::MAX);
+            let close = key[open..].find('}').map(|c| open + c + 1).unwrap_or(0);
+            assert_eq!(key.get(open..close), Some(tag.as_str()), "{key}");
+        }
+    }
+
+    #[test]
+    fn refund_ids_are_distinct_and_prefixed() {
+        let (a, b) = (new_refund_id(), new_refund_id());
+        assert!(a.starts_with("re_") && a.len() == 35, "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stored_charges_read_back_with_nulls_for_empty_fields() {
+        let row: Vec<Option<String>> = [
+            "ch_00aa",
+            "failed",
+            "1000000000000",
+            "USD",
+            "ord_1",
+            "",
+            "card_declined",
+            "t0",
+            "",
+        ]
+        .iter()
+        .map(|s| Some((*s).to_string()))
+        .collect();
+        let c = charge_from(&row).ok().flatten();
+        assert_eq!(c.as_ref().map(|c| c.amount), Some(1_000_000_000_000));
+        assert_eq!(c.as_ref().and_then(|c| c.refund_id.clone()), None);
+        assert_eq!(
+            c.as_ref().and_then(|c| c.decline_code.clone()).as_deref(),
+            Some("card_declined")
+        );
+        assert!(matches!(charge_from(&[None, None]), Ok(None)));
+    }
+}
