@@ -32,7 +32,7 @@ pub const CLIENT_ENV: &[EnvVar] = &[
     },
     EnvVar {
         name: "HTTP_MAX_RETRIES",
-        default: "5",
+        default: "6",
         help: "Retries after the first attempt of a transient failure.",
     },
     EnvVar {
@@ -42,7 +42,7 @@ pub const CLIENT_ENV: &[EnvVar] = &[
     },
     EnvVar {
         name: "HTTP_RETRY_MAX",
-        default: "1s",
+        default: "2s",
         help: "Largest backoff between attempts.",
     },
 ];
@@ -59,11 +59,11 @@ pub struct RetrySettings {
 impl RetrySettings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let base = config::duration("HTTP_RETRY_BASE", "50ms")?;
-        let max = config::duration("HTTP_RETRY_MAX", "1s")?;
+        let max = config::duration("HTTP_RETRY_MAX", "2s")?;
         Ok(Self {
             attempt_timeout: config::duration("HTTP_ATTEMPT_TIMEOUT", "2s")?,
             connect_timeout: config::duration("HTTP_CONNECT_TIMEOUT", "500ms")?,
-            max_retries: config::parse("HTTP_MAX_RETRIES", "5")?,
+            max_retries: config::parse("HTTP_MAX_RETRIES", "6")?,
             base,
             max: max.max(base),
         })

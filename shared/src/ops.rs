@@ -13,11 +13,13 @@ pub struct Ops {
 
 pub fn configure(ops: Ops) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        // Resources, not `route(path, web::get())`: the latter guards the whole path by method,
+        // so another method got 404 instead of 405.
         cfg.app_data(web::Data::new(ops))
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready))
-            .route("/metrics", web::get().to(metrics))
-            .route("/openapi.json", web::get().to(openapi));
+            .service(web::resource("/health").get(health))
+            .service(web::resource("/ready").get(ready))
+            .service(web::resource("/metrics").get(metrics))
+            .service(web::resource("/openapi.json").get(openapi));
     }
 }
 
@@ -35,7 +37,8 @@ async fn ready(ops: web::Data<Ops>) -> HttpResponse {
 
 async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        // prometheus-client writes the OpenMetrics text format (`# EOF`, `_total`); say so.
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(crate::metrics::render(Some(&ops.pool)))
 }
 

@@ -218,17 +218,18 @@ impl actix_web::ResponseError for CommonError {
 }
 
 /// Turns every error response that is not already problem+json (actix's own 404/405, extractor
-/// failures) into one, so a client never sees a plain-text error.
+/// failures) into one, so a client never sees a plain-text error. A JSON body a handler chose on
+/// purpose (the contract's `/ready` answers 503 `{"status": "unavailable", "checks": …}`) is kept.
 pub fn problemize<B>(
     res: actix_web::dev::ServiceResponse<B>,
 ) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
     use actix_web::middleware::ErrorHandlerResponse;
-    let is_problem = res
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    if is_problem {
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON) || v.starts_with("application/json"));
+    if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
