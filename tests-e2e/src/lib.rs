@@ -1,1 +1,518 @@
+//! The e2e harness: one [`Stack`] is a real `redis-server`, the three service binaries and a real
+//! `nginx` rendered from the repository's `nginx.conf`, each on a free loopback port, in a private
+//! temporary directory. Tests talk to it only over HTTP, through nginx, as a client would; they
+//! can kill (SIGKILL), stop (SIGTERM) and restart any process to inject failures.
+//!
+//! Logs go to files in the stack's directory. They are printed when a test fails (or always with
+//! `TEST_LOG=1`), and the directory is kept for inspection after a failure.
 
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long any one process may take to become ready before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Redis,
+    Stock,
+    Payment,
+    Order,
+    Nginx,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::Redis,
+        Service::Stock,
+        Service::Payment,
+        Service::Order,
+        Service::Nginx,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Service::Redis => "redis",
+            Service::Stock => "stock",
+            Service::Payment => "payment",
+            Service::Order => "order",
+            Service::Nginx => "nginx",
+        }
+    }
+}
+
+/// Extra environment per service, applied after the harness's own (so it can override them).
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    pub order_env: Vec<(String, String)>,
+    pub stock_env: Vec<(String, String)>,
+    pub payment_env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    redis: u16,
+    stock: u16,
+    payment: u16,
+    order: u16,
+    gateway: u16,
+}
+
+pub struct Stack {
+    dir: PathBuf,
+    ports: Ports,
+    token: String,
+    options: StackOptions,
+    client: reqwest::Client,
+    children: HashMap<Service, Child>,
+}
+
+impl Stack {
+    /// Starts everything and waits until each process answers. Panics, with the logs, if one
+    /// does not come up.
+    pub async fn launch(options: StackOptions) -> Stack {
+        let dir = std::env::temp_dir().join(format!("checkout-e2e-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(dir.join("redis")).expect("create the stack's redis directory");
+        fs::create_dir_all(dir.join("nginx/temp")).expect("create the stack's nginx directory");
+        let ports = Ports {
+            redis: free_port(),
+            stock: free_port(),
+            payment: free_port(),
+            order: free_port(),
+            gateway: free_port(),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("build the test HTTP client");
+        let mut stack = Stack {
+            dir,
+            ports,
+            token: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            options,
+            client,
+            children: HashMap::new(),
+        };
+        for service in Service::ALL {
+            stack.start(service).await;
+        }
+        stack
+    }
+
+    /// The public URL of `path` through nginx, e.g. `stack.url("/order/checkout")`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.gateway)
+    }
+
+    /// A service's own URL, bypassing nginx (as the order service calls its dependencies).
+    pub fn direct_url(&self, service: Service, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port(service))
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports.redis)
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
+    /// The INTERNAL_TOKEN every service of this stack was started with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn port(&self, service: Service) -> u16 {
+        match service {
+            Service::Redis => self.ports.redis,
+            Service::Stock => self.ports.stock,
+            Service::Payment => self.ports.payment,
+            Service::Order => self.ports.order,
+            Service::Nginx => self.ports.gateway,
+        }
+    }
+
+    /// Starts (or restarts) one process on its original port and waits until it is ready.
+    pub async fn start(&mut self, service: Service) {
+        assert!(
+            !self.children.contains_key(&service),
+            "{} is already running",
+            service.name()
+        );
+        let mut command = self.command(service);
+        let log = self.log_file(service);
+        // Its own process group, so a signal reaches nginx's workers too, not just its master.
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({command:?}): {e}", service.name()));
+        self.children.insert(service, child);
+        self.wait_ready(service).await;
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything, as in a crash.
+    pub async fn kill(&mut self, service: Service) {
+        if let Some(mut child) = self.children.remove(&service) {
+            kill_group(&mut child);
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (SIGKILL after `grace`).
+    pub async fn stop(&mut self, service: Service, grace: Duration) {
+        let Some(mut child) = self.children.remove(&service) else {
+            return;
+        };
+        signal_group(&child, "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill_group(&mut child);
+    }
+
+    pub fn is_running(&mut self, service: Service) -> bool {
+        match self.children.get_mut(&service) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Everything a process has logged so far.
+    pub fn logs(&self, service: Service) -> String {
+        fs::read_to_string(self.log_path(service)).unwrap_or_default()
+    }
+
+    // ----- client helpers -----
+
+    /// Creates or restocks an item (USD) through nginx with the internal token.
+    pub async fn put_item(&self, id: u64, name: &str, price: i64, available: i64) {
+        let resp = self
+            .client
+            .put(self.url(&format!("/stock/items/{id}")))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": name, "price": price, "currency": "USD", "available": available}))
+            .send()
+            .await
+            .expect("PUT item");
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "PUT /stock/items/{id}: {body}");
+    }
+
+    /// The item as the public API shows it.
+    pub async fn item(&self, id: u64) -> Value {
+        self.get_json(&format!("/stock/items/{id}"), false).await
+    }
+
+    /// GET through nginx, asserting 200; `internal` adds the bearer token.
+    pub async fn get_json(&self, path: &str, internal: bool) -> Value {
+        let mut req = self.client.get(self.url(path));
+        if internal {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
+    }
+
+    /// POST /order/checkout with `key`; the body is whatever JSON the test gives.
+    pub async fn checkout(&self, key: &str, body: Value) -> (u16, HeaderMap, Value) {
+        let resp = self
+            .client
+            .post(self.url("/order/checkout"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /order/checkout");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, json)
+    }
+
+    /// [`Stack::checkout`] for callers that build the key inside a closure.
+    pub async fn checkout_owned(&self, key: String, body: Value) -> (u16, HeaderMap, Value) {
+        self.checkout(&key, body).await
+    }
+
+    // ----- processes -----
+
+    fn command(&self, service: Service) -> Command {
+        match service {
+            Service::Redis => {
+                let mut c = Command::new(find_program("redis-server"));
+                c.args(["--bind", "127.0.0.1", "--port", &self.ports.redis.to_string()])
+                    .arg("--dir")
+                    .arg(self.dir.join("redis"))
+                    // Durable as in `make run`: a restarted Redis comes back with every write it acknowledged.
+                    .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+                    .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
+                c
+            }
+            Service::Stock | Service::Payment | Service::Order => {
+                let (binary, port_var, port, extra) = match service {
+                    Service::Stock => ("stock-service", "STOCK_PORT", self.ports.stock, &self.options.stock_env),
+                    Service::Payment => (
+                        "payment-service",
+                        "PAYMENT_PORT",
+                        self.ports.payment,
+                        &self.options.payment_env,
+                    ),
+                    _ => ("order-service", "ORDER_PORT", self.ports.order, &self.options.order_env),
+                };
+                let mut c = Command::new(binary_path(binary));
+                c.env("HOST", "127.0.0.1")
+                    .env(port_var, port.to_string())
+                    .env("REDIS_URL", self.redis_url())
+                    .env("INTERNAL_TOKEN", &self.token)
+                    .env("WORKERS", "1")
+                    .env("LOG_FORMAT", "text")
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                    )
+                    .env("SEED_DEMO", "false")
+                    .env("STOCK_URL", format!("http://127.0.0.1:{}", self.ports.stock))
+                    .env("PAYMENT_URL", format!("http://127.0.0.1:{}", self.ports.payment));
+                for (k, v) in extra {
+                    c.env(k, v);
+                }
+                c
+            }
+            Service::Nginx => {
+                let prefix = self.dir.join("nginx");
+                let conf = prefix.join("nginx.conf");
+                fs::write(&conf, self.render_nginx_conf()).expect("write nginx.conf");
+                let mut globals = format!(
+                    "daemon off; worker_processes 1; pid {};",
+                    prefix.join("nginx.pid").display()
+                );
+                if running_as_root() {
+                    // Workers would otherwise drop to `nobody`, which cannot use our private temp dir.
+                    globals.push_str(" user root;");
+                }
+                let mut c = Command::new(find_program("nginx"));
+                c.arg("-p")
+                    .arg(&prefix)
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-e", "stderr", "-g", &globals]);
+                c
+            }
+        }
+    }
+
+    fn render_nginx_conf(&self) -> String {
+        let template = fs::read_to_string(repo_root().join("nginx.conf")).expect("read the repository's nginx.conf");
+        let vars = [
+            ("GATEWAY_PORT", format!("127.0.0.1:{}", self.ports.gateway)),
+            ("ORDER_UPSTREAMS", format!("server 127.0.0.1:{};", self.ports.order)),
+            ("PAYMENT_UPSTREAMS", format!("server 127.0.0.1:{};", self.ports.payment)),
+            ("STOCK_UPSTREAMS", format!("server 127.0.0.1:{};", self.ports.stock)),
+            ("NGINX_TEMP", self.dir.join("nginx/temp").display().to_string()),
+            (
+                "NGINX_ACCESS_LOG",
+                self.dir.join("nginx/access.log").display().to_string(),
+            ),
+        ];
+        render_template(&template, &vars)
+    }
+
+    async fn wait_ready(&mut self, service: Service) {
+        let started = Instant::now();
+        loop {
+            let ready = match service {
+                Service::Redis => redis_answers(self.ports.redis).await,
+                Service::Nginx => self.http_ok(&self.url("/")).await,
+                _ => self.http_ok(&self.direct_url(service, "/ready")).await,
+            };
+            if ready {
+                return;
+            }
+            if !self.is_running(service) {
+                panic!(
+                    "{} exited during start-up:\n{}",
+                    service.name(),
+                    tail(&self.logs(service), 80)
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                panic!(
+                    "{} not ready after {READY_TIMEOUT:?}:\n{}",
+                    service.name(),
+                    tail(&self.logs(service), 80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn http_ok(&self, url: &str) -> bool {
+        match self.client.get(url).timeout(Duration::from_secs(2)).send().await {
+            Ok(resp) => resp.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    fn log_path(&self, service: Service) -> PathBuf {
+        self.dir.join(format!("{}.log", service.name()))
+    }
+
+    /// Appends, so a restarted process's log follows its predecessor's.
+    fn log_file(&self, service: Service) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(service))
+            .expect("open a log file")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut() {
+            kill_group(child);
+        }
+        let failed = std::thread::panicking();
+        if failed || std::env::var_os("TEST_LOG").is_some() {
+            for service in Service::ALL {
+                eprintln!(
+                    "----- {} log (last lines) -----\n{}",
+                    service.name(),
+                    tail(&self.logs(service), 60)
+                );
+            }
+        }
+        if failed {
+            eprintln!("stack directory kept for inspection: {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Replaces `${NAME}` for each given name and refuses to leave one unfilled.
+pub fn render_template(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("${{{name}}}"), value);
+    }
+    if let Some(at) = out.find("${") {
+        let rest: String = out[at..].chars().take(40).collect();
+        panic!("nginx.conf has a placeholder the harness does not fill: {rest}");
+    }
+    out
+}
+
+/// A port nothing listens on right now. Another process could take it before we bind it, but
+/// with the kernel's ephemeral allocation that is rare enough for tests.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// The service binaries sit next to the test binary's `deps/` directory (`target/debug`).
+fn binary_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("E2E_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first (`cargo build --workspace`, which `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Finds a program on PATH or in the sbin directories Debian installs daemons into.
+fn find_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: run `make deps` (apt-get install redis-server nginx)"))
+}
+
+fn signal_group(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{}", child.id()))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGKILL to the whole group (nginx's workers outlive a killed master otherwise), then reap.
+fn kill_group(child: &mut Child) {
+    signal_group(child, "KILL");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// True once Redis answers PING with PONG (not LOADING while it replays its AOF).
+async fn redis_answers(port: u16) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

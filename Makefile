@@ -1,0 +1,44 @@
+# Two commands matter: `make run` and `make test`. The rest are their parts.
+SHELL := /bin/bash
+CARGO ?= cargo
+SERVICES := -p order-service -p stock-service -p payment-service
+# nextest runs every test in its own process with timeouts; plain cargo test works too.
+TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
+
+.PHONY: run test deps release build fmt fmt-check lint unit e2e bench clean
+
+## run: build release binaries, install redis-server/nginx if missing, start the stack (Ctrl-C stops)
+run: deps release
+	scripts/run.sh
+
+## test: format check, clippy, unit tests, then the e2e suite against real Redis and nginx
+test: deps fmt-check lint unit e2e
+
+deps:
+	scripts/deps.sh
+
+release:
+	$(CARGO) build --release --locked $(SERVICES)
+
+build:
+	$(CARGO) build --workspace --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) $(TEST_RUNNER) --workspace --exclude tests-e2e --locked
+
+# The e2e tests start the debug service binaries, so those are built first.
+e2e: build
+	$(CARGO) $(TEST_RUNNER) -p tests-e2e --locked
+
+clean:
+	$(CARGO) clean
+	rm -rf .data

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# `make run`: starts Redis (unless REDIS_URL is given), the three services and nginx on this
+# machine, waits until each answers, prints the URLs and a checkout to paste, and stops all of
+# it on Ctrl-C or SIGTERM. A service that dies (even kill -9) is restarted after a second, as a
+# process supervisor would in production; its state is in Redis, so nothing is lost.
+#
+# Expects release binaries in target/release (the Makefile builds them first).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin_dir=${BIN_DIR:-$root/target/release}
+data_dir=${DATA_DIR:-$root/.data}
+gateway_port=${GATEWAY_PORT:-8080}
+redis_port=${REDIS_PORT:-6380}
+order_port=${ORDER_PORT:-8081}
+payment_port=${PAYMENT_PORT:-8082}
+stock_port=${STOCK_PORT:-8083}
+export INTERNAL_TOKEN=${INTERNAL_TOKEN:-dev-internal-token}
+export HOST=127.0.0.1
+
+find_program() {
+    command -v "$1" 2>/dev/null && return
+    for dir in /usr/sbin /usr/local/sbin /sbin /usr/bin; do
+        [ -x "$dir/$1" ] && { echo "$dir/$1"; return; }
+    done
+    echo "run: $1 is not installed (make deps, or: sudo apt-get install -y redis-server nginx)" >&2
+    exit 1
+}
+
+for binary in order-service payment-service stock-service; do
+    [ -x "$bin_dir/$binary" ] || { echo "run: $bin_dir/$binary missing; build with: make release" >&2; exit 1; }
+done
+nginx_bin=$(find_program nginx)
+
+mkdir -p "$data_dir/redis" "$data_dir/nginx/temp" "$data_dir/logs"
+logs=$data_dir/logs
+
+# Each supervisor runs in its own process group (job control), so stopping one group stops the
+# supervisor loop and the process it watches together.
+set -m
+groups=()
+
+stop_all() {
+    trap - INT TERM EXIT
+    echo
+    echo "stopping..."
+    # nginx first so no new request reaches a service that is going away; Redis last.
+    local i
+    for ((i = ${#groups[@]} - 1; i >= 0; i--)); do
+        kill -TERM -- "-${groups[i]}" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    echo "stopped."
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# supervise NAME COMMAND...: runs COMMAND, restarting it a second after it exits. SIGTERM to the
+# group stops the loop and forwards the signal to the process for a graceful shutdown.
+supervise() {
+    local name=$1
+    shift
+    (
+        child=
+        trap 'kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM
+        while true; do
+            "$@" >>"$logs/$name.log" 2>&1 &
+            child=$!
+            wait "$child" && status=0 || status=$?
+            echo "run: $name exited with status $status; restarting in 1s (log: $logs/$name.log)" >&2
+            sleep 1
+        done
+    ) &
+    groups+=($!)
+}
+
+# ready NAME PORT PATH: waits until GET PATH answers 200 (plain bash: no curl needed).
+ready() {
+    local name=$1 port=$2 path=$3 reply
+    for _ in $(seq 1 300); do
+        if reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+            printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3 &&
+            head -n1 <&3) 2>/dev/null) && [[ $reply == *" 200 "* ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "run: $name did not become ready on port $port within 30s; last log lines:" >&2
+    tail -n 30 "$logs/$name.log" >&2 || true
+    exit 1
+}
+
+if [ -n "${REDIS_URL:-}" ]; then
+    echo "using Redis at $REDIS_URL (REDIS_URL is set; starting none)"
+else
+    redis_bin=$(find_program redis-server)
+    # AOF with fsync on every write: an acknowledged reservation or charge survives a crash of Redis itself.
+    supervise redis "$redis_bin" --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir/redis" \
+        --appendonly yes --appendfsync always --save "" --daemonize no
+    export REDIS_URL=redis://127.0.0.1:$redis_port
+    for _ in $(seq 1 300); do
+        reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$redis_port" && printf 'PING\r\n' >&3 && head -c5 <&3) 2>/dev/null) || true
+        [ "$reply" = "+PONG" ] && break
+        sleep 0.1
+    done
+    [ "$reply" = "+PONG" ] || { echo "run: Redis did not start on port $redis_port:" >&2; tail -n 20 "$logs/redis.log" >&2; exit 1; }
+fi
+
+STOCK_PORT=$stock_port supervise stock "$bin_dir/stock-service"
+PAYMENT_PORT=$payment_port supervise payment "$bin_dir/payment-service"
+ORDER_PORT=$order_port STOCK_URL=http://127.0.0.1:$stock_port PAYMENT_URL=http://127.0.0.1:$payment_port \
+    supervise order "$bin_dir/order-service"
+ready stock "$stock_port" /ready
+ready payment "$payment_port" /ready
+ready order "$order_port" /ready
+
+# Render the one nginx.conf template with our ports (the same file the tests and compose use).
+conf=$(<"$root/nginx.conf")
+conf=${conf//'${GATEWAY_PORT}'/$gateway_port}
+conf=${conf//'${ORDER_UPSTREAMS}'/"server 127.0.0.1:$order_port;"}
+conf=${conf//'${PAYMENT_UPSTREAMS}'/"server 127.0.0.1:$payment_port;"}
+conf=${conf//'${STOCK_UPSTREAMS}'/"server 127.0.0.1:$stock_port;"}
+conf=${conf//'${NGINX_TEMP}'/$data_dir/nginx/temp}
+conf=${conf//'${NGINX_ACCESS_LOG}'/$logs/nginx-access.log}
+printf '%s\n' "$conf" >"$data_dir/nginx/nginx.conf"
+nginx_globals="daemon off; worker_processes auto; pid $data_dir/nginx/nginx.pid;"
+# As root, workers would drop to `nobody`, which cannot read our data directory.
+[ "$(id -u)" -eq 0 ] && nginx_globals="$nginx_globals user root;"
+"$nginx_bin" -t -q -p "$data_dir/nginx" -c "$data_dir/nginx/nginx.conf" -e stderr -g "$nginx_globals" ||
+    { echo "run: the rendered nginx.conf is invalid" >&2; exit 1; }
+supervise nginx "$nginx_bin" -p "$data_dir/nginx" -c "$data_dir/nginx/nginx.conf" -e stderr -g "$nginx_globals"
+ready nginx "$gateway_port" /stock/ready
+
+token_note=""
+[ "$INTERNAL_TOKEN" = "dev-internal-token" ] && token_note="  (the development default; set INTERNAL_TOKEN for anything real)"
+cat <<EOF
+
+Checkout stack is up.
+  gateway   http://localhost:$gateway_port/   (nginx; /order/, /payment/, /stock/)
+  order     http://localhost:$gateway_port/order/openapi.json
+  payment   http://localhost:$gateway_port/payment/openapi.json
+  stock     http://localhost:$gateway_port/stock/items
+  redis     $REDIS_URL
+  token     $INTERNAL_TOKEN$token_note
+  logs      $logs/
+
+Try a checkout:
+
+  curl -i -X POST localhost:$gateway_port/order/checkout \\
+    -H 'Content-Type: application/json' \\
+    -H "Idempotency-Key: \$(cat /proc/sys/kernel/random/uuid)" \\
+    -d '{"itemId": 1, "quantity": 2}'
+
+Ctrl-C stops everything.
+EOF
+
+# Supervisors never exit on their own; wait until a signal ends the script.
+while true; do
+    wait || true
+done

@@ -1,0 +1,552 @@
+//! The payment service's contract through nginx, with the internal token: charges over the
+//! simulated gateway, refunds, their idempotency, the reads and the books.
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tests_e2e::{Stack, StackOptions};
+
+fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn stack() -> Stack {
+    Stack::launch(StackOptions::default()).await
+}
+
+fn slug(body: &Value) -> &str {
+    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
+}
+
+/// A request that must be refused: what it is, path, Idempotency-Key, raw body, status, slug.
+type BadPost = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    String,
+    u16,
+    &'static str,
+);
+
+/// One answer, kept whole: status, headers, the exact bytes and their JSON.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    bytes: Vec<u8>,
+    json: Value,
+}
+
+impl Reply {
+    async fn from(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("read the body").to_vec();
+        let json =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply {
+            status,
+            headers,
+            bytes,
+            json,
+        }
+    }
+
+    fn replayed(&self) -> bool {
+        self.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()) == Some("true")
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn charge_body(order_id: &str, amount: u64, currency: &str, method: &str) -> Value {
+    json!({"orderId": order_id, "amount": amount, "currency": currency, "customerId": "cus_1", "paymentMethod": method})
+}
+
+/// POST with the internal token and, when given, an Idempotency-Key.
+async fn post(stack: &Stack, path: &str, key: Option<&str>, body: &Value) -> Reply {
+    let mut req = stack
+        .client()
+        .post(stack.url(path))
+        .bearer_auth(stack.token())
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    Reply::from(req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))).await
+}
+
+async fn charge(stack: &Stack, key: &str, body: &Value) -> Reply {
+    post(stack, "/payment/charge", Some(key), body).await
+}
+
+/// Charges with pm_card_visa and asserts 201; returns the charge id.
+async fn charged(stack: &Stack, order_id: &str, amount: u64, currency: &str) -> String {
+    let r = charge(stack, &key(), &charge_body(order_id, amount, currency, "pm_card_visa")).await;
+    assert_eq!(r.status, 201, "charge {amount} {currency} for {order_id}: {}", r.json);
+    r.json["chargeId"].as_str().expect("chargeId").to_string()
+}
+
+async fn refund(stack: &Stack, key: &str, charge_id: &str) -> Reply {
+    post(stack, "/payment/refund", Some(key), &json!({"chargeId": charge_id})).await
+}
+
+async fn get(stack: &Stack, path: &str) -> Reply {
+    let req = stack.client().get(stack.url(path)).bearer_auth(stack.token());
+    Reply::from(req.send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))).await
+}
+
+/// `(count, amount)` of one tally in `GET /payment/totals`; an absent entry is zero.
+async fn tally(stack: &Stack, currency: &str, kind: &str) -> (i64, i64) {
+    let totals = stack.get_json("/payment/totals", true).await;
+    let t = &totals[currency][kind];
+    (t["count"].as_i64().unwrap_or(0), t["amount"].as_i64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn charging_pm_card_visa_is_201_with_the_charge() {
+    let stack = stack().await;
+
+    let r = charge(&stack, &key(), &charge_body("ord_1", 2500, "USD", "pm_card_visa")).await;
+
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.content_type(), "application/json");
+    assert!(!r.replayed());
+    let charge_id = r.json["chargeId"].as_str().expect("chargeId");
+    assert!(charge_id.starts_with("ch_") && charge_id.len() > 3, "{charge_id}");
+    assert_eq!(
+        r.json,
+        json!({"chargeId": charge_id, "status": "succeeded", "amount": 2500, "currency": "USD", "orderId": "ord_1"})
+    );
+    let stored = get(&stack, &format!("/payment/charges/{charge_id}")).await;
+    assert_eq!(stored.status, 200, "{}", stored.json);
+    assert_eq!(stored.json["chargeId"], charge_id);
+    assert_eq!(stored.json["status"], "succeeded");
+    assert_eq!(stored.json["amount"], 2500);
+    assert_eq!(stored.json["currency"], "USD");
+    assert_eq!(stored.json["orderId"], "ord_1");
+    assert_eq!(stored.json["refundId"], Value::Null, "not refunded: {}", stored.json);
+    assert_eq!(tally(&stack, "USD", "charged").await, (1, 2500));
+}
+
+#[tokio::test]
+async fn a_charge_replayed_with_its_key_is_byte_identical_and_charges_once() {
+    let stack = stack().await;
+    let k = key();
+    let url = stack.url("/payment/charge");
+    let send = |body: &'static str| {
+        stack
+            .client()
+            .post(&url)
+            .bearer_auth(stack.token())
+            .header("content-type", "application/json")
+            .header("idempotency-key", &k)
+            .body(body)
+            .send()
+    };
+
+    let first = Reply::from(
+        send(r#"{"orderId":"ord_2","amount":999,"currency":"USD","customerId":"c","paymentMethod":"pm_card_visa"}"#)
+            .await
+            .expect("first"),
+    )
+    .await;
+    // The same payload with another key order and spacing is the same request.
+    let second = Reply::from(
+        send(r#"{ "paymentMethod": "pm_card_visa", "customerId": "c", "currency": "USD", "amount": 999, "orderId": "ord_2" }"#)
+            .await
+            .expect("second"),
+    )
+    .await;
+
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert!(!first.replayed());
+    assert_eq!(second.status, 201, "{}", second.json);
+    assert!(second.replayed(), "a replay carries Idempotent-Replayed: true");
+    assert_eq!(second.bytes, first.bytes, "a replay is byte for byte the first answer");
+    assert_eq!(tally(&stack, "USD", "charged").await, (1, 999), "charged once");
+    let listed = stack.get_json("/payment/charges?orderId=ord_2", true).await;
+    assert_eq!(listed["charges"].as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+#[tokio::test]
+async fn the_same_key_with_a_different_amount_is_422_idempotency_key_reused() {
+    let stack = stack().await;
+    let k = key();
+    assert_eq!(
+        charge(&stack, &k, &charge_body("ord_3", 1000, "USD", "pm_card_visa"))
+            .await
+            .status,
+        201
+    );
+
+    let r = charge(&stack, &k, &charge_body("ord_3", 1001, "USD", "pm_card_visa")).await;
+
+    assert_eq!(r.status, 422, "{}", r.json);
+    assert_eq!(r.content_type(), "application/problem+json");
+    assert_eq!(slug(&r.json), "idempotency-key-reused");
+    assert_eq!(
+        tally(&stack, "USD", "charged").await,
+        (1, 1000),
+        "the second request charged nothing"
+    );
+    // The first answer is still the key's answer.
+    let again = charge(&stack, &k, &charge_body("ord_3", 1000, "USD", "pm_card_visa")).await;
+    assert_eq!((again.status, again.replayed()), (201, true), "{}", again.json);
+}
+
+#[tokio::test]
+async fn declined_cards_are_402_payment_declined_with_their_decline_code() {
+    let stack = stack().await;
+    for (method, code) in [
+        ("pm_card_chargeDeclined", "card_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+    ] {
+        let k = key();
+        let order_id = format!("ord_{code}");
+
+        let r = charge(&stack, &k, &charge_body(&order_id, 1500, "USD", method)).await;
+
+        assert_eq!(r.status, 402, "{method}: {}", r.json);
+        assert_eq!(r.content_type(), "application/problem+json", "{method}");
+        assert_eq!(slug(&r.json), "payment-declined", "{method}");
+        assert_eq!(r.json["status"], 402);
+        assert_eq!(r.json["declineCode"], code, "{method}: {}", r.json);
+        assert!(
+            r.json["detail"].as_str().unwrap_or("").contains(code),
+            "{method}: the detail names the code"
+        );
+        // A decline is the key's definitive, stored answer.
+        let again = charge(&stack, &k, &charge_body(&order_id, 1500, "USD", method)).await;
+        assert_eq!(
+            (again.status, again.replayed()),
+            (402, true),
+            "{method}: {}",
+            again.json
+        );
+        assert_eq!(again.bytes, r.bytes, "{method}");
+    }
+    // Declines moved no money.
+    assert_eq!(tally(&stack, "USD", "charged").await, (0, 0));
+}
+
+#[tokio::test]
+async fn an_unknown_payment_method_is_400_invalid_request_and_leaves_the_key_free() {
+    let stack = stack().await;
+    let k = key();
+
+    let r = charge(&stack, &k, &charge_body("ord_4", 1500, "USD", "pm_card_bitcoin")).await;
+
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(r.content_type(), "application/problem+json");
+    assert_eq!(slug(&r.json), "invalid-request");
+    assert!(
+        r.json["detail"].as_str().unwrap_or("").contains("pm_card_visa"),
+        "the detail names the accepted ones"
+    );
+    assert_eq!(tally(&stack, "USD", "charged").await, (0, 0));
+    let corrected = charge(&stack, &k, &charge_body("ord_4", 1500, "USD", "pm_card_visa")).await;
+    assert_eq!(
+        (corrected.status, corrected.replayed()),
+        (201, false),
+        "{}",
+        corrected.json
+    );
+}
+
+#[tokio::test]
+async fn a_refund_is_200_with_the_amount_and_the_same_200_again() {
+    let stack = stack().await;
+    let charge_id = charged(&stack, "ord_5", 4200, "USD").await;
+    let k = key();
+
+    let first = refund(&stack, &k, &charge_id).await;
+
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.content_type(), "application/json");
+    let refund_id = first.json["refundId"].as_str().expect("refundId").to_string();
+    assert!(!refund_id.is_empty());
+    assert_eq!(
+        first.json,
+        json!({"refundId": refund_id, "chargeId": charge_id, "status": "refunded", "amount": 4200})
+    );
+    let same_key = refund(&stack, &k, &charge_id).await;
+    assert_eq!((same_key.status, same_key.replayed()), (200, true), "{}", same_key.json);
+    assert_eq!(same_key.bytes, first.bytes);
+    let new_key = refund(&stack, &key(), &charge_id).await;
+    assert_eq!(new_key.status, 200, "{}", new_key.json);
+    assert_eq!(new_key.json, first.json, "refunding again answers the same refund");
+    assert_eq!(tally(&stack, "USD", "refunded").await, (1, 4200), "refunded once");
+}
+
+#[tokio::test]
+async fn an_unknown_charge_is_404_charge_not_found() {
+    let stack = stack().await;
+    let well_formed_but_unknown = format!("ch_00{}", &uuid::Uuid::new_v4().simple().to_string()[2..]);
+
+    for charge_id in [well_formed_but_unknown.as_str(), "ch_nope", "nonsense"] {
+        let r = refund(&stack, &key(), charge_id).await;
+        assert_eq!(r.status, 404, "refund {charge_id}: {}", r.json);
+        assert_eq!(r.content_type(), "application/problem+json");
+        assert_eq!(slug(&r.json), "charge-not-found", "refund {charge_id}");
+        let r = get(&stack, &format!("/payment/charges/{charge_id}")).await;
+        assert_eq!(r.status, 404, "GET {charge_id}: {}", r.json);
+        assert_eq!(slug(&r.json), "charge-not-found", "GET {charge_id}");
+    }
+    assert_eq!(tally(&stack, "USD", "refunded").await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_refunded_charge_shows_its_refund_and_the_order_lists_charge_and_refund() {
+    let stack = stack().await;
+    let charge_id = charged(&stack, "ord_6", 1250, "USD").await;
+    let other = charged(&stack, "ord_7", 700, "USD").await;
+    let refund_id = refund(&stack, &key(), &charge_id).await.json["refundId"]
+        .as_str()
+        .expect("refundId")
+        .to_string();
+
+    let shown = get(&stack, &format!("/payment/charges/{charge_id}")).await;
+
+    assert_eq!(shown.status, 200, "{}", shown.json);
+    assert_eq!(shown.json["chargeId"], charge_id);
+    assert_eq!(shown.json["status"], "refunded");
+    assert_eq!(shown.json["amount"], 1250);
+    assert_eq!(shown.json["currency"], "USD");
+    assert_eq!(shown.json["orderId"], "ord_6");
+    assert_eq!(shown.json["refundId"], refund_id);
+
+    let listed = stack.get_json("/payment/charges?orderId=ord_6", true).await;
+    assert_eq!(listed["orderId"], "ord_6", "{listed}");
+    let charges = listed["charges"].as_array().expect("charges");
+    assert_eq!(charges.len(), 1, "only this order's charges: {listed}");
+    assert_eq!(
+        charges[0], shown.json,
+        "the listing shows the charge as it is, refund included"
+    );
+    assert!(
+        !listed.to_string().contains(&other),
+        "another order's charge is not listed"
+    );
+
+    let none = stack.get_json("/payment/charges?orderId=ord_unknown", true).await;
+    assert_eq!(none["charges"], json!([]), "{none}");
+    let missing = get(&stack, "/payment/charges").await;
+    assert_eq!(
+        (missing.status, slug(&missing.json)),
+        (400, "invalid-request"),
+        "{}",
+        missing.json
+    );
+}
+
+#[tokio::test]
+async fn totals_count_charged_and_refunded_per_currency() {
+    let stack = stack().await;
+    let a = charged(&stack, "ord_a", 1000, "USD").await;
+    charged(&stack, "ord_b", 250, "USD").await;
+    let eur = charged(&stack, "ord_c", 500, "EUR").await;
+    let declined = charge(
+        &stack,
+        &key(),
+        &charge_body("ord_d", 9999, "USD", "pm_card_chargeDeclined"),
+    )
+    .await;
+    assert_eq!(declined.status, 402);
+    assert_eq!(tally(&stack, "USD", "charged").await, (2, 1250));
+    assert_eq!(tally(&stack, "USD", "refunded").await, (0, 0));
+    assert_eq!(tally(&stack, "EUR", "charged").await, (1, 500));
+
+    assert_eq!(refund(&stack, &key(), &a).await.status, 200);
+    assert_eq!(refund(&stack, &key(), &a).await.status, 200);
+    assert_eq!(refund(&stack, &key(), &eur).await.status, 200);
+
+    let totals = stack.get_json("/payment/totals", true).await;
+    assert_eq!(
+        totals,
+        json!({
+            "EUR": {"charged": {"count": 1, "amount": 500}, "refunded": {"count": 1, "amount": 500}},
+            "USD": {"charged": {"count": 2, "amount": 1250}, "refunded": {"count": 1, "amount": 1000}},
+        })
+    );
+}
+
+#[tokio::test]
+async fn bad_charge_and_refund_requests_get_a_problem_that_says_what_was_wrong() {
+    let stack = stack().await;
+    let valid = r#"{"orderId":"ord_8","amount":100,"currency":"USD","customerId":"c","paymentMethod":"pm_card_visa"}"#;
+    let with = |field: &str, value: &str| {
+        let mut v: Value = serde_json::from_str(valid).expect("valid json");
+        v[field] = serde_json::from_str(value).expect("a JSON value");
+        v.to_string()
+    };
+    let cases: Vec<BadPost> = vec![
+        (
+            "missing key",
+            "/payment/charge",
+            None,
+            valid.into(),
+            400,
+            "idempotency-key-missing",
+        ),
+        (
+            "refund without a key",
+            "/payment/refund",
+            None,
+            r#"{"chargeId":"ch_x"}"#.into(),
+            400,
+            "idempotency-key-missing",
+        ),
+        (
+            "key with a space",
+            "/payment/charge",
+            Some("a b"),
+            valid.into(),
+            400,
+            "idempotency-key-invalid",
+        ),
+        (
+            "float amount",
+            "/payment/charge",
+            Some("k1"),
+            with("amount", "12.5"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "integral float amount",
+            "/payment/charge",
+            Some("k2"),
+            with("amount", "100.0"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "negative amount",
+            "/payment/charge",
+            Some("k3"),
+            with("amount", "-100"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "zero amount",
+            "/payment/charge",
+            Some("k4"),
+            with("amount", "0"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "amount as a string",
+            "/payment/charge",
+            Some("k5"),
+            with("amount", r#""100""#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "lower-case currency",
+            "/payment/charge",
+            Some("k6"),
+            with("currency", r#""usd""#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "two-letter currency",
+            "/payment/charge",
+            Some("k7"),
+            with("currency", r#""US""#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "currency name",
+            "/payment/charge",
+            Some("k8"),
+            with("currency", r#""DOLLAR""#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "unknown field",
+            "/payment/charge",
+            Some("k9"),
+            with("tip", "1"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "missing field",
+            "/payment/charge",
+            Some("k10"),
+            r#"{"orderId":"o","amount":1,"currency":"USD"}"#.into(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "unsafe orderId",
+            "/payment/charge",
+            Some("k11"),
+            with("orderId", r#""ord}1""#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "unknown refund field",
+            "/payment/refund",
+            Some("k12"),
+            r#"{"chargeId":"ch_x","amount":1}"#.into(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "malformed JSON",
+            "/payment/charge",
+            Some("k13"),
+            r#"{"orderId":"#.into(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "oversized body",
+            "/payment/charge",
+            Some("k14"),
+            with("customerId", &format!(r#""{}""#, "x".repeat(20_000))),
+            413,
+            "payload-too-large",
+        ),
+    ];
+    for (what, path, key, body, want_status, want_slug) in cases {
+        let mut req = stack
+            .client()
+            .post(stack.url(path))
+            .bearer_auth(stack.token())
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let r = Reply::from(req.send().await.expect(what)).await;
+        assert_eq!(r.status, want_status, "{what}: {}", r.json);
+        assert_eq!(r.content_type(), "application/problem+json", "{what}");
+        assert_eq!(slug(&r.json), want_slug, "{what}: {}", r.json);
+        assert!(
+            !r.json["detail"].as_str().unwrap_or("").is_empty(),
+            "{what}: the detail must say what was wrong"
+        );
+    }
+    // Nothing was charged, and a key refused for validation is free for the corrected request.
+    assert_eq!(tally(&stack, "USD", "charged").await, (0, 0));
+    let corrected = charge(&stack, "k1", &serde_json::from_str(valid).expect("valid json")).await;
+    assert_eq!(
+        (corrected.status, corrected.replayed()),
+        (201, false),
+        "{}",
+        corrected.json
+    );
+}
