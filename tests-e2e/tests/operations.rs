@@ -114,7 +114,10 @@ async fn every_service_serves_health_ready_metrics_and_its_openapi_document_unde
             "{prefix}/metrics: {}",
             metrics.content_type()
         );
-        assert!(metrics.text.trim_end().ends_with("# EOF"), "{prefix}/metrics must end with # EOF");
+        assert!(
+            metrics.text.trim_end().ends_with("# EOF"),
+            "{prefix}/metrics must end with # EOF"
+        );
         assert!(
             metrics.text.contains("# TYPE "),
             "{prefix}/metrics is not Prometheus text:\n{}",
