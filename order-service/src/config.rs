@@ -11,24 +11,25 @@ pub const PORT: EnvVar = EnvVar {
     help: "Port of the order service.",
 };
 
-pub const ENV: &[EnvVar] = &[
-    PORT,
-    EnvVar {
-        name: "STOCK_URL",
-        default: "http://127.0.0.1:8083",
-        help: "Base URL of the stock service, called directly (not through nginx).",
-    },
-    EnvVar {
-        name: "PAYMENT_URL",
-        default: "http://127.0.0.1:8082",
-        help: "Base URL of the payment service, called directly.",
-    },
-    EnvVar {
-        name: "CHECKOUT_DEADLINE",
-        default: "10s",
-        help: "A checkout still running after this answers 202 processing; the saga goes on.",
-    },
-];
+pub const STOCK_URL: EnvVar = EnvVar {
+    name: "STOCK_URL",
+    default: "http://127.0.0.1:8083",
+    help: "Base URL of the stock service, called directly (not through nginx).",
+};
+
+pub const PAYMENT_URL: EnvVar = EnvVar {
+    name: "PAYMENT_URL",
+    default: "http://127.0.0.1:8082",
+    help: "Base URL of the payment service, called directly.",
+};
+
+pub const CHECKOUT_DEADLINE: EnvVar = EnvVar {
+    name: "CHECKOUT_DEADLINE",
+    default: "10s",
+    help: "A checkout still running after this answers 202 processing; the saga goes on.",
+};
+
+pub const ENV: &[EnvVar] = &[PORT, STOCK_URL, PAYMENT_URL, CHECKOUT_DEADLINE];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,13 +43,41 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let common = CommonSettings::from_env("order-service", &PORT)?;
-        let checkout_deadline = config::duration("CHECKOUT_DEADLINE", "10s")?;
+        let checkout_deadline = config::duration(&CHECKOUT_DEADLINE)?;
         Ok(Self {
             common,
-            stock_url: config::var("STOCK_URL", "http://127.0.0.1:8083"),
-            payment_url: config::var("PAYMENT_URL", "http://127.0.0.1:8082"),
+            stock_url: config::var(&STOCK_URL),
+            payment_url: config::var(&PAYMENT_URL),
             checkout_deadline,
             retry: RetrySettings::from_env()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use shared::config::{COMMON_ENV, RUST_LOG};
+    use shared::http_client::CLIENT_ENV;
+
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_every_listed_variable_is_read() {
+        let (settings, read) = config::with_defaults_only(Settings::from_env);
+        let settings = settings.expect("every default parses");
+        assert_eq!(settings.common.port, 8081);
+        assert_eq!(settings.checkout_deadline, Duration::from_secs(10));
+        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
+        let read: BTreeSet<_> = read.into_iter().collect();
+        let listed: BTreeSet<_> = COMMON_ENV
+            .iter()
+            .chain(ENV)
+            .chain(CLIENT_ENV)
+            .map(|v| v.name)
+            .filter(|name| *name != RUST_LOG.name)
+            .collect();
+        assert_eq!(read, listed);
     }
 }

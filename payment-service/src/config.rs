@@ -10,14 +10,13 @@ pub const PORT: EnvVar = EnvVar {
     help: "Port of the payment service.",
 };
 
-pub const ENV: &[EnvVar] = &[
-    PORT,
-    EnvVar {
-        name: "GATEWAY",
-        default: "simulator",
-        help: "Payment gateway. `simulator` (Stripe's test payment methods) is the only one so far.",
-    },
-];
+pub const GATEWAY: EnvVar = EnvVar {
+    name: "GATEWAY",
+    default: "simulator",
+    help: "Payment gateway. `simulator` (Stripe's test payment methods) is the only one so far.",
+};
+
+pub const ENV: &[EnvVar] = &[PORT, GATEWAY];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -29,7 +28,33 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             common: CommonSettings::from_env("payment-service", &PORT)?,
-            gateway: config::parse("GATEWAY", "simulator")?,
+            gateway: config::parse(&GATEWAY)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use shared::config::{COMMON_ENV, RUST_LOG};
+
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_every_listed_variable_is_read() {
+        let (settings, read) = config::with_defaults_only(Settings::from_env);
+        let settings = settings.expect("every default parses");
+        assert_eq!(settings.common.port, 8082);
+        assert_eq!(settings.gateway, Gateway::Simulator);
+        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
+        let read: BTreeSet<_> = read.into_iter().collect();
+        let listed: BTreeSet<_> = COMMON_ENV
+            .iter()
+            .chain(ENV)
+            .map(|v| v.name)
+            .filter(|name| *name != RUST_LOG.name)
+            .collect();
+        assert_eq!(read, listed);
     }
 }

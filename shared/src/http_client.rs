@@ -19,32 +19,43 @@ use serde::Serialize;
 
 use crate::config::{self, ConfigError, EnvVar, Secret};
 
+pub const HTTP_ATTEMPT_TIMEOUT: EnvVar = EnvVar {
+    name: "HTTP_ATTEMPT_TIMEOUT",
+    default: "2s",
+    help: "Timeout of one attempt of a call to another service.",
+};
+
+pub const HTTP_CONNECT_TIMEOUT: EnvVar = EnvVar {
+    name: "HTTP_CONNECT_TIMEOUT",
+    default: "500ms",
+    help: "Timeout to open a connection to another service.",
+};
+
+pub const HTTP_MAX_RETRIES: EnvVar = EnvVar {
+    name: "HTTP_MAX_RETRIES",
+    default: "6",
+    help: "Retries after the first attempt of a transient failure.",
+};
+
+pub const HTTP_RETRY_BASE: EnvVar = EnvVar {
+    name: "HTTP_RETRY_BASE",
+    default: "50ms",
+    help: "Smallest backoff between attempts (doubles each retry, full jitter).",
+};
+
+pub const HTTP_RETRY_MAX: EnvVar = EnvVar {
+    name: "HTTP_RETRY_MAX",
+    default: "2s",
+    help: "Largest backoff between attempts.",
+};
+
+/// Variables the retrying client reads.
 pub const CLIENT_ENV: &[EnvVar] = &[
-    EnvVar {
-        name: "HTTP_ATTEMPT_TIMEOUT",
-        default: "2s",
-        help: "Timeout of one attempt of a call to another service.",
-    },
-    EnvVar {
-        name: "HTTP_CONNECT_TIMEOUT",
-        default: "500ms",
-        help: "Timeout to open a connection to another service.",
-    },
-    EnvVar {
-        name: "HTTP_MAX_RETRIES",
-        default: "6",
-        help: "Retries after the first attempt of a transient failure.",
-    },
-    EnvVar {
-        name: "HTTP_RETRY_BASE",
-        default: "50ms",
-        help: "Smallest backoff between attempts (doubles each retry, full jitter).",
-    },
-    EnvVar {
-        name: "HTTP_RETRY_MAX",
-        default: "2s",
-        help: "Largest backoff between attempts.",
-    },
+    HTTP_ATTEMPT_TIMEOUT,
+    HTTP_CONNECT_TIMEOUT,
+    HTTP_MAX_RETRIES,
+    HTTP_RETRY_BASE,
+    HTTP_RETRY_MAX,
 ];
 
 #[derive(Debug, Clone)]
@@ -58,12 +69,12 @@ pub struct RetrySettings {
 
 impl RetrySettings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let base = config::duration("HTTP_RETRY_BASE", "50ms")?;
-        let max = config::duration("HTTP_RETRY_MAX", "2s")?;
+        let base = config::duration(&HTTP_RETRY_BASE)?;
+        let max = config::duration(&HTTP_RETRY_MAX)?;
         Ok(Self {
-            attempt_timeout: config::duration("HTTP_ATTEMPT_TIMEOUT", "2s")?,
-            connect_timeout: config::duration("HTTP_CONNECT_TIMEOUT", "500ms")?,
-            max_retries: config::parse("HTTP_MAX_RETRIES", "6")?,
+            attempt_timeout: config::duration(&HTTP_ATTEMPT_TIMEOUT)?,
+            connect_timeout: config::duration(&HTTP_CONNECT_TIMEOUT)?,
+            max_retries: config::parse(&HTTP_MAX_RETRIES)?,
             base,
             max: max.max(base),
         })
@@ -263,7 +274,20 @@ impl Downstream {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    #[test]
+    fn client_defaults_parse_and_every_client_variable_is_read() {
+        let (retry, read) = config::with_defaults_only(RetrySettings::from_env);
+        let retry = retry.expect("every default parses");
+        assert_eq!(retry.connect_timeout, Duration::from_millis(500));
+        assert_eq!(retry.max_retries, 6);
+        let read: BTreeSet<_> = read.into_iter().collect();
+        let listed: BTreeSet<_> = CLIENT_ENV.iter().map(|v| v.name).collect();
+        assert_eq!(read, listed);
+    }
 
     #[test]
     fn only_gateway_errors_and_busy_keys_are_transient() {

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 pub struct TelemetryGuard;
 
 pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(crate::config::RUST_LOG.default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let installed = if format == "text" {
         builder.try_init()

@@ -10,29 +10,31 @@ pub const PORT: EnvVar = EnvVar {
     help: "Port of the stock service.",
 };
 
-pub const ENV: &[EnvVar] = &[
-    PORT,
-    EnvVar {
-        name: "RESERVATION_TTL",
-        default: "10m",
-        help: "A reservation neither completed nor released expires after this; its units return to available. Must outlive the longest checkout.",
-    },
-    EnvVar {
-        name: "RESERVATION_SWEEP_INTERVAL",
-        default: "1s",
-        help: "How often expired reservations are swept back to available.",
-    },
-    EnvVar {
-        name: "SEED_DEMO",
-        default: "true",
-        help: "Seed the demo catalogue (items 1–10) when no item exists.",
-    },
-    EnvVar {
-        name: "SEED_UNITS",
-        default: "1000",
-        help: "Units of each demo item.",
-    },
-];
+pub const RESERVATION_TTL: EnvVar = EnvVar {
+    name: "RESERVATION_TTL",
+    default: "10m",
+    help: "A reservation neither completed nor released expires after this; its units return to available. Must outlive the longest checkout.",
+};
+
+pub const RESERVATION_SWEEP_INTERVAL: EnvVar = EnvVar {
+    name: "RESERVATION_SWEEP_INTERVAL",
+    default: "1s",
+    help: "How often expired reservations are swept back to available.",
+};
+
+pub const SEED_DEMO: EnvVar = EnvVar {
+    name: "SEED_DEMO",
+    default: "true",
+    help: "Seed the demo catalogue (items 1–10) when no item exists.",
+};
+
+pub const SEED_UNITS: EnvVar = EnvVar {
+    name: "SEED_UNITS",
+    default: "1000",
+    help: "Units of each demo item.",
+};
+
+pub const ENV: &[EnvVar] = &[PORT, RESERVATION_TTL, RESERVATION_SWEEP_INTERVAL, SEED_DEMO, SEED_UNITS];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,10 +49,37 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             common: CommonSettings::from_env("stock-service", &PORT)?,
-            reservation_ttl: config::duration("RESERVATION_TTL", "10m")?,
-            sweep_interval: config::duration("RESERVATION_SWEEP_INTERVAL", "1s")?.max(Duration::from_millis(50)),
-            seed_demo: config::boolean("SEED_DEMO", "true")?,
-            seed_units: config::parse("SEED_UNITS", "1000")?,
+            reservation_ttl: config::duration(&RESERVATION_TTL)?,
+            sweep_interval: config::duration(&RESERVATION_SWEEP_INTERVAL)?.max(Duration::from_millis(50)),
+            seed_demo: config::boolean(&SEED_DEMO)?,
+            seed_units: config::parse(&SEED_UNITS)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use shared::config::{COMMON_ENV, RUST_LOG};
+
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_every_listed_variable_is_read() {
+        let (settings, read) = config::with_defaults_only(Settings::from_env);
+        let settings = settings.expect("every default parses");
+        assert_eq!(settings.common.port, 8083);
+        assert_eq!(settings.reservation_ttl, Duration::from_secs(600));
+        assert!(settings.seed_demo);
+        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
+        let read: BTreeSet<_> = read.into_iter().collect();
+        let listed: BTreeSet<_> = COMMON_ENV
+            .iter()
+            .chain(ENV)
+            .map(|v| v.name)
+            .filter(|name| *name != RUST_LOG.name)
+            .collect();
+        assert_eq!(read, listed);
     }
 }
