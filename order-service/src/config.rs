@@ -29,7 +29,26 @@ pub const CHECKOUT_DEADLINE: EnvVar = EnvVar {
     help: "A checkout still running after this answers 202 processing; the saga goes on.",
 };
 
-pub const ENV: &[EnvVar] = &[PORT, STOCK_URL, PAYMENT_URL, CHECKOUT_DEADLINE];
+pub const RECOVERY_INTERVAL: EnvVar = EnvVar {
+    name: "RECOVERY_INTERVAL",
+    default: "1s",
+    help: "How often the recovery worker looks for checkouts whose lease (IDEMPOTENCY_LEASE) ran out.",
+};
+
+pub const RECOVERY_RETRY: EnvVar = EnvVar {
+    name: "RECOVERY_RETRY",
+    default: "2s",
+    help: "How soon a checkout whose outcome is still unknown (a dependency unreachable) is tried again.",
+};
+
+pub const ENV: &[EnvVar] = &[
+    PORT,
+    STOCK_URL,
+    PAYMENT_URL,
+    CHECKOUT_DEADLINE,
+    RECOVERY_INTERVAL,
+    RECOVERY_RETRY,
+];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -37,6 +56,8 @@ pub struct Settings {
     pub stock_url: String,
     pub payment_url: String,
     pub checkout_deadline: Duration,
+    pub recovery_interval: Duration,
+    pub recovery_retry: Duration,
     pub retry: RetrySettings,
 }
 
@@ -49,6 +70,8 @@ impl Settings {
             stock_url: config::var(&STOCK_URL),
             payment_url: config::var(&PAYMENT_URL),
             checkout_deadline,
+            recovery_interval: config::duration(&RECOVERY_INTERVAL)?.max(Duration::from_millis(50)),
+            recovery_retry: config::duration(&RECOVERY_RETRY)?,
             retry: RetrySettings::from_env()?,
         })
     }

@@ -3,13 +3,16 @@
 //!
 //! Layout: [`config`] settings, [`error`] the one error enum, [`model`] bodies, [`store`]
 //! orders and totals in Redis, [`clients`] typed calls to stock and payment, [`saga`] the
-//! checkout state machine, [`routes`] HTTP handlers.
+//! checkout state machine, [`runner`] runs it under a lease and settles the key, [`recovery`]
+//! finishes checkouts whose runner died, [`routes`] HTTP handlers.
 
 pub mod clients;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod recovery;
 pub mod routes;
+pub mod runner;
 pub mod saga;
 pub mod store;
 
@@ -22,6 +25,7 @@ use shared::ops::Ops;
 
 use crate::clients::{PaymentClient, StockClient};
 use crate::config::Settings;
+use crate::runner::Runner;
 use crate::saga::Saga;
 use crate::store::OrderStore;
 
@@ -29,8 +33,7 @@ use crate::store::OrderStore;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: OrderStore,
-    pub saga: Saga,
-    pub idempotency: IdempotencyStore,
+    pub runner: Runner,
 }
 
 pub async fn main_entry() -> ExitCode {
@@ -63,15 +66,21 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let store = OrderStore::new(pool.clone());
     let saga = Saga::new(store.clone(), StockClient::new(stock), PaymentClient::new(payment));
     let settings = Arc::new(settings);
-    let state = AppState {
-        settings: settings.clone(),
-        store,
+    let runner = Runner {
         saga,
+        store: store.clone(),
         idempotency: IdempotencyStore::new(
             pool.clone(),
             settings.common.idempotency_ttl,
             settings.common.idempotency_lease,
         ),
+        retry_unknown: settings.recovery_retry,
+    };
+    tokio::spawn(recovery::run(runner.clone(), settings.recovery_interval));
+    let state = AppState {
+        settings: settings.clone(),
+        store,
+        runner,
     };
     let ops = Ops {
         pool,

@@ -1,10 +1,8 @@
 //! HTTP handlers: checkout (public, idempotent), order reads (public), totals (internal).
 
-use std::time::Duration;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::body::{self, JsonBody};
-use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, Outcome};
+use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef};
 use shared::ids;
 use utoipa::OpenApi;
 
@@ -14,7 +12,8 @@ use crate::model::{
     Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, MAX_QUANTITY, NewOrder, OrderView,
     Step,
 };
-use crate::saga::{SagaEnd, processing_response};
+use crate::saga::processing_response;
+use crate::store::Claim;
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -95,7 +94,7 @@ async fn create_checkout(
     let fresh = ids::new_id("ord");
     let candidate = validate(value, fresh.clone())?;
     let key_ref = KeyRef::new("order:checkout", &key, body::fingerprint("POST", req.path(), &raw));
-    let (order_id, resumed) = match state.idempotency.begin(&key_ref, &fresh).await? {
+    let (order_id, resumed) = match state.runner.idempotency.begin(&key_ref, &fresh).await? {
         Begin::Execute { token, resumed } => (token, resumed),
         other => return Ok(IdempotencyStore::refusal(other)?),
     };
@@ -103,46 +102,35 @@ async fn create_checkout(
         order_id: order_id.clone(),
         ..candidate
     };
+    let owner = ids::new_id("run");
     if resumed {
-        tracing::info!(order_id, "taking over a checkout whose lease ran out");
+        // The key's lease ran out: its runner died, or is still resolving an unknown outcome.
+        // Only the order's lease says whether someone is at work on it right now.
+        match state
+            .runner
+            .store
+            .claim(&order_id, &owner, state.runner.idempotency.lease())
+            .await?
+        {
+            Claim::Held => return Ok(processing_response(&order_id).to_response(false)),
+            Claim::Claimed | Claim::Gone => tracing::info!(order_id, "taking over a checkout whose lease ran out"),
+        }
     }
 
     // The saga runs in its own task so that neither the deadline nor a client hanging up can
     // cancel it halfway: it always reaches an end and settles its key.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let idem = state.idempotency.clone();
-    let saga = state.saga.clone();
+    let runner = state.runner.clone();
     let request_id = shared::request_id::current();
     tokio::spawn(shared::request_id::scope(request_id, async move {
-        let renewer = tokio::spawn(renew_lease(idem.clone(), key_ref.clone(), order.order_id.clone()));
-        let end = saga.run(&order).await;
-        renewer.abort();
-        let outcome = match end {
-            SagaEnd::Final(r) => Outcome::Store(r),
-            SagaEnd::Retryable(r) => Outcome::Free(r),
-            SagaEnd::Pending(r) => Outcome::Hold(r),
-        };
-        idem.record(&key_ref, &order.order_id, &outcome).await;
-        let _ = tx.send(outcome.response().clone());
+        let resp = runner.drive(&order, &key_ref, &owner).await;
+        let _ = tx.send(resp);
     }));
 
     match tokio::time::timeout(state.settings.checkout_deadline, rx).await {
         Ok(Ok(resp)) => Ok(resp.to_response(false)),
         // Past the deadline (or the task died): the order exists and goes on.
         _ => Ok(processing_response(&order_id).to_response(false)),
-    }
-}
-
-/// Keeps the key's lease alive while the saga works, so no other request takes it over.
-async fn renew_lease(idem: IdempotencyStore, key: KeyRef, token: String) {
-    let every = (idem.lease() / 3).max(Duration::from_millis(200));
-    loop {
-        tokio::time::sleep(every).await;
-        match idem.renew(&key, &token).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => tracing::warn!(error = %e, "could not renew the checkout lease"),
-        }
     }
 }
 

@@ -11,12 +11,14 @@
 //! locked; re-running the saga resolves it by re-sending the same idempotent calls.
 
 use actix_web::http::StatusCode;
-use shared::idempotency::StoredResponse;
+use std::time::Duration;
+
+use shared::idempotency::{KeyRef, StoredResponse};
 
 use crate::clients::{ChargeAnswer, PaymentClient, RefundAnswer, ReserveAnswer, StockClient, TransitionAnswer};
 use crate::error::OrderError;
 use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
-use crate::store::{Change, Created, OrderStore};
+use crate::store::{Applied, Change, Created, OrderStore};
 
 /// How a run of the saga ended, and so what becomes of the Idempotency-Key.
 #[derive(Debug)]
@@ -60,8 +62,9 @@ impl Saga {
         Self { store, stock, payment }
     }
 
-    pub async fn run(&self, order: &NewOrder) -> SagaEnd {
-        match self.store.create(order).await {
+    /// Runs (or resumes) the saga for an order `owner` holds the lease of.
+    pub async fn run(&self, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) -> SagaEnd {
+        match self.store.create(order, key, owner, lease).await {
             Ok(Created::New) => {}
             Ok(Created::Existing { status, response }) => {
                 if let Some(resp) = response.filter(|_| status != "processing") {
@@ -76,7 +79,13 @@ impl Saga {
             }
             Err(e) => return SagaEnd::Retryable(StoredResponse::problem(&e.problem())),
         }
-        let end = self.proceed(order).await;
+        let attempt = Attempt {
+            store: &self.store,
+            stock: &self.stock,
+            payment: &self.payment,
+            owner,
+        };
+        let end = attempt.proceed(order).await;
         let outcome = match (&end, end.response().status) {
             (SagaEnd::Pending(_), _) => "processing",
             (_, 200) => "completed",
@@ -86,7 +95,18 @@ impl Saga {
         shared::metrics::event("checkout", outcome);
         end
     }
+}
 
+/// One runner's pass over an order. Its changes carry `owner`, so a runner that lost its lease
+/// to recovery cannot overwrite what the new owner records.
+struct Attempt<'a> {
+    store: &'a OrderStore,
+    stock: &'a StockClient,
+    payment: &'a PaymentClient,
+    owner: &'a str,
+}
+
+impl Attempt<'_> {
     async fn proceed(&self, o: &NewOrder) -> SagaEnd {
         let id = o.order_id.as_str();
 
@@ -111,17 +131,21 @@ impl Saga {
             Err(e) => return self.reserve_failed(id, &e.to_string()).await,
         };
         let rid = reservation.reservation_id.as_str();
-        self.note(
-            id,
-            Change {
-                step: Some(("reserve", "succeeded")),
-                currency: Some(&reservation.currency),
-                amount: Some(reservation.total_fee),
-                fields: vec![("reservationId", rid.to_string())],
-                ..Change::default()
-            },
-        )
-        .await;
+        let noted = self
+            .note(
+                id,
+                Change {
+                    step: Some(("reserve", "succeeded")),
+                    currency: Some(&reservation.currency),
+                    amount: Some(reservation.total_fee),
+                    fields: vec![("reservationId", rid.to_string())],
+                    ..Change::default()
+                },
+            )
+            .await;
+        if noted != Applied::Yes {
+            return self.settled_elsewhere(id).await;
+        }
 
         let charge = match self
             .payment
@@ -172,15 +196,19 @@ impl Saga {
             }
         };
         let charge_id = charge.charge_id.as_str();
-        self.note(
-            id,
-            Change {
-                step: Some(("charge", "succeeded")),
-                fields: vec![("chargeId", charge_id.to_string())],
-                ..Change::default()
-            },
-        )
-        .await;
+        let noted = self
+            .note(
+                id,
+                Change {
+                    step: Some(("charge", "succeeded")),
+                    fields: vec![("chargeId", charge_id.to_string())],
+                    ..Change::default()
+                },
+            )
+            .await;
+        if noted != Applied::Yes {
+            return self.settled_elsewhere(id).await;
+        }
 
         match self.stock.complete(id, rid).await {
             Ok(TransitionAnswer::Done) => {
@@ -201,8 +229,10 @@ impl Saga {
                     response: Some(&resp),
                     ..Change::default()
                 };
-                self.note(id, change).await;
-                SagaEnd::Final(resp)
+                match self.note(id, change).await {
+                    Applied::Yes => SagaEnd::Final(resp),
+                    _ => self.settled_elsewhere(id).await,
+                }
             }
             Ok(TransitionAnswer::Refused(slug)) => {
                 // Stock definitively refused (the reservation expired or was released): the
@@ -286,7 +316,9 @@ impl Saga {
             response: Some(&resp),
             ..Change::default()
         };
-        self.note(id, change).await;
+        if self.note(id, change).await != Applied::Yes {
+            return self.settled_elsewhere(id).await;
+        }
         match resp.status {
             // Definitive business answers are stored; a refused payment method is a 400 that,
             // like any validation error, leaves the key free.
@@ -313,11 +345,29 @@ impl Saga {
         SagaEnd::Pending(processing_response(id))
     }
 
-    /// Records a step. A failure is logged and the saga goes on: the downstream calls are
-    /// idempotent, so a later run reconstructs what happened by replaying them.
-    async fn note(&self, id: &str, change: Change<'_>) {
-        if let Err(e) = self.store.update(id, change).await {
-            tracing::warn!(order_id = id, error = %e, "could not record a saga step");
+    /// The order's end was recorded by another runner (this one lost its lease): answer what
+    /// that runner recorded, or 202 while it is still at work. Never a different outcome.
+    async fn settled_elsewhere(&self, id: &str) -> SagaEnd {
+        tracing::warn!(
+            order_id = id,
+            "another runner owns this order now; deferring to its outcome"
+        );
+        match self.store.final_response(id).await {
+            Ok(Some(resp)) if resp.status < 500 => SagaEnd::Final(resp),
+            Ok(Some(resp)) => SagaEnd::Retryable(resp),
+            _ => SagaEnd::Pending(processing_response(id)),
+        }
+    }
+
+    /// Records a step. A failure to reach Redis is logged and the saga goes on: the downstream
+    /// calls are idempotent, so a later run reconstructs what happened by replaying them.
+    async fn note(&self, id: &str, change: Change<'_>) -> Applied {
+        match self.store.update(id, self.owner, change).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(order_id = id, error = %e, "could not record a saga step");
+                Applied::Yes
+            }
         }
     }
 }

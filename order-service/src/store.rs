@@ -5,15 +5,21 @@
 //! - `order:{ord:S}:order:<orderId>` hash: the order, and its final response once terminal
 //! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event
 //! - `order:{ord:S}:totals` hash: `<CURRENCY>:<status>:count|amount`
+//! - `order:{ord:S}:active` sorted set: orders whose Idempotency-Key is not settled yet, scored
+//!   by the time (ms) their runner's lease runs out. A runner renews its lease while it works;
+//!   the recovery worker claims an order whose lease ran out (one claimant wins: the claim is
+//!   one script) and drives it to its end. The order's `owner` field fences out a runner that
+//!   lost its lease: its changes are refused, so only the owner's view becomes the record.
 //!
 //! An order is counted under currency `XXX` (ISO 4217 "no currency") with amount 0 until its
 //! reservation tells its price, then moved to the item's currency.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use redis::Script;
-use shared::idempotency::StoredResponse;
+use shared::idempotency::{KeyRef, StoredResponse};
 use shared::ids::{SHARDS, shard_of};
 
 use crate::error::OrderError;
@@ -33,35 +39,95 @@ fn steps_key(id: &str) -> String {
 fn totals_key_of(id: &str) -> String {
     format!("order:{}:totals", tag(id))
 }
+fn active_key_of(id: &str) -> String {
+    format!("order:{}:active", tag(id))
+}
+fn active_key(shard: u16) -> String {
+    format!("order:{{ord:{shard}}}:active")
+}
 
-// Creates the order and counts it as processing, unless it exists (a resumed checkout).
+// Creates the order, counts it as processing and leases it to its runner, unless it exists
+// (a resumed checkout). KEYS: order, steps, totals, active. ARGV: id, itemId, quantity,
+// customerId, paymentMethod, now, step JSON, idempotency key, fingerprint, owner, lease ms.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HMGET', KEYS[1], 'status', 'respStatus', 'respCtype', 'respBody')
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'orderId', ARGV[1], 'status', 'processing', 'itemId', ARGV[2], 'quantity', ARGV[3],
-  'customerId', ARGV[4], 'paymentMethod', ARGV[5], 'currency', 'XXX', 'amount', '0', 'createdAt', ARGV[6], 'updatedAt', ARGV[6])
+  'customerId', ARGV[4], 'paymentMethod', ARGV[5], 'currency', 'XXX', 'amount', '0', 'createdAt', ARGV[6],
+  'updatedAt', ARGV[6], 'idemKey', ARGV[8], 'fp', ARGV[9], 'owner', ARGV[10])
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('HINCRBY', KEYS[3], 'XXX:processing:count', 1)
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[11]), ARGV[1])
 return {'created'}
+"#,
+    )
+});
+
+// Takes over an order whose runner's lease ran out: exactly one caller wins, because the score
+// moves into the future in the same step. KEYS: order, active. ARGV: id, owner, lease ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 'gone'
+end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if score and tonumber(score) > now then return 'held' end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'claims', 1)
+return 'claimed'
+"#,
+    )
+});
+
+// Extends the owner's lease, or sets when recovery should look again (defer). KEYS: order,
+// active. ARGV: id, owner, ms from now.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"#,
+    )
+});
+
+// Orders whose lease has run out. KEYS: active. ARGV: how many.
+static DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 "#,
     )
 });
 
 // Records one saga event: appends the step, sets fields, and when the status, currency or
 // amount changes moves the order between totals buckets in the same step, so the totals
-// always match the orders. A terminal order is never changed again.
-// ARGV: now, step JSON ('' for none), new status ('' to keep), currency ('' to keep),
-// amount ('' to keep), then field/value pairs.
+// always match the orders. A terminal order is never changed again, and only its owner
+// changes it. ARGV: now, step JSON ('' for none), new status ('' to keep), currency ('' to
+// keep), amount ('' to keep), owner, then field/value pairs.
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local function fmt(n) return string.format('%d', n) end
-local cur = redis.call('HMGET', KEYS[1], 'status', 'currency', 'amount')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'currency', 'amount', 'owner')
 if not cur[1] then return 'missing' end
 if cur[1] ~= 'processing' then return 'terminal' end
+if cur[4] and cur[4] ~= ARGV[6] then return 'fenced' end
 local status = cur[1]
 if ARGV[3] ~= '' then status = ARGV[3] end
 local currency = cur[2]
@@ -75,7 +141,7 @@ if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
   redis.call('HINCRBY', KEYS[3], currency .. ':' .. status .. ':amount', amount)
 end
 redis.call('HSET', KEYS[1], 'status', status, 'currency', currency, 'amount', amount, 'updatedAt', ARGV[1])
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
@@ -94,6 +160,36 @@ pub enum Created {
     },
 }
 
+/// What an attempt to change an order found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// The order had already ended; nothing changed.
+    Terminal,
+    /// Another runner owns the order now; nothing changed.
+    Fenced,
+    Missing,
+}
+
+/// What a claim on an order found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the order now.
+    Claimed,
+    /// Its runner's lease is still live.
+    Held,
+    /// No such order (it was never created).
+    Gone,
+}
+
+/// An order as stored, with what is needed to finish it and settle its key.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub order: NewOrder,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+}
+
 /// One change to an order.
 #[derive(Default)]
 pub struct Change<'a> {
@@ -110,6 +206,26 @@ pub struct OrderStore {
     pool: Pool,
 }
 
+/// Reads `status, respStatus, respCtype, respBody`: the response once the order has ended.
+fn stored_response(fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
+    let text = |i: usize| {
+        fields
+            .get(i)
+            .cloned()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    if text(0).as_deref().is_none_or(|s| s == "processing") {
+        return None;
+    }
+    Some(StoredResponse {
+        status: text(1)?.parse().ok()?,
+        content_type: text(2)?,
+        body: fields.get(3).cloned().flatten()?,
+        location: None,
+    })
+}
+
 fn step_json(name: &str, status: &str, at: &str) -> String {
     serde_json::to_string(&Step {
         name: name.into(),
@@ -124,7 +240,15 @@ impl OrderStore {
         Self { pool }
     }
 
-    pub async fn create(&self, order: &NewOrder) -> Result<Created, OrderError> {
+    /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
+    /// that whoever finishes the order can settle the key.
+    pub async fn create(
+        &self,
+        order: &NewOrder,
+        key: &KeyRef,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Created, OrderError> {
         let mut conn = self.pool.get().await?;
         let now = shared::time::now_rfc3339();
         let id = &order.order_id;
@@ -132,6 +256,7 @@ impl OrderStore {
             .key(order_key(id))
             .key(steps_key(id))
             .key(totals_key_of(id))
+            .key(active_key_of(id))
             .arg(id)
             .arg(order.item_id)
             .arg(order.quantity)
@@ -139,6 +264,10 @@ impl OrderStore {
             .arg(&order.payment_method)
             .arg(&now)
             .arg(step_json("created", "succeeded", &now))
+            .arg(key.redis_key())
+            .arg(key.fingerprint())
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let text = |i: usize| {
@@ -152,20 +281,14 @@ impl OrderStore {
             return Ok(Created::New);
         }
         let status = text(0).unwrap_or_default();
-        let response = match (text(1), text(2), reply.get(3).cloned().flatten()) {
-            (Some(s), Some(ctype), Some(body)) => s.parse().ok().map(|status| StoredResponse {
-                status,
-                content_type: ctype,
-                body,
-                location: None,
-            }),
-            _ => None,
-        };
-        Ok(Created::Existing { status, response })
+        Ok(Created::Existing {
+            status,
+            response: stored_response(&reply),
+        })
     }
 
-    /// Applies a change; `Ok(false)` when the order was already terminal (or missing).
-    pub async fn update(&self, order_id: &str, change: Change<'_>) -> Result<bool, OrderError> {
+    /// Applies a change on behalf of `owner`.
+    pub async fn update(&self, order_id: &str, owner: &str, change: Change<'_>) -> Result<Applied, OrderError> {
         let mut conn = self.pool.get().await?;
         let now = shared::time::now_rfc3339();
         let mut inv = UPDATE.key(order_key(order_id));
@@ -174,7 +297,8 @@ impl OrderStore {
             .arg(change.step.map(|(n, s)| step_json(n, s, &now)).unwrap_or_default())
             .arg(change.status.unwrap_or(""))
             .arg(change.currency.unwrap_or(""))
-            .arg(change.amount.map(|a| a.to_string()).unwrap_or_default());
+            .arg(change.amount.map(|a| a.to_string()).unwrap_or_default())
+            .arg(owner);
         for (field, value) in &change.fields {
             inv.arg(*field).arg(value);
         }
@@ -184,7 +308,103 @@ impl OrderStore {
             inv.arg("respBody").arg(&resp.body[..]);
         }
         let reply: String = inv.invoke_async(&mut conn).await?;
-        Ok(reply == "ok")
+        Ok(match reply.as_str() {
+            "ok" => Applied::Yes,
+            "terminal" => Applied::Terminal,
+            "fenced" => Applied::Fenced,
+            _ => Applied::Missing,
+        })
+    }
+
+    /// Takes over an order whose lease ran out.
+    pub async fn claim(&self, order_id: &str, owner: &str, lease: Duration) -> Result<Claim, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let reply: String = CLAIM
+            .key(order_key(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id)
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match reply.as_str() {
+            "claimed" => Claim::Claimed,
+            "held" => Claim::Held,
+            _ => Claim::Gone,
+        })
+    }
+
+    /// Moves the owner's lease to `from_now` from now: renewal while working, or when recovery
+    /// should look again. False when the order is no longer this owner's.
+    pub async fn lease(&self, order_id: &str, owner: &str, from_now: Duration) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let renewed: i64 = LEASE
+            .key(order_key(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id)
+            .arg(owner)
+            .arg(from_now.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Forgets an ended order whose key is settled: recovery has nothing left to do for it.
+    pub async fn retire(&self, order_id: &str) -> Result<(), OrderError> {
+        let mut conn = self.pool.get().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(active_key_of(order_id))
+            .arg(order_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` orders of one shard whose lease has run out.
+    pub async fn due(&self, shard: u16, limit: usize) -> Result<Vec<String>, OrderError> {
+        let mut conn = self.pool.get().await?;
+        Ok(DUE.key(active_key(shard)).arg(limit).invoke_async(&mut conn).await?)
+    }
+
+    /// The order as created, with its key, for a runner that did not receive the request.
+    pub async fn load(&self, order_id: &str) -> Result<Option<StoredOrder>, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(order_key(order_id))
+            .arg(&["itemId", "quantity", "customerId", "paymentMethod", "idemKey", "fp"])
+            .query_async(&mut conn)
+            .await?;
+        let get = |i: usize| fields.get(i).cloned().flatten();
+        let (Some(item_id), Some(quantity), Some(customer_id), Some(payment_method), Some(key), Some(fp)) =
+            (get(0), get(1), get(2), get(3), get(4), get(5))
+        else {
+            return Ok(None);
+        };
+        let (Ok(item_id), Ok(quantity)) = (item_id.parse(), quantity.parse()) else {
+            return Ok(None);
+        };
+        Ok(Some(StoredOrder {
+            order: NewOrder {
+                order_id: order_id.to_string(),
+                item_id,
+                quantity,
+                customer_id,
+                payment_method,
+            },
+            idempotency_key: key,
+            fingerprint: fp,
+        }))
+    }
+
+    /// The final response of an ended order (None while it is processing).
+    pub async fn final_response(&self, order_id: &str) -> Result<Option<StoredResponse>, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(order_key(order_id))
+            .arg(&["status", "respStatus", "respCtype", "respBody"])
+            .query_async(&mut conn)
+            .await?;
+        Ok(stored_response(&fields))
     }
 
     pub async fn get(&self, order_id: &str) -> Result<Option<OrderView>, OrderError> {

@@ -222,6 +222,20 @@ impl KeyRef {
             fingerprint,
         }
     }
+
+    /// A record named by a stored [`KeyRef::redis_key`], for work that settles a key later
+    /// (the order service's recovery worker finishes checkouts whose request is long gone).
+    pub fn from_stored(redis_key: String, fingerprint: String) -> Self {
+        Self { redis_key, fingerprint }
+    }
+
+    pub fn redis_key(&self) -> &str {
+        &self.redis_key
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
 }
 
 #[derive(Clone)]
