@@ -35,9 +35,16 @@ lint:
 unit:
 	$(CARGO) $(TEST_RUNNER) --workspace --exclude tests-e2e --locked
 
-# The e2e tests start the debug service binaries, so those are built first.
+# The e2e tests start the debug service binaries, so those are built first. The contract
+# suites run a second time on a three-master Redis Cluster.
 e2e: build
 	$(CARGO) $(TEST_RUNNER) -p tests-e2e --locked
+	E2E_REDIS_CLUSTER=1 $(CARGO) $(TEST_RUNNER) -p tests-e2e --locked --test checkout --test stock --test payment
+
+## bench: release build, then the checkout against this machine's ceiling (see scripts/bench.sh)
+bench: deps
+	$(CARGO) build --release --locked $(SERVICES) -p bench
+	scripts/bench.sh
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,11 @@
 # it on Ctrl-C or SIGTERM. A service that dies (even kill -9) is restarted after a second, as a
 # process supervisor would in production; its state is in Redis, so nothing is lost.
 #
+# REPLICAS=n (or ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS) runs n of a service behind
+# nginx, replica i on its base port + 100·i; with several stock or payment replicas the order
+# service reaches them through nginx. Every other variable in the environment (see the README's
+# configuration table) reaches the services as it is.
+#
 # Expects release binaries in target/release (the Makefile builds them first).
 set -euo pipefail
 
@@ -15,8 +20,12 @@ redis_port=${REDIS_PORT:-6380}
 order_port=${ORDER_PORT:-8081}
 payment_port=${PAYMENT_PORT:-8082}
 stock_port=${STOCK_PORT:-8083}
+appendfsync=${REDIS_APPENDFSYNC:-always}
+order_replicas=${ORDER_REPLICAS:-${REPLICAS:-1}}
+payment_replicas=${PAYMENT_REPLICAS:-${REPLICAS:-1}}
+stock_replicas=${STOCK_REPLICAS:-${REPLICAS:-1}}
 export INTERNAL_TOKEN=${INTERNAL_TOKEN:-dev-internal-token}
-export HOST=127.0.0.1
+export HOST=${HOST:-127.0.0.1}
 
 find_program() {
     command -v "$1" 2>/dev/null && return
@@ -30,9 +39,9 @@ find_program() {
 for binary in order-service payment-service stock-service; do
     [ -x "$bin_dir/$binary" ] || { echo "run: $bin_dir/$binary missing; build with: make release" >&2; exit 1; }
 done
-nginx_bin=$(find_program nginx)
+find_program nginx >/dev/null
 
-mkdir -p "$data_dir/redis" "$data_dir/nginx/temp" "$data_dir/logs"
+mkdir -p "$data_dir/redis" "$data_dir/nginx" "$data_dir/logs"
 logs=$data_dir/logs
 
 # Each supervisor runs in its own process group (job control), so stopping one group stops the
@@ -57,16 +66,27 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # supervise NAME COMMAND...: runs COMMAND, restarting it a second after it exits. SIGTERM to the
-# group stops the loop and forwards the signal to the process for a graceful shutdown.
+# group stops the loop and forwards the signal to the process for a graceful shutdown. The loop
+# also watches this script: if it dies without cleaning up (kill -9), the loop stops its process
+# and ends instead of running on as an orphan.
+main_pid=$$
 supervise() {
     local name=$1
     shift
     (
         child=
         trap 'kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM
-        while true; do
+        while kill -0 "$main_pid" 2>/dev/null; do
             "$@" >>"$logs/$name.log" 2>&1 &
             child=$!
+            while kill -0 "$child" 2>/dev/null; do
+                if ! kill -0 "$main_pid" 2>/dev/null; then
+                    kill -TERM "$child" 2>/dev/null
+                    wait "$child" 2>/dev/null
+                    exit 0
+                fi
+                sleep 0.5
+            done
             wait "$child" && status=0 || status=$?
             echo "run: $name exited with status $status; restarting in 1s (log: $logs/$name.log)" >&2
             sleep 1
@@ -95,9 +115,10 @@ if [ -n "${REDIS_URL:-}" ]; then
     echo "using Redis at $REDIS_URL (REDIS_URL is set; starting none)"
 else
     redis_bin=$(find_program redis-server)
-    # AOF with fsync on every write: an acknowledged reservation or charge survives a crash of Redis itself.
+    # AOF with fsync on every write (the default): an acknowledged reservation or charge
+    # survives a crash of Redis itself. `everysec` is faster and can lose the last second.
     supervise redis "$redis_bin" --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir/redis" \
-        --appendonly yes --appendfsync always --save "" --daemonize no
+        --appendonly yes --appendfsync "$appendfsync" --save "" --daemonize no
     export REDIS_URL=redis://127.0.0.1:$redis_port
     for _ in $(seq 1 300); do
         reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$redis_port" && printf 'PING\r\n' >&3 && head -c5 <&3) 2>/dev/null) || true
@@ -107,29 +128,41 @@ else
     [ "$reply" = "+PONG" ] || { echo "run: Redis did not start on port $redis_port:" >&2; tail -n 20 "$logs/redis.log" >&2; exit 1; }
 fi
 
-STOCK_PORT=$stock_port supervise stock "$bin_dir/stock-service"
-PAYMENT_PORT=$payment_port supervise payment "$bin_dir/payment-service"
-ORDER_PORT=$order_port STOCK_URL=http://127.0.0.1:$stock_port PAYMENT_URL=http://127.0.0.1:$payment_port \
-    supervise order "$bin_dir/order-service"
-ready stock "$stock_port" /ready
-ready payment "$payment_port" /ready
-ready order "$order_port" /ready
+# start_replicas NAME BINARY PORT_VAR BASE_PORT COUNT: replica i listens on BASE_PORT + 100·i;
+# prints the nginx upstream lines.
+upstreams=""
+start_replicas() {
+    local name=$1 binary=$2 port_var=$3 base=$4 count=$5 i port
+    upstreams=""
+    for ((i = 0; i < count; i++)); do
+        port=$((base + 100 * i))
+        local label=$name
+        [ "$count" -gt 1 ] && label=$name-$i
+        export "$port_var=$port"
+        supervise "$label" "$bin_dir/$binary"
+        upstreams+="server 127.0.0.1:$port;"$'\n'
+    done
+    for ((i = 0; i < count; i++)); do
+        port=$((base + 100 * i))
+        label=$name
+        [ "$count" -gt 1 ] && label=$name-$i
+        ready "$label" "$port" /ready
+    done
+}
 
-# Render the one nginx.conf template with our ports (the same file the tests and compose use).
-conf=$(<"$root/nginx.conf")
-conf=${conf//'${GATEWAY_PORT}'/$gateway_port}
-conf=${conf//'${ORDER_UPSTREAMS}'/"server 127.0.0.1:$order_port;"}
-conf=${conf//'${PAYMENT_UPSTREAMS}'/"server 127.0.0.1:$payment_port;"}
-conf=${conf//'${STOCK_UPSTREAMS}'/"server 127.0.0.1:$stock_port;"}
-conf=${conf//'${NGINX_TEMP}'/$data_dir/nginx/temp}
-conf=${conf//'${NGINX_ACCESS_LOG}'/$logs/nginx-access.log}
-printf '%s\n' "$conf" >"$data_dir/nginx/nginx.conf"
-nginx_globals="daemon off; worker_processes auto; pid $data_dir/nginx/nginx.pid;"
-# As root, workers would drop to `nobody`, which cannot read our data directory.
-[ "$(id -u)" -eq 0 ] && nginx_globals="$nginx_globals user root;"
-"$nginx_bin" -t -q -p "$data_dir/nginx" -c "$data_dir/nginx/nginx.conf" -e stderr -g "$nginx_globals" ||
-    { echo "run: the rendered nginx.conf is invalid" >&2; exit 1; }
-supervise nginx "$nginx_bin" -p "$data_dir/nginx" -c "$data_dir/nginx/nginx.conf" -e stderr -g "$nginx_globals"
+start_replicas stock stock-service STOCK_PORT "$stock_port" "$stock_replicas"
+stock_upstreams=$upstreams
+start_replicas payment payment-service PAYMENT_PORT "$payment_port" "$payment_replicas"
+payment_upstreams=$upstreams
+# One replica of a dependency is called directly; several are reached through nginx's upstreams.
+export STOCK_URL=http://127.0.0.1:$stock_port PAYMENT_URL=http://127.0.0.1:$payment_port
+[ "$stock_replicas" -gt 1 ] && STOCK_URL=http://127.0.0.1:$gateway_port/stock
+[ "$payment_replicas" -gt 1 ] && PAYMENT_URL=http://127.0.0.1:$gateway_port/payment
+start_replicas order order-service ORDER_PORT "$order_port" "$order_replicas"
+order_upstreams=$upstreams
+
+supervise nginx "$root/scripts/render-nginx.sh" "$data_dir/nginx" "$gateway_port" \
+    "$order_upstreams" "$payment_upstreams" "$stock_upstreams" "$logs/nginx-access.log"
 ready nginx "$gateway_port" /stock/ready
 
 token_note=""
@@ -141,7 +174,8 @@ Checkout stack is up.
   order     http://localhost:$gateway_port/order/openapi.json
   payment   http://localhost:$gateway_port/payment/openapi.json
   stock     http://localhost:$gateway_port/stock/items
-  redis     $REDIS_URL
+  redis     $REDIS_URL  (appendfsync $appendfsync)
+  replicas  order $order_replicas, payment $payment_replicas, stock $stock_replicas
   token     $INTERNAL_TOKEN$token_note
   logs      $logs/
 

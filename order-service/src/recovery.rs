@@ -8,11 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::idempotency::KeyRef;
 use shared::ids::{self, SHARDS};
 use tokio::sync::Semaphore;
 
-use crate::runner::Runner;
+use crate::runner::{Resumer, Runner};
 use crate::store::Claim;
 
 /// Orders taken per shard and pass; the rest wait for the next pass.
@@ -57,21 +56,11 @@ async fn recover(runner: &Runner, order_id: &str) {
             return;
         }
     }
-    let stored = match runner.store.load(order_id).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => {
-            tracing::error!(order_id, "recovery: the order lacks what is needed to resume it");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(order_id, error = %e, "recovery: cannot load the order; its lease will run out again");
-            return;
-        }
-    };
     tracing::info!(order_id, "recovery: resuming a checkout whose runner stopped");
     shared::metrics::event("recovery", "claimed");
-    let key = KeyRef::from_stored(stored.idempotency_key, stored.fingerprint);
-    let resp = runner.drive(&stored.order, &key, &owner).await;
+    let Some(resp) = runner.resume(order_id, &owner, Resumer::Recovery).await else {
+        return;
+    };
     let outcome = match resp.status {
         200 => "completed",
         202 => "unresolved",

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::body::{self, JsonBody};
-use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef};
+use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::ids;
 use utoipa::OpenApi;
 
@@ -12,8 +12,9 @@ use crate::model::{
     Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, MAX_QUANTITY, NewOrder, OrderView,
     Step,
 };
+use crate::runner::{Resumer, Runner};
 use crate::saga::processing_response;
-use crate::store::Claim;
+use crate::store::{Claim, Progress};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -94,36 +95,44 @@ async fn create_checkout(
     let fresh = ids::new_id("ord");
     let candidate = validate(value, fresh.clone())?;
     let key_ref = KeyRef::new("order:checkout", &key, body::fingerprint("POST", req.path(), &raw));
-    let (order_id, resumed) = match state.runner.idempotency.begin(&key_ref, &fresh).await? {
-        Begin::Execute { token, resumed } => (token, resumed),
-        other => return Ok(IdempotencyStore::refusal(other)?),
-    };
-    let order = NewOrder {
-        order_id: order_id.clone(),
-        ..candidate
-    };
+    let runner = state.runner.clone();
     let owner = ids::new_id("run");
-    if resumed {
-        // The key's lease ran out: its runner died, or is still resolving an unknown outcome.
-        // Only the order's lease says whether someone is at work on it right now.
-        match state
-            .runner
-            .store
-            .claim(&order_id, &owner, state.runner.idempotency.lease())
-            .await?
-        {
-            Claim::Held => return Ok(processing_response(&order_id).to_response(false)),
-            Claim::Claimed | Claim::Gone => tracing::info!(order_id, "taking over a checkout whose lease ran out"),
+    // The order is written before its key is taken, so a process that dies in between leaves
+    // an order recovery can see (and drop: it never began) rather than a key locked forever.
+    runner
+        .store
+        .create(&candidate, &key_ref, &owner, runner.lease())
+        .await?;
+    let begin = match runner.idempotency.begin(&key_ref, &fresh).await {
+        Ok(begin) => begin,
+        Err(e) => {
+            abandon(&runner, &fresh).await;
+            return Err(e.into());
         }
+    };
+    let (order_id, resumed) = match begin {
+        Begin::Execute { token, resumed } => (token, resumed),
+        other => {
+            abandon(&runner, &fresh).await;
+            return Ok(IdempotencyStore::refusal(other)?);
+        }
+    };
+    if resumed {
+        // The key belongs to an earlier order: this request's fresh one is not needed.
+        abandon(&runner, &fresh).await;
     }
 
     // The saga runs in its own task so that neither the deadline nor a client hanging up can
     // cancel it halfway: it always reaches an end and settles its key.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let runner = state.runner.clone();
     let request_id = shared::request_id::current();
+    let id = order_id.clone();
     tokio::spawn(shared::request_id::scope(request_id, async move {
-        let resp = runner.drive(&order, &key_ref, &owner).await;
+        let resp = if resumed {
+            take_over(&runner, candidate, &key_ref, &owner, &id).await
+        } else {
+            runner.drive(&candidate, &key_ref, &owner, Progress::default()).await
+        };
         let _ = tx.send(resp);
     }));
 
@@ -131,6 +140,42 @@ async fn create_checkout(
         Ok(Ok(resp)) => Ok(resp.to_response(false)),
         // Past the deadline (or the task died): the order exists and goes on.
         _ => Ok(processing_response(&order_id).to_response(false)),
+    }
+}
+
+/// A retry took over a key whose lease ran out (its runner died, or is still resolving an
+/// unknown outcome). Only the key's order's lease says whether someone is at work on it now.
+async fn take_over(runner: &Runner, request: NewOrder, key: &KeyRef, owner: &str, order_id: &str) -> StoredResponse {
+    match runner.store.claim(order_id, owner, runner.lease()).await {
+        Ok(Claim::Held) => processing_response(order_id),
+        Ok(Claim::Claimed) => {
+            tracing::info!(order_id, "taking over a checkout whose lease ran out");
+            runner
+                .resume(order_id, owner, Resumer::KeyHolder)
+                .await
+                .unwrap_or_else(|| processing_response(order_id))
+        }
+        // Its order is gone (it can only have been dropped as never begun): start it afresh
+        // under the key's order id, as the first request would have.
+        Ok(Claim::Gone) => {
+            let order = NewOrder {
+                order_id: order_id.to_string(),
+                ..request
+            };
+            match runner.store.create(&order, key, owner, runner.lease()).await {
+                Ok(_) => runner.drive(&order, key, owner, Progress::default()).await,
+                Err(e) => StoredResponse::problem(&e.problem()),
+            }
+        }
+        Err(e) => StoredResponse::problem(&e.problem()),
+    }
+}
+
+/// Drops the order written for a request that did not get the key. Best effort: if this
+/// fails, recovery drops it once its lease runs out.
+async fn abandon(runner: &Runner, order_id: &str) {
+    if let Err(e) = runner.store.abandon(order_id).await {
+        tracing::warn!(order_id, error = %e, "could not drop an order that never began");
     }
 }
 

@@ -1,17 +1,18 @@
 //! Running a checkout to its end and settling its Idempotency-Key, for the request that
-//! started it and for the recovery worker alike.
+//! started it, for a client retry that takes it over, and for the recovery worker alike.
 //!
 //! While a runner works it holds two leases and renews both: the key's (so a retry gets 409
 //! in-use, not a second execution) and the order's (so recovery leaves it alone). If the process
-//! dies, both run out; a retry or the recovery worker claims the order and runs it again —
-//! every step is an idempotent downstream call, so re-running replays what happened and goes on.
+//! dies, both run out; a retry or the recovery worker claims the order and resumes it from its
+//! last recorded step — every step is an idempotent downstream call, so nothing acts twice.
 
 use std::time::Duration;
 
 use shared::idempotency::{IdempotencyStore, KeyRef, Outcome, StoredResponse};
 
-use crate::saga::{Saga, SagaEnd};
-use crate::store::OrderStore;
+use crate::model::NewOrder;
+use crate::saga::{Saga, SagaEnd, processing_response};
+use crate::store::{OrderStore, Progress};
 
 #[derive(Clone)]
 pub struct Runner {
@@ -22,30 +23,108 @@ pub struct Runner {
     pub retry_unknown: Duration,
 }
 
+/// Who is resuming an order, which decides what is checked first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumer {
+    /// A client retry that just took the key over (its token is the order id).
+    KeyHolder,
+    /// The recovery worker: the key may never have been taken for this order.
+    Recovery,
+}
+
 impl Runner {
-    fn lease(&self) -> Duration {
+    pub fn lease(&self) -> Duration {
         self.idempotency.lease()
     }
 
-    /// Runs the order's saga as `owner`, then settles the key: a definitive answer is stored,
-    /// a fully undone failure frees the key, an unknown outcome keeps both locked and asks
-    /// recovery to try again soon. Returns the response for the client.
-    pub async fn drive(&self, order: &crate::model::NewOrder, key: &KeyRef, owner: &str) -> StoredResponse {
+    /// Runs the order's saga as `owner` from `progress`, then settles the key: a definitive
+    /// answer is stored, a fully undone failure frees the key, an unknown outcome keeps both
+    /// locked and asks recovery to try again soon. Returns the response for the client.
+    pub async fn drive(&self, order: &NewOrder, key: &KeyRef, owner: &str, progress: Progress) -> StoredResponse {
         let id = order.order_id.as_str();
         let renewer = tokio::spawn(renew(self.clone(), key.clone(), id.to_string(), owner.to_string()));
-        let end = self.saga.run(order, key, owner, self.lease()).await;
+        let end = self.saga.run(order, progress, owner).await;
         renewer.abort();
+        self.settle(id, key, owner, end).await
+    }
+
+    /// Resumes an order `owner` has claimed: settles it if it already ended, abandons it if
+    /// its key was never taken for it, else drives it on from its last recorded step.
+    pub async fn resume(&self, order_id: &str, owner: &str, by: Resumer) -> Option<StoredResponse> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(order_id, error = %e, "resume: cannot {what}; the lease will run out and it is tried again");
+        };
+        let (stored, progress) = match self.store.load(order_id).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => {
+                tracing::error!(order_id, "resume: the order lacks what is needed to resume it");
+                return None;
+            }
+            Err(e) => {
+                fail("load the order", &e);
+                return None;
+            }
+        };
+        let key = KeyRef::from_stored(stored.idempotency_key.clone(), stored.fingerprint.clone());
+        match self.store.final_response(order_id).await {
+            Ok(Some(resp)) => {
+                // It ended, but the process died before settling its key.
+                let end = if resp.status < 500 {
+                    SagaEnd::Final(resp)
+                } else {
+                    SagaEnd::Retryable(resp)
+                };
+                return Some(self.settle(order_id, &key, owner, end).await);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                fail("read the order", &e);
+                return None;
+            }
+        }
+        if by == Resumer::Recovery {
+            // The order is created before its key is taken; if the process died in between,
+            // or another request holds the key, this order never began and nothing happened.
+            match self.idempotency.token_of(&key).await {
+                Ok(Some(token)) if token == order_id => {}
+                Ok(_) => {
+                    match self.store.abandon(order_id).await {
+                        Ok(true) => tracing::info!(order_id, "recovery: dropped an order whose checkout never began"),
+                        Ok(false) => {}
+                        Err(e) => fail("drop the order", &e),
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    fail("read the key", &e);
+                    return None;
+                }
+            }
+        }
+        Some(self.drive(&stored.order, &key, owner, progress).await)
+    }
+
+    async fn settle(&self, id: &str, key: &KeyRef, owner: &str, end: SagaEnd) -> StoredResponse {
         let (outcome, settled) = match end {
             SagaEnd::Final(r) => (Outcome::Store(r), true),
             SagaEnd::Retryable(r) => (Outcome::Free(r), true),
             SagaEnd::Pending(r) => (Outcome::Hold(r), false),
         };
         // The key's token is the order id: whichever runner ends the order may settle it.
-        self.idempotency.record(key, id, &outcome).await;
-        let after = if settled {
-            self.store.retire(id).await
-        } else {
-            self.store.lease(id, owner, self.retry_unknown).await.map(|_| ())
+        let recorded = match &outcome {
+            Outcome::Store(resp) => self.idempotency.finish(key, id, resp).await,
+            Outcome::Free(_) => self.idempotency.free(key, id).await,
+            Outcome::Hold(_) => Ok(()),
+        };
+        let after = match recorded {
+            // Retire only once the key is settled; otherwise recovery settles it later.
+            Ok(()) if settled => self.store.retire(id).await,
+            Ok(()) => self.store.lease(id, owner, self.retry_unknown).await.map(|_| ()),
+            Err(e) => {
+                tracing::warn!(order_id = id, error = %e, "could not settle the key; recovery will");
+                // The client must not act on an answer whose key may still be unsettled.
+                return processing_response(id);
+            }
         };
         if let Err(e) = after {
             // Harmless: recovery will find the order again and settle it once more.

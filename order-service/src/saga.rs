@@ -11,14 +11,16 @@
 //! locked; re-running the saga resolves it by re-sending the same idempotent calls.
 
 use actix_web::http::StatusCode;
-use std::time::Duration;
+use shared::idempotency::StoredResponse;
+use shared::telemetry::{compensation_span, step_span};
+use tracing::Instrument;
 
-use shared::idempotency::{KeyRef, StoredResponse};
-
-use crate::clients::{ChargeAnswer, PaymentClient, RefundAnswer, ReserveAnswer, StockClient, TransitionAnswer};
+use crate::clients::{
+    ChargeAnswer, PaymentClient, RefundAnswer, Reservation, ReserveAnswer, StockClient, TransitionAnswer,
+};
 use crate::error::OrderError;
 use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
-use crate::store::{Applied, Change, Created, OrderStore};
+use crate::store::{Applied, Change, OrderStore, Progress};
 
 /// How a run of the saga ended, and so what becomes of the Idempotency-Key.
 #[derive(Debug)]
@@ -62,30 +64,15 @@ impl Saga {
         Self { store, stock, payment }
     }
 
-    /// Runs (or resumes) the saga for an order `owner` holds the lease of.
-    pub async fn run(&self, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) -> SagaEnd {
-        match self.store.create(order, key, owner, lease).await {
-            Ok(Created::New) => {}
-            Ok(Created::Existing { status, response }) => {
-                if let Some(resp) = response.filter(|_| status != "processing") {
-                    // Ended before, but its key was not settled (crash in between).
-                    return if resp.status < 500 {
-                        SagaEnd::Final(resp)
-                    } else {
-                        SagaEnd::Retryable(resp)
-                    };
-                }
-                tracing::info!(order_id = %order.order_id, "resuming checkout");
-            }
-            Err(e) => return SagaEnd::Retryable(StoredResponse::problem(&e.problem())),
-        }
+    /// Runs the saga for an order `owner` holds the lease of, from its recorded `progress`.
+    pub async fn run(&self, order: &NewOrder, progress: Progress, owner: &str) -> SagaEnd {
         let attempt = Attempt {
             store: &self.store,
             stock: &self.stock,
             payment: &self.payment,
             owner,
         };
-        let end = attempt.proceed(order).await;
+        let end = attempt.proceed(order, progress).await;
         let outcome = match (&end, end.response().status) {
             (SagaEnd::Pending(_), _) => "processing",
             (_, 200) => "completed",
@@ -107,9 +94,41 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    async fn proceed(&self, o: &NewOrder) -> SagaEnd {
-        let id = o.order_id.as_str();
+    /// Goes on from the last recorded step. A recorded step is never re-decided: once the
+    /// charge is recorded the order only goes forward (complete, refunding only on stock's
+    /// definitive refusal), so a transient failure can never end a charged order as failed.
+    async fn proceed(&self, o: &NewOrder, progress: Progress) -> SagaEnd {
+        let reservation = match progress.reservation {
+            Some((reservation_id, total_fee, currency)) => Reservation {
+                reservation_id,
+                total_fee,
+                currency,
+            },
+            None => match self.reserve(o).instrument(step_span("reserve", &o.order_id)).await {
+                Ok(r) => r,
+                Err(end) => return end,
+            },
+        };
+        let charge_id = match progress.charge_id {
+            Some(charge_id) => charge_id,
+            None => match self
+                .charge(o, &reservation)
+                .instrument(step_span("charge", &o.order_id))
+                .await
+            {
+                Ok(c) => c,
+                Err(end) => return end,
+            },
+        };
+        let charge_id = charge_id.as_str();
+        self.complete(o, &reservation, charge_id)
+            .instrument(step_span("complete", &o.order_id))
+            .await
+    }
 
+    /// Reserves and records the reservation; `Err` is how the saga ended instead.
+    async fn reserve(&self, o: &NewOrder) -> Result<Reservation, SagaEnd> {
+        let id = o.order_id.as_str();
         let reservation = match self.stock.reserve(id, o.item_id, o.quantity).await {
             Ok(ReserveAnswer::Reserved(r)) => r,
             Ok(ReserveAnswer::ItemNotFound) => {
@@ -117,7 +136,7 @@ impl Attempt<'_> {
                     order_id: id.into(),
                     item_id: o.item_id,
                 };
-                return self.end(id, "failed", ("reserve", "item_not_found"), vec![], err).await;
+                return Err(self.end(id, "failed", ("reserve", "item_not_found"), vec![], err).await);
             }
             Ok(ReserveAnswer::OutOfStock) => {
                 let err = OrderError::OutOfStock {
@@ -125,10 +144,10 @@ impl Attempt<'_> {
                     item_id: o.item_id,
                     quantity: o.quantity,
                 };
-                return self.end(id, "failed", ("reserve", "out_of_stock"), vec![], err).await;
+                return Err(self.end(id, "failed", ("reserve", "out_of_stock"), vec![], err).await);
             }
-            Ok(ReserveAnswer::Unexpected(why)) => return self.reserve_failed(id, &why).await,
-            Err(e) => return self.reserve_failed(id, &e.to_string()).await,
+            Ok(ReserveAnswer::Unexpected(why)) => return Err(self.reserve_failed(id, &why).await),
+            Err(e) => return Err(self.reserve_failed(id, &e.to_string()).await),
         };
         let rid = reservation.reservation_id.as_str();
         let noted = self
@@ -144,8 +163,15 @@ impl Attempt<'_> {
             )
             .await;
         if noted != Applied::Yes {
-            return self.settled_elsewhere(id).await;
+            return Err(self.settled_elsewhere(id).await);
         }
+        Ok(reservation)
+    }
+
+    /// Charges and records the charge; `Err` is how the saga ended instead.
+    async fn charge(&self, o: &NewOrder, reservation: &Reservation) -> Result<String, SagaEnd> {
+        let id = o.order_id.as_str();
+        let rid = reservation.reservation_id.as_str();
 
         let charge = match self
             .payment
@@ -165,7 +191,7 @@ impl Attempt<'_> {
                     order_id: id.into(),
                     decline_code,
                 };
-                return self.end(id, "compensated", ("charge", "declined"), release, err).await;
+                return Err(self.end(id, "compensated", ("charge", "declined"), release, err).await);
             }
             Ok(ChargeAnswer::Refused { detail }) => {
                 let release = self.release(id, rid).await;
@@ -173,7 +199,7 @@ impl Attempt<'_> {
                     order_id: id.into(),
                     detail,
                 };
-                return self.end(id, "compensated", ("charge", "refused"), release, err).await;
+                return Err(self.end(id, "compensated", ("charge", "refused"), release, err).await);
             }
             Err(e) if !e.maybe_sent() => {
                 // Payment never received the request: no money moved, undo the reservation.
@@ -184,31 +210,38 @@ impl Attempt<'_> {
                     detail: "the payment service is unavailable; nothing was charged and the reservation was released"
                         .into(),
                 };
-                return self
+                return Err(self
                     .end(id, "compensated", ("charge", "unavailable"), release, err)
-                    .await;
+                    .await);
             }
             Ok(ChargeAnswer::Unexpected(why)) => {
-                return self.pending(id, ("charge", "unknown"), &why).await;
+                return Err(self.pending(id, ("charge", "unknown"), &why).await);
             }
             Err(e) => {
-                return self.pending(id, ("charge", "unknown"), &e.to_string()).await;
+                return Err(self.pending(id, ("charge", "unknown"), &e.to_string()).await);
             }
         };
-        let charge_id = charge.charge_id.as_str();
+        let charge_id = charge.charge_id;
         let noted = self
             .note(
                 id,
                 Change {
                     step: Some(("charge", "succeeded")),
-                    fields: vec![("chargeId", charge_id.to_string())],
+                    fields: vec![("chargeId", charge_id.clone())],
                     ..Change::default()
                 },
             )
             .await;
         if noted != Applied::Yes {
-            return self.settled_elsewhere(id).await;
+            return Err(self.settled_elsewhere(id).await);
         }
+        Ok(charge_id)
+    }
+
+    /// Completes the reservation of a charged order; refunds only on a definitive refusal.
+    async fn complete(&self, o: &NewOrder, reservation: &Reservation, charge_id: &str) -> SagaEnd {
+        let id = o.order_id.as_str();
+        let rid = reservation.reservation_id.as_str();
 
         match self.stock.complete(id, rid).await {
             Ok(TransitionAnswer::Done) => {
@@ -246,7 +279,12 @@ impl Attempt<'_> {
                     },
                 )
                 .await;
-                match self.payment.refund(id, charge_id).await {
+                match self
+                    .payment
+                    .refund(id, charge_id)
+                    .instrument(compensation_span("refund", id))
+                    .await
+                {
                     Ok(RefundAnswer::Refunded { refund_id }) => {
                         shared::metrics::event("compensation", "refund");
                         let mut fields = self.release(id, rid).await;
@@ -282,7 +320,12 @@ impl Attempt<'_> {
     /// Releases the reservation, returning the step fields to record. A release that cannot
     /// get through is left to the reservation's expiry, which returns the units anyway.
     async fn release(&self, id: &str, rid: &str) -> Vec<(&'static str, String)> {
-        let status = match self.stock.release(id, rid).await {
+        let status = match self
+            .stock
+            .release(id, rid)
+            .instrument(compensation_span("release", id))
+            .await
+        {
             Ok(TransitionAnswer::Done) => "succeeded",
             Ok(TransitionAnswer::Refused(_)) | Ok(TransitionAnswer::Unexpected(_)) => "refused",
             Err(_) => "unavailable_expires",
@@ -359,14 +402,14 @@ impl Attempt<'_> {
         }
     }
 
-    /// Records a step. A failure to reach Redis is logged and the saga goes on: the downstream
-    /// calls are idempotent, so a later run reconstructs what happened by replaying them.
+    /// Records a step. When Redis cannot be reached the change's fate is unknown: the caller
+    /// must not give a definitive answer on it, and stops with 202 (recovery finishes later).
     async fn note(&self, id: &str, change: Change<'_>) -> Applied {
         match self.store.update(id, self.owner, change).await {
             Ok(applied) => applied,
             Err(e) => {
                 tracing::warn!(order_id = id, error = %e, "could not record a saga step");
-                Applied::Yes
+                Applied::Unknown
             }
         }
     }

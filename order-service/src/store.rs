@@ -17,10 +17,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::Script;
 use shared::idempotency::{KeyRef, StoredResponse};
 use shared::ids::{SHARDS, shard_of};
+use shared::redis_pool::Pool;
 
 use crate::error::OrderError;
 use crate::model::{Bucket, NewOrder, OrderView, Step, Totals};
@@ -150,6 +150,31 @@ return 'ok'
     )
 });
 
+// Deletes an order that never began: created, but its Idempotency-Key was never taken for it
+// (the process died in between, or another request holds the key). Nothing downstream can have
+// happened — the saga starts only after the key is taken — so it leaves no trace, totals
+// included. KEYS: order, steps, totals, active. ARGV: id.
+static ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'status', 'reservationId', 'chargeId')
+if cur[1] ~= 'processing' or cur[2] or cur[3] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HINCRBY', KEYS[3], 'XXX:processing:count', -1)
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// What a runner needs to resume an order from its last recorded step.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The reservation, once recorded: id, total fee, currency.
+    pub reservation: Option<(String, u64, String)>,
+    pub charge_id: Option<String>,
+}
+
 /// What `create` found.
 pub enum Created {
     New,
@@ -169,6 +194,8 @@ pub enum Applied {
     /// Another runner owns the order now; nothing changed.
     Fenced,
     Missing,
+    /// Redis did not answer: the change may or may not have been applied.
+    Unknown,
 }
 
 /// What a claim on an order found.
@@ -366,12 +393,23 @@ impl OrderStore {
         Ok(DUE.key(active_key(shard)).arg(limit).invoke_async(&mut conn).await?)
     }
 
-    /// The order as created, with its key, for a runner that did not receive the request.
-    pub async fn load(&self, order_id: &str) -> Result<Option<StoredOrder>, OrderError> {
+    /// The order as created, with its key and progress, for a runner resuming it.
+    pub async fn load(&self, order_id: &str) -> Result<Option<(StoredOrder, Progress)>, OrderError> {
         let mut conn = self.pool.get().await?;
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(order_key(order_id))
-            .arg(&["itemId", "quantity", "customerId", "paymentMethod", "idemKey", "fp"])
+            .arg(&[
+                "itemId",
+                "quantity",
+                "customerId",
+                "paymentMethod",
+                "idemKey",
+                "fp",
+                "reservationId",
+                "amount",
+                "currency",
+                "chargeId",
+            ])
             .query_async(&mut conn)
             .await?;
         let get = |i: usize| fields.get(i).cloned().flatten();
@@ -383,7 +421,11 @@ impl OrderStore {
         let (Ok(item_id), Ok(quantity)) = (item_id.parse(), quantity.parse()) else {
             return Ok(None);
         };
-        Ok(Some(StoredOrder {
+        let reservation = match (get(6), get(7).and_then(|a| a.parse().ok()), get(8)) {
+            (Some(rid), Some(amount), Some(currency)) => Some((rid, amount, currency)),
+            _ => None,
+        };
+        let stored = StoredOrder {
             order: NewOrder {
                 order_id: order_id.to_string(),
                 item_id,
@@ -393,7 +435,28 @@ impl OrderStore {
             },
             idempotency_key: key,
             fingerprint: fp,
-        }))
+        };
+        Ok(Some((
+            stored,
+            Progress {
+                reservation,
+                charge_id: get(9),
+            },
+        )))
+    }
+
+    /// Removes an order that never began (see ABANDON); false if it had begun after all.
+    pub async fn abandon(&self, order_id: &str) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let removed: i64 = ABANDON
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .key(totals_key_of(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
     }
 
     /// The final response of an ended order (None while it is processing).
@@ -451,14 +514,17 @@ impl OrderStore {
         }))
     }
 
-    /// Sums the per-shard totals (one pipelined round trip).
+    /// Sums the per-shard totals (one pipelined round trip on a single node).
     pub async fn totals(&self) -> Result<Totals, OrderError> {
         let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for shard in 0..SHARDS {
-            pipe.cmd("HGETALL").arg(format!("order:{{ord:{shard}}}:totals"));
-        }
-        let shards: Vec<Vec<(String, i64)>> = pipe.query_async(&mut conn).await?;
+        let cmds = (0..SHARDS)
+            .map(|shard| {
+                redis::cmd("HGETALL")
+                    .arg(format!("order:{{ord:{shard}}}:totals"))
+                    .to_owned()
+            })
+            .collect();
+        let shards: Vec<Vec<(String, i64)>> = conn.each(cmds).await?;
         let mut totals = Totals::new();
         for (field, value) in shards.into_iter().flatten() {
             let mut parts = field.splitn(3, ':');

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::{AsyncCommands, Script};
 use shared::ids::SHARDS;
+use shared::redis_pool::Pool;
 
 use crate::error::PaymentError;
 use crate::model::{Charge, Totals};
@@ -295,14 +295,13 @@ impl Store {
         Ok(charges)
     }
 
-    /// Every shard's counters, read in one pipeline and summed.
+    /// Every shard's counters, summed (one pipeline on a single node; shards are separate slots).
     pub async fn totals(&self) -> Result<Totals, PaymentError> {
         let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for shard in 0..SHARDS {
-            pipe.add_command(redis::cmd("HGETALL").arg(totals_key(shard)).to_owned());
-        }
-        let shards: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let cmds = (0..SHARDS)
+            .map(|shard| redis::cmd("HGETALL").arg(totals_key(shard)).to_owned())
+            .collect();
+        let shards: Vec<HashMap<String, String>> = conn.each(cmds).await?;
         let mut totals = Totals::default();
         for counters in shards {
             for (field, value) in counters {

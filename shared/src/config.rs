@@ -40,6 +40,12 @@ pub const REDIS_POOL_SIZE: EnvVar = EnvVar {
     help: "Redis connections per service process.",
 };
 
+pub const REDIS_CLUSTER: EnvVar = EnvVar {
+    name: "REDIS_CLUSTER",
+    default: "false",
+    help: "`true`: REDIS_URL is a comma-separated list of Redis Cluster nodes, reached with the cluster-aware client.",
+};
+
 pub const INTERNAL_TOKEN: EnvVar = EnvVar {
     name: "INTERNAL_TOKEN",
     default: "dev-internal-token",
@@ -92,6 +98,7 @@ pub const LOG_FORMAT: EnvVar = EnvVar {
 pub const COMMON_ENV: &[EnvVar] = &[
     HOST,
     REDIS_URL,
+    REDIS_CLUSTER,
     REDIS_POOL_SIZE,
     INTERNAL_TOKEN,
     IDEMPOTENCY_TTL,
@@ -117,10 +124,16 @@ pub fn markdown_table(tables: &[(&str, &[EnvVar])]) -> String {
     }
     let mut out = String::from("| variable | default | read by | meaning |\n| --- | --- | --- | --- |\n");
     for (var, services) in rows {
+        // An empty default means "unset": the feature it configures is off until it is given.
+        let default = if var.default.is_empty() {
+            "(unset)".to_string()
+        } else {
+            format!("`{}`", var.default)
+        };
         out.push_str(&format!(
-            "| `{}` | `{}` | {} | {} |\n",
+            "| `{}` | {} | {} | {} |\n",
             var.name,
-            var.default,
+            default,
             services.join(", "),
             var.help
         ));
@@ -240,6 +253,7 @@ pub struct CommonSettings {
     pub host: String,
     pub port: u16,
     pub redis_url: String,
+    pub redis_cluster: bool,
     pub redis_pool_size: usize,
     pub internal_token: Secret,
     pub idempotency_ttl: Duration,
@@ -268,6 +282,7 @@ impl CommonSettings {
             host: var(&HOST),
             port: parse(port_var)?,
             redis_url: var(&REDIS_URL),
+            redis_cluster: boolean(&REDIS_CLUSTER)?,
             redis_pool_size: pool.max(1),
             internal_token: Secret::new(var(&INTERNAL_TOKEN)),
             idempotency_ttl: duration(&IDEMPOTENCY_TTL)?,

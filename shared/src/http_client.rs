@@ -5,9 +5,15 @@
 //! Every call also reports whether the request may have reached the other side
 //! ([`CallError::Unavailable::maybe_sent`]): a caller undoing a payment needs to know the
 //! difference between "never arrived" and "arrived, answer lost".
+//!
+//! Traces: a call is one client span (`stock POST /reserve`, with the number of attempts and
+//! the final status), and each attempt one child span (`POST /reserve`, with `attempt`, its
+//! status or error) whose context goes out as `traceparent`, so the callee's server span hangs
+//! under the attempt that reached it. The attempt span is made inside the retry loop (the
+//! middleware after [`RetryTransientMiddleware`]), the call span around it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -16,6 +22,8 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::{Jitter, RetryTransientMiddleware, Retryable, RetryableStrategy};
 use serde::Serialize;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::{self, ConfigError, EnvVar, Secret};
 
@@ -105,9 +113,16 @@ pub fn is_transient_status(status: StatusCode, has_retry_after: bool) -> bool {
     matches!(status.as_u16(), 502..=504) || (status == StatusCode::CONFLICT && has_retry_after)
 }
 
-/// Set on a request to learn whether any attempt may have reached the server.
+/// Set on a request to learn whether any attempt may have reached the server, and how many
+/// attempts were made.
 #[derive(Clone, Default)]
-struct SentTracker(Arc<AtomicBool>);
+struct CallTracker(Arc<CallState>);
+
+#[derive(Default)]
+struct CallState {
+    sent: AtomicBool,
+    attempts: AtomicU32,
+}
 
 /// Runs inside the retry loop, once per attempt.
 struct AttemptObserver {
@@ -118,11 +133,32 @@ struct AttemptObserver {
 impl Middleware for AttemptObserver {
     async fn handle(
         &self,
-        req: reqwest::Request,
+        mut req: reqwest::Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let res = next.run(req, extensions).await;
+        let tracker = extensions.get::<CallTracker>().cloned().unwrap_or_default();
+        let attempt = tracker.0.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt > 1 {
+            crate::metrics::retry(self.dependency);
+        }
+        let span = tracing::info_span!(
+            "downstream attempt",
+            otel.name = %format_args!("{} {}", req.method(), req.url().path()),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            attempt,
+            http.request.resend_count = attempt - 1,
+            http.request.method = %req.method(),
+            url.full = %req.url(),
+            server.address = req.url().host_str().unwrap_or(""),
+            server.port = req.url().port_or_known_default().unwrap_or(0),
+            http.response.status_code = Empty,
+            error.type = Empty,
+        );
+        // This attempt, not the call, is the callee's parent: retries show as siblings.
+        crate::telemetry::inject(&span, req.headers_mut());
+        let res = next.run(req, extensions).instrument(span.clone()).await;
         // Only a refused connection proves the request never left; anything else may have
         // been received and acted on.
         let (sent, result) = match &res {
@@ -131,8 +167,20 @@ impl Middleware for AttemptObserver {
             Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => (true, "timeout".to_string()),
             Err(_) => (true, "error".to_string()),
         };
-        if sent && let Some(tracker) = extensions.get::<SentTracker>() {
-            tracker.0.store(true, Ordering::SeqCst);
+        match &res {
+            Ok(resp) => {
+                span.record("http.response.status_code", resp.status().as_u16());
+                // A gateway error or a busy key is why a retry follows; a 4xx is a business
+                // answer (out of stock, declined), delivered as designed, so not an error here.
+                if is_transient_status(resp.status(), resp.headers().contains_key("retry-after")) {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", result.as_str());
+                }
+            }
+            Err(e) => crate::telemetry::mark_error(&span, &result, e),
+        }
+        if sent {
+            tracker.0.sent.store(true, Ordering::SeqCst);
         }
         crate::metrics::attempt(self.dependency, &result);
         res
@@ -238,15 +286,54 @@ impl Downstream {
             .header("content-type", "application/json")
             .header(crate::idempotency::HEADER, idempotency_key)
             .body(body);
-        self.send(request).await
+        self.send("POST", path, request).await
     }
 
     pub async fn get(&self, path: &str) -> Result<CallResponse, CallError> {
-        self.send(self.client.get(format!("{}{path}", self.base))).await
+        self.send("GET", path, self.client.get(format!("{}{path}", self.base)))
+            .await
     }
 
-    async fn send(&self, request: reqwest_middleware::RequestBuilder) -> Result<CallResponse, CallError> {
-        let tracker = SentTracker::default();
+    async fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        request: reqwest_middleware::RequestBuilder,
+    ) -> Result<CallResponse, CallError> {
+        let span = tracing::info_span!(
+            "downstream call",
+            otel.name = %format_args!("{} {method} {path}", self.name),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            peer.service = self.name,
+            http.request.method = method,
+            url.path = %path,
+            attempts = Empty,
+            http.response.status_code = Empty,
+            error.type = Empty,
+        );
+        let tracker = CallTracker::default();
+        let result = self.exchange(request, &tracker).instrument(span.clone()).await;
+        span.record("attempts", tracker.0.attempts.load(Ordering::SeqCst));
+        let outcome = match &result {
+            Ok(resp) => {
+                span.record("http.response.status_code", resp.status.as_u16());
+                resp.status.as_u16().to_string()
+            }
+            Err(e) => {
+                crate::telemetry::mark_error(&span, "unavailable", e);
+                "unavailable".to_string()
+            }
+        };
+        crate::metrics::call(self.name, &outcome);
+        result
+    }
+
+    async fn exchange(
+        &self,
+        request: reqwest_middleware::RequestBuilder,
+        tracker: &CallTracker,
+    ) -> Result<CallResponse, CallError> {
         let result = request
             .bearer_auth(self.token.expose())
             .header(crate::request_id::HEADER, crate::request_id::current())
@@ -255,7 +342,7 @@ impl Downstream {
             .await;
         let unavailable = |reason: String| CallError::Unavailable {
             dependency: self.name,
-            maybe_sent: tracker.0.load(Ordering::SeqCst),
+            maybe_sent: tracker.0.sent.load(Ordering::SeqCst),
             reason,
         };
         let resp = result.map_err(|e| unavailable(format!("{e:#}")))?;

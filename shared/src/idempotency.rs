@@ -15,14 +15,15 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis_pool::Pool;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
-use deadpool_redis::Pool;
 use redis::Script;
 use serde::Serialize;
 
 use crate::problem::{CommonError, PROBLEM_JSON, Problem};
+use crate::redis_pool::traced;
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -255,15 +256,20 @@ impl IdempotencyStore {
     }
 
     pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
-        let mut conn = self.pool.get().await?;
-        let reply: Vec<redis::Value> = BEGIN
-            .key(&key.redis_key)
-            .arg(&key.fingerprint)
-            .arg(new_token)
-            .arg(self.lease.as_millis() as u64)
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let reply: Vec<redis::Value> = traced("idempotency.begin", async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, CommonError>(
+                BEGIN
+                    .key(&key.redis_key)
+                    .arg(&key.fingerprint)
+                    .arg(new_token)
+                    .arg(self.lease.as_millis() as u64)
+                    .arg(self.ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?,
+            )
+        })
+        .await?;
         let text = |i: usize| -> String {
             match reply.get(i) {
                 Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
@@ -278,7 +284,14 @@ impl IdempotencyStore {
                 _ => Vec::new(),
             }
         };
-        Ok(match text(0).as_str() {
+        let decision = text(0);
+        // The request's span says what the key decided: new, resume, replay, busy or reused.
+        tracing_opentelemetry::OpenTelemetrySpanExt::set_attribute(
+            &tracing::Span::current(),
+            "idempotency.decision",
+            decision.clone(),
+        );
+        Ok(match decision.as_str() {
             "new" => Begin::Execute {
                 token: text(1),
                 resumed: false,
@@ -307,36 +320,59 @@ impl IdempotencyStore {
     }
 
     pub async fn finish(&self, key: &KeyRef, token: &str, resp: &StoredResponse) -> Result<(), CommonError> {
-        let mut conn = self.pool.get().await?;
-        let _: i64 = FINISH
-            .key(&key.redis_key)
-            .arg(token)
-            .arg(&key.fingerprint)
-            .arg(resp.status)
-            .arg(&resp.content_type)
-            .arg(&resp.body[..])
-            .arg(resp.location.as_deref().unwrap_or(""))
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        traced("idempotency.finish", async {
+            let mut conn = self.pool.get().await?;
+            let _: i64 = FINISH
+                .key(&key.redis_key)
+                .arg(token)
+                .arg(&key.fingerprint)
+                .arg(resp.status)
+                .arg(&resp.content_type)
+                .arg(&resp.body[..])
+                .arg(resp.location.as_deref().unwrap_or(""))
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
-        let mut conn = self.pool.get().await?;
-        let _: i64 = FREE.key(&key.redis_key).arg(token).invoke_async(&mut conn).await?;
-        Ok(())
+        traced("idempotency.free", async {
+            let mut conn = self.pool.get().await?;
+            let _: i64 = FREE.key(&key.redis_key).arg(token).invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn renew(&self, key: &KeyRef, token: &str) -> Result<bool, CommonError> {
-        let mut conn = self.pool.get().await?;
-        let renewed: i64 = RENEW
-            .key(&key.redis_key)
-            .arg(token)
-            .arg(self.lease.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(renewed == 1)
+        traced("idempotency.renew", async {
+            let mut conn = self.pool.get().await?;
+            let renewed: i64 = RENEW
+                .key(&key.redis_key)
+                .arg(token)
+                .arg(self.lease.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(renewed == 1)
+        })
+        .await
+    }
+
+    /// The token of whoever holds (or held) the key; None when there is no record.
+    pub async fn token_of(&self, key: &KeyRef) -> Result<Option<String>, CommonError> {
+        traced("idempotency.token", async {
+            let mut conn = self.pool.get().await?;
+            let token: Option<String> = redis::cmd("HGET")
+                .arg(&key.redis_key)
+                .arg("token")
+                .query_async(&mut conn)
+                .await?;
+            Ok(token)
+        })
+        .await
     }
 
     /// Records the outcome. A failure to record is logged, not returned: the record stays

@@ -9,7 +9,8 @@
 //! - [`redis_pool`]: connection pool setup and readiness checks.
 //! - [`http_client`]: the retrying client services use to call each other.
 //! - [`auth`]: the internal bearer token check.
-//! - [`metrics`], [`ops`], [`telemetry`]: `/metrics`, `/health`, `/ready`, `/openapi.json`, logs.
+//! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`.
+//! - [`telemetry`]: JSON logs and OpenTelemetry traces (W3C `traceparent` in and out, OTLP export).
 //! - [`ids`]: shard selection for hash-tagged keys.
 //! - [`server`]: builds and runs an actix server the same way for `main` and for tests.
 

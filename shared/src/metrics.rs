@@ -1,4 +1,16 @@
-//! Prometheus metrics: one registry per process, rendered at `/metrics`.
+//! Prometheus metrics: one registry per process, rendered at `/metrics` (OpenMetrics text, so
+//! counters end in `_total`).
+//!
+//! | metric | labels | what |
+//! | --- | --- | --- |
+//! | `http_requests_total` | route, method, status | requests served |
+//! | `http_request_duration_seconds` | route, method, status | their latency (histogram) |
+//! | `business_events_total` | kind, outcome | [`event`]: checkouts by outcome, compensations, recoveries, reservations, charges |
+//! | `downstream_calls_total` | dependency, result | calls to another service, by final status or `unavailable` |
+//! | `downstream_attempts_total` | dependency, result | attempts of those calls, by status or transport error |
+//! | `downstream_retries_total` | dependency | attempts after the first |
+//! | `idempotency_events_total` | event | `replay`, `in_use` (conflict), `reused` |
+//! | `redis_pool_connections` | state | `in_use`, `idle`, `waiting` (sampled at scrape) |
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -22,6 +34,8 @@ pub struct Metrics {
     idempotency: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
     attempts: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    calls: Family<Labels, Counter>,
     pool: Family<Labels, Gauge>,
 }
 
@@ -38,6 +52,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let idempotency = Family::<Labels, Counter>::default();
     let events = Family::<Labels, Counter>::default();
     let attempts = Family::<Labels, Counter>::default();
+    let retries = Family::<Labels, Counter>::default();
+    let calls = Family::<Labels, Counter>::default();
     let pool = Family::<Labels, Gauge>::default();
     registry.register(
         "http_requests",
@@ -46,7 +62,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "http_request_duration_seconds",
-        "HTTP request latency by route and method",
+        "HTTP request latency by route, method and status",
         latency.clone(),
     );
     registry.register(
@@ -65,6 +81,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         attempts.clone(),
     );
     registry.register(
+        "downstream_retries",
+        "Attempts after the first of calls to other services",
+        retries.clone(),
+    );
+    registry.register(
+        "downstream_calls",
+        "Calls to other services, by final status (or unavailable after every retry)",
+        calls.clone(),
+    );
+    registry.register(
         "redis_pool_connections",
         "Redis pool connections by state",
         pool.clone(),
@@ -76,6 +102,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         idempotency,
         events,
         attempts,
+        retries,
+        calls,
         pool,
     }
 });
@@ -88,11 +116,30 @@ pub fn idempotency_event(event: &str) {
     METRICS.idempotency.get_or_create(&labels(&[("event", event)])).inc();
 }
 
-/// A business outcome, e.g. `("checkout", "completed")` or `("compensation", "refund")`.
+/// A business outcome, e.g. `("checkout", "completed")`, `("compensation", "release")`,
+/// `("recovery", "claimed")`. Also noted on the current trace span (see
+/// [`crate::telemetry::note_event`]), so a compensation is visible in the checkout's trace.
 pub fn event(kind: &str, outcome: &str) {
     METRICS
         .events
         .get_or_create(&labels(&[("kind", kind), ("outcome", outcome)]))
+        .inc();
+    crate::telemetry::note_event(kind, outcome);
+}
+
+/// One attempt after the first of a call to `dependency`.
+pub fn retry(dependency: &str) {
+    METRICS
+        .retries
+        .get_or_create(&labels(&[("dependency", dependency)]))
+        .inc();
+}
+
+/// A finished call to `dependency`: its final status, or `unavailable`.
+pub fn call(dependency: &str, result: &str) {
+    METRICS
+        .calls
+        .get_or_create(&labels(&[("dependency", dependency), ("result", result)]))
         .inc();
 }
 
@@ -103,7 +150,7 @@ pub fn attempt(dependency: &str, result: &str) {
         .inc();
 }
 
-pub fn render(pool: Option<&deadpool_redis::Pool>) -> String {
+pub fn render(pool: Option<&crate::redis_pool::Pool>) -> String {
     if let Some(pool) = pool {
         let status = pool.status();
         METRICS
@@ -143,7 +190,7 @@ pub async fn middleware(
         .inc();
     METRICS
         .latency
-        .get_or_create(&labels(&[("route", &route), ("method", &method)]))
+        .get_or_create(&labels(&[("route", &route), ("method", &method), ("status", &status)]))
         .observe(started.elapsed().as_secs_f64());
     Ok(res)
 }

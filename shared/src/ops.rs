@@ -1,7 +1,7 @@
 //! Operations endpoints every service serves: `/health`, `/ready`, `/metrics`, `/openapi.json`.
 
+use crate::redis_pool::Pool;
 use actix_web::{HttpResponse, web};
-use deadpool_redis::Pool;
 use serde_json::json;
 
 #[derive(Clone)]

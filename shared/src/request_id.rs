@@ -1,5 +1,6 @@
 //! `X-Request-ID`: taken from the caller when sane, else generated; echoed on every response and
-//! used as the `instance` of every problem. Kept in a task-local so errors can reach it.
+//! used as the `instance` of every problem. Kept in a task-local so errors can reach it, and
+//! logged with every event of the request.
 
 use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
@@ -44,7 +45,9 @@ pub async fn middleware(
     Ok(res)
 }
 
-/// Runs `fut` with `id` as the current request id (for work spawned off the request task).
-pub async fn scope<F: std::future::Future>(id: String, fut: F) -> F::Output {
-    REQUEST_ID.scope(id, fut).await
+/// Runs `fut` with `id` as the current request id, for work spawned off the request task. It
+/// also runs inside the span that is current *here*, where the request is being served (not
+/// where the future is first polled), so spawned work stays in the request's trace.
+pub fn scope<F: std::future::Future>(id: String, fut: F) -> impl std::future::Future<Output = F::Output> {
+    tracing::Instrument::instrument(REQUEST_ID.scope(id, fut), tracing::Span::current())
 }

@@ -8,7 +8,8 @@ use crate::config::CommonSettings;
 use crate::ops::Ops;
 
 /// The middleware and operations routes every service wears, outermost first: request id,
-/// metrics, problem+json for stray errors.
+/// the request's trace span (inside the request id, so the span carries it), metrics,
+/// problem+json for stray errors (inside the span, so the span sees the final status).
 pub async fn serve<F>(settings: &CommonSettings, ops: Ops, routes: F) -> std::io::Result<()>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
@@ -18,6 +19,7 @@ where
         App::new()
             .wrap(ErrorHandlers::new().default_handler(crate::problem::problemize))
             .wrap(from_fn(crate::metrics::middleware))
+            .wrap(from_fn(crate::telemetry::middleware))
             .wrap(from_fn(crate::request_id::middleware))
             .configure(crate::ops::configure(ops.clone()))
             .configure(routes.clone())

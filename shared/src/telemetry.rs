@@ -1,25 +1,685 @@
-//! Logging set-up, done once per process: JSON lines (or text) on stdout, filtered by RUST_LOG.
+//! Logs and traces, set up once per process by [`init`]; the only module that touches tracing
+//! subscribers and OpenTelemetry exporters.
+//!
+//! - **Logs**: one JSON object per line on stdout (`LOG_FORMAT=json`, the default) with `time`,
+//!   `level`, `service`, `message`, `trace_id`, `span_id`, `request_id` and the event's fields;
+//!   `text` for humans. `RUST_LOG` filters the logs only, never the traces.
+//! - **Traces**: every `tracing` span is an OpenTelemetry span. [`middleware`] continues the
+//!   caller's W3C `traceparent` in a server span per request and answers `traceresponse` and
+//!   `X-Trace-Id`; the retrying client ([`crate::http_client`]) passes the context on. Spans are
+//!   exported over OTLP/HTTP (protobuf) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, by the SDK's batch processor: a bounded queue
+//!   drained on its own thread, so a request never waits for an export, and a full queue drops
+//!   spans instead. Without an endpoint no exporter is built, but trace ids are still made and
+//!   passed on, so logs of one checkout can be joined across services by `trace_id`.
+//!
+//! Span names follow the OpenTelemetry conventions: server spans `POST /checkout` (method and
+//! route), downstream calls `stock POST /reserve` with one `POST /reserve` child per attempt,
+//! Redis operations `redis <operation>`, saga steps `saga <step>` ([`step_span`]).
 
-use tracing_subscriber::EnvFilter;
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 
-/// Flushes telemetry when dropped; hold it for the life of `main`.
-pub struct TelemetryGuard;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
+use tracing::field::{Empty, Field, Visit};
+use tracing::{Event, Instrument, Span, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::config::{self, ConfigError, EnvVar};
+
+pub const OTEL_SDK_DISABLED: EnvVar = EnvVar {
+    name: "OTEL_SDK_DISABLED",
+    default: "false",
+    help: "`true`: no tracing at all (no trace ids in logs or responses, `traceparent` not passed on).",
+};
+
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: EnvVar = EnvVar {
+    name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    help: "OTLP/HTTP collector, e.g. `http://jaeger:4318`; spans go to `<url>/v1/traces`. Unset: nothing is exported.",
+};
+
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: EnvVar = EnvVar {
+    name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    default: "",
+    help: "Full URL spans are sent to, used as is; wins over OTEL_EXPORTER_OTLP_ENDPOINT.",
+};
+
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: EnvVar = EnvVar {
+    name: "OTEL_EXPORTER_OTLP_PROTOCOL",
+    default: "http/protobuf",
+    help: "Only `http/protobuf` is built in; another value turns export off (logged at start-up).",
+};
+
+pub const OTEL_SERVICE_NAME: EnvVar = EnvVar {
+    name: "OTEL_SERVICE_NAME",
+    default: "",
+    help: "`service.name` of the spans and `service` of the log lines; unset: the binary's name (`order-service`, …).",
+};
+
+pub const OTEL_RESOURCE_ATTRIBUTES: EnvVar = EnvVar {
+    name: "OTEL_RESOURCE_ATTRIBUTES",
+    default: "",
+    help: "More resource attributes, `key=value,…` (e.g. `deployment.environment.name=staging`).",
+};
+
+pub const OTEL_TRACES_SAMPLER: EnvVar = EnvVar {
+    name: "OTEL_TRACES_SAMPLER",
+    default: "parentbased_always_on",
+    help: "`always_on`, `always_off`, `traceidratio`, or `parentbased_` one of those: follows the caller's decision.",
+};
+
+pub const OTEL_TRACES_SAMPLER_ARG: EnvVar = EnvVar {
+    name: "OTEL_TRACES_SAMPLER_ARG",
+    default: "1.0",
+    help: "Fraction of traces kept by the `traceidratio` samplers, 0.0 to 1.0.",
+};
+
+pub const OTEL_BSP_SCHEDULE_DELAY: EnvVar = EnvVar {
+    name: "OTEL_BSP_SCHEDULE_DELAY",
+    default: "5000",
+    help: "Milliseconds between exports of finished spans.",
+};
+
+pub const OTEL_BSP_MAX_QUEUE_SIZE: EnvVar = EnvVar {
+    name: "OTEL_BSP_MAX_QUEUE_SIZE",
+    default: "2048",
+    help: "Finished spans waiting for export; past this they are dropped rather than slow a request.",
+};
+
+/// The OpenTelemetry variables every service honours. The first four are read here; the others
+/// by the OpenTelemetry SDK itself ([`SDK_ENV`]), with the SDK's defaults and parsing.
+pub const TELEMETRY_ENV: &[EnvVar] = &[
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_SDK_DISABLED,
+    OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_TRACES_SAMPLER,
+    OTEL_TRACES_SAMPLER_ARG,
+    OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+];
+
+/// The variables of [`TELEMETRY_ENV`] that the SDK reads, not [`TraceSettings::from_env`].
+pub const SDK_ENV: &[&str] = &[
+    OTEL_SERVICE_NAME.name,
+    OTEL_RESOURCE_ATTRIBUTES.name,
+    OTEL_TRACES_SAMPLER.name,
+    OTEL_TRACES_SAMPLER_ARG.name,
+    OTEL_BSP_SCHEDULE_DELAY.name,
+    OTEL_BSP_MAX_QUEUE_SIZE.name,
+];
+
+/// What [`init`] decides from the environment before building anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    pub disabled: bool,
+    /// Whether an endpoint is set at all: the exporter resolves which one (signal-specific
+    /// first, then the base URL plus `/v1/traces`) exactly as the specification says.
+    pub export: bool,
+    pub protocol: String,
+}
+
+impl TraceSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let endpoint = config::var(&OTEL_EXPORTER_OTLP_ENDPOINT);
+        let traces_endpoint = config::var(&OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+        Ok(Self {
+            disabled: config::boolean(&OTEL_SDK_DISABLED)?,
+            export: !endpoint.is_empty() || !traces_endpoint.is_empty(),
+            protocol: config::var(&OTEL_EXPORTER_OTLP_PROTOCOL),
+        })
+    }
+}
+
+/// Flushes the spans still queued when dropped; hold it for the life of `main`.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Blocks for at most the SDK's shutdown timeout (5 s) while the batch thread sends
+            // what it holds; it exports on its own thread, so this cannot deadlock the runtime.
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "flushing spans at shutdown failed; they are lost");
+            }
+        }
+    }
+}
+
+/// The dispatcher the JSON formatter asks for each event's trace and span ids.
+static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
 
 pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(crate::config::RUST_LOG.default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let installed = if format == "text" {
-        builder.try_init()
+    // Problems found before the subscriber exists are logged once it does.
+    let mut problems: Vec<String> = Vec::new();
+    let settings = TraceSettings::from_env().unwrap_or_else(|e| {
+        problems.push(format!("{e}; tracing is off"));
+        TraceSettings {
+            disabled: true,
+            export: false,
+            protocol: String::new(),
+        }
+    });
+    let resource = resource(service);
+    let service_name = resource
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| service.to_string());
+    let provider = (!settings.disabled).then(|| build_provider(&settings, resource, &mut problems));
+    let exporting = provider.as_ref().is_some_and(|(_, exporting)| *exporting);
+    let provider = provider.map(|(p, _)| p);
+
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config::RUST_LOG.default));
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = if format == "text" {
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed()
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init()
+        tracing_subscriber::fmt::layer()
+            .event_format(JsonLines {
+                service: service_name.clone(),
+            })
+            .with_filter(log_filter)
+            .boxed()
     };
-    if installed.is_ok() {
-        tracing::info!(service, "telemetry initialised");
+    let mut layers = vec![logs];
+    if let Some(provider) = &provider {
+        let traces = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("checkout"))
+            .with_threads(false)
+            .with_filter(trace_filter())
+            .boxed();
+        layers.push(traces);
     }
-    TelemetryGuard
+    if tracing_subscriber::registry().with(layers).try_init().is_ok() {
+        tracing::dispatcher::get_default(|d| {
+            let _ = DISPATCH.set(d.downgrade());
+        });
+        for problem in &problems {
+            tracing::error!(%problem, "telemetry is not set up as configured");
+        }
+        tracing::info!(tracing = !settings.disabled, exporting, "telemetry initialised");
+    }
+    TelemetryGuard { provider }
+}
+
+/// What becomes part of a trace: INFO and above, as in the logs, but never the exporter's own
+/// HTTP client (each export would make spans to export) nor the access lines (they repeat the
+/// server span). A `Targets` filter, unlike a closure, is decided once per callsite, so the many
+/// `trace!` events inside hyper cost nothing.
+fn trace_filter() -> Targets {
+    Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_targets(["hyper", "h2", "reqwest", "opentelemetry", "access"].map(|target| (target, LevelFilter::OFF)))
+}
+
+/// The SDK's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, SDK attributes), named after
+/// the binary unless the environment names it: the SDK's fallback, `unknown_service`, is useless.
+fn resource(service: &'static str) -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    if named {
+        detected
+    } else {
+        Resource::builder().with_service_name(service).build()
+    }
+}
+
+/// The provider, and whether it exports. The sampler and the batch settings come from the
+/// environment through the SDK's own defaults.
+fn build_provider(
+    settings: &TraceSettings,
+    resource: Resource,
+    problems: &mut Vec<String>,
+) -> (SdkTracerProvider, bool) {
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    if !settings.export {
+        return (builder.build(), false);
+    }
+    if settings.protocol != "http/protobuf" {
+        problems.push(format!(
+            "{} {:?} is not built in (only http/protobuf); spans are not exported",
+            OTEL_EXPORTER_OTLP_PROTOCOL.name, settings.protocol
+        ));
+        return (builder.build(), false);
+    }
+    use opentelemetry_otlp::WithExportConfig as _;
+    match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()
+    {
+        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), true),
+        Err(e) => {
+            problems.push(format!(
+                "the OTLP exporter could not be built ({e}); spans are not exported"
+            ));
+            (builder.build(), false)
+        }
+    }
+}
+
+// ----- propagation -----
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Writes `span`'s context as `traceparent` (and `tracestate`) into outgoing headers.
+pub fn inject(span: &Span, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// The trace context a request arrived with (an empty context when it has none or a bad one).
+pub fn extract(headers: &HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// The valid OpenTelemetry span context behind a `tracing` span, if tracing is on.
+pub fn span_context(span: &Span) -> Option<SpanContext> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// W3C Trace Context Level 2 `traceresponse`: `00-<trace id>-<span id>-<flags>`.
+fn traceresponse(sc: &SpanContext) -> String {
+    format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+}
+
+// ----- spans -----
+
+/// Operations endpoints are polled by health checks and scrapers every few seconds; tracing
+/// each poll would bury the checkouts in Jaeger. They are traced only when the caller sends a
+/// `traceparent`, i.e. when someone is following that very request.
+const QUIET_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// One server span per request, continuing the caller's trace; answers `traceresponse` and
+/// `X-Trace-Id` so the client can find the trace. Sits inside the request-id middleware, so
+/// the span carries the request id.
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let parent = extract(req.headers());
+    if QUIET_PATHS.contains(&req.path()) && !parent.span().span_context().is_valid() {
+        return next.call(req).await;
+    }
+    let method = req.method().as_str().to_string();
+    // The route pattern (`/orders/{orderId}`), not the path: span names must stay few.
+    let route = req.match_pattern();
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.clone(),
+    };
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        http.request.method = %method,
+        http.route = Empty,
+        url.path = %req.path(),
+        request_id = %crate::request_id::current(),
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    if let Some(route) = &route {
+        span.record("http.route", route.as_str());
+    }
+    // Before anything enters the span: the parent cannot change once the span has started.
+    let _ = span.set_parent(parent);
+    let sc = span_context(&span);
+    let started = std::time::Instant::now();
+    let path = req.path().to_string();
+    let result = next.call(req).instrument(span.clone()).await;
+    let (status, error) = match &result {
+        Ok(res) => (res.status(), res.response().error().map(ToString::to_string)),
+        Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    // Server convention: only 5xx is an error; a 4xx is the client's problem (or a business
+    // answer such as out-of-stock) and the server did its job.
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.as_str());
+        if let Some(error) = &error {
+            span.record("otel.status_description", error.as_str());
+        }
+    }
+    // The access line: without it a checkout that went well would leave nothing to find by its
+    // trace id in the logs. Target `access`, so `RUST_LOG=info,access=warn` silences it.
+    span.in_scope(|| {
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request served"
+        )
+    });
+    let mut res = result?;
+    if let Some(sc) = sc {
+        let headers = res.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&traceresponse(&sc)) {
+            headers.insert(HeaderName::from_static("traceresponse"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&sc.trace_id().to_string()) {
+            headers.insert(HeaderName::from_static("x-trace-id"), v);
+        }
+    }
+    Ok(res)
+}
+
+/// The span of one saga step, `saga <step>` (`saga reserve`, `saga charge`, `saga complete`),
+/// with `order.id`. Run the step inside it (`.instrument(step_span(..))`) so its downstream
+/// calls and Redis operations nest under it; mark a failure with [`mark_error`].
+pub fn step_span(step: &'static str, order_id: &str) -> Span {
+    tracing::info_span!(
+        "saga step",
+        otel.name = %format_args!("saga {step}"),
+        saga.step = step,
+        saga.compensation = false,
+        order.id = %order_id,
+    )
+}
+
+/// The span of a compensating step (`saga release`, `saga refund`): as [`step_span`], with
+/// `saga.compensation = true` so compensations can be searched for in Jaeger
+/// (`saga.compensation=true`).
+pub fn compensation_span(step: &'static str, order_id: &str) -> Span {
+    tracing::info_span!(
+        "saga step",
+        otel.name = %format_args!("saga {step}"),
+        saga.step = step,
+        saga.compensation = true,
+        order.id = %order_id,
+    )
+}
+
+/// Marks `span` as failed: error status with `reason`, and `error.type` (a short, stable kind
+/// such as `unavailable` or `declined`). Works on any span, whatever fields it declared.
+pub fn mark_error(span: &Span, error_type: &str, reason: impl fmt::Display) {
+    span.set_attribute("error.type", error_type.to_string());
+    span.set_status(Status::error(reason.to_string()));
+}
+
+/// Records a business event (`checkout completed`, `compensation release`, …) on the current
+/// span, so the trace shows where it happened; compensations also mark the span with
+/// `saga.compensated = <step>`. Called by [`crate::metrics::event`].
+pub fn note_event(kind: &str, outcome: &str) {
+    let span = Span::current();
+    if span.is_none() {
+        return;
+    }
+    span.add_event(
+        format!("{kind} {outcome}"),
+        vec![
+            KeyValue::new("event.kind", kind.to_string()),
+            KeyValue::new("event.outcome", outcome.to_string()),
+        ],
+    );
+    if kind == "compensation" {
+        span.set_attribute("saga.compensated", outcome.to_string());
+    }
+}
+
+// ----- JSON lines -----
+
+/// One JSON object per event. The fixed members come first and win over an event field of the
+/// same name (kept as `field.<name>` unless it says the same), so `jq .trace_id` is always the
+/// trace.
+struct JsonLines {
+    service: String,
+}
+
+const FIXED: [&str; 8] = [
+    "time",
+    "level",
+    "service",
+    "message",
+    "target",
+    "trace_id",
+    "span_id",
+    "request_id",
+];
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = FieldMap::default();
+        event.record(&mut fields);
+        let mut line = Map::new();
+        line.insert("time".into(), Value::String(crate::time::now_rfc3339()));
+        line.insert("level".into(), Value::String(meta.level().as_str().to_string()));
+        line.insert("service".into(), Value::String(self.service.clone()));
+        let message = fields.0.remove("message").unwrap_or(Value::String(String::new()));
+        line.insert("message".into(), message);
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        // The innermost span OpenTelemetry knows (spans filtered out of traces have no ids).
+        let ids = ctx
+            .event_scope()
+            .and_then(|mut scope| scope.find_map(|span| otel_ids(&span.id())));
+        if let Some((trace_id, span_id)) = ids {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
+        }
+        let request_id = crate::request_id::current();
+        if request_id != "-" {
+            line.insert("request_id".into(), Value::String(request_id));
+        }
+        if let Some(span) = ctx.parent_span() {
+            line.insert("span".into(), Value::String(span.name().to_string()));
+        }
+        for (name, value) in fields.0 {
+            match line.get(&name) {
+                // `service = "stock-service"` on an event says what the line already says.
+                Some(fixed) if *fixed == value => {}
+                Some(_) => {
+                    line.insert(format!("field.{name}"), value);
+                }
+                None if FIXED.contains(&name.as_str()) => {
+                    line.insert(format!("field.{name}"), value);
+                }
+                None => {
+                    line.insert(name, value);
+                }
+            }
+        }
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+fn otel_ids(id: &tracing::span::Id) -> Option<(String, String)> {
+    let dispatch = DISPATCH.get()?.upgrade()?;
+    let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+#[derive(Default)]
+struct FieldMap(Map<String, Value>);
+
+impl Visit for FieldMap {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_string(), Value::String(value.to_string()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_string(), Value::Bool(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // The whole chain, as the boundary logs it once: "outer: cause: root cause".
+        let mut text = value.to_string();
+        let mut source = value.source();
+        while let Some(cause) = source {
+            let _ = write!(text, ": {cause}");
+            source = cause.source();
+        }
+        self.0.insert(field.name().to_string(), Value::String(text));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn without_an_endpoint_nothing_is_exported_and_every_listed_variable_is_read() {
+        let (settings, read) = config::with_defaults_only(TraceSettings::from_env);
+        let settings = settings.expect("every default parses");
+        assert!(!settings.disabled);
+        assert!(!settings.export);
+        assert_eq!(settings.protocol, "http/protobuf");
+        let read: BTreeSet<_> = read.into_iter().chain(SDK_ENV.iter().copied()).collect();
+        let listed: BTreeSet<_> = TELEMETRY_ENV.iter().map(|v| v.name).collect();
+        assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn traceresponse_is_version_trace_span_and_flags() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        assert_eq!(
+            traceresponse(&sc),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
+
+    /// Collects what a subscriber writes, line by line.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_fixed_members_and_the_event_fields() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines {
+                service: "test-service".into(),
+            })
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                order_id = "ord_1",
+                attempts = 3,
+                service = "test-service",
+                level = "x",
+                "it happened"
+            );
+        });
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        let line: Value = serde_json::from_str(text.trim()).expect("one JSON object");
+        assert_eq!(line["message"], "it happened");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["service"], "test-service");
+        assert_eq!(line["order_id"], "ord_1");
+        assert_eq!(line["attempts"], 3);
+        assert!(line.get("time").is_some_and(Value::is_string));
+        // A field that repeats a fixed member is dropped; one that contradicts it is renamed.
+        assert!(line.get("field.service").is_none());
+        assert_eq!(line["field.level"], "x");
+        assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_traceparent_header_is_extracted() {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+            .to_http_request();
+        let cx = extract(req.headers());
+        let span = cx.span();
+        let sc = span.span_context();
+        assert!(sc.is_remote());
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+    }
 }

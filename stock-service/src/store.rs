@@ -12,8 +12,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::{AsyncCommands, Script};
+use shared::redis_pool::Pool;
 
 use crate::error::StockError;
 use crate::model::{Item, ReservationResponse};
@@ -234,11 +234,8 @@ impl Store {
         let mut conn = self.pool.get().await?;
         let mut ids: Vec<u64> = conn.smembers(INDEX).await?;
         ids.sort_unstable();
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.add_command(item_fields(*id));
-        }
-        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+        // Items are separate slots: one pipeline on a single node, one read each on a cluster.
+        let rows: Vec<Vec<Option<String>>> = conn.each(ids.iter().map(|id| item_fields(*id)).collect()).await?;
         Ok(ids.iter().zip(rows).filter_map(|(id, f)| item_from(*id, &f)).collect())
     }
 

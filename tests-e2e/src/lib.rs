@@ -3,6 +3,10 @@
 //! temporary directory. Tests talk to it only over HTTP, through nginx, as a client would; they
 //! can kill (SIGKILL), stop (SIGTERM) and restart any process to inject failures.
 //!
+//! With [`StackOptions::fault_proxies`], the order service reaches stock and payment through
+//! in-process [`fault_proxy`]s that a test can make delay, drop or cut requests
+//! ([`Stack::proxy`]).
+//!
 //! Logs go to files in the stack's directory. They are printed when a test fails (or always with
 //! `TEST_LOG=1`), and the directory is kept for inspection after a failure.
 
@@ -17,6 +21,11 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod fault_proxy;
+pub mod otlp;
+
+pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, ProxyHandle, SeededRng};
 
 /// How long any one process may take to become ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +65,14 @@ pub struct StackOptions {
     pub order_env: Vec<(String, String)>,
     pub stock_env: Vec<(String, String)>,
     pub payment_env: Vec<(String, String)>,
+    /// Puts a [`FaultProxy`] between the order service and stock, and another between the order
+    /// service and payment (`STOCK_URL`/`PAYMENT_URL` point at them). They pass everything until
+    /// a test sets a plan through [`Stack::proxy`]. nginx still reaches every service directly.
+    pub fault_proxies: bool,
+    /// Runs Redis as a three-master Redis Cluster (also for every stack: `E2E_REDIS_CLUSTER=1`).
+    pub redis_cluster: bool,
+    /// Seeds the proxies' RNGs (each mixes in a constant of its own, so the two draw differently).
+    pub fault_seed: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +91,11 @@ pub struct Stack {
     options: StackOptions,
     client: reqwest::Client,
     children: HashMap<Service, Child>,
+    /// With `E2E_REDIS_CLUSTER=1`: the ports of the other two masters of a three-master Redis
+    /// Cluster (the first is `ports.redis`), and their processes.
+    cluster: Option<[u16; 2]>,
+    cluster_children: Vec<Child>,
+    proxies: HashMap<Service, FaultProxy>,
 }
 
 impl Stack {
@@ -94,6 +116,7 @@ impl Stack {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("build the test HTTP client");
+        let cluster = (options.redis_cluster || cluster_mode()).then(|| [free_port(), free_port()]);
         let mut stack = Stack {
             dir,
             ports,
@@ -101,7 +124,17 @@ impl Stack {
             options,
             client,
             children: HashMap::new(),
+            cluster,
+            cluster_children: Vec::new(),
+            proxies: HashMap::new(),
         };
+        if stack.options.fault_proxies {
+            let seed = stack.options.fault_seed;
+            for (service, salt) in [(Service::Stock, 0x5707_u64), (Service::Payment, 0xBA7_u64)] {
+                let proxy = FaultProxy::start(service.name(), stack.port(service), seed ^ salt).await;
+                stack.proxies.insert(service, proxy);
+            }
+        }
         for service in Service::ALL {
             stack.start(service).await;
         }
@@ -118,8 +151,24 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.port(service))
     }
 
+    /// The services' REDIS_URL: one node, or every master of the cluster, comma-separated.
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports.redis)
+        self.redis_ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of every Redis node (one, or the cluster's three masters).
+    pub fn redis_node_ports(&self) -> Vec<u16> {
+        self.redis_ports()
+    }
+
+    fn redis_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.ports.redis];
+        ports.extend(self.cluster.iter().flatten());
+        ports
     }
 
     pub fn client(&self) -> reqwest::Client {
@@ -129,6 +178,39 @@ impl Stack {
     /// The INTERNAL_TOKEN every service of this stack was started with.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The fault proxy in front of `service` (stock or payment), as the order service sees it.
+    /// Panics unless the stack was launched with [`StackOptions::fault_proxies`].
+    pub fn proxy(&self, service: Service) -> ProxyHandle {
+        self.proxies
+            .get(&service)
+            .map(FaultProxy::handle)
+            .unwrap_or_else(|| panic!("no fault proxy for {}: launch with fault_proxies", service.name()))
+    }
+
+    /// Every proxy passes everything from now on.
+    pub fn heal_proxies(&self) {
+        for proxy in self.proxies.values() {
+            proxy.handle().pass();
+        }
+    }
+
+    /// What each proxy has counted so far, summed.
+    pub fn proxy_counts(&self) -> FaultCounts {
+        let mut total = FaultCounts::default();
+        for proxy in self.proxies.values() {
+            total.add(&proxy.handle().counts());
+        }
+        total
+    }
+
+    /// The URL the order service uses for a dependency: its proxy when there is one.
+    fn dependency_url(&self, service: Service) -> String {
+        match self.proxies.get(&service) {
+            Some(proxy) => proxy.handle().url(),
+            None => format!("http://127.0.0.1:{}", self.port(service)),
+        }
     }
 
     pub fn port(&self, service: Service) -> u16 {
@@ -148,7 +230,24 @@ impl Stack {
             "{} is already running",
             service.name()
         );
-        let mut command = self.command(service);
+        if service == Service::Redis
+            && let Some(others) = self.cluster
+        {
+            for port in others {
+                let child = self.spawn(service, self.redis_command(port));
+                self.cluster_children.push(child);
+            }
+        }
+        let command = self.command(service);
+        let child = self.spawn(service, command);
+        self.children.insert(service, child);
+        self.wait_ready(service).await;
+        if service == Service::Redis && self.cluster.is_some() {
+            self.form_cluster().await;
+        }
+    }
+
+    fn spawn(&self, service: Service, mut command: Command) -> Child {
         let log = self.log_file(service);
         // Its own process group, so a signal reaches nginx's workers too, not just its master.
         command
@@ -156,11 +255,51 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
-        let child = command
+        command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({command:?}): {e}", service.name()));
-        self.children.insert(service, child);
-        self.wait_ready(service).await;
+            .unwrap_or_else(|e| panic!("cannot start {} ({command:?}): {e}", service.name()))
+    }
+
+    /// Joins the three masters into one cluster the first time (a restart finds its
+    /// nodes.conf and rejoins), then waits until every node reports the cluster ok.
+    async fn form_cluster(&mut self) {
+        let ports = self.redis_ports();
+        let marker = self.dir.join("redis/cluster-formed");
+        if !marker.exists() {
+            let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let out = Command::new(find_program("redis-cli"))
+                .arg("--cluster")
+                .arg("create")
+                .args(&nodes)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("run redis-cli --cluster create");
+            assert!(
+                out.status.success(),
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            fs::write(&marker, b"").expect("mark the cluster formed");
+        }
+        let started = Instant::now();
+        for port in ports {
+            loop {
+                let info = Command::new(find_program("redis-cli"))
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < READY_TIMEOUT,
+                    "the Redis Cluster did not come up: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// SIGKILL: the process gets no chance to finish anything, as in a crash.
@@ -168,10 +307,21 @@ impl Stack {
         if let Some(mut child) = self.children.remove(&service) {
             kill_group(&mut child);
         }
+        if service == Service::Redis {
+            for mut child in self.cluster_children.drain(..) {
+                kill_group(&mut child);
+            }
+        }
     }
 
     /// SIGTERM, then waits for the process to exit (SIGKILL after `grace`).
     pub async fn stop(&mut self, service: Service, grace: Duration) {
+        if service == Service::Redis {
+            for mut child in self.cluster_children.drain(..) {
+                signal_group(&child, "TERM");
+                let _ = child.wait();
+            }
+        }
         let Some(mut child) = self.children.remove(&service) else {
             return;
         };
@@ -259,16 +409,7 @@ impl Stack {
 
     fn command(&self, service: Service) -> Command {
         match service {
-            Service::Redis => {
-                let mut c = Command::new(find_program("redis-server"));
-                c.args(["--bind", "127.0.0.1", "--port", &self.ports.redis.to_string()])
-                    .arg("--dir")
-                    .arg(self.dir.join("redis"))
-                    // Durable as in `make run`: a restarted Redis comes back with every write it acknowledged.
-                    .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-                    .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
-                c
-            }
+            Service::Redis => self.redis_command(self.ports.redis),
             Service::Stock | Service::Payment | Service::Order => {
                 let (binary, port_var, port, extra) = match service {
                     Service::Stock => ("stock-service", "STOCK_PORT", self.ports.stock, &self.options.stock_env),
@@ -284,6 +425,7 @@ impl Stack {
                 c.env("HOST", "127.0.0.1")
                     .env(port_var, port.to_string())
                     .env("REDIS_URL", self.redis_url())
+                    .env("REDIS_CLUSTER", self.cluster.is_some().to_string())
                     .env("INTERNAL_TOKEN", &self.token)
                     .env("WORKERS", "1")
                     .env("LOG_FORMAT", "text")
@@ -292,8 +434,8 @@ impl Stack {
                         std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
                     )
                     .env("SEED_DEMO", "false")
-                    .env("STOCK_URL", format!("http://127.0.0.1:{}", self.ports.stock))
-                    .env("PAYMENT_URL", format!("http://127.0.0.1:{}", self.ports.payment));
+                    .env("STOCK_URL", self.dependency_url(Service::Stock))
+                    .env("PAYMENT_URL", self.dependency_url(Service::Payment));
                 for (k, v) in extra {
                     c.env(k, v);
                 }
@@ -320,6 +462,23 @@ impl Stack {
                 c
             }
         }
+    }
+
+    fn redis_command(&self, port: u16) -> Command {
+        let dir = self.dir.join(format!("redis/{port}"));
+        fs::create_dir_all(&dir).expect("create a Redis directory");
+        let mut c = Command::new(find_program("redis-server"));
+        c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir)
+            // Durable as in `make run`: a restarted Redis comes back with every write it acknowledged.
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
+        if self.cluster.is_some() {
+            c.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "5000"]);
+        }
+        c
     }
 
     fn render_nginx_conf(&self) -> String {
@@ -391,6 +550,9 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         for (_, child) in self.children.iter_mut() {
+            kill_group(child);
+        }
+        for child in self.cluster_children.iter_mut() {
             kill_group(child);
         }
         let failed = std::thread::panicking();
@@ -486,6 +648,11 @@ fn kill_group(child: &mut Child) {
     signal_group(child, "KILL");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `E2E_REDIS_CLUSTER=1` runs every stack on a three-master Redis Cluster instead of one node.
+fn cluster_mode() -> bool {
+    std::env::var("E2E_REDIS_CLUSTER").is_ok_and(|v| v == "1" || v == "true")
 }
 
 fn running_as_root() -> bool {

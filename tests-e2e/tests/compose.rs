@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_norway::{Mapping, Value};
 use shared::config::{COMMON_ENV, EnvVar};
 use shared::http_client::CLIENT_ENV;
+use shared::telemetry::TELEMETRY_ENV;
 
 /// The compose services built from this workspace.
 const APP_SERVICES: [&str; 3] = ["order", "payment", "stock"];
@@ -93,7 +94,11 @@ fn env_read_by(service_name: &str) -> Vec<&'static EnvVar> {
         "stock" => &[stock_service::config::ENV],
         other => panic!("{other} is not built from this workspace"),
     };
-    COMMON_ENV.iter().chain(own.iter().flat_map(|t| t.iter())).collect()
+    COMMON_ENV
+        .iter()
+        .chain(TELEMETRY_ENV)
+        .chain(own.iter().flat_map(|t| t.iter()))
+        .collect()
 }
 
 /// The variable holding a compose service's listening port.
@@ -432,4 +437,32 @@ fn nginx_renders_exactly_the_placeholders_of_nginx_conf() {
         command.contains("> /etc/nginx/nginx.conf"),
         "nginx's command should write /etc/nginx/nginx.conf"
     );
+}
+
+#[test]
+fn services_export_traces_to_jaegers_otlp_http_port() {
+    let doc = compose();
+    let jaeger = service(&doc, "jaeger");
+    let published: Vec<String> = jaeger
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .expect("jaeger publishes its ports")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert!(
+        published.iter().any(|p| p.rsplit(':').next() == Some("4318")),
+        "jaeger should take OTLP/HTTP on 4318: {published:?}"
+    );
+    for name in APP_SERVICES {
+        let (host, port, _) = http_url(
+            &env_value(&doc, name, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            &format!("{name}'s OTEL_EXPORTER_OTLP_ENDPOINT"),
+        );
+        assert_eq!(
+            (host.as_str(), port),
+            ("jaeger", 4318),
+            "`{name}` should export to jaeger's OTLP/HTTP port"
+        );
+    }
 }

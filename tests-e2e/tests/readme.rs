@@ -5,15 +5,18 @@ use std::path::PathBuf;
 
 use shared::config::{COMMON_ENV, markdown_table};
 use shared::http_client::CLIENT_ENV;
+use shared::telemetry::TELEMETRY_ENV;
 
 const BEGIN: &str = "<!-- config-table:begin -->";
 const END: &str = "<!-- config-table:end -->";
 
-/// Who reads what: the common settings every service, the retrying client's only the order
-/// service (the one that calls the others), and each service's own table that service.
+/// Who reads what: the common settings and the OpenTelemetry variables every service, the
+/// retrying client's only the order service (the one that calls the others), and each
+/// service's own table that service.
 fn expected_table() -> String {
     markdown_table(&[
         ("all services", COMMON_ENV),
+        ("all services", TELEMETRY_ENV),
         ("order", order_service::config::ENV),
         ("order", CLIENT_ENV),
         ("payment", payment_service::config::ENV),

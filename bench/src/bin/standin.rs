@@ -1,0 +1,152 @@
+//! The machine's ceiling, measured with the same load generator behind the same nginx:
+//! - `POST /trivial` answers at once: what one proxied hop costs;
+//! - `POST /checkout` does what a checkout costs without its logic: the order service's Redis
+//!   round trips, then three sequential internal HTTP calls (reserve, charge, complete), each
+//!   doing the downstream service's Redis round trips. Every round trip is a script that
+//!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
+//!
+//! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
+//!        [--order-round-trips 6] [--calls 3] [--call-round-trips 3]
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use redis::Script;
+
+// Like the services' scripts: read, write a hash, set its expiry — one round trip.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 60000)
+return n
+"#,
+    )
+});
+
+#[derive(Clone)]
+struct State {
+    pool: deadpool_redis::Pool,
+    http: reqwest::Client,
+    internal_url: String,
+    order_round_trips: usize,
+    calls: usize,
+    call_round_trips: usize,
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn number(name: &str, default: usize) -> usize {
+    arg(name, &default.to_string()).parse().unwrap_or(default)
+}
+
+async fn round_trips(pool: &deadpool_redis::Pool, n: usize) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let key = format!("standin:{{{}}}", uuid::Uuid::new_v4().simple());
+    for _ in 0..n {
+        let _: i64 = WRITE
+            .key(&key)
+            .arg("x")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn trivial(_body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"ok":true}"#)
+}
+
+async fn internal(state: web::Data<State>, _body: web::Bytes) -> HttpResponse {
+    match round_trips(&state.pool, state.call_round_trips).await {
+        Ok(()) => HttpResponse::Created()
+            .content_type("application/json")
+            .body(r#"{"ok":true}"#),
+        Err(e) => HttpResponse::ServiceUnavailable().body(e),
+    }
+}
+
+async fn checkout(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
+    if let Err(e) = round_trips(&state.pool, state.order_round_trips).await {
+        return HttpResponse::ServiceUnavailable().body(e);
+    }
+    for _ in 0..state.calls {
+        let sent = state
+            .http
+            .post(&state.internal_url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                let _ = resp.bytes().await;
+            }
+            Ok(resp) => return HttpResponse::BadGateway().body(format!("internal call: {}", resp.status())),
+            Err(e) => return HttpResponse::BadGateway().body(e.to_string()),
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"completed"}"#)
+}
+
+async fn ready() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let port = number("--port", 9090) as u16;
+    let redis_url = arg("--redis-url", "redis://127.0.0.1:6379");
+    let workers = number("--workers", 2);
+    let mut cfg = deadpool_redis::Config::from_url(redis_url);
+    cfg.pool = Some(deadpool_redis::PoolConfig::new(number("--pool", 32)));
+    let pool = cfg
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let state = State {
+        pool,
+        http,
+        internal_url: format!("http://127.0.0.1:{port}/internal"),
+        order_round_trips: number("--order-round-trips", 6),
+        calls: number("--calls", 3),
+        call_round_trips: number("--call-round-trips", 3),
+    };
+    eprintln!(
+        "standin on 127.0.0.1:{port}: checkout = {} round trips + {} calls × {} round trips",
+        state.order_round_trips, state.calls, state.call_round_trips
+    );
+    HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .route("/trivial", web::post().to(trivial))
+            .route("/checkout", web::post().to(checkout))
+            .route("/internal", web::post().to(internal))
+            .route("/ready", web::get().to(ready))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .bind(("127.0.0.1", port))?
+    .run()
+    .await
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# `make bench`: the checkout against this machine's ceiling, in one run.
+#
+# For each Redis fsync policy (always — the shipped default — and everysec) it starts the stack
+# as `make run` does (release build, Redis with AOF), plus the stand-in (bench/src/bin/standin.rs)
+# behind a second nginx rendered from the same nginx.conf, and drives each with the same load
+# generator:
+#   trivial   nginx → a handler that answers at once (one hop)
+#   stand-in  nginx → a handler making the Redis round trips and three sequential internal
+#             calls a checkout makes, without its logic
+#   checkout  nginx → order-service, the real thing (closed loop: peak throughput)
+#   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
+# and prints one table of ratios and absolute numbers.
+#
+# BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 64), BENCH_FSYNC ("always everysec"),
+# BENCH_PORT (first of the ports used, default 19080), REPLICAS as for make run.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/target/release
+duration=${BENCH_DURATION:-10}
+connections=${BENCH_CONNECTIONS:-64}
+policies=${BENCH_FSYNC:-always everysec}
+base=${BENCH_PORT:-19080}
+work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
+results=$work/results
+: >"$results"
+
+for b in order-service payment-service stock-service loadgen standin; do
+    [ -x "$bin/$b" ] || { echo "bench: $bin/$b missing (make bench builds it)" >&2; exit 1; }
+done
+
+set -m
+pids=()
+stop() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+trap 'stop; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+wait_ready() {
+    local port=$1 path=$2 reply
+    for _ in $(seq 1 300); do
+        if reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+            printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3 && head -n1 <&3) 2>/dev/null) &&
+            [[ $reply == *" 200 "* ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "bench: nothing ready on port $port$path" >&2
+    exit 1
+}
+
+# loadgen LABEL POLICY ARGS...: runs the generator, keeps its RESULT line tagged with the policy.
+loadgen() {
+    local label=$1 policy=$2
+    shift 2
+    echo
+    echo "== $label (appendfsync $policy)"
+    "$bin/loadgen" --label "$label" --duration "$duration" "$@" | tee "$work/out"
+    grep '^RESULT' "$work/out" | sed "s/^RESULT /RESULT policy=$policy /" >>"$results"
+}
+
+field() { # field LINE NAME
+    sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
+}
+
+for policy in $policies; do
+    gateway=$base redis=$((base + 1)) standin_port=$((base + 2)) standin_gateway=$((base + 3))
+    data=$work/$policy
+    mkdir -p "$data"
+    DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
+        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) REDIS_APPENDFSYNC=$policy \
+        SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" >"$work/run-$policy.log" 2>&1 &
+    pids+=($!)
+    wait_ready "$gateway" /order/ready
+    "$bin/standin" --port "$standin_port" --redis-url "redis://127.0.0.1:$redis" >"$work/standin.log" 2>&1 &
+    pids+=($!)
+    "$root/scripts/render-nginx.sh" "$data/standin-nginx" "$standin_gateway" "server 127.0.0.1:$standin_port;" \
+        "server 127.0.0.1:$standin_port;" "server 127.0.0.1:$standin_port;" off >"$work/standin-nginx.log" 2>&1 &
+    pids+=($!)
+    wait_ready "$standin_gateway" /order/ready
+
+    loadgen trivial "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/trivial \
+        --connections "$connections"
+    loadgen stand-in "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/checkout \
+        --connections "$connections"
+    loadgen checkout "$policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
+        --setup-stock 1000000000 --check-books
+    peak=$(field "$(grep "policy=$policy label=checkout " "$results")" rps)
+    half=$(awk -v r="$peak" 'BEGIN { printf "%d", (r / 2 < 1 ? 1 : r / 2) }')
+    loadgen open "$policy" --url "http://127.0.0.1:$gateway" --rate "$half" --warmup 0 --check-books
+    stop
+done
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+echo
+echo "Machine: $(nproc) CPUs ($cpu), $mem; everything (load generator included) on this one machine."
+echo "${duration}s per run, $connections connections in closed loop; latencies in ms."
+echo
+printf '%-9s %-9s %10s %8s %8s %8s %8s %9s %9s %9s\n' fsync run 'req/s' p50 p90 p99 p99.9 'vs stand' 'vs trivial' books
+for policy in $policies; do
+    trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
+    standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
+    for label in trivial stand-in checkout open; do
+        line=$(grep "policy=$policy label=$label " "$results") || continue
+        rps=$(field "$line" rps)
+        awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \
+            -v p50="$(field "$line" p50)" -v p90="$(field "$line" p90)" -v p99="$(field "$line" p99)" \
+            -v p999="$(field "$line" p999)" -v b="$(field "$line" books)" \
+            'BEGIN { printf "%-9s %-9s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, b }'
+    done
+done
+echo
+echo "Targets: checkout ≥ 60% of the stand-in's throughput; p99 ≤ 25 ms in open loop at half the peak."

@@ -1,0 +1,1310 @@
+//! Fault injection: checkouts while processes are SIGKILLed and restarted (the three services and
+//! Redis, which keeps every acknowledged write in its AOF) and while the proxies between the order
+//! service and its dependencies delay, drop and cut requests. After the faults stop and recovery
+//! has had its time, the books must balance, to the unit and to the cent.
+//!
+//! `fault_rounds_leave_every_order_settled_and_the_books_balanced` runs FAULT_ROUNDS rounds
+//! (default 20) from a seed it prints (FAULT_SEED replays one); it stops at the first round that
+//! breaks an invariant unless FAULT_KEEP_GOING is set. A seed fixes the workload, each round's
+//! kill schedule and proxy plans and the proxies' draws; how they interleave with the processes
+//! is up to the machine, so a replay reproduces a failure often, not always. The other tests each
+//! pin one nasty case down deterministically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use tests_e2e::{Fault, FaultCounts, FaultPlan, SeededRng, Service, Stack, StackOptions};
+
+// ----- the stack under faults -----
+
+/// The order service's key and order lease: short, so recovery steps in within seconds.
+const LEASE: Duration = Duration::from_secs(2);
+/// A reservation nobody completes or releases (its reserve answer was lost) returns its units
+/// after this; long enough for every saga of a round, short enough to wait for at the end.
+const RESERVATION_TTL: Duration = Duration::from_secs(10);
+/// The order service's per-attempt timeout towards stock and payment.
+const ATTEMPT_TIMEOUT_MS: u64 = 800;
+const CHECKOUT_DEADLINE: Duration = Duration::from_secs(3);
+/// Distinct keys per round (a quarter of them sent twice, concurrently).
+const CHECKOUTS_PER_ROUND: usize = 14;
+/// How long recovery may take once the faults stop: the lease runs out (up to 3 leases when a
+/// claimant dies too), a saga of retried calls, and slack for a loaded 2-core machine.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3 * 2 + 3 + 16);
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Short timeouts and leases everywhere, so that faults resolve within a round.
+fn fault_options(seed: u64) -> StackOptions {
+    let lease = format!("{}s", LEASE.as_secs());
+    let attempt = format!("{ATTEMPT_TIMEOUT_MS}ms");
+    let deadline = format!("{}s", CHECKOUT_DEADLINE.as_secs());
+    let ttl = format!("{}s", RESERVATION_TTL.as_secs());
+    StackOptions {
+        order_env: env(&[
+            ("IDEMPOTENCY_LEASE", &lease),
+            ("RECOVERY_INTERVAL", "200ms"),
+            ("RECOVERY_RETRY", "500ms"),
+            ("CHECKOUT_DEADLINE", &deadline),
+            ("HTTP_ATTEMPT_TIMEOUT", &attempt),
+            ("HTTP_CONNECT_TIMEOUT", "300ms"),
+            ("HTTP_MAX_RETRIES", "2"),
+            ("HTTP_RETRY_BASE", "20ms"),
+            ("HTTP_RETRY_MAX", "200ms"),
+        ]),
+        // A stock or payment process killed mid-request leaves its own key running until its
+        // lease runs out; the order service's retries wait for that.
+        stock_env: env(&[
+            ("IDEMPOTENCY_LEASE", &lease),
+            ("RESERVATION_TTL", &ttl),
+            ("RESERVATION_SWEEP_INTERVAL", "200ms"),
+        ]),
+        payment_env: env(&[("IDEMPOTENCY_LEASE", &lease)]),
+        fault_proxies: true,
+        fault_seed: seed,
+        redis_cluster: false,
+    }
+}
+
+fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn slug(body: &Value) -> &str {
+    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
+}
+
+// ----- reading the state: Redis for what has no public listing, the APIs for the rest -----
+
+async fn redis(stack: &Stack) -> MultiplexedConnection {
+    redis::Client::open(stack.redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the stack's Redis")
+}
+
+async fn scan(conn: &mut MultiplexedConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor = 0u64;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            keys.sort();
+            keys.dedup();
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+async fn hash(conn: &mut MultiplexedConnection, key: &str) -> redis::RedisResult<HashMap<String, String>> {
+    let pairs: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL").arg(key).query_async(conn).await?;
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect())
+}
+
+/// An order as stored: `order:{ord:S}:order:<orderId>`.
+#[derive(Debug, Clone)]
+struct Order {
+    id: String,
+    status: String,
+    item_id: u64,
+    quantity: i64,
+    amount: i64,
+    currency: String,
+    reservation_id: Option<String>,
+    charge_id: Option<String>,
+}
+
+impl Order {
+    fn from_hash(id: String, h: &HashMap<String, String>) -> Order {
+        let text = |f: &str| h.get(f).filter(|v| !v.is_empty()).cloned();
+        Order {
+            id,
+            status: text("status").unwrap_or_default(),
+            item_id: text("itemId").and_then(|v| v.parse().ok()).unwrap_or(0),
+            quantity: text("quantity").and_then(|v| v.parse().ok()).unwrap_or(0),
+            amount: text("amount").and_then(|v| v.parse().ok()).unwrap_or(0),
+            currency: text("currency").unwrap_or_default(),
+            reservation_id: text("reservationId"),
+            charge_id: text("chargeId"),
+        }
+    }
+}
+
+async fn all_orders(conn: &mut MultiplexedConnection) -> redis::RedisResult<BTreeMap<String, Order>> {
+    let mut orders = BTreeMap::new();
+    for key in scan(conn, "order:*:order:*").await? {
+        let h = hash(conn, &key).await?;
+        if !h.contains_key("status") {
+            continue;
+        }
+        let id = key.rsplit(':').next().unwrap_or("").to_string();
+        orders.insert(id.clone(), Order::from_hash(id, &h));
+    }
+    Ok(orders)
+}
+
+/// The order service's Idempotency-Key records: client key → (state, token, status, body).
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    state: String,
+    token: String,
+    status: Option<u16>,
+    body: String,
+}
+
+const CHECKOUT_KEYS: &str = "idem:{order:checkout:";
+
+async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult<BTreeMap<String, KeyRecord>> {
+    let mut records = BTreeMap::new();
+    for redis_key in scan(conn, &format!("{CHECKOUT_KEYS}*")).await? {
+        let h = hash(conn, &redis_key).await?;
+        let client_key = redis_key
+            .strip_prefix(CHECKOUT_KEYS)
+            .and_then(|k| k.strip_suffix('}'))
+            .unwrap_or(&redis_key)
+            .to_string();
+        records.insert(
+            client_key,
+            KeyRecord {
+                state: h.get("state").cloned().unwrap_or_default(),
+                token: h.get("token").cloned().unwrap_or_default(),
+                status: h.get("status").and_then(|s| s.parse().ok()),
+                body: h.get("body").cloned().unwrap_or_default(),
+            },
+        );
+    }
+    Ok(records)
+}
+
+async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
+    let mut conn = redis(stack).await;
+    let h = hash(&mut conn, &format!("{CHECKOUT_KEYS}{client_key}}}"))
+        .await
+        .expect("HGETALL key record");
+    (!h.is_empty()).then(|| KeyRecord {
+        state: h.get("state").cloned().unwrap_or_default(),
+        token: h.get("token").cloned().unwrap_or_default(),
+        status: h.get("status").and_then(|s| s.parse().ok()),
+        body: h.get("body").cloned().unwrap_or_default(),
+    })
+}
+
+/// A reservation's status (`reserved`, `released`, `expired`, `completed`), if still stored.
+async fn reservation_status(conn: &mut MultiplexedConnection, item_id: u64, rid: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("stock:{{item:{item_id}}}:rsv:{rid}"))
+        .arg("status")
+        .query_async(conn)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn get_internal(stack: &Stack, path: &str) -> Value {
+    stack.get_json(path, true).await
+}
+
+async fn charges_of(stack: &Stack, order_id: &str) -> Vec<Value> {
+    let listed = get_internal(stack, &format!("/payment/charges?orderId={order_id}")).await;
+    listed["charges"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls the public order view until it leaves `processing`.
+async fn wait_for_terminal(stack: &Stack, order_id: &str, timeout: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+        if order["status"] != "processing" {
+            return order;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "order {order_id} still processing after {timeout:?}: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Orders still `processing` and checkout keys still `running`, as descriptions.
+async fn unsettled(stack: &Stack) -> Result<Vec<String>, String> {
+    let mut conn = redis::Client::open(stack.redis_url())
+        .map_err(|e| e.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let orders = all_orders(&mut conn).await.map_err(|e| e.to_string())?;
+    let keys = all_key_records(&mut conn).await.map_err(|e| e.to_string())?;
+    let mut open: Vec<String> = orders
+        .values()
+        .filter(|o| o.status == "processing")
+        .map(|o| format!("order {} (item {}) is still processing", o.id, o.item_id))
+        .collect();
+    open.extend(
+        keys.iter()
+            .filter(|(_, r)| r.state == "running")
+            .map(|(k, r)| format!("Idempotency-Key {k} (order {}) is still running", r.token)),
+    );
+    Ok(open)
+}
+
+/// Waits until no order is processing and no checkout key is running.
+async fn wait_until_settled(stack: &Stack, timeout: Duration) -> Result<Duration, Vec<String>> {
+    wait_until_settled_but(stack, timeout, &[]).await
+}
+
+/// [`wait_until_settled`], except for what is already known to be stuck (`known`, as
+/// [`unsettled`] describes it).
+async fn wait_until_settled_but(stack: &Stack, timeout: Duration, known: &[String]) -> Result<Duration, Vec<String>> {
+    let started = Instant::now();
+    loop {
+        let open = unsettled(stack).await.map(|open| {
+            open.into_iter()
+                .filter(|line| !known.contains(line))
+                .collect::<Vec<_>>()
+        });
+        if matches!(&open, Ok(open) if open.is_empty()) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(open.unwrap_or_else(|e| vec![format!("cannot read Redis: {e}")]));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ----- what the clients were told -----
+
+#[derive(Debug, Clone)]
+struct Reply {
+    round: u64,
+    key: String,
+    status: u16,
+    slug: String,
+    order_id: Option<String>,
+    body: Value,
+    /// What was sent with the key.
+    request: Value,
+}
+
+impl Reply {
+    fn describe(&self) -> String {
+        format!(
+            "key {} (sent in round {}) got {} {}",
+            self.key,
+            self.round,
+            self.status,
+            if self.slug.is_empty() { "" } else { &self.slug }
+        )
+    }
+
+    /// An answer the order service stores for the key and replays: the order's final outcome.
+    fn is_definitive(&self) -> bool {
+        match self.status {
+            200 | 402 | 404 => true,
+            409 => self.slug == "out-of-stock",
+            _ => false,
+        }
+    }
+}
+
+async fn send_checkout(client: reqwest::Client, url: String, round: u64, key: String, request: Value) -> Reply {
+    let resp = client
+        .post(url)
+        .header("idempotency-key", &key)
+        .json(&request)
+        .send()
+        .await;
+    let (status, body) = match resp {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        // The connection itself failed (nginx was not the one killed, so this is rare).
+        Err(e) => (0, Value::String(e.to_string())),
+    };
+    Reply {
+        round,
+        key,
+        status,
+        slug: slug(&body).to_string(),
+        order_id: body["orderId"].as_str().map(str::to_string),
+        body,
+        request,
+    }
+}
+
+// ----- the invariants -----
+
+/// What the test put in: units stocked per item, and every answer a client got.
+#[derive(Default)]
+struct Ledger {
+    stocked: BTreeMap<u64, i64>,
+    replies: Vec<Reply>,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    count: i64,
+    amount: i64,
+}
+
+fn tally(v: &Value) -> Tally {
+    Tally {
+        count: v["count"].as_i64().unwrap_or(0),
+        amount: v["amount"].as_i64().unwrap_or(0),
+    }
+}
+
+/// Every invariant of the books, once nothing is processing. `at_rest`: also after every
+/// lapsed reservation has expired (reserved back to 0).
+async fn violations(stack: &Stack, ledger: &Ledger, at_rest: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut conn = redis(stack).await;
+    let orders = all_orders(&mut conn).await.expect("read the orders");
+    let records = all_key_records(&mut conn).await.expect("read the idempotency records");
+
+    // Orders and their money.
+    let mut charged: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut refunded: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut completed_amount: BTreeMap<String, i64> = BTreeMap::new();
+    let mut sold_by_orders: BTreeMap<u64, i64> = BTreeMap::new();
+    for o in orders.values() {
+        let who = format!("order {} (item {}, {} {})", o.id, o.item_id, o.amount, o.currency);
+        let charges = charges_of(stack, &o.id).await;
+        for c in &charges {
+            let currency = c["currency"].as_str().unwrap_or("").to_string();
+            let amount = c["amount"].as_i64().unwrap_or(0);
+            if c["status"] == "succeeded" || c["status"] == "refunded" {
+                let t = charged.entry(currency.clone()).or_default();
+                t.count += 1;
+                t.amount += amount;
+            }
+            if c["status"] == "refunded" {
+                let t = refunded.entry(currency).or_default();
+                t.count += 1;
+                t.amount += amount;
+            }
+            if c["orderId"] != o.id.as_str() {
+                v.push(format!("{who}: listed a charge of another order: {c}"));
+            }
+        }
+        // Declined charges move no money; everything else is a real charge.
+        let money: Vec<&Value> = charges.iter().filter(|c| c["status"] != "failed").collect();
+        let rsv = match &o.reservation_id {
+            Some(rid) => reservation_status(&mut conn, o.item_id, rid).await,
+            None => None,
+        };
+        match o.status.as_str() {
+            "completed" => {
+                *completed_amount.entry(o.currency.clone()).or_default() += o.amount;
+                *sold_by_orders.entry(o.item_id).or_default() += o.quantity;
+                if o.reservation_id.is_none() {
+                    v.push(format!("{who}: completed without a reservationId"));
+                }
+                if let Some(status) = rsv.as_deref().filter(|s| *s != "completed") {
+                    v.push(format!("{who}: completed but its reservation is {status}"));
+                }
+                match money.as_slice() {
+                    [c] => {
+                        let ok = c["status"] == "succeeded"
+                            && c["refundId"].is_null()
+                            && c["amount"].as_i64() == Some(o.amount)
+                            && c["currency"] == o.currency.as_str()
+                            && c["chargeId"].as_str() == o.charge_id.as_deref();
+                        if !ok {
+                            v.push(format!(
+                                "{who}: completed, but its charge is not one succeeded, unrefunded charge of its amount (chargeId {:?}): {c}",
+                                o.charge_id
+                            ));
+                        }
+                    }
+                    other => v.push(format!(
+                        "{who}: completed with {} charges instead of exactly one: {other:?}",
+                        other.len()
+                    )),
+                }
+            }
+            "failed" | "compensated" => {
+                for c in &money {
+                    if c["status"] != "refunded" || c["refundId"].is_null() {
+                        v.push(format!("{who}: {} but charged and not refunded: {c}", o.status));
+                    }
+                }
+                match rsv.as_deref() {
+                    Some("completed") => v.push(format!("{who}: {} but its reservation was completed", o.status)),
+                    Some("reserved") if at_rest => v.push(format!(
+                        "{who}: {} but its reservation still holds its units at rest",
+                        o.status
+                    )),
+                    _ => {}
+                }
+            }
+            other => v.push(format!("{who}: status {other:?} once everything settled")),
+        }
+    }
+
+    // No charge without its order: the per-order listings add up to the payment service's books.
+    let payments = get_internal(stack, "/payment/totals").await;
+    let order_totals = get_internal(stack, "/order/totals").await;
+    let mut currencies: Vec<String> = payments
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    currencies.extend(
+        order_totals
+            .as_object()
+            .map(|m| m.keys().cloned())
+            .into_iter()
+            .flatten(),
+    );
+    currencies.extend(completed_amount.keys().cloned());
+    currencies.sort();
+    currencies.dedup();
+    for cur in &currencies {
+        let p = &payments[cur.as_str()];
+        let (p_charged, p_refunded) = (tally(&p["charged"]), tally(&p["refunded"]));
+        let listed_charged = charged.get(cur).copied().unwrap_or_default();
+        let listed_refunded = refunded.get(cur).copied().unwrap_or_default();
+        if p_charged != listed_charged || p_refunded != listed_refunded {
+            v.push(format!(
+                "{cur}: the payment books count {} charges ({} in amount) and {} refunds ({}) more than the charges of known orders: a charge exists without its order",
+                p_charged.count - listed_charged.count,
+                p_charged.amount - listed_charged.amount,
+                p_refunded.count - listed_refunded.count,
+                p_refunded.amount - listed_refunded.amount
+            ));
+        }
+        let o = &order_totals[cur.as_str()];
+        let completed = tally(&o["completed"]);
+        let by_orders = completed_amount.get(cur).copied().unwrap_or(0);
+        if completed.amount != by_orders {
+            v.push(format!(
+                "{cur}: /order/totals counts {} more completed than the completed orders add up to",
+                completed.amount - by_orders
+            ));
+        }
+        if tally(&o["processing"]).count != 0 {
+            v.push(format!("{cur}: /order/totals still counts processing orders: {o}"));
+        }
+        // Stated as the difference, which stays the same in later rounds' reports of one break.
+        let net = p_charged.amount - p_refunded.amount;
+        if net != completed.amount {
+            v.push(format!(
+                "{cur}: charged − refunded differs from completed by {} (charged − refunded − completed)",
+                net - completed.amount
+            ));
+        }
+    }
+
+    // Stock: nothing created or lost, sold is exactly what completed orders bought.
+    for (&item, &stocked) in &ledger.stocked {
+        let it = stack.item(item).await;
+        let (available, reserved, sold) = (
+            it["available"].as_i64().unwrap_or(-1),
+            it["reserved"].as_i64().unwrap_or(-1),
+            it["sold"].as_i64().unwrap_or(-1),
+        );
+        if available + reserved + sold != stocked {
+            v.push(format!(
+                "item {item}: available {available} + reserved {reserved} + sold {sold} ≠ stocked {stocked}"
+            ));
+        }
+        let want_sold = sold_by_orders.get(&item).copied().unwrap_or(0);
+        if sold != want_sold {
+            v.push(format!(
+                "item {item}: sold {sold} but its completed orders bought {want_sold}"
+            ));
+        }
+        if at_rest && reserved != 0 {
+            v.push(format!("item {item}: {reserved} units still reserved at rest"));
+        }
+    }
+
+    // Keys: none in progress; a stored answer is the order's final outcome.
+    for (k, r) in &records {
+        let order = orders.get(&r.token);
+        match (r.state.as_str(), order) {
+            ("running", _) => v.push(format!("Idempotency-Key {k} (order {}) left running", r.token)),
+            ("done", None) => v.push(format!(
+                "Idempotency-Key {k} stores an answer for unknown order {}",
+                r.token
+            )),
+            ("done", Some(o)) => {
+                let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+                let consistent = match r.status {
+                    Some(200) => o.status == "completed",
+                    Some(402 | 404 | 409) => o.status == "failed" || o.status == "compensated",
+                    _ => false,
+                };
+                if !consistent {
+                    v.push(format!(
+                        "Idempotency-Key {k} stores {:?} for order {} which is {}",
+                        r.status, o.id, o.status
+                    ));
+                }
+                if body["orderId"].as_str() != Some(o.id.as_str()) {
+                    v.push(format!("Idempotency-Key {k}: stored body names another order: {body}"));
+                }
+            }
+            (other, _) => v.push(format!("Idempotency-Key {k}: unknown state {other:?}")),
+        }
+    }
+
+    // Clients: every answer they got agrees with how their order ended.
+    let mut ok_orders: HashMap<&str, &str> = HashMap::new();
+    for reply in &ledger.replies {
+        let what = reply.describe();
+        let Some(order_id) = reply.order_id.as_deref() else {
+            if reply.is_definitive() {
+                v.push(format!("{what} without an orderId: {}", reply.body));
+            }
+            continue;
+        };
+        let Some(o) = orders.get(order_id) else {
+            v.push(format!("{what} for order {order_id}, which does not exist"));
+            continue;
+        };
+        match reply.status {
+            200 => {
+                if o.status != "completed" {
+                    v.push(format!("{what} for order {order_id}, which ended {}", o.status));
+                }
+                if let Some(prev) = ok_orders.insert(&reply.key, order_id).filter(|p| *p != order_id) {
+                    v.push(format!("{what}: 200 for two orders {prev} and {order_id}"));
+                }
+            }
+            // Business refusals, and 503 "everything undone": never for an order that completed.
+            402 | 404 | 409 | 503 if o.status == "completed" => {
+                v.push(format!("{what} for order {order_id}, which completed"));
+            }
+            _ => {}
+        }
+        if reply.is_definitive() {
+            match records.get(&reply.key) {
+                Some(r) if r.state == "done" && r.token == order_id && r.status == Some(reply.status) => {}
+                other => v.push(format!(
+                    "{what} for order {order_id}, but the key's record does not replay it: {other:?}"
+                )),
+            }
+        }
+    }
+    v
+}
+
+/// Each key with a stored answer replays it over HTTP, byte for byte the stored body.
+async fn replays_match(stack: &Stack, ledger: &Ledger, round: u64) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut conn = redis(stack).await;
+    let records = all_key_records(&mut conn).await.expect("read the idempotency records");
+    let mut seen = std::collections::HashSet::new();
+    for reply in ledger.replies.iter().filter(|r| r.round == round) {
+        if !seen.insert(reply.key.clone()) {
+            continue;
+        }
+        let Some(record) = records.get(&reply.key).filter(|r| r.state == "done") else {
+            // Freed (everything undone): a retry would run a new checkout, which is its right.
+            continue;
+        };
+        let resp = stack
+            .client()
+            .post(stack.url("/order/checkout"))
+            .header("idempotency-key", &reply.key)
+            .json(&reply.request)
+            .send()
+            .await
+            .expect("replay");
+        let status = resp.status().as_u16();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let text = resp.text().await.unwrap_or_default();
+        if Some(status) != record.status || !replayed || text != record.body {
+            v.push(format!(
+                "key {} (order {}): replay answered {status} (replayed: {replayed}) {text}, stored {:?} {}",
+                reply.key, record.token, record.status, record.body
+            ));
+        }
+    }
+    v
+}
+
+// ----- the rounds -----
+
+#[derive(Default)]
+struct Summary {
+    rounds: u64,
+    checkouts: u64,
+    duplicates: u64,
+    statuses: BTreeMap<u16, u64>,
+    kills: BTreeMap<&'static str, u64>,
+    late_kills: BTreeMap<&'static str, u64>,
+    proxy_plans: BTreeMap<&'static str, u64>,
+    settle: Duration,
+    took: Duration,
+}
+
+fn service_name(s: Service) -> &'static str {
+    match s {
+        Service::Redis => "redis",
+        Service::Stock => "stock",
+        Service::Payment => "payment",
+        Service::Order => "order",
+        Service::Nginx => "nginx",
+    }
+}
+
+fn summary_text(seed: u64, s: &Summary, proxies: &[(&str, FaultCounts)], violations: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "fault rounds: FAULT_SEED={seed}");
+    let _ = writeln!(
+        out,
+        "  rounds {} · checkouts {} ({} sent twice) · answers {:?}",
+        s.rounds, s.checkouts, s.duplicates, s.statuses
+    );
+    let _ = writeln!(out, "  SIGKILL + restart while checkouts ran: {:?}", s.kills);
+    let _ = writeln!(out, "  SIGKILL + restart while recovery ran: {:?}", s.late_kills);
+    let _ = writeln!(out, "  proxy plans set: {:?}", s.proxy_plans);
+    let mut total = FaultCounts::default();
+    for (name, c) in proxies {
+        total.add(c);
+        let _ = writeln!(
+            out,
+            "  {name} proxy: delay {} · drop {} · cut-after-send {} · cut-mid-response {} (of {} requests; {} found the service dead)",
+            c.delayed, c.dropped, c.cut_after_send, c.cut_mid_response, c.requests, c.upstream_unreachable
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  proxy faults: {} · process kills: {}",
+        total.faults(),
+        s.kills.values().chain(s.late_kills.values()).sum::<u64>()
+    );
+    let _ = writeln!(out, "  longest wait for recovery: {:?} · took {:?}", s.settle, s.took);
+    let _ = writeln!(out, "  violations: {}", violations.len());
+    for line in violations.iter().take(40) {
+        let _ = writeln!(out, "    - {line}");
+    }
+    out
+}
+
+fn seed_from_env() -> u64 {
+    match std::env::var("FAULT_SEED") {
+        Ok(s) => s.trim().parse().expect("FAULT_SEED must be an unsigned integer"),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            nanos ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    }
+}
+
+/// A proxy fault for one round, or none.
+fn pick_proxy_fault(rng: &mut SeededRng) -> Option<(Fault, f64)> {
+    if !rng.chance(0.75) {
+        return None;
+    }
+    let fault = match rng.between(0, 4) {
+        // Slow, but within the per-attempt timeout.
+        0 => Fault::Delay(Duration::from_millis(rng.between(100, ATTEMPT_TIMEOUT_MS / 2))),
+        // Beyond it: the caller retries while the held request is delivered late.
+        1 => Fault::Delay(Duration::from_millis(
+            rng.between(ATTEMPT_TIMEOUT_MS + 100, ATTEMPT_TIMEOUT_MS * 2),
+        )),
+        2 => Fault::Drop,
+        3 => Fault::CutAfterSend,
+        _ => Fault::CutMidResponse,
+    };
+    Some((fault, rng.between(15, 60) as f64 / 100.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
+    let seed = seed_from_env();
+    let rounds: u64 = std::env::var("FAULT_ROUNDS")
+        .ok()
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or(20);
+    println!("FAULT_SEED={seed} FAULT_ROUNDS={rounds} (set them to replay this run)");
+    let started = Instant::now();
+    let mut stack = Stack::launch(fault_options(seed)).await;
+    let mut rng = SeededRng::new(seed);
+    let mut ledger = Ledger::default();
+    let mut summary = Summary::default();
+    // Violations, each once (a broken book shows again in every later round).
+    let mut found: Vec<String> = Vec::new();
+    let keep_going = std::env::var_os("FAULT_KEEP_GOING").is_some();
+    // With FAULT_KEEP_GOING, what stayed unsettled is not waited for again.
+    let mut stuck: Vec<String> = Vec::new();
+
+    for round in 0..rounds {
+        summary.rounds += 1;
+        // Fresh items each round, scarce enough that some checkouts run out of stock.
+        let base = 100 + round * 10;
+        let items = [(base + 1, 1250, 3), (base + 2, 999, 5), (base + 3, 500, 12)];
+        for (id, price, units) in items {
+            stack.put_item(id, &format!("Item {id}"), price, units).await;
+            ledger.stocked.insert(id, units);
+        }
+        let unknown_item = base + 9;
+
+        // The checkouts: mixed items and quantities, some declined, some keys sent twice.
+        let mut sends = Vec::new();
+        for _ in 0..CHECKOUTS_PER_ROUND {
+            let item = if rng.chance(0.08) {
+                unknown_item
+            } else {
+                rng.pick(&items).0
+            };
+            let method = if rng.chance(0.2) {
+                "pm_card_chargeDeclined"
+            } else {
+                "pm_card_visa"
+            };
+            let body = json!({"itemId": item, "quantity": rng.between(1, 3), "paymentMethod": method});
+            let k = key();
+            let copies = if rng.chance(0.25) { 2 } else { 1 };
+            summary.checkouts += 1;
+            summary.duplicates += u64::from(copies == 2);
+            for copy in 0..copies {
+                let delay = rng.between(0, 300) + copy * rng.between(0, 60);
+                sends.push((k.clone(), body.clone(), delay));
+            }
+        }
+
+        // The faults: at most two process kills at random points, and a plan per proxy.
+        for service in [Service::Stock, Service::Payment] {
+            let proxy = stack.proxy(service);
+            match pick_proxy_fault(&mut rng) {
+                Some((fault, p)) => {
+                    *summary.proxy_plans.entry(fault.name()).or_default() += 1;
+                    proxy.set(FaultPlan::sometimes(fault, p));
+                }
+                None => proxy.pass(),
+            }
+        }
+        let mut kills = Vec::new();
+        for _ in 0..2 {
+            if rng.chance(if kills.is_empty() { 0.7 } else { 0.25 }) {
+                let victim = *rng.pick(&[Service::Order, Service::Stock, Service::Payment, Service::Redis]);
+                kills.push((victim, rng.between(0, 600), rng.between(50, 800)));
+            }
+        }
+
+        let late_kill = rng.chance(0.2).then(|| {
+            let victim = *rng.pick(&[Service::Order, Service::Order, Service::Payment, Service::Redis]);
+            let lease = LEASE.as_millis() as u64;
+            (victim, rng.between(lease / 2, lease + 800), rng.between(50, 500))
+        });
+
+        let tasks: Vec<_> = sends
+            .into_iter()
+            .map(|(k, body, delay)| {
+                let client = stack.client();
+                let url = stack.url("/order/checkout");
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    send_checkout(client, url, round, k, body).await
+                })
+            })
+            .collect();
+        for (victim, at, down) in kills {
+            tokio::time::sleep(Duration::from_millis(at)).await;
+            stack.kill(victim).await;
+            *summary.kills.entry(service_name(victim)).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            stack.start(victim).await;
+        }
+        for task in tasks {
+            let reply = task.await.expect("a checkout task panicked");
+            *summary.statuses.entry(reply.status).or_default() += 1;
+            ledger.replies.push(reply);
+        }
+
+        // Faults stop, except that a process may die again while recovery does its work (the
+        // lease runs out LEASE after the last renewal); then the books must balance.
+        stack.heal_proxies();
+        if let Some((victim, at, down)) = late_kill {
+            tokio::time::sleep(Duration::from_millis(at)).await;
+            stack.kill(victim).await;
+            *summary.late_kills.entry(service_name(victim)).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            stack.start(victim).await;
+        }
+        match wait_until_settled_but(&stack, SETTLE_TIMEOUT, &stuck).await {
+            Ok(took) => summary.settle = summary.settle.max(took),
+            Err(open) => {
+                for line in open {
+                    found.push(format!(
+                        "after round {round}: not settled {SETTLE_TIMEOUT:?} after the faults stopped: {line}"
+                    ));
+                    stuck.push(line);
+                }
+                if !keep_going {
+                    break;
+                }
+            }
+        }
+        let mut round_violations = violations(&stack, &ledger, false).await;
+        round_violations.extend(replays_match(&stack, &ledger, round).await);
+        let before = found.len();
+        for violation in round_violations {
+            if !found.iter().any(|f| f.ends_with(&violation)) {
+                found.push(format!("after round {round}: {violation}"));
+            }
+        }
+        if found.len() > before && !keep_going {
+            break;
+        }
+    }
+
+    // At rest: lapsed reservations have expired, so nothing is left reserved anywhere.
+    if found.is_empty() || keep_going {
+        let deadline = Instant::now() + RESERVATION_TTL + Duration::from_secs(5);
+        loop {
+            let mut reserved = 0;
+            for &item in ledger.stocked.keys() {
+                reserved += stack.item(item).await["reserved"].as_i64().unwrap_or(0);
+            }
+            if reserved == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for violation in violations(&stack, &ledger, true).await {
+            if !found.iter().any(|f| f.ends_with(&violation)) {
+                found.push(format!("at rest: {violation}"));
+            }
+        }
+    }
+
+    summary.took = started.elapsed();
+    let proxies = [
+        ("stock", stack.proxy(Service::Stock).counts()),
+        ("payment", stack.proxy(Service::Payment).counts()),
+    ];
+    let report = summary_text(seed, &summary, &proxies, &found);
+    println!("{report}");
+    let faults = stack.proxy_counts();
+    assert!(
+        faults.faults() > 0 || rounds < 5,
+        "the proxies never injected a fault: {faults:?}"
+    );
+    assert!(
+        found.is_empty(),
+        "invariants violated (replay with FAULT_SEED={seed}):\n{report}"
+    );
+}
+
+// ----- one nasty case each -----
+
+fn focused_options(extra_order_env: &[(&str, &str)]) -> StackOptions {
+    let mut options = fault_options(1);
+    options.order_env.extend(env(extra_order_env));
+    options
+}
+
+/// The order's money and stock after it ended: exactly one succeeded charge of its amount.
+async fn assert_completed_with_one_charge(stack: &Stack, order_id: &str, item: u64, quantity: i64, amount: i64) {
+    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    let charges = charges_of(stack, order_id).await;
+    assert_eq!(charges.len(), 1, "exactly one charge for {order_id}: {charges:?}");
+    assert_eq!(charges[0]["status"], "succeeded", "{charges:?}");
+    assert_eq!(charges[0]["amount"], amount, "{charges:?}");
+    assert!(charges[0]["refundId"].is_null(), "{charges:?}");
+    assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
+    let payments = get_internal(stack, "/payment/totals").await;
+    assert_eq!(payments["USD"]["charged"]["count"], 1, "{payments}");
+    assert_eq!(payments["USD"]["charged"]["amount"], amount, "{payments}");
+    let it = stack.item(item).await;
+    assert_eq!(
+        (it["reserved"].as_i64(), it["sold"].as_i64()),
+        (Some(0), Some(quantity)),
+        "{it}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_whose_answer_is_lost_is_resolved_without_a_second_charge() {
+    let stack = Stack::launch(focused_options(&[])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let payment = stack.proxy(Service::Payment);
+    // The first charge reaches payment and is made; its answer never comes back.
+    payment.set(FaultPlan::always(Fault::CutAfterSend).on_path("/charge").times(1));
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+
+    let (status, _, answer) = stack.checkout(&k, body.clone()).await;
+
+    assert_eq!(payment.counts().cut_after_send, 1, "the fault fired");
+    assert!(status == 200 || status == 202, "{status} {answer}");
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 2, 2500).await;
+    let (again, headers, replay) = stack.checkout(&k, body).await;
+    assert_eq!(
+        (again, replay["orderId"].as_str()),
+        (200, Some(order_id.as_str())),
+        "{replay}"
+    );
+    assert!(headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_whose_every_answer_is_lost_stays_processing_until_it_is_resent_and_completes() {
+    // One retry: both attempts reach payment, and both answers are lost.
+    let stack = Stack::launch(focused_options(&[("HTTP_MAX_RETRIES", "1")])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let payment = stack.proxy(Service::Payment);
+    payment.set(FaultPlan::always(Fault::CutAfterSend).on_path("/charge").times(2));
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 1});
+
+    let (status, _, answer) = stack.checkout(&k, body.clone()).await;
+
+    assert_eq!(payment.counts().cut_after_send, 2, "both answers were lost");
+    // Never a failure while money may have moved: 202, or 200 if a resend already got through.
+    assert!(status == 202 || status == 200, "{status} {answer}");
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+    let (again, headers, replay) = stack.checkout(&k, body).await;
+    assert_eq!(
+        (again, replay["orderId"].as_str()),
+        (200, Some(order_id.as_str())),
+        "{replay}"
+    );
+    assert!(headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery() {
+    // The order service waits on a slow reserve (no attempt timeout gets in the way) and dies.
+    let mut stack = Stack::launch(focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    stock.set(
+        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
+            .on_path("/reserve")
+            .times(1),
+    );
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 3});
+    let client = tokio::spawn(send_checkout(
+        stack.client(),
+        stack.url("/order/checkout"),
+        0,
+        k.clone(),
+        body.clone(),
+    ));
+    let waited = Instant::now();
+    while stock.counts().delayed == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the reserve never reached the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    stack.kill(Service::Order).await;
+    let reply = client.await.expect("client task");
+    stack.start(Service::Order).await;
+
+    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
+    let record = key_record(&stack, &k)
+        .await
+        .expect("the key was taken before the crash");
+    let order_id = record.token.clone();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+    let record = key_record(&stack, &k).await;
+    let (again, headers, replay) = stack.checkout(&k, body).await;
+    match order["status"].as_str() {
+        Some("completed") => {
+            assert_completed_with_one_charge(&stack, &order_id, 1, 3, 3750).await;
+            assert_eq!(again, 200, "the key replays the completion: {replay}");
+            assert_eq!(replay["orderId"].as_str(), Some(order_id.as_str()));
+            assert!(headers.contains_key("idempotent-replayed"));
+        }
+        Some("failed" | "compensated") => {
+            // Undone: no money moved, and the key either replays the refusal or is free again.
+            let charges = charges_of(&stack, &order_id).await;
+            assert!(
+                charges.iter().all(|c| c["status"] != "succeeded"),
+                "{order} {charges:?}"
+            );
+            match record {
+                Some(r) if r.state == "done" => {
+                    assert_eq!(Some(again), r.status, "{replay}");
+                    assert!(headers.contains_key("idempotent-replayed"));
+                }
+                other => assert!(other.is_none(), "the key is neither settled nor free: {other:?}"),
+            }
+        }
+        other => panic!("order {order_id} ended {other:?}: {order}"),
+    }
+    let books = Ledger {
+        stocked: BTreeMap::from([(1, 10)]),
+        replies: vec![],
+    };
+    let found = violations(&stack, &books, false).await;
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_checkout_survives_a_crash_of_redis() {
+    let mut stack = Stack::launch(StackOptions::default()).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+    let (status, _, answer) = stack.checkout(&k, body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+
+    stack.kill(Service::Redis).await;
+    stack.start(Service::Redis).await;
+
+    let order_id = answer["orderId"].as_str().expect("orderId");
+    // The services' pools reconnect on their own; give them a moment.
+    let started = Instant::now();
+    let order = loop {
+        let resp = stack
+            .client()
+            .get(stack.url(&format!("/order/orders/{order_id}")))
+            .send()
+            .await
+            .expect("GET order");
+        if resp.status() == 200 {
+            break resp.json::<Value>().await.expect("json");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "order unreadable after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, order_id, 1, 2, 2500).await;
+    let (again, headers, replay) = stack.checkout(&k, body).await;
+    assert_eq!((again, &replay), (200, &answer));
+    assert!(headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
+    // Every reserve attempt outlasts the attempt timeout, so the checkout gives up on stock and
+    // ends with 503 "nothing was charged" — while Redis is down, so that ending cannot be written.
+    let mut stack = Stack::launch(focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "300ms")])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    stock.set(FaultPlan::always(Fault::Delay(Duration::from_millis(1500))).on_path("/reserve"));
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 1});
+    let client = tokio::spawn(send_checkout(
+        stack.client(),
+        stack.url("/order/checkout"),
+        0,
+        k.clone(),
+        body.clone(),
+    ));
+    let waited = Instant::now();
+    while stock.counts().delayed == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the reserve never reached the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.kill(Service::Redis).await;
+    let reply = client.await.expect("client task");
+    stack.heal_proxies();
+    stack.start(Service::Redis).await;
+    let Some(order_id) = reply.order_id.clone() else {
+        panic!("the order service answered without an order: {reply:?}");
+    };
+
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+
+    if reply.status == 503 {
+        // The client was told everything was undone and the key is free: it may well buy again
+        // with a new key. The order must not go on to take its money and stock after all.
+        assert_ne!(
+            order["status"], "completed",
+            "answered 503 dependency-unavailable, then completed: {order}"
+        );
+        let charges = charges_of(&stack, &order_id).await;
+        assert!(charges.iter().all(|c| c["status"] != "succeeded"), "{charges:?}");
+    } else {
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+    let books = Ledger {
+        stocked: BTreeMap::from([(1, 10)]),
+        replies: vec![reply],
+    };
+    let found = violations(&stack, &books, false).await;
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// What the order service writes for a checkout before anything else — the order, leased to
+/// its runner — written here with the service's own store code, as a runner that died at once
+/// (its lease already run out) would leave it.
+async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
+    let pool = deadpool_redis::Config::from_url(stack.redis_url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .expect("pool");
+    let store = order_service::store::OrderStore::new(shared::redis_pool::Pool::Single(pool));
+    let order_id = shared::ids::new_id("ord");
+    let key_ref =
+        shared::idempotency::KeyRef::new("order:checkout", k, shared::body::fingerprint("POST", "/checkout", raw));
+    let order = order_service::model::NewOrder {
+        order_id: order_id.clone(),
+        item_id: 1,
+        quantity: 1,
+        customer_id: "guest".into(),
+        payment_method: "pm_card_visa".into(),
+    };
+    store
+        .create(&order, &key_ref, "run_dead", Duration::from_millis(1))
+        .await
+        .expect("create the order");
+    (order_id, key_ref)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_process_died_before_taking_its_key_is_dropped_and_the_key_stays_free() {
+    let stack = Stack::launch(focused_options(&[])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let raw = br#"{"itemId":1,"quantity":1}"#;
+    // The SIGKILL window between writing the order and taking its key.
+    let (order_id, _) = order_left_by_a_dead_runner(&stack, &k, raw).await;
+
+    let settled = wait_until_settled(&stack, SETTLE_TIMEOUT).await;
+
+    assert!(
+        settled.is_ok(),
+        "not settled {SETTLE_TIMEOUT:?} after the crash: {settled:#?}"
+    );
+    let resp = stack
+        .client()
+        .get(stack.url(&format!("/order/orders/{order_id}")))
+        .send()
+        .await
+        .expect("get order");
+    assert_eq!(resp.status(), 404, "an order that never began leaves no trace");
+    let totals = stack.get_json("/order/totals", true).await;
+    let processing: i64 = totals
+        .as_object()
+        .map(|m| m.values().map(|c| c["processing"]["count"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert_eq!(processing, 0, "{totals}");
+    let (status, headers, body) = stack.checkout(&k, serde_json::from_slice(raw).expect("json")).await;
+    assert_eq!(status, 200, "the key was never taken, so it is free: {body}");
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_ne!(body["orderId"], order_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recovery() {
+    let stack = Stack::launch(focused_options(&[])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let raw = br#"{"itemId":1,"quantity":1}"#;
+    // The SIGKILL window between taking the key and the saga's first step.
+    let (order_id, key_ref) = order_left_by_a_dead_runner(&stack, &k, raw).await;
+    let pool = deadpool_redis::Config::from_url(stack.redis_url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .expect("pool");
+    let idempotency = shared::idempotency::IdempotencyStore::new(
+        shared::redis_pool::Pool::Single(pool),
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+    );
+    let begin = idempotency.begin(&key_ref, &order_id).await.expect("begin");
+    assert!(
+        matches!(begin, shared::idempotency::Begin::Execute { resumed: false, .. }),
+        "{begin:?}"
+    );
+
+    let settled = wait_until_settled(&stack, SETTLE_TIMEOUT).await;
+
+    assert!(
+        settled.is_ok(),
+        "not settled {SETTLE_TIMEOUT:?} after the crash: {settled:#?}"
+    );
+    let (status, headers, body) = stack.checkout(&k, serde_json::from_slice(raw).expect("json")).await;
+    assert_eq!(
+        status, 200,
+        "recovery finished the checkout and stored its answer: {body}"
+    );
+    assert!(
+        headers.contains_key("idempotent-replayed"),
+        "the answer is the stored one"
+    );
+    assert_eq!(body["orderId"], order_id.as_str());
+    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charged_order_whose_completion_was_lost_goes_forward_and_is_not_failed_with_the_money_kept() {
+    let stack = Stack::launch(focused_options(&[])).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    // Reserve and charge go through; every completion attempt is lost on the way.
+    stock.set(FaultPlan::always(Fault::Drop).on_path("/complete"));
+    let k = key();
+    let (status, _, answer) = stack.checkout(&k, json!({"itemId": 1, "quantity": 1})).await;
+    assert_eq!(
+        status, 202,
+        "the charge succeeded and the completion is unknown: {answer}"
+    );
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let charges = charges_of(&stack, &order_id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+
+    // While recovery takes the order up, stock stays unreachable for a while: every call.
+    let dropped = stock.counts().dropped;
+    stock.set(FaultPlan::always(Fault::Drop));
+    let waited = Instant::now();
+    while stock.counts().dropped < dropped + 3 && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stock.counts().dropped >= dropped + 3, "recovery never called stock");
+    stock.pass();
+
+    // Forward, since the charge succeeded and stock never refused the completion.
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    let charges = charges_of(&stack, &order_id).await;
+    assert_eq!(
+        order["status"], "completed",
+        "charged and never refused by stock, yet ended otherwise: {order} {charges:?}"
+    );
+    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+}
