@@ -27,17 +27,7 @@ pub enum OrderError {
     DependencyUnavailable { order_id: String, detail: String },
 }
 
-impl From<redis::RedisError> for OrderError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Common(e.into())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for OrderError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Common(e.into())
-    }
-}
+shared::redis_errors_into!(OrderError);
 
 impl OrderError {
     pub fn problem(&self) -> Problem {

@@ -37,28 +37,10 @@ pub struct AppState {
 }
 
 pub async fn main_entry() -> ExitCode {
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("order-service: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = shared::telemetry::init("order-service", &settings.common.log_format);
-    match run(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "order-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+    shared::server::main_entry("order-service", Settings::from_env(), |s| &s.common, run).await
 }
 
 pub async fn run(settings: Settings) -> Result<(), String> {
-    shared::problem::set_type_base(&settings.common.problem_type_base);
-    if settings.common.uses_default_token() {
-        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
-    }
     let pool = shared::redis_pool::create(&settings.common)?;
     let token = settings.common.internal_token.clone();
     let stock = Downstream::new("stock", &settings.stock_url, token.clone(), &settings.retry)?;

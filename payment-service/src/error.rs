@@ -16,17 +16,7 @@ pub enum PaymentError {
     ChargeNotRefundable { charge_id: String, status: String },
 }
 
-impl From<redis::RedisError> for PaymentError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Common(e.into())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for PaymentError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Common(e.into())
-    }
-}
+shared::redis_errors_into!(PaymentError);
 
 impl PaymentError {
     pub fn invalid(detail: impl Into<String>) -> Self {

@@ -32,28 +32,10 @@ pub struct AppState {
 }
 
 pub async fn main_entry() -> ExitCode {
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("payment-service: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = shared::telemetry::init("payment-service", &settings.common.log_format);
-    match run(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "payment-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+    shared::server::main_entry("payment-service", Settings::from_env(), |s| &s.common, run).await
 }
 
 pub async fn run(settings: Settings) -> Result<(), String> {
-    shared::problem::set_type_base(&settings.common.problem_type_base);
-    if settings.common.uses_default_token() {
-        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
-    }
     tracing::info!(gateway = %settings.gateway, "payment gateway");
     let pool = shared::redis_pool::create(&settings.common)?;
     let settings = Arc::new(settings);

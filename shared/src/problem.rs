@@ -249,3 +249,21 @@ pub fn problemize<B>(
     let res = actix_web::dev::ServiceResponse::new(req, problem.response()).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
+
+/// Lets a service's error enum, whose `Common` variant wraps [`CommonError`], take Redis and
+/// pool errors with `?` (both become 503 `dependency-unavailable` through `CommonError`).
+#[macro_export]
+macro_rules! redis_errors_into {
+    ($error:ty) => {
+        impl From<::redis::RedisError> for $error {
+            fn from(e: ::redis::RedisError) -> Self {
+                Self::Common(e.into())
+            }
+        }
+        impl From<::deadpool_redis::PoolError> for $error {
+            fn from(e: ::deadpool_redis::PoolError) -> Self {
+                Self::Common(e.into())
+            }
+        }
+    };
+}

@@ -31,3 +31,37 @@ where
     tracing::info!(service = settings.service, host = %settings.host, port = settings.port, "listening");
     server.run().await
 }
+
+/// The start every service shares: settings read once (a bad value exits with status 2 and
+/// names the variable), telemetry, the problem type base and a warning for the development
+/// token, then the service's own `run` until it stops.
+pub async fn main_entry<S, F, Fut>(
+    service: &'static str,
+    settings: Result<S, crate::config::ConfigError>,
+    common: fn(&S) -> &CommonSettings,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _telemetry = crate::telemetry::init(service, &common(&settings).log_format);
+    crate::problem::set_type_base(&common(&settings).problem_type_base);
+    if common(&settings).uses_default_token() {
+        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
+    }
+    match run(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{service} stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -24,17 +24,7 @@ pub enum StockError {
     ReservationReleased(String),
 }
 
-impl From<redis::RedisError> for StockError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Common(e.into())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for StockError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Common(e.into())
-    }
-}
+shared::redis_errors_into!(StockError);
 
 impl StockError {
     pub fn problem(&self) -> Problem {

@@ -31,28 +31,10 @@ pub struct AppState {
 }
 
 pub async fn main_entry() -> ExitCode {
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stock-service: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = shared::telemetry::init("stock-service", &settings.common.log_format);
-    match run(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "stock-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+    shared::server::main_entry("stock-service", Settings::from_env(), |s| &s.common, run).await
 }
 
 pub async fn run(settings: Settings) -> Result<(), String> {
-    shared::problem::set_type_base(&settings.common.problem_type_base);
-    if settings.common.uses_default_token() {
-        tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");
-    }
     let pool = shared::redis_pool::create(&settings.common)?;
     let store = Store::new(pool.clone(), settings.reservation_ttl, settings.common.idempotency_ttl);
     if settings.seed_demo {

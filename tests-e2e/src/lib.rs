@@ -24,6 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod fault_proxy;
 pub mod otlp;
+mod reply;
+
+pub use reply::{Reply, new_key, slug};
 
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, ProxyHandle, SeededRng};
 

@@ -5,18 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests_e2e::{Service, Stack, StackOptions};
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use tests_e2e::{Service, Stack, StackOptions, new_key as key, slug};
 
 async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
-}
-
-fn slug(body: &Value) -> &str {
-    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
 }
 
 /// Charged minus refunded equals completed, per currency, and no order is left processing.

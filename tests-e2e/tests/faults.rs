@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-use tests_e2e::{Fault, FaultCounts, FaultPlan, SeededRng, Service, Stack, StackOptions};
+use tests_e2e::{Fault, FaultCounts, FaultPlan, SeededRng, Service, Stack, StackOptions, new_key as key, slug};
 
 // ----- the stack under faults -----
 
@@ -68,14 +68,6 @@ fn fault_options(seed: u64) -> StackOptions {
         fault_seed: seed,
         redis_cluster: false,
     }
-}
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn slug(body: &Value) -> &str {
-    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
 }
 
 // ----- reading the state: Redis for what has no public listing, the APIs for the rest -----

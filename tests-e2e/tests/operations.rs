@@ -6,14 +6,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use tests_e2e::{Service, Stack, StackOptions};
+use tests_e2e::{Service, Stack, StackOptions, slug};
 
 async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
-}
-
-fn slug(body: &Value) -> &str {
-    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
 }
 
 /// Each service's prefix and the paths its OpenAPI document must describe.

@@ -3,20 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use tests_e2e::{Stack, StackOptions};
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use tests_e2e::{Reply, Stack, StackOptions, new_key as key, slug};
 
 async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
-}
-
-fn slug(body: &Value) -> &str {
-    body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("")
 }
 
 /// A request that must be refused: what it is, path, Idempotency-Key, raw body, status, slug.
@@ -28,41 +19,6 @@ type BadPost = (
     u16,
     &'static str,
 );
-
-/// One answer, kept whole: status, headers, the exact bytes and their JSON.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    bytes: Vec<u8>,
-    json: Value,
-}
-
-impl Reply {
-    async fn from(resp: reqwest::Response) -> Reply {
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.expect("read the body").to_vec();
-        let json =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Reply {
-            status,
-            headers,
-            bytes,
-            json,
-        }
-    }
-
-    fn replayed(&self) -> bool {
-        self.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()) == Some("true")
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
 
 /// POST with the internal token and, when given, an Idempotency-Key.
 async fn post(stack: &Stack, path: &str, key: Option<&str>, body: &Value) -> Reply {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests_e2e::otlp::{CollectedSpan, Collector, Kind, Trace};
-use tests_e2e::{Service, Stack, StackOptions};
+use tests_e2e::{Service, Stack, StackOptions, new_key as key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -16,10 +16,6 @@ const ORDER: &str = "order-service";
 const STOCK: &str = "stock-service";
 const PAYMENT: &str = "payment-service";
 const WAIT: Duration = Duration::from_secs(10);
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 /// A stack whose three services export to `collector`, with `more` applied to the options.
 async fn traced_stack(collector: &Collector, more: impl FnOnce(&mut StackOptions)) -> Stack {
