@@ -163,7 +163,9 @@ async fn take_over(runner: &Runner, request: NewOrder, key: &KeyRef, owner: &str
                 ..request
             };
             match runner.store.create(&order, key, owner, runner.lease()).await {
-                Ok(_) => runner.drive(&order, key, owner, Progress::default()).await,
+                Ok(true) => runner.drive(&order, key, owner, Progress::default()).await,
+                // Recovery or another retry got there first and owns it now.
+                Ok(false) => processing_response(order_id),
                 Err(e) => StoredResponse::problem(&e.problem()),
             }
         }

@@ -46,15 +46,12 @@ fn active_key(shard: u16) -> String {
     format!("order:{{ord:{shard}}}:active")
 }
 
-// Creates the order, counts it as processing and leases it to its runner, unless it exists
-// (a resumed checkout). KEYS: order, steps, totals, active. ARGV: id, itemId, quantity,
+// Creates the order, counts it as processing and leases it to its runner; 0 if it exists. KEYS: order, steps, totals, active. ARGV: id, itemId, quantity,
 // customerId, paymentMethod, now, step JSON, idempotency key, fingerprint, owner, lease ms.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HMGET', KEYS[1], 'status', 'respStatus', 'respCtype', 'respBody')
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'orderId', ARGV[1], 'status', 'processing', 'itemId', ARGV[2], 'quantity', ARGV[3],
@@ -63,7 +60,7 @@ redis.call('HSET', KEYS[1], 'orderId', ARGV[1], 'status', 'processing', 'itemId'
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('HINCRBY', KEYS[3], 'XXX:processing:count', 1)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[11]), ARGV[1])
-return {'created'}
+return 1
 "#,
     )
 });
@@ -175,16 +172,6 @@ pub struct Progress {
     pub charge_id: Option<String>,
 }
 
-/// What `create` found.
-pub enum Created {
-    New,
-    /// The order exists: a resumed checkout. Carries the final response when it has one.
-    Existing {
-        status: String,
-        response: Option<StoredResponse>,
-    },
-}
-
 /// What an attempt to change an order found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -268,18 +255,18 @@ impl OrderStore {
     }
 
     /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
-    /// that whoever finishes the order can settle the key.
+    /// that whoever finishes the order can settle the key. False if it already exists.
     pub async fn create(
         &self,
         order: &NewOrder,
         key: &KeyRef,
         owner: &str,
         lease: Duration,
-    ) -> Result<Created, OrderError> {
+    ) -> Result<bool, OrderError> {
         let mut conn = self.pool.get().await?;
         let now = shared::time::now_rfc3339();
         let id = &order.order_id;
-        let reply: Vec<Option<Vec<u8>>> = CREATE
+        let created: i64 = CREATE
             .key(order_key(id))
             .key(steps_key(id))
             .key(totals_key_of(id))
@@ -297,21 +284,7 @@ impl OrderStore {
             .arg(lease.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        let text = |i: usize| {
-            reply
-                .get(i)
-                .cloned()
-                .flatten()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-        };
-        if text(0).as_deref() == Some("created") {
-            return Ok(Created::New);
-        }
-        let status = text(0).unwrap_or_default();
-        Ok(Created::Existing {
-            status,
-            response: stored_response(&reply),
-        })
+        Ok(created == 1)
     }
 
     /// Applies a change on behalf of `owner`.
