@@ -97,6 +97,8 @@ pub struct Stack {
     /// With `E2E_REDIS_CLUSTER=1`: the ports of the other two masters of a three-master Redis
     /// Cluster (the first is `ports.redis`), and their processes.
     cluster: Option<[u16; 2]>,
+    /// Each cluster node's bus port, fixed for the stack's life so a restarted node rejoins.
+    cluster_bus: HashMap<u16, u16>,
     cluster_children: Vec<Child>,
     proxies: HashMap<Service, FaultProxy>,
 }
@@ -127,10 +129,14 @@ impl Stack {
             options,
             client,
             children: HashMap::new(),
+            cluster_bus: HashMap::new(),
             cluster,
             cluster_children: Vec::new(),
             proxies: HashMap::new(),
         };
+        for port in stack.redis_ports().into_iter().filter(|_| stack.cluster.is_some()) {
+            stack.cluster_bus.insert(port, free_port());
+        }
         if stack.options.fault_proxies {
             let seed = stack.options.fault_seed;
             for (service, salt) in [(Service::Stock, 0x5707_u64), (Service::Payment, 0xBA7_u64)] {
@@ -467,6 +473,10 @@ impl Stack {
         }
     }
 
+    fn cluster_bus_port(&self, port: u16) -> u16 {
+        self.cluster_bus.get(&port).copied().unwrap_or(port + 10_000)
+    }
+
     fn redis_command(&self, port: u16) -> Command {
         let dir = self.dir.join(format!("redis/{port}"));
         fs::create_dir_all(&dir).expect("create a Redis directory");
@@ -478,8 +488,10 @@ impl Stack {
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
         if self.cluster.is_some() {
+            // The bus port defaults to port + 10000, inside the ephemeral range: name one of ours.
             c.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "5000"]);
+                .args(["--cluster-node-timeout", "5000"])
+                .args(["--cluster-port", &self.cluster_bus_port(port).to_string()]);
         }
         c
     }
@@ -589,13 +601,23 @@ pub fn render_template(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
-/// A port nothing listens on right now. Another process could take it before we bind it, but
-/// with the kernel's ephemeral allocation that is rare enough for tests.
+/// A port nothing listens on right now, drawn at random from 20000–32767: below the kernel's
+/// ephemeral range (32768 and up), so the many outgoing connections the tests and services
+/// open can never take it between this check and the process binding it. Parallel tests pick
+/// independently; a clash is then as unlikely as two random draws meeting in the same instant.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    let mut seed = uuid::Uuid::new_v4().as_u128();
+    for _ in 0..1000 {
+        let port = 20_000 + (seed % 12_768) as u16;
+        seed /= 12_768;
+        if seed == 0 {
+            seed = uuid::Uuid::new_v4().as_u128();
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000–32767")
 }
 
 fn repo_root() -> PathBuf {
