@@ -638,7 +638,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_that_is_down_counts_as_unreachable() {
+        // A port nothing listens on: taken, then let go without starting anything on it.
         let port = crate::free_port();
+        crate::release_port(port);
         let proxy = FaultProxy::start("test", port, 6).await;
         let handle = proxy.handle();
         let c = client(Duration::from_secs(5));

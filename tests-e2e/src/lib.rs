@@ -243,9 +243,16 @@ impl Stack {
             && let Some(others) = self.cluster
         {
             for port in others {
+                release_port(port);
+                release_port(self.cluster_bus_port(port));
                 let child = self.spawn(service, self.redis_command(port));
                 self.cluster_children.push(child);
             }
+        }
+        let port = self.port(service);
+        release_port(port);
+        if service == Service::Redis {
+            release_port(self.cluster_bus_port(port));
         }
         let command = self.command(service);
         let child = self.spawn(service, command);
@@ -601,10 +608,13 @@ pub fn render_template(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
-/// A port nothing listens on right now, drawn at random from 20000–32767: below the kernel's
-/// ephemeral range (32768 and up), so the many outgoing connections the tests and services
-/// open can never take it between this check and the process binding it. Parallel tests pick
-/// independently; a clash is then as unlikely as two random draws meeting in the same instant.
+/// Ports handed out by [`free_port`] and held (bound, not listening) until the process meant
+/// to use them is about to start: while held, no other test process can pick them.
+static HELD: std::sync::Mutex<Option<HashMap<u16, TcpListener>>> = std::sync::Mutex::new(None);
+
+/// A port for a process this test will start, drawn at random from 20000–32767: below the
+/// kernel's ephemeral range (32768 and up), so no outgoing connection can take it, and held
+/// bound until [`release_port`] so no parallel test can either.
 pub fn free_port() -> u16 {
     let mut seed = uuid::Uuid::new_v4().as_u128();
     for _ in 0..1000 {
@@ -613,11 +623,21 @@ pub fn free_port() -> u16 {
         if seed == 0 {
             seed = uuid::Uuid::new_v4().as_u128();
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+            held.get_or_insert_with(HashMap::new).insert(port, listener);
             return port;
         }
     }
     panic!("no free loopback port in 20000–32767")
+}
+
+/// Lets go of a port from [`free_port`] just before its process binds it.
+pub fn release_port(port: u16) {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(map) = held.as_mut() {
+        map.remove(&port);
+    }
 }
 
 fn repo_root() -> PathBuf {
