@@ -260,8 +260,8 @@ macro_rules! redis_errors_into {
                 Self::Common(e.into())
             }
         }
-        impl From<::deadpool_redis::PoolError> for $error {
-            fn from(e: ::deadpool_redis::PoolError) -> Self {
+        impl From<$crate::redis_pool::PoolError> for $error {
+            fn from(e: $crate::redis_pool::PoolError) -> Self {
                 Self::Common(e.into())
             }
         }

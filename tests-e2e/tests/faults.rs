@@ -1107,6 +1107,31 @@ async fn an_acknowledged_checkout_survives_a_crash_of_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_never_hands_out_a_connection_that_a_redis_restart_broke() {
+    // The pool skips its PING for connections used within the last second, so this is the
+    // case that matters: every connection was in use a moment before Redis died.
+    let mut stack = Stack::launch(StackOptions::default()).await;
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = pool.get().await.expect("connection");
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.expect("PING");
+        held.push(conn);
+    }
+    drop(held);
+    assert_eq!(pool.status().size, 4);
+
+    stack.kill(Service::Redis).await;
+    stack.start(Service::Redis).await;
+
+    for i in 0..8 {
+        let mut conn = pool.get().await.expect("connection after the restart");
+        let reply: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        assert_eq!(reply.ok().as_deref(), Some("PONG"), "request {i} after the restart");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     // Every reserve attempt outlasts the attempt timeout, so the checkout gives up on stock and
     // ends with 503 "nothing was charged" — while Redis is down, so that ending cannot be written.
@@ -1168,10 +1193,8 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
 /// its runner — written here with the service's own store code, as a runner that died at once
 /// (its lease already run out) would leave it.
 async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
-    let pool = deadpool_redis::Config::from_url(stack.redis_url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("pool");
-    let store = order_service::store::OrderStore::new(shared::redis_pool::Pool::Single(pool));
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let store = order_service::store::OrderStore::new(pool);
     let order_id = shared::ids::new_id("ord");
     let key_ref =
         shared::idempotency::KeyRef::new("order:checkout", k, shared::body::fingerprint("POST", "/checkout", raw));
@@ -1231,14 +1254,9 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
     let raw = br#"{"itemId":1,"quantity":1}"#;
     // The SIGKILL window between taking the key and the saga's first step.
     let (order_id, key_ref) = order_left_by_a_dead_runner(&stack, &k, raw).await;
-    let pool = deadpool_redis::Config::from_url(stack.redis_url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("pool");
-    let idempotency = shared::idempotency::IdempotencyStore::new(
-        shared::redis_pool::Pool::Single(pool),
-        Duration::from_secs(3600),
-        Duration::from_secs(1),
-    );
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let idempotency =
+        shared::idempotency::IdempotencyStore::new(pool, Duration::from_secs(3600), Duration::from_secs(1));
     let begin = idempotency.begin(&key_ref, &order_id).await.expect("begin");
     assert!(
         matches!(begin, shared::idempotency::Begin::Execute { resumed: false, .. }),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use redis::Script;
+use shared::redis_pool::Pool;
 
 // Like the services' scripts: read, write a hash, set its expiry — one round trip.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
@@ -28,7 +29,7 @@ return n
 
 #[derive(Clone)]
 struct State {
-    pool: deadpool_redis::Pool,
+    pool: Pool,
     http: reqwest::Client,
     internal_url: String,
     order_round_trips: usize,
@@ -48,7 +49,7 @@ fn number(name: &str, default: usize) -> usize {
     arg(name, &default.to_string()).parse().unwrap_or(default)
 }
 
-async fn round_trips(pool: &deadpool_redis::Pool, n: usize) -> Result<(), String> {
+async fn round_trips(pool: &Pool, n: usize) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let key = format!("standin:{{{}}}", uuid::Uuid::new_v4().simple());
     for _ in 0..n {
@@ -113,11 +114,8 @@ async fn main() -> std::io::Result<()> {
     let port = number("--port", 9090) as u16;
     let redis_url = arg("--redis-url", "redis://127.0.0.1:6379");
     let workers = number("--workers", 2);
-    let mut cfg = deadpool_redis::Config::from_url(redis_url);
-    cfg.pool = Some(deadpool_redis::PoolConfig::new(number("--pool", 32)));
-    let pool = cfg
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // The services' own pool, so both pay the same for a connection.
+    let pool = shared::redis_pool::connect(&redis_url, false, number("--pool", 32)).map_err(std::io::Error::other)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
