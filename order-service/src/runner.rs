@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use shared::idempotency::{IdempotencyStore, KeyRef, Outcome, StoredResponse};
+use tracing::Instrument;
 
 use crate::model::NewOrder;
 use crate::saga::{Saga, SagaEnd, processing_response};
@@ -117,8 +118,21 @@ impl Runner {
             Outcome::Hold(_) => Ok(()),
         };
         let after = match recorded {
-            // Retire only once the key is settled; otherwise recovery settles it later.
-            Ok(()) if settled => self.store.retire(id).await,
+            // Retire only once the key is settled; otherwise recovery settles it later. The
+            // client's answer does not wait for it: with the key settled, leaving recovery's
+            // set is bookkeeping, and if this process dies first, recovery finds the order
+            // ended and settles it once more (one Redis round trip off every checkout).
+            Ok(()) if settled => {
+                let store = self.store.clone();
+                let id = id.to_string();
+                let retire = async move {
+                    if let Err(e) = store.retire(&id).await {
+                        tracing::warn!(order_id = id, error = %e, "could not retire the order; recovery will");
+                    }
+                };
+                tokio::spawn(retire.instrument(tracing::Span::current()));
+                Ok(())
+            }
             Ok(()) => self.store.lease(id, owner, self.retry_unknown).await.map(|_| ()),
             Err(e) => {
                 tracing::warn!(order_id = id, error = %e, "could not settle the key; recovery will");
