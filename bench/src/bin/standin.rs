@@ -2,11 +2,12 @@
 //! - `POST /trivial` answers at once: what one proxied hop costs;
 //! - `POST /checkout` does what a checkout costs without its logic: the order service's Redis
 //!   round trips, then three sequential internal HTTP calls (reserve, charge, complete), each
-//!   doing the downstream service's Redis round trips. Every round trip is a script that
+//!   doing the downstream service's Redis round trips, then the answer — and, like the order
+//!   service, the round trips it makes after answering (taking the order out of recovery's set). Every round trip is a script that
 //!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
-//!        [--order-round-trips 7] [--calls 3] [--call-round-trips 3]
+//!        [--order-round-trips 6] [--order-round-trips-after 1] [--calls 3] [--call-round-trips 3]
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -33,6 +34,7 @@ struct State {
     http: reqwest::Client,
     internal_url: String,
     order_round_trips: usize,
+    order_round_trips_after: usize,
     calls: usize,
     call_round_trips: usize,
 }
@@ -98,6 +100,11 @@ async fn checkout(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
             Err(e) => return HttpResponse::BadGateway().body(e.to_string()),
         }
     }
+    if state.order_round_trips_after > 0 {
+        let pool = state.pool.clone();
+        let n = state.order_round_trips_after;
+        tokio::spawn(async move { round_trips(&pool, n).await });
+    }
     HttpResponse::Ok()
         .content_type("application/json")
         .body(r#"{"status":"completed"}"#)
@@ -126,13 +133,14 @@ async fn main() -> std::io::Result<()> {
         pool,
         http,
         internal_url: format!("http://127.0.0.1:{port}/internal"),
-        order_round_trips: number("--order-round-trips", 7),
+        order_round_trips: number("--order-round-trips", 6),
+        order_round_trips_after: number("--order-round-trips-after", 1),
         calls: number("--calls", 3),
         call_round_trips: number("--call-round-trips", 3),
     };
     eprintln!(
-        "standin on 127.0.0.1:{port}: checkout = {} round trips + {} calls × {} round trips",
-        state.order_round_trips, state.calls, state.call_round_trips
+        "standin on 127.0.0.1:{port}: checkout = {} round trips + {} calls × {} round trips, then {} after the answer",
+        state.order_round_trips, state.calls, state.call_round_trips, state.order_round_trips_after
     );
     HttpServer::new(move || {
         App::new()
