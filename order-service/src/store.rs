@@ -131,16 +131,23 @@ local currency = cur[2]
 if ARGV[4] ~= '' then currency = ARGV[4] end
 local amount = cur[3]
 if ARGV[5] ~= '' then amount = ARGV[5] end
+-- One HSET of what changed: every write is fsynced and lands in the AOF.
+local set = {'updatedAt', ARGV[1]}
+local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
 if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
-  redis.call('HINCRBY', KEYS[3], cur[2] .. ':' .. cur[1] .. ':count', -1)
-  redis.call('HINCRBY', KEYS[3], cur[2] .. ':' .. cur[1] .. ':amount', fmt(-tonumber(cur[3])))
-  redis.call('HINCRBY', KEYS[3], currency .. ':' .. status .. ':count', 1)
-  redis.call('HINCRBY', KEYS[3], currency .. ':' .. status .. ':amount', amount)
+  local function add(bucket, field, n)
+    if tonumber(n) ~= 0 then redis.call('HINCRBY', KEYS[3], bucket .. ':' .. field, n) end
+  end
+  add(cur[2] .. ':' .. cur[1], 'count', -1)
+  add(cur[2] .. ':' .. cur[1], 'amount', fmt(-tonumber(cur[3])))
+  add(currency .. ':' .. status, 'count', 1)
+  add(currency .. ':' .. status, 'amount', amount)
+  if status ~= cur[1] then put('status', status) end
+  if currency ~= cur[2] then put('currency', currency) end
+  if amount ~= cur[3] then put('amount', amount) end
 end
-redis.call('HSET', KEYS[1], 'status', status, 'currency', currency, 'amount', amount, 'updatedAt', ARGV[1])
-for i = 7, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
+for i = 7, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(set))
 if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
 return 'ok'
 "#,

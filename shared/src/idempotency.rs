@@ -167,16 +167,22 @@ return {'resume', rec[4]}
 });
 
 // Stores the final response unless another owner already did. A vanished record (expired, or
-// lost with a Redis restart) is written again so the answer is still replayed.
+// lost with a Redis restart) is written again whole, so the answer is still replayed. Only what
+// changes is written (every write is fsynced and lands in the AOF): the running record keeps
+// its fingerprint, token and expiry, and its stale lease, which no reader of a done record uses.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
 if rec[1] == 'done' then return 0 end
 if rec[2] and rec[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'fp', ARGV[2], 'token', ARGV[1], 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5], 'location', ARGV[6])
-redis.call('HDEL', KEYS[1], 'lease')
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if rec[1] then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'state', 'done', 'fp', ARGV[2], 'token', ARGV[1], 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'location', ARGV[6]) end
 return 1
 "#,
     )
