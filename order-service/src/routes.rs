@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::runner::{Resumer, Runner};
 use crate::saga::processing_response;
-use crate::store::{Claim, Progress};
+use crate::store::{self, Claim, Progress};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -92,35 +92,21 @@ async fn create_checkout(
 ) -> Result<HttpResponse, OrderError> {
     let key = idempotency::key_from(&req)?;
     let JsonBody { value, raw } = body::read_json::<CheckoutRequest>(&req, payload).await?;
-    let fresh = ids::new_id("ord");
-    let candidate = validate(value, fresh.clone())?;
-    let key_ref = KeyRef::new("order:checkout", &key, body::fingerprint("POST", req.path(), &raw));
+    let fresh = store::new_order_id(&key);
+    let candidate = validate(value, fresh)?;
+    let key_ref = store::checkout_key(&key, body::fingerprint("POST", req.path(), &raw));
     let runner = state.runner.clone();
     let owner = ids::new_id("run");
-    // The order is written before its key is taken, so a process that dies in between leaves
-    // an order recovery can see (and drop: it never began) rather than a key locked forever.
-    runner
+    // The key and a new key's order are written in one step: no crash can leave one without
+    // the other, and a refused or resumed request writes nothing.
+    let begin = runner
         .store
-        .create(&candidate, &key_ref, &owner, runner.lease())
+        .begin_checkout(&candidate, &key_ref, &owner, &runner.idempotency)
         .await?;
-    let begin = match runner.idempotency.begin(&key_ref, &fresh).await {
-        Ok(begin) => begin,
-        Err(e) => {
-            abandon(&runner, &fresh).await;
-            return Err(e.into());
-        }
-    };
     let (order_id, resumed) = match begin {
         Begin::Execute { token, resumed } => (token, resumed),
-        other => {
-            abandon(&runner, &fresh).await;
-            return Ok(IdempotencyStore::refusal(other)?);
-        }
+        other => return Ok(IdempotencyStore::refusal(other)?),
     };
-    if resumed {
-        // The key belongs to an earlier order: this request's fresh one is not needed.
-        abandon(&runner, &fresh).await;
-    }
 
     // The saga runs in its own task so that neither the deadline nor a client hanging up can
     // cancel it halfway: it always reaches an end and settles its key.
@@ -170,14 +156,6 @@ async fn take_over(runner: &Runner, request: NewOrder, key: &KeyRef, owner: &str
             }
         }
         Err(e) => StoredResponse::problem(&e.problem()),
-    }
-}
-
-/// Drops the order written for a request that did not get the key. Best effort: if this
-/// fails, recovery drops it once its lease runs out.
-async fn abandon(runner: &Runner, order_id: &str) {
-    if let Err(e) = runner.store.abandon(order_id).await {
-        tracing::warn!(order_id, error = %e, "could not drop an order that never began");
     }
 }
 

@@ -5,6 +5,8 @@
 //! - `order:{ord:S}:order:<orderId>` hash: the order, and its final response once terminal
 //! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event
 //! - `order:{ord:S}:totals` hash: `<CURRENCY>:<status>:count|amount`
+//! - `order:{ord:S}:key:<Idempotency-Key>` hash: the checkout's key record (see
+//!   `shared::idempotency`), in the shard of the client's key, where its orders are made too
 //! - `order:{ord:S}:active` sorted set: orders whose Idempotency-Key is not settled yet, scored
 //!   by the time (ms) their runner's lease runs out. A runner renews its lease while it works;
 //!   the recovery worker claims an order whose lease ran out (one claimant wins: the claim is
@@ -18,8 +20,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use shared::idempotency::{KeyRef, StoredResponse};
-use shared::ids::{SHARDS, shard_of};
+use shared::idempotency::{BEGIN_LUA, Begin, IdempotencyStore, KeyRef, StoredResponse};
+use shared::ids::{SHARDS, new_id_in_shard, shard_of};
 use shared::redis_pool::Pool;
 
 use crate::error::OrderError;
@@ -46,23 +48,50 @@ fn active_key(shard: u16) -> String {
     format!("order:{{ord:{shard}}}:active")
 }
 
-// Creates the order, counts it as processing and leases it to its runner; 0 if it exists. KEYS: order, steps, totals, active. ARGV: id, itemId, quantity,
-// customerId, paymentMethod, now, step JSON, idempotency key, fingerprint, owner, lease ms.
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'orderId', ARGV[1], 'status', 'processing', 'itemId', ARGV[2], 'quantity', ARGV[3],
-  'customerId', ARGV[4], 'paymentMethod', ARGV[5], 'currency', 'XXX', 'amount', '0', 'createdAt', ARGV[6],
-  'updatedAt', ARGV[6], 'idemKey', ARGV[8], 'fp', ARGV[9], 'owner', ARGV[10])
-redis.call('RPUSH', KEYS[2], ARGV[7])
-redis.call('HINCRBY', KEYS[3], 'XXX:processing:count', 1)
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[11]), ARGV[1])
-return 1
-"#,
-    )
+/// A checkout's Idempotency-Key record, kept in the slot of the orders made for it: the shard
+/// of the client's key, which [`new_order_id`] gives the order too.
+pub fn checkout_key(key: &str, fingerprint: String) -> KeyRef {
+    KeyRef::from_stored(format!("order:{{ord:{}}}:key:{key}", shard_of(key)), fingerprint)
+}
+
+/// A fresh order id in the slot of the checkout key `key`.
+pub fn new_order_id(key: &str) -> String {
+    new_id_in_shard("ord", shard_of(key))
+}
+
+// Creates the order, counts it as processing and leases it to its runner; 0 if it exists.
+// keys: order, steps, totals, active. a: id, itemId, quantity, customerId, paymentMethod, now,
+// step JSON, idempotency key, fingerprint, owner, lease ms.
+const CREATE_LUA: &str = r#"
+local function create_order(keys, a)
+  if redis.call('EXISTS', keys[1]) == 1 then return 0 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', keys[1], 'orderId', a[1], 'status', 'processing', 'itemId', a[2], 'quantity', a[3],
+    'customerId', a[4], 'paymentMethod', a[5], 'currency', 'XXX', 'amount', '0', 'createdAt', a[6],
+    'updatedAt', a[6], 'idemKey', a[8], 'fp', a[9], 'owner', a[10])
+  redis.call('RPUSH', keys[2], a[7])
+  redis.call('HINCRBY', keys[3], 'XXX:processing:count', 1)
+  redis.call('ZADD', keys[4], now + tonumber(a[11]), a[1])
+  return 1
+end
+"#;
+
+// For a checkout whose key's order is gone. KEYS: order, steps, totals, active; ARGV as above.
+static CREATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CREATE_LUA}\nreturn create_order(KEYS, ARGV)")));
+
+// Takes the checkout's Idempotency-Key and, when it is new, creates its order in the same step:
+// the key's record shares the order's slot, so no crash can leave one without the other.
+// KEYS: key record, order, steps, totals, active. ARGV: CREATE's, then the key's ttl ms.
+static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{BEGIN_LUA}
+{CREATE_LUA}
+local decision = begin(KEYS[1], ARGV[9], ARGV[1], tonumber(ARGV[11]), ARGV[12])
+if decision[1] == 'new' then create_order({{KEYS[2], KEYS[3], KEYS[4], KEYS[5]}}, ARGV) end
+return decision"#
+    ))
 });
 
 // Takes over an order whose runner's lease ran out: exactly one caller wins, because the score
@@ -261,20 +290,41 @@ impl OrderStore {
         Self { pool }
     }
 
-    /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
-    /// that whoever finishes the order can settle the key. False if it already exists.
-    pub async fn create(
+    /// Takes the checkout's key ([`checkout_key`]) for `order` (its id from [`new_order_id`])
+    /// and, when the key is new, creates the order leased to `owner`, in one step. Any other
+    /// decision leaves nothing behind.
+    pub async fn begin_checkout(
         &self,
         order: &NewOrder,
         key: &KeyRef,
         owner: &str,
+        idempotency: &IdempotencyStore,
+    ) -> Result<Begin, OrderError> {
+        let reply: Vec<redis::Value> = shared::redis_pool::traced("idempotency.begin", async {
+            let mut conn = self.pool.get().await?;
+            let mut inv = BEGIN_CHECKOUT.key(key.redis_key());
+            self.create_args(&mut inv, order, key, owner, idempotency.lease());
+            Ok::<_, OrderError>(
+                inv.arg(idempotency.ttl().as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?,
+            )
+        })
+        .await?;
+        Ok(IdempotencyStore::decision(&reply)?)
+    }
+
+    fn create_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        order: &NewOrder,
+        key: &KeyRef,
+        owner: &str,
         lease: Duration,
-    ) -> Result<bool, OrderError> {
-        let mut conn = self.pool.get().await?;
+    ) {
         let now = shared::time::now_rfc3339();
         let id = &order.order_id;
-        let created: i64 = CREATE
-            .key(order_key(id))
+        inv.key(order_key(id))
             .key(steps_key(id))
             .key(totals_key_of(id))
             .key(active_key_of(id))
@@ -288,9 +338,22 @@ impl OrderStore {
             .arg(key.redis_key())
             .arg(key.fingerprint())
             .arg(owner)
-            .arg(lease.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(lease.as_millis() as u64);
+    }
+
+    /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
+    /// that whoever finishes the order can settle the key. False if it already exists.
+    pub async fn create(
+        &self,
+        order: &NewOrder,
+        key: &KeyRef,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = CREATE.prepare_invoke();
+        self.create_args(&mut inv, order, key, owner, lease);
+        let created: i64 = inv.invoke_async(&mut conn).await?;
         Ok(created == 1)
     }
 

@@ -142,28 +142,33 @@ impl Outcome {
     }
 }
 
-// Decides new / replay / in-use / reused / take-over in one step; TIME keeps one clock for all
-// replicas. Fields: state, fp, token, lease (ms), status, ctype, body, location.
-static BEGIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec = redis.call('HMGET', KEYS[1], 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
-local lease_ms = tonumber(ARGV[3])
-if not rec[1] then
-  redis.call('HSET', KEYS[1], 'state', 'running', 'fp', ARGV[1], 'token', ARGV[2], 'lease', now + lease_ms)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {'new', ARGV[2]}
+/// Decides new / replay / in-use / reused / take-over in one step; TIME keeps one clock for all
+/// replicas. Fields: state, fp, token, lease (ms), status, ctype, body, location. A Lua function,
+/// so a script that must take a key together with other work in the key's slot can call it
+/// (the order service creates its order in the same step).
+pub const BEGIN_LUA: &str = r#"
+local function begin(key, fp, token, lease_ms, ttl_ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local rec = redis.call('HMGET', key, 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
+  if not rec[1] then
+    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', now + lease_ms)
+    redis.call('PEXPIRE', key, ttl_ms)
+    return {'new', token}
+  end
+  if rec[2] ~= fp then return {'reused'} end
+  if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
+  local lease = tonumber(rec[3]) or 0
+  if lease > now then return {'busy', tostring(lease - now)} end
+  redis.call('HSET', key, 'lease', now + lease_ms)
+  return {'resume', rec[4]}
 end
-if rec[2] ~= ARGV[1] then return {'reused'} end
-if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
-local lease = tonumber(rec[3]) or 0
-if lease > now then return {'busy', tostring(lease - now)} end
-redis.call('HSET', KEYS[1], 'lease', now + lease_ms)
-return {'resume', rec[4]}
-"#,
-    )
+"#;
+
+static BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{BEGIN_LUA}\nreturn begin(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])"
+    ))
 });
 
 // Stores the final response unless another owner already did. A vanished record (expired, or
@@ -230,8 +235,9 @@ impl KeyRef {
         }
     }
 
-    /// A record named by a stored [`KeyRef::redis_key`], for work that settles a key later
-    /// (the order service's recovery worker finishes checkouts whose request is long gone).
+    /// A record named by its caller: one stored as [`KeyRef::redis_key`], for work that settles
+    /// a key later (the order service's recovery worker finishes checkouts whose request is long
+    /// gone), or one kept in the slot of the work it guards (the order service's checkout keys).
     pub fn from_stored(redis_key: String, fingerprint: String) -> Self {
         Self { redis_key, fingerprint }
     }
@@ -261,6 +267,11 @@ impl IdempotencyStore {
         self.lease
     }
 
+    /// How long a settled key's answer is kept for replay.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
         let reply: Vec<redis::Value> = traced("idempotency.begin", async {
             let mut conn = self.pool.get().await?;
@@ -276,6 +287,11 @@ impl IdempotencyStore {
             )
         })
         .await?;
+        Self::decision(&reply)
+    }
+
+    /// Reads what [`BEGIN_LUA`]'s `begin` answered, and notes it on the request's span.
+    pub fn decision(reply: &[redis::Value]) -> Result<Begin, CommonError> {
         let text = |i: usize| -> String {
             match reply.get(i) {
                 Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),

@@ -19,6 +19,16 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A fresh id as [`new_id`] makes, in the given shard: for a record that must share a slot
+/// with another one (an order and its Idempotency-Key). Sixteen draws on average, no I/O.
+pub fn new_id_in_shard(prefix: &str, shard: u16) -> String {
+    let base = uuid::Uuid::new_v4().as_u128();
+    (0u128..)
+        .map(|n| format!("{prefix}_{:032x}", base ^ n))
+        .find(|id| shard_of(id) == shard % SHARDS)
+        .unwrap_or_else(|| new_id(prefix))
+}
+
 /// Ids that reach us from clients are used inside Redis keys: keep them to a safe alphabet.
 pub fn is_safe_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -34,6 +44,16 @@ mod tests {
         let spread: std::collections::HashSet<u16> = (0..200).map(|i| shard_of(&format!("ord_{i}"))).collect();
         assert!(spread.iter().all(|s| *s < SHARDS));
         assert!(spread.len() > SHARDS as usize / 2, "ids should spread over the shards");
+    }
+
+    #[test]
+    fn ids_can_be_made_in_a_chosen_shard() {
+        for shard in 0..SHARDS {
+            let id = new_id_in_shard("ord", shard);
+            assert_eq!(shard_of(&id), shard);
+            assert!(id.starts_with("ord_") && id.len() == 36, "{id}");
+        }
+        assert_ne!(new_id_in_shard("ord", 3), new_id_in_shard("ord", 3));
     }
 
     #[test]

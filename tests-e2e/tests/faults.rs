@@ -161,16 +161,16 @@ struct KeyRecord {
     body: String,
 }
 
-const CHECKOUT_KEYS: &str = "idem:{order:checkout:";
+/// Checkout key records: `order:{ord:S}:key:<client key>` (see order_service::store).
+const CHECKOUT_KEYS: &str = "order:{ord:*}:key:*";
 
 async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult<BTreeMap<String, KeyRecord>> {
     let mut records = BTreeMap::new();
-    for redis_key in scan(conn, &format!("{CHECKOUT_KEYS}*")).await? {
+    for redis_key in scan(conn, CHECKOUT_KEYS).await? {
         let h = hash(conn, &redis_key).await?;
         let client_key = redis_key
-            .strip_prefix(CHECKOUT_KEYS)
-            .and_then(|k| k.strip_suffix('}'))
-            .unwrap_or(&redis_key)
+            .split_once(":key:")
+            .map_or(redis_key.as_str(), |(_, k)| k)
             .to_string();
         records.insert(
             client_key,
@@ -187,9 +187,12 @@ async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult
 
 async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
     let mut conn = redis(stack).await;
-    let h = hash(&mut conn, &format!("{CHECKOUT_KEYS}{client_key}}}"))
-        .await
-        .expect("HGETALL key record");
+    let h = hash(
+        &mut conn,
+        order_service::store::checkout_key(client_key, String::new()).redis_key(),
+    )
+    .await
+    .expect("HGETALL key record");
     (!h.is_empty()).then(|| KeyRecord {
         state: h.get("state").cloned().unwrap_or_default(),
         token: h.get("token").cloned().unwrap_or_default(),
@@ -1189,15 +1192,15 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
-/// What the order service writes for a checkout before anything else — the order, leased to
-/// its runner — written here with the service's own store code, as a runner that died at once
-/// (its lease already run out) would leave it.
+/// An order leased to a runner that died at once (its lease already run out), written with the
+/// service's own store code but without taking its key: the service now takes the key and
+/// creates the order in one step, so this state comes only from an older version's crash — or
+/// with the key taken as well (the caller does that), from a crash right after that step.
 async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
     let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
     let store = order_service::store::OrderStore::new(pool);
-    let order_id = shared::ids::new_id("ord");
-    let key_ref =
-        shared::idempotency::KeyRef::new("order:checkout", k, shared::body::fingerprint("POST", "/checkout", raw));
+    let order_id = order_service::store::new_order_id(k);
+    let key_ref = order_service::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
     let order = order_service::model::NewOrder {
         order_id: order_id.clone(),
         item_id: 1,
