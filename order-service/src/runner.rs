@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use shared::idempotency::{IdempotencyStore, KeyRef, Outcome, StoredResponse};
-use tracing::Instrument;
 
 use crate::model::NewOrder;
 use crate::saga::{Saga, SagaEnd, processing_response};
@@ -112,37 +111,25 @@ impl Runner {
             SagaEnd::Pending(r) => (Outcome::Hold(r), false),
         };
         // The key's token is the order id: whichever runner ends the order may settle it.
+        // Settling also retires the order from recovery's set, in the same step.
         let recorded = match &outcome {
-            Outcome::Store(resp) => self.idempotency.finish(key, id, resp).await,
-            Outcome::Free(_) => self.idempotency.free(key, id).await,
+            Outcome::Store(resp) => self.store.settle_key(id, key, Some(resp), &self.idempotency).await,
+            Outcome::Free(_) => self.store.settle_key(id, key, None, &self.idempotency).await,
             Outcome::Hold(_) => Ok(()),
         };
-        let after = match recorded {
-            // Retire only once the key is settled; otherwise recovery settles it later. The
-            // client's answer does not wait for it: with the key settled, leaving recovery's
-            // set is bookkeeping, and if this process dies first, recovery finds the order
-            // ended and settles it once more (one Redis round trip off every checkout).
-            Ok(()) if settled => {
-                let store = self.store.clone();
-                let id = id.to_string();
-                let retire = async move {
-                    if let Err(e) = store.retire(&id).await {
-                        tracing::warn!(order_id = id, error = %e, "could not retire the order; recovery will");
-                    }
-                };
-                tokio::spawn(retire.instrument(tracing::Span::current()));
-                Ok(())
+        match recorded {
+            Ok(()) if settled => {}
+            Ok(()) => {
+                if let Err(e) = self.store.lease(id, owner, self.retry_unknown).await {
+                    // Harmless: recovery will find the order again once its lease runs out.
+                    tracing::warn!(order_id = id, error = %e, "could not update the order's lease");
+                }
             }
-            Ok(()) => self.store.lease(id, owner, self.retry_unknown).await.map(|_| ()),
             Err(e) => {
                 tracing::warn!(order_id = id, error = %e, "could not settle the key; recovery will");
                 // The client must not act on an answer whose key may still be unsettled.
                 return processing_response(id);
             }
-        };
-        if let Err(e) = after {
-            // Harmless: recovery will find the order again and settle it once more.
-            tracing::warn!(order_id = id, error = %e, "could not update the order's lease");
         }
         match outcome {
             Outcome::Store(r) | Outcome::Free(r) | Outcome::Hold(r) => r,

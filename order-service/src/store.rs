@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use shared::idempotency::{BEGIN_LUA, Begin, IdempotencyStore, KeyRef, StoredResponse};
+use shared::idempotency::{BEGIN_LUA, Begin, IdempotencyStore, KeyRef, SETTLE_LUA, StoredResponse};
 use shared::ids::{SHARDS, new_id_in_shard, shard_of};
 use shared::redis_pool::Pool;
 
@@ -91,6 +91,19 @@ static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
 local decision = begin(KEYS[1], ARGV[9], ARGV[1], tonumber(ARGV[11]), ARGV[12])
 if decision[1] == 'new' then create_order({{KEYS[2], KEYS[3], KEYS[4], KEYS[5]}}, ARGV) end
 return decision"#
+    ))
+});
+
+// Settles the checkout's key and, in the same step, takes its order out of recovery's set: a
+// settled key leaves recovery nothing to do. KEYS: key record, active. ARGV: 'finish' or
+// 'free', then `finish`'s arguments (token = order id first).
+static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{SETTLE_LUA}
+local a = {{unpack(ARGV, 2)}}
+if ARGV[1] == 'free' then free(KEYS[1], a[1]) else finish(KEYS[1], a) end
+redis.call('ZREM', KEYS[2], a[1])
+return 1"#
     ))
 });
 
@@ -419,15 +432,37 @@ impl OrderStore {
         Ok(renewed == 1)
     }
 
-    /// Forgets an ended order whose key is settled: recovery has nothing left to do for it.
-    pub async fn retire(&self, order_id: &str) -> Result<(), OrderError> {
-        let mut conn = self.pool.get().await?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(active_key_of(order_id))
-            .arg(order_id)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+    /// Settles the key of an ended order — stores its `answer`, or with None frees it — and
+    /// retires the order from recovery's set, in one step.
+    pub async fn settle_key(
+        &self,
+        order_id: &str,
+        key: &KeyRef,
+        answer: Option<&StoredResponse>,
+        idempotency: &IdempotencyStore,
+    ) -> Result<(), OrderError> {
+        let operation = if answer.is_some() {
+            "idempotency.finish"
+        } else {
+            "idempotency.free"
+        };
+        shared::redis_pool::traced(operation, async {
+            let mut conn = self.pool.get().await?;
+            let mut inv = SETTLE_CHECKOUT.key(key.redis_key());
+            inv.key(active_key_of(order_id));
+            match answer {
+                Some(resp) => {
+                    inv.arg("finish");
+                    idempotency.finish_args(&mut inv, key, order_id, resp);
+                }
+                None => {
+                    inv.arg("free").arg(order_id);
+                }
+            }
+            let _: i64 = inv.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Up to `limit` orders of one shard whose lease has run out.

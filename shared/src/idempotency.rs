@@ -171,38 +171,39 @@ static BEGIN: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-// Stores the final response unless another owner already did. A vanished record (expired, or
-// lost with a Redis restart) is written again whole, so the answer is still replayed. Only what
-// changes is written (every write is fsynced and lands in the AOF): the running record keeps
-// its fingerprint, token and expiry, and its stale lease, which no reader of a done record uses.
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
-if rec[1] == 'done' then return 0 end
-if rec[2] and rec[2] ~= ARGV[1] then return 0 end
-if rec[1] then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5])
-else
-  redis.call('HSET', KEYS[1], 'state', 'done', 'fp', ARGV[2], 'token', ARGV[1], 'status', ARGV[3], 'ctype', ARGV[4], 'body', ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+/// Settling a key, as Lua functions (like [`BEGIN_LUA`], for scripts that settle a key together
+/// with other work in its slot):
+/// - `finish(key, a)` stores the final response unless another owner already did; `a` is
+///   token, fingerprint, status, content type, body, location, ttl ms ([`IdempotencyStore::finish_args`]).
+///   A vanished record (expired, or lost with a Redis restart) is written again whole, so the
+///   answer is still replayed. Only what changes is written (every write is fsynced and lands in
+///   the AOF): a running record keeps its fingerprint, token and expiry, and its stale lease,
+///   which no reader of a done record uses.
+/// - `free(key, token)` frees the key only for its owner and only while running.
+pub const SETTLE_LUA: &str = r#"
+local function finish(key, a)
+  local rec = redis.call('HMGET', key, 'state', 'token')
+  if rec[1] == 'done' then return 0 end
+  if rec[2] and rec[2] ~= a[1] then return 0 end
+  if rec[1] then
+    redis.call('HSET', key, 'state', 'done', 'status', a[3], 'ctype', a[4], 'body', a[5])
+  else
+    redis.call('HSET', key, 'state', 'done', 'fp', a[2], 'token', a[1], 'status', a[3], 'ctype', a[4], 'body', a[5])
+    redis.call('PEXPIRE', key, a[7])
+  end
+  if a[6] ~= '' then redis.call('HSET', key, 'location', a[6]) end
+  return 1
 end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'location', ARGV[6]) end
-return 1
-"#,
-    )
-});
+local function free(key, token)
+  local rec = redis.call('HMGET', key, 'state', 'token')
+  if rec[1] == 'running' and rec[2] == token then return redis.call('DEL', key) end
+  return 0
+end
+"#;
 
-// Frees the key only for its owner and only while running.
-static FREE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
-if rec[1] == 'running' and rec[2] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#,
-    )
-});
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_LUA}\nreturn finish(KEYS[1], ARGV)")));
+
+static FREE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_LUA}\nreturn free(KEYS[1], ARGV[1])")));
 
 // Extends the owner's lease while it is still working.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -344,20 +345,23 @@ impl IdempotencyStore {
     pub async fn finish(&self, key: &KeyRef, token: &str, resp: &StoredResponse) -> Result<(), CommonError> {
         traced("idempotency.finish", async {
             let mut conn = self.pool.get().await?;
-            let _: i64 = FINISH
-                .key(&key.redis_key)
-                .arg(token)
-                .arg(&key.fingerprint)
-                .arg(resp.status)
-                .arg(&resp.content_type)
-                .arg(&resp.body[..])
-                .arg(resp.location.as_deref().unwrap_or(""))
-                .arg(self.ttl.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await?;
+            let mut inv = FINISH.key(&key.redis_key);
+            self.finish_args(&mut inv, key, token, resp);
+            let _: i64 = inv.invoke_async(&mut conn).await?;
             Ok(())
         })
         .await
+    }
+
+    /// The arguments of [`SETTLE_LUA`]'s `finish`, in order.
+    pub fn finish_args(&self, inv: &mut redis::ScriptInvocation<'_>, key: &KeyRef, token: &str, resp: &StoredResponse) {
+        inv.arg(token)
+            .arg(&key.fingerprint)
+            .arg(resp.status)
+            .arg(&resp.content_type)
+            .arg(&resp.body[..])
+            .arg(resp.location.as_deref().unwrap_or(""))
+            .arg(self.ttl.as_millis() as u64);
     }
 
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
