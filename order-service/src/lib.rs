@@ -46,16 +46,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let stock = Downstream::new("stock", &settings.stock_url, token.clone(), &settings.retry)?;
     let payment = Downstream::new("payment", &settings.payment_url, token, &settings.retry)?;
     let store = OrderStore::new(pool.clone());
-    let saga = Saga::new(store.clone(), StockClient::new(stock), PaymentClient::new(payment));
+    let idempotency = IdempotencyStore::new(
+        pool.clone(),
+        settings.common.idempotency_ttl,
+        settings.common.idempotency_lease,
+    );
+    let saga = Saga::new(
+        store.clone(),
+        StockClient::new(stock),
+        PaymentClient::new(payment),
+        idempotency.clone(),
+    );
     let settings = Arc::new(settings);
     let runner = Runner {
         saga,
         store: store.clone(),
-        idempotency: IdempotencyStore::new(
-            pool.clone(),
-            settings.common.idempotency_ttl,
-            settings.common.idempotency_lease,
-        ),
+        idempotency,
         retry_unknown: settings.recovery_retry,
     };
     tokio::spawn(recovery::run(runner.clone(), settings.recovery_interval));

@@ -43,7 +43,7 @@ impl Runner {
     pub async fn drive(&self, order: &NewOrder, key: &KeyRef, owner: &str, progress: Progress) -> StoredResponse {
         let id = order.order_id.as_str();
         let renewer = tokio::spawn(renew(self.clone(), key.clone(), id.to_string(), owner.to_string()));
-        let end = self.saga.run(order, progress, owner).await;
+        let end = self.saga.run(order, progress, owner, key).await;
         renewer.abort();
         self.settle(id, key, owner, end).await
     }
@@ -109,6 +109,8 @@ impl Runner {
             SagaEnd::Final(r) => (Outcome::Store(r), true),
             SagaEnd::Retryable(r) => (Outcome::Free(r), true),
             SagaEnd::Pending(r) => (Outcome::Hold(r), false),
+            // Settled with its end, in the same step.
+            SagaEnd::Settled(r) => return r,
         };
         // The key's token is the order id: whichever runner ends the order may settle it.
         // Settling also retires the order from recovery's set, in the same step.

@@ -11,7 +11,7 @@
 //! locked; re-running the saga resolves it by re-sending the same idempotent calls.
 
 use actix_web::http::StatusCode;
-use shared::idempotency::StoredResponse;
+use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use shared::telemetry::{compensation_span, step_span};
 use tracing::Instrument;
 
@@ -20,7 +20,7 @@ use crate::clients::{
 };
 use crate::error::OrderError;
 use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
-use crate::store::{Applied, Change, OrderStore, Progress};
+use crate::store::{Applied, Change, OrderStore, Progress, Settle};
 
 /// How a run of the saga ended, and so what becomes of the Idempotency-Key.
 #[derive(Debug)]
@@ -31,12 +31,15 @@ pub enum SagaEnd {
     Retryable(StoredResponse),
     /// Unresolved: 202, the key stays locked until its lease runs out.
     Pending(StoredResponse),
+    /// Ended, with the key settled (stored or freed, as for `Final` and `Retryable`) and the
+    /// order retired in the same step as its end was recorded: nothing is left to do.
+    Settled(StoredResponse),
 }
 
 impl SagaEnd {
     pub fn response(&self) -> &StoredResponse {
         match self {
-            Self::Final(r) | Self::Retryable(r) | Self::Pending(r) => r,
+            Self::Final(r) | Self::Retryable(r) | Self::Pending(r) | Self::Settled(r) => r,
         }
     }
 }
@@ -46,6 +49,7 @@ pub struct Saga {
     store: OrderStore,
     stock: StockClient,
     payment: PaymentClient,
+    idempotency: IdempotencyStore,
 }
 
 pub fn processing_response(order_id: &str) -> StoredResponse {
@@ -60,17 +64,25 @@ pub fn processing_response(order_id: &str) -> StoredResponse {
 }
 
 impl Saga {
-    pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient) -> Self {
-        Self { store, stock, payment }
+    pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient, idempotency: IdempotencyStore) -> Self {
+        Self {
+            store,
+            stock,
+            payment,
+            idempotency,
+        }
     }
 
-    /// Runs the saga for an order `owner` holds the lease of, from its recorded `progress`.
-    pub async fn run(&self, order: &NewOrder, progress: Progress, owner: &str) -> SagaEnd {
+    /// Runs the saga for an order `owner` holds the lease of, from its recorded `progress`;
+    /// its end settles `key` in the same step when it can.
+    pub async fn run(&self, order: &NewOrder, progress: Progress, owner: &str, key: &KeyRef) -> SagaEnd {
         let attempt = Attempt {
             store: &self.store,
             stock: &self.stock,
             payment: &self.payment,
             owner,
+            key,
+            idempotency: &self.idempotency,
         };
         let end = attempt.proceed(order, progress).await;
         let outcome = match (&end, end.response().status) {
@@ -91,6 +103,8 @@ struct Attempt<'a> {
     stock: &'a StockClient,
     payment: &'a PaymentClient,
     owner: &'a str,
+    key: &'a KeyRef,
+    idempotency: &'a IdempotencyStore,
 }
 
 impl Attempt<'_> {
@@ -260,10 +274,11 @@ impl Attempt<'_> {
                     step: Some(("complete", "succeeded")),
                     status: Some("completed"),
                     response: Some(&resp),
+                    settle: Some(self.settle(true)),
                     ..Change::default()
                 };
                 match self.note(id, change).await {
-                    Applied::Yes => SagaEnd::Final(resp),
+                    Applied::Yes => SagaEnd::Settled(resp),
                     _ => self.settled_elsewhere(id).await,
                 }
             }
@@ -352,21 +367,29 @@ impl Attempt<'_> {
         err: OrderError,
     ) -> SagaEnd {
         let resp = StoredResponse::problem(&err.problem());
+        // Definitive business answers are stored; a refused payment method is a 400 that,
+        // like any validation error, leaves the key free, as does a failure with all undone.
+        let definitive = matches!(resp.status, 402 | 404 | 409);
         let change = Change {
             step: Some(step),
             status: Some(status),
             fields,
             response: Some(&resp),
+            settle: Some(self.settle(definitive)),
             ..Change::default()
         };
         if self.note(id, change).await != Applied::Yes {
             return self.settled_elsewhere(id).await;
         }
-        match resp.status {
-            // Definitive business answers are stored; a refused payment method is a 400 that,
-            // like any validation error, leaves the key free.
-            402 | 404 | 409 => SagaEnd::Final(resp),
-            _ => SagaEnd::Retryable(resp),
+        SagaEnd::Settled(resp)
+    }
+
+    /// Settling the key with the order's end: its answer stored, or the key freed.
+    fn settle(&self, store: bool) -> Settle<'_> {
+        Settle {
+            key: self.key,
+            store,
+            idempotency: self.idempotency,
         }
     }
 

@@ -159,41 +159,59 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(AR
 // always match the orders. A terminal order is never changed again, and only its owner
 // changes it. ARGV: now, step JSON ('' for none), new status ('' to keep), currency ('' to
 // keep), amount ('' to keep), owner, then field/value pairs.
-static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local function fmt(n) return string.format('%d', n) end
-local cur = redis.call('HMGET', KEYS[1], 'status', 'currency', 'amount', 'owner')
-if not cur[1] then return 'missing' end
-if cur[1] ~= 'processing' then return 'terminal' end
-if cur[4] and cur[4] ~= ARGV[6] then return 'fenced' end
-local status = cur[1]
-if ARGV[3] ~= '' then status = ARGV[3] end
-local currency = cur[2]
-if ARGV[4] ~= '' then currency = ARGV[4] end
-local amount = cur[3]
-if ARGV[5] ~= '' then amount = ARGV[5] end
--- One HSET of what changed: every write is fsynced and lands in the AOF.
-local set = {'updatedAt', ARGV[1]}
-local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
-if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
-  local function add(bucket, field, n)
-    if tonumber(n) ~= 0 then redis.call('HINCRBY', KEYS[3], bucket .. ':' .. field, n) end
+const UPDATE_LUA: &str = r#"
+local function update(keys, a, pairs_from)
+  local function fmt(n) return string.format('%d', n) end
+  local cur = redis.call('HMGET', keys[1], 'status', 'currency', 'amount', 'owner')
+  if not cur[1] then return 'missing' end
+  if cur[1] ~= 'processing' then return 'terminal' end
+  if cur[4] and cur[4] ~= a[6] then return 'fenced' end
+  local status = cur[1]
+  if a[3] ~= '' then status = a[3] end
+  local currency = cur[2]
+  if a[4] ~= '' then currency = a[4] end
+  local amount = cur[3]
+  if a[5] ~= '' then amount = a[5] end
+  -- One HSET of what changed: every write is fsynced and lands in the AOF.
+  local set = {'updatedAt', a[1]}
+  local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
+  if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
+    local function add(bucket, field, n)
+      if tonumber(n) ~= 0 then redis.call('HINCRBY', keys[3], bucket .. ':' .. field, n) end
+    end
+    add(cur[2] .. ':' .. cur[1], 'count', -1)
+    add(cur[2] .. ':' .. cur[1], 'amount', fmt(-tonumber(cur[3])))
+    add(currency .. ':' .. status, 'count', 1)
+    add(currency .. ':' .. status, 'amount', amount)
+    if status ~= cur[1] then put('status', status) end
+    if currency ~= cur[2] then put('currency', currency) end
+    if amount ~= cur[3] then put('amount', amount) end
   end
-  add(cur[2] .. ':' .. cur[1], 'count', -1)
-  add(cur[2] .. ':' .. cur[1], 'amount', fmt(-tonumber(cur[3])))
-  add(currency .. ':' .. status, 'count', 1)
-  add(currency .. ':' .. status, 'amount', amount)
-  if status ~= cur[1] then put('status', status) end
-  if currency ~= cur[2] then put('currency', currency) end
-  if amount ~= cur[3] then put('amount', amount) end
+  for i = pairs_from, #a, 2 do put(a[i], a[i + 1]) end
+  redis.call('HSET', keys[1], unpack(set))
+  if a[2] ~= '' then redis.call('RPUSH', keys[2], a[2]) end
+  return 'ok'
 end
-for i = 7, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], unpack(set))
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-return 'ok'
-"#,
-    )
+"#;
+
+static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{UPDATE_LUA}\nreturn update(KEYS, ARGV, 7)")));
+
+// Records the order's end and, in the same step, settles its key and retires it from
+// recovery's set — one round trip for the checkout's last state change. KEYS: UPDATE's, then
+// key record, active. ARGV: UPDATE's first six, 'finish' or 'free', `finish`'s seven
+// arguments (token = order id first), then field/value pairs.
+static UPDATE_AND_SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{UPDATE_LUA}
+{SETTLE_LUA}
+local r = update(KEYS, ARGV, 15)
+if r == 'ok' then
+  local a = {{unpack(ARGV, 8, 14)}}
+  if ARGV[7] == 'free' then free(KEYS[4], a[1]) else finish(KEYS[4], a) end
+  redis.call('ZREM', KEYS[5], a[1])
+end
+return r"#
+    ))
 });
 
 // Deletes an order that never began: created, but its Idempotency-Key was never taken for it
@@ -262,6 +280,15 @@ pub struct Change<'a> {
     pub amount: Option<u64>,
     pub fields: Vec<(&'static str, String)>,
     pub response: Option<&'a StoredResponse>,
+    /// With the order's end: settle its key in the same step (and retire the order).
+    pub settle: Option<Settle<'a>>,
+}
+
+/// How an order's end settles its key: its answer stored (`store`), or the key freed.
+pub struct Settle<'a> {
+    pub key: &'a KeyRef,
+    pub store: bool,
+    pub idempotency: &'a IdempotencyStore,
 }
 
 #[derive(Clone)]
@@ -374,7 +401,14 @@ impl OrderStore {
     pub async fn update(&self, order_id: &str, owner: &str, change: Change<'_>) -> Result<Applied, OrderError> {
         let mut conn = self.pool.get().await?;
         let now = shared::time::now_rfc3339();
-        let mut inv = UPDATE.key(order_key(order_id));
+        // Settling needs the answer to store: without one, the change is recorded alone.
+        let settling = change.settle.as_ref().zip(change.response);
+        let script: &Script = if settling.is_some() {
+            &UPDATE_AND_SETTLE
+        } else {
+            &UPDATE
+        };
+        let mut inv = script.key(order_key(order_id));
         inv.key(steps_key(order_id)).key(totals_key_of(order_id));
         inv.arg(&now)
             .arg(change.step.map(|(n, s)| step_json(n, s, &now)).unwrap_or_default())
@@ -382,6 +416,11 @@ impl OrderStore {
             .arg(change.currency.unwrap_or(""))
             .arg(change.amount.map(|a| a.to_string()).unwrap_or_default())
             .arg(owner);
+        if let Some((settle, resp)) = settling {
+            inv.key(settle.key.redis_key()).key(active_key_of(order_id));
+            inv.arg(if settle.store { "finish" } else { "free" });
+            settle.idempotency.finish_args(&mut inv, settle.key, order_id, resp);
+        }
         for (field, value) in &change.fields {
             inv.arg(*field).arg(value);
         }

@@ -7,7 +7,7 @@
 //!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
-//!        [--order-round-trips 5] [--order-round-trips-after 0] [--calls 3] [--call-round-trips 3]
+//!        [--order-round-trips 4] [--order-round-trips-after 0] [--calls 3] [--call-round-trips 3]
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -133,7 +133,7 @@ async fn main() -> std::io::Result<()> {
         pool,
         http,
         internal_url: format!("http://127.0.0.1:{port}/internal"),
-        order_round_trips: number("--order-round-trips", 5),
+        order_round_trips: number("--order-round-trips", 4),
         order_round_trips_after: number("--order-round-trips-after", 0),
         calls: number("--calls", 3),
         call_round_trips: number("--call-round-trips", 3),
