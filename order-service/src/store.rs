@@ -95,15 +95,24 @@ return decision"#
 });
 
 // Settles the checkout's key and, in the same step, takes its order out of recovery's set: a
-// settled key leaves recovery nothing to do. KEYS: key record, active. ARGV: 'finish' or
-// 'free', then `finish`'s arguments (token = order id first).
+// settled key leaves recovery nothing to do. mode: 'finish' or 'free'; a: `finish`'s arguments
+// (token = order id first).
+static SETTLE_CHECKOUT_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"{SETTLE_LUA}
+local function settle_checkout(key, active, mode, a)
+  if mode == 'free' then free(key, a[1]) else finish(key, a) end
+  redis.call('ZREM', active, a[1])
+end
+"#
+    )
+});
+
+// KEYS: key record, active. ARGV: mode, then `finish`'s arguments.
 static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r#"{SETTLE_LUA}
-local a = {{unpack(ARGV, 2)}}
-if ARGV[1] == 'free' then free(KEYS[1], a[1]) else finish(KEYS[1], a) end
-redis.call('ZREM', KEYS[2], a[1])
-return 1"#
+        "{}\nsettle_checkout(KEYS[1], KEYS[2], ARGV[1], {{unpack(ARGV, 2)}})\nreturn 1",
+        *SETTLE_CHECKOUT_LUA
     ))
 });
 
@@ -203,19 +212,17 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{UPDATE
 static UPDATE_AND_SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{UPDATE_LUA}
-{SETTLE_LUA}
+{}
 local r = update(KEYS, ARGV, 15)
-if r == 'ok' then
-  local a = {{unpack(ARGV, 8, 14)}}
-  if ARGV[7] == 'free' then free(KEYS[4], a[1]) else finish(KEYS[4], a) end
-  redis.call('ZREM', KEYS[5], a[1])
-end
-return r"#
+if r == 'ok' then settle_checkout(KEYS[4], KEYS[5], ARGV[7], {{unpack(ARGV, 8, 14)}}) end
+return r"#,
+        *SETTLE_CHECKOUT_LUA
     ))
 });
 
 // Deletes an order that never began: created, but its Idempotency-Key was never taken for it
-// (the process died in between, or another request holds the key). Nothing downstream can have
+// (an older version wrote the two apart, and a process could die in between, or another
+// request held the key; BEGIN_CHECKOUT now writes both at once). Nothing downstream can have
 // happened — the saga starts only after the key is taken — so it leaves no trace, totals
 // included. KEYS: order, steps, totals, active. ARGV: id.
 static ABANDON: LazyLock<Script> = LazyLock::new(|| {
