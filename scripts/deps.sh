@@ -7,10 +7,24 @@ have() {
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
 }
 
+# The services speak RESP3 to Redis (shared/src/redis_pool.rs), which Redis has had since 6.
+redis_new_enough() {
+    local program version
+    program=$(command -v redis-server || echo /usr/bin/redis-server)
+    version=$("$program" --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
+    if [ -n "$version" ] && [ "$version" -lt 6 ]; then
+        echo "deps: $("$program" --version | cut -d' ' -f3) is too old: the services need Redis 6 or later" >&2
+        exit 1
+    fi
+}
+
 missing=()
 have redis-server || missing+=(redis-server)
 have nginx || missing+=(nginx)
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+    redis_new_enough
+    exit 0
+fi
 
 echo "deps: missing ${missing[*]}" >&2
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -33,4 +47,5 @@ export DEBIAN_FRONTEND=noninteractive
 for program in redis-server nginx; do
     have "$program" || { echo "deps: $program still missing after apt-get install" >&2; exit 1; }
 done
+redis_new_enough
 echo "deps: installed ${missing[*]}" >&2
