@@ -25,7 +25,7 @@ use crate::config::CommonSettings;
 /// A connection handed out again within this long of its last use is not PINGed first.
 ///
 /// deadpool-redis checks every connection it hands out with a PING round trip: a checkout,
-/// which takes a connection for each of its ~16 scripts, paid a second round trip for each
+/// which takes a connection for each of its scripts, paid a second round trip for each
 /// (measured under load: 194 674 PINGs for 182 899 scripts, and 738 → 1 111 checkouts/s once
 /// they were gone). A connection in steady use has just proven itself, and one that broke is
 /// flagged ([`Pooled::failed`]) and never handed out again.
