@@ -361,6 +361,32 @@ struct Tally {
     amount: i64,
 }
 
+/// Sends a checkout in the background and returns once its reserve call is being held by the
+/// stock proxy (whose plan must delay `/reserve`): the moment to crash something mid-saga.
+async fn checkout_held_at_reserve(
+    stack: &Stack,
+    stock: &tests_e2e::ProxyHandle,
+    k: &str,
+    body: &Value,
+) -> tokio::task::JoinHandle<Reply> {
+    let client = tokio::spawn(send_checkout(
+        stack.client(),
+        stack.url("/order/checkout"),
+        0,
+        k.to_string(),
+        body.clone(),
+    ));
+    let waited = Instant::now();
+    while stock.counts().delayed == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the reserve never reached the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client
+}
+
 fn tally(v: &Value) -> Tally {
     Tally {
         count: v["count"].as_i64().unwrap_or(0),
@@ -1008,21 +1034,7 @@ async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery(
     );
     let k = key();
     let body = json!({"itemId": 1, "quantity": 3});
-    let client = tokio::spawn(send_checkout(
-        stack.client(),
-        stack.url("/order/checkout"),
-        0,
-        k.clone(),
-        body.clone(),
-    ));
-    let waited = Instant::now();
-    while stock.counts().delayed == 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "the reserve never reached the proxy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let client = checkout_held_at_reserve(&stack, &stock, &k, &body).await;
 
     stack.kill(Service::Order).await;
     let reply = client.await.expect("client task");
@@ -1144,21 +1156,7 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     stock.set(FaultPlan::always(Fault::Delay(Duration::from_millis(1500))).on_path("/reserve"));
     let k = key();
     let body = json!({"itemId": 1, "quantity": 1});
-    let client = tokio::spawn(send_checkout(
-        stack.client(),
-        stack.url("/order/checkout"),
-        0,
-        k.clone(),
-        body.clone(),
-    ));
-    let waited = Instant::now();
-    while stock.counts().delayed == 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "the reserve never reached the proxy"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let client = checkout_held_at_reserve(&stack, &stock, &k, &body).await;
     stack.kill(Service::Redis).await;
     let reply = client.await.expect("client task");
     stack.heal_proxies();
