@@ -61,7 +61,10 @@ loadgen() {
     shift 2
     echo
     echo "== $label (appendfsync $policy)"
-    "$bin/loadgen" --label "$label" --duration "$duration" "$@" | tee "$work/out"
+    # CPU per request counts every process bench started (both stacks; the idle one adds next to
+    # nothing) and their children, not the load generator.
+    "$bin/loadgen" --label "$label" --duration "$duration" --cpu-of "$(IFS=,; echo "${pids[*]}")" "$@" |
+        tee "$work/out"
     grep '^RESULT' "$work/out" | sed "s/^RESULT /RESULT policy=$policy /" >>"$results"
 }
 
@@ -101,9 +104,10 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 echo
 echo "Machine: $(nproc) CPUs ($cpu), $mem; everything (load generator included) on this one machine."
-echo "${duration}s per run, $connections connections in closed loop; latencies in ms."
+echo "${duration}s per run, $connections connections in closed loop; latencies in ms; CPU µs: CPU time of"
+echo "the stack per request (all its processes, not the load generator), steadier than req/s on a shared machine."
 echo
-printf '%-9s %-9s %10s %8s %8s %8s %8s %9s %9s %9s\n' fsync run 'req/s' p50 p90 p99 p99.9 'vs stand' 'vs trivial' books
+printf '%-9s %-9s %10s %8s %8s %8s %8s %9s %9s %9s %9s\n' fsync run 'req/s' p50 p90 p99 p99.9 'vs stand' 'vs trivial' 'CPU µs' books
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
@@ -112,8 +116,8 @@ for policy in $policies; do
         rps=$(field "$line" rps)
         awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \
             -v p50="$(field "$line" p50)" -v p90="$(field "$line" p90)" -v p99="$(field "$line" p99)" \
-            -v p999="$(field "$line" p999)" -v b="$(field "$line" books)" \
-            'BEGIN { printf "%-9s %-9s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, b }'
+            -v p999="$(field "$line" p999)" -v b="$(field "$line" books)" -v c="$(field "$line" cpu_us)" \
+            'BEGIN { printf "%-9s %-9s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, c, b }'
     done
 done
 echo

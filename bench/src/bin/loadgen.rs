@@ -33,6 +33,8 @@ const HELP: &str = "loadgen [options]
   --token T              internal token, for --setup-stock and --check-books
   --check-books          afterwards, wait until nothing is processing and check the books
   --label NAME           name in the RESULT line (default checkout)
+  --cpu-of PIDS          comma-separated pids: report the CPU time they and their descendants
+                         used per request during the measured run (Linux /proc)
   --seed N               random seed (default: from the clock)";
 
 struct Args {
@@ -50,6 +52,7 @@ struct Args {
     token: String,
     check_books: bool,
     label: String,
+    cpu_of: Vec<u32>,
     seed: u64,
 }
 
@@ -111,6 +114,11 @@ fn parse_args() -> Result<Args, String> {
         token: get("--token", "dev-internal-token"),
         check_books: map.contains_key("--check-books"),
         label: get("--label", "checkout"),
+        cpu_of: get("--cpu-of", "")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse().map_err(|_| "--cpu-of takes pids like 12,34"))
+            .collect::<Result<_, _>>()?,
         seed: seed | 1,
     })
 }
@@ -437,12 +445,14 @@ async fn main() -> ExitCode {
     if !a.warmup.is_zero() {
         closed_loop(shared.clone(), a.connections.max(1), a.warmup, false).await;
     }
+    let cpu_before = cpu::ticks(&a.cpu_of);
     let started = Instant::now();
     match a.rate {
         Some(rate) => open_loop(shared.clone(), rate, a.duration).await,
         None => closed_loop(shared.clone(), a.connections.max(1), a.duration, true).await,
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_used = cpu::seconds(cpu::ticks(&a.cpu_of).saturating_sub(cpu_before));
     ticker.abort();
 
     let (mut lat, outcomes) = {
@@ -470,6 +480,13 @@ async fn main() -> ExitCode {
     println!("{} ({mode}, {elapsed:.1} s)", a.label);
     println!("  requests {total}   throughput {rps:.1} req/s");
     println!("  latency ms   p50 {p50:.2}   p90 {p90:.2}   p99 {p99:.2}   p99.9 {p999:.2}   max {max:.2}");
+    let cpu_us = (!a.cpu_of.is_empty() && total > 0).then(|| cpu_used * 1e6 / total as f64);
+    if let Some(us) = cpu_us {
+        println!(
+            "  CPU of the stack (not the load generator): {us:.0} µs per request, {:.2} cores busy",
+            cpu_used / elapsed
+        );
+    }
     println!("  outcomes");
     for (outcome, n) in &outcomes {
         println!("    {outcome:<36} {n:>9}");
@@ -494,8 +511,9 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} books={}",
+        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} books={}",
         a.label,
+        cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
         if !a.check_books {
             "unchecked"
         } else if books_ok {
@@ -505,4 +523,85 @@ async fn main() -> ExitCode {
         }
     );
     if books_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// CPU time of a set of processes and all their descendants, from /proc. Throughput on a shared
+/// machine moves with its neighbours; CPU time per request moves much less, so it is the number
+/// to compare two builds or two stacks by.
+mod cpu {
+    use std::collections::HashMap;
+
+    /// utime + stime + the reaped children's (Redis's AOF rewrites are children it reaps), in
+    /// clock ticks, of `roots` and every process below them.
+    pub fn ticks(roots: &[u32]) -> u64 {
+        if roots.is_empty() {
+            return 0;
+        }
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut own: HashMap<u32, u64> = HashMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command name is in parentheses and may hold spaces: fields count from the last ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // After ')': state, ppid, … utime is the 12th, then stime, cutime, cstime.
+            children.entry(field(1) as u32).or_default().push(pid);
+            own.insert(pid, field(11) + field(12) + field(13) + field(14));
+        }
+        let mut total = 0;
+        let mut stack: Vec<u32> = roots.to_vec();
+        while let Some(pid) = stack.pop() {
+            total += own.get(&pid).copied().unwrap_or(0);
+            stack.extend(children.get(&pid).into_iter().flatten());
+        }
+        total
+    }
+
+    pub fn seconds(ticks: u64) -> f64 {
+        ticks as f64 / clock_ticks_per_second()
+    }
+
+    fn clock_ticks_per_second() -> f64 {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn counts_the_cpu_of_processes_below_the_root() {
+            // A grandchild (timeout → sh) spins for a second; walking down from this process must
+            // find its time while it runs.
+            let mut child = std::process::Command::new("timeout")
+                .args(["1", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .expect("timeout and sh run");
+            let me = std::process::id();
+            let before = ticks(&[me]);
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let after = ticks(&[me]);
+            let _ = child.wait();
+            let busy = seconds(after.saturating_sub(before));
+            assert!(busy >= 0.1, "a process spinning for 0.7 s added only {busy:.2} s");
+            assert_eq!(ticks(&[]), 0, "no roots, no time");
+        }
+    }
 }
