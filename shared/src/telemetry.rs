@@ -502,7 +502,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
         let mut fields = FieldMap::default();
         event.record(&mut fields);
@@ -513,10 +513,7 @@ where
         let message = fields.0.remove("message").unwrap_or(Value::String(String::new()));
         line.insert("message".into(), message);
         line.insert("target".into(), Value::String(meta.target().to_string()));
-        // The innermost span OpenTelemetry knows (spans filtered out of traces have no ids).
-        let ids = ctx
-            .event_scope()
-            .and_then(|mut scope| scope.find_map(|span| otel_ids(&span.id())));
+        let (span, ids) = event_span(event);
         if let Some((trace_id, span_id)) = ids {
             line.insert("trace_id".into(), Value::String(trace_id));
             line.insert("span_id".into(), Value::String(span_id));
@@ -525,8 +522,8 @@ where
         if request_id != "-" {
             line.insert("request_id".into(), Value::String(request_id));
         }
-        if let Some(span) = ctx.parent_span() {
-            line.insert("span".into(), Value::String(span.name().to_string()));
+        if let Some(span) = span {
+            line.insert("span".into(), Value::String(span.to_string()));
         }
         for (name, value) in fields.0 {
             match line.get(&name) {
@@ -547,9 +544,30 @@ where
     }
 }
 
-fn otel_ids(id: &tracing::span::Id) -> Option<(String, String)> {
-    let dispatch = DISPATCH.get()?.upgrade()?;
-    let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+/// The name of the span an event happened in, and the trace and span ids of the innermost span
+/// OpenTelemetry knows around it (spans filtered out of traces have no ids). Looked up in the
+/// registry itself, not through the log layer's context: that one holds only the spans RUST_LOG
+/// lets through, so under `RUST_LOG=warn` a WARN line inside a request would see none of the
+/// INFO spans it runs in and lose its trace id, the one thing that ties it to the checkout.
+fn event_span(event: &Event<'_>) -> (Option<&'static str>, Option<(String, String)>) {
+    let Some(dispatch) = DISPATCH.get().and_then(WeakDispatch::upgrade) else {
+        return (None, None);
+    };
+    let current = dispatch.current_span();
+    let id = match event.parent() {
+        Some(id) => Some(id),
+        None if event.is_contextual() => current.id(),
+        None => None,
+    };
+    let Some(span) = id.and_then(|id| dispatch.downcast_ref::<Registry>()?.span(id)) else {
+        return (None, None);
+    };
+    let ids = span.scope().find_map(|s| otel_ids(&s.id(), &dispatch));
+    (Some(span.name()), ids)
+}
+
+fn otel_ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid()

@@ -443,6 +443,41 @@ async fn a_checkout_and_its_replay_move_the_request_checkout_downstream_and_idem
 }
 
 #[tokio::test]
+async fn warnings_logged_under_rust_log_warn_still_carry_the_trace_id_of_their_checkout() {
+    // RUST_LOG=warn turns the INFO spans off for the logs (not for the traces); a WARN line
+    // inside a request must still name the trace it belongs to.
+    let mut options = StackOptions::default();
+    options.order_env.extend([
+        ("LOG_FORMAT".to_string(), "json".to_string()),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+        ("HTTP_MAX_RETRIES".to_string(), "1".to_string()),
+    ]);
+    let mut stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    stack.kill(Service::Stock).await;
+
+    let (status, headers, body) = stack.checkout(&key(), json!({"itemId": 1, "quantity": 1})).await;
+    assert_eq!(status, 503, "stock is down: {body}");
+    let trace_id = header(&headers, "x-trace-id");
+    let request_id = header(&headers, "x-request-id");
+
+    let log = stack.logs(Service::Order);
+    let warnings: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["request_id"] == request_id.as_str())
+        .collect();
+    assert!(
+        !warnings.is_empty(),
+        "the order service warned about nothing in {request_id}:\n{log}"
+    );
+    for line in &warnings {
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+        assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn json_log_lines_of_a_checkout_carry_its_trace_id_and_never_the_token() {
     let json_logs = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
     let stack = Stack::launch(StackOptions {
