@@ -200,6 +200,7 @@ pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .fmt_fields(NoSpanFields)
             .event_format(JsonLines {
                 service: service_name.clone(),
             })
@@ -478,6 +479,18 @@ pub fn note_event(kind: &str, outcome: &str) {
 }
 
 // ----- JSON lines -----
+
+/// What the JSON log layer keeps of a span's fields: nothing. The fmt layer formats every new
+/// span's fields into a string for the event formatter; [`JsonLines`] never prints them (the
+/// ids and the request id come from elsewhere), and at `RUST_LOG=info` that formatting took
+/// about 7 % of the order service's CPU under load.
+struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, _: Writer<'writer>, _: R) -> fmt::Result {
+        Ok(())
+    }
+}
 
 /// One JSON object per event. The fixed members come first and win over an event field of the
 /// same name (kept as `field.<name>` unless it says the same), so `jq .trace_id` is always the
