@@ -482,8 +482,8 @@ pub fn note_event(kind: &str, outcome: &str) {
 
 /// What the JSON log layer keeps of a span's fields: nothing. The fmt layer formats every new
 /// span's fields into a string for the event formatter; [`JsonLines`] never prints them (the
-/// ids and the request id come from elsewhere), and at `RUST_LOG=info` that formatting took
-/// about 7 % of the order service's CPU under load.
+/// ids and the request id come from elsewhere). At `RUST_LOG=info` under load, the log layer's
+/// share of the order service's profile was 9.9 % with that formatting and 4.4 % without it.
 struct NoSpanFields;
 
 impl<'writer> FormatFields<'writer> for NoSpanFields {
