@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Largest amount of one charge, in minor units. Amounts stay far below 2^53, so they remain
-/// exact wherever Redis' Lua sees them as numbers, and per-shard totals have room in HINCRBY's
-/// 64-bit integers.
-pub const MAX_AMOUNT: u64 = 9_000_000_000_000;
+/// Largest amount of one charge, in minor units ([`shared::money::MAX_CHARGE`]).
+pub const MAX_AMOUNT: u64 = shared::money::MAX_CHARGE;
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -21,6 +21,7 @@ pub mod http_client;
 pub mod idempotency;
 pub mod ids;
 pub mod metrics;
+pub mod money;
 pub mod ops;
 pub mod problem;
 pub mod redis_pool;

@@ -57,11 +57,13 @@ pub struct ReservationStatus {
     pub status: String,
 }
 
-/// Upper bounds that keep every amount exact in Redis' Lua numbers (doubles): price × quantity
-/// stays far below 2^53.
-pub const MAX_PRICE: u64 = 1_000_000_000_000;
-pub const MAX_AVAILABLE: u64 = 1_000_000_000;
+/// Upper bounds. A reservation's total (price × quantity) is at most what one charge may be
+/// ([`shared::money::MAX_CHARGE`]): a larger one would be reserved and then refused by the
+/// payment service with a message about an amount the customer never sent. That also keeps
+/// every amount exact in Redis' Lua numbers (doubles).
 pub const MAX_QUANTITY: u32 = 1000;
+pub const MAX_PRICE: u64 = shared::money::MAX_CHARGE / MAX_QUANTITY as u64;
+pub const MAX_AVAILABLE: u64 = 1_000_000_000;
 
 pub fn valid_currency(c: &str) -> bool {
     c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())

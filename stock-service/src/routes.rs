@@ -100,7 +100,9 @@ async fn put_item(
         return Err(invalid("currency must be an ISO 4217 code such as USD"));
     }
     if body.price > MAX_PRICE {
-        return Err(invalid("price is in minor units and must be at most 1000000000000"));
+        return Err(invalid(&format!(
+            "price is in minor units and must be at most {MAX_PRICE}"
+        )));
     }
     if body.available > MAX_AVAILABLE {
         return Err(invalid("available must be at most 1000000000"));
