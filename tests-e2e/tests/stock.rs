@@ -619,6 +619,21 @@ async fn bad_stock_requests_get_a_problem_that_says_what_was_wrong() {
         assert_eq!(r.status, 400, "{what}: {}", r.json);
         assert_eq!(slug(&r.json), "invalid-request", "{what}: {}", r.json);
     }
+    // A price whose largest reservation no charge may hold is refused when the item is stocked,
+    // not after a reservation, by the payment service, about an amount the client never sent.
+    let dear = put(
+        &stack,
+        "1",
+        &json!({"name": "Yacht", "price": 9_000_000_001u64, "currency": "USD", "available": 1000}),
+    )
+    .await;
+    assert_eq!(dear.status, 400, "{}", dear.json);
+    assert_eq!(slug(&dear.json), "invalid-request", "{}", dear.json);
+    assert!(
+        dear.json["detail"].as_str().unwrap_or("").contains("9000000000"),
+        "the detail names the limit: {}",
+        dear.json
+    );
     let oversized = put(
         &stack,
         "1",
