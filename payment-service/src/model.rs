@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shared::money::MAX_CHARGE;
 use utoipa::ToSchema;
 
-/// Largest amount of one charge, in minor units ([`shared::money::MAX_CHARGE`]).
-pub const MAX_AMOUNT: u64 = shared::money::MAX_CHARGE;
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -30,9 +29,9 @@ impl ChargeRequest {
         if !shared::ids::is_safe_id(&self.order_id) {
             return Err("orderId must be 1 to 128 characters of letters, digits, '_' and '-'".into());
         }
-        if self.amount == 0 || self.amount > MAX_AMOUNT {
+        if self.amount == 0 || self.amount > MAX_CHARGE {
             return Err(format!(
-                "amount is in minor units and must be between 1 and {MAX_AMOUNT}"
+                "amount is in minor units and must be between 1 and {MAX_CHARGE}"
             ));
         }
         if !valid_currency(&self.currency) {
@@ -175,7 +174,7 @@ mod tests {
     fn a_well_formed_charge_passes_validation() {
         assert_eq!(request().validate(), Ok(()));
         let max = ChargeRequest {
-            amount: MAX_AMOUNT,
+            amount: MAX_CHARGE,
             customer_id: "c".repeat(MAX_CUSTOMER_ID_CHARS),
             ..request()
         };
@@ -184,7 +183,7 @@ mod tests {
 
     #[test]
     fn amounts_outside_one_to_the_cap_are_refused() {
-        for amount in [0, MAX_AMOUNT + 1, u64::MAX] {
+        for amount in [0, MAX_CHARGE + 1, u64::MAX] {
             let r = ChargeRequest { amount, ..request() };
             assert!(r.validate().is_err_and(|e| e.contains("amount")), "{amount}");
         }
