@@ -26,19 +26,19 @@ pub const PAYMENT_URL: EnvVar = EnvVar {
 pub const CHECKOUT_DEADLINE: EnvVar = EnvVar {
     name: "CHECKOUT_DEADLINE",
     default: "10s",
-    help: "A checkout still running after this answers 202 processing; the saga goes on.",
+    help: "A checkout still running after this answers 202 processing; the saga goes on. At least 1ms.",
 };
 
 pub const RECOVERY_INTERVAL: EnvVar = EnvVar {
     name: "RECOVERY_INTERVAL",
     default: "1s",
-    help: "How often the recovery worker looks for checkouts whose lease (IDEMPOTENCY_LEASE) ran out.",
+    help: "How often the recovery worker looks for checkouts whose lease (IDEMPOTENCY_LEASE) ran out; at least 50ms.",
 };
 
 pub const RECOVERY_RETRY: EnvVar = EnvVar {
     name: "RECOVERY_RETRY",
     default: "2s",
-    help: "How soon a checkout whose outcome is still unknown (a dependency unreachable) is tried again.",
+    help: "How soon a checkout whose outcome is still unknown (a dependency unreachable) is tried again; at least 50ms.",
 };
 
 pub const ENV: &[EnvVar] = &[
@@ -49,6 +49,9 @@ pub const ENV: &[EnvVar] = &[
     RECOVERY_INTERVAL,
     RECOVERY_RETRY,
 ];
+
+/// The shortest period of the recovery worker's chores: shorter ones would only keep Redis busy.
+const MIN_PERIOD: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -64,14 +67,14 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let common = CommonSettings::from_env("order-service", &PORT)?;
-        let checkout_deadline = config::duration(&CHECKOUT_DEADLINE)?;
+        let checkout_deadline = config::duration_at_least(&CHECKOUT_DEADLINE, Duration::from_millis(1))?;
         Ok(Self {
             common,
             stock_url: config::var(&STOCK_URL),
             payment_url: config::var(&PAYMENT_URL),
             checkout_deadline,
-            recovery_interval: config::duration(&RECOVERY_INTERVAL)?.max(Duration::from_millis(50)),
-            recovery_retry: config::duration(&RECOVERY_RETRY)?,
+            recovery_interval: config::duration_at_least(&RECOVERY_INTERVAL, MIN_PERIOD)?,
+            recovery_retry: config::duration_at_least(&RECOVERY_RETRY, MIN_PERIOD)?,
             retry: RetrySettings::from_env()?,
         })
     }
@@ -81,7 +84,7 @@ impl Settings {
 mod tests {
     use std::collections::BTreeSet;
 
-    use shared::config::{COMMON_ENV, RUST_LOG};
+    use shared::config::COMMON_ENV;
     use shared::http_client::CLIENT_ENV;
 
     use super::*;
@@ -92,15 +95,25 @@ mod tests {
         let settings = settings.expect("every default parses");
         assert_eq!(settings.common.port, 8081);
         assert_eq!(settings.checkout_deadline, Duration::from_secs(10));
-        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
         let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV
-            .iter()
-            .chain(ENV)
-            .chain(CLIENT_ENV)
-            .map(|v| v.name)
-            .filter(|name| *name != RUST_LOG.name)
-            .collect();
+        let listed: BTreeSet<_> = COMMON_ENV.iter().chain(ENV).chain(CLIENT_ENV).map(|v| v.name).collect();
         assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn recovery_periods_shorter_than_50ms_are_refused() {
+        for name in [RECOVERY_INTERVAL.name, RECOVERY_RETRY.name] {
+            let (result, _) = config::with_env(&[(name, "10ms")], Settings::from_env);
+            let err = result.expect_err("10ms is refused");
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains("must be at least 50ms"), "{err}");
+            let (result, _) = config::with_env(&[(name, "50ms")], Settings::from_env);
+            assert!(result.is_ok(), "{name}=50ms is taken");
+        }
+        let (result, _) = config::with_env(&[(CHECKOUT_DEADLINE.name, "0")], Settings::from_env);
+        assert_eq!(
+            result.expect_err("no deadline at all is refused").name,
+            CHECKOUT_DEADLINE.name
+        );
     }
 }

@@ -37,7 +37,7 @@ impl Settings {
 mod tests {
     use std::collections::BTreeSet;
 
-    use shared::config::{COMMON_ENV, RUST_LOG};
+    use shared::config::COMMON_ENV;
 
     use super::*;
 
@@ -47,14 +47,8 @@ mod tests {
         let settings = settings.expect("every default parses");
         assert_eq!(settings.common.port, 8082);
         assert_eq!(settings.gateway, Gateway::Simulator);
-        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
         let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV
-            .iter()
-            .chain(ENV)
-            .map(|v| v.name)
-            .filter(|name| *name != RUST_LOG.name)
-            .collect();
+        let listed: BTreeSet<_> = COMMON_ENV.iter().chain(ENV).map(|v| v.name).collect();
         assert_eq!(read, listed);
     }
 }

@@ -37,7 +37,7 @@ pub const REDIS_URL: EnvVar = EnvVar {
 pub const REDIS_POOL_SIZE: EnvVar = EnvVar {
     name: "REDIS_POOL_SIZE",
     default: "32",
-    help: "Redis connections per service process.",
+    help: "Redis connections per service process; at least 1.",
 };
 
 pub const REDIS_CLUSTER: EnvVar = EnvVar {
@@ -55,13 +55,13 @@ pub const INTERNAL_TOKEN: EnvVar = EnvVar {
 pub const IDEMPOTENCY_TTL: EnvVar = EnvVar {
     name: "IDEMPOTENCY_TTL",
     default: "24h",
-    help: "How long an Idempotency-Key and its stored response are kept.",
+    help: "How long an Idempotency-Key and its stored response are kept: the same key after that starts a new request. At least 1m, and longer than IDEMPOTENCY_LEASE.",
 };
 
 pub const IDEMPOTENCY_LEASE: EnvVar = EnvVar {
     name: "IDEMPOTENCY_LEASE",
     default: "30s",
-    help: "How long an in-progress key stays locked without renewal before another request may take it over.",
+    help: "How long an in-progress key stays locked without renewal before another request may take it over; at least 1s.",
 };
 
 pub const PROBLEM_TYPE_BASE: EnvVar = EnvVar {
@@ -73,19 +73,19 @@ pub const PROBLEM_TYPE_BASE: EnvVar = EnvVar {
 pub const WORKERS: EnvVar = EnvVar {
     name: "WORKERS",
     default: "1",
-    help: "actix worker threads per service. One suits a 2-core machine running the whole stack (measured: about +15 % checkouts/s over 2); raise it on a dedicated host.",
+    help: "actix worker threads per service. One suits a 2-core machine running the whole stack (measured: about +15 % checkouts/s over 2); raise it on a dedicated host. At least 1.",
 };
 
 pub const SHUTDOWN_GRACE: EnvVar = EnvVar {
     name: "SHUTDOWN_GRACE",
     default: "10s",
-    help: "On SIGTERM, how long in-flight requests may take to finish.",
+    help: "On SIGTERM, how long in-flight requests may take to finish; at least 1s.",
 };
 
 pub const RUST_LOG: EnvVar = EnvVar {
     name: "RUST_LOG",
     default: "info",
-    help: "Log filter (tracing EnvFilter syntax).",
+    help: "Log filter (tracing EnvFilter syntax, e.g. `warn,order_service=debug`); one that does not parse stops the start.",
 };
 
 pub const LOG_FORMAT: EnvVar = EnvVar {
@@ -160,36 +160,58 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What [`with_env`] gives this thread in place of the process environment.
+struct TestEnv {
+    set: Vec<(&'static str, String)>,
+    read: Vec<&'static str>,
+}
+
 thread_local! {
-    /// `Some` while [`with_defaults_only`] runs on this thread: the names read so far.
-    static DEFAULTS_ONLY: RefCell<Option<Vec<&'static str>>> = const { RefCell::new(None) };
+    /// `Some` while [`with_env`] runs on this thread.
+    static TEST_ENV: RefCell<Option<TestEnv>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` as if no variable were set (on this thread only) and returns its result with the
 /// names of the variables it read. For tests: settings built this way prove that a table's
 /// defaults parse, without touching the process environment.
 pub fn with_defaults_only<R>(f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
+    with_env(&[], f)
+}
+
+/// Like [`with_defaults_only`], with the variables in `set` set to the values given.
+pub fn with_env<R>(set: &[(&'static str, &str)], f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
     /// Puts back the outer state, even if `f` panics.
-    struct Restore(Option<Vec<&'static str>>);
+    struct Restore(Option<TestEnv>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            DEFAULTS_ONLY.set(self.0.take());
+            TEST_ENV.set(self.0.take());
         }
     }
-    let _restore = Restore(DEFAULTS_ONLY.replace(Some(Vec::new())));
+    let env = TestEnv {
+        set: set.iter().map(|(name, value)| (*name, value.to_string())).collect(),
+        read: Vec::new(),
+    };
+    let _restore = Restore(TEST_ENV.replace(Some(env)));
     let result = f();
-    let read = DEFAULTS_ONLY.take().unwrap_or_default();
+    let read = TEST_ENV.take().map(|env| env.read).unwrap_or_default();
     (result, read)
 }
 
 /// Reads a variable, falling back to its default when unset or empty.
 pub fn var(v: &EnvVar) -> String {
-    let defaults_only = DEFAULTS_ONLY.with_borrow_mut(|read| read.as_mut().map(|names| names.push(v.name)).is_some());
-    let set = if defaults_only {
-        None
-    } else {
-        std::env::var(v.name).ok()
-    };
+    let set = TEST_ENV.with_borrow_mut(|env| match env {
+        Some(env) => {
+            env.read.push(v.name);
+            Some(
+                env.set
+                    .iter()
+                    .find(|(name, _)| *name == v.name)
+                    .map(|(_, value)| value.clone()),
+            )
+        }
+        None => None,
+    });
+    let set = set.unwrap_or_else(|| std::env::var(v.name).ok());
     match set {
         Some(value) if !value.trim().is_empty() => value.trim().to_string(),
         _ => v.default.to_string(),
@@ -216,6 +238,50 @@ pub fn duration(v: &EnvVar) -> Result<Duration, ConfigError> {
         value,
         reason: "expected a duration such as 250ms, 30s, 10m or 24h".into(),
     })
+}
+
+/// A duration no shorter than `min`. A shorter one is refused, not raised to `min`: a service
+/// that quietly runs with another value than the one its operator wrote hides the mistake.
+pub fn duration_at_least(v: &EnvVar, min: Duration) -> Result<Duration, ConfigError> {
+    let value = duration(v)?;
+    if value < min {
+        return Err(refused(v, format!("must be at least {}", show_duration(min))));
+    }
+    Ok(value)
+}
+
+/// A number no smaller than `min`, refused otherwise (see [`duration_at_least`]).
+pub fn at_least<T>(v: &EnvVar, min: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value: T = parse(v)?;
+    if value < min {
+        return Err(refused(v, format!("must be at least {min}")));
+    }
+    Ok(value)
+}
+
+/// The error for a value of `v` that parses but is not allowed, for `reason`.
+pub fn refused(v: &EnvVar, reason: String) -> ConfigError {
+    ConfigError {
+        name: v.name,
+        value: var(v),
+        reason,
+    }
+}
+
+/// A duration as [`parse_duration`] reads it back: `50ms`, `1s`, `1m`, `24h`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -261,41 +327,80 @@ pub struct CommonSettings {
     pub problem_type_base: String,
     pub workers: usize,
     pub shutdown_grace: Duration,
-    pub log_format: String,
+    /// RUST_LOG, checked to parse.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 impl CommonSettings {
     /// `port_var` is the service's own port variable (e.g. `STOCK_PORT`), with its default.
     pub fn from_env(service: &'static str, port_var: &EnvVar) -> Result<Self, ConfigError> {
-        let workers: usize = parse(&WORKERS)?;
-        let pool: usize = parse(&REDIS_POOL_SIZE)?;
-        let lease = duration(&IDEMPOTENCY_LEASE)?;
-        if lease < Duration::from_secs(1) {
-            return Err(ConfigError {
-                name: IDEMPOTENCY_LEASE.name,
-                value: format!("{lease:?}"),
-                reason: "must be at least 1s".into(),
-            });
+        let lease = duration_at_least(&IDEMPOTENCY_LEASE, Duration::from_secs(1))?;
+        // A key must outlive its lease, or a running checkout's record vanishes while it is held;
+        // and a minute at least, so that a bare `24` (seconds, not hours) is caught.
+        let ttl = duration_at_least(&IDEMPOTENCY_TTL, Duration::from_secs(60))?;
+        if ttl <= lease {
+            return Err(refused(
+                &IDEMPOTENCY_TTL,
+                format!(
+                    "must be longer than {} ({})",
+                    IDEMPOTENCY_LEASE.name,
+                    show_duration(lease)
+                ),
+            ));
         }
+        let log_filter = var(&RUST_LOG);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(refused(&RUST_LOG, e.to_string()));
+        }
+        let log_format = match var(&LOG_FORMAT).as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            _ => return Err(refused(&LOG_FORMAT, "expected json or text".into())),
+        };
         Ok(Self {
             service,
             host: var(&HOST),
             port: parse(port_var)?,
             redis_url: var(&REDIS_URL),
             redis_cluster: boolean(&REDIS_CLUSTER)?,
-            redis_pool_size: pool.max(1),
+            redis_pool_size: at_least(&REDIS_POOL_SIZE, 1)?,
             internal_token: Secret::new(var(&INTERNAL_TOKEN)),
-            idempotency_ttl: duration(&IDEMPOTENCY_TTL)?,
+            idempotency_ttl: ttl,
             idempotency_lease: lease,
             problem_type_base: var(&PROBLEM_TYPE_BASE),
-            workers: workers.max(1),
-            shutdown_grace: duration(&SHUTDOWN_GRACE)?,
-            log_format: var(&LOG_FORMAT),
+            workers: at_least(&WORKERS, 1)?,
+            shutdown_grace: duration_at_least(&SHUTDOWN_GRACE, Duration::from_secs(1))?,
+            log_filter,
+            log_format,
         })
     }
 
     pub fn uses_default_token(&self) -> bool {
         self.internal_token.expose() == INTERNAL_TOKEN.default
+    }
+}
+
+/// For tests of settings: the variables set, the variable named in the refusal, and its reason.
+#[cfg(test)]
+pub(crate) type Refusal = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+
+/// Asserts that `from_env` refuses each case's settings, naming the variable and the reason.
+#[cfg(test)]
+pub(crate) fn assert_refused<S>(cases: &[Refusal], from_env: impl Fn() -> Result<S, ConfigError>) {
+    for (set, name, reason) in cases {
+        let (result, _) = with_env(set, &from_env);
+        let Err(err) = result else {
+            panic!("{set:?} is taken; it should be refused")
+        };
+        assert_eq!(err.name, *name, "{set:?}: {err}");
+        assert!(err.to_string().contains(reason), "{set:?}: {err}");
     }
 }
 
@@ -327,16 +432,63 @@ mod tests {
         let settings = settings.expect("every default parses");
         assert_eq!(settings.port, 8080);
         assert!(settings.uses_default_token());
-        // RUST_LOG is read by tracing's EnvFilter, not by these readers.
-        assert!(tracing_subscriber::EnvFilter::try_new(RUST_LOG.default).is_ok());
         let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV
-            .iter()
-            .chain([&TEST_PORT])
-            .map(|v| v.name)
-            .filter(|name| *name != RUST_LOG.name)
-            .collect();
+        let listed: BTreeSet<_> = COMMON_ENV.iter().chain([&TEST_PORT]).map(|v| v.name).collect();
         assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn common_settings_outside_their_bounds_are_refused_naming_the_bound() {
+        let cases: &[Refusal] = &[
+            (&[("WORKERS", "0")], "WORKERS", "must be at least 1"),
+            (&[("REDIS_POOL_SIZE", "0")], "REDIS_POOL_SIZE", "must be at least 1"),
+            (
+                &[("IDEMPOTENCY_LEASE", "500ms")],
+                "IDEMPOTENCY_LEASE",
+                "must be at least 1s",
+            ),
+            (&[("IDEMPOTENCY_TTL", "0")], "IDEMPOTENCY_TTL", "must be at least 1m"),
+            // Bare numbers are seconds: `24` meant as hours is caught.
+            (&[("IDEMPOTENCY_TTL", "24")], "IDEMPOTENCY_TTL", "must be at least 1m"),
+            (
+                &[("IDEMPOTENCY_TTL", "2m"), ("IDEMPOTENCY_LEASE", "2m")],
+                "IDEMPOTENCY_TTL",
+                "must be longer than IDEMPOTENCY_LEASE (2m)",
+            ),
+            (&[("SHUTDOWN_GRACE", "0")], "SHUTDOWN_GRACE", "must be at least 1s"),
+            (&[("RUST_LOG", "order_service=loud")], "RUST_LOG", "order_service=loud"),
+            (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "expected json or text"),
+        ];
+        assert_refused(cases, || CommonSettings::from_env("test", &TEST_PORT));
+        let at_the_bounds = [
+            ("WORKERS", "1"),
+            ("REDIS_POOL_SIZE", "1"),
+            ("IDEMPOTENCY_LEASE", "1s"),
+            ("IDEMPOTENCY_TTL", "1m"),
+            ("SHUTDOWN_GRACE", "1s"),
+            ("RUST_LOG", "warn,order_service=debug"),
+            ("LOG_FORMAT", "text"),
+        ];
+        let (result, _) = with_env(&at_the_bounds, || CommonSettings::from_env("test", &TEST_PORT));
+        let settings = result.expect("values at the bounds are taken");
+        assert_eq!(settings.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(settings.log_filter, "warn,order_service=debug");
+        assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_are_shown_as_they_are_written() {
+        for (ms, shown) in [
+            (50, "50ms"),
+            (1_000, "1s"),
+            (1_500, "1500ms"),
+            (60_000, "1m"),
+            (86_400_000, "24h"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(show_duration(d), shown);
+            assert_eq!(parse_duration(shown), Some(d));
+        }
     }
 
     #[test]

@@ -30,13 +30,13 @@ use crate::config::{self, ConfigError, EnvVar, Secret};
 pub const HTTP_ATTEMPT_TIMEOUT: EnvVar = EnvVar {
     name: "HTTP_ATTEMPT_TIMEOUT",
     default: "2s",
-    help: "Timeout of one attempt of a call to another service.",
+    help: "Timeout of one attempt of a call to another service; at least 1ms.",
 };
 
 pub const HTTP_CONNECT_TIMEOUT: EnvVar = EnvVar {
     name: "HTTP_CONNECT_TIMEOUT",
     default: "500ms",
-    help: "Timeout to open a connection to another service.",
+    help: "Timeout to open a connection to another service; at least 1ms.",
 };
 
 pub const HTTP_MAX_RETRIES: EnvVar = EnvVar {
@@ -48,13 +48,13 @@ pub const HTTP_MAX_RETRIES: EnvVar = EnvVar {
 pub const HTTP_RETRY_BASE: EnvVar = EnvVar {
     name: "HTTP_RETRY_BASE",
     default: "50ms",
-    help: "Smallest backoff between attempts (doubles each retry, full jitter).",
+    help: "Smallest backoff between attempts (doubles each retry, full jitter); at least 1ms.",
 };
 
 pub const HTTP_RETRY_MAX: EnvVar = EnvVar {
     name: "HTTP_RETRY_MAX",
     default: "2s",
-    help: "Largest backoff between attempts.",
+    help: "Largest backoff between attempts; at least HTTP_RETRY_BASE.",
 };
 
 /// Variables the retrying client reads.
@@ -77,14 +77,25 @@ pub struct RetrySettings {
 
 impl RetrySettings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let base = config::duration(&HTTP_RETRY_BASE)?;
+        let ms = Duration::from_millis(1);
+        let base = config::duration_at_least(&HTTP_RETRY_BASE, ms)?;
         let max = config::duration(&HTTP_RETRY_MAX)?;
+        if max < base {
+            return Err(config::refused(
+                &HTTP_RETRY_MAX,
+                format!(
+                    "must be at least {} ({})",
+                    HTTP_RETRY_BASE.name,
+                    config::show_duration(base)
+                ),
+            ));
+        }
         Ok(Self {
-            attempt_timeout: config::duration(&HTTP_ATTEMPT_TIMEOUT)?,
-            connect_timeout: config::duration(&HTTP_CONNECT_TIMEOUT)?,
+            attempt_timeout: config::duration_at_least(&HTTP_ATTEMPT_TIMEOUT, ms)?,
+            connect_timeout: config::duration_at_least(&HTTP_CONNECT_TIMEOUT, ms)?,
             max_retries: config::parse(&HTTP_MAX_RETRIES)?,
             base,
-            max: max.max(base),
+            max,
         })
     }
 }
@@ -374,6 +385,38 @@ mod tests {
         let read: BTreeSet<_> = read.into_iter().collect();
         let listed: BTreeSet<_> = CLIENT_ENV.iter().map(|v| v.name).collect();
         assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn retry_settings_outside_their_bounds_are_refused_naming_the_bound() {
+        let cases: &[config::Refusal] = &[
+            (&[("HTTP_RETRY_BASE", "0")], "HTTP_RETRY_BASE", "must be at least 1ms"),
+            (
+                &[("HTTP_RETRY_BASE", "1s"), ("HTTP_RETRY_MAX", "500ms")],
+                "HTTP_RETRY_MAX",
+                "must be at least HTTP_RETRY_BASE (1s)",
+            ),
+            (
+                &[("HTTP_ATTEMPT_TIMEOUT", "0ms")],
+                "HTTP_ATTEMPT_TIMEOUT",
+                "must be at least 1ms",
+            ),
+            (
+                &[("HTTP_CONNECT_TIMEOUT", "0")],
+                "HTTP_CONNECT_TIMEOUT",
+                "must be at least 1ms",
+            ),
+        ];
+        config::assert_refused(cases, RetrySettings::from_env);
+        let (result, _) = config::with_env(
+            &[("HTTP_RETRY_BASE", "1s"), ("HTTP_RETRY_MAX", "1s")],
+            RetrySettings::from_env,
+        );
+        let retry = result.expect("a largest backoff equal to the smallest is taken");
+        assert_eq!(
+            (retry.base, retry.max),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ where
     })
     .workers(settings.workers)
     .backlog(4096)
-    .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
+    .shutdown_timeout(settings.shutdown_grace.as_secs())
     .bind(bind)?;
     tracing::info!(service = settings.service, host = %settings.host, port = settings.port, "listening");
     server.run().await
@@ -52,7 +52,7 @@ where
             return std::process::ExitCode::from(2);
         }
     };
-    let _telemetry = crate::telemetry::init(service, &common(&settings).log_format);
+    let _telemetry = crate::telemetry::init(service, &common(&settings).log_filter, common(&settings).log_format);
     crate::problem::set_type_base(&common(&settings).problem_type_base);
     if common(&settings).uses_default_token() {
         tracing::warn!("INTERNAL_TOKEN is the development default; set a secret outside development");

@@ -43,7 +43,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-use crate::config::{self, ConfigError, EnvVar};
+use crate::config::{self, ConfigError, EnvVar, LogFormat};
 
 pub const OTEL_SDK_DISABLED: EnvVar = EnvVar {
     name: "OTEL_SDK_DISABLED",
@@ -172,7 +172,7 @@ impl Drop for TelemetryGuard {
 /// The dispatcher the JSON formatter asks for each event's trace and span ids.
 static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
 
-pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
+pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> TelemetryGuard {
     // Problems found before the subscriber exists are logged once it does.
     let mut problems: Vec<String> = Vec::new();
     let settings = TraceSettings::from_env().unwrap_or_else(|e| {
@@ -192,8 +192,9 @@ pub fn init(service: &'static str, format: &str) -> TelemetryGuard {
     let exporting = provider.as_ref().is_some_and(|(_, exporting)| *exporting);
     let provider = provider.map(|(p, _)| p);
 
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config::RUST_LOG.default));
-    let logs: Box<dyn Layer<Registry> + Send + Sync> = if format == "text" {
+    // Checked when the settings were read; the default is only a guard for callers that did not.
+    let log_filter = EnvFilter::try_new(log_filter).unwrap_or_else(|_| EnvFilter::new(config::RUST_LOG.default));
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = if format == LogFormat::Text {
         tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_filter(log_filter)

@@ -13,13 +13,13 @@ pub const PORT: EnvVar = EnvVar {
 pub const RESERVATION_TTL: EnvVar = EnvVar {
     name: "RESERVATION_TTL",
     default: "10m",
-    help: "A reservation neither completed nor released expires after this; its units return to available. Must outlive the longest checkout.",
+    help: "A reservation neither completed nor released expires after this; its units return to available. Must outlive the longest checkout; at least 1s.",
 };
 
 pub const RESERVATION_SWEEP_INTERVAL: EnvVar = EnvVar {
     name: "RESERVATION_SWEEP_INTERVAL",
     default: "1s",
-    help: "How often expired reservations are swept back to available.",
+    help: "How often expired reservations are swept back to available; at least 50ms.",
 };
 
 pub const SEED_DEMO: EnvVar = EnvVar {
@@ -49,8 +49,9 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             common: CommonSettings::from_env("stock-service", &PORT)?,
-            reservation_ttl: config::duration(&RESERVATION_TTL)?,
-            sweep_interval: config::duration(&RESERVATION_SWEEP_INTERVAL)?.max(Duration::from_millis(50)),
+            reservation_ttl: config::duration_at_least(&RESERVATION_TTL, Duration::from_secs(1))?,
+            // Shorter sweeps would only keep Redis busy.
+            sweep_interval: config::duration_at_least(&RESERVATION_SWEEP_INTERVAL, Duration::from_millis(50))?,
             seed_demo: config::boolean(&SEED_DEMO)?,
             seed_units: config::parse(&SEED_UNITS)?,
         })
@@ -61,7 +62,7 @@ impl Settings {
 mod tests {
     use std::collections::BTreeSet;
 
-    use shared::config::{COMMON_ENV, RUST_LOG};
+    use shared::config::COMMON_ENV;
 
     use super::*;
 
@@ -72,14 +73,23 @@ mod tests {
         assert_eq!(settings.common.port, 8083);
         assert_eq!(settings.reservation_ttl, Duration::from_secs(600));
         assert!(settings.seed_demo);
-        // RUST_LOG is read by tracing's EnvFilter, not by shared::config.
         let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV
-            .iter()
-            .chain(ENV)
-            .map(|v| v.name)
-            .filter(|name| *name != RUST_LOG.name)
-            .collect();
+        let listed: BTreeSet<_> = COMMON_ENV.iter().chain(ENV).map(|v| v.name).collect();
         assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn reservation_timings_below_their_bounds_are_refused() {
+        for (name, refused, taken, reason) in [
+            (RESERVATION_TTL.name, "0", "1s", "must be at least 1s"),
+            (RESERVATION_SWEEP_INTERVAL.name, "10ms", "50ms", "must be at least 50ms"),
+        ] {
+            let (result, _) = config::with_env(&[(name, refused)], Settings::from_env);
+            let err = result.expect_err("refused");
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains(reason), "{err}");
+            let (result, _) = config::with_env(&[(name, taken)], Settings::from_env);
+            assert!(result.is_ok(), "{name}={taken} is taken");
+        }
     }
 }

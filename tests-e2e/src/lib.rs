@@ -648,7 +648,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The service binaries sit next to the test binary's `deps/` directory (`target/debug`).
-fn binary_path(name: &str) -> PathBuf {
+pub fn binary_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("E2E_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use tests_e2e::{Service, Stack, StackOptions, slug};
+use tests_e2e::{Service, Stack, StackOptions, binary_path, slug};
 
 async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
@@ -367,5 +367,63 @@ async fn a_request_to_a_service_that_is_down_is_a_503_dependency_unavailable_pro
         stack.start(service).await;
         let r = get(&stack, &format!("{prefix}/health")).await;
         assert_eq!(r.status, 200, "{prefix}/health after the restart: {}", r.text);
+    }
+}
+
+/// A setting outside its bounds stops the start, with the variable and the bound named, before
+/// the service listens or reaches Redis. Raising it silently would run the service with another
+/// value than the one written; taking it would be worse: with `IDEMPOTENCY_TTL=0` the order
+/// service used to start, answer every checkout 503 and make a new order for each retry of a key.
+#[test]
+fn a_service_with_a_setting_out_of_bounds_refuses_to_start_and_names_it() {
+    for (binary, name, value, reason) in [
+        ("order-service", "IDEMPOTENCY_TTL", "0", "must be at least 1m"),
+        (
+            "order-service",
+            "HTTP_RETRY_MAX",
+            "10ms",
+            "must be at least HTTP_RETRY_BASE (50ms)",
+        ),
+        (
+            "stock-service",
+            "RESERVATION_SWEEP_INTERVAL",
+            "1ms",
+            "must be at least 50ms",
+        ),
+        (
+            "payment-service",
+            "RUST_LOG",
+            "payment_service=loud",
+            "payment_service=loud",
+        ),
+    ] {
+        let mut child = std::process::Command::new(binary_path(binary))
+            .env(name, value)
+            // Were the setting taken, the service would start: on a port of its own, without Redis.
+            .envs(["ORDER_PORT", "STOCK_PORT", "PAYMENT_PORT"].map(|port| (port, "0")))
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the service");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the service") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{binary} with {name}={value} started instead of refusing to");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr is piped"), &mut stderr)
+            .expect("read stderr");
+        assert_eq!(status.code(), Some(2), "{binary} with {name}={value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{binary}: invalid value {value:?} for {name}")) && stderr.contains(reason),
+            "{binary} with {name}={value} said: {stderr}"
+        );
     }
 }
