@@ -493,6 +493,8 @@ impl Stack {
             .arg(dir)
             // Durable as in `make run`: a restarted Redis comes back with every write it acknowledged.
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            // As `make run` and docker-compose.yml run it.
+            .args(["--hash-max-listpack-value", "1024"])
             .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
         if self.cluster.is_some() {
             // The bus port defaults to port + 10000, inside the ephemeral range: name one of ours.
