@@ -28,14 +28,24 @@ use crate::redis_pool::traced;
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-/// Validates the header: 1–255 printable ASCII characters, no spaces.
+/// Why a key is refused: its form.
+pub const KEY_MALFORMED: &str = "the Idempotency-Key must be 1 to 255 printable ASCII characters without spaces";
+/// Why a key is refused: it came more than once. Which one the client meant would be a guess,
+/// and a wrong guess replays or blocks another request's answer.
+pub const KEY_REPEATED: &str = "send one Idempotency-Key header, not several";
+
+/// Validates the header: present once, 1–255 printable ASCII characters, no spaces.
 pub fn key_from(req: &HttpRequest) -> Result<String, CommonError> {
-    let Some(value) = req.headers().get(HEADER) else {
+    let mut values = req.headers().get_all(HEADER);
+    let Some(value) = values.next() else {
         return Err(CommonError::IdempotencyKeyMissing);
     };
+    if values.next().is_some() {
+        return Err(CommonError::IdempotencyKeyInvalid(KEY_REPEATED));
+    }
     let bytes = value.as_bytes();
     if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
-        return Err(CommonError::IdempotencyKeyInvalid);
+        return Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED));
     }
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
@@ -472,15 +482,41 @@ mod tests {
         let missing = TestRequest::default().to_http_request();
         assert!(matches!(key_from(&missing), Err(CommonError::IdempotencyKeyMissing)));
         let spaced = TestRequest::default().insert_header((HEADER, "a b")).to_http_request();
-        assert!(matches!(key_from(&spaced), Err(CommonError::IdempotencyKeyInvalid)));
+        assert!(matches!(
+            key_from(&spaced),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED))
+        ));
         let long = TestRequest::default()
             .insert_header((HEADER, "k".repeat(256)))
             .to_http_request();
-        assert!(matches!(key_from(&long), Err(CommonError::IdempotencyKeyInvalid)));
+        assert!(matches!(
+            key_from(&long),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED))
+        ));
         let max = TestRequest::default()
             .insert_header((HEADER, "k".repeat(255)))
             .to_http_request();
         assert!(key_from(&max).is_ok());
+    }
+
+    #[test]
+    fn two_keys_on_one_request_are_refused_rather_than_one_picked() {
+        let two = TestRequest::default()
+            .append_header((HEADER, "k1"))
+            .append_header((HEADER, "k2"))
+            .to_http_request();
+        assert!(matches!(
+            key_from(&two),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_REPEATED))
+        ));
+        let same_twice = TestRequest::default()
+            .append_header((HEADER, "k1"))
+            .append_header((HEADER, "k1"))
+            .to_http_request();
+        assert!(matches!(
+            key_from(&same_twice),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_REPEATED))
+        ));
     }
 
     #[test]

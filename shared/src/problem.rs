@@ -92,8 +92,9 @@ pub enum CommonError {
     UnsupportedMediaType,
     #[error("Idempotency-Key header missing")]
     IdempotencyKeyMissing,
-    #[error("Idempotency-Key header invalid")]
-    IdempotencyKeyInvalid,
+    /// With what to fix: [`crate::idempotency::KEY_MALFORMED`] or [`crate::idempotency::KEY_REPEATED`].
+    #[error("Idempotency-Key header invalid: {0}")]
+    IdempotencyKeyInvalid(&'static str),
     #[error("Idempotency-Key in use")]
     IdempotencyKeyInUse { retry_after: u64 },
     #[error("Idempotency-Key reused with a different request")]
@@ -139,11 +140,11 @@ impl CommonError {
                 "Idempotency-Key missing",
                 "this request changes state and needs an Idempotency-Key header",
             ),
-            Self::IdempotencyKeyInvalid => Problem::new(
+            Self::IdempotencyKeyInvalid(detail) => Problem::new(
                 S::BAD_REQUEST,
                 "idempotency-key-invalid",
                 "Idempotency-Key invalid",
-                "the Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+                *detail,
             ),
             Self::IdempotencyKeyInUse { retry_after } => Problem::new(
                 S::CONFLICT,

@@ -201,93 +201,100 @@ async fn bad_checkout_requests_get_a_problem_that_says_what_was_wrong() {
     let stack = stack().await;
     stack.put_item(1, "Mug", 1250, 10).await;
     let url = stack.url("/order/checkout");
-    let cases: Vec<(&str, Option<&str>, String, u16, &str)> = vec![
+    let cases: Vec<(&str, &[&str], String, u16, &str)> = vec![
         (
             "missing key",
-            None,
+            &[],
             r#"{"itemId":1,"quantity":1}"#.into(),
             400,
             "idempotency-key-missing",
         ),
         (
             "key with a space",
-            Some("a b"),
+            &["a b"],
             r#"{"itemId":1,"quantity":1}"#.into(),
             400,
             "idempotency-key-invalid",
         ),
         (
             "malformed JSON",
-            Some("k1"),
+            &["k1"],
             r#"{"itemId":1,"#.into(),
             400,
             "invalid-request",
         ),
         (
             "wrong type",
-            Some("k2"),
+            &["k2"],
             r#"{"itemId":"one","quantity":1}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "unknown field",
-            Some("k3"),
+            &["k3"],
             r#"{"itemId":1,"quantity":1,"discount":100}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "quantity 0",
-            Some("k4"),
+            &["k4"],
             r#"{"itemId":1,"quantity":0}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "quantity 1001",
-            Some("k5"),
+            &["k5"],
             r#"{"itemId":1,"quantity":1001}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "negative quantity",
-            Some("k6"),
+            &["k6"],
             r#"{"itemId":1,"quantity":-1}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "item 0",
-            Some("k7"),
+            &["k7"],
             r#"{"itemId":0,"quantity":1}"#.into(),
             400,
             "invalid-request",
         ),
         (
             "missing quantity",
-            Some("k8"),
+            &["k8"],
             r#"{"itemId":1}"#.into(),
             400,
             "invalid-request",
         ),
         (
+            "two keys",
+            &["k10", "k11"],
+            r#"{"itemId":1,"quantity":1}"#.into(),
+            400,
+            "idempotency-key-invalid",
+        ),
+        (
             "oversized body",
-            Some("k9"),
+            &["k9"],
             format!(r#"{{"itemId":1,"quantity":1,"customerId":"{}"}}"#, "x".repeat(20_000)),
             413,
             "payload-too-large",
         ),
     ];
-    for (what, key, body, want_status, want_slug) in cases {
+    for (what, keys, body, want_status, want_slug) in cases {
         let mut req = stack
             .client()
             .post(&url)
             .header("content-type", "application/json")
             .body(body);
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
+        for k in keys {
+            req = req.header("idempotency-key", *k);
         }
         let resp = req.send().await.expect(what);
         let status = resp.status().as_u16();
