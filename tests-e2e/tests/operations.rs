@@ -427,3 +427,87 @@ fn a_service_with_a_setting_out_of_bounds_refuses_to_start_and_names_it() {
         );
     }
 }
+
+/// Sends `request` as written over a new connection to nginx and reads the answer; nginx closes
+/// the connection after each of these refusals.
+async fn raw(stack: &Stack, request: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = reqwest::Url::parse(&stack.url("/")).expect("the gateway URL");
+    let addr = (url.host_str().expect("a host").to_string(), url.port().expect("a port"));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect to nginx");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("nginx answers and closes")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, text) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let mut headers = HeaderMap::new();
+    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+            reqwest::header::HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    Reply {
+        status,
+        headers,
+        json: serde_json::from_str(text).unwrap_or(Value::Null),
+        text: text.to_string(),
+    }
+}
+
+/// Requests nginx refuses before any service sees them get problem+json like the rest, so a
+/// client needs one error parser (nginx's own pages are HTML).
+#[tokio::test]
+async fn requests_nginx_itself_refuses_are_problem_json_too() {
+    let stack = stack().await;
+    let client = stack.client();
+    let long = "x".repeat(9_000);
+    let cases = [
+        (
+            "a NUL in the path",
+            client.get(stack.url("/order/orders/%00")),
+            400,
+            "invalid-request",
+        ),
+        (
+            "a 9 000-byte path",
+            client.get(stack.url(&format!("/order/orders/{long}"))),
+            414,
+            "invalid-request",
+        ),
+        (
+            "a 9 000-byte header",
+            client.get(stack.url("/order/health")).header("x-padding", &long),
+            400,
+            "invalid-request",
+        ),
+        (
+            "TRACE",
+            client.request(reqwest::Method::TRACE, stack.url("/order/health")),
+            405,
+            "method-not-allowed",
+        ),
+    ];
+    for (what, req, status, want_slug) in cases {
+        let r = send(req).await;
+        assert_problem(&r, status, want_slug, what);
+    }
+    let r = raw(
+        &stack,
+        "POST /order/checkout HTTP/1.1\r\nHost: checkout\r\nIdempotency-Key: te-1\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    assert_problem(&r, 501, "invalid-request", "an unknown Transfer-Encoding");
+}
