@@ -14,6 +14,12 @@ use crate::problem::CommonError;
 /// The contract's body limit.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
+/// Why a body is refused before it is read: its type.
+pub const NOT_JSON: &str = "send the body as JSON with Content-Type: application/json";
+/// Why a body is refused before it is read: it is compressed (or otherwise encoded), which would
+/// otherwise surface as a puzzling "malformed JSON" at column 1.
+pub const ENCODED: &str = "send the body without a Content-Encoding: none is supported";
+
 /// A parsed body and the bytes it came from.
 pub struct JsonBody<T> {
     pub value: T,
@@ -32,7 +38,14 @@ pub async fn read_json<T: DeserializeOwned>(
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
     if !is_json {
-        return Err(CommonError::UnsupportedMediaType);
+        return Err(CommonError::UnsupportedMediaType(NOT_JSON));
+    }
+    let encoded = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(CommonError::UnsupportedMediaType(ENCODED));
     }
     let declared = req
         .headers()

@@ -88,8 +88,9 @@ pub enum CommonError {
     InvalidRequest(String),
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("unsupported media type")]
-    UnsupportedMediaType,
+    /// With what to fix: [`crate::body::NOT_JSON`] or [`crate::body::ENCODED`].
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("Idempotency-Key header missing")]
     IdempotencyKeyMissing,
     /// With what to fix: [`crate::idempotency::KEY_MALFORMED`] or [`crate::idempotency::KEY_REPEATED`].
@@ -128,11 +129,11 @@ impl CommonError {
                 "Request body too large",
                 format!("the request body exceeds the limit of {limit} bytes"),
             ),
-            Self::UnsupportedMediaType => Problem::new(
+            Self::UnsupportedMediaType(detail) => Problem::new(
                 S::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
-                "send the body as JSON with Content-Type: application/json",
+                *detail,
             ),
             Self::IdempotencyKeyMissing => Problem::new(
                 S::BAD_REQUEST,

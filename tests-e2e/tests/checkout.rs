@@ -326,6 +326,38 @@ async fn bad_checkout_requests_get_a_problem_that_says_what_was_wrong() {
     );
 }
 
+/// A body that is not plain JSON is refused before it is read, with what to send instead: a
+/// gzip-compressed body used to be read as is and refused as "malformed JSON" at column 1.
+#[tokio::test]
+async fn a_body_that_is_not_plain_json_is_415_saying_what_to_send_and_nothing_is_done() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let body = r#"{"itemId":1,"quantity":1}"#;
+    let cases = [
+        ("text/plain", None, "Content-Type: application/json"),
+        ("application/json", Some("gzip"), "without a Content-Encoding"),
+    ];
+    for (i, (ctype, encoding, says)) in cases.into_iter().enumerate() {
+        let mut req = stack
+            .client()
+            .post(stack.url("/order/checkout"))
+            .header("idempotency-key", format!("media-{i}"))
+            .header("content-type", ctype)
+            .body(body);
+        if let Some(encoding) = encoding {
+            req = req.header("content-encoding", encoding);
+        }
+        let resp = req.send().await.expect("checkout");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 415, "{ctype} {encoding:?}: {body}");
+        assert_eq!(slug(&body), "unsupported-media-type");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains(says)), "{body}");
+    }
+    let item = stack.item(1).await;
+    assert_eq!((item["available"].as_i64(), item["sold"].as_i64()), (Some(10), Some(0)));
+}
+
 #[tokio::test]
 async fn an_unknown_item_is_404_and_an_unknown_order_is_404() {
     let stack = stack().await;
