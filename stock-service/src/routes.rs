@@ -105,7 +105,7 @@ async fn put_item(
         )));
     }
     if body.available > MAX_AVAILABLE {
-        return Err(invalid("available must be at most 1000000000"));
+        return Err(invalid(&format!("available must be at most {MAX_AVAILABLE}")));
     }
     let item = state
         .store
