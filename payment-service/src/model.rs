@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shared::money::MAX_CHARGE;
+use shared::money::{MAX_CHARGE, valid_currency};
 use utoipa::ToSchema;
 
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
@@ -150,10 +150,6 @@ impl Totals {
             _ => {}
         }
     }
-}
-
-pub fn valid_currency(c: &str) -> bool {
-    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]

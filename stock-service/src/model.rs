@@ -64,7 +64,3 @@ pub struct ReservationStatus {
 pub const MAX_QUANTITY: u32 = 1000;
 pub const MAX_PRICE: u64 = shared::money::MAX_CHARGE / MAX_QUANTITY as u64;
 pub const MAX_AVAILABLE: u64 = 1_000_000_000;
-
-pub fn valid_currency(c: &str) -> bool {
-    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
-}

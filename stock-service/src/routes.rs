@@ -5,13 +5,14 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::body::{self, JsonBody};
 use shared::idempotency::{self, KeyRef, Outcome, StoredResponse};
+use shared::money::valid_currency;
 use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::error::StockError;
 use crate::model::{
     Item, MAX_AVAILABLE, MAX_PRICE, MAX_QUANTITY, PutItemRequest, ReservationRef, ReservationResponse,
-    ReservationStatus, ReserveRequest, valid_currency,
+    ReservationStatus, ReserveRequest,
 };
 use crate::store::{ReserveOutcome, TransitionOutcome};
 
