@@ -432,8 +432,7 @@ fn a_service_with_a_setting_out_of_bounds_refuses_to_start_and_names_it() {
 /// the connection after each of these refusals.
 async fn raw(stack: &Stack, request: &str) -> Reply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = reqwest::Url::parse(&stack.url("/")).expect("the gateway URL");
-    let addr = (url.host_str().expect("a host").to_string(), url.port().expect("a port"));
+    let addr = ("127.0.0.1", stack.port(Service::Nginx));
     let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect to nginx");
     conn.write_all(request.as_bytes()).await.expect("send");
     let mut answer = Vec::new();
