@@ -35,10 +35,10 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Empty, Field, Visit};
 use tracing::{Event, Instrument, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -218,7 +218,7 @@ pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> Telem
             // the context from the span explicitly, so no OpenTelemetry context is made current.
             .with_tracked_inactivity(false)
             .with_context_activation(false)
-            .with_filter(trace_filter())
+            .with_filter(trace_filter(exporting))
             .boxed();
         layers.push(traces);
     }
@@ -238,10 +238,31 @@ pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> Telem
 /// HTTP client (each export would make spans to export) nor the access lines (they repeat the
 /// server span). A `Targets` filter, unlike a closure, is decided once per callsite, so the many
 /// `trace!` events inside hyper cost nothing.
-fn trace_filter() -> Targets {
-    Targets::new()
+///
+/// Without an exporter nobody reads the spans: only those that carry the trace context are built
+/// ([`CONTEXT_SPANS`]), so trace ids are still made, answered and passed on, and log lines
+/// still carry them (the innermost such span's). The rest cost a fifth of the services' CPU
+/// per checkout (about 200 µs of 1 000) for nothing.
+fn trace_filter(exporting: bool) -> Box<dyn Filter<Registry> + Send + Sync> {
+    let targets = Targets::new()
         .with_default(tracing::Level::INFO)
-        .with_targets(["hyper", "h2", "reqwest", "opentelemetry", "access"].map(|target| (target, LevelFilter::OFF)))
+        .with_targets(["hyper", "h2", "reqwest", "opentelemetry", "access"].map(|target| (target, LevelFilter::OFF)));
+    if exporting {
+        Box::new(targets)
+    } else {
+        // A filter on metadata alone is decided once per callsite, like the targets.
+        Box::new(targets.and(filter_fn(carries_context)))
+    }
+}
+
+/// The spans a trace's context lives on: a request's server span (its ids go in the response
+/// headers and the logs) and each downstream attempt (its ids are the callee's `traceparent`).
+pub const CONTEXT_SPANS: [&str; 2] = [SERVER_SPAN, ATTEMPT_SPAN];
+pub const SERVER_SPAN: &str = "http request";
+pub const ATTEMPT_SPAN: &str = "downstream attempt";
+
+fn carries_context(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && CONTEXT_SPANS.contains(&meta.name())
 }
 
 /// The SDK's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, SDK attributes), named after
@@ -366,7 +387,7 @@ pub async fn middleware(
         None => method.clone(),
     };
     let span = tracing::info_span!(
-        "http request",
+        SERVER_SPAN,
         otel.name = %name,
         otel.kind = "server",
         otel.status_code = Empty,
@@ -656,6 +677,47 @@ mod tests {
             traceresponse(&sc),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+    }
+
+    /// The ids of a server span, of a step inside it and of a downstream attempt inside that,
+    /// under the trace filter used with or without an exporter.
+    fn ids_of_nested_spans(exporting: bool) -> [Option<SpanContext>; 3] {
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(trace_filter(exporting));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let server = tracing::info_span!(SERVER_SPAN);
+            let _server = server.enter();
+            let step = step_span("reserve", "ord_1");
+            let _step = step.enter();
+            let attempt = tracing::info_span!(ATTEMPT_SPAN);
+            [span_context(&server), span_context(&step), span_context(&attempt)]
+        })
+    }
+
+    #[test]
+    fn without_an_exporter_only_the_spans_carrying_the_context_are_built_and_the_trace_goes_on() {
+        let [server, step, attempt] = ids_of_nested_spans(false);
+        let server = server.expect("the server span has ids: they are answered and logged");
+        assert!(step.is_none(), "a step span is built for nobody");
+        let attempt = attempt.expect("the attempt span has ids: they are the callee's traceparent");
+        assert_eq!(
+            attempt.trace_id(),
+            server.trace_id(),
+            "the attempt continues the request's trace"
+        );
+    }
+
+    #[test]
+    fn with_an_exporter_every_span_is_built_in_one_trace() {
+        let [server, step, attempt] = ids_of_nested_spans(true);
+        let trace_ids: Vec<_> = [server, step, attempt]
+            .into_iter()
+            .map(|sc| sc.expect("every span has ids").trace_id())
+            .collect();
+        assert!(trace_ids.iter().all(|t| *t == trace_ids[0]), "{trace_ids:?}");
     }
 
     /// Collects what a subscriber writes, line by line.
