@@ -494,7 +494,7 @@ impl Stack {
             // Durable as in `make run`: a restarted Redis comes back with every write it acknowledged.
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             // As `make run` and docker-compose.yml run it.
-            .args(["--hash-max-listpack-value", "1024"])
+            .args(["--hash-max-listpack-value", "1024", "--rdbcompression", "no"])
             .args(["--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]);
         if self.cluster.is_some() {
             // The bus port defaults to port + 10000, inside the ephemeral range: name one of ours.
