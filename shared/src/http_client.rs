@@ -154,7 +154,7 @@ impl Middleware for AttemptObserver {
             crate::metrics::retry(self.dependency);
         }
         let span = tracing::info_span!(
-            crate::telemetry::ATTEMPT_SPAN,
+            "downstream attempt",
             otel.name = %format_args!("{} {}", req.method(), req.url().path()),
             otel.kind = "client",
             otel.status_code = Empty,

@@ -46,8 +46,12 @@ pub async fn middleware(
 }
 
 /// Runs `fut` with `id` as the current request id, for work spawned off the request task. It
-/// also runs inside the span that is current *here*, where the request is being served (not
-/// where the future is first polled), so spawned work stays in the request's trace.
+/// also runs inside the span and the request trace that are current *here*, where the request
+/// is being served (not where the future is first polled), so spawned work stays in the
+/// request's trace.
 pub fn scope<F: std::future::Future>(id: String, fut: F) -> impl std::future::Future<Output = F::Output> {
-    tracing::Instrument::instrument(REQUEST_ID.scope(id, fut), tracing::Span::current())
+    tracing::Instrument::instrument(
+        REQUEST_ID.scope(id, crate::telemetry::carry(fut)),
+        tracing::Span::current(),
+    )
 }

@@ -19,26 +19,27 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags, TraceState, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Empty, Field, Visit};
 use tracing::{Event, Instrument, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -188,9 +189,11 @@ pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> Telem
         .get(&opentelemetry::Key::from_static_str("service.name"))
         .map(|v| v.to_string())
         .unwrap_or_else(|| service.to_string());
-    let provider = (!settings.disabled).then(|| build_provider(&settings, resource, &mut problems));
-    let exporting = provider.as_ref().is_some_and(|(_, exporting)| *exporting);
-    let provider = provider.map(|(p, _)| p);
+    let provider = (!settings.disabled)
+        .then(|| build_provider(&settings, resource, &mut problems))
+        .flatten();
+    let exporting = provider.is_some();
+    CONTEXT_ONLY.store(!settings.disabled && !exporting, Ordering::Relaxed);
 
     // Checked when the settings were read; the default is only a guard for callers that did not.
     let log_filter = EnvFilter::try_new(log_filter).unwrap_or_else(|_| EnvFilter::new(config::RUST_LOG.default));
@@ -218,7 +221,7 @@ pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> Telem
             // the context from the span explicitly, so no OpenTelemetry context is made current.
             .with_tracked_inactivity(false)
             .with_context_activation(false)
-            .with_filter(trace_filter(exporting))
+            .with_filter(trace_filter())
             .boxed();
         layers.push(traces);
     }
@@ -238,31 +241,10 @@ pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> Telem
 /// HTTP client (each export would make spans to export) nor the access lines (they repeat the
 /// server span). A `Targets` filter, unlike a closure, is decided once per callsite, so the many
 /// `trace!` events inside hyper cost nothing.
-///
-/// Without an exporter nobody reads the spans: only those that carry the trace context are built
-/// ([`CONTEXT_SPANS`]), so trace ids are still made, answered and passed on, and log lines
-/// still carry them (the innermost such span's). The rest cost a fifth of the services' CPU
-/// per checkout (about 200 µs of 1 000) for nothing.
-fn trace_filter(exporting: bool) -> Box<dyn Filter<Registry> + Send + Sync> {
-    let targets = Targets::new()
+fn trace_filter() -> Targets {
+    Targets::new()
         .with_default(tracing::Level::INFO)
-        .with_targets(["hyper", "h2", "reqwest", "opentelemetry", "access"].map(|target| (target, LevelFilter::OFF)));
-    if exporting {
-        Box::new(targets)
-    } else {
-        // A filter on metadata alone is decided once per callsite, like the targets.
-        Box::new(targets.and(filter_fn(carries_context)))
-    }
-}
-
-/// The spans a trace's context lives on: a request's server span (its ids go in the response
-/// headers and the logs) and each downstream attempt (its ids are the callee's `traceparent`).
-pub const CONTEXT_SPANS: [&str; 2] = [SERVER_SPAN, ATTEMPT_SPAN];
-pub const SERVER_SPAN: &str = "http request";
-pub const ATTEMPT_SPAN: &str = "downstream attempt";
-
-fn carries_context(meta: &tracing::Metadata<'_>) -> bool {
-    meta.is_span() && CONTEXT_SPANS.contains(&meta.name())
+        .with_targets(["hyper", "h2", "reqwest", "opentelemetry", "access"].map(|target| (target, LevelFilter::OFF)))
 }
 
 /// The SDK's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, SDK attributes), named after
@@ -279,23 +261,23 @@ fn resource(service: &'static str) -> Resource {
     }
 }
 
-/// The provider, and whether it exports. The sampler and the batch settings come from the
-/// environment through the SDK's own defaults.
+/// The provider, when spans have somewhere to go: without an exporter none is built (see
+/// [`CONTEXT_ONLY`]). The sampler and the batch settings come from the environment through the
+/// SDK's own defaults.
 fn build_provider(
     settings: &TraceSettings,
     resource: Resource,
     problems: &mut Vec<String>,
-) -> (SdkTracerProvider, bool) {
-    let builder = SdkTracerProvider::builder().with_resource(resource);
+) -> Option<SdkTracerProvider> {
     if !settings.export {
-        return (builder.build(), false);
+        return None;
     }
     if settings.protocol != "http/protobuf" {
         problems.push(format!(
             "{} {:?} is not built in (only http/protobuf); spans are not exported",
             OTEL_EXPORTER_OTLP_PROTOCOL.name, settings.protocol
         ));
-        return (builder.build(), false);
+        return None;
     }
     use opentelemetry_otlp::WithExportConfig as _;
     match opentelemetry_otlp::SpanExporter::builder()
@@ -303,14 +285,67 @@ fn build_provider(
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .build()
     {
-        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), true),
+        Ok(exporter) => Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource)
+                .with_batch_exporter(exporter)
+                .build(),
+        ),
         Err(e) => {
             problems.push(format!(
                 "the OTLP exporter could not be built ({e}); spans are not exported"
             ));
-            (builder.build(), false)
+            None
         }
     }
+}
+
+// ----- the request's trace without spans -----
+
+/// Set by [`init`] when tracing is on but nothing is exported. Spans would then be built, ended
+/// and dropped unread, at about a tenth of the services' CPU per checkout (README, Benchmark).
+/// So no OpenTelemetry span is made at all; the request's trace context lives in
+/// [`REQUEST_TRACE`] instead, and trace ids are still made, answered, logged and passed on.
+static CONTEXT_ONLY: AtomicBool = AtomicBool::new(false);
+
+tokio::task_local! {
+    /// The trace context of the request being served when no span holds it ([`CONTEXT_ONLY`]):
+    /// the one its response headers, its log lines and its downstream calls name.
+    static REQUEST_TRACE: Option<SpanContext>;
+}
+
+/// The context of a request served without spans: the caller's trace (and its sampling
+/// decision) when it sent one, else a new sampled trace, as the default sampler
+/// (`parentbased_always_on`) decides; and an id of its own for this service's part.
+fn request_trace(parent: &SpanContext) -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    if parent.is_valid() {
+        SpanContext::new(
+            parent.trace_id(),
+            ids.new_span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        )
+    } else {
+        SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+}
+
+fn current_request_trace() -> Option<SpanContext> {
+    REQUEST_TRACE.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs `fut` in the request trace current here: for work spawned off the request task
+/// ([`crate::request_id::scope`]).
+pub fn carry<F: std::future::Future>(fut: F) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_TRACE.scope(current_request_trace(), fut)
 }
 
 // ----- propagation -----
@@ -339,9 +374,16 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// Writes `span`'s context as `traceparent` (and `tracestate`) into outgoing headers.
+/// Writes `span`'s context as `traceparent` (and `tracestate`) into outgoing headers; without
+/// spans, the request's ([`CONTEXT_ONLY`]).
 pub fn inject(span: &Span, headers: &mut http::HeaderMap) {
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+    let mut cx = span.context();
+    if !cx.span().span_context().is_valid()
+        && let Some(sc) = current_request_trace()
+    {
+        cx = Context::new().with_remote_span_context(sc);
+    }
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
 /// The trace context a request arrived with (an empty context when it has none or a bad one).
@@ -387,7 +429,7 @@ pub async fn middleware(
         None => method.clone(),
     };
     let span = tracing::info_span!(
-        SERVER_SPAN,
+        "http request",
         otel.name = %name,
         otel.kind = "server",
         otel.status_code = Empty,
@@ -402,12 +444,17 @@ pub async fn middleware(
     if let Some(route) = &route {
         span.record("http.route", route.as_str());
     }
+    let trace = CONTEXT_ONLY
+        .load(Ordering::Relaxed)
+        .then(|| request_trace(parent.span().span_context()));
     // Before anything enters the span: the parent cannot change once the span has started.
     let _ = span.set_parent(parent);
-    let sc = span_context(&span);
+    let sc = trace.clone().or_else(|| span_context(&span));
     let started = std::time::Instant::now();
     let path = req.path().to_string();
-    let result = next.call(req).instrument(span.clone()).await;
+    let result = REQUEST_TRACE
+        .scope(trace.clone(), next.call(req).instrument(span.clone()))
+        .await;
     let (status, error) = match &result {
         Ok(res) => (res.status(), res.response().error().map(ToString::to_string)),
         Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
@@ -424,15 +471,17 @@ pub async fn middleware(
     }
     // The access line: without it a checkout that went well would leave nothing to find by its
     // trace id in the logs. Target `access`, so `RUST_LOG=info,access=warn` silences it.
-    span.in_scope(|| {
-        tracing::info!(
-            target: "access",
-            method = %method,
-            path = %path,
-            status = status.as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request served"
-        )
+    REQUEST_TRACE.sync_scope(trace, || {
+        span.in_scope(|| {
+            tracing::info!(
+                target: "access",
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request served"
+            )
+        })
     });
     let mut res = result?;
     if let Some(sc) = sc {
@@ -549,6 +598,8 @@ where
         line.insert("message".into(), message);
         line.insert("target".into(), Value::String(meta.target().to_string()));
         let (span, ids) = event_span(event);
+        let ids =
+            ids.or_else(|| current_request_trace().map(|sc| (sc.trace_id().to_string(), sc.span_id().to_string())));
         if let Some((trace_id, span_id)) = ids {
             line.insert("trace_id".into(), Value::String(trace_id));
             line.insert("span_id".into(), Value::String(span_id));
@@ -679,45 +730,59 @@ mod tests {
         );
     }
 
-    /// The ids of a server span, of a step inside it and of a downstream attempt inside that,
-    /// under the trace filter used with or without an exporter.
-    fn ids_of_nested_spans(exporting: bool) -> [Option<SpanContext>; 3] {
-        let provider = SdkTracerProvider::builder().build();
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_filter(trace_filter(exporting));
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
-            let server = tracing::info_span!(SERVER_SPAN);
-            let _server = server.enter();
-            let step = step_span("reserve", "ord_1");
-            let _step = step.enter();
-            let attempt = tracing::info_span!(ATTEMPT_SPAN);
-            [span_context(&server), span_context(&step), span_context(&attempt)]
-        })
+    fn remote(traceparent: &str) -> SpanContext {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("traceparent", traceparent))
+            .to_http_request();
+        extract(req.headers()).span().span_context().clone()
     }
 
     #[test]
-    fn without_an_exporter_only_the_spans_carrying_the_context_are_built_and_the_trace_goes_on() {
-        let [server, step, attempt] = ids_of_nested_spans(false);
-        let server = server.expect("the server span has ids: they are answered and logged");
-        assert!(step.is_none(), "a step span is built for nobody");
-        let attempt = attempt.expect("the attempt span has ids: they are the callee's traceparent");
+    fn a_request_served_without_spans_continues_its_callers_trace_under_an_id_of_its_own() {
+        let caller = remote("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let own = request_trace(&caller);
+        assert_eq!(own.trace_id(), caller.trace_id());
         assert_eq!(
-            attempt.trace_id(),
-            server.trace_id(),
-            "the attempt continues the request's trace"
+            own.trace_flags(),
+            caller.trace_flags(),
+            "the caller's sampling decision stands"
+        );
+        assert_ne!(own.span_id(), caller.span_id());
+        assert!(own.is_valid() && !own.is_remote());
+
+        let fresh = request_trace(&SpanContext::empty_context());
+        assert!(
+            fresh.is_valid() && fresh.is_sampled(),
+            "a new trace, sampled as by default"
+        );
+        assert_ne!(
+            fresh.trace_id(),
+            request_trace(&SpanContext::empty_context()).trace_id()
         );
     }
 
-    #[test]
-    fn with_an_exporter_every_span_is_built_in_one_trace() {
-        let [server, step, attempt] = ids_of_nested_spans(true);
-        let trace_ids: Vec<_> = [server, step, attempt]
-            .into_iter()
-            .map(|sc| sc.expect("every span has ids").trace_id())
-            .collect();
-        assert!(trace_ids.iter().all(|t| *t == trace_ids[0]), "{trace_ids:?}");
+    #[tokio::test]
+    async fn without_spans_downstream_calls_carry_the_requests_trace_and_spawned_work_keeps_it() {
+        let own = request_trace(&SpanContext::empty_context());
+        let sent = |own: &SpanContext| {
+            let mut headers = http::HeaderMap::new();
+            inject(&Span::none(), &mut headers);
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            assert_eq!(traceparent, Some(format!("00-{}-{}-01", own.trace_id(), own.span_id())));
+        };
+        REQUEST_TRACE.scope(Some(own.clone()), async { sent(&own) }).await;
+        // Spawned where the request is served, polled where its trace is not current.
+        let spawned = REQUEST_TRACE.sync_scope(Some(own.clone()), || {
+            tokio::spawn(carry(async { current_request_trace() }))
+        });
+        assert_eq!(spawned.await.ok().flatten(), Some(own));
+
+        let mut outside = http::HeaderMap::new();
+        inject(&Span::none(), &mut outside);
+        assert!(outside.is_empty(), "no trace, no traceparent: {outside:?}");
     }
 
     /// Collects what a subscriber writes, line by line.
@@ -767,6 +832,30 @@ mod tests {
         assert!(line.get("field.service").is_none());
         assert_eq!(line["field.level"], "x");
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_spans_json_lines_name_the_trace_of_the_request_they_were_logged_in() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines {
+                service: "test-service".into(),
+            })
+            .with_writer(move || writer.clone())
+            .finish();
+        let own = request_trace(&SpanContext::empty_context());
+        let _default = tracing::subscriber::set_default(subscriber);
+        REQUEST_TRACE
+            .scope(Some(own.clone()), async { tracing::warn!("inside") })
+            .await;
+        tracing::warn!("outside");
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["trace_id"], own.trace_id().to_string());
+        assert_eq!(lines[0]["span_id"], own.span_id().to_string());
+        assert!(lines[1].get("trace_id").is_none(), "{}", lines[1]);
     }
 
     #[test]

@@ -171,6 +171,53 @@ async fn a_callers_traceparent_is_continued_through_nginx() {
     assert_eq!(trace.services().len(), 3, "{}", trace.outline());
 }
 
+#[tokio::test]
+async fn without_a_collector_a_callers_trace_still_names_the_checkout_in_every_services_logs() {
+    // No exporter: no spans are built, but the ids must still be answered, logged and passed on.
+    let json_logs = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
+    let stack = Stack::launch(StackOptions {
+        order_env: json_logs(),
+        stock_env: json_logs(),
+        payment_env: json_logs(),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let parent_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+
+    let resp = stack
+        .client()
+        .post(stack.url("/order/checkout"))
+        .header("idempotency-key", key())
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .json(&json!({"itemId": 1, "quantity": 1}))
+        .send()
+        .await
+        .expect("checkout");
+
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(resp.headers(), "x-trace-id"), trace_id);
+    let traceresponse = header(resp.headers(), "traceresponse");
+    let parts: Vec<&str> = traceresponse.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceresponse}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id.as_str(), "01"));
+    assert_eq!(parts[2].len(), 16, "{traceresponse}");
+    assert_ne!(parts[2], parent_id, "the order service's part has an id of its own");
+    for service in [Service::Order, Service::Stock, Service::Payment] {
+        let log = stack.logs(service);
+        let of_checkout = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["trace_id"] == trace_id.as_str())
+            .count();
+        assert!(
+            of_checkout > 0,
+            "{service:?} logged nothing with trace id {trace_id}:\n{log}"
+        );
+    }
+}
+
 /// A loopback proxy in front of stock that answers the first request 503 itself (as a gateway
 /// in trouble would) and forwards every later connection, so a checkout's first stock attempt
 /// fails and its retry gets through: exactly two attempts, whatever the backoff draws.
