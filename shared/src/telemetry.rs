@@ -802,8 +802,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_lines_carry_the_fixed_members_and_the_event_fields() {
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default()
+        }
+    }
+
+    /// A subscriber writing [`JsonLines`] of service `test-service` into what it returns.
+    fn json_lines_subscriber() -> (Captured, impl Subscriber + Send + Sync) {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -812,6 +818,12 @@ mod tests {
             })
             .with_writer(move || writer.clone())
             .finish();
+        (captured, subscriber)
+    }
+
+    #[test]
+    fn json_lines_carry_the_fixed_members_and_the_event_fields() {
+        let (captured, subscriber) = json_lines_subscriber();
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(
                 order_id = "ord_1",
@@ -821,7 +833,7 @@ mod tests {
                 "it happened"
             );
         });
-        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        let text = captured.text();
         let line: Value = serde_json::from_str(text.trim()).expect("one JSON object");
         assert_eq!(line["message"], "it happened");
         assert_eq!(line["level"], "WARN");
@@ -837,21 +849,14 @@ mod tests {
 
     #[tokio::test]
     async fn without_spans_json_lines_name_the_trace_of_the_request_they_were_logged_in() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .event_format(JsonLines {
-                service: "test-service".into(),
-            })
-            .with_writer(move || writer.clone())
-            .finish();
+        let (captured, subscriber) = json_lines_subscriber();
         let own = request_trace(&SpanContext::empty_context());
         let _default = tracing::subscriber::set_default(subscriber);
         REQUEST_TRACE
             .scope(Some(own.clone()), async { tracing::warn!("inside") })
             .await;
         tracing::warn!("outside");
-        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        let text = captured.text();
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["trace_id"], own.trace_id().to_string());

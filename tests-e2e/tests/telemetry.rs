@@ -145,13 +145,11 @@ async fn one_checkout_through_nginx_is_one_trace_across_the_three_services() {
     assert!(stray.is_empty(), "server spans outside the checkout's trace: {stray:?}");
 }
 
-#[tokio::test]
-async fn a_callers_traceparent_is_continued_through_nginx() {
-    let collector = Collector::start().await;
-    let stack = traced_stack(&collector, |_| {}).await;
+/// A checkout of item 1 sent with a caller's `traceparent`: the response, and the caller's
+/// trace id and span id.
+async fn checkout_in_a_callers_trace(stack: &Stack) -> (reqwest::Response, String, String) {
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let parent_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-
+    let parent_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let resp = stack
         .client()
         .post(stack.url("/order/checkout"))
@@ -161,6 +159,25 @@ async fn a_callers_traceparent_is_continued_through_nginx() {
         .send()
         .await
         .expect("checkout");
+    (resp, trace_id, parent_id)
+}
+
+/// Options for a stack whose three services log JSON lines.
+fn json_logs() -> StackOptions {
+    let json = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
+    StackOptions {
+        order_env: json(),
+        stock_env: json(),
+        payment_env: json(),
+        ..StackOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_callers_traceparent_is_continued_through_nginx() {
+    let collector = Collector::start().await;
+    let stack = traced_stack(&collector, |_| {}).await;
+    let (resp, trace_id, parent_id) = checkout_in_a_callers_trace(&stack).await;
 
     assert_eq!(resp.status(), 200);
     assert_eq!(header(resp.headers(), "x-trace-id"), trace_id);
@@ -174,27 +191,9 @@ async fn a_callers_traceparent_is_continued_through_nginx() {
 #[tokio::test]
 async fn without_a_collector_a_callers_trace_still_names_the_checkout_in_every_services_logs() {
     // No exporter: no spans are built, but the ids must still be answered, logged and passed on.
-    let json_logs = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
-    let stack = Stack::launch(StackOptions {
-        order_env: json_logs(),
-        stock_env: json_logs(),
-        payment_env: json_logs(),
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::launch(json_logs()).await;
     stack.put_item(1, "Mug", 1250, 10).await;
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let parent_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-
-    let resp = stack
-        .client()
-        .post(stack.url("/order/checkout"))
-        .header("idempotency-key", key())
-        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
-        .json(&json!({"itemId": 1, "quantity": 1}))
-        .send()
-        .await
-        .expect("checkout");
+    let (resp, trace_id, parent_id) = checkout_in_a_callers_trace(&stack).await;
 
     assert_eq!(resp.status(), 200);
     assert_eq!(header(resp.headers(), "x-trace-id"), trace_id);
@@ -203,7 +202,11 @@ async fn without_a_collector_a_callers_trace_still_names_the_checkout_in_every_s
     assert_eq!(parts.len(), 4, "{traceresponse}");
     assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id.as_str(), "01"));
     assert_eq!(parts[2].len(), 16, "{traceresponse}");
-    assert_ne!(parts[2], parent_id, "the order service's part has an id of its own");
+    assert_ne!(
+        parts[2],
+        parent_id.as_str(),
+        "the order service's part has an id of its own"
+    );
     for service in [Service::Order, Service::Stock, Service::Payment] {
         let log = stack.logs(service);
         let of_checkout = log
@@ -526,14 +529,7 @@ async fn warnings_logged_under_rust_log_warn_still_carry_the_trace_id_of_their_c
 
 #[tokio::test]
 async fn json_log_lines_of_a_checkout_carry_its_trace_id_and_never_the_token() {
-    let json_logs = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
-    let stack = Stack::launch(StackOptions {
-        order_env: json_logs(),
-        stock_env: json_logs(),
-        payment_env: json_logs(),
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::launch(json_logs()).await;
     stack.put_item(1, "Mug", 1250, 10).await;
 
     let (status, headers, body) = stack.checkout(&key(), json!({"itemId": 1, "quantity": 1})).await;
