@@ -55,7 +55,7 @@ pub const OTEL_SDK_DISABLED: EnvVar = EnvVar {
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: EnvVar = EnvVar {
     name: "OTEL_EXPORTER_OTLP_ENDPOINT",
     default: "",
-    help: "OTLP/HTTP collector, e.g. `http://jaeger:4318`; spans go to `<url>/v1/traces`. Unset: nothing is exported.",
+    help: "OTLP/HTTP collector, e.g. `http://jaeger:4318`; spans go to `<url>/v1/traces`. Unset: no spans are built, but trace ids are still made, logged and passed on.",
 };
 
 pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: EnvVar = EnvVar {
