@@ -26,7 +26,10 @@
 //!
 //! A dependency that is down (killed) shows through the proxy as a connection that was accepted
 //! and then closed, not as a refused connection: to the caller it "may have been sent". That is
-//! the conservative reading and the one a load balancer in front of a service gives too.
+//! the conservative reading and the one a load balancer in front of a service gives too. A test
+//! that needs the other reading, a service down with nothing in front of it, closes the proxy's
+//! port ([`ProxyHandle::close_port`]): connections are then refused, so the caller knows for
+//! certain that its request never left.
 //!
 //! With concurrent requests the order in which they draw from the RNG depends on scheduling, so a
 //! seed replays the same sequence of decisions, not necessarily the same request for each.
@@ -37,6 +40,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Largest request or response head the proxy accepts; the services' are a few hundred bytes.
@@ -208,6 +212,8 @@ pub struct ProxyHandle {
     name: &'static str,
     port: u16,
     state: Arc<Mutex<State>>,
+    /// Whether the port is open (listening); the accept loop follows it.
+    open: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -261,6 +267,17 @@ impl ProxyHandle {
         self.lock().counts
     }
 
+    /// Stops listening, so that connections to the port are refused, until [`Self::open_port`].
+    /// Requests already accepted go on as their plan says.
+    pub fn close_port(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Listens on the same port again.
+    pub fn open_port(&self) {
+        self.open.send_replace(true);
+    }
+
     /// Decides the fate of one request and counts it.
     fn decide(&self, path: &str) -> Fault {
         let mut state = self.lock();
@@ -308,6 +325,7 @@ impl FaultProxy {
             .await
             .expect("bind a loopback port for the fault proxy");
         let port = listener.local_addr().expect("the proxy's address").port();
+        let (open, opened) = watch::channel(true);
         let handle = ProxyHandle {
             name,
             port,
@@ -316,9 +334,10 @@ impl FaultProxy {
                 rng: SeededRng::new(seed),
                 counts: FaultCounts::default(),
             })),
+            open: Arc::new(open),
         };
         let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
-        let accept = tokio::spawn(accept_loop(listener, upstream, handle.clone()));
+        let accept = tokio::spawn(accept_loop(listener, opened, upstream, handle.clone()));
         FaultProxy { handle, accept }
     }
 
@@ -333,14 +352,45 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, handle: ProxyHandle) {
+async fn accept_loop(
+    listener: TcpListener,
+    mut opened: watch::Receiver<bool>,
+    upstream: SocketAddr,
+    handle: ProxyHandle,
+) {
+    let mut listener = Some(listener);
     loop {
-        match listener.accept().await {
-            Ok((client, _)) => {
-                tokio::spawn(serve(client, upstream, handle.clone()));
+        if !*opened.borrow_and_update() {
+            // Dropping the listener closes the socket: connections to the port are refused.
+            drop(listener.take());
+            if opened.wait_for(|open| *open).await.is_err() {
+                return;
             }
-            // Out of descriptors or similar: back off a little rather than spin.
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            continue;
+        }
+        let open = match listener {
+            Some(ref open) => open,
+            None => {
+                let port = handle.port;
+                let bound = TcpListener::bind(("127.0.0.1", port)).await;
+                listener.insert(
+                    bound.unwrap_or_else(|e| panic!("the {} proxy cannot listen on {port} again: {e}", handle.name)),
+                )
+            }
+        };
+        tokio::select! {
+            accepted = open.accept() => match accepted {
+                Ok((client, _)) => {
+                    tokio::spawn(serve(client, upstream, handle.clone()));
+                }
+                // Out of descriptors or similar: back off a little rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            changed = opened.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
