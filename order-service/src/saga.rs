@@ -6,8 +6,9 @@
 //! on the order before the next step starts.
 //!
 //! The rule for money: never report failure while money may have moved. When the charge's
-//! outcome is unknown (payment reached, answer lost), or the completion/refund after a charge
-//! is unknown, the order stays `processing`, the client gets 202 and the Idempotency-Key stays
+//! outcome is unknown (payment reached and the answer lost; or payment unreachable now, after an
+//! earlier runner may have charged before it died), or the completion/refund after a charge is
+//! unknown, the order stays `processing`, the client gets 202 and the Idempotency-Key stays
 //! locked; re-running the saga resolves it by re-sending the same idempotent calls.
 
 use actix_web::http::StatusCode;
@@ -112,6 +113,9 @@ impl Attempt<'_> {
     /// charge is recorded the order only goes forward (complete, refunding only on stock's
     /// definitive refusal), so a transient failure can never end a charged order as failed.
     async fn proceed(&self, o: &NewOrder, progress: Progress) -> SagaEnd {
+        // A reservation recorded by an earlier runner means that runner went on to charge and
+        // may have been heard before it died: a charge may exist that this run has not seen.
+        let charged_earlier = progress.reservation.is_some();
         let reservation = match progress.reservation {
             Some((reservation_id, total_fee, currency)) => Reservation {
                 reservation_id,
@@ -126,7 +130,7 @@ impl Attempt<'_> {
         let charge_id = match progress.charge_id {
             Some(charge_id) => charge_id,
             None => match self
-                .charge(o, &reservation)
+                .charge(o, &reservation, charged_earlier)
                 .instrument(step_span("charge", &o.order_id))
                 .await
             {
@@ -182,8 +186,10 @@ impl Attempt<'_> {
         Ok(reservation)
     }
 
-    /// Charges and records the charge; `Err` is how the saga ended instead.
-    async fn charge(&self, o: &NewOrder, reservation: &Reservation) -> Result<String, SagaEnd> {
+    /// Charges and records the charge; `Err` is how the saga ended instead. `charged_earlier`:
+    /// an earlier runner may have sent this charge, so this run's failing to reach payment
+    /// proves nothing about the money.
+    async fn charge(&self, o: &NewOrder, reservation: &Reservation, charged_earlier: bool) -> Result<String, SagaEnd> {
         let id = o.order_id.as_str();
         let rid = reservation.reservation_id.as_str();
 
@@ -215,8 +221,10 @@ impl Attempt<'_> {
                 };
                 return Err(self.end(id, "compensated", ("charge", "refused"), release, err).await);
             }
-            Err(e) if !e.maybe_sent() => {
-                // Payment never received the request: no money moved, undo the reservation.
+            Err(e) if !e.maybe_sent() && !charged_earlier => {
+                // Payment never received the request, nor any before it: no money moved, undo
+                // the reservation. After an earlier runner's charge the order waits instead (the
+                // catch-all below): once payment is back, the same key replays that charge.
                 tracing::warn!(order_id = id, error = %e, "payment unreachable; releasing");
                 let release = self.release(id, rid).await;
                 let err = OrderError::DependencyUnavailable {

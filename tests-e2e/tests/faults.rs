@@ -361,11 +361,12 @@ struct Tally {
     amount: i64,
 }
 
-/// Sends a checkout in the background and returns once its reserve call is being held by the
-/// stock proxy (whose plan must delay `/reserve`): the moment to crash something mid-saga.
-async fn checkout_held_at_reserve(
+/// Sends a checkout in the background and returns once one of its calls is being held by
+/// `proxy` (whose plan must delay that call, e.g. stock's `/reserve`): the moment to crash
+/// something mid-saga.
+async fn checkout_held_by(
     stack: &Stack,
-    stock: &tests_e2e::ProxyHandle,
+    proxy: &tests_e2e::ProxyHandle,
     k: &str,
     body: &Value,
 ) -> tokio::task::JoinHandle<Reply> {
@@ -377,10 +378,11 @@ async fn checkout_held_at_reserve(
         body.clone(),
     ));
     let waited = Instant::now();
-    while stock.counts().delayed == 0 {
+    while proxy.counts().delayed == 0 {
         assert!(
             waited.elapsed() < Duration::from_secs(10),
-            "the reserve never reached the proxy"
+            "the call never reached the {} proxy",
+            proxy.name()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1034,7 +1036,7 @@ async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery(
     );
     let k = key();
     let body = json!({"itemId": 1, "quantity": 3});
-    let client = checkout_held_at_reserve(&stack, &stock, &k, &body).await;
+    let client = checkout_held_by(&stack, &stock, &k, &body).await;
 
     stack.kill(Service::Order).await;
     let reply = client.await.expect("client task");
@@ -1075,6 +1077,91 @@ async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery(
         }
         other => panic!("order {order_id} ended {other:?}: {order}"),
     }
+    let books = Ledger {
+        stocked: BTreeMap::from([(1, 10)]),
+        replies: vec![],
+    };
+    let found = violations(&stack, &books, false).await;
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_made_before_a_crash_is_waited_for_not_undone_when_payment_is_then_unreachable() {
+    // The order service dies while its charge is on the way; the charge lands after it died.
+    let mut options = focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")]);
+    // Long enough that the reservation outlives the outage below: the order can complete.
+    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
+    let mut stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let payment = stack.proxy(Service::Payment);
+    payment.set(
+        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
+            .on_path("/charge")
+            .times(1),
+    );
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 1});
+    let client = checkout_held_by(&stack, &payment, &k, &body).await;
+    stack.kill(Service::Order).await;
+    let reply = client.await.expect("client task");
+    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
+    let order_id = key_record(&stack, &k)
+        .await
+        .expect("the key was taken before the crash")
+        .token;
+    let waited = Instant::now();
+    while charges_of(&stack, &order_id).await.is_empty() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the held charge never reached payment"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Payment is down with nothing in front of it: recovery's charge is refused outright, so it
+    // provably never left. That proves nothing about the charge sent before the crash.
+    payment.close_port();
+    stack.start(Service::Order).await;
+    let waited = Instant::now();
+    let held = loop {
+        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+        let tried = order["steps"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|s| s["name"] == "charge"));
+        if tried || order["status"] != "processing" {
+            break order;
+        }
+        assert!(
+            waited.elapsed() < SETTLE_TIMEOUT,
+            "recovery never tried the charge: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let charges = charges_of(&stack, &order_id).await;
+    assert_eq!(
+        held["status"], "processing",
+        "ended with a charge standing while payment was unreachable: {held} {charges:?}"
+    );
+    let steps = held["steps"].as_array().cloned().unwrap_or_default();
+    assert!(
+        steps.iter().all(|s| s["name"] != "release"),
+        "the reservation was released under a standing charge: {held}"
+    );
+
+    // Payment back: the same key replays the charge made before the crash, and the order goes on.
+    payment.open_port();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after payment came back: {open:#?}"));
+    let (again, _, replay) = stack.checkout(&k, body).await;
+    assert_eq!(
+        (again, replay["orderId"].as_str()),
+        (200, Some(order_id.as_str())),
+        "{replay}"
+    );
     let books = Ledger {
         stocked: BTreeMap::from([(1, 10)]),
         replies: vec![],
@@ -1156,7 +1243,7 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     stock.set(FaultPlan::always(Fault::Delay(Duration::from_millis(1500))).on_path("/reserve"));
     let k = key();
     let body = json!({"itemId": 1, "quantity": 1});
-    let client = checkout_held_at_reserve(&stack, &stock, &k, &body).await;
+    let client = checkout_held_by(&stack, &stock, &k, &body).await;
     stack.kill(Service::Redis).await;
     let reply = client.await.expect("client task");
     stack.heal_proxies();
