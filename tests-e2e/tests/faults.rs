@@ -1,6 +1,7 @@
 //! Fault injection: checkouts while processes are SIGKILLed and restarted (the three services and
 //! Redis, which keeps every acknowledged write in its AOF) and while the proxies between the order
-//! service and its dependencies delay, drop and cut requests. After the faults stop and recovery
+//! service and its dependencies delay, drop and cut requests or close their ports (a dependency
+//! down with nothing in front of it: connections refused). After the faults stop and recovery
 //! has had its time, the books must balance, to the unit and to the cent.
 //!
 //! `fault_rounds_leave_every_order_settled_and_the_books_balanced` runs FAULT_ROUNDS rounds
@@ -677,6 +678,8 @@ struct Summary {
     statuses: BTreeMap<u16, u64>,
     kills: BTreeMap<&'static str, u64>,
     late_kills: BTreeMap<&'static str, u64>,
+    outages: BTreeMap<&'static str, u64>,
+    late_outages: BTreeMap<&'static str, u64>,
     proxy_plans: BTreeMap<&'static str, u64>,
     settle: Duration,
     took: Duration,
@@ -702,6 +705,8 @@ fn summary_text(seed: u64, s: &Summary, proxies: &[(&str, FaultCounts)], violati
     );
     let _ = writeln!(out, "  SIGKILL + restart while checkouts ran: {:?}", s.kills);
     let _ = writeln!(out, "  SIGKILL + restart while recovery ran: {:?}", s.late_kills);
+    let _ = writeln!(out, "  port closed while checkouts ran: {:?}", s.outages);
+    let _ = writeln!(out, "  port closed while recovery ran: {:?}", s.late_outages);
     let _ = writeln!(out, "  proxy plans set: {:?}", s.proxy_plans);
     let mut total = FaultCounts::default();
     for (name, c) in proxies {
@@ -714,9 +719,10 @@ fn summary_text(seed: u64, s: &Summary, proxies: &[(&str, FaultCounts)], violati
     }
     let _ = writeln!(
         out,
-        "  proxy faults: {} · process kills: {}",
+        "  proxy faults: {} · process kills: {} · outages: {}",
         total.faults(),
-        s.kills.values().chain(s.late_kills.values()).sum::<u64>()
+        s.kills.values().chain(s.late_kills.values()).sum::<u64>(),
+        s.outages.values().chain(s.late_outages.values()).sum::<u64>()
     );
     let _ = writeln!(out, "  longest wait for recovery: {:?} · took {:?}", s.settle, s.took);
     let _ = writeln!(out, "  violations: {}", violations.len());
@@ -756,6 +762,29 @@ fn pick_proxy_fault(rng: &mut SeededRng) -> Option<(Fault, f64)> {
         _ => Fault::CutMidResponse,
     };
     Some((fault, rng.between(15, 60) as f64 / 100.0))
+}
+
+/// An outage of stock or payment with nothing in front of it, or none: the proxy's port closed
+/// (connections refused, so the caller knows its call never left) `at` ms from now for `down`
+/// ms. Unlike a killed service behind the proxy, this is what tells the saga "nothing happened".
+fn pick_outage(rng: &mut SeededRng, chance: f64, at: (u64, u64)) -> Option<(Service, u64, u64)> {
+    if !rng.chance(chance) {
+        return None;
+    }
+    let service = *rng.pick(&[Service::Stock, Service::Payment]);
+    Some((service, rng.between(at.0, at.1), rng.between(100, 1500)))
+}
+
+/// Runs an outage from [`pick_outage`] in the background.
+fn start_outage(stack: &Stack, outage: Option<(Service, u64, u64)>) -> Option<tokio::task::JoinHandle<()>> {
+    let (service, at, down) = outage?;
+    let proxy = stack.proxy(service);
+    Some(tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(at)).await;
+        proxy.close_port();
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        proxy.open_port();
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -836,6 +865,15 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
             let lease = LEASE.as_millis() as u64;
             (victim, rng.between(lease / 2, lease + 800), rng.between(50, 500))
         });
+        let outage = pick_outage(&mut rng, 0.25, (0, 600));
+        let lease = LEASE.as_millis() as u64;
+        let late_outage = pick_outage(&mut rng, 0.25, (lease / 2, lease + 800));
+        for (o, tally) in [(outage, &mut summary.outages), (late_outage, &mut summary.late_outages)] {
+            if let Some((service, _, _)) = o {
+                *tally.entry(service_name(service)).or_default() += 1;
+            }
+        }
+        let outage = start_outage(&stack, outage);
 
         let tasks: Vec<_> = sends
             .into_iter()
@@ -860,16 +898,23 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
             *summary.statuses.entry(reply.status).or_default() += 1;
             ledger.replies.push(reply);
         }
+        if let Some(outage) = outage {
+            outage.await.expect("the outage task panicked");
+        }
 
         // Faults stop, except that a process may die again while recovery does its work (the
         // lease runs out LEASE after the last renewal); then the books must balance.
         stack.heal_proxies();
+        let late_outage = start_outage(&stack, late_outage);
         if let Some((victim, at, down)) = late_kill {
             tokio::time::sleep(Duration::from_millis(at)).await;
             stack.kill(victim).await;
             *summary.late_kills.entry(service_name(victim)).or_default() += 1;
             tokio::time::sleep(Duration::from_millis(down)).await;
             stack.start(victim).await;
+        }
+        if let Some(outage) = late_outage {
+            outage.await.expect("the outage task panicked");
         }
         match wait_until_settled_but(&stack, SETTLE_TIMEOUT, &stuck).await {
             Ok(took) => summary.settle = summary.settle.max(took),
