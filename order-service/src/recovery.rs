@@ -56,9 +56,22 @@ async fn recover(runner: &Runner, order_id: &str) {
             return;
         }
     }
+    // No request carries this work: it is a trace of its own, and its calls to stock and
+    // payment continue it, so the resumed checkout can be followed across the services.
+    let span = tracing::info_span!(
+        parent: None,
+        "recovery",
+        otel.name = "recover checkout",
+        order.id = %order_id,
+    );
+    shared::telemetry::own_trace(span, finish(runner, order_id, &owner)).await;
+}
+
+/// Drives a claimed checkout to its end.
+async fn finish(runner: &Runner, order_id: &str, owner: &str) {
     tracing::info!(order_id, "recovery: resuming a checkout whose runner stopped");
     shared::metrics::event("recovery", "claimed");
-    let Some(resp) = runner.resume(order_id, &owner, Resumer::Recovery).await else {
+    let Some(resp) = runner.resume(order_id, owner, Resumer::Recovery).await else {
         return;
     };
     let outcome = match resp.status {

@@ -349,6 +349,17 @@ pub fn carry<F: std::future::Future>(fut: F) -> impl std::future::Future<Output 
     REQUEST_TRACE.scope(current_request_trace(), fut)
 }
 
+/// Runs `fut`, work no request started (the order service's recovery worker resuming a
+/// checkout), as a trace of its own under `span`, which must be a root (`parent: None`):
+/// exported as such when spans are, else under a new request trace ([`CONTEXT_ONLY`]), so that
+/// its downstream calls and log lines, in every service, still name one trace.
+pub fn own_trace<F: std::future::Future>(span: Span, fut: F) -> impl std::future::Future<Output = F::Output> {
+    let trace = CONTEXT_ONLY
+        .load(Ordering::Relaxed)
+        .then(|| request_trace(&SpanContext::empty_context()));
+    REQUEST_TRACE.scope(trace, fut.instrument(span))
+}
+
 // ----- propagation -----
 
 struct HeaderExtractor<'a>(&'a HeaderMap);

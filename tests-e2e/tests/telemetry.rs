@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests_e2e::otlp::{CollectedSpan, Collector, Kind, Trace};
-use tests_e2e::{Service, Stack, StackOptions, new_key as key};
+use tests_e2e::{Fault, FaultPlan, Service, Stack, StackOptions, new_key as key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -219,6 +219,131 @@ async fn without_a_collector_a_callers_trace_still_names_the_checkout_in_every_s
             "{service:?} logged nothing with trace id {trace_id}:\n{log}"
         );
     }
+}
+
+/// Options for a stack where the order service dies mid-checkout and its recovery worker
+/// finishes the checkout within seconds: fault proxies (to hold the reserve), short leases.
+fn recovery_options(options: &mut StackOptions) {
+    options.fault_proxies = true;
+    options.order_env.extend(
+        [
+            ("IDEMPOTENCY_LEASE", "2s"),
+            ("RECOVERY_INTERVAL", "200ms"),
+            ("HTTP_ATTEMPT_TIMEOUT", "10s"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+}
+
+/// Kills the order service while a checkout's reserve is held at the stock proxy and starts it
+/// again; its recovery worker then finishes the checkout, outside any request. Returns once
+/// the restarted order service has logged the checkout's end, with that log line.
+async fn checkout_finished_by_recovery(stack: &mut Stack) -> String {
+    let stock = stack.proxy(Service::Stock);
+    stock.set(
+        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
+            .on_path("/reserve")
+            .times(1),
+    );
+    let checkout = stack
+        .client()
+        .post(stack.url("/order/checkout"))
+        .header("idempotency-key", key())
+        .json(&json!({"itemId": 1, "quantity": 1}))
+        .send();
+    let sent = tokio::spawn(checkout);
+    let waited = std::time::Instant::now();
+    while stock.counts().delayed == 0 {
+        assert!(waited.elapsed() < WAIT, "the reserve never reached the stock proxy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.kill(Service::Order).await;
+    let _ = sent.await;
+    let before = stack.logs(Service::Order).len();
+    stack.start(Service::Order).await;
+    let waited = std::time::Instant::now();
+    loop {
+        let log = stack.logs(Service::Order);
+        if let Some(line) = log[before..]
+            .lines()
+            .find(|l| l.contains("recovery: checkout completed"))
+        {
+            return line.to_string();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "recovery never completed the checkout:\n{}",
+            &log[before..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_collector_a_checkout_finished_by_recovery_is_one_trace_in_every_services_logs() {
+    let mut options = json_logs();
+    recovery_options(&mut options);
+    let mut stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let ended: Value = serde_json::from_str(&checkout_finished_by_recovery(&mut stack).await).expect("a JSON line");
+    let trace_id = ended["trace_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(trace_id.len(), 32, "the recovery's lines name a trace: {ended}");
+    let order_id = ended["order_id"].as_str().expect("order_id");
+    let order_log = stack.logs(Service::Order);
+    assert!(
+        order_log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["trace_id"] == trace_id.as_str()
+                && l["order_id"] == order_id
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("recovery: resuming"))),
+        "the resumption and the end are one trace:\n{order_log}"
+    );
+    for service in [Service::Stock, Service::Payment] {
+        let log = stack.logs(service);
+        let calls = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["trace_id"] == trace_id.as_str())
+            .count();
+        assert!(
+            calls > 0,
+            "{service:?} logged nothing of the recovery's trace {trace_id}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_checkout_finished_by_recovery_is_one_trace_rooted_in_its_recovery() {
+    let collector = Collector::start().await;
+    let mut stack = traced_stack(&collector, recovery_options).await;
+    checkout_finished_by_recovery(&mut stack).await;
+    let waited = std::time::Instant::now();
+    let recovered = loop {
+        let found = collector
+            .spans()
+            .into_iter()
+            .find(|s| s.service == ORDER && s.name == "recover checkout");
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(waited.elapsed() < WAIT, "no span for the recovery was exported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(recovered.parent_span_id.is_empty(), "a root: {recovered:?}");
+    let trace = collector
+        .wait_for_trace(&recovered.trace_id, WAIT, |t| {
+            !t.named(STOCK, "POST /complete").is_empty() && !t.named(PAYMENT, "POST /charge").is_empty()
+        })
+        .await;
+    for (service, name) in [(STOCK, "POST /complete"), (PAYMENT, "POST /charge")] {
+        let served = trace.one(service, name);
+        assert!(trace.descends_from(served, &recovered), "{}", trace.outline());
+    }
+    let step = trace.one(ORDER, "saga complete");
+    assert!(trace.descends_from(step, &recovered), "{}", trace.outline());
 }
 
 /// A loopback proxy in front of stock that answers the first request 503 itself (as a gateway
