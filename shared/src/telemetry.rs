@@ -339,6 +339,12 @@ fn request_trace(parent: &SpanContext) -> SpanContext {
     }
 }
 
+/// [`request_trace`] when no spans are built ([`CONTEXT_ONLY`]); `None` when spans carry the
+/// trace themselves.
+fn request_trace_without_spans(parent: &SpanContext) -> Option<SpanContext> {
+    CONTEXT_ONLY.load(Ordering::Relaxed).then(|| request_trace(parent))
+}
+
 fn current_request_trace() -> Option<SpanContext> {
     REQUEST_TRACE.try_with(Clone::clone).ok().flatten()
 }
@@ -354,9 +360,7 @@ pub fn carry<F: std::future::Future>(fut: F) -> impl std::future::Future<Output 
 /// exported as such when spans are, else under a new request trace ([`CONTEXT_ONLY`]), so that
 /// its downstream calls and log lines, in every service, still name one trace.
 pub fn own_trace<F: std::future::Future>(span: Span, fut: F) -> impl std::future::Future<Output = F::Output> {
-    let trace = CONTEXT_ONLY
-        .load(Ordering::Relaxed)
-        .then(|| request_trace(&SpanContext::empty_context()));
+    let trace = request_trace_without_spans(&SpanContext::empty_context());
     REQUEST_TRACE.scope(trace, fut.instrument(span))
 }
 
@@ -456,9 +460,7 @@ pub async fn middleware(
     if let Some(route) = &route {
         span.record("http.route", route.as_str());
     }
-    let trace = CONTEXT_ONLY
-        .load(Ordering::Relaxed)
-        .then(|| request_trace(parent.span().span_context()));
+    let trace = request_trace_without_spans(parent.span().span_context());
     // Before anything enters the span: the parent cannot change once the span has started.
     let _ = span.set_parent(parent);
     let sc = trace.clone().or_else(|| span_context(&span));
