@@ -388,12 +388,11 @@ impl CommonSettings {
 }
 
 /// For tests of settings: the variables set, the variable named in the refusal, and its reason.
-#[cfg(test)]
-pub(crate) type Refusal = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+pub type Refusal = (&'static [(&'static str, &'static str)], &'static str, &'static str);
 
-/// Asserts that `from_env` refuses each case's settings, naming the variable and the reason.
-#[cfg(test)]
-pub(crate) fn assert_refused<S>(cases: &[Refusal], from_env: impl Fn() -> Result<S, ConfigError>) {
+/// Asserts that `from_env` refuses each case's settings, naming the variable and the reason. For
+/// tests, like [`with_env`]: each service's settings tests use it.
+pub fn assert_refused<S>(cases: &[Refusal], from_env: impl Fn() -> Result<S, ConfigError>) {
     for (set, name, reason) in cases {
         let (result, _) = with_env(set, &from_env);
         let Err(err) = result else {

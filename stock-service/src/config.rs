@@ -80,14 +80,20 @@ mod tests {
 
     #[test]
     fn reservation_timings_below_their_bounds_are_refused() {
-        for (name, refused, taken, reason) in [
-            (RESERVATION_TTL.name, "0", "1s", "must be at least 1s"),
-            (RESERVATION_SWEEP_INTERVAL.name, "10ms", "50ms", "must be at least 50ms"),
-        ] {
-            let (result, _) = config::with_env(&[(name, refused)], Settings::from_env);
-            let err = result.expect_err("refused");
-            assert_eq!(err.name, name);
-            assert!(err.to_string().contains(reason), "{err}");
+        let cases: &[config::Refusal] = &[
+            (
+                &[(RESERVATION_TTL.name, "0")],
+                RESERVATION_TTL.name,
+                "must be at least 1s",
+            ),
+            (
+                &[(RESERVATION_SWEEP_INTERVAL.name, "10ms")],
+                RESERVATION_SWEEP_INTERVAL.name,
+                "must be at least 50ms",
+            ),
+        ];
+        config::assert_refused(cases, Settings::from_env);
+        for (name, taken) in [(RESERVATION_TTL.name, "1s"), (RESERVATION_SWEEP_INTERVAL.name, "50ms")] {
             let (result, _) = config::with_env(&[(name, taken)], Settings::from_env);
             assert!(result.is_ok(), "{name}={taken} is taken");
         }
