@@ -267,6 +267,20 @@ impl ProxyHandle {
         self.lock().counts
     }
 
+    /// Waits until this proxy is holding (has delayed) a request: with a plan that delays a
+    /// call, the moment to crash something while that call is on its way. Panics after 10 s.
+    pub async fn wait_until_holding(&self) {
+        let waited = std::time::Instant::now();
+        while self.counts().delayed == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "no request reached the {} proxy to be held",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops listening, so that connections to the port are refused, until [`Self::open_port`].
     /// Requests already accepted go on as their plan says.
     pub fn close_port(&self) {

@@ -378,15 +378,7 @@ async fn checkout_held_by(
         k.to_string(),
         body.clone(),
     ));
-    let waited = Instant::now();
-    while proxy.counts().delayed == 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "the call never reached the {} proxy",
-            proxy.name()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    proxy.wait_until_holding().await;
     client
 }
 

@@ -162,6 +162,22 @@ async fn checkout_in_a_callers_trace(stack: &Stack) -> (reqwest::Response, Strin
     (resp, trace_id, parent_id)
 }
 
+/// The lines of `log` that are JSON objects.
+fn json_lines(log: &str) -> impl Iterator<Item = Value> + '_ {
+    log.lines().filter_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Asserts that each of `services` logged at least one line naming trace `trace_id`.
+fn assert_each_logged_in_trace(stack: &Stack, services: &[Service], trace_id: &str) {
+    for &service in services {
+        let log = stack.logs(service);
+        assert!(
+            json_lines(&log).any(|l| l["trace_id"] == trace_id),
+            "{service:?} logged nothing with trace id {trace_id}:\n{log}"
+        );
+    }
+}
+
 /// Options for a stack whose three services log JSON lines.
 fn json_logs() -> StackOptions {
     let json = || vec![("LOG_FORMAT".to_string(), "json".to_string())];
@@ -207,18 +223,7 @@ async fn without_a_collector_a_callers_trace_still_names_the_checkout_in_every_s
         parent_id.as_str(),
         "the order service's part has an id of its own"
     );
-    for service in [Service::Order, Service::Stock, Service::Payment] {
-        let log = stack.logs(service);
-        let of_checkout = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["trace_id"] == trace_id.as_str())
-            .count();
-        assert!(
-            of_checkout > 0,
-            "{service:?} logged nothing with trace id {trace_id}:\n{log}"
-        );
-    }
+    assert_each_logged_in_trace(&stack, &[Service::Order, Service::Stock, Service::Payment], &trace_id);
 }
 
 /// Options for a stack where the order service dies mid-checkout and its recovery worker
@@ -252,11 +257,7 @@ async fn checkout_finished_by_recovery(stack: &mut Stack) -> String {
         .json(&json!({"itemId": 1, "quantity": 1}))
         .send();
     let sent = tokio::spawn(checkout);
-    let waited = std::time::Instant::now();
-    while stock.counts().delayed == 0 {
-        assert!(waited.elapsed() < WAIT, "the reserve never reached the stock proxy");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stock.wait_until_holding().await;
     stack.kill(Service::Order).await;
     let _ = sent.await;
     let before = stack.logs(Service::Order).len();
@@ -291,28 +292,14 @@ async fn without_a_collector_a_checkout_finished_by_recovery_is_one_trace_in_eve
     let order_id = ended["order_id"].as_str().expect("order_id");
     let order_log = stack.logs(Service::Order);
     assert!(
-        order_log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|l| l["trace_id"] == trace_id.as_str()
-                && l["order_id"] == order_id
-                && l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("recovery: resuming"))),
+        json_lines(&order_log).any(|l| l["trace_id"] == trace_id.as_str()
+            && l["order_id"] == order_id
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("recovery: resuming"))),
         "the resumption and the end are one trace:\n{order_log}"
     );
-    for service in [Service::Stock, Service::Payment] {
-        let log = stack.logs(service);
-        let calls = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["trace_id"] == trace_id.as_str())
-            .count();
-        assert!(
-            calls > 0,
-            "{service:?} logged nothing of the recovery's trace {trace_id}:\n{log}"
-        );
-    }
+    assert_each_logged_in_trace(&stack, &[Service::Stock, Service::Payment], &trace_id);
 }
 
 #[tokio::test]
@@ -637,9 +624,7 @@ async fn warnings_logged_under_rust_log_warn_still_carry_the_trace_id_of_their_c
     let request_id = header(&headers, "x-request-id");
 
     let log = stack.logs(Service::Order);
-    let warnings: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let warnings: Vec<Value> = json_lines(&log)
         .filter(|l| l["level"] == "WARN" && l["request_id"] == request_id.as_str())
         .collect();
     assert!(
