@@ -40,6 +40,12 @@ pub const REDIS_POOL_SIZE: EnvVar = EnvVar {
     help: "Redis connections per service process; at least 1.",
 };
 
+pub const REDIS_RESPONSE_TIMEOUT: EnvVar = EnvVar {
+    name: "REDIS_RESPONSE_TIMEOUT",
+    default: "2s",
+    help: "How long a Redis command may go unanswered before its request fails (503); at least 1ms. A stall shorter than this (an fsync, a fork, a busy host) costs latency, not errors.",
+};
+
 pub const REDIS_CLUSTER: EnvVar = EnvVar {
     name: "REDIS_CLUSTER",
     default: "false",
@@ -100,6 +106,7 @@ pub const COMMON_ENV: &[EnvVar] = &[
     REDIS_URL,
     REDIS_CLUSTER,
     REDIS_POOL_SIZE,
+    REDIS_RESPONSE_TIMEOUT,
     INTERNAL_TOKEN,
     IDEMPOTENCY_TTL,
     IDEMPOTENCY_LEASE,
@@ -321,6 +328,7 @@ pub struct CommonSettings {
     pub redis_url: String,
     pub redis_cluster: bool,
     pub redis_pool_size: usize,
+    pub redis_response_timeout: Duration,
     pub internal_token: Secret,
     pub idempotency_ttl: Duration,
     pub idempotency_lease: Duration,
@@ -371,6 +379,7 @@ impl CommonSettings {
             redis_url: var(&REDIS_URL),
             redis_cluster: boolean(&REDIS_CLUSTER)?,
             redis_pool_size: at_least(&REDIS_POOL_SIZE, 1)?,
+            redis_response_timeout: duration_at_least(&REDIS_RESPONSE_TIMEOUT, Duration::from_millis(1))?,
             internal_token: Secret::new(var(&INTERNAL_TOKEN)),
             idempotency_ttl: ttl,
             idempotency_lease: lease,
@@ -442,6 +451,11 @@ mod tests {
             (&[("WORKERS", "0")], "WORKERS", "must be at least 1"),
             (&[("REDIS_POOL_SIZE", "0")], "REDIS_POOL_SIZE", "must be at least 1"),
             (
+                &[("REDIS_RESPONSE_TIMEOUT", "0")],
+                "REDIS_RESPONSE_TIMEOUT",
+                "must be at least 1ms",
+            ),
+            (
                 &[("IDEMPOTENCY_LEASE", "500ms")],
                 "IDEMPOTENCY_LEASE",
                 "must be at least 1s",
@@ -462,6 +476,7 @@ mod tests {
         let at_the_bounds = [
             ("WORKERS", "1"),
             ("REDIS_POOL_SIZE", "1"),
+            ("REDIS_RESPONSE_TIMEOUT", "1ms"),
             ("IDEMPOTENCY_LEASE", "1s"),
             ("IDEMPOTENCY_TTL", "1m"),
             ("SHUTDOWN_GRACE", "1s"),
@@ -471,6 +486,7 @@ mod tests {
         let (result, _) = with_env(&at_the_bounds, || CommonSettings::from_env("test", &TEST_PORT));
         let settings = result.expect("values at the bounds are taken");
         assert_eq!(settings.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(settings.redis_response_timeout, Duration::from_millis(1));
         assert_eq!(settings.log_filter, "warn,order_service=debug");
         assert_eq!(settings.log_format, LogFormat::Text);
     }

@@ -84,6 +84,7 @@ fn rare<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Pin<Box<dyn Futur
 /// Connections to one Redis node.
 pub struct NodeManager {
     client: redis::Client,
+    response_timeout: Duration,
 }
 
 impl managed::Manager for NodeManager {
@@ -93,12 +94,14 @@ impl managed::Manager for NodeManager {
     async fn create(&self) -> Result<Self::Type, RedisError> {
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
-        let config = AsyncConnectionConfig::new().set_push_sender(move |info: PushInfo| {
-            if info.kind == PushKind::Disconnection {
-                flag.store(true, Ordering::Relaxed);
-            }
-            Ok::<(), redis::aio::SendError>(())
-        });
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_push_sender(move |info: PushInfo| {
+                if info.kind == PushKind::Disconnection {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                Ok::<(), redis::aio::SendError>(())
+            });
         // Boxed (see `rare`): connecting is a 4 KiB future.
         let conn = rare(self.client.get_multiplexed_async_connection_with_config(&config)).await?;
         Ok(Pooled { conn, failed })
@@ -113,17 +116,20 @@ impl managed::Manager for NodeManager {
     }
 }
 
-/// Connections to a Redis Cluster: deadpool-redis's, which follow the cluster's slots and
-/// reconnect to its nodes by themselves, recycled by the same policy.
-pub struct ClusterManager(deadpool_redis::cluster::Manager);
+/// Connections to a Redis Cluster, which follow the cluster's slots and reconnect to its nodes
+/// by themselves. Ours rather than deadpool-redis's manager, whose client cannot be given a
+/// response timeout (without one, a stalled node would hold requests until their callers give up).
+pub struct ClusterManager {
+    client: redis::cluster::ClusterClient,
+}
 
 impl managed::Manager for ClusterManager {
-    type Type = Pooled<deadpool_redis::cluster::ClusterConnection>;
+    type Type = Pooled<redis::cluster_async::ClusterConnection>;
     type Error = RedisError;
 
     async fn create(&self) -> Result<Self::Type, RedisError> {
         Ok(Pooled {
-            conn: rare(managed::Manager::create(&self.0)).await?,
+            conn: rare(self.client.get_async_connection()).await?,
             failed: Arc::default(),
         })
     }
@@ -132,7 +138,8 @@ impl managed::Manager for ClusterManager {
         if let Some(decision) = pooled.recycle_unchecked(metrics) {
             return decision;
         }
-        rare(managed::Manager::recycle(&self.0, &mut pooled.conn, metrics)).await
+        let _: String = rare(redis::cmd("PING").query_async(&mut pooled.conn)).await?;
+        Ok(())
     }
 }
 
@@ -228,11 +235,19 @@ impl ConnectionLike for Conn {
 }
 
 pub fn create(settings: &CommonSettings) -> Result<Pool, String> {
-    connect(&settings.redis_url, settings.redis_cluster, settings.redis_pool_size)
+    connect(
+        &settings.redis_url,
+        settings.redis_cluster,
+        settings.redis_pool_size,
+        settings.redis_response_timeout,
+    )
 }
 
 /// A pool of up to `size` connections to `redis_url` (on a cluster, comma-separated nodes).
-pub fn connect(redis_url: &str, cluster: bool, size: usize) -> Result<Pool, String> {
+///
+/// A command unanswered after `response_timeout` fails, and its connection is replaced. The
+/// client library's own default (500ms) turned an fsync stall under load into failed requests.
+pub fn connect(redis_url: &str, cluster: bool, size: usize, response_timeout: Duration) -> Result<Pool, String> {
     let mut config = PoolConfig::new(size);
     // Bounded waits: a dead Redis must turn into a quick 503, not a request that hangs.
     config.timeouts = Timeouts {
@@ -247,8 +262,11 @@ pub fn connect(redis_url: &str, cluster: bool, size: usize) -> Result<Pool, Stri
             .map(|u| u.trim().to_string())
             .filter(|u| !u.is_empty())
             .collect();
-        let manager = deadpool_redis::cluster::Manager::new(urls, false).map_err(|e| fail(e.to_string()))?;
-        managed::Pool::builder(ClusterManager(manager))
+        let client = redis::cluster::ClusterClientBuilder::new(urls)
+            .response_timeout(response_timeout)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        managed::Pool::builder(ClusterManager { client })
             .config(config)
             .runtime(Runtime::Tokio1)
             .build()
@@ -262,12 +280,15 @@ pub fn connect(redis_url: &str, cluster: bool, size: usize) -> Result<Pool, Stri
             .clone()
             .set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
         let client = redis::Client::open(info).map_err(|e| fail(e.to_string()))?;
-        managed::Pool::builder(NodeManager { client })
-            .config(config)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map(Pool::Single)
-            .map_err(|e| fail(e.to_string()))
+        managed::Pool::builder(NodeManager {
+            client,
+            response_timeout,
+        })
+        .config(config)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map(Pool::Single)
+        .map_err(|e| fail(e.to_string()))
     }
 }
 

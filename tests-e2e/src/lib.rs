@@ -352,6 +352,29 @@ impl Stack {
         kill_group(&mut child);
     }
 
+    /// SIGSTOP: the process stalls with its sockets open (a long fsync, a swapped-out or
+    /// CPU-starved host), so callers wait and time out while their requests sit unread. Every
+    /// node on a cluster. [`Stack::unpause`] lets it go on, answering what queued meanwhile.
+    pub fn pause(&self, service: Service) {
+        self.signal(service, "STOP");
+    }
+
+    /// SIGCONT after [`Stack::pause`].
+    pub fn unpause(&self, service: Service) {
+        self.signal(service, "CONT");
+    }
+
+    fn signal(&self, service: Service, signal: &str) {
+        if let Some(child) = self.children.get(&service) {
+            signal_group(child, signal);
+        }
+        if service == Service::Redis {
+            for child in &self.cluster_children {
+                signal_group(child, signal);
+            }
+        }
+    }
+
     pub fn is_running(&mut self, service: Service) -> bool {
         match self.children.get_mut(&service) {
             Some(child) => matches!(child.try_wait(), Ok(None)),

@@ -1246,11 +1246,74 @@ async fn an_acknowledged_checkout_survives_a_crash_of_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stalls_shorter_than_its_response_timeout_slow_checkouts_down_but_fail_none() {
+    // Redis stops answering for a moment, as in a long fsync (`appendfsync always` on a busy
+    // disk), a fork, or a starved host, and every command sent meanwhile waits. Within
+    // REDIS_RESPONSE_TIMEOUT (default 2s) that must cost latency only. With the client
+    // library's 500ms, such stalls failed checkouts with 503, and left others 202 with a step
+    // unrecorded or a downstream key locked until its lease ran out.
+    const STALL: Duration = Duration::from_millis(700);
+    const UNITS: i64 = 100_000;
+    let stack = std::sync::Arc::new(Stack::launch(StackOptions::default()).await);
+    stack.put_item(1, "Mug", 100, UNITS).await;
+    let load_ends = Instant::now() + Duration::from_secs(5);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let stack = stack.clone();
+            tokio::spawn(async move {
+                let mut replies = Vec::new();
+                while Instant::now() < load_ends {
+                    let (status, _, body) = stack.checkout_owned(key(), json!({"itemId": 1, "quantity": 1})).await;
+                    replies.push((status, slug(&body).to_string()));
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut stalls = 0;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while Instant::now() + STALL < load_ends {
+        stack.pause(Service::Redis);
+        tokio::time::sleep(STALL).await;
+        stack.unpause(Service::Redis);
+        stalls += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let mut outcomes: BTreeMap<(u16, String), usize> = BTreeMap::new();
+    for client in clients {
+        for reply in client.await.expect("a client task") {
+            *outcomes.entry(reply).or_default() += 1;
+        }
+    }
+    let sold = outcomes.get(&(200, String::new())).copied().unwrap_or(0);
+    assert!(stalls >= 3 && sold > 0, "{stalls} stalls, {outcomes:?}");
+    assert_eq!(
+        outcomes.len(),
+        1,
+        "every checkout through {stalls} stalls succeeds: {outcomes:?}"
+    );
+    let item = stack.item(1).await;
+    assert_eq!(
+        (
+            item["available"].as_i64(),
+            item["reserved"].as_i64(),
+            item["sold"].as_i64()
+        ),
+        (Some(UNITS - sold as i64), Some(0), Some(sold as i64)),
+        "{item}"
+    );
+    let payments = get_internal(&stack, "/payment/totals").await;
+    assert_eq!(payments["USD"]["charged"]["count"], sold, "{payments}");
+    assert_eq!(payments["USD"]["refunded"]["count"], 0, "{payments}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_never_hands_out_a_connection_that_a_redis_restart_broke() {
     // The pool skips its PING for connections used within the last second, so this is the
     // case that matters: every connection was in use a moment before Redis died.
     let mut stack = Stack::launch(StackOptions::default()).await;
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut conn = pool.get().await.expect("connection");
@@ -1319,7 +1382,7 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
 /// creates the order in one step, so this state comes only from an older version's crash — or
 /// with the key taken as well (the caller does that), from a crash right after that step.
 async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
     let store = order_service::store::OrderStore::new(pool);
     let order_id = order_service::store::new_order_id(k);
     let key_ref = order_service::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
@@ -1379,7 +1442,7 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
     let raw = br#"{"itemId":1,"quantity":1}"#;
     // The SIGKILL window between taking the key and the saga's first step.
     let (order_id, key_ref) = order_left_by_a_dead_runner(&stack, &k, raw).await;
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4).expect("pool");
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
     let idempotency =
         shared::idempotency::IdempotencyStore::new(pool, Duration::from_secs(3600), Duration::from_secs(1));
     let begin = idempotency.begin(&key_ref, &order_id).await.expect("begin");

@@ -122,7 +122,9 @@ async fn main() -> std::io::Result<()> {
     let redis_url = arg("--redis-url", "redis://127.0.0.1:6379");
     let workers = number("--workers", 2);
     // The services' own pool, so both pay the same for a connection.
-    let pool = shared::redis_pool::connect(&redis_url, false, number("--pool", 32)).map_err(std::io::Error::other)?;
+    let timeout = shared::config::duration(&shared::config::REDIS_RESPONSE_TIMEOUT).map_err(std::io::Error::other)?;
+    let pool =
+        shared::redis_pool::connect(&redis_url, false, number("--pool", 32), timeout).map_err(std::io::Error::other)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
