@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::body::{self, JsonBody};
 use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, StoredResponse};
-use shared::ids;
+use shared::{CommonError, ids};
 use utoipa::OpenApi;
 
 use crate::AppState;
@@ -99,10 +99,14 @@ async fn create_checkout(
     let owner = ids::new_id("run");
     // The key and a new key's order are written in one step: no crash can leave one without
     // the other, and a refused or resumed request writes nothing.
-    let begin = runner
+    let begin = match runner
         .store
         .begin_checkout(&candidate, &key_ref, &owner, &runner.idempotency)
-        .await?;
+        .await
+    {
+        Ok(begin) => begin,
+        Err(e) => return Err(unanswered_begin(&runner, &candidate.order_id, &key_ref, e).await),
+    };
     let (order_id, resumed) = match begin {
         Begin::Execute { token, resumed } => (token, resumed),
         other => return Ok(IdempotencyStore::refusal(other)?),
@@ -126,6 +130,26 @@ async fn create_checkout(
         Ok(Ok(resp)) => Ok(resp.to_response(false)),
         // Past the deadline (or the task died): the order exists and goes on.
         _ => Ok(processing_response(&order_id).to_response(false)),
+    }
+}
+
+/// Taking the key (and creating the order) failed, but Redis may have applied it with its
+/// answer lost, and recovery would then carry the order out. A 503 tells the client that
+/// nothing happened, so it is given only once that is known: the step is taken back first.
+/// If it cannot be, or the key is another request's, the client is told to come back with the
+/// same key (409 in-use), which then gets the checkout's one outcome.
+async fn unanswered_begin(runner: &Runner, order_id: &str, key: &KeyRef, err: OrderError) -> OrderError {
+    if matches!(err, OrderError::Common(CommonError::Pool(_))) {
+        // No connection: nothing was sent.
+        return err;
+    }
+    match runner.store.undo_begin(order_id, key).await {
+        Ok(true) => err,
+        Ok(false) => CommonError::IdempotencyKeyInUse { retry_after: 1 }.into(),
+        Err(undo) => {
+            tracing::warn!(order_id, error = %undo, "could not take back an unanswered checkout step; the client is told to retry its key");
+            CommonError::IdempotencyKeyInUse { retry_after: 1 }.into()
+        }
     }
 }
 

@@ -222,20 +222,39 @@ return r"#,
 
 // Deletes an order that never began: created, but its Idempotency-Key was never taken for it
 // (an older version wrote the two apart, and a process could die in between, or another
-// request held the key; BEGIN_CHECKOUT now writes both at once). Nothing downstream can have
-// happened — the saga starts only after the key is taken — so it leaves no trace, totals
-// included. KEYS: order, steps, totals, active. ARGV: id.
-static ABANDON: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local cur = redis.call('HMGET', KEYS[1], 'status', 'reservationId', 'chargeId')
-if cur[1] ~= 'processing' or cur[2] or cur[3] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HINCRBY', KEYS[3], 'XXX:processing:count', -1)
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 1
-"#,
-    )
+// request held the key; BEGIN_CHECKOUT now writes both at once), or taken by a request that
+// never learnt so (UNDO_BEGIN). Nothing downstream can have happened — the saga starts only
+// after its request learns the key is taken — so it leaves no trace, totals included.
+// keys: order, steps, totals, active.
+const ABANDON_LUA: &str = r#"
+local function abandon(keys, id)
+  local cur = redis.call('HMGET', keys[1], 'status', 'reservationId', 'chargeId')
+  if cur[1] ~= 'processing' or cur[2] or cur[3] then return 0 end
+  redis.call('DEL', keys[1], keys[2])
+  redis.call('HINCRBY', keys[3], 'XXX:processing:count', -1)
+  redis.call('ZREM', keys[4], id)
+  return 1
+end
+"#;
+
+// KEYS: order, steps, totals, active. ARGV: id.
+static ABANDON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ABANDON_LUA}\nreturn abandon(KEYS, ARGV[1])")));
+
+// Takes back BEGIN_CHECKOUT for a request that got no answer from it: frees the key if it was
+// taken for this request's order, and abandons that order. 'undone' when the key is not held
+// for this request (any more); 'held' when another request's order holds it.
+// KEYS: key record, order, steps, totals, active. ARGV: the request's order id.
+static UNDO_BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{SETTLE_LUA}
+{ABANDON_LUA}
+local holder = redis.call('HGET', KEYS[1], 'token')
+if holder and holder ~= ARGV[1] then return 'held' end
+free(KEYS[1], ARGV[1])
+abandon({{KEYS[2], KEYS[3], KEYS[4], KEYS[5]}}, ARGV[1])
+return 'undone'"#
+    ))
 });
 
 /// What a runner needs to resume an order from its last recorded step.
@@ -567,6 +586,23 @@ impl OrderStore {
                 charge_id: get(9),
             },
         )))
+    }
+
+    /// Takes back [`OrderStore::begin_checkout`] for `order_id` after Redis did not answer it
+    /// (see UNDO_BEGIN): true when neither the key nor an order is left for this request,
+    /// false when the key is held by another request's order.
+    pub async fn undo_begin(&self, order_id: &str, key: &KeyRef) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let outcome: String = UNDO_BEGIN
+            .key(key.redis_key())
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .key(totals_key_of(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(outcome == "undone")
     }
 
     /// Removes an order that never began (see ABANDON); false if it had begun after all.

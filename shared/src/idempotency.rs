@@ -283,7 +283,28 @@ impl IdempotencyStore {
         self.ttl
     }
 
+    /// Decides what a request with `new_token` does with `key`.
+    ///
+    /// Redis not answering does not mean the decision was not taken: a reply can come too late
+    /// (a stall longer than REDIS_RESPONSE_TIMEOUT). The key would then be held with this
+    /// request's token by a request that is failing, and the caller's retries would meet
+    /// 409 in-use until the lease ran out. So a command error first frees the key, which
+    /// [`SETTLE_LUA`]'s `free` does only if it is running under this token: nothing has run
+    /// under it yet. The free is sent after the late command and so, bar a network that
+    /// reorders connections, lands after it; if not, the lease still ends the lock.
     pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
+        match self.decide(key, new_token).await {
+            Err(e @ CommonError::Redis(_)) => {
+                if let Err(not_freed) = self.free(key, new_token).await {
+                    tracing::warn!(error = %not_freed, "a key's step went unanswered and the key could not be freed; its lease will run out");
+                }
+                Err(e)
+            }
+            decided => decided,
+        }
+    }
+
+    async fn decide(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
         let reply: Vec<redis::Value> = traced("idempotency.begin", async {
             let mut conn = self.pool.get().await?;
             Ok::<_, CommonError>(

@@ -982,15 +982,10 @@ fn focused_options(extra_order_env: &[(&str, &str)]) -> StackOptions {
 }
 
 /// The order's money and stock after it ended: exactly one succeeded charge of its amount.
+/// The order completed, with one charge of `amount` that stands, and stock's and payment's books
+/// show nothing else.
 async fn assert_completed_with_one_charge(stack: &Stack, order_id: &str, item: u64, quantity: i64, amount: i64) {
-    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
-    assert_eq!(order["status"], "completed", "{order}");
-    let charges = charges_of(stack, order_id).await;
-    assert_eq!(charges.len(), 1, "exactly one charge for {order_id}: {charges:?}");
-    assert_eq!(charges[0]["status"], "succeeded", "{charges:?}");
-    assert_eq!(charges[0]["amount"], amount, "{charges:?}");
-    assert!(charges[0]["refundId"].is_null(), "{charges:?}");
-    assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
+    assert_completed_with_its_one_charge(stack, order_id, amount).await;
     let payments = get_internal(stack, "/payment/totals").await;
     assert_eq!(payments["USD"]["charged"]["count"], 1, "{payments}");
     assert_eq!(payments["USD"]["charged"]["amount"], amount, "{payments}");
@@ -1000,6 +995,18 @@ async fn assert_completed_with_one_charge(stack: &Stack, order_id: &str, item: u
         (Some(0), Some(quantity)),
         "{it}"
     );
+}
+
+/// The order completed, with one charge of `amount` that stands.
+async fn assert_completed_with_its_one_charge(stack: &Stack, order_id: &str, amount: i64) {
+    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    let charges = charges_of(stack, order_id).await;
+    assert_eq!(charges.len(), 1, "exactly one charge for {order_id}: {charges:?}");
+    assert_eq!(charges[0]["status"], "succeeded", "{charges:?}");
+    assert_eq!(charges[0]["amount"], amount, "{charges:?}");
+    assert!(charges[0]["refundId"].is_null(), "{charges:?}");
+    assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1306,6 +1313,188 @@ async fn redis_stalls_shorter_than_its_response_timeout_slow_checkouts_down_but_
     let payments = get_internal(&stack, "/payment/totals").await;
     assert_eq!(payments["USD"]["charged"]["count"], sold, "{payments}");
     assert_eq!(payments["USD"]["refunded"]["count"], 0, "{payments}");
+}
+
+/// The Redis response timeout of the services in the unanswered-step tests below (the default,
+/// set so the stalls stay matched to it). [`ONE_TIMEOUT_STALL`] ends half a second after the
+/// first command times out and half a second before a connection opened then would give up
+/// (the client library's connection timeout is 1s); [`TWO_TIMEOUTS_STALL`] outlasts both.
+const STALL_TEST_REDIS_TIMEOUT: &str = "2s";
+const ONE_TIMEOUT_STALL: Duration = Duration::from_millis(2500);
+const TWO_TIMEOUTS_STALL: Duration = Duration::from_secs(6);
+
+/// Sends `request` while Redis is stopped for `stall`: with [`ONE_TIMEOUT_STALL`], the
+/// service's first command is applied after its sender gave up on it, as when a reply is lost,
+/// and the next is answered; with [`TWO_TIMEOUTS_STALL`], the next goes unanswered too.
+/// `warm_up` makes the same kind of request first: the service's scripts are then loaded (a
+/// first EVALSHA would only be refused) and its connection is handed over without a PING,
+/// which the stopped Redis would not answer either.
+async fn sent_into_a_redis_stall<W, R, T>(stack: &Stack, stall: Duration, warm_up: W, request: R) -> T
+where
+    W: std::future::Future<Output = ()>,
+    R: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    warm_up.await;
+    stack.pause(Service::Redis);
+    let sent = tokio::spawn(request);
+    tokio::time::sleep(stall).await;
+    stack.unpause(Service::Redis);
+    sent.await.expect("the request's task")
+}
+
+async fn post_stock(client: reqwest::Client, url: String, token: String, k: String, body: Value) -> (u16, Value) {
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .header("Idempotency-Key", k)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST to stock");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_whose_key_step_went_unanswered_leaves_the_key_free_for_its_retry() {
+    let stack = Stack::launch(StackOptions {
+        stock_env: env(&[("REDIS_RESPONSE_TIMEOUT", STALL_TEST_REDIS_TIMEOUT)]),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+    let send = |k: &str| {
+        post_stock(
+            stack.client(),
+            stack.url("/stock/reserve"),
+            stack.token().to_string(),
+            k.to_string(),
+            body.clone(),
+        )
+    };
+    let warm_up = async {
+        let (status, answer) = send(&key()).await;
+        assert_eq!(status, 201, "{answer}");
+    };
+
+    let (status, answer) = sent_into_a_redis_stall(&stack, ONE_TIMEOUT_STALL, warm_up, send(&k)).await;
+    assert_eq!((status, slug(&answer)), (503, "dependency-unavailable"), "{answer}");
+    // Nothing was reserved, so the retry must not wait out a lease for a request that is gone.
+    let (status, answer) = send(&k).await;
+    assert_eq!(status, 201, "{answer}");
+    let item = stack.item(1).await;
+    assert_eq!(
+        (item["available"].as_i64(), item["reserved"].as_i64()),
+        (Some(6), Some(4)),
+        "{item}"
+    );
+}
+
+/// A stack whose order service has [`STALL_TEST_REDIS_TIMEOUT`], a 2s lease and a busy recovery
+/// worker, after one checkout of 2 of 10 mugs; then a checkout of 2 more, with key `k`, sent
+/// into a Redis stall of `stall`. Returns its answer.
+async fn checkout_sent_into_a_redis_stall(stall: Duration, k: &str) -> (Stack, u16, Value) {
+    let stack = Stack::launch(StackOptions {
+        order_env: env(&[
+            ("REDIS_RESPONSE_TIMEOUT", STALL_TEST_REDIS_TIMEOUT),
+            ("IDEMPOTENCY_LEASE", "2s"),
+            ("RECOVERY_INTERVAL", "200ms"),
+        ]),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let warm_up = async {
+        let (status, _, answer) = stack.checkout(&key(), json!({"itemId": 1, "quantity": 2})).await;
+        assert_eq!(status, 200, "{answer}");
+    };
+    let send = stack
+        .client()
+        .post(stack.url("/order/checkout"))
+        .header("Idempotency-Key", k)
+        .json(&json!({"itemId": 1, "quantity": 2}))
+        .send();
+    let (status, answer) = sent_into_a_redis_stall(&stack, stall, warm_up, async move {
+        let resp = send.await.expect("POST /order/checkout");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    })
+    .await;
+    (stack, status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_answered_503_because_redis_stalled_is_never_carried_out_later() {
+    // The step that takes the checkout's key and creates its order was applied, but its answer
+    // came too late. 503 tells the client nothing happened; recovery must not then find that
+    // order and charge for it.
+    let k = key();
+    let (stack, status, answer) = checkout_sent_into_a_redis_stall(ONE_TIMEOUT_STALL, &k).await;
+    assert_eq!((status, slug(&answer)), (503, "dependency-unavailable"), "{answer}");
+
+    // Past the order's lease, recovery has had many turns.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let totals = get_internal(&stack, "/order/totals").await;
+    assert_eq!(
+        totals["USD"]["completed"]["count"], 1,
+        "only the warm-up completed: {totals}"
+    );
+    assert_eq!(
+        totals["XXX"]["processing"]["count"].as_i64().unwrap_or(0),
+        0,
+        "{totals}"
+    );
+    let payments = get_internal(&stack, "/payment/totals").await;
+    assert_eq!(
+        payments["USD"]["charged"]["count"], 1,
+        "only the warm-up was charged: {payments}"
+    );
+    // The key was left free: the retry is the checkout's one execution.
+    let (status, _, answer) = stack.checkout(&k, json!({"itemId": 1, "quantity": 2})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_completed_with_its_one_charge(&stack, answer["orderId"].as_str().expect("orderId"), 2500).await;
+    let item = stack.item(1).await;
+    assert_eq!(
+        (item["available"].as_i64(), item["sold"].as_i64()),
+        (Some(6), Some(4)),
+        "{item}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_whose_step_cannot_be_taken_back_while_redis_stalls_sends_its_client_back_to_its_key() {
+    // Redis stays stopped past the attempt to take the step back too: whether the order exists
+    // is unknown, so the client is not told it failed but to retry its key, which then gets
+    // the checkout's one outcome.
+    let k = key();
+    let (stack, status, answer) = checkout_sent_into_a_redis_stall(TWO_TIMEOUTS_STALL, &k).await;
+    assert_eq!((status, slug(&answer)), (409, "idempotency-key-in-use"), "{answer}");
+
+    let started = Instant::now();
+    let answer = loop {
+        let (status, _, answer) = stack.checkout(&k, json!({"itemId": 1, "quantity": 2})).await;
+        match status {
+            200 => break answer,
+            202 | 409 => assert!(started.elapsed() < Duration::from_secs(15), "still {status}: {answer}"),
+            other => panic!("{other}: {answer}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_completed_with_its_one_charge(&stack, answer["orderId"].as_str().expect("orderId"), 2500).await;
+    let payments = get_internal(&stack, "/payment/totals").await;
+    assert_eq!(
+        payments["USD"]["charged"]["count"], 2,
+        "the warm-up and this checkout, once: {payments}"
+    );
+    let item = stack.item(1).await;
+    assert_eq!(
+        (item["available"].as_i64(), item["sold"].as_i64()),
+        (Some(6), Some(4)),
+        "{item}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
