@@ -1426,6 +1426,25 @@ async fn checkout_sent_into_a_redis_stall(stall: Duration, k: &str) -> (Stack, u
     (stack, status, answer)
 }
 
+/// After [`checkout_sent_into_a_redis_stall`]: the warm-up and the checkout that answered
+/// `answer` each completed with one charge, and nothing else was sold or charged.
+async fn assert_warm_up_and_checkout_each_sold_once(stack: &Stack, answer: &Value) {
+    assert_completed_with_its_one_charge(stack, answer["orderId"].as_str().expect("orderId"), 2500).await;
+    let payments = get_internal(stack, "/payment/totals").await;
+    assert_eq!(payments["USD"]["charged"]["count"], 2, "{payments}");
+    assert_eq!(payments["USD"]["refunded"]["count"], 0, "{payments}");
+    let item = stack.item(1).await;
+    assert_eq!(
+        (
+            item["available"].as_i64(),
+            item["reserved"].as_i64(),
+            item["sold"].as_i64()
+        ),
+        (Some(6), Some(0), Some(4)),
+        "{item}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_answered_503_because_redis_stalled_is_never_carried_out_later() {
     // The step that takes the checkout's key and creates its order was applied, but its answer
@@ -1455,13 +1474,7 @@ async fn a_checkout_answered_503_because_redis_stalled_is_never_carried_out_late
     // The key was left free: the retry is the checkout's one execution.
     let (status, _, answer) = stack.checkout(&k, json!({"itemId": 1, "quantity": 2})).await;
     assert_eq!(status, 200, "{answer}");
-    assert_completed_with_its_one_charge(&stack, answer["orderId"].as_str().expect("orderId"), 2500).await;
-    let item = stack.item(1).await;
-    assert_eq!(
-        (item["available"].as_i64(), item["sold"].as_i64()),
-        (Some(6), Some(4)),
-        "{item}"
-    );
+    assert_warm_up_and_checkout_each_sold_once(&stack, &answer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1483,18 +1496,7 @@ async fn a_checkout_whose_step_cannot_be_taken_back_while_redis_stalls_sends_its
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_completed_with_its_one_charge(&stack, answer["orderId"].as_str().expect("orderId"), 2500).await;
-    let payments = get_internal(&stack, "/payment/totals").await;
-    assert_eq!(
-        payments["USD"]["charged"]["count"], 2,
-        "the warm-up and this checkout, once: {payments}"
-    );
-    let item = stack.item(1).await;
-    assert_eq!(
-        (item["available"].as_i64(), item["sold"].as_i64()),
-        (Some(6), Some(4)),
-        "{item}"
-    );
+    assert_warm_up_and_checkout_each_sold_once(&stack, &answer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
