@@ -422,6 +422,15 @@ impl Stack {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
     }
 
+    /// POST through nginx with the internal token and, when given, an Idempotency-Key.
+    pub async fn post_internal(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
+        let mut req = self.client.post(self.url(path)).bearer_auth(&self.token).json(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        Reply::from(req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))).await
+    }
+
     /// POST /order/checkout with `key`; the body is whatever JSON the test gives.
     pub async fn checkout(&self, key: &str, body: Value) -> (u16, HeaderMap, Value) {
         let resp = self

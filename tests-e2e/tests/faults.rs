@@ -981,7 +981,6 @@ fn focused_options(extra_order_env: &[(&str, &str)]) -> StackOptions {
     options
 }
 
-/// The order's money and stock after it ended: exactly one succeeded charge of its amount.
 /// The order completed, with one charge of `amount` that stands, and stock's and payment's books
 /// show nothing else.
 async fn assert_completed_with_one_charge(stack: &Stack, order_id: &str, item: u64, quantity: i64, amount: i64) {
@@ -1329,31 +1328,19 @@ const TWO_TIMEOUTS_STALL: Duration = Duration::from_secs(6);
 /// `warm_up` makes the same kind of request first: the service's scripts are then loaded (a
 /// first EVALSHA would only be refused) and its connection is handed over without a PING,
 /// which the stopped Redis would not answer either.
-async fn sent_into_a_redis_stall<W, R, T>(stack: &Stack, stall: Duration, warm_up: W, request: R) -> T
-where
-    W: std::future::Future<Output = ()>,
-    R: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
+async fn sent_into_a_redis_stall<T>(
+    stack: &Stack,
+    stall: Duration,
+    warm_up: impl std::future::Future<Output = ()>,
+    request: impl std::future::Future<Output = T>,
+) -> T {
     warm_up.await;
     stack.pause(Service::Redis);
-    let sent = tokio::spawn(request);
-    tokio::time::sleep(stall).await;
-    stack.unpause(Service::Redis);
-    sent.await.expect("the request's task")
-}
-
-async fn post_stock(client: reqwest::Client, url: String, token: String, k: String, body: Value) -> (u16, Value) {
-    let resp = client
-        .post(url)
-        .bearer_auth(token)
-        .header("Idempotency-Key", k)
-        .json(&body)
-        .send()
-        .await
-        .expect("POST to stock");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let (answer, ()) = tokio::join!(request, async {
+        tokio::time::sleep(stall).await;
+        stack.unpause(Service::Redis);
+    });
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1366,25 +1353,18 @@ async fn a_reserve_whose_key_step_went_unanswered_leaves_the_key_free_for_its_re
     stack.put_item(1, "Mug", 1250, 10).await;
     let k = key();
     let body = json!({"itemId": 1, "quantity": 2});
-    let send = |k: &str| {
-        post_stock(
-            stack.client(),
-            stack.url("/stock/reserve"),
-            stack.token().to_string(),
-            k.to_string(),
-            body.clone(),
-        )
-    };
+    let reserve = "/stock/reserve";
     let warm_up = async {
-        let (status, answer) = send(&key()).await;
-        assert_eq!(status, 201, "{answer}");
+        let r = stack.post_internal(reserve, Some(&key()), &body).await;
+        assert_eq!(r.status, 201, "{}", r.json);
     };
 
-    let (status, answer) = sent_into_a_redis_stall(&stack, ONE_TIMEOUT_STALL, warm_up, send(&k)).await;
-    assert_eq!((status, slug(&answer)), (503, "dependency-unavailable"), "{answer}");
+    let sent = stack.post_internal(reserve, Some(&k), &body);
+    let r = sent_into_a_redis_stall(&stack, ONE_TIMEOUT_STALL, warm_up, sent).await;
+    assert_eq!((r.status, slug(&r.json)), (503, "dependency-unavailable"), "{}", r.json);
     // Nothing was reserved, so the retry must not wait out a lease for a request that is gone.
-    let (status, answer) = send(&k).await;
-    assert_eq!(status, 201, "{answer}");
+    let r = stack.post_internal(reserve, Some(&k), &body).await;
+    assert_eq!(r.status, 201, "{}", r.json);
     let item = stack.item(1).await;
     assert_eq!(
         (item["available"].as_i64(), item["reserved"].as_i64()),
@@ -1411,17 +1391,12 @@ async fn checkout_sent_into_a_redis_stall(stall: Duration, k: &str) -> (Stack, u
         let (status, _, answer) = stack.checkout(&key(), json!({"itemId": 1, "quantity": 2})).await;
         assert_eq!(status, 200, "{answer}");
     };
-    let send = stack
-        .client()
-        .post(stack.url("/order/checkout"))
-        .header("Idempotency-Key", k)
-        .json(&json!({"itemId": 1, "quantity": 2}))
-        .send();
-    let (status, answer) = sent_into_a_redis_stall(&stack, stall, warm_up, async move {
-        let resp = send.await.expect("POST /order/checkout");
-        let status = resp.status().as_u16();
-        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-    })
+    let (status, _, answer) = sent_into_a_redis_stall(
+        &stack,
+        stall,
+        warm_up,
+        stack.checkout(k, json!({"itemId": 1, "quantity": 2})),
+    )
     .await;
     (stack, status, answer)
 }

@@ -22,21 +22,8 @@ fn charge_body(order_id: &str, amount: u64, currency: &str, method: &str) -> Val
     json!({"orderId": order_id, "amount": amount, "currency": currency, "customerId": "cus_1", "paymentMethod": method})
 }
 
-/// POST with the internal token and, when given, an Idempotency-Key.
-async fn post(stack: &Stack, path: &str, key: Option<&str>, body: &Value) -> Reply {
-    let mut req = stack
-        .client()
-        .post(stack.url(path))
-        .bearer_auth(stack.token())
-        .json(body);
-    if let Some(k) = key {
-        req = req.header("idempotency-key", k);
-    }
-    Reply::from(req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))).await
-}
-
 async fn charge(stack: &Stack, key: &str, body: &Value) -> Reply {
-    post(stack, "/payment/charge", Some(key), body).await
+    stack.post_internal("/payment/charge", Some(key), body).await
 }
 
 /// Charges with pm_card_visa and asserts 201; returns the charge id.
@@ -47,7 +34,9 @@ async fn charged(stack: &Stack, order_id: &str, amount: u64, currency: &str) -> 
 }
 
 async fn refund(stack: &Stack, key: &str, charge_id: &str) -> Reply {
-    post(stack, "/payment/refund", Some(key), &json!({"chargeId": charge_id})).await
+    stack
+        .post_internal("/payment/refund", Some(key), &json!({"chargeId": charge_id}))
+        .await
 }
 
 async fn get(stack: &Stack, path: &str) -> Reply {

@@ -20,27 +20,14 @@ type BadPost = (
     &'static str,
 );
 
-/// POST with the internal token and, when given, an Idempotency-Key.
-async fn post(stack: &Stack, path: &str, key: Option<&str>, body: &Value) -> Reply {
-    let mut req = stack
-        .client()
-        .post(stack.url(path))
-        .bearer_auth(stack.token())
-        .json(body);
-    if let Some(k) = key {
-        req = req.header("idempotency-key", k);
-    }
-    Reply::from(req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))).await
-}
-
 async fn reserve(stack: &Stack, key: &str, item_id: u64, quantity: u32) -> Reply {
-    post(
-        stack,
-        "/stock/reserve",
-        Some(key),
-        &json!({"itemId": item_id, "quantity": quantity}),
-    )
-    .await
+    stack
+        .post_internal(
+            "/stock/reserve",
+            Some(key),
+            &json!({"itemId": item_id, "quantity": quantity}),
+        )
+        .await
 }
 
 /// Reserves and asserts 201; returns the reservation id.
@@ -51,11 +38,15 @@ async fn reserved(stack: &Stack, item_id: u64, quantity: u32) -> String {
 }
 
 async fn release(stack: &Stack, key: &str, rid: &str) -> Reply {
-    post(stack, "/stock/release", Some(key), &json!({"reservationId": rid})).await
+    stack
+        .post_internal("/stock/release", Some(key), &json!({"reservationId": rid}))
+        .await
 }
 
 async fn complete(stack: &Stack, key: &str, rid: &str) -> Reply {
-    post(stack, "/stock/complete", Some(key), &json!({"reservationId": rid})).await
+    stack
+        .post_internal("/stock/complete", Some(key), &json!({"reservationId": rid}))
+        .await
 }
 
 async fn put(stack: &Stack, id: &str, body: &Value) -> Reply {
@@ -329,7 +320,9 @@ async fn an_unknown_reservation_is_404_for_release_and_complete() {
 
     for rid in [well_formed_but_unknown.as_str(), "rsv_999_abc", "nonsense"] {
         for path in ["/stock/release", "/stock/complete"] {
-            let r = post(&stack, path, Some(&key()), &json!({"reservationId": rid})).await;
+            let r = stack
+                .post_internal(path, Some(&key()), &json!({"reservationId": rid}))
+                .await;
             assert_eq!(r.status, 404, "{path} {rid}: {}", r.json);
             assert_eq!(slug(&r.json), "reservation-not-found", "{path} {rid}");
         }
