@@ -35,6 +35,8 @@ const HELP: &str = "loadgen [options]
   --label NAME           name in the RESULT line (default checkout)
   --cpu-of PIDS          comma-separated pids: report the CPU time they and their descendants
                          used per request during the measured run (Linux /proc)
+  --redis-url URL        the stack's Redis: wait until it is not rewriting its AOF before the
+                         run, and report how long a rewrite ran during the measured run
   --seed N               random seed (default: from the clock)";
 
 struct Args {
@@ -53,6 +55,7 @@ struct Args {
     check_books: bool,
     label: String,
     cpu_of: Vec<u32>,
+    redis_url: Option<String>,
     seed: u64,
 }
 
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
             .filter(|p| !p.trim().is_empty())
             .map(|p| p.trim().parse().map_err(|_| "--cpu-of takes pids like 12,34"))
             .collect::<Result<_, _>>()?,
+        redis_url: map.get("--redis-url").cloned(),
         seed: seed | 1,
     })
 }
@@ -274,14 +278,29 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// One line a second; with the p99 of the requests that ended in it, so a stall shows when it
+/// happened (the run's own percentiles cannot say).
 async fn progress(shared: Arc<Shared>) {
     let start = Instant::now();
     let mut last = 0;
+    let mut recorded = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let done = shared.done.load(Ordering::Relaxed);
+        let mut second: Vec<u64> = {
+            let stats = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let new = stats.latencies_us.get(recorded..).unwrap_or_default().to_vec();
+            recorded = stats.latencies_us.len();
+            new
+        };
+        second.sort_unstable();
+        let p99 = if second.is_empty() {
+            String::new()
+        } else {
+            format!("  p99 {:>7.2} ms", percentile(&second, 99.0))
+        };
         eprintln!(
-            "[{:>4.0}s] {done:>8} done  {:>6} req/s  {} failed",
+            "[{:>4.0}s] {done:>8} done  {:>6} req/s{p99}  {} failed",
             start.elapsed().as_secs_f64(),
             done - last,
             shared.failed.load(Ordering::Relaxed)
@@ -441,11 +460,28 @@ async fn main() -> ExitCode {
         "{}: {}{} for {:?} after {:?} warm-up (seed {seed})",
         a.label, a.url, a.path, a.duration, a.warmup
     );
+    let redis = match &a.redis_url {
+        Some(url) => match aof::connect(url).await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                eprintln!("redis: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if let Some(conn) = &redis
+        && let Err(e) = aof::wait_idle(conn.clone()).await
+    {
+        eprintln!("redis: {e}");
+        return ExitCode::FAILURE;
+    }
     let ticker = tokio::spawn(progress(shared.clone()));
     if !a.warmup.is_zero() {
         closed_loop(shared.clone(), a.connections.max(1), a.warmup, false).await;
     }
     let cpu_before = cpu::ticks(&a.cpu_of);
+    let rewrites = redis.map(aof::watch);
     let started = Instant::now();
     match a.rate {
         Some(rate) => open_loop(shared.clone(), rate, a.duration).await,
@@ -453,6 +489,10 @@ async fn main() -> ExitCode {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_used = cpu::seconds(cpu::ticks(&a.cpu_of).saturating_sub(cpu_before));
+    let rewrites = match rewrites {
+        Some(watch) => Some(watch.stop().await),
+        None => None,
+    };
     ticker.abort();
 
     let (mut lat, outcomes) = {
@@ -487,6 +527,14 @@ async fn main() -> ExitCode {
             cpu_used / elapsed
         );
     }
+    match &rewrites {
+        Some(Ok(r)) => println!(
+            "  Redis rewrote its AOF for {:.1} s of the run ({} rewrite(s) started in it)",
+            r.seconds, r.started
+        ),
+        Some(Err(e)) => println!("  Redis' AOF rewrites: could not watch them: {e}"),
+        None => {}
+    }
     println!("  outcomes");
     for (outcome, n) in &outcomes {
         println!("    {outcome:<36} {n:>9}");
@@ -511,9 +559,14 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} books={}",
+        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} aof_rewrite_s={} books={}",
         a.label,
         cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
+        match &rewrites {
+            None => "-".to_string(),
+            Some(Err(_)) => "?".to_string(),
+            Some(Ok(r)) => format!("{:.1}", r.seconds),
+        },
         if !a.check_books {
             "unchecked"
         } else if books_ok {
@@ -602,6 +655,122 @@ mod cpu {
             let busy = seconds(after.saturating_sub(before));
             assert!(busy >= 0.1, "a process spinning for 0.7 s added only {busy:.2} s");
             assert_eq!(ticks(&[]), 0, "no roots, no time");
+        }
+    }
+}
+
+/// Redis' AOF rewrites around a run. A rewrite forks Redis, and the child takes a core for as
+/// long as it runs (about a second per 100 MB of data here): on a small machine it shows in the
+/// tail. So a run does not start while the previous run's rewrite is still going, and its report
+/// says how long a rewrite of its own ran.
+mod aof {
+    use std::time::{Duration, Instant};
+
+    use redis::aio::MultiplexedConnection;
+
+    const POLL: Duration = Duration::from_millis(100);
+    const WAIT_AT_MOST: Duration = Duration::from_secs(120);
+
+    pub struct Rewrites {
+        pub seconds: f64,
+        pub started: u64,
+    }
+
+    pub struct Watch {
+        task: tokio::task::JoinHandle<Result<Rewrites, String>>,
+        stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    impl Watch {
+        pub async fn stop(self) -> Result<Rewrites, String> {
+            let _ = self.stop.send(());
+            self.task.await.map_err(|e| e.to_string())?
+        }
+    }
+
+    pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// (a rewrite is running, rewrites started since Redis started), from INFO persistence.
+    async fn state(conn: &mut MultiplexedConnection) -> Result<(bool, u64), String> {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        parse(&info)
+    }
+
+    pub(super) fn parse(info: &str) -> Result<(bool, u64), String> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(format!("INFO persistence has no {name}"))
+        };
+        Ok((field("aof_rewrite_in_progress")? == 1, field("aof_rewrites")?))
+    }
+
+    pub async fn wait_idle(mut conn: MultiplexedConnection) -> Result<(), String> {
+        let start = Instant::now();
+        let mut said = false;
+        while state(&mut conn).await?.0 {
+            if !said {
+                eprintln!("waiting for Redis to finish rewriting its AOF (the run before caused it)");
+                said = true;
+            }
+            if start.elapsed() > WAIT_AT_MOST {
+                return Err(format!("Redis still rewrites its AOF after {WAIT_AT_MOST:?}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Samples every 100 ms until stopped: time counts as rewriting when the sample says so.
+    pub fn watch(mut conn: MultiplexedConnection) -> Watch {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let (_, first) = state(&mut conn).await?;
+            let mut seconds = 0.0;
+            let last = loop {
+                let (running, total) = state(&mut conn).await?;
+                if running {
+                    seconds += POLL.as_secs_f64();
+                }
+                tokio::select! {
+                    _ = &mut stopped => break total,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            };
+            Ok(Rewrites {
+                seconds,
+                started: last.saturating_sub(first),
+            })
+        });
+        Watch { task, stop }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reads_whether_a_rewrite_runs_and_how_many_started() {
+            let info = "# Persistence\r\nloading:0\r\naof_rewrite_in_progress:1\r\naof_rewrites:4\r\n\
+                        aof_rewrites_consecutive_failures:0\r\n";
+            assert_eq!(parse(info), Ok((true, 4)));
+            let idle = info.replace("aof_rewrite_in_progress:1", "aof_rewrite_in_progress:0");
+            assert_eq!(parse(&idle), Ok((false, 4)));
+            assert!(
+                parse("# Persistence\r\nloading:0\r\n").is_err(),
+                "a Redis without the fields is an error"
+            );
         }
     }
 }
