@@ -690,8 +690,11 @@ mod aof {
 
     pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
         let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+        // A stalled Redis is what this watch is there to see through, so it waits far longer
+        // than the client's default half second for an answer.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| format!("{url}: {e}"))
     }
@@ -732,17 +735,21 @@ mod aof {
         Ok(())
     }
 
-    /// Samples every 100 ms until stopped: time counts as rewriting when the sample says so.
+    /// Samples every 100 ms until stopped. The time since the previous sample counts as
+    /// rewriting when a sample says so: measured, not assumed to be 100 ms, because a Redis that
+    /// stalls during a rewrite answers late.
     pub fn watch(mut conn: MultiplexedConnection) -> Watch {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let (_, first) = state(&mut conn).await?;
             let mut seconds = 0.0;
+            let mut sampled = Instant::now();
             let last = loop {
                 let (running, total) = state(&mut conn).await?;
                 if running {
-                    seconds += POLL.as_secs_f64();
+                    seconds += sampled.elapsed().as_secs_f64();
                 }
+                sampled = Instant::now();
                 tokio::select! {
                     _ = &mut stopped => break total,
                     _ = tokio::time::sleep(POLL) => {}
