@@ -10,6 +10,10 @@
 //! earlier runner may have charged before it died), or the completion/refund after a charge is
 //! unknown, the order stays `processing`, the client gets 202 and the Idempotency-Key stays
 //! locked; re-running the saga resolves it by re-sending the same idempotent calls.
+//!
+//! The same holds for stock: a 503 says everything was undone, so a reserve whose outcome is
+//! unknown (stock may have reserved) waits the same way instead of leaving units held until
+//! the reservation expires.
 
 use actix_web::http::StatusCode;
 use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
@@ -122,7 +126,11 @@ impl Attempt<'_> {
                 total_fee,
                 currency,
             },
-            None => match self.reserve(o).instrument(step_span("reserve", &o.order_id)).await {
+            None => match self
+                .reserve(o, progress.resumed)
+                .instrument(step_span("reserve", &o.order_id))
+                .await
+            {
                 Ok(r) => r,
                 Err(end) => return end,
             },
@@ -144,8 +152,10 @@ impl Attempt<'_> {
             .await
     }
 
-    /// Reserves and records the reservation; `Err` is how the saga ended instead.
-    async fn reserve(&self, o: &NewOrder) -> Result<Reservation, SagaEnd> {
+    /// Reserves and records the reservation; `Err` is how the saga ended instead. `resumed`:
+    /// an earlier runner may have sent this reserve, so this run's failing to reach stock
+    /// proves nothing about the units.
+    async fn reserve(&self, o: &NewOrder, resumed: bool) -> Result<Reservation, SagaEnd> {
         let id = o.order_id.as_str();
         let reservation = match self.stock.reserve(id, o.item_id, o.quantity).await {
             Ok(ReserveAnswer::Reserved(r)) => r,
@@ -165,6 +175,12 @@ impl Attempt<'_> {
                 return Err(self.end(id, "failed", ("reserve", "out_of_stock"), vec![], err).await);
             }
             Ok(ReserveAnswer::Unexpected(why)) => return Err(self.reserve_failed(id, &why).await),
+            Err(e) if e.maybe_sent() || resumed => {
+                // Stock may hold a reservation for this order: ending now would keep its units
+                // from sale until RESERVATION_TTL while the client hears "everything undone".
+                // The same key, resent once stock answers, replays it, and the order goes on.
+                return Err(self.pending(id, ("reserve", "unknown"), &e.to_string()).await);
+            }
             Err(e) => return Err(self.reserve_failed(id, &e.to_string()).await),
         };
         let rid = reservation.reservation_id.as_str();
@@ -328,9 +344,10 @@ impl Attempt<'_> {
         }
     }
 
-    /// The reservation may or may not exist (the answer was lost); without its id it cannot be
-    /// released here, and it returns to `available` when RESERVATION_TTL runs out. No money
-    /// has moved, so the client may retry at once.
+    /// Stock never received this order's reserve (every attempt was refused a connection, and
+    /// no runner sent one before), or answered it with something no contract allows (a bug,
+    /// not an outage: a reservation it may have made returns when RESERVATION_TTL runs out).
+    /// No money has moved, so the client may retry at once.
     async fn reserve_failed(&self, id: &str, why: &str) -> SagaEnd {
         tracing::warn!(order_id = id, error = why, "stock unavailable");
         let err = OrderError::DependencyUnavailable {

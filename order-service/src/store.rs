@@ -263,6 +263,9 @@ pub struct Progress {
     /// The reservation, once recorded: id, total fee, currency.
     pub reservation: Option<(String, u64, String)>,
     pub charge_id: Option<String>,
+    /// Loaded to resume the order: an earlier runner worked on it and may have sent calls
+    /// whose answers nobody recorded.
+    pub resumed: bool,
 }
 
 /// What an attempt to change an order found.
@@ -584,6 +587,7 @@ impl OrderStore {
             Progress {
                 reservation,
                 charge_id: get(9),
+                resumed: true,
             },
         )))
     }

@@ -1067,6 +1067,109 @@ async fn a_charge_whose_every_answer_is_lost_stays_processing_until_it_is_resent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_whose_every_answer_is_lost_is_resent_until_it_is_heard_not_left_to_expire() {
+    // One retry: both attempts reach stock (one reservation, for one key), both answers are lost.
+    let mut options = focused_options(&[("HTTP_MAX_RETRIES", "1")]);
+    // Expiry must not be what returns the units.
+    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
+    let stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    stock.set(FaultPlan::always(Fault::CutAfterSend).on_path("/reserve").times(2));
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+
+    let (status, _, answer) = stack.checkout(&k, body.clone()).await;
+
+    assert_eq!(stock.counts().cut_after_send, 2, "both answers were lost");
+    // Stock may hold units for this order: not 503 ("everything undone"), but 202, or 200 if a
+    // resend already got through.
+    assert!(status == 202 || status == 200, "{status} {answer}");
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 2, 2500).await;
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+    let (again, headers, replay) = stack.checkout(&k, body).await;
+    assert_eq!(
+        (again, replay["orderId"].as_str()),
+        (200, Some(order_id.as_str())),
+        "{replay}"
+    );
+    assert!(headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_made_before_a_crash_is_waited_for_not_left_to_expire_when_stock_is_then_unreachable() {
+    // The order service dies while its reserve is on the way; the reserve lands after it died.
+    let mut options = focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")]);
+    // Expiry must not be what returns the units.
+    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
+    let mut stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    stock.set(
+        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
+            .on_path("/reserve")
+            .times(1),
+    );
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+    let client = checkout_held_by(&stack, &stock, &k, &body).await;
+    stack.kill(Service::Order).await;
+    let reply = client.await.expect("client task");
+    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
+    let order_id = key_record(&stack, &k)
+        .await
+        .expect("the key was taken before the crash")
+        .token;
+    let waited = Instant::now();
+    while stack.item(1).await["reserved"] != 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the held reserve never reached stock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Stock is down with nothing in front of it: recovery's reserve is refused outright, so it
+    // provably never left. That proves nothing about the reserve sent before the crash.
+    stock.close_port();
+    stack.start(Service::Order).await;
+    let waited = Instant::now();
+    let held = loop {
+        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+        let tried = order["steps"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|s| s["name"] == "reserve"));
+        if tried || order["status"] != "processing" {
+            break order;
+        }
+        assert!(
+            waited.elapsed() < SETTLE_TIMEOUT,
+            "recovery never tried the reserve: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        held["status"], "processing",
+        "ended while stock held units for it: {held}"
+    );
+
+    // Stock back: the same key replays the reservation made before the crash, and the order
+    // goes on with it.
+    stock.open_port();
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 2, 2500).await;
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery() {
     // The order service waits on a slow reserve (no attempt timeout gets in the way) and dies.
     let mut stack = Stack::launch(focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")])).await;
