@@ -68,7 +68,17 @@ impl Runner {
         let key = KeyRef::from_stored(stored.idempotency_key.clone(), stored.fingerprint.clone());
         match self.store.final_response(order_id).await {
             Ok(Some(resp)) => {
-                // It ended, but the process died before settling its key.
+                // It ended with its release owed: stock first, and until stock hears it the
+                // order stays in recovery's set.
+                if let (true, Some((rid, _, _))) = (progress.release_owed, &progress.reservation)
+                    && !self.saga.release_owed(order_id, rid).await
+                {
+                    if let Err(e) = self.store.lease(order_id, owner, self.retry_unknown).await {
+                        fail("look again later", &e);
+                    }
+                    return None;
+                }
+                // It ended, but the process died before settling its key (or it owed a release).
                 let end = if resp.status < 500 {
                     SagaEnd::Final(resp)
                 } else {

@@ -69,6 +69,31 @@ pub fn processing_response(order_id: &str) -> StoredResponse {
 }
 
 impl Saga {
+    /// Sends an ended order's owed release again; true once nothing is owed any more (stock
+    /// released it, or refused for good: it completed, expired or is unknown).
+    pub async fn release_owed(&self, order_id: &str, reservation_id: &str) -> bool {
+        let answer = self
+            .stock
+            .release(order_id, reservation_id)
+            .instrument(compensation_span("release", order_id))
+            .await;
+        match answer {
+            Ok(TransitionAnswer::Done | TransitionAnswer::Refused(_) | TransitionAnswer::Unexpected(_)) => {
+                match self.store.release_done(order_id).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(order_id, error = %e, "could not record the owed release");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(order_id, error = %e, "the owed release still cannot reach stock");
+                false
+            }
+        }
+    }
+
     pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient, idempotency: IdempotencyStore) -> Self {
         Self {
             store,
@@ -357,18 +382,20 @@ impl Attempt<'_> {
         self.end(id, "failed", ("reserve", "unavailable"), vec![], err).await
     }
 
-    /// Releases the reservation, returning the step fields to record. A release that cannot
-    /// get through is left to the reservation's expiry, which returns the units anyway.
+    /// Releases the reservation, returning the fields to record with the order's end. A
+    /// release that cannot get through is owed (`releaseOwed`): the order's answer stands, and
+    /// recovery sends the same release again until stock hears it ([`Saga::release_owed`]),
+    /// rather than leaving the units held until the reservation expires.
     async fn release(&self, id: &str, rid: &str) -> Vec<(&'static str, String)> {
-        let status = match self
+        let (status, fields) = match self
             .stock
             .release(id, rid)
             .instrument(compensation_span("release", id))
             .await
         {
-            Ok(TransitionAnswer::Done) => "succeeded",
-            Ok(TransitionAnswer::Refused(_)) | Ok(TransitionAnswer::Unexpected(_)) => "refused",
-            Err(_) => "unavailable_expires",
+            Ok(TransitionAnswer::Done) => ("succeeded", vec![]),
+            Ok(TransitionAnswer::Refused(_)) | Ok(TransitionAnswer::Unexpected(_)) => ("refused", vec![]),
+            Err(_) => ("unavailable", vec![("releaseOwed", rid.to_string())]),
         };
         shared::metrics::event("compensation", "release");
         self.note(
@@ -379,7 +406,7 @@ impl Attempt<'_> {
             },
         )
         .await;
-        vec![]
+        fields
     }
 
     /// Ends the order with a problem response.

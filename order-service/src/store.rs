@@ -214,10 +214,29 @@ static UPDATE_AND_SETTLE: LazyLock<Script> = LazyLock::new(|| {
         r#"{UPDATE_LUA}
 {}
 local r = update(KEYS, ARGV, 15)
-if r == 'ok' then settle_checkout(KEYS[4], KEYS[5], ARGV[7], {{unpack(ARGV, 8, 14)}}) end
+if r == 'ok' then
+  settle_checkout(KEYS[4], KEYS[5], ARGV[7], {{unpack(ARGV, 8, 14)}})
+  -- Ended, but stock has not heard its release: recovery's set keeps the order, due at once,
+  -- until a release gets through (RELEASE_DONE).
+  if redis.call('HEXISTS', KEYS[1], 'releaseOwed') == 1 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
+  end
+end
 return r"#,
         *SETTLE_CHECKOUT_LUA
     ))
+});
+
+// An ended order's owed release got through: no longer owed, and the step is on its record.
+// Recovery retires the order when it settles its key. KEYS: order, steps. ARGV: step JSON.
+static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HDEL', KEYS[1], 'releaseOwed') == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return 1
+"#,
+    )
 });
 
 // Deletes an order that never began: created, but its Idempotency-Key was never taken for it
@@ -266,6 +285,8 @@ pub struct Progress {
     /// Loaded to resume the order: an earlier runner worked on it and may have sent calls
     /// whose answers nobody recorded.
     pub resumed: bool,
+    /// The order ended, but the release of its reservation never got through to stock.
+    pub release_owed: bool,
 }
 
 /// What an attempt to change an order found.
@@ -555,6 +576,7 @@ impl OrderStore {
                 "amount",
                 "currency",
                 "chargeId",
+                "releaseOwed",
             ])
             .query_async(&mut conn)
             .await?;
@@ -588,8 +610,22 @@ impl OrderStore {
                 reservation,
                 charge_id: get(9),
                 resumed: true,
+                release_owed: get(10).is_some(),
             },
         )))
+    }
+
+    /// Records that an ended order's owed release got through (see RELEASE_DONE).
+    pub async fn release_done(&self, order_id: &str) -> Result<(), OrderError> {
+        let mut conn = self.pool.get().await?;
+        let now = shared::time::now_rfc3339();
+        let _: i64 = RELEASE_DONE
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .arg(step_json("release", "succeeded", &now))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Takes back [`OrderStore::begin_checkout`] for `order_id` after Redis did not answer it

@@ -1170,6 +1170,59 @@ async fn a_reserve_made_before_a_crash_is_waited_for_not_left_to_expire_when_sto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_cannot_reach_stock_is_sent_again_by_recovery_not_left_to_expire() {
+    let mut options = focused_options(&[]);
+    // Expiry must not be what returns the units.
+    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
+    let stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let stock = stack.proxy(Service::Stock);
+    // The card is declined; every release the checkout sends is dropped before stock sees it.
+    stock.set(FaultPlan::always(Fault::Drop).on_path("/release"));
+    let body = json!({"itemId": 1, "quantity": 2, "paymentMethod": "pm_card_chargeDeclined"});
+
+    let (status, _, answer) = stack.checkout(&key(), body).await;
+
+    assert_eq!((status, slug(&answer)), (402, "payment-declined"), "{answer}");
+    assert!(stock.counts().dropped >= 1, "the release was dropped");
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let held = stack.item(1).await;
+    assert_eq!(held["reserved"], 2, "the release has not got through yet: {held}");
+    stock.pass();
+    let waited = Instant::now();
+    loop {
+        let item = stack.item(1).await;
+        if item["reserved"] == 0 {
+            assert_eq!(item["available"], 10, "{item}");
+            break;
+        }
+        assert!(
+            waited.elapsed() < SETTLE_TIMEOUT,
+            "the units are still held {SETTLE_TIMEOUT:?} after stock came back: {item}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+    assert_eq!(order["status"], "compensated", "{order}");
+    let last = order["steps"]
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&last["name"], &last["status"]),
+        (&json!("release"), &json!("succeeded")),
+        "{order}"
+    );
+    assert!(
+        charges_of(&stack, &order_id)
+            .await
+            .iter()
+            .all(|c| c["status"] != "succeeded")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery() {
     // The order service waits on a slow reserve (no attempt timeout gets in the way) and dies.
     let mut stack = Stack::launch(focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")])).await;
