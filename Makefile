@@ -5,7 +5,7 @@ SERVICES := -p order-service -p stock-service -p payment-service
 # nextest runs every test in its own process with timeouts; plain cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
-.PHONY: run test deps release build fmt fmt-check lint unit e2e bench clean
+.PHONY: run test deps release build fmt fmt-check lint unit e2e bench chaos clean
 
 ## run: build release binaries, install redis-server/nginx if missing, start the stack (Ctrl-C stops)
 run: deps release
@@ -45,6 +45,11 @@ e2e: build
 bench: deps
 	$(CARGO) build --release --locked $(SERVICES) -p bench
 	scripts/bench.sh
+
+## chaos: release build, then kill -9 services and Redis at random under load and check the books
+chaos: deps
+	$(CARGO) build --release --locked $(SERVICES) -p bench
+	scripts/chaos.sh
 
 clean:
 	$(CARGO) clean
