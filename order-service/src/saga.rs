@@ -69,26 +69,28 @@ pub fn processing_response(order_id: &str) -> StoredResponse {
 }
 
 impl Saga {
-    /// Sends an ended order's owed release again; true once nothing is owed any more (stock
-    /// released it, or refused for good: it completed, expired or is unknown).
+    /// Sends an ended order's owed release again; true once nothing is owed any more: stock
+    /// released it, or gave an answer another try would not change (refused: the reservation
+    /// completed, expired or is unknown; or an answer no contract allows), as the saga's own
+    /// release takes them.
     pub async fn release_owed(&self, order_id: &str, reservation_id: &str) -> bool {
         let answer = self
             .stock
             .release(order_id, reservation_id)
             .instrument(compensation_span("release", order_id))
             .await;
-        match answer {
-            Ok(TransitionAnswer::Done | TransitionAnswer::Refused(_) | TransitionAnswer::Unexpected(_)) => {
-                match self.store.release_done(order_id).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(order_id, error = %e, "could not record the owed release");
-                        false
-                    }
-                }
-            }
+        let status = match answer {
+            Ok(TransitionAnswer::Done) => "succeeded",
+            Ok(TransitionAnswer::Refused(_) | TransitionAnswer::Unexpected(_)) => "refused",
             Err(e) => {
                 tracing::warn!(order_id, error = %e, "the owed release still cannot reach stock");
+                return false;
+            }
+        };
+        match self.store.release_done(order_id, status).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(order_id, error = %e, "could not record the owed release");
                 false
             }
         }

@@ -228,7 +228,7 @@ return r"#,
     ))
 });
 
-// An ended order's owed release got through: no longer owed, and the step is on its record.
+// An ended order's owed release was answered: no longer owed, and the step is on its record.
 // Recovery retires the order when it settles its key. KEYS: order, steps. ARGV: step JSON.
 static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -615,14 +615,15 @@ impl OrderStore {
         )))
     }
 
-    /// Records that an ended order's owed release got through (see RELEASE_DONE).
-    pub async fn release_done(&self, order_id: &str) -> Result<(), OrderError> {
+    /// Records that stock answered an ended order's owed release with `status` (see
+    /// RELEASE_DONE).
+    pub async fn release_done(&self, order_id: &str, status: &str) -> Result<(), OrderError> {
         let mut conn = self.pool.get().await?;
         let now = shared::time::now_rfc3339();
         let _: i64 = RELEASE_DONE
             .key(order_key(order_id))
             .key(steps_key(order_id))
-            .arg(step_json("release", "succeeded", &now))
+            .arg(step_json("release", status, &now))
             .invoke_async(&mut conn)
             .await?;
         Ok(())
