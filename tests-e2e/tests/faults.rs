@@ -1008,6 +1008,33 @@ async fn assert_completed_with_its_one_charge(stack: &Stack, order_id: &str, amo
     assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
 }
 
+/// The checkout that answered `answer` (202, or 200 when a resend already got through) of
+/// `quantity` units of item 1 completes with one charge of `amount`, nothing stays unsettled,
+/// and its key replays the completion.
+async fn assert_completes_once_and_replays(
+    stack: &Stack,
+    k: &str,
+    body: Value,
+    answer: &Value,
+    quantity: i64,
+    amount: i64,
+) {
+    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+    let order = wait_for_terminal(stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(stack, &order_id, 1, quantity, amount).await;
+    wait_until_settled(stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
+    let (again, headers, replay) = stack.checkout(k, body).await;
+    assert_eq!(
+        (again, replay["orderId"].as_str()),
+        (200, Some(order_id.as_str())),
+        "{replay}"
+    );
+    assert!(headers.contains_key("idempotent-replayed"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_whose_answer_is_lost_is_resolved_without_a_second_charge() {
     let stack = Stack::launch(focused_options(&[])).await;
@@ -1050,20 +1077,7 @@ async fn a_charge_whose_every_answer_is_lost_stays_processing_until_it_is_resent
     assert_eq!(payment.counts().cut_after_send, 2, "both answers were lost");
     // Never a failure while money may have moved: 202, or 200 if a resend already got through.
     assert!(status == 202 || status == 200, "{status} {answer}");
-    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
-    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
-    assert_eq!(order["status"], "completed", "{order}");
-    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
-    wait_until_settled(&stack, SETTLE_TIMEOUT)
-        .await
-        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
-    let (again, headers, replay) = stack.checkout(&k, body).await;
-    assert_eq!(
-        (again, replay["orderId"].as_str()),
-        (200, Some(order_id.as_str())),
-        "{replay}"
-    );
-    assert!(headers.contains_key("idempotent-replayed"));
+    assert_completes_once_and_replays(&stack, &k, body, &answer, 1, 1250).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1085,46 +1099,70 @@ async fn a_reserve_whose_every_answer_is_lost_is_resent_until_it_is_heard_not_le
     // Stock may hold units for this order: not 503 ("everything undone"), but 202, or 200 if a
     // resend already got through.
     assert!(status == 202 || status == 200, "{status} {answer}");
-    let order_id = answer["orderId"].as_str().expect("orderId").to_string();
-    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
-    assert_eq!(order["status"], "completed", "{order}");
-    assert_completed_with_one_charge(&stack, &order_id, 1, 2, 2500).await;
-    wait_until_settled(&stack, SETTLE_TIMEOUT)
-        .await
-        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
-    let (again, headers, replay) = stack.checkout(&k, body).await;
-    assert_eq!(
-        (again, replay["orderId"].as_str()),
-        (200, Some(order_id.as_str())),
-        "{replay}"
+    assert_completes_once_and_replays(&stack, &k, body, &answer, 2, 2500).await;
+}
+
+/// A stack with item 1 (10 mugs at 12.50) whose `service` proxy holds the first call to `path`
+/// for 1.5 s, and whose reservations outlive the outages the tests stage (120 s), so that
+/// neither an expiry frees units nor a lapse stops an order from completing.
+async fn stack_holding_the_first(service: Service, path: &str) -> (Stack, tests_e2e::ProxyHandle) {
+    let mut options = focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")]);
+    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
+    let stack = Stack::launch(options).await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let proxy = stack.proxy(service);
+    proxy.set(
+        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
+            .on_path(path)
+            .times(1),
     );
-    assert!(headers.contains_key("idempotent-replayed"));
+    (stack, proxy)
+}
+
+/// Sends a checkout whose call `proxy` holds, kills the order service meanwhile, and returns
+/// the id of the order it left behind (the key's token).
+async fn order_of_checkout_killed_while_held(
+    stack: &mut Stack,
+    proxy: &tests_e2e::ProxyHandle,
+    k: &str,
+    body: &Value,
+) -> String {
+    let client = checkout_held_by(stack, proxy, k, body).await;
+    stack.kill(Service::Order).await;
+    let reply = client.await.expect("client task");
+    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
+    key_record(stack, k)
+        .await
+        .expect("the key was taken before the crash")
+        .token
+}
+
+/// The order as it stands once recovery has recorded an attempt at `step`, or once it ended.
+async fn order_once_recovery_tried(stack: &Stack, order_id: &str, step: &str) -> Value {
+    let waited = Instant::now();
+    loop {
+        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+        let tried = order["steps"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|s| s["name"] == step));
+        if tried || order["status"] != "processing" {
+            return order;
+        }
+        assert!(
+            waited.elapsed() < SETTLE_TIMEOUT,
+            "recovery never tried the {step}: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_made_before_a_crash_is_waited_for_not_left_to_expire_when_stock_is_then_unreachable() {
     // The order service dies while its reserve is on the way; the reserve lands after it died.
-    let mut options = focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")]);
-    // Expiry must not be what returns the units.
-    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
-    let mut stack = Stack::launch(options).await;
-    stack.put_item(1, "Mug", 1250, 10).await;
-    let stock = stack.proxy(Service::Stock);
-    stock.set(
-        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
-            .on_path("/reserve")
-            .times(1),
-    );
+    let (mut stack, stock) = stack_holding_the_first(Service::Stock, "/reserve").await;
     let k = key();
     let body = json!({"itemId": 1, "quantity": 2});
-    let client = checkout_held_by(&stack, &stock, &k, &body).await;
-    stack.kill(Service::Order).await;
-    let reply = client.await.expect("client task");
-    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
-    let order_id = key_record(&stack, &k)
-        .await
-        .expect("the key was taken before the crash")
-        .token;
+    let order_id = order_of_checkout_killed_while_held(&mut stack, &stock, &k, &body).await;
     let waited = Instant::now();
     while stack.item(1).await["reserved"] != 2 {
         assert!(
@@ -1138,21 +1176,7 @@ async fn a_reserve_made_before_a_crash_is_waited_for_not_left_to_expire_when_sto
     // provably never left. That proves nothing about the reserve sent before the crash.
     stock.close_port();
     stack.start(Service::Order).await;
-    let waited = Instant::now();
-    let held = loop {
-        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
-        let tried = order["steps"]
-            .as_array()
-            .is_some_and(|steps| steps.iter().any(|s| s["name"] == "reserve"));
-        if tried || order["status"] != "processing" {
-            break order;
-        }
-        assert!(
-            waited.elapsed() < SETTLE_TIMEOUT,
-            "recovery never tried the reserve: {order}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = order_once_recovery_tried(&stack, &order_id, "reserve").await;
     assert_eq!(
         held["status"], "processing",
         "ended while stock held units for it: {held}"
@@ -1287,27 +1311,10 @@ async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_made_before_a_crash_is_waited_for_not_undone_when_payment_is_then_unreachable() {
     // The order service dies while its charge is on the way; the charge lands after it died.
-    let mut options = focused_options(&[("HTTP_ATTEMPT_TIMEOUT", "10s")]);
-    // Long enough that the reservation outlives the outage below: the order can complete.
-    options.stock_env.extend(env(&[("RESERVATION_TTL", "120s")]));
-    let mut stack = Stack::launch(options).await;
-    stack.put_item(1, "Mug", 1250, 10).await;
-    let payment = stack.proxy(Service::Payment);
-    payment.set(
-        FaultPlan::always(Fault::Delay(Duration::from_millis(1500)))
-            .on_path("/charge")
-            .times(1),
-    );
+    let (mut stack, payment) = stack_holding_the_first(Service::Payment, "/charge").await;
     let k = key();
     let body = json!({"itemId": 1, "quantity": 1});
-    let client = checkout_held_by(&stack, &payment, &k, &body).await;
-    stack.kill(Service::Order).await;
-    let reply = client.await.expect("client task");
-    assert!(reply.order_id.is_none(), "the dead service answered nothing: {reply:?}");
-    let order_id = key_record(&stack, &k)
-        .await
-        .expect("the key was taken before the crash")
-        .token;
+    let order_id = order_of_checkout_killed_while_held(&mut stack, &payment, &k, &body).await;
     let waited = Instant::now();
     while charges_of(&stack, &order_id).await.is_empty() {
         assert!(
@@ -1321,21 +1328,7 @@ async fn a_charge_made_before_a_crash_is_waited_for_not_undone_when_payment_is_t
     // provably never left. That proves nothing about the charge sent before the crash.
     payment.close_port();
     stack.start(Service::Order).await;
-    let waited = Instant::now();
-    let held = loop {
-        let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
-        let tried = order["steps"]
-            .as_array()
-            .is_some_and(|steps| steps.iter().any(|s| s["name"] == "charge"));
-        if tried || order["status"] != "processing" {
-            break order;
-        }
-        assert!(
-            waited.elapsed() < SETTLE_TIMEOUT,
-            "recovery never tried the charge: {order}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = order_once_recovery_tried(&stack, &order_id, "charge").await;
     let charges = charges_of(&stack, &order_id).await;
     assert_eq!(
         held["status"], "processing",
