@@ -95,23 +95,29 @@ return decision"#
 });
 
 // Settles the checkout's key and, in the same step, takes its order out of recovery's set: a
-// settled key leaves recovery nothing to do. mode: 'finish' or 'free'; a: `finish`'s arguments
-// (token = order id first).
+// settled key leaves recovery nothing to do — unless the order still owes stock a release
+// (`releaseOwed`): then it stays in the set, due at once, until a release gets through
+// (RELEASE_DONE). mode: 'finish' or 'free'; a: `finish`'s arguments (token = order id first).
 static SETTLE_CHECKOUT_LUA: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"{SETTLE_LUA}
-local function settle_checkout(key, active, mode, a)
+local function settle_checkout(key, active, order, mode, a)
   if mode == 'free' then free(key, a[1]) else finish(key, a) end
-  redis.call('ZREM', active, a[1])
+  if redis.call('HEXISTS', order, 'releaseOwed') == 1 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', active, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), a[1])
+  else
+    redis.call('ZREM', active, a[1])
+  end
 end
 "#
     )
 });
 
-// KEYS: key record, active. ARGV: mode, then `finish`'s arguments.
+// KEYS: key record, active, order. ARGV: mode, then `finish`'s arguments.
 static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}\nsettle_checkout(KEYS[1], KEYS[2], ARGV[1], {{unpack(ARGV, 2)}})\nreturn 1",
+        "{}\nsettle_checkout(KEYS[1], KEYS[2], KEYS[3], ARGV[1], {{unpack(ARGV, 2)}})\nreturn 1",
         *SETTLE_CHECKOUT_LUA
     ))
 });
@@ -214,15 +220,7 @@ static UPDATE_AND_SETTLE: LazyLock<Script> = LazyLock::new(|| {
         r#"{UPDATE_LUA}
 {}
 local r = update(KEYS, ARGV, 15)
-if r == 'ok' then
-  settle_checkout(KEYS[4], KEYS[5], ARGV[7], {{unpack(ARGV, 8, 14)}})
-  -- Ended, but stock has not heard its release: recovery's set keeps the order, due at once,
-  -- until a release gets through (RELEASE_DONE).
-  if redis.call('HEXISTS', KEYS[1], 'releaseOwed') == 1 then
-    local t = redis.call('TIME')
-    redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
-  end
-end
+if r == 'ok' then settle_checkout(KEYS[4], KEYS[5], KEYS[1], ARGV[7], {{unpack(ARGV, 8, 14)}}) end
 return r"#,
         *SETTLE_CHECKOUT_LUA
     ))
@@ -522,7 +520,7 @@ impl OrderStore {
     }
 
     /// Settles the key of an ended order — stores its `answer`, or with None frees it — and
-    /// retires the order from recovery's set, in one step.
+    /// retires the order from recovery's set (unless it still owes a release), in one step.
     pub async fn settle_key(
         &self,
         order_id: &str,
@@ -538,7 +536,7 @@ impl OrderStore {
         shared::redis_pool::traced(operation, async {
             let mut conn = self.pool.get().await?;
             let mut inv = SETTLE_CHECKOUT.key(key.redis_key());
-            inv.key(active_key_of(order_id));
+            inv.key(active_key_of(order_id)).key(order_key(order_id));
             match answer {
                 Some(resp) => {
                     inv.arg("finish");
