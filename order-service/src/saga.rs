@@ -69,23 +69,11 @@ pub fn processing_response(order_id: &str) -> StoredResponse {
 }
 
 impl Saga {
-    /// Sends an ended order's owed release again; true once nothing is owed any more: stock
-    /// released it, or gave an answer another try would not change (refused: the reservation
-    /// completed, expired or is unknown; or an answer no contract allows), as the saga's own
-    /// release takes them.
+    /// Sends an ended order's owed release again; true once nothing is owed any more (stock
+    /// answered it: see [`send_release`]) and that is recorded.
     pub async fn release_owed(&self, order_id: &str, reservation_id: &str) -> bool {
-        let answer = self
-            .stock
-            .release(order_id, reservation_id)
-            .instrument(compensation_span("release", order_id))
-            .await;
-        let status = match answer {
-            Ok(TransitionAnswer::Done) => "succeeded",
-            Ok(TransitionAnswer::Refused(_) | TransitionAnswer::Unexpected(_)) => "refused",
-            Err(e) => {
-                tracing::warn!(order_id, error = %e, "the owed release still cannot reach stock");
-                return false;
-            }
+        let Some(status) = send_release(&self.stock, order_id, reservation_id).await else {
+            return false;
         };
         match self.store.release_done(order_id, status).await {
             Ok(()) => true,
@@ -125,6 +113,25 @@ impl Saga {
         };
         shared::metrics::event("checkout", outcome);
         end
+    }
+}
+
+/// Asks stock to release a reservation, under the order's release key: the step status to
+/// record, or None while stock cannot be reached (the release is then owed). A refusal (the
+/// reservation completed, expired or is unknown) or an answer no contract allows is final:
+/// another try would not change it.
+async fn send_release(stock: &StockClient, order_id: &str, reservation_id: &str) -> Option<&'static str> {
+    match stock
+        .release(order_id, reservation_id)
+        .instrument(compensation_span("release", order_id))
+        .await
+    {
+        Ok(TransitionAnswer::Done) => Some("succeeded"),
+        Ok(TransitionAnswer::Refused(_) | TransitionAnswer::Unexpected(_)) => Some("refused"),
+        Err(e) => {
+            tracing::warn!(order_id, error = %e, "stock cannot be reached to release; the release is owed");
+            None
+        }
     }
 }
 
@@ -389,15 +396,9 @@ impl Attempt<'_> {
     /// recovery sends the same release again until stock hears it ([`Saga::release_owed`]),
     /// rather than leaving the units held until the reservation expires.
     async fn release(&self, id: &str, rid: &str) -> Vec<(&'static str, String)> {
-        let (status, fields) = match self
-            .stock
-            .release(id, rid)
-            .instrument(compensation_span("release", id))
-            .await
-        {
-            Ok(TransitionAnswer::Done) => ("succeeded", vec![]),
-            Ok(TransitionAnswer::Refused(_)) | Ok(TransitionAnswer::Unexpected(_)) => ("refused", vec![]),
-            Err(_) => ("unavailable", vec![("releaseOwed", rid.to_string())]),
+        let (status, fields) = match send_release(self.stock, id, rid).await {
+            Some(status) => (status, vec![]),
+            None => ("unavailable", vec![("releaseOwed", rid.to_string())]),
         };
         shared::metrics::event("compensation", "release");
         self.note(
