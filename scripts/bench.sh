@@ -18,6 +18,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 bin=$root/target/release
 duration=${BENCH_DURATION:-10}
 connections=${BENCH_CONNECTIONS:-64}
@@ -41,20 +43,6 @@ stop() {
 }
 trap 'stop; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
-
-wait_ready() {
-    local port=$1 path=$2 reply
-    for _ in $(seq 1 300); do
-        if reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
-            printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3 && head -n1 <&3) 2>/dev/null) &&
-            [[ $reply == *" 200 "* ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "bench: nothing ready on port $port$path" >&2
-    exit 1
-}
 
 # loadgen LABEL POLICY ARGS...: runs the generator, keeps its RESULT line tagged with the policy.
 loadgen() {
@@ -83,13 +71,13 @@ for policy in $policies; do
         PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) REDIS_APPENDFSYNC=$policy \
         SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" >"$work/run-$policy.log" 2>&1 &
     pids+=($!)
-    wait_ready "$gateway" /order/ready
+    wait_ready "$gateway" /order/ready || exit 1
     "$bin/standin" --port "$standin_port" --redis-url "redis://127.0.0.1:$redis" >"$work/standin.log" 2>&1 &
     pids+=($!)
     "$root/scripts/render-nginx.sh" "$data/standin-nginx" "$standin_gateway" "server 127.0.0.1:$standin_port;" \
         "server 127.0.0.1:$standin_port;" "server 127.0.0.1:$standin_port;" off >"$work/standin-nginx.log" 2>&1 &
     pids+=($!)
-    wait_ready "$standin_gateway" /order/ready
+    wait_ready "$standin_gateway" /order/ready || exit 1
 
     loadgen trivial "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/trivial \
         --connections "$connections"

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 bin=$root/target/release
 duration=${CHAOS_DURATION:-60}
 rate=${CHAOS_RATE:-150}
@@ -37,13 +39,7 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-for _ in $(seq 1 300); do
-    reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$gateway" && printf 'GET /order/ready HTTP/1.0\r\n\r\n' >&3 &&
-        head -n1 <&3) 2>/dev/null) || true
-    [[ $reply == *" 200 "* ]] && break
-    sleep 0.1
-done
-[[ $reply == *" 200 "* ]] || { echo "chaos: the stack did not start; see $work/run.log" >&2; exit 1; }
+wait_ready "$gateway" /order/ready || { echo "chaos: the stack did not start; see $work/run.log" >&2; exit 1; }
 
 # victim NAME: the pid of this stack's process called NAME (run.sh → its supervisor → NAME),
 # so that no other stack on the machine is touched.

@@ -1,0 +1,17 @@
+# Shared by scripts/bench.sh and scripts/chaos.sh (sourced, not run).
+
+# wait_ready PORT PATH: waits up to 30 s until GET PATH on 127.0.0.1:PORT answers 200 (plain
+# bash: no curl needed). Says so on stderr and fails if it never does.
+wait_ready() {
+    local port=$1 path=$2 reply
+    for _ in $(seq 1 300); do
+        if reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+            printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3 && head -n1 <&3) 2>/dev/null) &&
+            [[ $reply == *" 200 "* ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "nothing ready on port $port$path" >&2
+    return 1
+}
