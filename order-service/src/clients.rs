@@ -35,6 +35,21 @@ pub struct Charge {
     pub charge_id: String,
 }
 
+/// A charge as payment lists it under its order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedCharge {
+    charge_id: String,
+    status: String,
+    amount: u64,
+    currency: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderCharges {
+    charges: Vec<ListedCharge>,
+}
+
 #[derive(Debug)]
 pub enum ChargeAnswer {
     Charged(Charge),
@@ -156,6 +171,26 @@ impl PaymentClient {
             }
             _ => ChargeAnswer::Unexpected(unexpected(&resp)),
         })
+    }
+
+    /// The order's succeeded charge of `amount` in `currency`, if payment holds one: the record
+    /// of a charge outlives its Idempotency-Key (IDEMPOTENCY_TTL), so this finds a charge even
+    /// when a resent charge would no longer be recognised. `Err` says why payment could not tell.
+    pub async fn standing_charge(&self, order_id: &str, amount: u64, currency: &str) -> Result<Option<String>, String> {
+        let resp = self
+            .0
+            .get(&format!("/charges?orderId={order_id}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status.as_u16() != 200 {
+            return Err(unexpected(&resp));
+        }
+        let listed = resp.json::<OrderCharges>().ok_or_else(|| unexpected(&resp))?;
+        Ok(listed
+            .charges
+            .into_iter()
+            .find(|c| c.status == "succeeded" && c.amount == amount && c.currency == currency)
+            .map(|c| c.charge_id))
     }
 
     pub async fn refund(&self, order_id: &str, charge_id: &str) -> Result<RefundAnswer, CallError> {

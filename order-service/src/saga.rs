@@ -238,8 +238,63 @@ impl Attempt<'_> {
 
     /// Charges and records the charge; `Err` is how the saga ended instead. `charged_earlier`:
     /// an earlier runner may have sent this charge, so this run's failing to reach payment
-    /// proves nothing about the money.
+    /// proves nothing about the money; and it first asks payment for a charge that runner made
+    /// ([`Attempt::earlier_charge`]).
     async fn charge(&self, o: &NewOrder, reservation: &Reservation, charged_earlier: bool) -> Result<String, SagaEnd> {
+        let id = o.order_id.as_str();
+        let earlier = if charged_earlier {
+            self.earlier_charge(o, reservation).await?
+        } else {
+            None
+        };
+        let charge_id = match earlier {
+            Some(charge_id) => charge_id,
+            None => self.send_charge(o, reservation, charged_earlier).await?,
+        };
+        let noted = self
+            .note(
+                id,
+                Change {
+                    step: Some(("charge", "succeeded")),
+                    fields: vec![("chargeId", charge_id.clone())],
+                    ..Change::default()
+                },
+            )
+            .await;
+        if noted != Applied::Yes {
+            return Err(self.settled_elsewhere(id).await);
+        }
+        Ok(charge_id)
+    }
+
+    /// The charge an earlier runner of this order made, if payment holds one. Resending the
+    /// charge would find it only while payment still knows its Idempotency-Key; a run that
+    /// resumes later than that (IDEMPOTENCY_TTL, 24 h, after an outage that long) would charge
+    /// the card a second time. Payment keeps its charges for good and lists them by order, so
+    /// the saga asks first. If payment cannot say, the order waits, as for an unknown charge.
+    async fn earlier_charge(&self, o: &NewOrder, reservation: &Reservation) -> Result<Option<String>, SagaEnd> {
+        let id = o.order_id.as_str();
+        match self
+            .payment
+            .standing_charge(id, reservation.total_fee, &reservation.currency)
+            .await
+        {
+            Ok(Some(charge_id)) => {
+                tracing::info!(order_id = id, %charge_id, "an earlier run charged this order; not charging again");
+                Ok(Some(charge_id))
+            }
+            Ok(None) => Ok(None),
+            Err(why) => Err(self.pending(id, ("charge", "unknown"), &why).await),
+        }
+    }
+
+    /// Sends the charge: its charge id, or how the saga ended instead.
+    async fn send_charge(
+        &self,
+        o: &NewOrder,
+        reservation: &Reservation,
+        charged_earlier: bool,
+    ) -> Result<String, SagaEnd> {
         let id = o.order_id.as_str();
         let rid = reservation.reservation_id.as_str();
 
@@ -293,21 +348,7 @@ impl Attempt<'_> {
                 return Err(self.pending(id, ("charge", "unknown"), &e.to_string()).await);
             }
         };
-        let charge_id = charge.charge_id;
-        let noted = self
-            .note(
-                id,
-                Change {
-                    step: Some(("charge", "succeeded")),
-                    fields: vec![("chargeId", charge_id.clone())],
-                    ..Change::default()
-                },
-            )
-            .await;
-        if noted != Applied::Yes {
-            return Err(self.settled_elsewhere(id).await);
-        }
-        Ok(charge_id)
+        Ok(charge.charge_id)
     }
 
     /// Completes the reservation of a charged order; refunds only on a definitive refusal.

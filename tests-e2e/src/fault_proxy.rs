@@ -77,8 +77,8 @@ impl Fault {
     }
 }
 
-/// When a proxy injects its fault: with `probability` per request whose path starts with
-/// `path_prefix` (every request when `None`), at most `remaining` times (unlimited when `None`).
+/// When a proxy injects its fault: with `probability` per request to `path_prefix` or below it
+/// (every request when `None`), at most `remaining` times (unlimited when `None`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultPlan {
     pub fault: Fault,
@@ -108,9 +108,9 @@ impl FaultPlan {
         }
     }
 
-    /// Only requests whose path starts with `prefix` (e.g. `/charge`).
-    pub fn on_path(mut self, prefix: &str) -> Self {
-        self.path_prefix = Some(prefix.to_string());
+    /// Only requests to `path` or below it, whatever their query: `/charge` is not `/charges`.
+    pub fn on_path(mut self, path: &str) -> Self {
+        self.path_prefix = Some(path.to_string());
         self
     }
 
@@ -292,7 +292,7 @@ impl ProxyHandle {
         self.open.send_replace(true);
     }
 
-    /// Decides the fate of one request and counts it.
+    /// Decides the fate of one request (`path`: its request target) and counts it.
     fn decide(&self, path: &str) -> Fault {
         let mut state = self.lock();
         let state = &mut *state;
@@ -300,7 +300,7 @@ impl ProxyHandle {
         let plan = &mut state.plan;
         let applies = plan.fault != Fault::Pass
             && plan.remaining != Some(0)
-            && plan.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
+            && plan.path_prefix.as_deref().is_none_or(|p| within(path, p));
         let fault = if applies && state.rng.chance(plan.probability) {
             if let Some(n) = plan.remaining.as_mut() {
                 *n -= 1;
@@ -550,6 +550,13 @@ fn with_connection_close(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether the request target `target` is `path` or below it, query aside.
+fn within(target: &str, path: &str) -> bool {
+    target
+        .strip_prefix(path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -625,6 +632,16 @@ mod tests {
             4,
             "the dropped request never reached the service"
         );
+    }
+
+    #[test]
+    fn a_plan_on_a_path_covers_that_path_and_below_it_not_longer_names() {
+        for target in ["/charge", "/charge?x=1", "/charge/1"] {
+            assert!(within(target, "/charge"), "{target}");
+        }
+        for target in ["/charges", "/charges?orderId=ord_1", "/chargeback", "/refund"] {
+            assert!(!within(target, "/charge"), "{target}");
+        }
     }
 
     #[tokio::test]

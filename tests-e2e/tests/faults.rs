@@ -1356,6 +1356,70 @@ async fn a_charge_made_before_a_crash_is_waited_for_not_undone_when_payment_is_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_comes_after_payment_forgot_its_key() {
+    // The order service dies while its charge is on the way; the charge lands after it died.
+    let (mut stack, payment) = stack_holding_the_first(Service::Payment, "/charge").await;
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 1});
+    let order_id = order_of_checkout_killed_while_held(&mut stack, &payment, &k, &body).await;
+
+    // The order service stays down longer than payment keeps the charge's Idempotency-Key
+    // (IDEMPOTENCY_TTL, 24 h by default, at least a minute): its record and the charge's marker
+    // expire. Deleting them is what that expiry does, without the wait.
+    let charge_key = format!("{order_id}:charge");
+    let mut conn = redis(&stack).await;
+    let record = format!("idem:{{payment:charge:{charge_key}}}");
+    let waited = Instant::now();
+    loop {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(&record)
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET state");
+        if state.as_deref() == Some("done") {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the held charge never settled at payment ({state:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let markers = scan(&mut conn, &format!("payment:*:op:charge:{charge_key}"))
+        .await
+        .expect("SCAN");
+    assert_eq!(markers.len(), 1, "the charge's marker: {markers:?}");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&record)
+        .arg(&markers[0])
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert_eq!(deleted, 2);
+    let charges = charges_of(&stack, &order_id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+
+    // Recovery resumes the order. Resending the charge would be a new charge now; it must find
+    // the one made before the crash and complete the order with it.
+    payment.pass();
+    stack.start(Service::Order).await;
+    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+    assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
+    wait_until_settled(&stack, SETTLE_TIMEOUT)
+        .await
+        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after recovery: {open:#?}"));
+    let books = Ledger {
+        stocked: BTreeMap::from([(1, 10)]),
+        replies: vec![],
+    };
+    let found = violations(&stack, &books).await;
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_checkout_survives_a_crash_of_redis() {
     let mut stack = Stack::launch(StackOptions::default()).await;
     stack.put_item(1, "Mug", 1250, 10).await;
