@@ -1404,13 +1404,9 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     // the one made before the crash and complete the order with it.
     payment.pass();
     stack.start(Service::Order).await;
-    let order = wait_for_terminal(&stack, &order_id, SETTLE_TIMEOUT).await;
-    assert_eq!(order["status"], "completed", "{order}");
-    assert_completed_with_one_charge(&stack, &order_id, 1, 1, 1250).await;
+    assert_completes_once_and_replays(&stack, &k, body, &json!({"orderId": order_id}), 1, 1250).await;
+    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
     assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
-    wait_until_settled(&stack, SETTLE_TIMEOUT)
-        .await
-        .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after recovery: {open:#?}"));
     let books = Ledger {
         stocked: BTreeMap::from([(1, 10)]),
         replies: vec![],
