@@ -980,6 +980,17 @@ fn focused_options(extra_order_env: &[(&str, &str)]) -> StackOptions {
     options
 }
 
+/// Every invariant of [`violations`] holds on a stack that stocked item 1 with 10 units and
+/// whose clients were answered `replies`.
+async fn assert_books_of_item_1_hold(stack: &Stack, replies: Vec<Reply>) {
+    let books = Ledger {
+        stocked: BTreeMap::from([(1, 10)]),
+        replies,
+    };
+    let found = violations(stack, &books).await;
+    assert!(found.is_empty(), "{found:#?}");
+}
+
 /// The order completed, with one charge of `amount` that stands, and stock's and payment's books
 /// show nothing else.
 async fn assert_completed_with_one_charge(stack: &Stack, order_id: &str, item: u64, quantity: i64, amount: i64) {
@@ -1293,12 +1304,7 @@ async fn an_order_whose_service_was_killed_mid_checkout_is_finished_by_recovery(
         }
         other => panic!("order {order_id} ended {other:?}: {order}"),
     }
-    let books = Ledger {
-        stocked: BTreeMap::from([(1, 10)]),
-        replies: vec![],
-    };
-    let found = violations(&stack, &books).await;
-    assert!(found.is_empty(), "{found:#?}");
+    assert_books_of_item_1_hold(&stack, vec![]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1347,12 +1353,7 @@ async fn a_charge_made_before_a_crash_is_waited_for_not_undone_when_payment_is_t
         (200, Some(order_id.as_str())),
         "{replay}"
     );
-    let books = Ledger {
-        stocked: BTreeMap::from([(1, 10)]),
-        replies: vec![],
-    };
-    let found = violations(&stack, &books).await;
-    assert!(found.is_empty(), "{found:#?}");
+    assert_books_of_item_1_hold(&stack, vec![]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1407,12 +1408,7 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     assert_completes_once_and_replays(&stack, &k, body, &json!({"orderId": order_id}), 1, 1250).await;
     let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
     assert_eq!(order["chargeId"], charges[0]["chargeId"], "{order}");
-    let books = Ledger {
-        stocked: BTreeMap::from([(1, 10)]),
-        replies: vec![],
-    };
-    let found = violations(&stack, &books).await;
-    assert!(found.is_empty(), "{found:#?}");
+    assert_books_of_item_1_hold(&stack, vec![]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1737,12 +1733,7 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     wait_until_settled(&stack, SETTLE_TIMEOUT)
         .await
         .unwrap_or_else(|open| panic!("not settled {SETTLE_TIMEOUT:?} after the faults stopped: {open:#?}"));
-    let books = Ledger {
-        stocked: BTreeMap::from([(1, 10)]),
-        replies: vec![reply],
-    };
-    let found = violations(&stack, &books).await;
-    assert!(found.is_empty(), "{found:#?}");
+    assert_books_of_item_1_hold(&stack, vec![reply]).await;
 }
 
 /// An order leased to a runner that died at once (its lease already run out), written with the
