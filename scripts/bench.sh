@@ -29,9 +29,7 @@ work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
 results=$work/results
 : >"$results"
 
-for b in order-service payment-service stock-service loadgen standin; do
-    [ -x "$bin/$b" ] || { echo "bench: $bin/$b missing (make bench builds it)" >&2; exit 1; }
-done
+require_binaries bench "$bin" order-service payment-service stock-service loadgen standin || exit 1
 
 set -m
 pids=()

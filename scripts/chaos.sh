@@ -20,9 +20,7 @@ base=${CHAOS_PORT:-19280}
 gateway=$base redis=$((base + 1))
 work=$(mktemp -d /tmp/checkout-chaos.XXXXXX)
 
-for b in order-service payment-service stock-service loadgen; do
-    [ -x "$bin/$b" ] || { echo "chaos: $bin/$b missing (make chaos builds it)" >&2; exit 1; }
-done
+require_binaries chaos "$bin" order-service payment-service stock-service loadgen || exit 1
 
 set -m
 DATA_DIR=$work GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) PAYMENT_PORT=$((base + 12)) \

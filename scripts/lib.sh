@@ -15,3 +15,13 @@ wait_ready() {
     echo "nothing ready on port $port$path" >&2
     return 1
 }
+
+# require_binaries SCRIPT BIN_DIR NAME...: fails, naming the make target that builds them
+# (`make SCRIPT`), unless every NAME is an executable in BIN_DIR.
+require_binaries() {
+    local script=$1 dir=$2 name
+    shift 2
+    for name in "$@"; do
+        [ -x "$dir/$name" ] || { echo "$script: $dir/$name missing (make $script builds it)" >&2; return 1; }
+    done
+}
