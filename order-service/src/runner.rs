@@ -127,7 +127,8 @@ impl Runner {
         let recorded = match &outcome {
             Outcome::Store(resp) => self.store.settle_key(id, key, Some(resp), &self.idempotency).await,
             Outcome::Free(_) => self.store.settle_key(id, key, None, &self.idempotency).await,
-            Outcome::Hold(_) => Ok(()),
+            // The order service's own answers are settled here, never beside an effect.
+            Outcome::Hold(_) | Outcome::Stored(_) => Ok(()),
         };
         match recorded {
             Ok(()) if settled => {}
@@ -143,9 +144,7 @@ impl Runner {
                 return processing_response(id);
             }
         }
-        match outcome {
-            Outcome::Store(r) | Outcome::Free(r) | Outcome::Hold(r) => r,
-        }
+        outcome.into_response()
     }
 }
 

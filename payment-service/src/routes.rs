@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::CommonError;
 use shared::body::{self, JsonBody};
-use shared::idempotency::{self, KeyRef, Outcome, StoredResponse};
+use shared::idempotency::{self, IdempotencyStore, KeyRef, Outcome, StoredResponse};
 use utoipa::OpenApi;
 
 use crate::AppState;
@@ -15,7 +15,7 @@ use crate::model::{
     Charge, ChargeRequest, ChargeResponse, ChargesQuery, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse,
     Tally, Totals,
 };
-use crate::store::{ChargeOutcome, NewCharge, RefundOutcome, Store};
+use crate::store::{self, ChargeOutcome, NewCharge, Recorded, RefundOutcome, Store};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -91,25 +91,29 @@ async fn create_charge(
     gateway
         .check_method(&body.payment_method)
         .map_err(PaymentError::invalid)?;
-    let key_ref = KeyRef::new("payment:charge", &key, body::fingerprint("POST", req.path(), &raw));
+    let key_ref = KeyRef::new("payment:charge", &key, body::fingerprint("POST", req.path(), &raw))
+        .with_answer_at(store::answer_key(&body.order_id, &key));
     let store = state.store.clone();
+    let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(&key_ref, |_, _| async move {
-            outcome(charge(&store, gateway, &body, &key).await)
+        .run(key_ref, |_, _| async move {
+            charge(&store, idempotency, key_ref, gateway, &body, &key).await
         })
         .await?;
     Ok(response)
 }
 
-/// Asks the gateway, then records the charge with its key's marker. A declined charge is
-/// recorded too (the order's history shows it) and answered 402.
+/// Asks the gateway, then records the charge with its key's marker and, in the same step, its
+/// answer. A declined charge is recorded too (the order's history shows it) and answered 402.
 async fn charge(
     store: &Store,
+    idempotency: &IdempotencyStore,
+    key_ref: &KeyRef,
     gateway: Gateway,
     body: &ChargeRequest,
     key: &str,
-) -> Result<StoredResponse, PaymentError> {
+) -> Outcome {
     let attempt = ChargeAttempt {
         idempotency_key: key,
         order_id: &body.order_id,
@@ -121,16 +125,18 @@ async fn charge(
     let decision = match gateway.charge(&attempt).await {
         Some(d) => d,
         None => {
-            return Err(PaymentError::invalid(
+            return outcome(Err(PaymentError::invalid(
                 gateway.check_method(&body.payment_method).err().unwrap_or_default(),
-            ));
+            )));
         }
     };
     let decline_code = match &decision {
         Decision::Approved => None,
         Decision::Declined { code } => Some(code.as_str()),
     };
+    let charge_id = store::new_charge_id_for(&body.order_id);
     let new = NewCharge {
+        charge_id: &charge_id,
         order_id: &body.order_id,
         amount: body.amount,
         currency: &body.currency,
@@ -138,39 +144,63 @@ async fn charge(
         payment_method: &body.payment_method,
         decline_code,
     };
-    let recorded = match store.charge(&new, key).await? {
-        ChargeOutcome::Recorded(r) => r,
-        ChargeOutcome::KeyReused => return Err(CommonError::IdempotencyKeyReused.into()),
+    // The answer is known before the charge is recorded: the script stores it with the charge.
+    let answer = answer_to(&Recorded {
+        charge_id: charge_id.clone(),
+        order_id: body.order_id.clone(),
+        amount: body.amount,
+        currency: body.currency.clone(),
+        decline_code: decline_code.map(str::to_string),
+        fresh: true,
+    });
+    let recorded = match store.charge(&new, key, &idempotency.answer(key_ref, &answer)).await {
+        Ok(ChargeOutcome::Recorded(r)) => r,
+        Ok(ChargeOutcome::KeyReused) => return outcome(Err(CommonError::IdempotencyKeyReused.into())),
+        Err(e) => return outcome(Err(e)),
     };
-    let found = !recorded.fresh;
-    match recorded.decline_code {
-        None => {
-            shared::metrics::event("charge", if found { "found" } else { "succeeded" });
-            tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, "charge succeeded");
-            Ok(StoredResponse::json(
-                StatusCode::CREATED,
-                &ChargeResponse {
-                    charge_id: recorded.charge_id,
-                    status: "succeeded".into(),
-                    amount: recorded.amount,
-                    currency: recorded.currency,
-                    order_id: recorded.order_id,
-                },
-            ))
-        }
-        Some(decline_code) => {
-            shared::metrics::event("charge", if found { "found" } else { "declined" });
-            tracing::info!(
-                charge_id = %recorded.charge_id,
-                order_id = %recorded.order_id,
-                %decline_code,
-                "charge declined"
-            );
-            Err(PaymentError::Declined {
-                charge_id: recorded.charge_id,
-                decline_code,
-            })
-        }
+    let event = match (&recorded.decline_code, recorded.fresh) {
+        (_, false) => "found",
+        (None, true) => "succeeded",
+        (Some(_), true) => "declined",
+    };
+    shared::metrics::event("charge", event);
+    match &recorded.decline_code {
+        None => tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, "charge succeeded"),
+        Some(decline_code) => tracing::info!(
+            charge_id = %recorded.charge_id,
+            order_id = %recorded.order_id,
+            %decline_code,
+            "charge declined"
+        ),
+    }
+    if recorded.fresh {
+        Outcome::Stored(answer)
+    } else {
+        // An earlier execution's charge, found by its marker: its answer is stored as usual.
+        Outcome::by_status(answer_to(&recorded))
+    }
+}
+
+/// The answer to a charge request: 201 with the charge, or 402 with its decline.
+fn answer_to(recorded: &Recorded) -> StoredResponse {
+    match &recorded.decline_code {
+        None => StoredResponse::json(
+            StatusCode::CREATED,
+            &ChargeResponse {
+                charge_id: recorded.charge_id.clone(),
+                status: "succeeded".into(),
+                amount: recorded.amount,
+                currency: recorded.currency.clone(),
+                order_id: recorded.order_id.clone(),
+            },
+        ),
+        Some(decline_code) => StoredResponse::problem(
+            &PaymentError::Declined {
+                charge_id: recorded.charge_id.clone(),
+                decline_code: decline_code.clone(),
+            }
+            .problem(),
+        ),
     }
 }
 

@@ -11,6 +11,8 @@
 //!   `<CUR>:refunded:count`, `<CUR>:refunded:amount`
 //! - `payment:{pay:S}:op:charge:<Idempotency-Key>`: the charge that key created, written in the
 //!   same script as the charge, so a retry after a crash finds it instead of charging again
+//! - `payment:{pay:S}:answer:charge:<Idempotency-Key>` hash: the charge's answer, stored by the
+//!   same script for the key's replays (`shared::idempotency::ANSWER_LUA`)
 //!
 //! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 30 hex), which is how refunds
 //! and reads find the slot without an index. Amounts travel as decimal strings and are added
@@ -21,6 +23,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
+use shared::idempotency::Answer;
 use shared::ids::SHARDS;
 use shared::redis_pool::Pool;
 
@@ -45,6 +48,20 @@ fn totals_key(shard: u16) -> String {
 fn op_key(shard: u16, idempotency_key: &str) -> String {
     // The key may contain braces; Redis takes the first `{…}`, which is ours, as the tag.
     format!("{}:op:charge:{idempotency_key}", tag(shard))
+}
+
+/// Where the charge script stores the answer to a charge request: in the order's slot, which the
+/// request names, so a retry of the same request looks in the same place.
+pub fn answer_key(order_id: &str, idempotency_key: &str) -> String {
+    format!(
+        "{}:answer:charge:{idempotency_key}",
+        tag(shared::ids::shard_of(order_id))
+    )
+}
+
+/// A new charge id for the order: in its shard, see [`new_charge_id`].
+pub fn new_charge_id_for(order_id: &str) -> String {
+    new_charge_id(shared::ids::shard_of(order_id))
 }
 
 /// A new charge id for an order's shard: `ch_` + the shard as 2 hex digits + 30 random hex.
@@ -76,11 +93,16 @@ pub fn new_refund_id() -> String {
 // a reused key.
 // The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
 // and a failing script keeps the writes made before the failure.
-// KEYS: charge, order index, totals, marker.
+// A new charge also stores its answer, when given one (KEYS[5], ARGV[12..16]), so that the
+// Idempotency-Key's record needs no second write; a found one is answered by the caller.
+// KEYS: charge, order index, totals, marker[, answer].
 // ARGV: chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
-//       createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot).
+//       createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot)
+//       [, the answer's fingerprint, status, content type, body, TTL (ms)].
 static CHARGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{}{}",
+        shared::idempotency::ANSWER_LUA,
         r#"
 local prev = redis.call('GET', KEYS[4])
 if prev then
@@ -101,9 +123,10 @@ redis.call('HSET', KEYS[1], 'chargeId', ARGV[1], 'orderId', ARGV[2], 'amount', A
   'refundId', '', 'createdAt', ARGV[9], 'refundedAt', '')
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[10])
+if KEYS[5] then store_answer(KEYS[5], ARGV, 12) end
 return {'charged', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]}
-"#,
-    )
+"#
+    ))
 });
 
 // Refund: succeeded → refunded, with the refunded totals, in one step so that the books never
@@ -130,6 +153,8 @@ return {'refunded', ARGV[1], c[2]}
 /// A new charge to record, with the gateway's verdict.
 #[derive(Debug)]
 pub struct NewCharge<'a> {
+    /// From [`new_charge_id_for`] the order.
+    pub charge_id: &'a str,
     pub order_id: &'a str,
     pub amount: u64,
     pub currency: &'a str,
@@ -195,21 +220,28 @@ impl Store {
         Self { pool, marker_ttl }
     }
 
-    pub async fn charge(&self, new: &NewCharge<'_>, idempotency_key: &str) -> Result<ChargeOutcome, PaymentError> {
+    /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
+    /// already made a charge: that one is returned (not fresh) and `answer` is not stored.
+    pub async fn charge(
+        &self,
+        new: &NewCharge<'_>,
+        idempotency_key: &str,
+        answer: &Answer<'_>,
+    ) -> Result<ChargeOutcome, PaymentError> {
         let shard = shared::ids::shard_of(new.order_id);
-        let charge_id = new_charge_id(shard);
+        let charge_id = new.charge_id;
         let status = if new.decline_code.is_some() {
             "failed"
         } else {
             "succeeded"
         };
         let mut conn = self.pool.get().await?;
-        let reply: Vec<String> = CHARGE
-            .key(charge_key(shard, &charge_id))
+        let mut invocation = CHARGE.key(charge_key(shard, charge_id));
+        invocation
             .key(order_key(shard, new.order_id))
             .key(totals_key(shard))
             .key(op_key(shard, idempotency_key))
-            .arg(&charge_id)
+            .arg(charge_id)
             .arg(new.order_id)
             .arg(new.amount.to_string())
             .arg(new.currency)
@@ -219,9 +251,9 @@ impl Store {
             .arg(new.decline_code.unwrap_or(""))
             .arg(shared::time::now_rfc3339())
             .arg(self.marker_ttl.as_millis() as u64)
-            .arg(charge_prefix(shard))
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(charge_prefix(shard));
+        answer.add_to(&mut invocation);
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         match field(0) {
             kind @ ("charged" | "found") => Ok(ChargeOutcome::Recorded(Recorded {
@@ -390,6 +422,7 @@ mod tests {
             order_key(shard, "ord_1"),
             totals_key(shard),
             op_key(shard, "ord_1:charge}{x"),
+            answer_key("ord_1", "ord_1:charge}{x"),
         ] {
             let open = key.find('{').unwrap_or(usize::MAX);
             let close = key[open..].find('}').map(|c| open + c + 1).unwrap_or(0);

@@ -11,6 +11,12 @@
 //! The business effect is recorded with its own idempotency marker in the script that applies
 //! it (in the effect's hash slot), so a crash between the effect and [`IdempotencyStore::finish`]
 //! leaves a running record whose lease runs out, and the retry finds the effect already done.
+//!
+//! An endpoint whose usual answer is known before its effect's script runs can have that script
+//! store the answer too ([`ANSWER_LUA`], in the effect's slot, named by [`KeyRef::with_answer_at`]),
+//! which saves the round trip of [`IdempotencyStore::finish`]: the key's record then stays
+//! "running" until its lease runs out, and a retry that meets it (busy, or taking it over) looks
+//! for the stored answer first and replays it.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -133,6 +139,9 @@ pub enum Outcome {
     /// Still unresolved (work goes on, or its result is unknown): the key stays locked until its
     /// lease runs out, so a retry cannot start a second execution.
     Hold(StoredResponse),
+    /// A definitive answer that the effect's script already stored at the key's
+    /// [`KeyRef::with_answer_at`], in the same step as the effect: nothing is left to record.
+    Stored(StoredResponse),
 }
 
 impl Outcome {
@@ -147,7 +156,13 @@ impl Outcome {
 
     pub fn response(&self) -> &StoredResponse {
         match self {
-            Self::Store(r) | Self::Free(r) | Self::Hold(r) => r,
+            Self::Store(r) | Self::Free(r) | Self::Hold(r) | Self::Stored(r) => r,
+        }
+    }
+
+    pub fn into_response(self) -> StoredResponse {
+        match self {
+            Self::Store(r) | Self::Free(r) | Self::Hold(r) | Self::Stored(r) => r,
         }
     }
 }
@@ -211,6 +226,18 @@ local function free(key, token)
 end
 "#;
 
+/// Storing an answer beside the effect, as a Lua function for the effect's script:
+/// `store_answer(key, a, i)` writes the hash fp, status, ctype, body at `key` (in the effect's
+/// slot) and its expiry, from `a[i]` on: fingerprint, status, content type, body, ttl ms
+/// ([`Answer::add_to`]). The fingerprint is kept so that a lookup replays only the
+/// answer of the request it was stored for.
+pub const ANSWER_LUA: &str = r#"
+local function store_answer(key, a, i)
+  redis.call('HSET', key, 'fp', a[i], 'status', a[i + 1], 'ctype', a[i + 2], 'body', a[i + 3])
+  redis.call('PEXPIRE', key, a[i + 4])
+end
+"#;
+
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_LUA}\nreturn finish(KEYS[1], ARGV)")));
 
 static FREE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_LUA}\nreturn free(KEYS[1], ARGV[1])")));
@@ -234,6 +261,7 @@ return 1
 pub struct KeyRef {
     redis_key: String,
     fingerprint: String,
+    answer_key: Option<String>,
 }
 
 impl KeyRef {
@@ -243,14 +271,30 @@ impl KeyRef {
         Self {
             redis_key: format!("idem:{{{scope}:{key}}}"),
             fingerprint,
+            answer_key: None,
         }
+    }
+
+    /// Where the effect's script may store this request's answer ([`ANSWER_LUA`]): a key in the
+    /// effect's slot, derived from the request, so that the same request names the same place.
+    pub fn with_answer_at(mut self, answer_key: String) -> Self {
+        self.answer_key = Some(answer_key);
+        self
+    }
+
+    pub fn answer_key(&self) -> Option<&str> {
+        self.answer_key.as_deref()
     }
 
     /// A record named by its caller: one stored as [`KeyRef::redis_key`], for work that settles
     /// a key later (the order service's recovery worker finishes checkouts whose request is long
     /// gone), or one kept in the slot of the work it guards (the order service's checkout keys).
     pub fn from_stored(redis_key: String, fingerprint: String) -> Self {
-        Self { redis_key, fingerprint }
+        Self {
+            redis_key,
+            fingerprint,
+            answer_key: None,
+        }
     }
 
     pub fn redis_key(&self) -> &str {
@@ -259,6 +303,30 @@ impl KeyRef {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+}
+
+/// An answer for an effect's script to store beside the effect ([`IdempotencyStore::answer`]).
+pub struct Answer<'a> {
+    key: &'a KeyRef,
+    response: &'a StoredResponse,
+    ttl: Duration,
+}
+
+impl Answer<'_> {
+    /// Adds [`KeyRef::answer_key`] as the script's last key and the arguments of [`ANSWER_LUA`]'s
+    /// `store_answer` as its last five (fingerprint, status, content type, body, ttl ms); nothing
+    /// when the key has no place for an answer, so the script sees no such key and stores none.
+    pub fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        let Some(answer_key) = self.key.answer_key() else {
+            return;
+        };
+        inv.key(answer_key)
+            .arg(&self.key.fingerprint)
+            .arg(self.response.status)
+            .arg(&self.response.content_type)
+            .arg(&self.response.body[..])
+            .arg(self.ttl.as_millis() as u64);
     }
 }
 
@@ -292,16 +360,53 @@ impl IdempotencyStore {
     /// [`SETTLE_LUA`]'s `free` does only if it is running under this token: nothing has run
     /// under it yet. The free is sent after the late command and so, bar a network that
     /// reorders connections, lands after it; if not, the lease still ends the lock.
+    ///
+    /// A record left running may have its answer stored beside the effect
+    /// ([`KeyRef::with_answer_at`]): when the key is busy or taken over, that answer, if there,
+    /// is replayed instead.
     pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
-        match self.decide(key, new_token).await {
+        let decided = match self.decide(key, new_token).await {
             Err(e @ CommonError::Redis(_)) => {
                 if let Err(not_freed) = self.free(key, new_token).await {
                     tracing::warn!(error = %not_freed, "a key's step went unanswered and the key could not be freed; its lease will run out");
                 }
-                Err(e)
+                return Err(e);
             }
-            decided => decided,
+            decided => decided?,
+        };
+        let may_be_answered = matches!(decided, Begin::InUse { .. } | Begin::Execute { resumed: true, .. });
+        match key.answer_key() {
+            Some(answer_key) if may_be_answered => Ok(match self.stored_answer(answer_key, key).await? {
+                Some(stored) => Begin::Replay(stored),
+                None => decided,
+            }),
+            _ => Ok(decided),
         }
+    }
+
+    /// The answer [`ANSWER_LUA`] stored at `answer_key` for this request, if any.
+    async fn stored_answer(&self, answer_key: &str, key: &KeyRef) -> Result<Option<StoredResponse>, CommonError> {
+        let (fp, status, ctype, body): (Option<String>, Option<u16>, Option<String>, Option<Vec<u8>>) =
+            traced("idempotency.answer", async {
+                let mut conn = self.pool.get().await?;
+                Ok::<_, CommonError>(
+                    redis::cmd("HMGET")
+                        .arg(answer_key)
+                        .arg(&["fp", "status", "ctype", "body"])
+                        .query_async(&mut conn)
+                        .await?,
+                )
+            })
+            .await?;
+        Ok(match (fp, status, ctype, body) {
+            (Some(fp), Some(status), Some(content_type), Some(body)) if fp == key.fingerprint => Some(StoredResponse {
+                status,
+                content_type,
+                body,
+                location: None,
+            }),
+            _ => None,
+        })
     }
 
     async fn decide(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
@@ -395,6 +500,15 @@ impl IdempotencyStore {
             .arg(self.ttl.as_millis() as u64);
     }
 
+    /// `response` as the answer for `key`'s effect script to store ([`ANSWER_LUA`]).
+    pub fn answer<'a>(&'a self, key: &'a KeyRef, response: &'a StoredResponse) -> Answer<'a> {
+        Answer {
+            key,
+            response,
+            ttl: self.ttl,
+        }
+    }
+
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
         traced("idempotency.free", async {
             let mut conn = self.pool.get().await?;
@@ -438,7 +552,7 @@ impl IdempotencyStore {
         let result = match outcome {
             Outcome::Store(resp) => self.finish(key, token, resp).await,
             Outcome::Free(_) => self.free(key, token).await,
-            Outcome::Hold(_) => Ok(()),
+            Outcome::Hold(_) | Outcome::Stored(_) => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not record the idempotency outcome; the lease will expire");

@@ -169,6 +169,12 @@ impl Stack {
             .join(",")
     }
 
+    /// A Redis pool like the services' own: cluster-aware when the stack runs a cluster.
+    pub fn redis_pool(&self) -> shared::redis_pool::Pool {
+        shared::redis_pool::connect(&self.redis_url(), self.cluster.is_some(), 4, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The ports of every Redis node (one, or the cluster's three masters).
     pub fn redis_node_ports(&self) -> Vec<u16> {
         self.redis_ports()

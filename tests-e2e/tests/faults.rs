@@ -1365,28 +1365,26 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     let order_id = order_of_checkout_killed_while_held(&mut stack, &payment, &k, &body).await;
 
     // The order service stays down longer than payment keeps the charge's Idempotency-Key
-    // (IDEMPOTENCY_TTL, 24 h by default, at least a minute): its record and the charge's marker
-    // expire. Deleting them is what that expiry does, without the wait.
+    // (IDEMPOTENCY_TTL, 24 h by default, at least a minute): its record, the charge's marker and
+    // the answer stored beside the charge expire. Deleting them is what that expiry does,
+    // without the wait.
     let charge_key = format!("{order_id}:charge");
     let mut conn = redis(&stack).await;
     let record = format!("idem:{{payment:charge:{charge_key}}}");
     let waited = Instant::now();
-    loop {
-        let state: Option<String> = redis::cmd("HGET")
-            .arg(&record)
-            .arg("state")
-            .query_async(&mut conn)
+    let answer = loop {
+        let answers = scan(&mut conn, &format!("payment:*:answer:charge:{charge_key}"))
             .await
-            .expect("HGET state");
-        if state.as_deref() == Some("done") {
-            break;
+            .expect("SCAN");
+        if let [answer] = &answers[..] {
+            break answer.clone();
         }
         assert!(
             waited.elapsed() < Duration::from_secs(10),
-            "the held charge never settled at payment ({state:?})"
+            "the held charge never settled at payment ({answers:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let markers = scan(&mut conn, &format!("payment:*:op:charge:{charge_key}"))
         .await
         .expect("SCAN");
@@ -1394,10 +1392,11 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     let deleted: i64 = redis::cmd("DEL")
         .arg(&record)
         .arg(&markers[0])
+        .arg(&answer)
         .query_async(&mut conn)
         .await
         .expect("DEL");
-    assert_eq!(deleted, 2);
+    assert_eq!(deleted, 3, "the key's record, the charge's marker and its answer");
     let charges = charges_of(&stack, &order_id).await;
     assert_eq!(charges.len(), 1, "{charges:?}");
 

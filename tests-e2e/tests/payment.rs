@@ -1,7 +1,10 @@
 //! The payment service's contract through nginx, with the internal token: charges over the
 //! simulated gateway, refunds, their idempotency, the reads and the books.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use shared::idempotency::{Begin, IdempotencyStore, KeyRef};
 use tests_e2e::{Reply, Stack, StackOptions, new_key as key, slug};
 
 async fn stack() -> Stack {
@@ -115,6 +118,75 @@ async fn a_charge_replayed_with_its_key_is_byte_identical_and_charges_once() {
     assert_eq!(tally(&stack, "USD", "charged").await, (1, 999), "charged once");
     let listed = stack.get_json("/payment/charges?orderId=ord_2", true).await;
     assert_eq!(listed["charges"].as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+#[tokio::test]
+async fn a_charge_stores_its_answer_with_the_charge_and_replays_it_during_and_after_the_keys_lease() {
+    let stack = Stack::launch(StackOptions {
+        payment_env: vec![("IDEMPOTENCY_LEASE".into(), "1s".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let k = key();
+    let body = charge_body("ord_lease", 700, "USD", "pm_card_visa");
+
+    let first = charge(&stack, &k, &body).await;
+
+    assert_eq!(first.status, 201, "{}", first.json);
+    // The charge's script stored the answer: the key's record was not written a second time.
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(format!("idem:{{payment:charge:{k}}}"))
+        .arg("state")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(state.as_deref(), Some("running"));
+    let during = charge(&stack, &k, &body).await;
+    assert_eq!((during.status, during.replayed()), (201, true), "{}", during.json);
+    assert_eq!(during.bytes, first.bytes);
+    // Once the lease has run out, the retry takes the key over and still finds the answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = charge(&stack, &k, &body).await;
+    assert_eq!((after.status, after.replayed()), (201, true), "{}", after.json);
+    assert_eq!(after.bytes, first.bytes);
+    assert_eq!(tally(&stack, "USD", "charged").await, (1, 700), "charged once");
+}
+
+#[tokio::test]
+async fn an_answer_stored_beside_an_effect_is_replayed_only_to_the_payload_it_answered() {
+    let stack = stack().await;
+    let pool = stack.redis_pool();
+    let idempotency = IdempotencyStore::new(pool.clone(), Duration::from_secs(3600), Duration::from_secs(60));
+    let k = key();
+    let answer_at = format!("e2e:{{{k}}}:answer");
+    let request_b = KeyRef::new("e2e:guard", &k, "fp-b".into()).with_answer_at(answer_at.clone());
+    let begin = idempotency.begin(&request_b, "t1").await.expect("begin");
+    assert!(matches!(begin, Begin::Execute { resumed: false, .. }), "{begin:?}");
+    // What an earlier request with the same key and another payload left there: its answer
+    // outlived its key's record by the time between the two writes.
+    let mut conn = pool.get().await.expect("redis");
+    let store = |fp: &'static str, body: &'static str| {
+        redis::cmd("HSET")
+            .arg(&answer_at)
+            .arg(&["fp", fp, "status", "201", "ctype", "application/json", "body", body])
+            .to_owned()
+    };
+    let _: i64 = store("fp-a", r#"{"a":1}"#).query_async(&mut conn).await.expect("HSET");
+
+    let busy = idempotency.begin(&request_b, "t2").await.expect("begin");
+
+    assert!(
+        matches!(busy, Begin::InUse { .. }),
+        "another payload's answer is not replayed: {busy:?}"
+    );
+    let _: i64 = store("fp-b", r#"{"b":1}"#).query_async(&mut conn).await.expect("HSET");
+    let answered = idempotency.begin(&request_b, "t3").await.expect("begin");
+    assert!(
+        matches!(&answered, Begin::Replay(r) if r.status == 201 && r.body == br#"{"b":1}"#),
+        "{answered:?}"
+    );
 }
 
 #[tokio::test]
