@@ -14,7 +14,7 @@ use crate::model::{
     Item, MAX_AVAILABLE, MAX_PRICE, MAX_QUANTITY, PutItemRequest, ReservationRef, ReservationResponse,
     ReservationStatus, ReserveRequest,
 };
-use crate::store::{ReserveOutcome, TransitionOutcome};
+use crate::store::{self, ReserveOutcome, Transition, TransitionOutcome};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -142,28 +142,45 @@ async fn reserve_stock(
             shared::CommonError::InvalidRequest(format!("quantity must be between 1 and {MAX_QUANTITY}")).into(),
         );
     }
-    let key_ref = KeyRef::new("stock:reserve", &key, body::fingerprint("POST", req.path(), &raw));
+    let key_ref = KeyRef::new("stock:reserve", &key, body::fingerprint("POST", req.path(), &raw))
+        .with_answer_at(store::answer_key(body.item_id, "reserve", &key));
     let store = state.store.clone();
+    let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(&key_ref, |_, _| async move {
-            let result = match store.reserve(body.item_id, body.quantity, &key).await {
-                Ok(ReserveOutcome::Reserved(r)) => {
+        .run(key_ref, |_, _| async move {
+            // The answer, but for what only the script knows, which it fills in and stores.
+            let rid = store::new_reservation_id(body.item_id);
+            let template = StoredResponse {
+                status: StatusCode::CREATED.as_u16(),
+                content_type: "application/json".into(),
+                body: store::reservation_template(&rid, body.item_id, body.quantity),
+                location: None,
+            };
+            let answer = idempotency.answer(key_ref, &template);
+            let failure = match store.reserve(body.item_id, body.quantity, &rid, &key, &answer).await {
+                Ok(ReserveOutcome::Reserved { reservation, fresh }) => {
                     shared::metrics::event("reservation", "reserved");
-                    Ok(StoredResponse::json(StatusCode::CREATED, &r))
+                    let resp = StoredResponse::json(StatusCode::CREATED, &reservation);
+                    // A fresh one's answer is stored; one the key made before is stored as usual.
+                    return if fresh {
+                        Outcome::Stored(resp)
+                    } else {
+                        Outcome::by_status(resp)
+                    };
                 }
-                Ok(ReserveOutcome::NotFound) => Err(StockError::ItemNotFound(body.item_id.to_string())),
+                Ok(ReserveOutcome::NotFound) => StockError::ItemNotFound(body.item_id.to_string()),
                 Ok(ReserveOutcome::OutOfStock { available }) => {
                     shared::metrics::event("reservation", "out_of_stock");
-                    Err(StockError::OutOfStock {
+                    StockError::OutOfStock {
                         item_id: body.item_id,
                         requested: body.quantity,
                         available,
-                    })
+                    }
                 }
-                Err(e) => Err(e),
+                Err(e) => e,
             };
-            outcome(result)
+            outcome(Err(failure))
         })
         .await?;
     Ok(response)
@@ -184,7 +201,7 @@ async fn release_reservation(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, StockError> {
-    transition(req, payload, state, "release").await
+    transition(req, payload, state, Transition::Release).await
 }
 
 #[utoipa::path(
@@ -202,7 +219,7 @@ async fn complete_reservation(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, StockError> {
-    transition(req, payload, state, "complete").await
+    transition(req, payload, state, Transition::Complete).await
 }
 
 /// Release and complete share their shape: both are idempotent by state, and the
@@ -211,47 +228,55 @@ async fn transition(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    action: &'static str,
+    action: Transition,
 ) -> Result<HttpResponse, StockError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
     let key = idempotency::key_from(&req)?;
     let JsonBody { value: body, raw } = body::read_json::<ReservationRef>(&req, payload).await?;
-    let key_ref = KeyRef::new(
-        &format!("stock:{action}"),
+    let rid = body.reservation_id;
+    let mut key_ref = KeyRef::new(
+        &format!("stock:{}", action.name()),
         &key,
         body::fingerprint("POST", req.path(), &raw),
     );
+    if let Some(item_id) = store::item_of_reservation(&rid) {
+        key_ref = key_ref.with_answer_at(store::answer_key(item_id, action.name(), &key));
+    }
+    // The answer to a transition that succeeds is known before it runs: its script stores it.
+    let success = StoredResponse::json(
+        StatusCode::OK,
+        &ReservationStatus {
+            reservation_id: rid.clone(),
+            status: action.status().into(),
+        },
+    );
     let store = state.store.clone();
+    let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(&key_ref, |_, _| async move {
-            let rid = body.reservation_id;
-            let result = if action == "release" {
-                store.release(&rid).await
-            } else {
-                store.complete(&rid).await
-            };
-            let ok = |status: &str| {
-                shared::metrics::event("reservation", status);
-                Ok(StoredResponse::json(
-                    StatusCode::OK,
-                    &ReservationStatus {
-                        reservation_id: rid.clone(),
-                        status: status.into(),
-                    },
-                ))
-            };
-            let result = match (action, result) {
-                (_, Err(e)) => Err(e),
+        .run(key_ref, |_, _| async move {
+            let result = store
+                .transition(action, &rid, &idempotency.answer(key_ref, &success))
+                .await;
+            let failure = match (action, result) {
+                (_, Err(e)) => e,
                 (_, Ok(TransitionOutcome::NotFound)) => {
-                    Err(StockError::ReservationNotFound(rid.chars().take(128).collect()))
+                    StockError::ReservationNotFound(rid.chars().take(128).collect())
                 }
-                ("release", Ok(TransitionOutcome::Released)) => ok("released"),
-                ("release", Ok(TransitionOutcome::Completed)) => Err(StockError::ReservationCompleted(rid.clone())),
-                (_, Ok(TransitionOutcome::Completed)) => ok("completed"),
-                (_, Ok(TransitionOutcome::Released)) => Err(StockError::ReservationReleased(rid.clone())),
+                (Transition::Release, Ok(TransitionOutcome::Released))
+                | (Transition::Complete, Ok(TransitionOutcome::Completed)) => {
+                    shared::metrics::event("reservation", action.status());
+                    // A script only runs for a reservation id that names an item, and such an
+                    // id always has a place for the answer.
+                    return match key_ref.answer_key() {
+                        Some(_) => Outcome::Stored(success),
+                        None => Outcome::Store(success),
+                    };
+                }
+                (Transition::Release, Ok(TransitionOutcome::Completed)) => StockError::ReservationCompleted(rid),
+                (Transition::Complete, Ok(TransitionOutcome::Released)) => StockError::ReservationReleased(rid),
             };
-            outcome(result)
+            outcome(Err(failure))
         })
         .await?;
     Ok(response)

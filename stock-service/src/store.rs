@@ -7,12 +7,16 @@
 //! - `stock:{item:N}:expiring` sorted set: live reservation ids by expiry time
 //! - `stock:{item:N}:op:<Idempotency-Key>`: the reservation a reserve request created, written
 //!   in the same script as the reservation, so a retry after a crash finds it
+//! - `stock:{item:N}:answer:<reserve|release|complete>:<Idempotency-Key>` hash: the answer to a
+//!   reserve, release or complete that succeeded, stored by its script for the key's replays
+//!   (`shared::idempotency::ANSWER_LUA`)
 //! - `stock:{catalog}:items` set: ids of every item (a listing index only)
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
+use shared::idempotency::Answer;
 use shared::redis_pool::Pool;
 
 use crate::error::StockError;
@@ -33,6 +37,35 @@ fn op_key(id: u64, idempotency_key: &str) -> String {
     format!("stock:{{item:{id}}}:op:{idempotency_key}")
 }
 
+/// Where a reserve, release or complete (`endpoint`) of the item stores its answer: in the
+/// item's slot, which the request names, so a retry of the same request looks in the same place.
+pub fn answer_key(item_id: u64, endpoint: &str, idempotency_key: &str) -> String {
+    format!("stock:{{item:{item_id}}}:answer:{endpoint}:{idempotency_key}")
+}
+
+/// Marks a hole in an answer template. JSON text never holds it raw (serde escapes control
+/// characters), so no value can be taken for a hole.
+const HOLE: char = '\u{1}';
+
+/// The 201 answer to a reserve, with the three values only the script knows left as holes for
+/// its `fill`, in this order: totalFee, currency (inside its quotes), expiresAt (likewise).
+pub fn reservation_template(rid: &str, item_id: u64, quantity: u32) -> Vec<u8> {
+    let probe = ReservationResponse {
+        reservation_id: rid.to_string(),
+        item_id,
+        quantity,
+        total_fee: 0,
+        currency: HOLE.to_string(),
+        status: "reserved".into(),
+        expires_at: HOLE.to_string(),
+    };
+    serde_json::to_string(&probe)
+        .unwrap_or_default()
+        .replacen(r#""totalFee":0"#, &format!(r#""totalFee":{HOLE}"#), 1)
+        .replace(r#""\u0001""#, &format!("\"{HOLE}\""))
+        .into_bytes()
+}
+
 /// Reservation ids carry their item (`rsv_<itemId>_<random>`), which is how release and
 /// complete find the item's slot without a lookup.
 pub fn new_reservation_id(item_id: u64) -> String {
@@ -49,9 +82,21 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-// Shared by the scripts below: Redis' clock (one clock for every replica) and the sweep that
-// returns lapsed reservations of one item to `available`, bounded so no script runs long.
+// Shared by the scripts below: Redis' clock (one clock for every replica), the sweep that
+// returns lapsed reservations of one item to `available`, bounded so no script runs long, and
+// filling the holes of an answer template (`reservation_template`).
 const PRELUDE: &str = r#"
+local function fill(tpl, values)
+  local out, pos = {}, 1
+  for _, v in ipairs(values) do
+    local at = string.find(tpl, '\1', pos, true)
+    table.insert(out, string.sub(tpl, pos, at - 1))
+    table.insert(out, v)
+    pos = at + 1
+  end
+  table.insert(out, string.sub(tpl, pos))
+  return table.concat(out)
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -75,12 +120,21 @@ local function fmt(n) return string.format('%d', n) end
 "#;
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!(
+        "{}{}{PRELUDE}\n{body}",
+        shared::idempotency::ANSWER_LUA,
+        shared::time::RFC3339_LUA
+    ))
 }
 
-// Reserve: sweep, then either return the reservation this Idempotency-Key already made, or
-// check and move units from available to reserved, create the reservation and its marker.
-// One script so that concurrent reserves can never both pass the availability check.
+// Reserve: sweep, then either return the reservation this Idempotency-Key already made
+// ('found'), or check and move units from available to reserved, create the reservation and its
+// marker ('reserved'), and store the request's answer when given its template (KEYS[4],
+// ARGV[6..10]). One script so that concurrent reserves can never both pass the availability
+// check.
+// KEYS: item, expiring, marker[, answer]. ARGV: reservation key prefix, quantity, new
+// reservationId, reservation TTL (ms), marker TTL (ms)[, the answer's fingerprint, status,
+// content type, body template, TTL (ms)].
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -89,7 +143,7 @@ sweep(KEYS[1], KEYS[2], ARGV[1], now, 100)
 local prev = redis.call('GET', KEYS[3])
 if prev then
   local r = redis.call('HMGET', ARGV[1] .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
-  if r[1] then return {'reserved', prev, r[1], r[2], r[3], r[4]} end
+  if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
 end
 local it = redis.call('HMGET', KEYS[1], 'available', 'price', 'currency')
 if not it[1] then return {'not_found'} end
@@ -105,15 +159,32 @@ redis.call('HSET', rk, 'quantity', fmt(q), 'totalFee', total, 'currency', it[3],
 redis.call('PEXPIRE', rk, tonumber(ARGV[4]) + tonumber(ARGV[5]))
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[5])
+if KEYS[4] then
+  local body = fill(ARGV[9], {total, it[3], rfc3339_ms(now + tonumber(ARGV[4]))})
+  store_answer(KEYS[4], {ARGV[6], ARGV[7], ARGV[8], body, ARGV[10]}, 1)
+end
 return {'reserved', ARGV[3], fmt(q), total, it[3], expires}
 "#,
     )
 });
 
+// Release and complete answer 'released', 'completed' or 'not_found'. The one each succeeds
+// with stores the request's answer (KEYS[4], ARGV[2..6]) when given one, so the
+// Idempotency-Key's record needs no second write.
+// KEYS: item, reservation, expiring[, answer]. ARGV: reservationId[, the answer's
+// fingerprint, status, content type, body, TTL (ms)].
+fn transition_script(succeeds_with: &str, body: &str) -> Script {
+    script(&format!(
+        "local function apply()\n{body}\nend\nlocal out = apply()\n\
+         if out == '{succeeds_with}' and KEYS[4] then store_answer(KEYS[4], ARGV, 2) end\nreturn out\n"
+    ))
+}
+
 // Release: reserved → released (units back to available). Released, expired: already done.
 // Completed: refused. A reservation past its expiry is recorded as expired, not released.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    transition_script(
+        Transition::Release.status(),
         r#"
 local now = now_ms()
 local r = redis.call('HMGET', KEYS[2], 'status', 'quantity', 'expiresAt')
@@ -138,7 +209,8 @@ return 'released'
 // Complete: reserved → completed (units from reserved to sold), unless it has expired, in which
 // case the expiry is applied now and the completion refused.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    transition_script(
+        Transition::Complete.status(),
         r#"
 local now = now_ms()
 local r = redis.call('HMGET', KEYS[2], 'status', 'quantity', 'expiresAt')
@@ -184,15 +256,45 @@ return sweep(KEYS[1], KEYS[2], ARGV[1], now_ms(), 500)
 });
 
 pub enum ReserveOutcome {
-    Reserved(ReservationResponse),
+    /// `fresh`: made now, its answer stored with it; otherwise the one the key made before.
+    Reserved {
+        reservation: ReservationResponse,
+        fresh: bool,
+    },
     NotFound,
-    OutOfStock { available: i64 },
+    OutOfStock {
+        available: i64,
+    },
 }
 
 pub enum TransitionOutcome {
     Released,
     Completed,
     NotFound,
+}
+
+/// The two ways a reservation ends by request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Release,
+    Complete,
+}
+
+impl Transition {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Complete => "complete",
+        }
+    }
+
+    /// What its script answers, and the reservation's status, when it succeeds.
+    pub fn status(self) -> &'static str {
+        match self {
+            Self::Release => "released",
+            Self::Complete => "completed",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -288,36 +390,43 @@ impl Store {
         Ok(true)
     }
 
+    /// Reserves under `idempotency_key` as `rid` (from [`new_reservation_id`]), storing
+    /// `answer` (its body a [`reservation_template`]) with it, unless the key reserved before:
+    /// that reservation is returned, not fresh.
     pub async fn reserve(
         &self,
         item_id: u64,
         quantity: u32,
+        rid: &str,
         idempotency_key: &str,
+        answer: &Answer<'_>,
     ) -> Result<ReserveOutcome, StockError> {
         let mut conn = self.pool.get().await?;
-        let rid = new_reservation_id(item_id);
-        let reply: Vec<String> = RESERVE
-            .key(item_key(item_id))
+        let mut invocation = RESERVE.key(item_key(item_id));
+        invocation
             .key(expiring_key(item_id))
             .key(op_key(item_id, idempotency_key))
             .arg(reservation_prefix(item_id))
             .arg(quantity)
-            .arg(&rid)
+            .arg(rid)
             .arg(self.reservation_ttl.as_millis() as u64)
-            .arg(self.marker_ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(self.marker_ttl.as_millis() as u64);
+        answer.add_to(&mut invocation);
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         Ok(match field(0) {
-            "reserved" => ReserveOutcome::Reserved(ReservationResponse {
-                reservation_id: field(1).to_string(),
-                item_id,
-                quantity: field(2).parse().unwrap_or(quantity),
-                total_fee: field(3).parse().unwrap_or(0),
-                currency: field(4).to_string(),
-                status: "reserved".into(),
-                expires_at: shared::time::rfc3339_ms(field(5).parse().unwrap_or(0)),
-            }),
+            kind @ ("reserved" | "found") => ReserveOutcome::Reserved {
+                reservation: ReservationResponse {
+                    reservation_id: field(1).to_string(),
+                    item_id,
+                    quantity: field(2).parse().unwrap_or(quantity),
+                    total_fee: field(3).parse().unwrap_or(0),
+                    currency: field(4).to_string(),
+                    status: "reserved".into(),
+                    expires_at: shared::time::rfc3339_ms(field(5).parse().unwrap_or(0)),
+                },
+                fresh: kind == "reserved",
+            },
             "not_found" => ReserveOutcome::NotFound,
             "out_of_stock" => ReserveOutcome::OutOfStock {
                 available: field(1).parse().unwrap_or(0),
@@ -328,26 +437,28 @@ impl Store {
         })
     }
 
-    pub async fn release(&self, rid: &str) -> Result<TransitionOutcome, StockError> {
-        self.transition(&RELEASE, rid).await
-    }
-
-    pub async fn complete(&self, rid: &str) -> Result<TransitionOutcome, StockError> {
-        self.transition(&COMPLETE, rid).await
-    }
-
-    async fn transition(&self, script: &Script, rid: &str) -> Result<TransitionOutcome, StockError> {
+    /// Releases or completes `rid`; when that succeeds, `answer` is stored in the same step.
+    pub async fn transition(
+        &self,
+        action: Transition,
+        rid: &str,
+        answer: &Answer<'_>,
+    ) -> Result<TransitionOutcome, StockError> {
         let Some(item_id) = item_of_reservation(rid) else {
             return Ok(TransitionOutcome::NotFound);
         };
+        let script = match action {
+            Transition::Release => &*RELEASE,
+            Transition::Complete => &*COMPLETE,
+        };
         let mut conn = self.pool.get().await?;
-        let reply: String = script
-            .key(item_key(item_id))
+        let mut invocation = script.key(item_key(item_id));
+        invocation
             .key(format!("{}{rid}", reservation_prefix(item_id)))
             .key(expiring_key(item_id))
-            .arg(rid)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(rid);
+        answer.add_to(&mut invocation);
+        let reply: String = invocation.invoke_async(&mut conn).await?;
         Ok(match reply.as_str() {
             "released" => TransitionOutcome::Released,
             "completed" => TransitionOutcome::Completed,
@@ -403,6 +514,41 @@ mod tests {
         let rid = new_reservation_id(42);
         assert_eq!(item_of_reservation(&rid), Some(42));
         assert!(shared::ids::is_safe_id(&rid));
+    }
+
+    #[test]
+    fn answers_live_in_their_items_slot() {
+        assert_eq!(
+            answer_key(42, "complete", "k}{1"),
+            "stock:{item:42}:answer:complete:k}{1"
+        );
+    }
+
+    #[test]
+    fn a_filled_reservation_template_is_the_answer_serde_renders() {
+        let rid = new_reservation_id(u64::MAX);
+        let template = String::from_utf8(reservation_template(&rid, u64::MAX, 1000)).unwrap_or_default();
+        let (total, currency, expires) = ("9000000000000", "USD", "2026-11-24T08:00:00.000Z");
+        // What the script's `fill` does: each hole in turn takes the next value.
+        let mut filled = String::new();
+        let mut values = [total, currency, expires].into_iter();
+        for (i, piece) in template.split(HOLE).enumerate() {
+            if i > 0 {
+                filled.push_str(values.next().unwrap_or("<too many holes>"));
+            }
+            filled.push_str(piece);
+        }
+        assert_eq!(values.next(), None, "a value left over: too few holes in {template}");
+        let answer = ReservationResponse {
+            reservation_id: rid,
+            item_id: u64::MAX,
+            quantity: 1000,
+            total_fee: 9_000_000_000_000,
+            currency: currency.into(),
+            status: "reserved".into(),
+            expires_at: expires.into(),
+        };
+        assert_eq!(filled, serde_json::to_string(&answer).unwrap_or_default());
     }
 
     #[test]

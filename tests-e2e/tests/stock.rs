@@ -214,6 +214,72 @@ async fn a_reserve_replayed_with_its_key_is_byte_identical_and_reserves_only_onc
 }
 
 #[tokio::test]
+async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_and_later() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let first = reserve(&stack, &k, 1, 2).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+    // The replay is the answer the script filled in and stored; the first was rendered in Rust.
+    let replay = reserve(&stack, &k, 1, 2).await;
+    assert_eq!((replay.status, replay.replayed()), (201, true), "{}", replay.json);
+    assert_eq!(
+        String::from_utf8_lossy(&replay.bytes),
+        String::from_utf8_lossy(&first.bytes),
+        "the script's answer and Rust's agree byte for byte"
+    );
+    // What the key's expiry does, without the wait: its record and the answer stored with the
+    // reservation go; the reservation's marker stays.
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    for gone in [
+        format!("idem:{{stock:reserve:{k}}}"),
+        format!("stock:{{item:1}}:answer:reserve:{k}"),
+    ] {
+        let deleted: i64 = redis::cmd("DEL").arg(&gone).query_async(&mut conn).await.expect("DEL");
+        assert_eq!(deleted, 1, "{gone}");
+    }
+
+    // A new execution finds the reservation by its marker and renders its answer in Rust.
+    let again = reserve(&stack, &k, 1, 2).await;
+
+    assert_eq!((again.status, again.replayed()), (201, false), "{}", again.json);
+    assert_eq!(again.bytes, first.bytes, "the same reservation, the same answer");
+    assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
+}
+
+#[tokio::test]
+async fn scripts_write_timestamps_exactly_as_rust_does() {
+    let stack = stack().await;
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let instants: [u64; 9] = [
+        0,
+        951_782_400_000,     // 2000-02-29
+        1_709_251_199_999,   // 2024-02-29, last millisecond
+        1_735_689_599_999,   // 2024-12-31, last millisecond
+        1_795_420_800_000,   // 2026-11-23
+        1_798_761_600_001,   // 2027-01-01
+        4_107_542_400_000,   // 2100-03-01, after a year that is not a leap year
+        253_402_300_799_999, // 9999-12-31, last millisecond
+        1_234_567_890_123,
+    ];
+    let script = redis::Script::new(&format!(
+        "{}\nlocal out = {{}}\nfor i, ms in ipairs(ARGV) do out[i] = rfc3339_ms(tonumber(ms)) end\nreturn out",
+        shared::time::RFC3339_LUA
+    ));
+    let mut invocation = script.key("e2e:{time}");
+    for ms in instants {
+        invocation.arg(ms);
+    }
+
+    let written: Vec<String> = invocation.invoke_async(&mut conn).await.expect("EVALSHA");
+
+    let expected: Vec<String> = instants.iter().map(|ms| shared::time::rfc3339_ms(*ms)).collect();
+    assert_eq!(written, expected);
+}
+
+#[tokio::test]
 async fn reserving_more_than_is_available_is_409_out_of_stock_and_an_unknown_item_is_404() {
     let stack = stack().await;
     stack.put_item(1, "Mug", 1250, 3).await;
