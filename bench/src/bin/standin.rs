@@ -7,7 +7,11 @@
 //!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
-//!        [--order-round-trips 4] [--order-round-trips-after 0] [--calls 3] [--call-round-trips 3]
+//!        [--order-round-trips 4] [--order-round-trips-after 0] [--call-round-trips 2,2,2]
+//!
+//! `--call-round-trips` lists the internal calls, each with its round trips: a checkout's
+//! reserve, charge and complete make 2 each (take the key; apply the effect and store the
+//! answer in one script).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -35,8 +39,8 @@ struct State {
     internal_url: String,
     order_round_trips: usize,
     order_round_trips_after: usize,
-    calls: usize,
-    call_round_trips: usize,
+    /// One entry per internal call: its round trips.
+    call_round_trips: Vec<usize>,
 }
 
 fn arg(name: &str, default: &str) -> String {
@@ -71,8 +75,8 @@ async fn trivial(_body: web::Bytes) -> HttpResponse {
         .body(r#"{"ok":true}"#)
 }
 
-async fn internal(state: web::Data<State>, _body: web::Bytes) -> HttpResponse {
-    match round_trips(&state.pool, state.call_round_trips).await {
+async fn internal(state: web::Data<State>, n: web::Path<usize>, _body: web::Bytes) -> HttpResponse {
+    match round_trips(&state.pool, n.into_inner()).await {
         Ok(()) => HttpResponse::Created()
             .content_type("application/json")
             .body(r#"{"ok":true}"#),
@@ -84,10 +88,10 @@ async fn checkout(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
     if let Err(e) = round_trips(&state.pool, state.order_round_trips).await {
         return HttpResponse::ServiceUnavailable().body(e);
     }
-    for _ in 0..state.calls {
+    for n in &state.call_round_trips {
         let sent = state
             .http
-            .post(&state.internal_url)
+            .post(format!("{}/{n}", state.internal_url))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -137,19 +141,22 @@ async fn main() -> std::io::Result<()> {
         internal_url: format!("http://127.0.0.1:{port}/internal"),
         order_round_trips: number("--order-round-trips", 4),
         order_round_trips_after: number("--order-round-trips-after", 0),
-        calls: number("--calls", 3),
-        call_round_trips: number("--call-round-trips", 3),
+        call_round_trips: arg("--call-round-trips", "2,2,2")
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| std::io::Error::other(format!("--call-round-trips: {e}")))?,
     };
     eprintln!(
-        "standin on 127.0.0.1:{port}: checkout = {} round trips + {} calls × {} round trips, then {} after the answer",
-        state.order_round_trips, state.calls, state.call_round_trips, state.order_round_trips_after
+        "standin on 127.0.0.1:{port}: checkout = {} round trips + calls of {:?} round trips, then {} after the answer",
+        state.order_round_trips, state.call_round_trips, state.order_round_trips_after
     );
     HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .route("/trivial", web::post().to(trivial))
             .route("/checkout", web::post().to(checkout))
-            .route("/internal", web::post().to(internal))
+            .route("/internal/{n}", web::post().to(internal))
             .route("/ready", web::get().to(ready))
     })
     .workers(workers)
