@@ -174,7 +174,7 @@ async fn charge(
         ),
     }
     if recorded.fresh {
-        Outcome::Stored(answer)
+        Outcome::answered(key_ref, answer)
     } else {
         // An earlier execution's charge, found by its marker: its answer is stored as usual.
         Outcome::by_status(answer_to(&recorded))

@@ -154,6 +154,18 @@ impl Outcome {
         }
     }
 
+    /// What an execution leaves when its effect's script was given `resp` through
+    /// [`IdempotencyStore::answer`] and the effect happened: stored beside the effect when `key`
+    /// names a place for it (only then does [`Answer::add_to`] pass it to the script), else to be
+    /// stored as usual.
+    pub fn answered(key: &KeyRef, resp: StoredResponse) -> Self {
+        if key.answer_key().is_some() {
+            Self::Stored(resp)
+        } else {
+            Self::by_status(resp)
+        }
+    }
+
     pub fn response(&self) -> &StoredResponse {
         match self {
             Self::Store(r) | Self::Free(r) | Self::Hold(r) | Self::Stored(r) => r,
@@ -660,5 +672,14 @@ mod tests {
         assert!(matches!(Outcome::by_status(r(201)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(409)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(503)), Outcome::Free(_)));
+    }
+
+    #[test]
+    fn an_answer_counts_as_stored_only_where_the_key_names_a_place_for_it() {
+        let resp = StoredResponse::json(StatusCode::OK, &"ok");
+        let plain = KeyRef::new("svc:op", "k", "fp".into());
+        let beside = plain.clone().with_answer_at("svc:{x}:answer:op:k".into());
+        assert!(matches!(Outcome::answered(&beside, resp.clone()), Outcome::Stored(_)));
+        assert!(matches!(Outcome::answered(&plain, resp), Outcome::Store(_)));
     }
 }

@@ -164,7 +164,7 @@ async fn reserve_stock(
                     let resp = StoredResponse::json(StatusCode::CREATED, &reservation);
                     // A fresh one's answer is stored; one the key made before is stored as usual.
                     return if fresh {
-                        Outcome::Stored(resp)
+                        Outcome::answered(key_ref, resp)
                     } else {
                         Outcome::by_status(resp)
                     };
@@ -266,12 +266,7 @@ async fn transition(
                 (Transition::Release, Ok(TransitionOutcome::Released))
                 | (Transition::Complete, Ok(TransitionOutcome::Completed)) => {
                     shared::metrics::event("reservation", action.status());
-                    // A script only runs for a reservation id that names an item, and such an
-                    // id always has a place for the answer.
-                    return match key_ref.answer_key() {
-                        Some(_) => Outcome::Stored(success),
-                        None => Outcome::Store(success),
-                    };
+                    return Outcome::answered(key_ref, success);
                 }
                 (Transition::Release, Ok(TransitionOutcome::Completed)) => StockError::ReservationCompleted(rid),
                 (Transition::Complete, Ok(TransitionOutcome::Released)) => StockError::ReservationReleased(rid),
