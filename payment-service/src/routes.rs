@@ -97,8 +97,8 @@ async fn create_charge(
     let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(key_ref, |_, _| async move {
-            charge(&store, idempotency, key_ref, gateway, &body, &key).await
+        .run(key_ref, |token, _| async move {
+            Ok(charge(&store, idempotency, key_ref, &token, gateway, &body, &key).await)
         })
         .await?;
     Ok(response)
@@ -110,6 +110,7 @@ async fn charge(
     store: &Store,
     idempotency: &IdempotencyStore,
     key_ref: &KeyRef,
+    token: &str,
     gateway: Gateway,
     body: &ChargeRequest,
     key: &str,
@@ -153,7 +154,10 @@ async fn charge(
         decline_code: decline_code.map(str::to_string),
         fresh: true,
     });
-    let recorded = match store.charge(&new, key, &idempotency.answer(key_ref, &answer)).await {
+    let recorded = match store
+        .charge(&new, key, &idempotency.answer(key_ref, token, &answer))
+        .await
+    {
         Ok(ChargeOutcome::Recorded(r)) => r,
         Ok(ChargeOutcome::KeyReused) => return outcome(Err(CommonError::IdempotencyKeyReused.into())),
         Err(e) => return outcome(Err(e)),
@@ -253,7 +257,7 @@ async fn refund_charge(
                 }
                 Err(e) => Err(e),
             };
-            outcome(result)
+            Ok(outcome(result))
         })
         .await?;
     Ok(response)

@@ -102,7 +102,7 @@ pub fn new_refund_id() -> String {
 static CHARGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{}{}",
-        shared::idempotency::ANSWER_LUA,
+        shared::idempotency::answer_lua(),
         r#"
 local prev = redis.call('GET', KEYS[4])
 if prev then

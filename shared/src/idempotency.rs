@@ -4,7 +4,8 @@
 //! concurrent requests can never both see "new":
 //! - new → "running", with the request fingerprint, an owner token and a lease;
 //! - running, lease live → 409 `idempotency-key-in-use` with `Retry-After`;
-//! - running, lease run out (its owner died) → taken over by this request, same token;
+//! - running, lease run out (its owner died) → taken over by this request, same token (an
+//!   effect's script that takes the key itself, below, gives it this request's own);
 //! - done → the stored status, headers and body, byte for byte, `Idempotent-Replayed: true`;
 //! - different fingerprint → 422 `idempotency-key-reused`.
 //!
@@ -17,6 +18,12 @@
 //! which saves the round trip of [`IdempotencyStore::finish`]: the key's record then stays
 //! "running" until its lease runs out, and a retry that meets it (busy, or taking it over) looks
 //! for the stored answer first and replays it.
+//!
+//! On a single Redis node every key can be reached from one script, so a service whose effect
+//! needs nothing from outside Redis before it runs ([`IdempotencyStore::effects_take_keys`];
+//! stock's reserve, release and complete) goes one step further: its effect's script takes the
+//! key itself ([`ANSWER_LUA`]'s `take_key`) and settles it with the answer, one write for the
+//! whole request. On Redis Cluster the key's record is a slot of its own, so it is taken first.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -139,8 +146,9 @@ pub enum Outcome {
     /// Still unresolved (work goes on, or its result is unknown): the key stays locked until its
     /// lease runs out, so a retry cannot start a second execution.
     Hold(StoredResponse),
-    /// A definitive answer that the effect's script already stored at the key's
-    /// [`KeyRef::with_answer_at`], in the same step as the effect: nothing is left to record.
+    /// A definitive answer that the effect's script already stored, in the same step as the
+    /// effect (at the key's [`KeyRef::with_answer_at`], or in the key's record when the script
+    /// took the key itself): nothing is left to record.
     Stored(StoredResponse),
 }
 
@@ -155,7 +163,7 @@ impl Outcome {
     }
 
     /// What an execution leaves when its effect's script was given `resp` through
-    /// [`IdempotencyStore::answer`] and the effect happened: stored beside the effect when `key`
+    /// [`IdempotencyStore::answer`] and the effect happened: stored by the script when `key`
     /// names a place for it (only then does [`Answer::add_to`] pass it to the script), else to be
     /// stored as usual.
     pub fn answered(key: &KeyRef, resp: StoredResponse) -> Self {
@@ -238,17 +246,45 @@ local function free(key, token)
 end
 "#;
 
-/// Storing an answer beside the effect, as a Lua function for the effect's script:
-/// `store_answer(key, a, i)` writes the hash fp, status, ctype, body at `key` (in the effect's
-/// slot) and its expiry, from `a[i]` on: fingerprint, status, content type, body, ttl ms
-/// ([`Answer::add_to`]). The fingerprint is kept so that a lookup replays only the
-/// answer of the request it was stored for.
+/// Storing an answer with the effect, as Lua functions for the effect's script (with
+/// [`BEGIN_LUA`]). `a[i]` on are [`Answer::add_to`]'s arguments: fingerprint, status, content
+/// type, body, ttl ms, and, when the script takes the key itself, the owner's token and the
+/// lease (ms); `key` is then the key's record, else the answer's place beside the effect.
+/// - `take_key(key, a, i)`, first: when the script takes the key, decides it as `begin` does.
+///   It answers nil to go on (new, or taken over: the record gets this owner's token, so this
+///   owner's settling counts), or `{'idem', <begin's answer>}` for the script to return as it is:
+///   a replay, busy or reused. Without a key to take it answers nil.
+/// - `store_answer(key, a, i, body)`: settles the record with the answer (`body`, or `a[i + 3]`),
+///   or, beside the effect, writes the hash fp, status, ctype, body and its expiry. The
+///   fingerprint is kept there so that a lookup replays only the answer of the request it was
+///   stored for.
 pub const ANSWER_LUA: &str = r#"
-local function store_answer(key, a, i)
-  redis.call('HSET', key, 'fp', a[i], 'status', a[i + 1], 'ctype', a[i + 2], 'body', a[i + 3])
-  redis.call('PEXPIRE', key, a[i + 4])
+local function take_key(key, a, i)
+  if not key or not a[i + 5] then return nil end
+  local d = begin(key, a[i], a[i + 5], tonumber(a[i + 6]), a[i + 4])
+  if d[1] == 'new' then return nil end
+  if d[1] == 'resume' then
+    redis.call('HSET', key, 'token', a[i + 5])
+    return nil
+  end
+  table.insert(d, 1, 'idem')
+  return d
+end
+local function store_answer(key, a, i, body)
+  body = body or a[i + 3]
+  if a[i + 5] then
+    redis.call('HSET', key, 'state', 'done', 'status', a[i + 1], 'ctype', a[i + 2], 'body', body)
+  else
+    redis.call('HSET', key, 'fp', a[i], 'status', a[i + 1], 'ctype', a[i + 2], 'body', body)
+    redis.call('PEXPIRE', key, a[i + 4])
+  end
 end
 "#;
+
+/// The Lua an effect's script starts with to use [`ANSWER_LUA`]: it and [`BEGIN_LUA`].
+pub fn answer_lua() -> String {
+    format!("{BEGIN_LUA}{ANSWER_LUA}")
+}
 
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_LUA}\nreturn finish(KEYS[1], ARGV)")));
 
@@ -318,27 +354,56 @@ impl KeyRef {
     }
 }
 
-/// An answer for an effect's script to store beside the effect ([`IdempotencyStore::answer`]).
+/// Element `i` of a script's answer as text; empty when missing or not text or a number.
+pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
+    match reply.get(i) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        Some(redis::Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// An answer for an effect's script to store with the effect ([`IdempotencyStore::answer`]).
 pub struct Answer<'a> {
     key: &'a KeyRef,
     response: &'a StoredResponse,
     ttl: Duration,
+    /// The owner's token and the lease, when the script takes the key itself.
+    takes_key: Option<(&'a str, Duration)>,
 }
 
 impl Answer<'_> {
-    /// Adds [`KeyRef::answer_key`] as the script's last key and the arguments of [`ANSWER_LUA`]'s
-    /// `store_answer` as its last five (fingerprint, status, content type, body, ttl ms); nothing
-    /// when the key has no place for an answer, so the script sees no such key and stores none.
+    /// Adds the script's last key and [`ANSWER_LUA`]'s arguments as its last ones: the key's
+    /// record and seven (fingerprint, status, content type, body, ttl ms, token, lease ms) when
+    /// the script takes the key; else [`KeyRef::answer_key`] and the first five; nothing when
+    /// the key has no place for an answer, so the script sees no such key and stores none.
     pub fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
         let Some(answer_key) = self.key.answer_key() else {
             return;
         };
-        inv.key(answer_key)
+        let at = match self.takes_key {
+            Some(_) => self.key.redis_key(),
+            None => answer_key,
+        };
+        inv.key(at)
             .arg(&self.key.fingerprint)
             .arg(self.response.status)
             .arg(&self.response.content_type)
             .arg(&self.response.body[..])
             .arg(self.ttl.as_millis() as u64);
+        if let Some((token, lease)) = self.takes_key {
+            inv.arg(token).arg(lease.as_millis() as u64);
+        }
+    }
+
+    /// Reads a script's answer that [`ANSWER_LUA`]'s `take_key` refused to go on with
+    /// (`{'idem', ...}`): what the key decided instead. None for any other answer.
+    pub fn refusal(reply: &[redis::Value]) -> Option<Result<Begin, CommonError>> {
+        match reply.first() {
+            Some(redis::Value::BulkString(tag)) if tag == b"idem" => Some(IdempotencyStore::decision(&reply[1..])),
+            _ => None,
+        }
     }
 }
 
@@ -347,11 +412,31 @@ pub struct IdempotencyStore {
     pool: Pool,
     ttl: Duration,
     lease: Duration,
+    effects_take_keys: bool,
 }
 
 impl IdempotencyStore {
     pub fn new(pool: Pool, ttl: Duration, lease: Duration) -> Self {
-        Self { pool, ttl, lease }
+        Self {
+            pool,
+            ttl,
+            lease,
+            effects_take_keys: false,
+        }
+    }
+
+    /// For a service whose effects need nothing from outside Redis before their script runs,
+    /// on a single Redis node (`on_one_node`): each effect's script that stores its answer
+    /// ([`KeyRef::with_answer_at`]) takes the request's key in the same step, so [`Self::run`]
+    /// does not take it first. On Redis Cluster the key's record is another slot, so nothing
+    /// changes there.
+    pub fn effects_take_keys(mut self, on_one_node: bool) -> Self {
+        self.effects_take_keys = on_one_node;
+        self
+    }
+
+    fn taken_by_effect(&self, key: &KeyRef) -> bool {
+        self.effects_take_keys && key.answer_key().is_some()
     }
 
     pub fn lease(&self) -> Duration {
@@ -441,14 +526,7 @@ impl IdempotencyStore {
 
     /// Reads what [`BEGIN_LUA`]'s `begin` answered, and notes it on the request's span.
     pub fn decision(reply: &[redis::Value]) -> Result<Begin, CommonError> {
-        let text = |i: usize| -> String {
-            match reply.get(i) {
-                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                Some(redis::Value::SimpleString(s)) => s.clone(),
-                Some(redis::Value::Int(n)) => n.to_string(),
-                _ => String::new(),
-            }
-        };
+        let text = |i: usize| reply_text(reply, i);
         let bytes = |i: usize| -> Vec<u8> {
             match reply.get(i) {
                 Some(redis::Value::BulkString(b)) => b.clone(),
@@ -512,12 +590,14 @@ impl IdempotencyStore {
             .arg(self.ttl.as_millis() as u64);
     }
 
-    /// `response` as the answer for `key`'s effect script to store ([`ANSWER_LUA`]).
-    pub fn answer<'a>(&'a self, key: &'a KeyRef, response: &'a StoredResponse) -> Answer<'a> {
+    /// `response` as the answer for `key`'s effect script to store ([`ANSWER_LUA`]), the
+    /// request running under `token` (as [`Self::run`] passes it to its execution).
+    pub fn answer<'a>(&'a self, key: &'a KeyRef, token: &'a str, response: &'a StoredResponse) -> Answer<'a> {
         Answer {
             key,
             response,
             ttl: self.ttl,
+            takes_key: self.taken_by_effect(key).then_some((token, self.lease)),
         }
     }
 
@@ -598,19 +678,28 @@ impl IdempotencyStore {
         }
     }
 
-    /// The usual flow for an endpoint: decide, execute when told to, settle.
+    /// The usual flow for an endpoint: decide, execute when told to, settle. `execute` gets
+    /// the owner's token and whether an earlier owner's lease ran out, and answers how the
+    /// execution ended, or `Err` with what the key decided instead when its effect's script
+    /// took the key itself ([`Self::effects_take_keys`]; the key is then not taken first and
+    /// `resumed` is unknown, so false).
     pub async fn run<F, Fut>(&self, key: &KeyRef, execute: F) -> Result<HttpResponse, CommonError>
     where
         F: FnOnce(String, bool) -> Fut,
-        Fut: std::future::Future<Output = Outcome>,
+        Fut: std::future::Future<Output = Result<Outcome, Begin>>,
     {
         let fresh = crate::ids::new_id("op");
-        match self.begin(key, &fresh).await? {
-            Begin::Execute { token, resumed } => {
-                let outcome = execute(token.clone(), resumed).await;
-                Ok(self.settle(key, &token, outcome).await)
+        let (token, resumed) = if self.taken_by_effect(key) {
+            (fresh, false)
+        } else {
+            match self.begin(key, &fresh).await? {
+                Begin::Execute { token, resumed } => (token, resumed),
+                other => return Self::refusal(other),
             }
-            other => Self::refusal(other),
+        };
+        match execute(token.clone(), resumed).await {
+            Ok(outcome) => Ok(self.settle(key, &token, outcome).await),
+            Err(refused) => Self::refusal(refused),
         }
     }
 }
@@ -672,6 +761,33 @@ mod tests {
         assert!(matches!(Outcome::by_status(r(201)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(409)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(503)), Outcome::Free(_)));
+    }
+
+    #[test]
+    fn a_script_that_took_the_key_and_stopped_is_read_as_the_keys_decision_and_nothing_else_is() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let busy = [bulk("idem"), bulk("busy"), bulk("1500")];
+        assert_eq!(
+            Answer::refusal(&busy).and_then(Result::ok),
+            Some(Begin::InUse { retry_after_ms: 1500 })
+        );
+        let reused = [bulk("idem"), bulk("reused")];
+        assert_eq!(Answer::refusal(&reused).and_then(Result::ok), Some(Begin::Reused));
+        let replay = [
+            bulk("idem"),
+            bulk("replay"),
+            bulk("201"),
+            bulk("application/json"),
+            bulk("{}"),
+            bulk(""),
+        ];
+        assert!(matches!(
+            Answer::refusal(&replay).and_then(Result::ok),
+            Some(Begin::Replay(StoredResponse { status: 201, .. }))
+        ));
+        let effect = [bulk("reserved"), bulk("rsv_1_x")];
+        assert!(Answer::refusal(&effect).is_none());
+        assert!(Answer::refusal(&[]).is_none());
     }
 
     #[test]

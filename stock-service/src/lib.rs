@@ -52,7 +52,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             pool.clone(),
             settings.common.idempotency_ttl,
             settings.common.idempotency_lease,
-        ),
+        )
+        // Nothing outside Redis happens before a reserve, release or complete: on one node each
+        // is one write, key and effect together.
+        .effects_take_keys(!settings.common.redis_cluster),
     };
     let ops = Ops {
         pool,

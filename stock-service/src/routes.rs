@@ -148,7 +148,7 @@ async fn reserve_stock(
     let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(key_ref, |_, _| async move {
+        .run(key_ref, |token, _| async move {
             // The answer, but for what only the script knows, which it fills in and stores.
             let rid = store::new_reservation_id(body.item_id);
             let template = StoredResponse {
@@ -157,18 +157,19 @@ async fn reserve_stock(
                 body: store::reservation_template(&rid, body.item_id, body.quantity),
                 location: None,
             };
-            let answer = idempotency.answer(key_ref, &template);
+            let answer = idempotency.answer(key_ref, &token, &template);
             let failure = match store.reserve(body.item_id, body.quantity, &rid, &key, &answer).await {
                 Ok(ReserveOutcome::Reserved { reservation, fresh }) => {
                     shared::metrics::event("reservation", "reserved");
                     let resp = StoredResponse::json(StatusCode::CREATED, &reservation);
                     // A fresh one's answer is stored; one the key made before is stored as usual.
-                    return if fresh {
+                    return Ok(if fresh {
                         Outcome::answered(key_ref, resp)
                     } else {
                         Outcome::by_status(resp)
-                    };
+                    });
                 }
+                Ok(ReserveOutcome::Refused(decided)) => return Err(decided),
                 Ok(ReserveOutcome::NotFound) => StockError::ItemNotFound(body.item_id.to_string()),
                 Ok(ReserveOutcome::OutOfStock { available }) => {
                     shared::metrics::event("reservation", "out_of_stock");
@@ -180,7 +181,7 @@ async fn reserve_stock(
                 }
                 Err(e) => e,
             };
-            outcome(Err(failure))
+            Ok(outcome(Err(failure)))
         })
         .await?;
     Ok(response)
@@ -254,9 +255,9 @@ async fn transition(
     let (idempotency, key_ref) = (&state.idempotency, &key_ref);
     let response = state
         .idempotency
-        .run(key_ref, |_, _| async move {
+        .run(key_ref, |token, _| async move {
             let result = store
-                .transition(action, &rid, &idempotency.answer(key_ref, &success))
+                .transition(action, &rid, &idempotency.answer(key_ref, &token, &success))
                 .await;
             let failure = match (action, result) {
                 (_, Err(e)) => e,
@@ -266,12 +267,13 @@ async fn transition(
                 (Transition::Release, Ok(TransitionOutcome::Released))
                 | (Transition::Complete, Ok(TransitionOutcome::Completed)) => {
                     shared::metrics::event("reservation", action.status());
-                    return Outcome::answered(key_ref, success);
+                    return Ok(Outcome::answered(key_ref, success));
                 }
+                (_, Ok(TransitionOutcome::Refused(decided))) => return Err(decided),
                 (Transition::Release, Ok(TransitionOutcome::Completed)) => StockError::ReservationCompleted(rid),
                 (Transition::Complete, Ok(TransitionOutcome::Released)) => StockError::ReservationReleased(rid),
             };
-            outcome(Err(failure))
+            Ok(outcome(Err(failure)))
         })
         .await?;
     Ok(response)

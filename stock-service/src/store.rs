@@ -7,17 +7,18 @@
 //! - `stock:{item:N}:expiring` sorted set: live reservation ids by expiry time
 //! - `stock:{item:N}:op:<Idempotency-Key>`: the reservation a reserve request created, written
 //!   in the same script as the reservation, so a retry after a crash finds it
-//! - `stock:{item:N}:answer:<reserve|release|complete>:<Idempotency-Key>` hash: the answer to a
-//!   reserve, release or complete that succeeded, stored by its script for the key's replays
-//!   (`shared::idempotency::ANSWER_LUA`)
+//! - `stock:{item:N}:answer:<reserve|release|complete>:<Idempotency-Key>` hash: on Redis
+//!   Cluster, the answer to a reserve, release or complete that succeeded, stored by its script
+//!   for the key's replays (`shared::idempotency::ANSWER_LUA`). On a single node the script
+//!   takes the key's record itself and settles it with the answer instead.
 //! - `stock:{catalog}:items` set: ids of every item (a listing index only)
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
-use shared::idempotency::Answer;
-use shared::redis_pool::Pool;
+use shared::idempotency::{Answer, Begin};
+use shared::redis_pool::{Pool, traced};
 
 use crate::error::StockError;
 use crate::model::{Item, ReservationResponse};
@@ -122,22 +123,25 @@ local function fmt(n) return string.format('%d', n) end
 fn script(body: &str) -> Script {
     Script::new(&format!(
         "{}{}{PRELUDE}\n{body}",
-        shared::idempotency::ANSWER_LUA,
+        shared::idempotency::answer_lua(),
         shared::time::RFC3339_LUA
     ))
 }
 
-// Reserve: sweep, then either return the reservation this Idempotency-Key already made
-// ('found'), or check and move units from available to reserved, create the reservation and its
-// marker ('reserved'), and store the request's answer when given its template (KEYS[4],
-// ARGV[6..10]). One script so that concurrent reserves can never both pass the availability
-// check.
-// KEYS: item, expiring, marker[, answer]. ARGV: reservation key prefix, quantity, new
+// Reserve: take the request's key when told to (KEYS[4], ARGV[6..12]; a replay, busy or reused
+// key is answered `{'idem', ...}` at once), sweep, then either return the reservation this
+// Idempotency-Key already made ('found'), or check and move units from available to reserved,
+// create the reservation and its marker ('reserved'), and store the request's answer when given
+// its template (KEYS[4], ARGV[6..10]). One script so that concurrent reserves can never both
+// pass the availability check.
+// KEYS: item, expiring, marker[, answer or key]. ARGV: reservation key prefix, quantity, new
 // reservationId, reservation TTL (ms), marker TTL (ms)[, the answer's fingerprint, status,
-// content type, body template, TTL (ms)].
+// content type, body template, TTL (ms)[, token, lease (ms)]].
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local refused = take_key(KEYS[4], ARGV, 6)
+if refused then return refused end
 local now = now_ms()
 sweep(KEYS[1], KEYS[2], ARGV[1], now, 100)
 local prev = redis.call('GET', KEYS[3])
@@ -161,7 +165,7 @@ redis.call('ZADD', KEYS[2], expires, ARGV[3])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[5])
 if KEYS[4] then
   local body = fill(ARGV[9], {total, it[3], rfc3339_ms(now + tonumber(ARGV[4]))})
-  store_answer(KEYS[4], {ARGV[6], ARGV[7], ARGV[8], body, ARGV[10]}, 1)
+  store_answer(KEYS[4], ARGV, 6, body)
 end
 return {'reserved', ARGV[3], fmt(q), total, it[3], expires}
 "#,
@@ -170,12 +174,14 @@ return {'reserved', ARGV[3], fmt(q), total, it[3], expires}
 
 // Release and complete answer 'released', 'completed' or 'not_found'. The one each succeeds
 // with stores the request's answer (KEYS[4], ARGV[2..6]) when given one, so the
-// Idempotency-Key's record needs no second write.
-// KEYS: item, reservation, expiring[, answer]. ARGV: reservationId[, the answer's
-// fingerprint, status, content type, body, TTL (ms)].
+// Idempotency-Key's record needs no second write. Told to take the key first (ARGV[7..8]), they
+// answer a replay, busy or reused key with `{'idem', ...}` instead.
+// KEYS: item, reservation, expiring[, answer or key]. ARGV: reservationId[, the answer's
+// fingerprint, status, content type, body, TTL (ms)[, token, lease (ms)]].
 fn transition_script(succeeds_with: &str, body: &str) -> Script {
     script(&format!(
-        "local function apply()\n{body}\nend\nlocal out = apply()\n\
+        "local refused = take_key(KEYS[4], ARGV, 2)\nif refused then return refused end\n\
+         local function apply()\n{body}\nend\nlocal out = apply()\n\
          if out == '{succeeds_with}' and KEYS[4] then store_answer(KEYS[4], ARGV, 2) end\nreturn out\n"
     ))
 }
@@ -265,12 +271,16 @@ pub enum ReserveOutcome {
     OutOfStock {
         available: i64,
     },
+    /// The script took the request's key and did not go on: what the key decided instead.
+    Refused(Begin),
 }
 
 pub enum TransitionOutcome {
     Released,
     Completed,
     NotFound,
+    /// As for [`ReserveOutcome::Refused`].
+    Refused(Begin),
 }
 
 /// The two ways a reservation ends by request.
@@ -401,7 +411,6 @@ impl Store {
         idempotency_key: &str,
         answer: &Answer<'_>,
     ) -> Result<ReserveOutcome, StockError> {
-        let mut conn = self.pool.get().await?;
         let mut invocation = RESERVE.key(item_key(item_id));
         invocation
             .key(expiring_key(item_id))
@@ -412,7 +421,17 @@ impl Store {
             .arg(self.reservation_ttl.as_millis() as u64)
             .arg(self.marker_ttl.as_millis() as u64);
         answer.add_to(&mut invocation);
-        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<redis::Value> = traced("stock.reserve", async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, StockError>(invocation.invoke_async(&mut conn).await?)
+        })
+        .await?;
+        if let Some(decided) = Answer::refusal(&reply) {
+            return Ok(ReserveOutcome::Refused(decided?));
+        }
+        let reply: Vec<String> = (0..reply.len())
+            .map(|i| shared::idempotency::reply_text(&reply, i))
+            .collect();
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         Ok(match field(0) {
             kind @ ("reserved" | "found") => ReserveOutcome::Reserved {
@@ -451,14 +470,27 @@ impl Store {
             Transition::Release => &*RELEASE,
             Transition::Complete => &*COMPLETE,
         };
-        let mut conn = self.pool.get().await?;
         let mut invocation = script.key(item_key(item_id));
         invocation
             .key(format!("{}{rid}", reservation_prefix(item_id)))
             .key(expiring_key(item_id))
             .arg(rid);
         answer.add_to(&mut invocation);
-        let reply: String = invocation.invoke_async(&mut conn).await?;
+        let operation = match action {
+            Transition::Release => "stock.release",
+            Transition::Complete => "stock.complete",
+        };
+        let reply: redis::Value = traced(operation, async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, StockError>(invocation.invoke_async(&mut conn).await?)
+        })
+        .await?;
+        if let redis::Value::Array(reply) = &reply
+            && let Some(decided) = Answer::refusal(reply)
+        {
+            return Ok(TransitionOutcome::Refused(decided?));
+        }
+        let reply = shared::idempotency::reply_text(std::slice::from_ref(&reply), 0);
         Ok(match reply.as_str() {
             "released" => TransitionOutcome::Released,
             "completed" => TransitionOutcome::Completed,

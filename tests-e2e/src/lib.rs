@@ -169,6 +169,11 @@ impl Stack {
             .join(",")
     }
 
+    /// Whether the services run on a three-master Redis Cluster rather than one node.
+    pub fn on_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// A Redis pool like the services' own: cluster-aware when the stack runs a cluster.
     pub fn redis_pool(&self) -> shared::redis_pool::Pool {
         shared::redis_pool::connect(&self.redis_url(), self.cluster.is_some(), 4, Duration::from_secs(2))

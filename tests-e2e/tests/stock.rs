@@ -228,16 +228,17 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
         String::from_utf8_lossy(&first.bytes),
         "the script's answer and Rust's agree byte for byte"
     );
-    // What the key's expiry does, without the wait: its record and the answer stored with the
-    // reservation go; the reservation's marker stays.
+    // What the key's expiry does, without the wait: its record and, on a cluster, the answer
+    // stored with the reservation go (on one node the record holds the answer); the
+    // reservation's marker stays.
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    for gone in [
-        format!("idem:{{stock:reserve:{k}}}"),
-        format!("stock:{{item:1}}:answer:reserve:{k}"),
+    for (gone, exists) in [
+        (format!("idem:{{stock:reserve:{k}}}"), true),
+        (format!("stock:{{item:1}}:answer:reserve:{k}"), stack.on_cluster()),
     ] {
         let deleted: i64 = redis::cmd("DEL").arg(&gone).query_async(&mut conn).await.expect("DEL");
-        assert_eq!(deleted, 1, "{gone}");
+        assert_eq!(deleted, i64::from(exists), "{gone}");
     }
 
     // A new execution finds the reservation by its marker and renders its answer in Rust.
@@ -246,6 +247,105 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
     assert_eq!((again.status, again.replayed()), (201, false), "{}", again.json);
     assert_eq!(again.bytes, first.bytes, "the same reservation, the same answer");
     assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
+}
+
+#[tokio::test]
+async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_on_a_cluster() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let first = reserve(&stack, &k, 1, 2).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let record = format!("idem:{{stock:reserve:{k}}}");
+    let beside = format!("stock:{{item:1}}:answer:reserve:{k}");
+    let hmget = |key: &str| {
+        redis::cmd("HMGET")
+            .arg(key)
+            .arg(&["state", "status", "body"])
+            .to_owned()
+    };
+    let (state, status, body): (Option<String>, Option<u16>, Option<Vec<u8>>) =
+        hmget(&record).query_async(&mut conn).await.expect("HMGET");
+    let (_, beside_status, beside_body): (Option<String>, Option<u16>, Option<Vec<u8>>) =
+        hmget(&beside).query_async(&mut conn).await.expect("HMGET");
+    if stack.on_cluster() {
+        // The key's record is a slot of its own: taken first, left running, answered beside.
+        assert_eq!(state.as_deref(), Some("running"));
+        assert_eq!((beside_status, beside_body), (Some(201), Some(first.bytes.to_vec())));
+    } else {
+        // One write: the script took the key, reserved and settled the key with the answer.
+        assert_eq!((state.as_deref(), status), (Some("done"), Some(201)));
+        assert_eq!(body, Some(first.bytes.to_vec()), "the record holds the answer sent");
+        assert_eq!((beside_status, beside_body), (None, None), "nothing stored beside it");
+    }
+}
+
+#[tokio::test]
+async fn a_key_left_running_is_busy_until_its_lease_ends_then_taken_over_and_settled() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let first = reserve(&stack, &k, 1, 2).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+
+    // As if its owner had died after the reservation, before any answer was stored: the
+    // record running under another token, no answer anywhere.
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let record = format!("idem:{{stock:reserve:{k}}}");
+    let beside = format!("stock:{{item:1}}:answer:reserve:{k}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&beside)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&record)
+        .arg(&["status", "ctype", "body"])
+        .query_async(&mut conn)
+        .await
+        .expect("HDEL");
+    let far = 4_000_000_000_000_u64;
+    let _: i64 = redis::cmd("HSET")
+        .arg(&record)
+        .arg(&["state", "running", "token", "dead-owner", "lease"])
+        .arg(far)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+
+    let busy = reserve(&stack, &k, 1, 2).await;
+    assert_eq!(busy.status, 409, "{}", busy.json);
+    assert_eq!(slug(&busy.json), "idempotency-key-in-use");
+    assert_eq!(counts(&stack, 1).await, (8, 2, 0), "nothing reserved while busy");
+
+    let _: i64 = redis::cmd("HSET")
+        .arg(&record)
+        .arg(&["lease", "0"])
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let taken = reserve(&stack, &k, 1, 2).await;
+    assert_eq!((taken.status, taken.replayed()), (201, false), "{}", taken.json);
+    assert_eq!(
+        taken.bytes, first.bytes,
+        "the reservation its marker names, the same answer"
+    );
+    assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
+    // The new owner settled the key: the next retry is a replay.
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(&record)
+        .arg("state")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(state.as_deref(), Some("done"), "settled by the owner that took it over");
+    let replay = reserve(&stack, &k, 1, 2).await;
+    assert_eq!((replay.status, replay.replayed()), (201, true), "{}", replay.json);
+    assert_eq!(replay.bytes, first.bytes);
 }
 
 #[tokio::test]

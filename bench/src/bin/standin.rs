@@ -7,11 +7,12 @@
 //!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
-//!        [--order-round-trips 4] [--order-round-trips-after 0] [--call-round-trips 2,2,2]
+//!        [--order-round-trips 4] [--order-round-trips-after 0] [--call-round-trips 1,2,1]
 //!
-//! `--call-round-trips` lists the internal calls, each with its round trips: a checkout's
-//! reserve, charge and complete make 2 each (take the key; apply the effect and store the
-//! answer in one script).
+//! `--call-round-trips` lists the internal calls, each with its round trips, as a checkout's
+//! make them on one Redis node: reserve and complete 1 (one script takes the key, applies the
+//! effect and settles the key), charge 2 (the key is taken before the gateway is asked; then
+//! one script records the charge and its answer). On Redis Cluster each makes 2: `2,2,2`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -141,7 +142,7 @@ async fn main() -> std::io::Result<()> {
         internal_url: format!("http://127.0.0.1:{port}/internal"),
         order_round_trips: number("--order-round-trips", 4),
         order_round_trips_after: number("--order-round-trips-after", 0),
-        call_round_trips: arg("--call-round-trips", "2,2,2")
+        call_round_trips: arg("--call-round-trips", "1,2,1")
             .split(',')
             .map(|n| n.trim().parse::<usize>())
             .collect::<Result<_, _>>()
