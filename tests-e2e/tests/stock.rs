@@ -249,18 +249,42 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
     assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
 }
 
-#[tokio::test]
-async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_on_a_cluster() {
+/// One reserve of 2 units of item 1 (10 stocked) under a fresh key: its answer, and where the
+/// key's record and an answer stored beside the reservation live.
+struct OneReserve {
+    stack: Stack,
+    key: String,
+    first: Reply,
+    record: String,
+    beside: String,
+}
+
+async fn one_reserve() -> OneReserve {
     let stack = stack().await;
     stack.put_item(1, "Mug", 1250, 10).await;
     let k = key();
     let first = reserve(&stack, &k, 1, 2).await;
     assert_eq!(first.status, 201, "{}", first.json);
+    OneReserve {
+        stack,
+        record: format!("idem:{{stock:reserve:{k}}}"),
+        beside: format!("stock:{{item:1}}:answer:reserve:{k}"),
+        key: k,
+        first,
+    }
+}
 
+#[tokio::test]
+async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_on_a_cluster() {
+    let OneReserve {
+        stack,
+        first,
+        record,
+        beside,
+        ..
+    } = one_reserve().await;
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    let record = format!("idem:{{stock:reserve:{k}}}");
-    let beside = format!("stock:{{item:1}}:answer:reserve:{k}");
     let hmget = |key: &str| {
         redis::cmd("HMGET")
             .arg(key)
@@ -285,18 +309,17 @@ async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_o
 
 #[tokio::test]
 async fn a_key_left_running_is_busy_until_its_lease_ends_then_taken_over_and_settled() {
-    let stack = stack().await;
-    stack.put_item(1, "Mug", 1250, 10).await;
-    let k = key();
-    let first = reserve(&stack, &k, 1, 2).await;
-    assert_eq!(first.status, 201, "{}", first.json);
-
+    let OneReserve {
+        stack,
+        key: k,
+        first,
+        record,
+        beside,
+    } = one_reserve().await;
     // As if its owner had died after the reservation, before any answer was stored: the
     // record running under another token, no answer anywhere.
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    let record = format!("idem:{{stock:reserve:{k}}}");
-    let beside = format!("stock:{{item:1}}:answer:reserve:{k}");
     let _: i64 = redis::cmd("DEL")
         .arg(&beside)
         .query_async(&mut conn)
