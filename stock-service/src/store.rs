@@ -429,18 +429,15 @@ impl Store {
         if let Some(decided) = Answer::refusal(&reply) {
             return Ok(ReserveOutcome::Refused(decided?));
         }
-        let reply: Vec<String> = (0..reply.len())
-            .map(|i| shared::idempotency::reply_text(&reply, i))
-            .collect();
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        Ok(match field(0) {
+        let field = |i: usize| shared::idempotency::reply_text(&reply, i);
+        Ok(match field(0).as_str() {
             kind @ ("reserved" | "found") => ReserveOutcome::Reserved {
                 reservation: ReservationResponse {
-                    reservation_id: field(1).to_string(),
+                    reservation_id: field(1),
                     item_id,
                     quantity: field(2).parse().unwrap_or(quantity),
                     total_fee: field(3).parse().unwrap_or(0),
-                    currency: field(4).to_string(),
+                    currency: field(4),
                     status: "reserved".into(),
                     expires_at: shared::time::rfc3339_ms(field(5).parse().unwrap_or(0)),
                 },
@@ -466,9 +463,9 @@ impl Store {
         let Some(item_id) = item_of_reservation(rid) else {
             return Ok(TransitionOutcome::NotFound);
         };
-        let script = match action {
-            Transition::Release => &*RELEASE,
-            Transition::Complete => &*COMPLETE,
+        let (script, operation) = match action {
+            Transition::Release => (&*RELEASE, "stock.release"),
+            Transition::Complete => (&*COMPLETE, "stock.complete"),
         };
         let mut invocation = script.key(item_key(item_id));
         invocation
@@ -476,10 +473,6 @@ impl Store {
             .key(expiring_key(item_id))
             .arg(rid);
         answer.add_to(&mut invocation);
-        let operation = match action {
-            Transition::Release => "stock.release",
-            Transition::Complete => "stock.complete",
-        };
         let reply: redis::Value = traced(operation, async {
             let mut conn = self.pool.get().await?;
             Ok::<_, StockError>(invocation.invoke_async(&mut conn).await?)

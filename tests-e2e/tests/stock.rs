@@ -215,11 +215,13 @@ async fn a_reserve_replayed_with_its_key_is_byte_identical_and_reserves_only_onc
 
 #[tokio::test]
 async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_and_later() {
-    let stack = stack().await;
-    stack.put_item(1, "Mug", 1250, 10).await;
-    let k = key();
-    let first = reserve(&stack, &k, 1, 2).await;
-    assert_eq!(first.status, 201, "{}", first.json);
+    let OneReserve {
+        stack,
+        key: k,
+        first,
+        record,
+        beside,
+    } = one_reserve().await;
     // The replay is the answer the script filled in and stored; the first was rendered in Rust.
     let replay = reserve(&stack, &k, 1, 2).await;
     assert_eq!((replay.status, replay.replayed()), (201, true), "{}", replay.json);
@@ -233,10 +235,7 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
     // reservation's marker stays.
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    for (gone, exists) in [
-        (format!("idem:{{stock:reserve:{k}}}"), true),
-        (format!("stock:{{item:1}}:answer:reserve:{k}"), stack.on_cluster()),
-    ] {
+    for (gone, exists) in [(record, true), (beside, stack.on_cluster())] {
         let deleted: i64 = redis::cmd("DEL").arg(&gone).query_async(&mut conn).await.expect("DEL");
         assert_eq!(deleted, i64::from(exists), "{gone}");
     }
