@@ -34,9 +34,11 @@ const HELP: &str = "loadgen [options]
   --check-books          afterwards, wait until nothing is processing and check the books
   --label NAME           name in the RESULT line (default checkout)
   --cpu-of PIDS          comma-separated pids: report the CPU time they and their descendants
-                         used per request during the measured run (Linux /proc)
+                         used per request during the measured run (Linux /proc), and how much
+                         of it was Redis' (processes named redis-*)
   --redis-url URL        the stack's Redis: wait until it is not rewriting its AOF before the
-                         run, and report how long a rewrite ran during the measured run
+                         run, report how long a rewrite ran during the measured run, and the
+                         time Redis spent running scripts per request (INFO commandstats)
   --seed N               random seed (default: from the clock)";
 
 struct Args {
@@ -481,14 +483,29 @@ async fn main() -> ExitCode {
         closed_loop(shared.clone(), a.connections.max(1), a.warmup, false).await;
     }
     let cpu_before = cpu::ticks(&a.cpu_of);
-    let rewrites = redis.map(aof::watch);
+    let scripts_before = match &redis {
+        Some(conn) => Some(aof::script_usec(conn.clone()).await),
+        None => None,
+    };
+    let rewrites = redis.clone().map(aof::watch);
     let started = Instant::now();
     match a.rate {
         Some(rate) => open_loop(shared.clone(), rate, a.duration).await,
         None => closed_loop(shared.clone(), a.connections.max(1), a.duration, true).await,
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_used = cpu::seconds(cpu::ticks(&a.cpu_of).saturating_sub(cpu_before));
+    let cpu_after = cpu::ticks(&a.cpu_of);
+    let cpu_used = cpu::seconds(cpu_after.total.saturating_sub(cpu_before.total));
+    let redis_cpu_used = cpu::seconds(cpu_after.redis.saturating_sub(cpu_before.redis));
+    let scripts_usec = match (&redis, scripts_before) {
+        (Some(conn), Some(Ok(before))) => Some(
+            aof::script_usec(conn.clone())
+                .await
+                .map(|after| after.saturating_sub(before)),
+        ),
+        (_, Some(Err(e))) => Some(Err(e)),
+        _ => None,
+    };
     let rewrites = match rewrites {
         Some(watch) => Some(watch.stop().await),
         None => None,
@@ -520,13 +537,27 @@ async fn main() -> ExitCode {
     println!("{} ({mode}, {elapsed:.1} s)", a.label);
     println!("  requests {total}   throughput {rps:.1} req/s");
     println!("  latency ms   p50 {p50:.2}   p90 {p90:.2}   p99 {p99:.2}   p99.9 {p999:.2}   max {max:.2}");
-    let cpu_us = (!a.cpu_of.is_empty() && total > 0).then(|| cpu_used * 1e6 / total as f64);
-    if let Some(us) = cpu_us {
+    let per_request = |seconds: f64| (!a.cpu_of.is_empty() && total > 0).then(|| seconds * 1e6 / total as f64);
+    let cpu_us = per_request(cpu_used);
+    let redis_cpu_us = per_request(redis_cpu_used);
+    if let (Some(us), Some(redis_us)) = (cpu_us, redis_cpu_us) {
         println!(
-            "  CPU of the stack (not the load generator): {us:.0} µs per request, {:.2} cores busy",
+            "  CPU of the stack (not the load generator): {us:.0} µs per request ({redis_us:.0} of them Redis'), {:.2} cores busy",
             cpu_used / elapsed
         );
     }
+    let script_us = match &scripts_usec {
+        Some(Ok(usec)) if total > 0 => {
+            let us = *usec as f64 / total as f64;
+            println!("  Redis ran scripts for {us:.0} µs per request (wall time inside Redis, INFO commandstats)");
+            Some(us)
+        }
+        Some(Err(e)) => {
+            println!("  Redis' script time: could not read it: {e}");
+            None
+        }
+        _ => None,
+    };
     match &rewrites {
         Some(Ok(r)) => println!(
             "  Redis rewrote its AOF for {:.1} s of the run ({} rewrite(s) started in it)",
@@ -559,9 +590,11 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} aof_rewrite_s={} books={}",
+        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} redis_cpu_us={} script_us={} aof_rewrite_s={} books={}",
         a.label,
         cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
+        redis_cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
+        script_us.map_or("-".to_string(), |us| format!("{us:.0}")),
         match &rewrites {
             None => "-".to_string(),
             Some(Err(_)) => "?".to_string(),
@@ -584,16 +617,25 @@ async fn main() -> ExitCode {
 mod cpu {
     use std::collections::HashMap;
 
+    /// Clock ticks of a set of processes: all of them, and Redis' part.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Ticks {
+        pub total: u64,
+        /// Processes named `redis-*`: the server and the AOF-rewrite child it forks.
+        pub redis: u64,
+    }
+
     /// utime + stime + the reaped children's (Redis's AOF rewrites are children it reaps), in
     /// clock ticks, of `roots` and every process below them.
-    pub fn ticks(roots: &[u32]) -> u64 {
+    pub fn ticks(roots: &[u32]) -> Ticks {
+        let mut sum = Ticks::default();
         if roots.is_empty() {
-            return 0;
+            return sum;
         }
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut own: HashMap<u32, u64> = HashMap::new();
+        let mut own: HashMap<u32, (u64, bool)> = HashMap::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
+            return sum;
         };
         for entry in entries.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -603,22 +645,27 @@ mod cpu {
                 continue;
             };
             // The command name is in parentheses and may hold spaces: fields count from the last ')'.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
+            let Some((head, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
+            let is_redis = head.split_once('(').is_some_and(|(_, comm)| comm.starts_with("redis-"));
             let f: Vec<&str> = rest.split_whitespace().collect();
             let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             // After ')': state, ppid, … utime is the 12th, then stime, cutime, cstime.
             children.entry(field(1) as u32).or_default().push(pid);
-            own.insert(pid, field(11) + field(12) + field(13) + field(14));
+            own.insert(pid, (field(11) + field(12) + field(13) + field(14), is_redis));
         }
-        let mut total = 0;
         let mut stack: Vec<u32> = roots.to_vec();
         while let Some(pid) = stack.pop() {
-            total += own.get(&pid).copied().unwrap_or(0);
+            if let Some(&(ticks, is_redis)) = own.get(&pid) {
+                sum.total += ticks;
+                if is_redis {
+                    sum.redis += ticks;
+                }
+            }
             stack.extend(children.get(&pid).into_iter().flatten());
         }
-        total
+        sum
     }
 
     pub fn seconds(ticks: u64) -> f64 {
@@ -652,9 +699,10 @@ mod cpu {
             std::thread::sleep(std::time::Duration::from_millis(700));
             let after = ticks(&[me]);
             let _ = child.wait();
-            let busy = seconds(after.saturating_sub(before));
+            let busy = seconds(after.total.saturating_sub(before.total));
             assert!(busy >= 0.1, "a process spinning for 0.7 s added only {busy:.2} s");
-            assert_eq!(ticks(&[]), 0, "no roots, no time");
+            assert_eq!(after.redis, before.redis, "no Redis below this test, so no Redis time");
+            assert_eq!(ticks(&[]), Ticks::default(), "no roots, no time");
         }
     }
 }
@@ -719,6 +767,32 @@ mod aof {
         Ok((field("aof_rewrite_in_progress")? == 1, field("aof_rewrites")?))
     }
 
+    /// Microseconds Redis has spent running scripts (EVAL, EVALSHA, FCALL and their read-only
+    /// forms) since its statistics were last reset, from INFO commandstats. Wall time inside
+    /// Redis, the commands the scripts call included.
+    pub async fn script_usec(mut conn: MultiplexedConnection) -> Result<u64, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(script_usec_in(&info))
+    }
+
+    pub(super) fn script_usec_in(info: &str) -> u64 {
+        const SCRIPTS: [&str; 6] = ["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"];
+        info.lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
+            .filter(|(name, _)| SCRIPTS.contains(name))
+            .filter_map(|(_, stats)| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("usec="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     pub async fn wait_idle(mut conn: MultiplexedConnection) -> Result<(), String> {
         let start = Instant::now();
         let mut said = false;
@@ -766,6 +840,17 @@ mod aof {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn script_time_sums_every_script_command_and_nothing_else() {
+            let info = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=250,usec_per_call=25.00,rejected_calls=0\r\n\
+                        cmdstat_hset:calls=40,usec=80,usec_per_call=2.00\r\n\
+                        cmdstat_eval:calls=1,usec=7,usec_per_call=7.00\r\n\
+                        cmdstat_fcall_ro:calls=2,usec=3,usec_per_call=1.50\r\n\
+                        cmdstat_script|load:calls=5,usec=100,usec_per_call=20.00\r\n";
+            assert_eq!(script_usec_in(info), 260);
+            assert_eq!(script_usec_in("# Commandstats\r\n"), 0);
+        }
 
         #[test]
         fn reads_whether_a_rewrite_runs_and_how_many_started() {
