@@ -747,14 +747,17 @@ mod aof {
             .map_err(|e| format!("{url}: {e}"))
     }
 
-    /// (a rewrite is running, rewrites started since Redis started), from INFO persistence.
-    async fn state(conn: &mut MultiplexedConnection) -> Result<(bool, u64), String> {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
+    async fn info(conn: &mut MultiplexedConnection, section: &str) -> Result<String, String> {
+        redis::cmd("INFO")
+            .arg(section)
             .query_async(conn)
             .await
-            .map_err(|e| e.to_string())?;
-        parse(&info)
+            .map_err(|e| e.to_string())
+    }
+
+    /// (a rewrite is running, rewrites started since Redis started), from INFO persistence.
+    async fn state(conn: &mut MultiplexedConnection) -> Result<(bool, u64), String> {
+        parse(&info(conn, "persistence").await?)
     }
 
     pub(super) fn parse(info: &str) -> Result<(bool, u64), String> {
@@ -771,12 +774,7 @@ mod aof {
     /// forms) since its statistics were last reset, from INFO commandstats. Wall time inside
     /// Redis, the commands the scripts call included.
     pub async fn script_usec(mut conn: MultiplexedConnection) -> Result<u64, String> {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(script_usec_in(&info))
+        Ok(script_usec_in(&info(&mut conn, "commandstats").await?))
     }
 
     pub(super) fn script_usec_in(info: &str) -> u64 {
