@@ -72,8 +72,11 @@ for policy in $policies; do
     wait_ready "$gateway" /order/ready || exit 1
     "$bin/standin" --port "$standin_port" --redis-url "redis://127.0.0.1:$redis" >"$work/standin.log" 2>&1 &
     pids+=($!)
+    # An access log like the stack's (run.sh logs every request to a file), so both nginx do the
+    # same work per request.
     "$root/scripts/render-nginx.sh" "$data/standin-nginx" "$standin_gateway" "server 127.0.0.1:$standin_port;" \
-        "server 127.0.0.1:$standin_port;" "server 127.0.0.1:$standin_port;" off >"$work/standin-nginx.log" 2>&1 &
+        "server 127.0.0.1:$standin_port;" "server 127.0.0.1:$standin_port;" "$data/standin-access.log" \
+        >"$work/standin-nginx.log" 2>&1 &
     pids+=($!)
     wait_ready "$standin_gateway" /order/ready || exit 1
 
