@@ -65,8 +65,7 @@ pub fn new_order_id(key: &str) -> String {
 const CREATE_LUA: &str = r#"
 local function create_order(keys, a)
   if redis.call('EXISTS', keys[1]) == 1 then return 0 end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   redis.call('HSET', keys[1], 'orderId', a[1], 'status', 'processing', 'itemId', a[2], 'quantity', a[3],
     'customerId', a[4], 'paymentMethod', a[5], 'currency', 'XXX', 'amount', '0', 'createdAt', a[6],
     'updatedAt', a[6], 'idemKey', a[8], 'fp', a[9], 'owner', a[10])
@@ -78,8 +77,9 @@ end
 "#;
 
 // For a checkout whose key's order is gone. KEYS: order, steps, totals, active; ARGV as above.
+// BEGIN_LUA for its clock (`now_ms`), which `begin` shares when both run in one script.
 static CREATE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{CREATE_LUA}\nreturn create_order(KEYS, ARGV)")));
+    LazyLock::new(|| Script::new(&format!("{BEGIN_LUA}\n{CREATE_LUA}\nreturn create_order(KEYS, ARGV)")));
 
 // Takes the checkout's Idempotency-Key and, when it is new, creates its order in the same step:
 // the key's record shares the order's slot, so no crash can leave one without the other.

@@ -23,7 +23,9 @@
 //! needs nothing from outside Redis before it runs ([`IdempotencyStore::effects_take_keys`];
 //! stock's reserve, release and complete) goes one step further: its effect's script takes the
 //! key itself ([`ANSWER_LUA`]'s `take_key`) and settles it with the answer, one write for the
-//! whole request. On Redis Cluster the key's record is a slot of its own, so it is taken first.
+//! whole request; the record is then written once, done, never as running first (the script is
+//! atomic, so nobody could have seen it running). On Redis Cluster the key's record is a slot of
+//! its own, so it is taken first.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -190,15 +192,29 @@ impl Outcome {
 /// Decides new / replay / in-use / reused / take-over in one step; TIME keeps one clock for all
 /// replicas. Fields: state, fp, token, lease (ms), status, ctype, body, location. A Lua function,
 /// so a script that must take a key together with other work in the key's slot can call it
-/// (the order service creates its order in the same step).
+/// (the order service creates its order in the same step). With `defer`, a new key's record is
+/// not written: the caller writes it once it knows whether the work succeeded ([`ANSWER_LUA`]).
+///
+/// `now_ms()` is Redis' clock in milliseconds, read once per script (a second TIME would cost a
+/// command and give the same instant but for microseconds), for the scripts that include this.
 pub const BEGIN_LUA: &str = r#"
-local function begin(key, fp, token, lease_ms, ttl_ms)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock
+local function now_ms()
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
+end
+local function hold(key, fp, token, lease_at, ttl_ms)
+  redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+local function begin(key, fp, token, lease_ms, ttl_ms, defer)
+  local now = now_ms()
   local rec = redis.call('HMGET', key, 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
   if not rec[1] then
-    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', now + lease_ms)
-    redis.call('PEXPIRE', key, ttl_ms)
+    if not defer then hold(key, fp, token, now + lease_ms, ttl_ms) end
     return {'new', token}
   end
   if rec[2] ~= fp then return {'reused'} end
@@ -253,16 +269,24 @@ end
 /// - `take_key(key, a, i)`, first: when the script takes the key, decides it as `begin` does.
 ///   It answers nil to go on (new, or taken over: the record gets this owner's token, so this
 ///   owner's settling counts), or `{'idem', <begin's answer>}` for the script to return as it is:
-///   a replay, busy or reused. Without a key to take it answers nil.
+///   a replay, busy or reused. Without a key to take it answers nil. A new key's record is not
+///   written yet: the script is atomic, so nobody can see the key untaken before it ends.
 /// - `store_answer(key, a, i, body)`: settles the record with the answer (`body`, or `a[i + 3]`),
-///   or, beside the effect, writes the hash fp, status, ctype, body and its expiry. The
-///   fingerprint is kept there so that a lookup replays only the answer of the request it was
-///   stored for.
+///   writing a new key's record once, done, instead of running and then done (every write is
+///   fsynced and lands in the AOF); or, beside the effect, writes the hash fp, status, ctype,
+///   body and its expiry. The fingerprint is kept there so that a lookup replays only the answer
+///   of the request it was stored for.
+/// - `hold_key()`, last, on every way out after `take_key`: writes a new key's record as running
+///   under this owner when no answer was stored, so the caller settles or frees it as usual.
 pub const ANSWER_LUA: &str = r#"
+local untaken
 local function take_key(key, a, i)
   if not key or not a[i + 5] then return nil end
-  local d = begin(key, a[i], a[i + 5], tonumber(a[i + 6]), a[i + 4])
-  if d[1] == 'new' then return nil end
+  local d = begin(key, a[i], a[i + 5], tonumber(a[i + 6]), a[i + 4], true)
+  if d[1] == 'new' then
+    untaken = {key, a[i], a[i + 5], now_ms() + tonumber(a[i + 6]), a[i + 4]}
+    return nil
+  end
   if d[1] == 'resume' then
     redis.call('HSET', key, 'token', a[i + 5])
     return nil
@@ -270,9 +294,17 @@ local function take_key(key, a, i)
   table.insert(d, 1, 'idem')
   return d
 end
+local function hold_key()
+  if untaken then hold(unpack(untaken)) end
+  untaken = nil
+end
 local function store_answer(key, a, i, body)
   body = body or a[i + 3]
-  if a[i + 5] then
+  if untaken then
+    redis.call('HSET', key, 'state', 'done', 'fp', a[i], 'status', a[i + 1], 'ctype', a[i + 2], 'body', body)
+    redis.call('PEXPIRE', key, a[i + 4])
+    untaken = nil
+  elseif a[i + 5] then
     redis.call('HSET', key, 'state', 'done', 'status', a[i + 1], 'ctype', a[i + 2], 'body', body)
   else
     redis.call('HSET', key, 'fp', a[i], 'status', a[i + 1], 'ctype', a[i + 2], 'body', body)

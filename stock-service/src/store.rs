@@ -83,7 +83,8 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-// Shared by the scripts below: Redis' clock (one clock for every replica), the sweep that
+// Shared by the scripts below (with `now_ms`, Redis' clock, one for every replica, from
+// BEGIN_LUA): the sweep that
 // returns lapsed reservations of one item to `available`, bounded so no script runs long, and
 // filling the holes of an answer template (`reservation_template`).
 const PRELUDE: &str = r#"
@@ -97,10 +98,6 @@ local function fill(tpl, values)
   end
   table.insert(out, string.sub(tpl, pos))
   return table.concat(out)
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function sweep(item, expiring, prefix, now, limit)
   local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, limit)
@@ -133,7 +130,8 @@ fn script(body: &str) -> Script {
 // Idempotency-Key already made ('found'), or check and move units from available to reserved,
 // create the reservation and its marker ('reserved'), and store the request's answer when given
 // its template (KEYS[4], ARGV[6..10]). One script so that concurrent reserves can never both
-// pass the availability check.
+// pass the availability check. A key taken here and settled with the answer is written once, as
+// done (`hold_key` writes it running when there is no answer to settle it with).
 // KEYS: item, expiring, marker[, answer or key]. ARGV: reservation key prefix, quantity, new
 // reservationId, reservation TTL (ms), marker TTL (ms)[, the answer's fingerprint, status,
 // content type, body template, TTL (ms)[, token, lease (ms)]].
@@ -142,32 +140,36 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local refused = take_key(KEYS[4], ARGV, 6)
 if refused then return refused end
-local now = now_ms()
-sweep(KEYS[1], KEYS[2], ARGV[1], now, 100)
-local prev = redis.call('GET', KEYS[3])
-if prev then
-  local r = redis.call('HMGET', ARGV[1] .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
-  if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
+local function reserve()
+  local now = now_ms()
+  sweep(KEYS[1], KEYS[2], ARGV[1], now, 100)
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local r = redis.call('HMGET', ARGV[1] .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
+    if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
+  end
+  local it = redis.call('HMGET', KEYS[1], 'available', 'price', 'currency')
+  if not it[1] then return {'not_found'} end
+  local q = tonumber(ARGV[2])
+  local avail = tonumber(it[1])
+  if avail < q then return {'out_of_stock', fmt(avail)} end
+  redis.call('HINCRBY', KEYS[1], 'available', -q)
+  redis.call('HINCRBY', KEYS[1], 'reserved', q)
+  local total = fmt(tonumber(it[2]) * q)
+  local expires = fmt(now + tonumber(ARGV[4]))
+  local rk = ARGV[1] .. ARGV[3]
+  redis.call('HSET', rk, 'quantity', fmt(q), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
+  redis.call('PEXPIRE', rk, tonumber(ARGV[4]) + tonumber(ARGV[5]))
+  redis.call('ZADD', KEYS[2], expires, ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[5])
+  return {'reserved', ARGV[3], fmt(q), total, it[3], expires}
 end
-local it = redis.call('HMGET', KEYS[1], 'available', 'price', 'currency')
-if not it[1] then return {'not_found'} end
-local q = tonumber(ARGV[2])
-local avail = tonumber(it[1])
-if avail < q then return {'out_of_stock', fmt(avail)} end
-redis.call('HINCRBY', KEYS[1], 'available', -q)
-redis.call('HINCRBY', KEYS[1], 'reserved', q)
-local total = fmt(tonumber(it[2]) * q)
-local expires = fmt(now + tonumber(ARGV[4]))
-local rk = ARGV[1] .. ARGV[3]
-redis.call('HSET', rk, 'quantity', fmt(q), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
-redis.call('PEXPIRE', rk, tonumber(ARGV[4]) + tonumber(ARGV[5]))
-redis.call('ZADD', KEYS[2], expires, ARGV[3])
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[5])
-if KEYS[4] then
-  local body = fill(ARGV[9], {total, it[3], rfc3339_ms(now + tonumber(ARGV[4]))})
-  store_answer(KEYS[4], ARGV, 6, body)
+local out = reserve()
+if out[1] == 'reserved' and KEYS[4] then
+  store_answer(KEYS[4], ARGV, 6, fill(ARGV[9], {out[4], out[5], rfc3339_ms(tonumber(out[6]))}))
 end
-return {'reserved', ARGV[3], fmt(q), total, it[3], expires}
+hold_key()
+return out
 "#,
     )
 });
@@ -182,7 +184,7 @@ fn transition_script(succeeds_with: &str, body: &str) -> Script {
     script(&format!(
         "local refused = take_key(KEYS[4], ARGV, 2)\nif refused then return refused end\n\
          local function apply()\n{body}\nend\nlocal out = apply()\n\
-         if out == '{succeeds_with}' and KEYS[4] then store_answer(KEYS[4], ARGV, 2) end\nreturn out\n"
+         if out == '{succeeds_with}' and KEYS[4] then store_answer(KEYS[4], ARGV, 2) end\nhold_key()\nreturn out\n"
     ))
 }
 

@@ -303,6 +303,14 @@ async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_o
         assert_eq!((state.as_deref(), status), (Some("done"), Some(201)));
         assert_eq!(body, Some(first.bytes.to_vec()), "the record holds the answer sent");
         assert_eq!((beside_status, beside_body), (None, None), "nothing stored beside it");
+        // Written once, done: a record that was running first would keep its lease.
+        let lease: Option<String> = redis::cmd("HGET")
+            .arg(&record)
+            .arg("lease")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        assert_eq!(lease, None, "the record was never written as running");
     }
 }
 
@@ -417,6 +425,20 @@ async fn reserving_more_than_is_available_is_409_out_of_stock_and_an_unknown_ite
     let again = reserve(&stack, &k, 1, 4).await;
     assert_eq!((again.status, again.replayed()), (409, true));
     assert_eq!(again.bytes, r.bytes);
+    // Until it was settled with that answer the key was held, running under its lease, so a
+    // duplicate arriving in between met a busy key rather than none.
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let lease: Option<u64> = redis::cmd("HGET")
+        .arg(format!("idem:{{stock:reserve:{k}}}"))
+        .arg("lease")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert!(
+        lease.is_some(),
+        "the refused reserve's key was held before it was settled"
+    );
     // Exactly what is available can be reserved; then nothing more.
     assert_eq!(reserve(&stack, &key(), 1, 3).await.status, 201);
     let none_left = reserve(&stack, &key(), 1, 1).await;
