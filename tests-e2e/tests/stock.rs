@@ -58,6 +58,18 @@ async fn put(stack: &Stack, id: &str, body: &Value) -> Reply {
     Reply::from(req.send().await.expect("PUT item")).await
 }
 
+/// The lease field of a key's record: only a record that was ever running has one.
+async fn lease_of(stack: &Stack, record: &str) -> Option<u64> {
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    redis::cmd("HGET")
+        .arg(record)
+        .arg("lease")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET")
+}
+
 /// `(available, reserved, sold)` of an item.
 async fn counts(stack: &Stack, id: u64) -> (i64, i64, i64) {
     let item = stack.item(id).await;
@@ -304,13 +316,11 @@ async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_o
         assert_eq!(body, Some(first.bytes.to_vec()), "the record holds the answer sent");
         assert_eq!((beside_status, beside_body), (None, None), "nothing stored beside it");
         // Written once, done: a record that was running first would keep its lease.
-        let lease: Option<String> = redis::cmd("HGET")
-            .arg(&record)
-            .arg("lease")
-            .query_async(&mut conn)
-            .await
-            .expect("HGET");
-        assert_eq!(lease, None, "the record was never written as running");
+        assert_eq!(
+            lease_of(&stack, &record).await,
+            None,
+            "the record was never written as running"
+        );
     }
 }
 
@@ -427,16 +437,8 @@ async fn reserving_more_than_is_available_is_409_out_of_stock_and_an_unknown_ite
     assert_eq!(again.bytes, r.bytes);
     // Until it was settled with that answer the key was held, running under its lease, so a
     // duplicate arriving in between met a busy key rather than none.
-    let pool = stack.redis_pool();
-    let mut conn = pool.get().await.expect("redis");
-    let lease: Option<u64> = redis::cmd("HGET")
-        .arg(format!("idem:{{stock:reserve:{k}}}"))
-        .arg("lease")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
     assert!(
-        lease.is_some(),
+        lease_of(&stack, &format!("idem:{{stock:reserve:{k}}}")).await.is_some(),
         "the refused reserve's key was held before it was settled"
     );
     // Exactly what is available can be reserved; then nothing more.
@@ -509,11 +511,17 @@ async fn complete_is_idempotent_and_release_and_complete_refuse_each_other() {
         "completing again sells nothing more"
     );
 
-    let refused = release(&stack, &key(), &to_complete).await;
+    let k = key();
+    let refused = release(&stack, &k, &to_complete).await;
     assert_eq!(refused.status, 409, "{}", refused.json);
     assert_eq!(refused.content_type(), "application/problem+json");
     assert_eq!(slug(&refused.json), "reservation-completed");
     assert_eq!(counts(&stack, 1).await, (5, 3, 2));
+    // Its script stored no answer, so it held the key until the refusal was stored.
+    assert!(
+        lease_of(&stack, &format!("idem:{{stock:release:{k}}}")).await.is_some(),
+        "the refused release's key was held before it was settled"
+    );
 
     assert_eq!(release(&stack, &key(), &to_release).await.status, 200);
     let refused = complete(&stack, &key(), &to_release).await;
