@@ -83,10 +83,9 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-// Shared by the scripts below (with `now_ms`, Redis' clock, one for every replica, from
-// BEGIN_LUA): the sweep that
-// returns lapsed reservations of one item to `available`, bounded so no script runs long, and
-// filling the holes of an answer template (`reservation_template`).
+// Shared by the scripts below, beside BEGIN_LUA's `now_ms` (Redis' clock, one for every
+// replica): the sweep that returns lapsed reservations of one item to `available`, bounded so
+// no script runs long, and filling the holes of an answer template (`reservation_template`).
 const PRELUDE: &str = r#"
 local function fill(tpl, values)
   local out, pos = {}, 1
@@ -423,11 +422,7 @@ impl Store {
             .arg(self.reservation_ttl.as_millis() as u64)
             .arg(self.marker_ttl.as_millis() as u64);
         answer.add_to(&mut invocation);
-        let reply: Vec<redis::Value> = traced("stock.reserve", async {
-            let mut conn = self.pool.get().await?;
-            Ok::<_, StockError>(invocation.invoke_async(&mut conn).await?)
-        })
-        .await?;
+        let reply: Vec<redis::Value> = self.invoke("stock.reserve", &invocation).await?;
         if let Some(decided) = Answer::refusal(&reply) {
             return Ok(ReserveOutcome::Refused(decided?));
         }
@@ -475,11 +470,7 @@ impl Store {
             .key(expiring_key(item_id))
             .arg(rid);
         answer.add_to(&mut invocation);
-        let reply: redis::Value = traced(operation, async {
-            let mut conn = self.pool.get().await?;
-            Ok::<_, StockError>(invocation.invoke_async(&mut conn).await?)
-        })
-        .await?;
+        let reply: redis::Value = self.invoke(operation, &invocation).await?;
         if let redis::Value::Array(reply) = &reply
             && let Some(decided) = Answer::refusal(reply)
         {
@@ -491,6 +482,20 @@ impl Store {
             "completed" => TransitionOutcome::Completed,
             _ => TransitionOutcome::NotFound,
         })
+    }
+
+    /// Runs a request's script (reserve, release, complete) on a pooled connection as one traced
+    /// Redis operation.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StockError> {
+        traced(operation, async {
+            let mut conn = self.pool.get().await?;
+            Ok(invocation.invoke_async(&mut conn).await?)
+        })
+        .await
     }
 
     /// Returns every lapsed reservation to `available`; returns how many were swept.
