@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod fault_proxy;
+pub mod metrics;
 pub mod otlp;
 mod reply;
 

@@ -2,11 +2,12 @@
 //! receiver in the test ([`tests_e2e::otlp`]), `/metrics` is read through nginx, and the services'
 //! JSON log lines are read from their log files.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tests_e2e::metrics::{moved, scrape, value};
 use tests_e2e::otlp::{CollectedSpan, Collector, Kind, Trace};
 use tests_e2e::{Fault, FaultPlan, Service, Stack, StackOptions, new_key as key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -494,39 +495,6 @@ async fn spans_still_queued_are_sent_when_a_service_stops() {
     hop(&trace, STOCK, "stock", "/reserve");
 }
 
-/// `/metrics` parsed into (name, labels) → value.
-type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
-
-async fn scrape(stack: &Stack, path: &str) -> Samples {
-    let resp = stack.client().get(stack.url(path)).send().await.expect("GET /metrics");
-    assert_eq!(resp.status(), 200, "{path}");
-    let text = resp.text().await.expect("metrics text");
-    let mut samples = Samples::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let Some((series, number)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split("\",")
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        if let Ok(number) = number.parse() {
-            samples.insert((name.to_string(), labels), number);
-        }
-    }
-    samples
-}
-
-fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    samples.get(&(name.to_string(), labels)).copied().unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_checkout_and_its_replay_move_the_request_checkout_downstream_and_idempotency_counters() {
     let stack = Stack::launch(StackOptions::default()).await;
@@ -547,9 +515,6 @@ async fn a_checkout_and_its_replay_move_the_request_checkout_downstream_and_idem
         scrape(&stack, "/order/metrics").await,
         scrape(&stack, "/stock/metrics").await,
     );
-    let moved = |after: &Samples, before: &Samples, name: &str, labels: &[(&str, &str)]| {
-        value(after, name, labels) - value(before, name, labels)
-    };
     let checkout_200 = [("route", "/checkout"), ("method", "POST"), ("status", "200")];
     for (name, labels, by) in [
         ("http_requests_total", &checkout_200[..], 2.0),
