@@ -1,5 +1,5 @@
-//! The payment gateway behind every charge. Only the simulator exists: it answers like Stripe
-//! does for its test payment methods, deterministically and without any I/O.
+//! The payment gateway behind every charge and refund. Only the simulator exists: it answers
+//! like Stripe does for its test payment methods, deterministically and without any I/O.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +31,24 @@ pub struct ChargeAttempt<'a> {
     pub currency: &'a str,
     pub customer_id: &'a str,
     pub payment_method: &'a str,
+}
+
+/// One refund as sent to the gateway: always of the whole charge.
+#[derive(Debug)]
+pub struct RefundAttempt<'a> {
+    /// From [`refund_key`]: derived from the charge, not from the client's Idempotency-Key. A
+    /// charge is refunded once whatever key asks, so every request to refund it (a retry after
+    /// a crash between the gateway's answer and our record, or another key racing this one) is
+    /// one refund to the gateway.
+    pub idempotency_key: &'a str,
+    pub charge_id: &'a str,
+    pub amount: u64,
+    pub currency: &'a str,
+}
+
+/// The gateway's Idempotency-Key for refunding `charge_id`.
+pub fn refund_key(charge_id: &str) -> String {
+    format!("{charge_id}:refund")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +103,34 @@ impl Gateway {
                     currency = attempt.currency,
                     "simulated gateway charge"
                 );
-                simulate(attempt.payment_method)
+                let decision = simulate(attempt.payment_method);
+                if let Some(d) = &decision {
+                    let result = match d {
+                        Decision::Approved => "approved",
+                        Decision::Declined { .. } => "declined",
+                    };
+                    shared::metrics::gateway("charge", result);
+                }
+                decision
             }
         }
+    }
+
+    /// Asks the gateway to give a succeeded charge back. The simulator always does, as Stripe
+    /// does for its test cards. A real gateway's failure would be an error here that frees the
+    /// client's key (503) before anything is recorded, like a Redis failure; the order's saga
+    /// retries its refund until one is recorded.
+    pub async fn refund(&self, attempt: &RefundAttempt<'_>) {
+        match self {
+            Self::Simulator => tracing::debug!(
+                idempotency_key = attempt.idempotency_key,
+                charge_id = attempt.charge_id,
+                amount = attempt.amount,
+                currency = attempt.currency,
+                "simulated gateway refund"
+            ),
+        }
+        shared::metrics::gateway("refund", "refunded");
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::error::PaymentError;
-use crate::gateway::{ChargeAttempt, Decision, Gateway};
+use crate::gateway::{ChargeAttempt, Decision, Gateway, RefundAttempt, refund_key};
 use crate::model::{
     Charge, ChargeRequest, ChargeResponse, ChargesQuery, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse,
     Tally, Totals,
@@ -229,38 +229,53 @@ async fn refund_charge(
     let key = idempotency::key_from(&req)?;
     let JsonBody { value: body, raw } = body::read_json::<RefundRequest>(&req, payload).await?;
     let key_ref = KeyRef::new("payment:refund", &key, body::fingerprint("POST", req.path(), &raw));
-    let store = state.store.clone();
+    let (store, gateway) = (state.store.clone(), state.settings.gateway);
     let response = state
         .idempotency
         .run(&key_ref, |_, _| async move {
-            let charge_id = body.charge_id;
-            let result = match store.refund(&charge_id).await {
-                Ok(RefundOutcome::Refunded {
-                    refund_id,
-                    amount,
-                    fresh,
-                }) => {
-                    shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
-                    Ok(StoredResponse::json(
-                        StatusCode::OK,
-                        &RefundResponse {
-                            refund_id,
-                            charge_id,
-                            status: "refunded".into(),
-                            amount,
-                        },
-                    ))
-                }
-                Ok(RefundOutcome::NotFound) => Err(not_found(&charge_id)),
-                Ok(RefundOutcome::NotRefundable { status }) => {
-                    Err(PaymentError::ChargeNotRefundable { charge_id, status })
-                }
-                Err(e) => Err(e),
-            };
-            Ok(outcome(result))
+            Ok(outcome(refund(&store, gateway, body.charge_id).await))
         })
         .await?;
     Ok(response)
+}
+
+/// Gives a succeeded charge back through the gateway, then records the refund. In that order:
+/// a refund recorded but never sent would show money returned that the customer never got. A
+/// crash in between leaves the charge succeeded, so the next attempt asks the gateway again
+/// under the same [`refund_key`], which it answers with the first refund. The refund script
+/// decides the answer (404, 409, or the refund made earlier), whatever the read before it saw.
+async fn refund(store: &Store, gateway: Gateway, charge_id: String) -> Result<StoredResponse, PaymentError> {
+    let charge = store.get_charge(&charge_id).await?;
+    if let Some(charge) = charge.filter(|c| c.status == "succeeded") {
+        gateway
+            .refund(&RefundAttempt {
+                idempotency_key: &refund_key(&charge_id),
+                charge_id: &charge_id,
+                amount: charge.amount,
+                currency: &charge.currency,
+            })
+            .await;
+    }
+    match store.refund(&charge_id).await? {
+        RefundOutcome::Refunded {
+            refund_id,
+            amount,
+            fresh,
+        } => {
+            shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
+            Ok(StoredResponse::json(
+                StatusCode::OK,
+                &RefundResponse {
+                    refund_id,
+                    charge_id,
+                    status: "refunded".into(),
+                    amount,
+                },
+            ))
+        }
+        RefundOutcome::NotFound => Err(not_found(&charge_id)),
+        RefundOutcome::NotRefundable { status } => Err(PaymentError::ChargeNotRefundable { charge_id, status }),
+    }
 }
 
 #[utoipa::path(

@@ -9,6 +9,7 @@
 //! | `downstream_calls_total` | dependency, result | calls to another service, by final status or `unavailable` |
 //! | `downstream_attempts_total` | dependency, result | attempts of those calls, by status or transport error |
 //! | `downstream_retries_total` | dependency | attempts after the first |
+//! | `gateway_requests_total` | operation, result | [`gateway`]: the payment gateway asked to charge (`approved`, `declined`) or to refund (`refunded`) |
 //! | `idempotency_events_total` | event | `replay`, `in_use` (conflict), `reused` |
 //! | `redis_pool_connections` | state | `in_use`, `idle`, `waiting` (sampled at scrape) |
 
@@ -36,6 +37,7 @@ pub struct Metrics {
     attempts: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     calls: Family<Labels, Counter>,
+    gateway: Family<Labels, Counter>,
     pool: Family<Labels, Gauge>,
 }
 
@@ -54,6 +56,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let attempts = Family::<Labels, Counter>::default();
     let retries = Family::<Labels, Counter>::default();
     let calls = Family::<Labels, Counter>::default();
+    let gateway = Family::<Labels, Counter>::default();
     let pool = Family::<Labels, Gauge>::default();
     registry.register(
         "http_requests",
@@ -91,6 +94,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         calls.clone(),
     );
     registry.register(
+        "gateway_requests",
+        "Requests to the payment gateway, by operation and result",
+        gateway.clone(),
+    );
+    registry.register(
         "redis_pool_connections",
         "Redis pool connections by state",
         pool.clone(),
@@ -104,6 +112,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         attempts,
         retries,
         calls,
+        gateway,
         pool,
     }
 });
@@ -147,6 +156,14 @@ pub fn attempt(dependency: &str, result: &str) {
     METRICS
         .attempts
         .get_or_create(&labels(&[("dependency", dependency), ("result", result)]))
+        .inc();
+}
+
+/// One request to the payment gateway: `("charge", "approved")`, `("refund", "refunded")`.
+pub fn gateway(operation: &str, result: &str) {
+    METRICS
+        .gateway
+        .get_or_create(&labels(&[("operation", operation), ("result", result)]))
         .inc();
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef};
+use tests_e2e::metrics::{moved, scrape};
 use tests_e2e::{Reply, Stack, StackOptions, new_key as key, slug};
 
 async fn stack() -> Stack {
@@ -297,6 +298,58 @@ async fn a_refund_is_200_with_the_amount_and_the_same_200_again() {
     assert_eq!(new_key.status, 200, "{}", new_key.json);
     assert_eq!(new_key.json, first.json, "refunding again answers the same refund");
     assert_eq!(tally(&stack, "USD", "refunded").await, (1, 4200), "refunded once");
+}
+
+#[tokio::test]
+async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never() {
+    let stack = stack().await;
+    let before = scrape(&stack, "/payment/metrics").await;
+    let charge_id = charged(&stack, "ord_g", 700, "USD").await;
+    let declined = charge(
+        &stack,
+        &key(),
+        &charge_body("ord_h", 800, "USD", "pm_card_chargeDeclined"),
+    )
+    .await;
+    assert_eq!(declined.status, 402, "{}", declined.json);
+    let declined_id = declined.json["chargeId"].as_str().expect("chargeId").to_string();
+    let k = key();
+
+    let first = refund(&stack, &k, &charge_id).await;
+    let replayed = refund(&stack, &k, &charge_id).await;
+    let again = refund(&stack, &key(), &charge_id).await;
+    let refused = refund(&stack, &key(), &declined_id).await;
+
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!((replayed.status, replayed.replayed()), (200, true), "{}", replayed.json);
+    assert_eq!(
+        (again.status, &again.json),
+        (200, &first.json),
+        "refunded before: the same refund"
+    );
+    assert_eq!(
+        (refused.status, slug(&refused.json)),
+        (409, "charge-not-refundable"),
+        "{}",
+        refused.json
+    );
+    let after = scrape(&stack, "/payment/metrics").await;
+    let gateway = |operation, result| {
+        moved(
+            &after,
+            &before,
+            "gateway_requests_total",
+            &[("operation", operation), ("result", result)],
+        )
+    };
+    assert_eq!(gateway("charge", "approved"), 1.0);
+    assert_eq!(gateway("charge", "declined"), 1.0);
+    assert_eq!(
+        gateway("refund", "refunded"),
+        1.0,
+        "one refund sent, for the succeeded charge only"
+    );
+    assert_eq!(tally(&stack, "USD", "refunded").await, (1, 700));
 }
 
 #[tokio::test]
