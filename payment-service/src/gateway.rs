@@ -122,7 +122,9 @@ impl Gateway {
     /// retries its refund until one is recorded.
     pub async fn refund(&self, attempt: &RefundAttempt<'_>) {
         match self {
-            Self::Simulator => tracing::debug!(
+            // At info, unlike a charge: refunds are rare, and this line is the trace of money
+            // sent back should the record after it fail.
+            Self::Simulator => tracing::info!(
                 idempotency_key = attempt.idempotency_key,
                 charge_id = attempt.charge_id,
                 amount = attempt.amount,

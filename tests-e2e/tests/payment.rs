@@ -1,12 +1,13 @@
 //! The payment service's contract through nginx, with the internal token: charges over the
 //! simulated gateway, refunds, their idempotency, the reads and the books.
 
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef};
 use tests_e2e::metrics::{moved, scrape};
-use tests_e2e::{Reply, Stack, StackOptions, new_key as key, slug};
+use tests_e2e::{Reply, Service, Stack, StackOptions, new_key as key, slug};
 
 async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
@@ -350,6 +351,65 @@ async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never(
         "one refund sent, for the succeeded charge only"
     );
     assert_eq!(tally(&stack, "USD", "refunded").await, (1, 700));
+}
+
+/// Takes HINCRBY from (or gives it back to) the services' Redis user on every node. Only the
+/// charge's and the refund's records call it, so a refund then fails after the gateway was asked.
+fn allow_hincrby(stack: &Stack, allowed: bool) {
+    let rule = if allowed { "+hincrby" } else { "-hincrby" };
+    for port in stack.redis_node_ports() {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ACL", "SETUSER", "default", rule])
+            .output()
+            .expect("redis-cli");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "ACL SETUSER on {port}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refund_whose_record_fails_after_the_gateway_is_asked_again_under_the_same_key_and_recorded_once() {
+    let stack = stack().await;
+    let charge_id = charged(&stack, "ord_r", 900, "USD").await;
+    let before = scrape(&stack, "/payment/metrics").await;
+    let k = key();
+
+    allow_hincrby(&stack, false);
+    let failed = refund(&stack, &k, &charge_id).await;
+    allow_hincrby(&stack, true);
+    let between = get(&stack, &format!("/payment/charges/{charge_id}")).await;
+    let retried = refund(&stack, &k, &charge_id).await;
+
+    assert_eq!(failed.status, 503, "{}", failed.json);
+    assert_eq!(
+        (between.json["status"].as_str(), &between.json["refundId"]),
+        (Some("succeeded"), &Value::Null),
+        "nothing recorded: {}",
+        between.json
+    );
+    assert_eq!((retried.status, retried.replayed()), (200, false), "{}", retried.json);
+    assert_eq!(retried.json["amount"], 900);
+    let after = scrape(&stack, "/payment/metrics").await;
+    let sent = moved(
+        &after,
+        &before,
+        "gateway_requests_total",
+        &[("operation", "refund"), ("result", "refunded")],
+    );
+    assert_eq!(sent, 2.0, "the gateway was asked again");
+    let gateway_key = format!("{charge_id}:refund");
+    let logs = stack.logs(Service::Payment);
+    assert_eq!(
+        logs.lines()
+            .filter(|l| l.contains("simulated gateway refund") && l.contains(&gateway_key))
+            .count(),
+        2,
+        "both times under {gateway_key}, which a gateway answers with its first refund:\n{logs}"
+    );
+    assert_eq!(tally(&stack, "USD", "refunded").await, (1, 900), "recorded once");
 }
 
 #[tokio::test]
