@@ -38,6 +38,18 @@ async fn charged(stack: &Stack, order_id: &str, amount: u64, currency: &str) -> 
     r.json["chargeId"].as_str().expect("chargeId").to_string()
 }
 
+/// Charges with pm_card_chargeDeclined and asserts 402; returns the declined charge's id.
+async fn declined(stack: &Stack, order_id: &str, amount: u64) -> String {
+    let r = charge(
+        stack,
+        &key(),
+        &charge_body(order_id, amount, "USD", "pm_card_chargeDeclined"),
+    )
+    .await;
+    assert_eq!(r.status, 402, "charge {amount} for {order_id}: {}", r.json);
+    r.json["chargeId"].as_str().expect("chargeId").to_string()
+}
+
 async fn refund(stack: &Stack, key: &str, charge_id: &str) -> Reply {
     stack
         .post_internal("/payment/refund", Some(key), &json!({"chargeId": charge_id}))
@@ -306,14 +318,7 @@ async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never(
     let stack = stack().await;
     let before = scrape(&stack, "/payment/metrics").await;
     let charge_id = charged(&stack, "ord_g", 700, "USD").await;
-    let declined = charge(
-        &stack,
-        &key(),
-        &charge_body("ord_h", 800, "USD", "pm_card_chargeDeclined"),
-    )
-    .await;
-    assert_eq!(declined.status, 402, "{}", declined.json);
-    let declined_id = declined.json["chargeId"].as_str().expect("chargeId").to_string();
+    let declined_id = declined(&stack, "ord_h", 800).await;
     let k = key();
 
     let first = refund(&stack, &k, &charge_id).await;
@@ -479,13 +484,7 @@ async fn totals_count_charged_and_refunded_per_currency() {
     let a = charged(&stack, "ord_a", 1000, "USD").await;
     charged(&stack, "ord_b", 250, "USD").await;
     let eur = charged(&stack, "ord_c", 500, "EUR").await;
-    let declined = charge(
-        &stack,
-        &key(),
-        &charge_body("ord_d", 9999, "USD", "pm_card_chargeDeclined"),
-    )
-    .await;
-    assert_eq!(declined.status, 402);
+    declined(&stack, "ord_d", 9999).await;
     assert_eq!(tally(&stack, "USD", "charged").await, (2, 1250));
     assert_eq!(tally(&stack, "USD", "refunded").await, (0, 0));
     assert_eq!(tally(&stack, "EUR", "charged").await, (1, 500));
