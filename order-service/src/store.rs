@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use shared::idempotency::{BEGIN_LUA, Begin, IdempotencyStore, KeyRef, SETTLE_LUA, StoredResponse};
+use shared::idempotency::{BEGIN_LUA, Begin, CLOCK_LUA, IdempotencyStore, KeyRef, SETTLE_LUA, StoredResponse};
 use shared::ids::{SHARDS, new_id_in_shard, shard_of};
 use shared::redis_pool::Pool;
 
@@ -77,9 +77,9 @@ end
 "#;
 
 // For a checkout whose key's order is gone. KEYS: order, steps, totals, active; ARGV as above.
-// BEGIN_LUA for its clock (`now_ms`), which `begin` shares when both run in one script.
+// CREATE_LUA reads the clock (`now_ms`) that BEGIN_LUA brings where both run in one script.
 static CREATE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{BEGIN_LUA}\n{CREATE_LUA}\nreturn create_order(KEYS, ARGV)")));
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}\n{CREATE_LUA}\nreturn create_order(KEYS, ARGV)")));
 
 // Takes the checkout's Idempotency-Key and, when it is new, creates its order in the same step:
 // the key's record shares the order's slot, so no crash can leave one without the other.
@@ -101,11 +101,11 @@ return decision"#
 static SETTLE_CHECKOUT_LUA: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"{SETTLE_LUA}
+{CLOCK_LUA}
 local function settle_checkout(key, active, order, mode, a)
   if mode == 'free' then free(key, a[1]) else finish(key, a) end
   if redis.call('HEXISTS', order, 'releaseOwed') == 1 then
-    local t = redis.call('TIME')
-    redis.call('ZADD', active, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), a[1])
+    redis.call('ZADD', active, now_ms(), a[1])
   else
     redis.call('ZREM', active, a[1])
   end
@@ -125,10 +125,9 @@ static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| {
 // Takes over an order whose runner's lease ran out: exactly one caller wins, because the score
 // moves into the future in the same step. KEYS: order, active. ARGV: id, owner, lease ms.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r#"{CLOCK_LUA}
+local now = now_ms()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 'gone'
@@ -139,34 +138,30 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'claims', 1)
 return 'claimed'
-"#,
-    )
+"#
+    ))
 });
 
 // Extends the owner's lease, or sets when recovery should look again (defer). KEYS: order,
 // active. ARGV: id, owner, ms from now.
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{CLOCK_LUA}
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 // Orders whose lease has run out. KEYS: active. ARGV: how many.
 static DUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-"#,
-    )
+    Script::new(&format!(
+        r#"{CLOCK_LUA}
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"#
+    ))
 });
 
 // Records one saga event: appends the step, sets fields, and when the status, currency or

@@ -189,15 +189,10 @@ impl Outcome {
     }
 }
 
-/// Decides new / replay / in-use / reused / take-over in one step; TIME keeps one clock for all
-/// replicas. Fields: state, fp, token, lease (ms), status, ctype, body, location. A Lua function,
-/// so a script that must take a key together with other work in the key's slot can call it
-/// (the order service creates its order in the same step). With `defer`, a new key's record is
-/// not written: the caller writes it once it knows whether the work succeeded ([`ANSWER_LUA`]).
-///
-/// `now_ms()` is Redis' clock in milliseconds, read once per script (a second TIME would cost a
-/// command and give the same instant but for microseconds), for the scripts that include this.
-pub const BEGIN_LUA: &str = r#"
+// The Lua of [`CLOCK_LUA`], as a literal so that [`BEGIN_LUA`] can start with it (`concat!`).
+macro_rules! clock_lua {
+    () => {
+        r#"
 local clock
 local function now_ms()
   if not clock then
@@ -206,6 +201,24 @@ local function now_ms()
   end
   return clock
 end
+"#
+    };
+}
+
+/// `now_ms()`: Redis' clock in milliseconds, one clock for every replica, read once per script
+/// (a second TIME would cost a command and give the same instant but for microseconds). For
+/// scripts that read the time without [`BEGIN_LUA`], which includes it.
+pub const CLOCK_LUA: &str = clock_lua!();
+
+/// Decides new / replay / in-use / reused / take-over in one step, on Redis' clock
+/// ([`CLOCK_LUA`], included). Fields: state, fp, token, lease (ms), status, ctype, body,
+/// location. A Lua function, so a script that must take a key together with other work in the
+/// key's slot can call it (the order service creates its order in the same step). With `defer`,
+/// a new key's record is not written: the caller writes it once it knows whether the work
+/// succeeded ([`ANSWER_LUA`]).
+pub const BEGIN_LUA: &str = concat!(
+    clock_lua!(),
+    r#"
 local function hold(key, fp, token, lease_at, ttl_ms)
   redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
   redis.call('PEXPIRE', key, ttl_ms)
@@ -224,7 +237,8 @@ local function begin(key, fp, token, lease_ms, ttl_ms, defer)
   redis.call('HSET', key, 'lease', now + lease_ms)
   return {'resume', rec[4]}
 end
-"#;
+"#
+);
 
 static BEGIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -324,16 +338,14 @@ static FREE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SETTLE_L
 
 // Extends the owner's lease while it is still working.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{CLOCK_LUA}
 local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
 if rec[1] ~= 'running' or rec[2] ~= ARGV[1] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'lease', now_ms() + tonumber(ARGV[2]))
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// A key's record, scoped per service and endpoint.

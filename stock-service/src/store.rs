@@ -83,8 +83,8 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-// Shared by the scripts below, beside BEGIN_LUA's `now_ms` (Redis' clock, one for every
-// replica): the sweep that returns lapsed reservations of one item to `available`, bounded so
+// Shared by the scripts below, beside CLOCK_LUA's `now_ms` (which `answer_lua` brings through
+// BEGIN_LUA): the sweep that returns lapsed reservations of one item to `available`, bounded so
 // no script runs long, and filling the holes of an answer template (`reservation_template`).
 const PRELUDE: &str = r#"
 local function fill(tpl, values)
