@@ -94,7 +94,7 @@ impl Gateway {
 
     /// Asks the gateway to charge. `None` for a payment method [`Gateway::check_method`] refuses.
     pub async fn charge(&self, attempt: &ChargeAttempt<'_>) -> Option<Decision> {
-        match self {
+        let decision = match self {
             Self::Simulator => {
                 tracing::debug!(
                     idempotency_key = attempt.idempotency_key,
@@ -103,17 +103,15 @@ impl Gateway {
                     currency = attempt.currency,
                     "simulated gateway charge"
                 );
-                let decision = simulate(attempt.payment_method);
-                if let Some(d) = &decision {
-                    let result = match d {
-                        Decision::Approved => "approved",
-                        Decision::Declined { .. } => "declined",
-                    };
-                    shared::metrics::gateway("charge", result);
-                }
-                decision
+                simulate(attempt.payment_method)?
             }
-        }
+        };
+        let result = match &decision {
+            Decision::Approved => "approved",
+            Decision::Declined { .. } => "declined",
+        };
+        shared::metrics::gateway("charge", result);
+        Some(decision)
     }
 
     /// Asks the gateway to give a succeeded charge back. The simulator always does, as Stripe
