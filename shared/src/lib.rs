@@ -12,6 +12,8 @@
 //! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`.
 //! - [`telemetry`]: JSON logs and OpenTelemetry traces (W3C `traceparent` in and out, OTLP export).
 //! - [`ids`]: shard selection for hash-tagged keys.
+//! - [`lua`]: Redis scripts composed from `.lua` files.
+//! - `testing` (feature): a real `redis-server` for the services' script and store tests.
 //! - [`server`]: builds and runs an actix server the same way for `main` and for tests.
 
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod http_client;
 pub mod idempotency;
 pub mod ids;
+pub mod lua;
 pub mod metrics;
 pub mod money;
 pub mod ops;
@@ -28,6 +31,8 @@ pub mod redis_pool;
 pub mod request_id;
 pub mod server;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use problem::{CommonError, Problem};

@@ -26,26 +26,8 @@ pub fn rfc3339_ms(ms: u64) -> String {
 
 /// [`rfc3339_ms`] as a Lua function for Redis scripts, `rfc3339_ms(ms)`: a script that renders a
 /// timestamp it computed from Redis' clock writes it exactly as Rust does (the e2e suite checks
-/// the two agree). Lua's numbers are doubles, exact for every millisecond until the year 287 396.
-pub const RFC3339_LUA: &str = r#"
-local function rfc3339_ms(ms)
-  local secs = math.floor(ms / 1000)
-  local days = math.floor(secs / 86400)
-  local rem = secs - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
-    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms - secs * 1000)
-end
-"#;
+/// the two agree). The script library is [`crate::lua::RFC3339`].
+pub const RFC3339_LUA: &str = include_str!("lua/rfc3339.lua");
 
 pub fn now_rfc3339() -> String {
     rfc3339_ms(now_ms())

@@ -1,0 +1,56 @@
+-- Storing a request's answer with its effect, for the effect's script (needs begin.lua).
+--
+-- answer_from(argv, first): the answer's arguments, as Answer::add_to in Rust passes them from
+--   ARGV[first] on, by name: fp, status, ctype, body, ttl_ms, and, when the script takes the key
+--   itself, token and lease_ms. nil when there are none (the key has no place for an answer).
+-- take_key(key, ans), first: when the script takes the key (ans.token), decides it as `begin`
+--   does. nil to go on (new, or taken over: the record gets this owner's token, so this owner's
+--   settling counts), or {'idem', <begin's answer>} for the script to return as it is: a
+--   replay, busy or reused. A new key's record is not written yet: the script is atomic, so
+--   nobody can see the key untaken before it ends.
+-- store_answer(key, ans, body): settles the record with the answer (`body`, or ans.body),
+--   writing a new key's record once, done, instead of running and then done (every write is
+--   fsynced and lands in the AOF); or, beside the effect, writes the hash fp, status, ctype,
+--   body and its expiry. The fingerprint is kept there so that a lookup replays only the answer
+--   of the request it was stored for.
+-- hold_key(), last, on every way out after take_key: writes a new key's record as running
+--   under this owner when no answer was stored, so the caller settles or frees it as usual.
+local untaken
+local function answer_from(argv, first)
+  if not argv[first] then return nil end
+  return {
+    fp = argv[first], status = argv[first + 1], ctype = argv[first + 2], body = argv[first + 3],
+    ttl_ms = argv[first + 4], token = argv[first + 5], lease_ms = argv[first + 6],
+  }
+end
+local function take_key(key, ans)
+  if not key or not ans or not ans.token then return nil end
+  local d = begin(key, ans.fp, ans.token, tonumber(ans.lease_ms), ans.ttl_ms, true)
+  if d[1] == 'new' then
+    untaken = {key, ans.fp, ans.token, now_ms() + tonumber(ans.lease_ms), ans.ttl_ms}
+    return nil
+  end
+  if d[1] == 'resume' then
+    redis.call('HSET', key, 'token', ans.token)
+    return nil
+  end
+  table.insert(d, 1, 'idem')
+  return d
+end
+local function hold_key()
+  if untaken then hold(unpack(untaken)) end
+  untaken = nil
+end
+local function store_answer(key, ans, body)
+  body = body or ans.body
+  if untaken then
+    redis.call('HSET', key, 'state', 'done', 'fp', ans.fp, 'status', ans.status, 'ctype', ans.ctype, 'body', body)
+    redis.call('PEXPIRE', key, ans.ttl_ms)
+    untaken = nil
+  elseif ans.token then
+    redis.call('HSET', key, 'state', 'done', 'status', ans.status, 'ctype', ans.ctype, 'body', body)
+  else
+    redis.call('HSET', key, 'fp', ans.fp, 'status', ans.status, 'ctype', ans.ctype, 'body', body)
+    redis.call('PEXPIRE', key, ans.ttl_ms)
+  end
+end

@@ -1,0 +1,49 @@
+//! An answer an effect's script stores in the same step as the effect (`answer.lua`).
+
+use std::time::Duration;
+
+use super::{Begin, IdempotencyStore, KeyRef, StoredResponse};
+use crate::problem::CommonError;
+
+/// An answer for an effect's script to store with the effect ([`IdempotencyStore::answer`]).
+pub struct Answer<'a> {
+    pub(super) key: &'a KeyRef,
+    pub(super) response: &'a StoredResponse,
+    pub(super) ttl: Duration,
+    /// The owner's token and the lease, when the script takes the key itself.
+    pub(super) takes_key: Option<(&'a str, Duration)>,
+}
+
+impl Answer<'_> {
+    /// Adds the script's last key and `answer.lua`'s arguments as its last ones: the key's
+    /// record and seven (fingerprint, status, content type, body, ttl ms, token, lease ms) when
+    /// the script takes the key; else [`KeyRef::answer_key`] and the first five; nothing when
+    /// the key has no place for an answer, so the script sees no such key and stores none.
+    pub fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        let Some(answer_key) = self.key.answer_key() else {
+            return;
+        };
+        let at = match self.takes_key {
+            Some(_) => self.key.redis_key(),
+            None => answer_key,
+        };
+        inv.key(at)
+            .arg(&self.key.fingerprint)
+            .arg(self.response.status)
+            .arg(&self.response.content_type)
+            .arg(&self.response.body[..])
+            .arg(self.ttl.as_millis() as u64);
+        if let Some((token, lease)) = self.takes_key {
+            inv.arg(token).arg(lease.as_millis() as u64);
+        }
+    }
+
+    /// Reads a script's answer that `answer.lua`'s `take_key` refused to go on with
+    /// (`{'idem', ...}`): what the key decided instead. None for any other answer.
+    pub fn refusal(reply: &[redis::Value]) -> Option<Result<Begin, CommonError>> {
+        match reply.first() {
+            Some(redis::Value::BulkString(tag)) if tag == b"idem" => Some(IdempotencyStore::decision(&reply[1..])),
+            _ => None,
+        }
+    }
+}

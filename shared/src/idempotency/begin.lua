@@ -1,0 +1,25 @@
+-- Deciding what a request does with its Idempotency-Key, on Redis' clock (needs clock.lua).
+-- The record's fields: state, fp, token, lease (ms), status, ctype, body, location.
+--
+-- hold(key, fp, token, lease_at, ttl_ms): writes the record as running under `token`.
+-- begin(key, fp, token, lease_ms, ttl_ms, defer): new / replay / busy / reused / resume.
+--   With `defer`, a new key's record is not written: the caller writes it once it knows
+--   whether the work succeeded (answer.lua).
+local function hold(key, fp, token, lease_at, ttl_ms)
+  redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+local function begin(key, fp, token, lease_ms, ttl_ms, defer)
+  local now = now_ms()
+  local rec = redis.call('HMGET', key, 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
+  if not rec[1] then
+    if not defer then hold(key, fp, token, now + lease_ms, ttl_ms) end
+    return {'new', token}
+  end
+  if rec[2] ~= fp then return {'reused'} end
+  if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
+  local lease = tonumber(rec[3]) or 0
+  if lease > now then return {'busy', tostring(lease - now)} end
+  redis.call('HSET', key, 'lease', now + lease_ms)
+  return {'resume', rec[4]}
+end

@@ -1,0 +1,351 @@
+//! `Idempotency-Key` handling, after draft-ietf-httpapi-idempotency-key-header and Stripe.
+//!
+//! One record per (service, endpoint, key) in Redis, decided by one Lua script so that two
+//! concurrent requests can never both see "new":
+//! - new → "running", with the request fingerprint, an owner token and a lease;
+//! - running, lease live → 409 `idempotency-key-in-use` with `Retry-After`;
+//! - running, lease run out (its owner died) → taken over by this request, same token (an
+//!   effect's script that takes the key itself, below, gives it this request's own);
+//! - done → the stored status, headers and body, byte for byte, `Idempotent-Replayed: true`;
+//! - different fingerprint → 422 `idempotency-key-reused`.
+//!
+//! The business effect is recorded with its own idempotency marker in the script that applies
+//! it (in the effect's hash slot), so a crash between the effect and [`IdempotencyStore::finish`]
+//! leaves a running record whose lease runs out, and the retry finds the effect already done.
+//!
+//! An endpoint whose usual answer is known before its effect's script runs can have that script
+//! store the answer too (`answer.lua`, in the effect's slot, named by [`KeyRef::with_answer_at`]),
+//! which saves the round trip of [`IdempotencyStore::finish`]: the key's record then stays
+//! "running" until its lease runs out, and a retry that meets it (busy, or taking it over) looks
+//! for the stored answer first and replays it.
+//!
+//! On a single Redis node every key can be reached from one script, so a service whose effect
+//! needs nothing from outside Redis before it runs ([`IdempotencyStore::effects_take_keys`];
+//! stock's reserve, release and complete) goes one step further: its effect's script takes the
+//! key itself (`answer.lua`'s `take_key`) and settles it with the answer, one write for the
+//! whole request; the record is then written once, done, never as running first (the script is
+//! atomic, so nobody could have seen it running). On Redis Cluster the key's record is a slot of
+//! its own, so it is taken first.
+//!
+//! Layout: this file holds the HTTP side (the header, stored responses, decisions); [`store`]
+//! the Redis record and its flow; [`answer`] answers stored by an effect's own script;
+//! [`scripts`] the `.lua` files beside it.
+
+mod answer;
+pub mod scripts;
+mod store;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use serde::Serialize;
+
+use crate::problem::{CommonError, PROBLEM_JSON, Problem};
+
+pub use answer::Answer;
+pub use store::IdempotencyStore;
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Why a key is refused: its form.
+pub const KEY_MALFORMED: &str = "the Idempotency-Key must be 1 to 255 printable ASCII characters without spaces";
+/// Why a key is refused: it came more than once. Which one the client meant would be a guess,
+/// and a wrong guess replays or blocks another request's answer.
+pub const KEY_REPEATED: &str = "send one Idempotency-Key header, not several";
+
+/// Validates the header: present once, 1–255 printable ASCII characters, no spaces.
+pub fn key_from(req: &HttpRequest) -> Result<String, CommonError> {
+    let mut values = req.headers().get_all(HEADER);
+    let Some(value) = values.next() else {
+        return Err(CommonError::IdempotencyKeyMissing);
+    };
+    if values.next().is_some() {
+        return Err(CommonError::IdempotencyKeyInvalid(KEY_REPEATED));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED));
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// A response as stored for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub location: Option<String>,
+}
+
+impl StoredResponse {
+    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
+        Self {
+            status: status.as_u16(),
+            content_type: "application/json".into(),
+            body: serde_json::to_vec(value).unwrap_or_default(),
+            location: None,
+        }
+    }
+
+    pub fn problem(problem: &Problem) -> Self {
+        Self {
+            status: problem.status.as_u16(),
+            content_type: PROBLEM_JSON.into(),
+            body: problem.body(),
+            location: None,
+        }
+    }
+
+    pub fn with_location(mut self, location: String) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn to_response(&self, replayed: bool) -> HttpResponse {
+        let mut builder = HttpResponseBuilder::new(self.status());
+        if let Ok(v) = HeaderValue::from_str(&self.content_type) {
+            builder.insert_header((header::CONTENT_TYPE, v));
+        }
+        if let Some(loc) = self.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+            builder.insert_header((header::LOCATION, loc));
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE || self.status() == StatusCode::ACCEPTED {
+            builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if replayed {
+            builder.insert_header((
+                HeaderName::from_static(REPLAYED_HEADER),
+                HeaderValue::from_static("true"),
+            ));
+        }
+        builder.body(self.body.clone())
+    }
+}
+
+/// What [`IdempotencyStore::begin`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Execute. `resumed` when a previous owner's lease ran out; `token` is then the previous one.
+    Execute {
+        token: String,
+        resumed: bool,
+    },
+    Replay(StoredResponse),
+    InUse {
+        retry_after_ms: u64,
+    },
+    Reused,
+}
+
+/// How a finished execution leaves its key.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A definitive answer: stored and replayed to every retry.
+    Store(StoredResponse),
+    /// A transient failure whose effects were undone: the key is freed for a retry.
+    Free(StoredResponse),
+    /// Still unresolved (work goes on, or its result is unknown): the key stays locked until its
+    /// lease runs out, so a retry cannot start a second execution.
+    Hold(StoredResponse),
+    /// A definitive answer that the effect's script already stored, in the same step as the
+    /// effect (at the key's [`KeyRef::with_answer_at`], or in the key's record when the script
+    /// took the key itself): nothing is left to record.
+    Stored(StoredResponse),
+}
+
+impl Outcome {
+    /// The contract's default: 2xx–4xx answers are definitive, 5xx free the key.
+    pub fn by_status(resp: StoredResponse) -> Self {
+        if resp.status < 500 {
+            Self::Store(resp)
+        } else {
+            Self::Free(resp)
+        }
+    }
+
+    /// What an execution leaves when its effect's script was given `resp` through
+    /// [`IdempotencyStore::answer`] and the effect happened: stored by the script when `key`
+    /// names a place for it (only then does [`Answer::add_to`] pass it to the script), else to be
+    /// stored as usual.
+    pub fn answered(key: &KeyRef, resp: StoredResponse) -> Self {
+        if key.answer_key().is_some() {
+            Self::Stored(resp)
+        } else {
+            Self::by_status(resp)
+        }
+    }
+
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Self::Store(r) | Self::Free(r) | Self::Hold(r) | Self::Stored(r) => r,
+        }
+    }
+
+    pub fn into_response(self) -> StoredResponse {
+        match self {
+            Self::Store(r) | Self::Free(r) | Self::Hold(r) | Self::Stored(r) => r,
+        }
+    }
+}
+
+/// A key's record, scoped per service and endpoint.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    redis_key: String,
+    fingerprint: String,
+    answer_key: Option<String>,
+}
+
+impl KeyRef {
+    /// `scope` is `service:endpoint`, e.g. `stock:reserve`.
+    pub fn new(scope: &str, key: &str, fingerprint: String) -> Self {
+        // The hash tag covers scope and key: each record is its own slot on Redis Cluster.
+        Self {
+            redis_key: format!("idem:{{{scope}:{key}}}"),
+            fingerprint,
+            answer_key: None,
+        }
+    }
+
+    /// Where the effect's script may store this request's answer (`answer.lua`): a key in the
+    /// effect's slot, derived from the request, so that the same request names the same place.
+    pub fn with_answer_at(mut self, answer_key: String) -> Self {
+        self.answer_key = Some(answer_key);
+        self
+    }
+
+    pub fn answer_key(&self) -> Option<&str> {
+        self.answer_key.as_deref()
+    }
+
+    /// A record named by its caller: one stored as [`KeyRef::redis_key`], for work that settles
+    /// a key later (the order service's recovery worker finishes checkouts whose request is long
+    /// gone), or one kept in the slot of the work it guards (the order service's checkout keys).
+    pub fn from_stored(redis_key: String, fingerprint: String) -> Self {
+        Self {
+            redis_key,
+            fingerprint,
+            answer_key: None,
+        }
+    }
+
+    pub fn redis_key(&self) -> &str {
+        &self.redis_key
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// Element `i` of a script's answer as text; empty when missing or not text or a number.
+pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
+    match reply.get(i) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        Some(redis::Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn keys_must_be_printable_ascii_without_spaces() {
+        let ok = TestRequest::default()
+            .insert_header((HEADER, "order-123_ABC:x"))
+            .to_http_request();
+        assert_eq!(key_from(&ok).ok().as_deref(), Some("order-123_ABC:x"));
+        let missing = TestRequest::default().to_http_request();
+        assert!(matches!(key_from(&missing), Err(CommonError::IdempotencyKeyMissing)));
+        let spaced = TestRequest::default().insert_header((HEADER, "a b")).to_http_request();
+        assert!(matches!(
+            key_from(&spaced),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED))
+        ));
+        let long = TestRequest::default()
+            .insert_header((HEADER, "k".repeat(256)))
+            .to_http_request();
+        assert!(matches!(
+            key_from(&long),
+            Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED))
+        ));
+        let max = TestRequest::default()
+            .insert_header((HEADER, "k".repeat(255)))
+            .to_http_request();
+        assert!(key_from(&max).is_ok());
+    }
+
+    #[test]
+    fn two_keys_on_one_request_are_refused_rather_than_one_picked() {
+        for keys in [["k1", "k2"], ["k1", "k1"]] {
+            let mut req = TestRequest::default();
+            for key in keys {
+                req = req.append_header((HEADER, key));
+            }
+            let refused = key_from(&req.to_http_request());
+            assert!(
+                matches!(refused, Err(CommonError::IdempotencyKeyInvalid(KEY_REPEATED))),
+                "{keys:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_server_errors_free_the_key_by_default() {
+        let r = |s: u16| StoredResponse {
+            status: s,
+            content_type: "application/json".into(),
+            body: vec![],
+            location: None,
+        };
+        assert!(matches!(Outcome::by_status(r(201)), Outcome::Store(_)));
+        assert!(matches!(Outcome::by_status(r(409)), Outcome::Store(_)));
+        assert!(matches!(Outcome::by_status(r(503)), Outcome::Free(_)));
+    }
+
+    #[test]
+    fn a_script_that_took_the_key_and_stopped_is_read_as_the_keys_decision_and_nothing_else_is() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let busy = [bulk("idem"), bulk("busy"), bulk("1500")];
+        assert_eq!(
+            Answer::refusal(&busy).and_then(Result::ok),
+            Some(Begin::InUse { retry_after_ms: 1500 })
+        );
+        let reused = [bulk("idem"), bulk("reused")];
+        assert_eq!(Answer::refusal(&reused).and_then(Result::ok), Some(Begin::Reused));
+        let replay = [
+            bulk("idem"),
+            bulk("replay"),
+            bulk("201"),
+            bulk("application/json"),
+            bulk("{}"),
+            bulk(""),
+        ];
+        assert!(matches!(
+            Answer::refusal(&replay).and_then(Result::ok),
+            Some(Begin::Replay(StoredResponse { status: 201, .. }))
+        ));
+        let effect = [bulk("reserved"), bulk("rsv_1_x")];
+        assert!(Answer::refusal(&effect).is_none());
+        assert!(Answer::refusal(&[]).is_none());
+    }
+
+    #[test]
+    fn an_answer_counts_as_stored_only_where_the_key_names_a_place_for_it() {
+        let resp = StoredResponse::json(StatusCode::OK, &"ok");
+        let plain = KeyRef::new("svc:op", "k", "fp".into());
+        let beside = plain.clone().with_answer_at("svc:{x}:answer:op:k".into());
+        assert!(matches!(Outcome::answered(&beside, resp.clone()), Outcome::Stored(_)));
+        assert!(matches!(Outcome::answered(&plain, resp), Outcome::Store(_)));
+    }
+}

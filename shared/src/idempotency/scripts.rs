@@ -1,0 +1,253 @@
+//! The idempotency scripts, from the `.lua` files beside this one: three libraries that other
+//! scripts include ([`BEGIN`], [`SETTLE`], [`ANSWER`]: the order service takes a key and creates
+//! its order in one step; stock and payment store an answer with the effect), and the four
+//! scripts [`super::IdempotencyStore`] runs on a key's record alone.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use crate::lua::{self, CLOCK, Lib};
+
+/// `hold` and `begin`: what a request does with its key.
+pub static BEGIN: Lib = Lib {
+    name: "begin",
+    source: include_str!("begin.lua"),
+    needs: &[&CLOCK],
+};
+
+/// `finish` and `free`: a key's settling.
+pub static SETTLE: Lib = Lib {
+    name: "settle",
+    source: include_str!("settle.lua"),
+    needs: &[],
+};
+
+/// `answer_from`, `take_key`, `store_answer`, `hold_key`: an answer stored with the effect.
+pub static ANSWER: Lib = Lib {
+    name: "answer",
+    source: include_str!("answer.lua"),
+    needs: &[&BEGIN],
+};
+
+pub(super) static BEGIN_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&BEGIN], include_str!("begin_key.lua")));
+pub(super) static FINISH_KEY: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&SETTLE], include_str!("finish_key.lua")));
+pub(super) static FREE_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&SETTLE], include_str!("free_key.lua")));
+pub(super) static RENEW_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("renew_key.lua")));
+
+#[cfg(test)]
+mod tests {
+    //! Each script against a real Redis: the new key, the replay, the wrong owner or state, and
+    //! the lapsed lease.
+    use std::time::Duration;
+
+    use actix_web::http::StatusCode;
+
+    use super::super::{Answer, Begin, IdempotencyStore, KeyRef, StoredResponse};
+    use super::*;
+    use crate::testing::TestRedis;
+
+    const LEASE: Duration = Duration::from_millis(300);
+
+    fn store(redis: &TestRedis) -> IdempotencyStore {
+        IdempotencyStore::new(redis.pool(), Duration::from_secs(60), LEASE)
+    }
+
+    fn created() -> StoredResponse {
+        StoredResponse::json(StatusCode::CREATED, &serde_json::json!({"id": 1})).with_location("/x/1".into())
+    }
+
+    async fn field(redis: &TestRedis, key: &KeyRef, name: &str) -> Option<String> {
+        let mut conn = redis.conn().await;
+        redis::cmd("HGET")
+            .arg(key.redis_key())
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn begin_key_takes_a_new_key_then_refuses_it_while_held_and_for_another_body() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp1".into());
+
+        let first = idem.begin(&key, "tok1").await.ok();
+        let again = idem.begin(&key, "tok2").await.ok();
+        let other_body = idem.begin(&KeyRef::new("t:op", "k1", "fp2".into()), "tok3").await.ok();
+
+        assert_eq!(
+            first,
+            Some(Begin::Execute {
+                token: "tok1".into(),
+                resumed: false
+            })
+        );
+        assert!(matches!(again, Some(Begin::InUse { retry_after_ms }) if retry_after_ms <= 300));
+        assert_eq!(other_body, Some(Begin::Reused));
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("running"));
+    }
+
+    #[tokio::test]
+    async fn begin_key_hands_a_lapsed_lease_over_with_the_first_owners_token() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _ = idem.begin(&key, "tok1").await;
+
+        tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+        let taken_over = idem.begin(&key, "tok2").await.ok();
+
+        assert_eq!(
+            taken_over,
+            Some(Begin::Execute {
+                token: "tok1".into(),
+                resumed: true
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn finish_key_stores_the_answer_once_and_begin_key_replays_it_byte_for_byte() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _ = idem.begin(&key, "tok1").await;
+
+        let stranger = idem.finish(&key, "someone-else", &StoredResponse::json(StatusCode::OK, &1)).await;
+        let owner = idem.finish(&key, "tok1", &created()).await;
+        let late = idem.finish(&key, "tok1", &StoredResponse::json(StatusCode::OK, &2)).await;
+        let replay = idem.begin(&key, "tok9").await.ok();
+
+        assert!(stranger.is_ok() && owner.is_ok() && late.is_ok());
+        assert_eq!(replay, Some(Begin::Replay(created())));
+    }
+
+    #[tokio::test]
+    async fn finish_key_writes_a_vanished_record_again_whole() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "gone", "fp".into());
+
+        let _ = idem.finish(&key, "tok1", &created()).await;
+
+        assert_eq!(idem.begin(&key, "tok2").await.ok(), Some(Begin::Replay(created())));
+        assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
+    }
+
+    #[tokio::test]
+    async fn free_key_frees_only_its_owners_running_key() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _ = idem.begin(&key, "tok1").await;
+
+        let _ = idem.free(&key, "someone-else").await;
+        let held = field(&redis, &key, "state").await;
+        let _ = idem.free(&key, "tok1").await;
+        let freed = field(&redis, &key, "state").await;
+        let _ = idem.begin(&key, "tok2").await;
+        let _ = idem.finish(&key, "tok2", &created()).await;
+        let _ = idem.free(&key, "tok2").await;
+
+        assert_eq!(held.as_deref(), Some("running"));
+        assert_eq!(freed, None);
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"), "a done key is never freed");
+    }
+
+    #[tokio::test]
+    async fn renew_key_extends_only_its_owners_running_lease() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _ = idem.begin(&key, "tok1").await;
+
+        let stranger = idem.renew(&key, "someone-else").await.ok();
+        tokio::time::sleep(LEASE / 2).await;
+        let owner = idem.renew(&key, "tok1").await.ok();
+        tokio::time::sleep(LEASE * 2 / 3).await;
+        let still_held = idem.begin(&key, "tok2").await.ok();
+        let _ = idem.finish(&key, "tok1", &created()).await;
+        let after_done = idem.renew(&key, "tok1").await.ok();
+
+        assert_eq!((stranger, owner, after_done), (Some(false), Some(true), Some(false)));
+        assert!(matches!(still_held, Some(Begin::InUse { .. })), "{still_held:?}");
+    }
+
+    /// An effect's script built as stock's and payment's are: take the key, store the answer.
+    static EFFECT: LazyLock<Script> = LazyLock::new(|| {
+        lua::script(
+            &[&ANSWER],
+            "local ans = answer_from(ARGV, 2)\n\
+             local refused = take_key(KEYS[2], ans)\n\
+             if refused then return refused end\n\
+             redis.call('INCR', KEYS[1])\n\
+             if ARGV[1] == 'answer' and KEYS[2] then store_answer(KEYS[2], ans) end\n\
+             hold_key()\n\
+             return {'done'}",
+        )
+    });
+
+    async fn effect(redis: &TestRedis, answer: &Answer<'_>, store_it: bool) -> Option<Result<Begin, String>> {
+        let mut conn = redis.conn().await;
+        let mut inv = EFFECT.key("t:{e}:count");
+        inv.arg(if store_it { "answer" } else { "hold" });
+        answer.add_to(&mut inv);
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await.ok()?;
+        Answer::refusal(&reply).map(|r| r.map_err(|e| e.to_string()))
+    }
+
+    #[tokio::test]
+    async fn answer_lib_settles_a_key_taken_in_the_effects_script_in_one_write() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_take_keys(true);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let resp = created();
+
+        let first = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        let replay = effect(&redis, &idem.answer(&key, "tok2", &resp), true).await;
+
+        assert!(first.is_none(), "the effect went on: {first:?}");
+        assert!(matches!(replay, Some(Ok(Begin::Replay(StoredResponse { status: 201, .. })))), "{replay:?}");
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+    }
+
+    #[tokio::test]
+    async fn answer_lib_holds_a_key_whose_effect_stored_no_answer() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_take_keys(true);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let resp = created();
+
+        let _ = effect(&redis, &idem.answer(&key, "tok1", &resp), false).await;
+        let busy = effect(&redis, &idem.answer(&key, "tok2", &resp), false).await;
+        tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+        let taken_over = effect(&redis, &idem.answer(&key, "tok3", &resp), false).await;
+
+        assert!(matches!(busy, Some(Ok(Begin::InUse { .. }))), "{busy:?}");
+        assert!(taken_over.is_none(), "a lapsed lease is taken over: {taken_over:?}");
+        assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok3"));
+    }
+
+    #[tokio::test]
+    async fn answer_lib_stores_beside_the_effect_where_the_key_is_another_slot() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let _ = idem.begin(&key, "tok1").await;
+        let resp = created();
+
+        let _ = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+        let retry = idem.begin(&key, "tok2").await.ok();
+
+        let replayed = StoredResponse {
+            location: None,
+            ..created()
+        };
+        assert_eq!(retry, Some(Begin::Replay(replayed)));
+    }
+}

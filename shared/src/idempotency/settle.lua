@@ -1,0 +1,26 @@
+-- Settling a key's record.
+--
+-- finish(key, token, fp, status, ctype, body, location, ttl_ms): stores the final response
+--   unless another owner already did. A vanished record (expired, or lost with a Redis restart)
+--   is written again whole, so the answer is still replayed. Only what changes is written
+--   (every write is fsynced and lands in the AOF): a running record keeps its fingerprint,
+--   token and expiry, and its stale lease, which no reader of a done record uses.
+-- free(key, token): frees the key, only for its owner and only while running.
+local function finish(key, token, fp, status, ctype, body, location, ttl_ms)
+  local rec = redis.call('HMGET', key, 'state', 'token')
+  if rec[1] == 'done' then return 0 end
+  if rec[2] and rec[2] ~= token then return 0 end
+  if rec[1] then
+    redis.call('HSET', key, 'state', 'done', 'status', status, 'ctype', ctype, 'body', body)
+  else
+    redis.call('HSET', key, 'state', 'done', 'fp', fp, 'token', token, 'status', status, 'ctype', ctype, 'body', body)
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+  if location ~= '' then redis.call('HSET', key, 'location', location) end
+  return 1
+end
+local function free(key, token)
+  local rec = redis.call('HMGET', key, 'state', 'token')
+  if rec[1] == 'running' and rec[2] == token then return redis.call('DEL', key) end
+  return 0
+end

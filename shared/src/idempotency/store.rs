@@ -1,0 +1,307 @@
+//! The key's record in Redis and the usual flow of an endpoint over it: decide, execute, settle.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+
+use super::scripts::{BEGIN_KEY, FINISH_KEY, FREE_KEY, RENEW_KEY};
+use super::{Answer, Begin, KeyRef, Outcome, StoredResponse, reply_text};
+use crate::problem::CommonError;
+use crate::redis_pool::{Pool, traced};
+
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    pool: Pool,
+    ttl: Duration,
+    lease: Duration,
+    effects_take_keys: bool,
+}
+
+impl IdempotencyStore {
+    pub fn new(pool: Pool, ttl: Duration, lease: Duration) -> Self {
+        Self {
+            pool,
+            ttl,
+            lease,
+            effects_take_keys: false,
+        }
+    }
+
+    /// For a service whose effects need nothing from outside Redis before their script runs,
+    /// on a single Redis node (`on_one_node`): each effect's script that stores its answer
+    /// ([`KeyRef::with_answer_at`]) takes the request's key in the same step, so [`Self::run`]
+    /// does not take it first. On Redis Cluster the key's record is another slot, so nothing
+    /// changes there.
+    pub fn effects_take_keys(mut self, on_one_node: bool) -> Self {
+        self.effects_take_keys = on_one_node;
+        self
+    }
+
+    fn taken_by_effect(&self, key: &KeyRef) -> bool {
+        self.effects_take_keys && key.answer_key().is_some()
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How long a settled key's answer is kept for replay.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Decides what a request with `new_token` does with `key`.
+    ///
+    /// Redis not answering does not mean the decision was not taken: a reply can come too late
+    /// (a stall longer than REDIS_RESPONSE_TIMEOUT). The key would then be held with this
+    /// request's token by a request that is failing, and the caller's retries would meet
+    /// 409 in-use until the lease ran out. So a command error first frees the key, which
+    /// `settle.lua`'s `free` does only if it is running under this token: nothing has run
+    /// under it yet. The free is sent after the late command and so, bar a network that
+    /// reorders connections, lands after it; if not, the lease still ends the lock.
+    ///
+    /// A record left running may have its answer stored beside the effect
+    /// ([`KeyRef::with_answer_at`]): when the key is busy or taken over, that answer, if there,
+    /// is replayed instead.
+    pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
+        let decided = match self.decide(key, new_token).await {
+            Err(e @ CommonError::Redis(_)) => {
+                if let Err(not_freed) = self.free(key, new_token).await {
+                    tracing::warn!(error = %not_freed, "a key's step went unanswered and the key could not be freed; its lease will run out");
+                }
+                return Err(e);
+            }
+            decided => decided?,
+        };
+        let may_be_answered = matches!(decided, Begin::InUse { .. } | Begin::Execute { resumed: true, .. });
+        match key.answer_key() {
+            Some(answer_key) if may_be_answered => Ok(match self.stored_answer(answer_key, key).await? {
+                Some(stored) => Begin::Replay(stored),
+                None => decided,
+            }),
+            _ => Ok(decided),
+        }
+    }
+
+    /// The answer `answer.lua` stored at `answer_key` for this request, if any.
+    async fn stored_answer(&self, answer_key: &str, key: &KeyRef) -> Result<Option<StoredResponse>, CommonError> {
+        let (fp, status, ctype, body): (Option<String>, Option<u16>, Option<String>, Option<Vec<u8>>) =
+            traced("idempotency.answer", async {
+                let mut conn = self.pool.get().await?;
+                Ok::<_, CommonError>(
+                    redis::cmd("HMGET")
+                        .arg(answer_key)
+                        .arg(&["fp", "status", "ctype", "body"])
+                        .query_async(&mut conn)
+                        .await?,
+                )
+            })
+            .await?;
+        Ok(match (fp, status, ctype, body) {
+            (Some(fp), Some(status), Some(content_type), Some(body)) if fp == key.fingerprint => Some(StoredResponse {
+                status,
+                content_type,
+                body,
+                location: None,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn decide(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
+        let reply: Vec<redis::Value> = traced("idempotency.begin", async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, CommonError>(
+                BEGIN_KEY
+                    .key(&key.redis_key)
+                    .arg(&key.fingerprint)
+                    .arg(new_token)
+                    .arg(self.lease.as_millis() as u64)
+                    .arg(self.ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?,
+            )
+        })
+        .await?;
+        Self::decision(&reply)
+    }
+
+    /// Reads what `begin.lua`'s `begin` answered, and notes it on the request's span.
+    pub fn decision(reply: &[redis::Value]) -> Result<Begin, CommonError> {
+        let text = |i: usize| reply_text(reply, i);
+        let bytes = |i: usize| -> Vec<u8> {
+            match reply.get(i) {
+                Some(redis::Value::BulkString(b)) => b.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let decision = text(0);
+        // The request's span says what the key decided: new, resume, replay, busy or reused.
+        tracing_opentelemetry::OpenTelemetrySpanExt::set_attribute(
+            &tracing::Span::current(),
+            "idempotency.decision",
+            decision.clone(),
+        );
+        Ok(match decision.as_str() {
+            "new" => Begin::Execute {
+                token: text(1),
+                resumed: false,
+            },
+            "resume" => Begin::Execute {
+                token: text(1),
+                resumed: true,
+            },
+            "busy" => Begin::InUse {
+                retry_after_ms: text(1).parse().unwrap_or(1000),
+            },
+            "reused" => Begin::Reused,
+            "replay" => {
+                let location = text(4);
+                Begin::Replay(StoredResponse {
+                    status: text(1).parse().unwrap_or(500),
+                    content_type: text(2),
+                    body: bytes(3),
+                    location: (!location.is_empty()).then_some(location),
+                })
+            }
+            other => {
+                return Err(CommonError::Internal(format!("idempotency script answered {other:?}")));
+            }
+        })
+    }
+
+    pub async fn finish(&self, key: &KeyRef, token: &str, resp: &StoredResponse) -> Result<(), CommonError> {
+        traced("idempotency.finish", async {
+            let mut conn = self.pool.get().await?;
+            let mut inv = FINISH_KEY.key(&key.redis_key);
+            self.finish_args(&mut inv, key, token, resp);
+            let _: i64 = inv.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The arguments of `settle.lua`'s `finish`, in order.
+    pub fn finish_args(&self, inv: &mut redis::ScriptInvocation<'_>, key: &KeyRef, token: &str, resp: &StoredResponse) {
+        inv.arg(token)
+            .arg(&key.fingerprint)
+            .arg(resp.status)
+            .arg(&resp.content_type)
+            .arg(&resp.body[..])
+            .arg(resp.location.as_deref().unwrap_or(""))
+            .arg(self.ttl.as_millis() as u64);
+    }
+
+    /// `response` as the answer for `key`'s effect script to store (`answer.lua`), the
+    /// request running under `token` (as [`Self::run`] passes it to its execution).
+    pub fn answer<'a>(&'a self, key: &'a KeyRef, token: &'a str, response: &'a StoredResponse) -> Answer<'a> {
+        Answer {
+            key,
+            response,
+            ttl: self.ttl,
+            takes_key: self.taken_by_effect(key).then_some((token, self.lease)),
+        }
+    }
+
+    pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
+        traced("idempotency.free", async {
+            let mut conn = self.pool.get().await?;
+            let _: i64 = FREE_KEY.key(&key.redis_key).arg(token).invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn renew(&self, key: &KeyRef, token: &str) -> Result<bool, CommonError> {
+        traced("idempotency.renew", async {
+            let mut conn = self.pool.get().await?;
+            let renewed: i64 = RENEW_KEY
+                .key(&key.redis_key)
+                .arg(token)
+                .arg(self.lease.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(renewed == 1)
+        })
+        .await
+    }
+
+    /// The token of whoever holds (or held) the key; None when there is no record.
+    pub async fn token_of(&self, key: &KeyRef) -> Result<Option<String>, CommonError> {
+        traced("idempotency.token", async {
+            let mut conn = self.pool.get().await?;
+            let token: Option<String> = redis::cmd("HGET")
+                .arg(&key.redis_key)
+                .arg("token")
+                .query_async(&mut conn)
+                .await?;
+            Ok(token)
+        })
+        .await
+    }
+
+    /// Records the outcome. A failure to record is logged, not returned: the record stays
+    /// "running" until its lease runs out, and the effect's own marker makes the retry safe.
+    pub async fn record(&self, key: &KeyRef, token: &str, outcome: &Outcome) {
+        let result = match outcome {
+            Outcome::Store(resp) => self.finish(key, token, resp).await,
+            Outcome::Free(_) => self.free(key, token).await,
+            Outcome::Hold(_) | Outcome::Stored(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the idempotency outcome; the lease will expire");
+        }
+    }
+
+    /// Records the outcome and renders it.
+    pub async fn settle(&self, key: &KeyRef, token: &str, outcome: Outcome) -> HttpResponse {
+        self.record(key, token, &outcome).await;
+        outcome.response().to_response(false)
+    }
+
+    /// Counts and turns the non-executing decisions into their answers: a replay, or an error.
+    pub fn refusal(begin: Begin) -> Result<HttpResponse, CommonError> {
+        match begin {
+            Begin::Replay(stored) => {
+                crate::metrics::idempotency_event("replay");
+                Ok(stored.to_response(true))
+            }
+            Begin::InUse { retry_after_ms } => {
+                crate::metrics::idempotency_event("in_use");
+                Err(CommonError::IdempotencyKeyInUse {
+                    retry_after: retry_after_ms.div_ceil(1000),
+                })
+            }
+            Begin::Reused => {
+                crate::metrics::idempotency_event("reused");
+                Err(CommonError::IdempotencyKeyReused)
+            }
+            Begin::Execute { .. } => Err(CommonError::Internal("refusal() called for an execution".into())),
+        }
+    }
+
+    /// The usual flow for an endpoint: decide, execute when told to, settle. `execute` gets
+    /// the owner's token and whether an earlier owner's lease ran out, and answers how the
+    /// execution ended, or `Err` with what the key decided instead when its effect's script
+    /// took the key itself ([`Self::effects_take_keys`]; the key is then not taken first and
+    /// `resumed` is unknown, so false).
+    pub async fn run<F, Fut>(&self, key: &KeyRef, execute: F) -> Result<HttpResponse, CommonError>
+    where
+        F: FnOnce(String, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<Outcome, Begin>>,
+    {
+        let fresh = crate::ids::new_id("op");
+        let (token, resumed) = if self.taken_by_effect(key) {
+            (fresh, false)
+        } else {
+            match self.begin(key, &fresh).await? {
+                Begin::Execute { token, resumed } => (token, resumed),
+                other => return Self::refusal(other),
+            }
+        };
+        match execute(token.clone(), resumed).await {
+            Ok(outcome) => Ok(self.settle(key, &token, outcome).await),
+            Err(refused) => Self::refusal(refused),
+        }
+    }
+}
