@@ -35,7 +35,16 @@ impl TestRedis {
             let dir = std::env::temp_dir().join(format!("shared-test-redis-{}-{port}", std::process::id()));
             let _ = std::fs::create_dir_all(&dir);
             let child = Command::new(&program)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&dir)
                 .stdout(Stdio::null())

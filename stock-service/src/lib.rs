@@ -2,7 +2,8 @@
 //! counts is one Lua script on that item's hash slot, and `available + reserved + sold` is the
 //! same before and after each.
 //!
-//! Layout: [`config`] settings, [`error`] the one error enum, [`store`] Redis scripts and reads,
+//! Layout: [`config`] settings, [`error`] the one error enum, [`store`] items and reservations in
+//! Redis (`store/items.rs`, `store/reservations.rs`, one `.lua` file per script beside them),
 //! [`routes`] HTTP handlers, [`model`] request and response bodies, [`expiry`] the sweeper that
 //! returns lapsed reservations to `available`.
 

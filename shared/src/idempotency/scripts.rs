@@ -117,9 +117,13 @@ mod tests {
         let key = KeyRef::new("t:op", "k1", "fp".into());
         let _ = idem.begin(&key, "tok1").await;
 
-        let stranger = idem.finish(&key, "someone-else", &StoredResponse::json(StatusCode::OK, &1)).await;
+        let stranger = idem
+            .finish(&key, "someone-else", &StoredResponse::json(StatusCode::OK, &1))
+            .await;
         let owner = idem.finish(&key, "tok1", &created()).await;
-        let late = idem.finish(&key, "tok1", &StoredResponse::json(StatusCode::OK, &2)).await;
+        let late = idem
+            .finish(&key, "tok1", &StoredResponse::json(StatusCode::OK, &2))
+            .await;
         let replay = idem.begin(&key, "tok9").await.ok();
 
         assert!(stranger.is_ok() && owner.is_ok() && late.is_ok());
@@ -155,7 +159,11 @@ mod tests {
 
         assert_eq!(held.as_deref(), Some("running"));
         assert_eq!(freed, None);
-        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"), "a done key is never freed");
+        assert_eq!(
+            field(&redis, &key, "state").await.as_deref(),
+            Some("done"),
+            "a done key is never freed"
+        );
     }
 
     #[tokio::test]
@@ -211,7 +219,10 @@ mod tests {
         let replay = effect(&redis, &idem.answer(&key, "tok2", &resp), true).await;
 
         assert!(first.is_none(), "the effect went on: {first:?}");
-        assert!(matches!(replay, Some(Ok(Begin::Replay(StoredResponse { status: 201, .. })))), "{replay:?}");
+        assert!(
+            matches!(replay, Some(Ok(Begin::Replay(StoredResponse { status: 201, .. })))),
+            "{replay:?}"
+        );
         assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
     }
 

@@ -1,0 +1,112 @@
+//! The catalogue: items and their counts, and the demo seed.
+
+use std::sync::LazyLock;
+
+use redis::{AsyncCommands, Script};
+
+use super::{INDEX, Store, item_key};
+use crate::error::StockError;
+use crate::model::Item;
+
+// Create or restock, or create only (the seed). See upsert.lua.
+static UPSERT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("upsert.lua")));
+
+const DEMO: [(&str, u64); 10] = [
+    ("Espresso beans 1kg", 1000),
+    ("French press", 2500),
+    ("Burr grinder", 4999),
+    ("Paper filters (100)", 500),
+    ("Espresso machine", 9999),
+    ("Milk jug", 1500),
+    ("Pour-over kettle", 3000),
+    ("Coffee scale", 7500),
+    ("Cleaning tablets", 850),
+    ("Travel mug", 1999),
+];
+
+impl Store {
+    pub async fn get_item(&self, id: u64) -> Result<Option<Item>, StockError> {
+        let mut conn = self.pool.get().await?;
+        let fields: Vec<Option<String>> = item_fields(id).query_async(&mut conn).await?;
+        Ok(item_from(id, &fields))
+    }
+
+    pub async fn list_items(&self) -> Result<Vec<Item>, StockError> {
+        let mut conn = self.pool.get().await?;
+        let mut ids: Vec<u64> = conn.smembers(INDEX).await?;
+        ids.sort_unstable();
+        // Items are separate slots: one pipeline on a single node, one read each on a cluster.
+        let rows: Vec<Vec<Option<String>>> = conn.each(ids.iter().map(|id| item_fields(*id)).collect()).await?;
+        Ok(ids.iter().zip(rows).filter_map(|(id, f)| item_from(*id, &f)).collect())
+    }
+
+    pub async fn put_item(
+        &self,
+        id: u64,
+        name: &str,
+        price: u64,
+        currency: &str,
+        available: u64,
+    ) -> Result<Item, StockError> {
+        let mut conn = self.pool.get().await?;
+        let _: i64 = UPSERT
+            .key(item_key(id))
+            .arg(name)
+            .arg(price)
+            .arg(currency)
+            .arg(available)
+            .arg("upsert")
+            .invoke_async(&mut conn)
+            .await?;
+        let _: i64 = conn.sadd(INDEX, id).await?;
+        drop(conn);
+        self.get_item(id)
+            .await?
+            .ok_or_else(|| StockError::ItemNotFound(id.to_string()))
+    }
+
+    /// Creates the demo catalogue if there is no item at all. Never overwrites an item.
+    pub async fn seed_demo(&self, units: u64) -> Result<bool, StockError> {
+        let mut conn = self.pool.get().await?;
+        let count: u64 = conn.scard(INDEX).await?;
+        if count > 0 {
+            return Ok(false);
+        }
+        for (i, (name, price)) in DEMO.iter().enumerate() {
+            let id = i as u64 + 1;
+            let _: i64 = UPSERT
+                .key(item_key(id))
+                .arg(*name)
+                .arg(*price)
+                .arg("USD")
+                .arg(units)
+                .arg("absent_only")
+                .invoke_async(&mut conn)
+                .await?;
+            let _: i64 = conn.sadd(INDEX, id).await?;
+        }
+        tracing::info!(items = DEMO.len(), units, "seeded the demo catalogue");
+        Ok(true)
+    }
+}
+
+fn item_fields(id: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(item_key(id))
+        .arg(&["name", "price", "currency", "available", "reserved", "sold"]);
+    cmd
+}
+
+fn item_from(id: u64, f: &[Option<String>]) -> Option<Item> {
+    let get = |i: usize| f.get(i).cloned().flatten();
+    let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Some(Item {
+        id,
+        name: get(0)?,
+        price: get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
+        currency: get(2).unwrap_or_default(),
+        available: num(3),
+        reserved: num(4),
+        sold: num(5),
+    })
+}

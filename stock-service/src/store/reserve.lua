@@ -1,0 +1,43 @@
+-- Reserve: one script so that concurrent reserves can never both pass the availability check.
+-- Takes the request's key when told to (a replay, busy or reused key is answered
+-- {'idem', ...} at once), sweeps, then either returns the reservation this Idempotency-Key
+-- already made ('found'), or moves units from available to reserved, creates the reservation
+-- and its marker ('reserved'), and stores the request's answer (its template filled) when given
+-- one. A key taken here and settled with the answer is written once, as done.
+-- KEYS: item, expiring, marker[, answer or key].
+-- ARGV: reservation key prefix, quantity, new reservationId, reservation TTL (ms), marker TTL
+--   (ms)[, the answer (answer_from), its body a template].
+local item, expiring, marker, answer_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, quantity, rid, ttl_ms, marker_ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local ans = answer_from(ARGV, 6)
+local refused = take_key(answer_at, ans)
+if refused then return refused end
+local function reserve()
+  local now = now_ms()
+  sweep(item, expiring, prefix, now, 100)
+  local prev = redis.call('GET', marker)
+  if prev then
+    local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
+    if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
+  end
+  local it = redis.call('HMGET', item, 'available', 'price', 'currency')
+  if not it[1] then return {'not_found'} end
+  local avail = tonumber(it[1])
+  if avail < quantity then return {'out_of_stock', fmt(avail)} end
+  redis.call('HINCRBY', item, 'available', -quantity)
+  redis.call('HINCRBY', item, 'reserved', quantity)
+  local total = fmt(tonumber(it[2]) * quantity)
+  local expires = fmt(now + ttl_ms)
+  local rk = prefix .. rid
+  redis.call('HSET', rk, 'quantity', fmt(quantity), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
+  redis.call('PEXPIRE', rk, ttl_ms + tonumber(marker_ttl_ms))
+  redis.call('ZADD', expiring, expires, rid)
+  redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
+  return {'reserved', rid, fmt(quantity), total, it[3], expires}
+end
+local out = reserve()
+if out[1] == 'reserved' and ans then
+  store_answer(answer_at, ans, fill(ans.body, {out[4], out[5], rfc3339_ms(tonumber(out[6]))}))
+end
+hold_key()
+return out

@@ -1,0 +1,238 @@
+//! Every stock script against a real Redis: the happy path, the replay, the wrong state and
+//! the lapsed reservation.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
+use shared::testing::TestRedis;
+
+use super::*;
+
+const TTL: Duration = Duration::from_millis(400);
+
+async fn stock(redis: &TestRedis, available: u64) -> Store {
+    let store = Store::new(redis.pool(), TTL, Duration::from_secs(60));
+    let _ = store.put_item(1, "Mug", 250, "USD", available).await;
+    store
+}
+
+fn idem(redis: &TestRedis) -> IdempotencyStore {
+    IdempotencyStore::new(redis.pool(), Duration::from_secs(60), Duration::from_secs(5))
+}
+
+/// A key with no place for an answer: the scripts store none and take no key.
+fn plain(key: &str) -> KeyRef {
+    KeyRef::new("stock:reserve", key, "fp".into())
+}
+
+async fn counts(store: &Store) -> (i64, i64, i64) {
+    match store.get_item(1).await {
+        Ok(Some(item)) => (item.available, item.reserved, item.sold),
+        other => panic!("item 1: {other:?}"),
+    }
+}
+
+/// Reserves `quantity` of item 1 under the Idempotency-Key `key`.
+async fn reserve(store: &Store, idem: &IdempotencyStore, key: &str, quantity: u32) -> ReserveOutcome {
+    let rid = new_reservation_id(1);
+    let resp = StoredResponse::json(StatusCode::CREATED, &"");
+    let key_ref = plain(key);
+    let answer = idem.answer(&key_ref, "tok", &resp);
+    match store.reserve(1, quantity, &rid, key, &answer).await {
+        Ok(outcome) => outcome,
+        Err(e) => panic!("reserve: {e}"),
+    }
+}
+
+fn reserved(outcome: ReserveOutcome) -> (String, bool) {
+    match outcome {
+        ReserveOutcome::Reserved { reservation, fresh } => (reservation.reservation_id, fresh),
+        _ => panic!("expected a reservation"),
+    }
+}
+
+async fn transition(store: &Store, idem: &IdempotencyStore, action: Transition, rid: &str) -> TransitionOutcome {
+    let key = plain("t");
+    let resp = StoredResponse::json(StatusCode::OK, &"");
+    match store.transition(action, rid, &idem.answer(&key, "tok", &resp)).await {
+        Ok(outcome) => outcome,
+        Err(e) => panic!("{}: {e}", action.name()),
+    }
+}
+
+#[tokio::test]
+async fn upsert_creates_restocks_keeping_reserved_and_sold_and_the_seed_never_overwrites() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let _ = reserve(&store, &idem, "k1", 2).await;
+
+    let _ = store.put_item(1, "Big mug", 300, "USD", 10).await;
+    let seeded = store.seed_demo(99).await.ok();
+
+    assert_eq!(counts(&store).await, (10, 2, 0));
+    assert_eq!(seeded, Some(false), "a catalogue with items is not seeded");
+    assert_eq!(
+        store.get_item(1).await.ok().flatten().map(|i| i.name),
+        Some("Big mug".into())
+    );
+}
+
+#[tokio::test]
+async fn reserve_moves_units_and_its_key_finds_the_same_reservation_again() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+
+    let (first, fresh) = reserved(reserve(&store, &idem, "k1", 2).await);
+    let (again, fresh_again) = reserved(reserve(&store, &idem, "k1", 2).await);
+
+    assert!(fresh && !fresh_again);
+    assert_eq!(first, again);
+    assert_eq!(counts(&store).await, (3, 2, 0));
+}
+
+#[tokio::test]
+async fn reserve_refuses_more_than_is_available_and_an_unknown_item() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 1).await;
+    let idem = idem(&redis);
+
+    let too_many = reserve(&store, &idem, "k1", 2).await;
+    let rid = new_reservation_id(7);
+    let resp = StoredResponse::json(StatusCode::CREATED, &"");
+    let unknown = store
+        .reserve(7, 1, &rid, "k2", &idem.answer(&plain("k2"), "tok", &resp))
+        .await
+        .ok();
+
+    assert!(matches!(too_many, ReserveOutcome::OutOfStock { available: 1 }));
+    assert!(matches!(unknown, Some(ReserveOutcome::NotFound)));
+    assert_eq!(counts(&store).await, (1, 0, 0));
+}
+
+#[tokio::test]
+async fn reserve_stores_its_answer_with_the_key_taken_in_the_same_step_and_replays_it() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis).effects_take_keys(true);
+    let key = plain("k1").with_answer_at(answer_key(1, "reserve", "k1"));
+    let rid = new_reservation_id(1);
+    let template = StoredResponse {
+        status: 201,
+        content_type: "application/json".into(),
+        body: reservation_template(&rid, 1, 2),
+        location: None,
+    };
+
+    let first = store
+        .reserve(1, 2, &rid, "k1", &idem.answer(&key, "tok1", &template))
+        .await
+        .ok();
+    let replay = idem.begin(&key, "tok2").await.ok();
+
+    assert!(matches!(first, Some(ReserveOutcome::Reserved { fresh: true, .. })));
+    let Some(shared::idempotency::Begin::Replay(stored)) = replay else {
+        panic!("expected a replay, got {replay:?}");
+    };
+    let body: serde_json::Value = serde_json::from_slice(&stored.body).unwrap_or_default();
+    assert_eq!(body["reservationId"], rid.as_str());
+    assert_eq!(body["totalFee"], 500);
+    assert_eq!(body["currency"], "USD");
+}
+
+#[tokio::test]
+async fn release_returns_units_once_and_refuses_a_completed_reservation() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let (rid, _) = reserved(reserve(&store, &idem, "k1", 2).await);
+    let (done, _) = reserved(reserve(&store, &idem, "k2", 1).await);
+    let _ = transition(&store, &idem, Transition::Complete, &done).await;
+
+    let first = transition(&store, &idem, Transition::Release, &rid).await;
+    let again = transition(&store, &idem, Transition::Release, &rid).await;
+    let completed = transition(&store, &idem, Transition::Release, &done).await;
+    let unknown = transition(&store, &idem, Transition::Release, &new_reservation_id(1)).await;
+
+    assert!(matches!(first, TransitionOutcome::Released));
+    assert!(matches!(again, TransitionOutcome::Released));
+    assert!(matches!(completed, TransitionOutcome::Completed));
+    assert!(matches!(unknown, TransitionOutcome::NotFound));
+    assert_eq!(counts(&store).await, (4, 0, 1));
+}
+
+#[tokio::test]
+async fn complete_sells_once_and_refuses_a_released_reservation() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let (rid, _) = reserved(reserve(&store, &idem, "k1", 2).await);
+    let (released, _) = reserved(reserve(&store, &idem, "k2", 1).await);
+    let _ = transition(&store, &idem, Transition::Release, &released).await;
+
+    let first = transition(&store, &idem, Transition::Complete, &rid).await;
+    let again = transition(&store, &idem, Transition::Complete, &rid).await;
+    let refused = transition(&store, &idem, Transition::Complete, &released).await;
+
+    assert!(matches!(first, TransitionOutcome::Completed));
+    assert!(matches!(again, TransitionOutcome::Completed));
+    assert!(matches!(refused, TransitionOutcome::Released));
+    assert_eq!(counts(&store).await, (3, 0, 2));
+}
+
+#[tokio::test]
+async fn a_lapsed_reservation_cannot_be_completed_and_its_units_return() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let (rid, _) = reserved(reserve(&store, &idem, "k1", 2).await);
+
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    let refused = transition(&store, &idem, Transition::Complete, &rid).await;
+    let release = transition(&store, &idem, Transition::Release, &rid).await;
+
+    assert!(matches!(refused, TransitionOutcome::Released));
+    assert!(
+        matches!(release, TransitionOutcome::Released),
+        "released or expired is done"
+    );
+    assert_eq!(counts(&store).await, (5, 0, 0));
+}
+
+#[tokio::test]
+async fn sweep_returns_every_lapsed_reservation_and_leaves_live_ones() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let _ = reserve(&store, &idem, "k1", 2).await;
+    let _ = reserve(&store, &idem, "k2", 1).await;
+
+    let early = store.sweep_all().await.ok();
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    let (live, _) = reserved(reserve(&store, &idem, "k3", 1).await);
+    // Reserve swept its own item first: nothing is left for the sweeper but the live one.
+    let late = store.sweep_all().await.ok();
+
+    assert_eq!((early, late), (Some(0), Some(0)));
+    assert_eq!(counts(&store).await, (4, 1, 0));
+    assert!(matches!(
+        transition(&store, &idem, Transition::Complete, &live).await,
+        TransitionOutcome::Completed
+    ));
+}
+
+#[tokio::test]
+async fn sweep_alone_returns_lapsed_units_when_no_request_touches_the_item() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let _ = reserve(&store, &idem, "k1", 2).await;
+
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    let swept = store.sweep_all().await.ok();
+
+    assert_eq!(swept, Some(1));
+    assert_eq!(counts(&store).await, (5, 0, 0));
+}

@@ -1,0 +1,32 @@
+-- What every stock script may call (needs clock.lua for its callers' `now_ms`).
+-- fill(tpl, values): an answer template's holes ('\1') filled in turn (reservation_template).
+-- sweep(item, expiring, prefix, now, limit): returns up to `limit` lapsed reservations of one
+--   item to `available`, bounded so no script runs long; how many it looked at.
+-- fmt(n): an integer as Redis stores it, never in Lua's exponent notation.
+local function fill(tpl, values)
+  local out, pos = {}, 1
+  for _, v in ipairs(values) do
+    local at = string.find(tpl, '\1', pos, true)
+    table.insert(out, string.sub(tpl, pos, at - 1))
+    table.insert(out, v)
+    pos = at + 1
+  end
+  table.insert(out, string.sub(tpl, pos))
+  return table.concat(out)
+end
+local function sweep(item, expiring, prefix, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, limit)
+  for _, rid in ipairs(due) do
+    local rk = prefix .. rid
+    local r = redis.call('HMGET', rk, 'status', 'quantity')
+    if r[1] == 'reserved' then
+      local q = tonumber(r[2])
+      redis.call('HINCRBY', item, 'available', q)
+      redis.call('HINCRBY', item, 'reserved', -q)
+      redis.call('HSET', rk, 'status', 'expired')
+    end
+    redis.call('ZREM', expiring, rid)
+  end
+  return #due
+end
+local function fmt(n) return string.format('%d', n) end
