@@ -12,11 +12,11 @@
 //! - `payment:{pay:S}:op:charge:<Idempotency-Key>`: the charge that key created, written in the
 //!   same script as the charge, so a retry after a crash finds it instead of charging again
 //! - `payment:{pay:S}:answer:charge:<Idempotency-Key>` hash: the charge's answer, stored by the
-//!   same script for the key's replays (`shared::idempotency::ANSWER_LUA`)
+//!   same script for the key's replays (shared's `answer.lua`)
 //!
 //! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 30 hex), which is how refunds
 //! and reads find the slot without an index. Amounts travel as decimal strings and are added
-//! with HINCRBY, never through Lua's numbers.
+//! with HINCRBY, never through Lua's numbers. Each script is a `.lua` file beside this one.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -85,70 +85,9 @@ pub fn new_refund_id() -> String {
     shared::ids::new_id("re")
 }
 
-// Charge: one script so that the charge record, its order index, the totals that count it and
-// the Idempotency-Key marker are written together or not at all. If the marker exists (a retry
-// after a crash between this script and the idempotency record's finish), the charge it names
-// is returned ('found') instead of recording a second one ('charged'). A marker found for a
-// different request (the key's idempotency record vanished, the marker not yet) is refused as
-// a reused key.
-// The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
-// and a failing script keeps the writes made before the failure.
-// A new charge also stores its answer, when given one (KEYS[5], ARGV[12..16]), so that the
-// Idempotency-Key's record needs no second write; a found one is answered by the caller.
-// KEYS: charge, order index, totals, marker[, answer].
-// ARGV: chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
-//       createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot)
-//       [, the answer's fingerprint, status, content type, body, TTL (ms)].
-static CHARGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{}{}",
-        shared::idempotency::answer_lua(),
-        r#"
-local prev = redis.call('GET', KEYS[4])
-if prev then
-  local c = redis.call('HMGET', ARGV[11] .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
-  if c[1] then
-    if c[1] ~= ARGV[2] or c[2] ~= ARGV[3] or c[3] ~= ARGV[4] or c[4] ~= ARGV[5] or c[5] ~= ARGV[6] then
-      return {'reused'}
-    end
-    return {'found', prev, c[1], c[2], c[3], c[6] or ''}
-  end
-end
-if ARGV[7] == 'succeeded' then
-  redis.call('HINCRBY', KEYS[3], ARGV[4] .. ':charged:amount', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], ARGV[4] .. ':charged:count', 1)
-end
-redis.call('HSET', KEYS[1], 'chargeId', ARGV[1], 'orderId', ARGV[2], 'amount', ARGV[3], 'currency', ARGV[4],
-  'customerId', ARGV[5], 'paymentMethod', ARGV[6], 'status', ARGV[7], 'declineCode', ARGV[8],
-  'refundId', '', 'createdAt', ARGV[9], 'refundedAt', '')
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[10])
-if KEYS[5] then store_answer(KEYS[5], ARGV, 12) end
-return {'charged', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]}
-"#
-    ))
-});
-
-// Refund: succeeded → refunded, with the refunded totals, in one step so that the books never
-// show a refund without its counters or the reverse, and two concurrent refunds cannot both
-// pass the status check. Already refunded: the existing refund is returned ('already_refunded':
-// a refund is idempotent by state, whatever the key), so it needs no marker of its own.
-// Failed (declined): refused. Totals first, as above.
-// KEYS: charge, totals. ARGV: new refundId, refundedAt.
-static REFUND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local c = redis.call('HMGET', KEYS[1], 'status', 'amount', 'currency', 'refundId')
-if not c[1] then return {'not_found'} end
-if c[1] == 'refunded' then return {'already_refunded', c[4], c[2]} end
-if c[1] ~= 'succeeded' then return {'not_refundable', c[1]} end
-redis.call('HINCRBY', KEYS[2], c[3] .. ':refunded:amount', c[2])
-redis.call('HINCRBY', KEYS[2], c[3] .. ':refunded:count', 1)
-redis.call('HSET', KEYS[1], 'status', 'refunded', 'refundId', ARGV[1], 'refundedAt', ARGV[2])
-return {'refunded', ARGV[1], c[2]}
-"#,
-    )
-});
+static CHARGE: LazyLock<Script> =
+    LazyLock::new(|| shared::lua::script(&[&shared::idempotency::scripts::ANSWER], include_str!("charge.lua")));
+static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("refund.lua")));
 
 /// A new charge to record, with the gateway's verdict.
 #[derive(Debug)]
@@ -374,6 +313,9 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
         refunded_at: get(8),
     }))
 }
+
+#[cfg(test)]
+mod script_tests;
 
 #[cfg(test)]
 mod tests {

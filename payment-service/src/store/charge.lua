@@ -1,0 +1,39 @@
+-- Charge: one script so that the charge record, its order index, the totals that count it and
+-- the Idempotency-Key marker are written together or not at all. If the marker exists (a retry
+-- after a crash between this script and the idempotency record's finish), the charge it names
+-- is returned ('found') instead of recording a second one ('charged'). A marker found for a
+-- different request (the key's idempotency record vanished, the marker not yet) is refused as
+-- a reused key.
+-- The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
+-- and a failing script keeps the writes made before the failure.
+-- A new charge also stores its answer, when given one, so that the Idempotency-Key's record
+-- needs no second write; a found one is answered by the caller.
+-- KEYS: charge, order index, totals, marker[, answer].
+-- ARGV: chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
+--   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot)
+--   [, the answer (answer_from)].
+local charge, order_index, totals, marker, answer_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
+  marker_ttl_ms, charge_prefix = unpack(ARGV, 1, 11)
+local ans = answer_from(ARGV, 12)
+local prev = redis.call('GET', marker)
+if prev then
+  local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
+  if c[1] then
+    if c[1] ~= order_id or c[2] ~= amount or c[3] ~= currency or c[4] ~= customer_id or c[5] ~= method then
+      return {'reused'}
+    end
+    return {'found', prev, c[1], c[2], c[3], c[6] or ''}
+  end
+end
+if status == 'succeeded' then
+  redis.call('HINCRBY', totals, currency .. ':charged:amount', amount)
+  redis.call('HINCRBY', totals, currency .. ':charged:count', 1)
+end
+redis.call('HSET', charge, 'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,
+  'customerId', customer_id, 'paymentMethod', method, 'status', status, 'declineCode', decline_code,
+  'refundId', '', 'createdAt', created_at, 'refundedAt', '')
+redis.call('RPUSH', order_index, charge_id)
+redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
+if ans then store_answer(answer_at, ans) end
+return {'charged', charge_id, order_id, amount, currency, decline_code}
