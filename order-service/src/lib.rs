@@ -1,20 +1,18 @@
 //! Order service: orchestrates a checkout as a saga — reserve stock, charge the payment,
 //! complete the reservation — and undoes what was done (release, refund) when it cannot finish.
 //!
-//! Layout: [`config`] settings, [`error`] the one error enum, [`model`] bodies, [`store`]
-//! orders and totals in Redis, [`clients`] typed calls to stock and payment, [`saga`] the
-//! checkout state machine, [`runner`] runs it under a lease and settles the key, [`recovery`]
-//! finishes checkouts whose runner died, [`routes`] HTTP handlers.
+//! Layout: [`checkout`] the checkout (its decisions, saga, runner, recovery, store and scripts),
+//! [`orders`] reading orders and the totals, [`ids`] ids and statuses as types, [`config`]
+//! settings, [`error`] the one error enum, [`model`] bodies, [`routes`] the routing table and
+//! the OpenAPI document.
 
-pub mod clients;
+pub mod checkout;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod model;
-pub mod recovery;
+pub mod orders;
 pub mod routes;
-pub mod runner;
-pub mod saga;
-pub mod store;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,11 +21,12 @@ use shared::http_client::Downstream;
 use shared::idempotency::IdempotencyStore;
 use shared::ops::Ops;
 
-use crate::clients::{PaymentClient, StockClient};
+use crate::checkout::clients::{PaymentClient, StockClient};
+use crate::checkout::runner::Runner;
+use crate::checkout::saga::Saga;
+use crate::checkout::{self as co};
 use crate::config::Settings;
-use crate::runner::Runner;
-use crate::saga::Saga;
-use crate::store::OrderStore;
+use crate::orders::store::OrderStore;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -64,7 +63,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         idempotency,
         retry_unknown: settings.recovery_retry,
     };
-    tokio::spawn(recovery::run(runner.clone(), settings.recovery_interval));
+    tokio::spawn(co::recovery::run(runner.clone(), settings.recovery_interval));
     let state = AppState {
         settings: settings.clone(),
         store,

@@ -21,7 +21,7 @@ pub struct CheckoutRequest {
 /// A checkout request after validation and defaults.
 #[derive(Debug, Clone)]
 pub struct NewOrder {
-    pub order_id: String,
+    pub order_id: crate::ids::OrderId,
     pub item_id: u64,
     pub quantity: u32,
     pub customer_id: String,

@@ -15,7 +15,7 @@
 //!
 //! Span names follow the OpenTelemetry conventions: server spans `POST /checkout` (method and
 //! route), downstream calls `stock POST /reserve` with one `POST /reserve` child per attempt,
-//! Redis operations `redis <operation>`, saga steps `saga <step>` ([`step_span`]).
+//! Redis operations `redis <operation>` (the order service names its saga steps `saga <step>`).
 
 use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
@@ -508,32 +508,6 @@ pub async fn middleware(
         }
     }
     Ok(res)
-}
-
-/// The span of one saga step, `saga <step>` (`saga reserve`, `saga charge`, `saga complete`),
-/// with `order.id`. Run the step inside it (`.instrument(step_span(..))`) so its downstream
-/// calls and Redis operations nest under it; mark a failure with [`mark_error`].
-pub fn step_span(step: &'static str, order_id: &str) -> Span {
-    tracing::info_span!(
-        "saga step",
-        otel.name = %format_args!("saga {step}"),
-        saga.step = step,
-        saga.compensation = false,
-        order.id = %order_id,
-    )
-}
-
-/// The span of a compensating step (`saga release`, `saga refund`): as [`step_span`], with
-/// `saga.compensation = true` so compensations can be searched for in Jaeger
-/// (`saga.compensation=true`).
-pub fn compensation_span(step: &'static str, order_id: &str) -> Span {
-    tracing::info_span!(
-        "saga step",
-        otel.name = %format_args!("saga {step}"),
-        saga.step = step,
-        saga.compensation = true,
-        order.id = %order_id,
-    )
 }
 
 /// Marks `span` as failed: error status with `reason`, and `error.type` (a short, stable kind

@@ -167,7 +167,7 @@ struct KeyRecord {
     body: String,
 }
 
-/// Checkout key records: `order:{ord:S}:key:<client key>` (see order_service::store).
+/// Checkout key records: `order:{ord:S}:key:<client key>` (see order_service::checkout::store).
 const CHECKOUT_KEYS: &str = "order:{ord:*}:key:*";
 
 async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult<BTreeMap<String, KeyRecord>> {
@@ -195,7 +195,7 @@ async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
     let mut conn = redis(stack).await;
     let h = hash(
         &mut conn,
-        order_service::store::checkout_key(client_key, String::new()).redis_key(),
+        order_service::checkout::store::checkout_key(client_key, String::new()).redis_key(),
     )
     .await
     .expect("HGETALL key record");
@@ -1741,9 +1741,9 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
 /// with the key taken as well (the caller does that), from a crash right after that step.
 async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
     let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
-    let store = order_service::store::OrderStore::new(pool);
-    let order_id = order_service::store::new_order_id(k);
-    let key_ref = order_service::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
+    let store = order_service::orders::store::OrderStore::new(pool);
+    let order_id = order_service::ids::OrderId::new_for_key(k);
+    let key_ref = order_service::checkout::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
     let order = order_service::model::NewOrder {
         order_id: order_id.clone(),
         item_id: 1,
@@ -1755,7 +1755,7 @@ async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (Str
         .create(&order, &key_ref, "run_dead", Duration::from_millis(1))
         .await
         .expect("create the order");
-    (order_id, key_ref)
+    (order_id.to_string(), key_ref)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
 -- Stores a key's final answer (settle.lua).
--- KEYS: the key's record. ARGV: token, fingerprint, status, content type, body, location, ttl (ms).
-local token, fp, status, ctype, body, location, ttl_ms = unpack(ARGV)
-return finish(KEYS[1], token, fp, status, ctype, body, location, ttl_ms)
+-- KEYS: the key's record. ARGV: finish's arguments (settle_from).
+local s = settle_from(ARGV, 1)
+return finish(KEYS[1], s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms)

@@ -24,3 +24,11 @@ local function free(key, token)
   if rec[1] == 'running' and rec[2] == token then return redis.call('DEL', key) end
   return 0
 end
+-- settle_from(argv, first): finish's arguments, as IdempotencyStore::finish_args passes them
+--   from ARGV[first] on, by name: token, fp, status, ctype, body, location, ttl_ms.
+local function settle_from(argv, first)
+  return {
+    token = argv[first], fp = argv[first + 1], status = argv[first + 2], ctype = argv[first + 3],
+    body = argv[first + 4], location = argv[first + 5], ttl_ms = argv[first + 6],
+  }
+end

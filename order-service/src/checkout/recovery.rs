@@ -11,8 +11,9 @@ use std::time::Duration;
 use shared::ids::{self, SHARDS};
 use tokio::sync::Semaphore;
 
-use crate::runner::{Resumer, Runner};
-use crate::store::Claim;
+use super::runner::{Resumer, Runner};
+use super::store::Claim;
+use crate::ids::OrderId;
 
 /// Orders taken per shard and pass; the rest wait for the next pass.
 const BATCH: usize = 32;
@@ -45,14 +46,14 @@ pub async fn run(runner: Runner, interval: Duration) {
     }
 }
 
-async fn recover(runner: &Runner, order_id: &str) {
+async fn recover(runner: &Runner, order_id: &OrderId) {
     let owner = ids::new_id("rec");
     match runner.store.claim(order_id, &owner, runner.idempotency.lease()).await {
         Ok(Claim::Claimed) => {}
         // Another replica's worker, or a client's retry, got there first.
         Ok(Claim::Held) | Ok(Claim::Gone) => return,
         Err(e) => {
-            tracing::warn!(order_id, error = %e, "recovery: claim failed");
+            tracing::warn!(%order_id, error = %e, "recovery: claim failed");
             return;
         }
     }
@@ -68,8 +69,8 @@ async fn recover(runner: &Runner, order_id: &str) {
 }
 
 /// Drives a claimed checkout to its end.
-async fn finish(runner: &Runner, order_id: &str, owner: &str) {
-    tracing::info!(order_id, "recovery: resuming a checkout whose runner stopped");
+async fn finish(runner: &Runner, order_id: &OrderId, owner: &str) {
+    tracing::info!(%order_id, "recovery: resuming a checkout whose runner stopped");
     shared::metrics::event("recovery", "claimed");
     let Some(resp) = runner.resume(order_id, owner, Resumer::Recovery).await else {
         return;
@@ -80,6 +81,6 @@ async fn finish(runner: &Runner, order_id: &str, owner: &str) {
         s if s >= 500 => "undone",
         _ => "refused",
     };
-    tracing::info!(order_id, status = resp.status, "recovery: checkout {outcome}");
+    tracing::info!(%order_id, status = resp.status, "recovery: checkout {outcome}");
     shared::metrics::event("recovery", outcome);
 }

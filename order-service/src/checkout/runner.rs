@@ -8,11 +8,14 @@
 
 use std::time::Duration;
 
-use shared::idempotency::{IdempotencyStore, KeyRef, Outcome, StoredResponse};
+use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 
+use super::core::KeyFate;
+use super::saga::{Saga, SagaEnd, processing_response};
+use super::store::Progress;
+use crate::ids::OrderId;
 use crate::model::NewOrder;
-use crate::saga::{Saga, SagaEnd, processing_response};
-use crate::store::{OrderStore, Progress};
+use crate::orders::store::OrderStore;
 
 #[derive(Clone)]
 pub struct Runner {
@@ -41,8 +44,8 @@ impl Runner {
     /// answer is stored, a fully undone failure frees the key, an unknown outcome keeps both
     /// locked and asks recovery to try again soon. Returns the response for the client.
     pub async fn drive(&self, order: &NewOrder, key: &KeyRef, owner: &str, progress: Progress) -> StoredResponse {
-        let id = order.order_id.as_str();
-        let renewer = tokio::spawn(renew(self.clone(), key.clone(), id.to_string(), owner.to_string()));
+        let id = &order.order_id;
+        let renewer = tokio::spawn(renew(self.clone(), key.clone(), id.clone(), owner.to_string()));
         let end = self.saga.run(order, progress, owner, key).await;
         renewer.abort();
         self.settle(id, key, owner, end).await
@@ -50,14 +53,14 @@ impl Runner {
 
     /// Resumes an order `owner` has claimed: settles it if it already ended, abandons it if
     /// its key was never taken for it, else drives it on from its last recorded step.
-    pub async fn resume(&self, order_id: &str, owner: &str, by: Resumer) -> Option<StoredResponse> {
+    pub async fn resume(&self, order_id: &OrderId, owner: &str, by: Resumer) -> Option<StoredResponse> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            tracing::warn!(order_id, error = %e, "resume: cannot {what}; the lease will run out and it is tried again");
+            tracing::warn!(%order_id, error = %e, "resume: cannot {what}; the lease will run out and it is tried again");
         };
         let (stored, progress) = match self.store.load(order_id).await {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
-                tracing::error!(order_id, "resume: the order lacks what is needed to resume it");
+                tracing::error!(%order_id, "resume: the order lacks what is needed to resume it");
                 return None;
             }
             Err(e) => {
@@ -70,8 +73,8 @@ impl Runner {
             Ok(Some(resp)) => {
                 // It ended with its release owed: stock first, and until stock hears it the
                 // order stays in recovery's set.
-                if let (true, Some((rid, _, _))) = (progress.release_owed, &progress.reservation)
-                    && !self.saga.release_owed(order_id, rid).await
+                if let (true, Some(r)) = (progress.release_owed, &progress.reservation)
+                    && !self.saga.release_owed(order_id, &r.reservation_id).await
                 {
                     if let Err(e) = self.store.lease(order_id, owner, self.retry_unknown).await {
                         fail("look again later", &e);
@@ -79,12 +82,7 @@ impl Runner {
                     return None;
                 }
                 // It ended, but the process died before settling its key (or it owed a release).
-                let end = if resp.status < 500 {
-                    SagaEnd::Final(resp)
-                } else {
-                    SagaEnd::Retryable(resp)
-                };
-                return Some(self.settle(order_id, &key, owner, end).await);
+                return Some(self.settle(order_id, &key, owner, SagaEnd::recorded(resp)).await);
             }
             Ok(None) => {}
             Err(e) => {
@@ -96,10 +94,10 @@ impl Runner {
             // The order is created before its key is taken; if the process died in between,
             // or another request holds the key, this order never began and nothing happened.
             match self.idempotency.token_of(&key).await {
-                Ok(Some(token)) if token == order_id => {}
+                Ok(Some(token)) if token == order_id.as_str() => {}
                 Ok(_) => {
                     match self.store.abandon(order_id).await {
-                        Ok(true) => tracing::info!(order_id, "recovery: dropped an order whose checkout never began"),
+                        Ok(true) => tracing::info!(%order_id, "recovery: dropped an order whose checkout never began"),
                         Ok(false) => {}
                         Err(e) => fail("drop the order", &e),
                     }
@@ -114,56 +112,50 @@ impl Runner {
         Some(self.drive(&stored.order, &key, owner, progress).await)
     }
 
-    async fn settle(&self, id: &str, key: &KeyRef, owner: &str, end: SagaEnd) -> StoredResponse {
-        let (outcome, settled) = match end {
-            SagaEnd::Final(r) => (Outcome::Store(r), true),
-            SagaEnd::Retryable(r) => (Outcome::Free(r), true),
-            SagaEnd::Pending(r) => (Outcome::Hold(r), false),
+    async fn settle(&self, id: &OrderId, key: &KeyRef, owner: &str, end: SagaEnd) -> StoredResponse {
+        let (resp, fate) = match end {
             // Settled with its end, in the same step.
-            SagaEnd::Settled(r) => return r,
+            SagaEnd::Settled(resp) => return resp,
+            SagaEnd::Unsettled(resp, fate) => (resp, fate),
         };
         // The key's token is the order id: whichever runner ends the order may settle it.
         // Settling also retires the order from recovery's set, in the same step.
-        let recorded = match &outcome {
-            Outcome::Store(resp) => self.store.settle_key(id, key, Some(resp), &self.idempotency).await,
-            Outcome::Free(_) => self.store.settle_key(id, key, None, &self.idempotency).await,
-            // The order service's own answers are settled here, never beside an effect.
-            Outcome::Hold(_) | Outcome::Stored(_) => Ok(()),
-        };
-        match recorded {
-            Ok(()) if settled => {}
-            Ok(()) => {
+        let recorded = match fate {
+            KeyFate::Store => self.store.settle_key(id, key, Some(&resp), &self.idempotency).await,
+            KeyFate::Free => self.store.settle_key(id, key, None, &self.idempotency).await,
+            KeyFate::Hold => {
                 if let Err(e) = self.store.lease(id, owner, self.retry_unknown).await {
                     // Harmless: recovery will find the order again once its lease runs out.
-                    tracing::warn!(order_id = id, error = %e, "could not update the order's lease");
+                    tracing::warn!(order_id = %id, error = %e, "could not update the order's lease");
                 }
+                Ok(())
             }
-            Err(e) => {
-                tracing::warn!(order_id = id, error = %e, "could not settle the key; recovery will");
-                // The client must not act on an answer whose key may still be unsettled.
-                return processing_response(id);
-            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(order_id = %id, error = %e, "could not settle the key; recovery will");
+            // The client must not act on an answer whose key may still be unsettled.
+            return processing_response(id);
         }
-        outcome.into_response()
+        resp
     }
 }
 
 /// Keeps both leases alive while the saga works. Stops when the order is no longer ours.
-async fn renew(runner: Runner, key: KeyRef, order_id: String, owner: String) {
+async fn renew(runner: Runner, key: KeyRef, order_id: OrderId, owner: String) {
     let lease = runner.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = runner.idempotency.renew(&key, &order_id).await {
-            tracing::warn!(order_id, error = %e, "could not renew the checkout's key lease");
+        if let Err(e) = runner.idempotency.renew(&key, order_id.as_str()).await {
+            tracing::warn!(%order_id, error = %e, "could not renew the checkout's key lease");
         }
         match runner.store.lease(&order_id, &owner, lease).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(order_id, "lost the order's lease; its new owner will finish it");
+                tracing::warn!(%order_id, "lost the order's lease; its new owner will finish it");
                 return;
             }
-            Err(e) => tracing::warn!(order_id, error = %e, "could not renew the order's lease"),
+            Err(e) => tracing::warn!(%order_id, error = %e, "could not renew the order's lease"),
         }
     }
 }

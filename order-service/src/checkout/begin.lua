@@ -1,0 +1,10 @@
+-- Takes the checkout's Idempotency-Key and, when it is new, creates its order in the same step:
+-- the key's record shares the order's slot, so no crash can leave one without the other.
+-- KEYS: key record, order, steps, totals, active. ARGV: the new order (new_order_from), the
+-- key's ttl (ms).
+local key, order, steps, totals, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local o = new_order_from(ARGV)
+local ttl_ms = ARGV[12]
+local decision = begin(key, o.fp, o.id, tonumber(o.lease_ms), ttl_ms)
+if decision[1] == 'new' then create_order(order, steps, totals, active, o) end
+return decision

@@ -1,0 +1,480 @@
+//! The checkout's decisions, as pure functions over plain types: given what is recorded and
+//! what a step's call answered, the next thing to do. No Redis and no HTTP here; the saga
+//! ([`super::saga`]) makes the calls, asks, and carries the decision out. Each row of the
+//! README's failure table is a case in the tests below.
+//!
+//! The rule for money: never report failure while money may have moved. A call that may have
+//! reached its service but whose answer was lost, or one that proves nothing because an earlier
+//! runner may have sent it, makes the order wait (202, key locked, recovery tries again) instead
+//! of ending it. The same holds for stock: a 503 says everything was undone.
+
+use super::store::Reservation;
+use crate::ids::{ChargeId, OrderStatus, StepName, StepStatus};
+
+/// How a call went, as far as the decision cares: answered, or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Call<T> {
+    Answered(T),
+    /// Every attempt was refused a connection: the request never reached the service.
+    NotSent,
+    /// It may have reached the service, and no answer came back (a timeout, a reset, a 5xx).
+    Lost,
+    /// An answer no contract allows: a bug, not an outage.
+    Unexpected,
+}
+
+impl<T> Call<T> {
+    /// The answer, when there is one.
+    pub fn answer(&self) -> Option<&T> {
+        match self {
+            Self::Answered(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveAnswer {
+    Reserved(Reservation),
+    ItemNotFound,
+    OutOfStock,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeAnswer {
+    Charged(ChargeId),
+    Declined {
+        decline_code: String,
+    },
+    /// Payment refused the request itself (an unknown payment method): a 400.
+    Refused {
+        detail: String,
+    },
+}
+
+/// Stock's answer to a release or a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionAnswer {
+    Done,
+    /// A definitive refusal: the reservation completed, released, expired or unknown.
+    Refused,
+}
+
+/// Payment's answer to a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundAnswer {
+    Refunded { refund_id: String },
+}
+
+/// What is recorded of an order, as far as choosing its next step goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recorded {
+    pub reservation: bool,
+    pub charge: bool,
+    /// An earlier runner worked on this order and may have sent calls nobody recorded.
+    pub resumed: bool,
+}
+
+/// The step a run takes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// `maybe_sent`: an earlier runner may have sent this reserve already.
+    Reserve {
+        maybe_sent: bool,
+    },
+    /// `maybe_sent`: an earlier runner recorded the reservation and went on to charge, and may
+    /// have been heard before it died. Payment is then asked for a standing charge first.
+    Charge {
+        maybe_sent: bool,
+    },
+    Complete,
+}
+
+/// A recorded step is never re-decided: the run goes on from the last one.
+pub fn next_step(recorded: Recorded) -> Next {
+    match (recorded.reservation, recorded.charge) {
+        (false, _) => Next::Reserve {
+            maybe_sent: recorded.resumed,
+        },
+        (true, false) => Next::Charge {
+            maybe_sent: recorded.resumed,
+        },
+        (true, true) => Next::Complete,
+    }
+}
+
+/// What a checkout's final answer says, before it is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Completed,
+    ItemNotFound,
+    OutOfStock,
+    Declined {
+        decline_code: String,
+    },
+    MethodRefused {
+        detail: String,
+    },
+    StockUnavailable,
+    PaymentUnavailable,
+    /// The reservation lapsed before completion, and the charge was refunded.
+    ReservationLapsed,
+}
+
+/// How an order ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub status: OrderStatus,
+    pub step: (StepName, StepStatus),
+    /// Release the reservation first (and record how that went).
+    pub release: bool,
+    pub answer: Answer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Record the step as succeeded and go on.
+    Proceed,
+    /// The outcome is unknown: record the step so, answer 202, keep the key locked; the same
+    /// idempotent call is sent again later (recovery) and resolves it.
+    Wait(StepName),
+    End(Ending),
+    /// Stock refused to complete a charged order: the customer paid for units we no longer
+    /// hold, so the money goes back.
+    Refund,
+}
+
+fn end(status: OrderStatus, step: (StepName, StepStatus), release: bool, answer: Answer) -> Decision {
+    Decision::End(Ending {
+        status,
+        step,
+        release,
+        answer,
+    })
+}
+
+/// After a reserve. `maybe_sent`: see [`Next::Reserve`]; failing to reach stock then proves
+/// nothing about the units.
+pub fn after_reserve(call: Call<ReserveAnswer>, maybe_sent: bool) -> Decision {
+    use StepName::Reserve;
+    match call {
+        Call::Answered(ReserveAnswer::Reserved(_)) => Decision::Proceed,
+        Call::Answered(ReserveAnswer::ItemNotFound) => end(
+            OrderStatus::Failed,
+            (Reserve, StepStatus::ItemNotFound),
+            false,
+            Answer::ItemNotFound,
+        ),
+        Call::Answered(ReserveAnswer::OutOfStock) => end(
+            OrderStatus::Failed,
+            (Reserve, StepStatus::OutOfStock),
+            false,
+            Answer::OutOfStock,
+        ),
+        // Stock may hold a reservation for this order: ending now would keep its units from
+        // sale until RESERVATION_TTL while the client hears "everything undone".
+        Call::Lost => Decision::Wait(Reserve),
+        Call::NotSent if maybe_sent => Decision::Wait(Reserve),
+        // Nothing reached stock, or it answered what no contract allows (a reservation it may
+        // have made returns when RESERVATION_TTL runs out): no money moved, retry at will.
+        Call::NotSent | Call::Unexpected => end(
+            OrderStatus::Failed,
+            (Reserve, StepStatus::Unavailable),
+            false,
+            Answer::StockUnavailable,
+        ),
+    }
+}
+
+/// After a charge. `maybe_sent`: see [`Next::Charge`]; a refused connection then proves
+/// nothing about the money, and the order waits.
+pub fn after_charge(call: Call<ChargeAnswer>, maybe_sent: bool) -> Decision {
+    use StepName::Charge;
+    match call {
+        Call::Answered(ChargeAnswer::Charged(_)) => Decision::Proceed,
+        Call::Answered(ChargeAnswer::Declined { decline_code }) => end(
+            OrderStatus::Compensated,
+            (Charge, StepStatus::Declined),
+            true,
+            Answer::Declined { decline_code },
+        ),
+        Call::Answered(ChargeAnswer::Refused { detail }) => end(
+            OrderStatus::Compensated,
+            (Charge, StepStatus::Refused),
+            true,
+            Answer::MethodRefused { detail },
+        ),
+        Call::NotSent if !maybe_sent => end(
+            OrderStatus::Compensated,
+            (Charge, StepStatus::Unavailable),
+            true,
+            Answer::PaymentUnavailable,
+        ),
+        Call::NotSent | Call::Lost | Call::Unexpected => Decision::Wait(Charge),
+    }
+}
+
+/// After asking payment for a charge an earlier runner made: `Ok(true)` found one (go on with
+/// it), `Ok(false)` none (send the charge), `Err` payment could not say (wait).
+pub fn after_charge_lookup(found: Result<bool, ()>) -> Option<Decision> {
+    match found {
+        Ok(true) => Some(Decision::Proceed),
+        Ok(false) => None,
+        Err(()) => Some(Decision::Wait(StepName::Charge)),
+    }
+}
+
+/// After completing the reservation of a charged order: once charged, the order only goes
+/// forward, refunding only on stock's definitive refusal.
+pub fn after_complete(call: Call<TransitionAnswer>) -> Decision {
+    match call {
+        Call::Answered(TransitionAnswer::Done) => end(
+            OrderStatus::Completed,
+            (StepName::Complete, StepStatus::Succeeded),
+            false,
+            Answer::Completed,
+        ),
+        Call::Answered(TransitionAnswer::Refused) => Decision::Refund,
+        Call::NotSent | Call::Lost | Call::Unexpected => Decision::Wait(StepName::Complete),
+    }
+}
+
+/// After refunding a charge whose reservation lapsed.
+pub fn after_refund(call: Call<RefundAnswer>) -> Decision {
+    match call {
+        Call::Answered(RefundAnswer::Refunded { .. }) => end(
+            OrderStatus::Compensated,
+            (StepName::Refund, StepStatus::Succeeded),
+            true,
+            Answer::ReservationLapsed,
+        ),
+        Call::NotSent | Call::Lost | Call::Unexpected => Decision::Wait(StepName::Refund),
+    }
+}
+
+/// How a release went, as the step records it; `owed` when stock never heard it, so recovery
+/// sends it again rather than leave the units held until the reservation expires. A refusal
+/// (completed, expired, unknown) or an answer no contract allows is final: another try would
+/// not change it.
+pub fn after_release(call: Call<TransitionAnswer>) -> (StepStatus, bool) {
+    match call {
+        Call::Answered(TransitionAnswer::Done) => (StepStatus::Succeeded, false),
+        Call::Answered(TransitionAnswer::Refused) | Call::Unexpected => (StepStatus::Refused, false),
+        Call::NotSent | Call::Lost => (StepStatus::Unavailable, true),
+    }
+}
+
+/// What becomes of the checkout's Idempotency-Key with an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFate {
+    /// Definitive: stored and replayed.
+    Store,
+    /// Failed with everything undone, or refused as invalid: the key is freed for a retry.
+    Free,
+    /// Unresolved: the key stays locked until its lease runs out.
+    Hold,
+}
+
+/// The one rule for which answers are final, after the contract: success and business
+/// refusals (402, 404, 409) are stored; validation errors (400, 422) and failures with
+/// everything undone (5xx) free the key; 202 holds it while the order goes on.
+pub fn key_fate(status: u16) -> KeyFate {
+    match status {
+        202 => KeyFate::Hold,
+        400 | 422 => KeyFate::Free,
+        s if s >= 500 => KeyFate::Free,
+        _ => KeyFate::Store,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ending(d: Decision) -> Ending {
+        match d {
+            Decision::End(e) => e,
+            other => panic!("expected an ending, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fresh_order_reserves_first_and_a_resumed_one_goes_on_from_its_last_recorded_step() {
+        let fresh = Recorded::default();
+        let reserved = Recorded {
+            reservation: true,
+            resumed: true,
+            ..fresh
+        };
+        let charged = Recorded {
+            charge: true,
+            ..reserved
+        };
+        assert_eq!(next_step(fresh), Next::Reserve { maybe_sent: false });
+        assert_eq!(
+            next_step(Recorded { resumed: true, ..fresh }),
+            Next::Reserve { maybe_sent: true }
+        );
+        assert_eq!(next_step(reserved), Next::Charge { maybe_sent: true });
+        assert_eq!(next_step(charged), Next::Complete);
+    }
+
+    #[test]
+    fn stock_unreachable_before_reserving_fails_the_order_with_503_and_frees_the_key() {
+        let e = ending(after_reserve(Call::NotSent, false));
+        assert_eq!(e.status, OrderStatus::Failed);
+        assert_eq!(e.step, (StepName::Reserve, StepStatus::Unavailable));
+        assert_eq!(e.answer, Answer::StockUnavailable);
+        assert!(!e.release);
+    }
+
+    #[test]
+    fn a_reserve_whose_answer_was_lost_waits_instead_of_failing() {
+        assert_eq!(after_reserve(Call::Lost, false), Decision::Wait(StepName::Reserve));
+    }
+
+    #[test]
+    fn stock_unreachable_when_a_resumed_order_reserves_waits_for_the_dead_runners_reserve() {
+        assert_eq!(after_reserve(Call::NotSent, true), Decision::Wait(StepName::Reserve));
+    }
+
+    #[test]
+    fn unknown_items_and_missing_stock_fail_the_order_without_a_release() {
+        let missing = ending(after_reserve(Call::Answered(ReserveAnswer::ItemNotFound), false));
+        let short = ending(after_reserve(Call::Answered(ReserveAnswer::OutOfStock), true));
+        assert_eq!((missing.answer, missing.release), (Answer::ItemNotFound, false));
+        assert_eq!((short.answer, short.release), (Answer::OutOfStock, false));
+        assert_eq!(short.step, (StepName::Reserve, StepStatus::OutOfStock));
+    }
+
+    #[test]
+    fn a_reserve_answered_against_the_contract_ends_as_stock_unavailable() {
+        let e = ending(after_reserve(Call::Unexpected, true));
+        assert_eq!(e.answer, Answer::StockUnavailable);
+    }
+
+    #[test]
+    fn a_declined_payment_releases_the_reservation_and_answers_402() {
+        let e = ending(after_charge(
+            Call::Answered(ChargeAnswer::Declined {
+                decline_code: "card_declined".into(),
+            }),
+            false,
+        ));
+        assert_eq!(e.status, OrderStatus::Compensated);
+        assert!(e.release);
+        assert_eq!(
+            e.answer,
+            Answer::Declined {
+                decline_code: "card_declined".into()
+            }
+        );
+        assert_eq!(key_fate(402), KeyFate::Store);
+    }
+
+    #[test]
+    fn a_refused_payment_method_releases_and_frees_the_key_as_a_validation_error() {
+        let e = ending(after_charge(
+            Call::Answered(ChargeAnswer::Refused { detail: "no".into() }),
+            false,
+        ));
+        assert!(e.release);
+        assert_eq!(e.step, (StepName::Charge, StepStatus::Refused));
+        assert_eq!(key_fate(400), KeyFate::Free);
+    }
+
+    #[test]
+    fn a_charge_that_never_reached_payment_releases_and_answers_503() {
+        let e = ending(after_charge(Call::NotSent, false));
+        assert_eq!(e.answer, Answer::PaymentUnavailable);
+        assert!(e.release);
+        assert_eq!(key_fate(503), KeyFate::Free);
+    }
+
+    #[test]
+    fn a_charge_that_may_have_been_sent_by_a_dead_runner_waits_when_payment_is_unreachable() {
+        assert_eq!(after_charge(Call::NotSent, true), Decision::Wait(StepName::Charge));
+    }
+
+    #[test]
+    fn a_charge_whose_answer_was_lost_or_garbled_waits_and_never_fails_the_order() {
+        for maybe_sent in [false, true] {
+            assert_eq!(after_charge(Call::Lost, maybe_sent), Decision::Wait(StepName::Charge));
+            assert_eq!(
+                after_charge(Call::Unexpected, maybe_sent),
+                Decision::Wait(StepName::Charge)
+            );
+        }
+        assert_eq!(key_fate(202), KeyFate::Hold);
+    }
+
+    #[test]
+    fn a_resumed_order_takes_the_charge_payment_already_holds_and_waits_when_payment_cannot_say() {
+        assert_eq!(after_charge_lookup(Ok(true)), Some(Decision::Proceed));
+        assert_eq!(after_charge_lookup(Ok(false)), None);
+        assert_eq!(after_charge_lookup(Err(())), Some(Decision::Wait(StepName::Charge)));
+    }
+
+    #[test]
+    fn a_charged_order_completes_and_its_answer_is_stored() {
+        let e = ending(after_complete(Call::Answered(TransitionAnswer::Done)));
+        assert_eq!(e.status, OrderStatus::Completed);
+        assert_eq!(e.answer, Answer::Completed);
+        assert_eq!(key_fate(200), KeyFate::Store);
+    }
+
+    #[test]
+    fn a_charged_order_only_goes_forward_while_stock_cannot_be_heard() {
+        for call in [Call::NotSent, Call::Lost, Call::Unexpected] {
+            assert_eq!(after_complete(call), Decision::Wait(StepName::Complete));
+        }
+    }
+
+    #[test]
+    fn a_lapsed_reservation_after_a_charge_is_refunded_released_and_answers_503() {
+        assert_eq!(
+            after_complete(Call::Answered(TransitionAnswer::Refused)),
+            Decision::Refund
+        );
+        let e = ending(after_refund(Call::Answered(RefundAnswer::Refunded {
+            refund_id: "re_1".into(),
+        })));
+        assert_eq!(e.status, OrderStatus::Compensated);
+        assert!(e.release);
+        assert_eq!(e.answer, Answer::ReservationLapsed);
+        assert_eq!(e.step, (StepName::Refund, StepStatus::Succeeded));
+    }
+
+    #[test]
+    fn a_refund_whose_outcome_is_unknown_waits_for_recovery_to_send_it_again() {
+        for call in [Call::NotSent, Call::Lost, Call::Unexpected] {
+            assert_eq!(after_refund(call), Decision::Wait(StepName::Refund));
+        }
+    }
+
+    #[test]
+    fn a_release_stock_cannot_hear_is_owed_and_a_refused_one_is_final() {
+        assert_eq!(
+            after_release(Call::Answered(TransitionAnswer::Done)),
+            (StepStatus::Succeeded, false)
+        );
+        assert_eq!(
+            after_release(Call::Answered(TransitionAnswer::Refused)),
+            (StepStatus::Refused, false)
+        );
+        assert_eq!(after_release(Call::Unexpected), (StepStatus::Refused, false));
+        assert_eq!(after_release(Call::NotSent), (StepStatus::Unavailable, true));
+        assert_eq!(after_release(Call::Lost), (StepStatus::Unavailable, true));
+    }
+
+    #[test]
+    fn business_refusals_are_stored_and_validation_errors_and_outages_free_the_key() {
+        for stored in [200, 402, 404, 409] {
+            assert_eq!(key_fate(stored), KeyFate::Store, "{stored}");
+        }
+        for freed in [400, 422, 500, 503, 504] {
+            assert_eq!(key_fate(freed), KeyFate::Free, "{freed}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+-- The order record, for the checkout scripts (needs clock.lua and settle.lua). An order's
+-- hash, its steps list, its shard's totals and recovery's set of active orders share a slot.
+--
+-- new_order_from(argv): a new order's arguments by name, as CreateArgs in Rust passes them
+--   (ARGV[1..11]): id, item_id, quantity, customer_id, payment_method, at, step, idem_key, fp,
+--   owner, lease_ms.
+-- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
+--   it to its runner; 0 if it exists.
+-- change_from(argv): a change's arguments by name (ARGV[1..6]): at, step (JSON, '' for none),
+--   status, currency, amount ('' to keep each), owner.
+-- update_order(order, steps, totals, c, argv, pairs_from): records one saga event: appends the
+--   step, sets the field/value pairs argv[pairs_from..], and when the status, currency or amount
+--   changes moves the order between totals buckets in the same step, so the totals always
+--   match the orders. A terminal order is never changed again, and only its owner changes it.
+-- settle_checkout(key, active, order, mode, s): settles the checkout's key ('finish' with
+--   settle_from's `s`, or 'free') and takes the order out of recovery's set: a settled key leaves
+--   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
+--   stays in the set, due at once, until a release gets through (release_done.lua).
+-- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
+--   abandon.lua); 0 if it had begun after all.
+local function new_order_from(argv)
+  return {
+    id = argv[1], item_id = argv[2], quantity = argv[3], customer_id = argv[4], payment_method = argv[5],
+    at = argv[6], step = argv[7], idem_key = argv[8], fp = argv[9], owner = argv[10], lease_ms = argv[11],
+  }
+end
+local function create_order(order, steps, totals, active, o)
+  if redis.call('EXISTS', order) == 1 then return 0 end
+  local now = now_ms()
+  redis.call('HSET', order, 'orderId', o.id, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
+    'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'currency', 'XXX', 'amount', '0', 'createdAt', o.at,
+    'updatedAt', o.at, 'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner)
+  redis.call('RPUSH', steps, o.step)
+  redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
+  redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
+  return 1
+end
+local function change_from(argv)
+  return { at = argv[1], step = argv[2], status = argv[3], currency = argv[4], amount = argv[5], owner = argv[6] }
+end
+local function update_order(order, steps, totals, c, argv, pairs_from)
+  local function fmt(n) return string.format('%d', n) end
+  local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner')
+  if not cur[1] then return 'missing' end
+  if cur[1] ~= 'processing' then return 'terminal' end
+  if cur[4] and cur[4] ~= c.owner then return 'fenced' end
+  local status = cur[1]
+  if c.status ~= '' then status = c.status end
+  local currency = cur[2]
+  if c.currency ~= '' then currency = c.currency end
+  local amount = cur[3]
+  if c.amount ~= '' then amount = c.amount end
+  -- One HSET of what changed: every write is fsynced and lands in the AOF.
+  local set = {'updatedAt', c.at}
+  local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
+  if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
+    local function add(bucket, field, n)
+      if tonumber(n) ~= 0 then redis.call('HINCRBY', totals, bucket .. ':' .. field, n) end
+    end
+    add(cur[2] .. ':' .. cur[1], 'count', -1)
+    add(cur[2] .. ':' .. cur[1], 'amount', fmt(-tonumber(cur[3])))
+    add(currency .. ':' .. status, 'count', 1)
+    add(currency .. ':' .. status, 'amount', amount)
+    if status ~= cur[1] then put('status', status) end
+    if currency ~= cur[2] then put('currency', currency) end
+    if amount ~= cur[3] then put('amount', amount) end
+  end
+  for i = pairs_from, #argv, 2 do put(argv[i], argv[i + 1]) end
+  redis.call('HSET', order, unpack(set))
+  if c.step ~= '' then redis.call('RPUSH', steps, c.step) end
+  return 'ok'
+end
+local function settle_checkout(key, active, order, mode, s)
+  if mode == 'free' then free(key, s.token) else
+    finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms)
+  end
+  if redis.call('HEXISTS', order, 'releaseOwed') == 1 then
+    redis.call('ZADD', active, now_ms(), s.token)
+  else
+    redis.call('ZREM', active, s.token)
+  end
+end
+local function abandon_order(order, steps, totals, active, id)
+  local cur = redis.call('HMGET', order, 'status', 'reservationId', 'chargeId')
+  if cur[1] ~= 'processing' or cur[2] or cur[3] then return 0 end
+  redis.call('DEL', order, steps)
+  redis.call('HINCRBY', totals, 'XXX:processing:count', -1)
+  redis.call('ZREM', active, id)
+  return 1
+end

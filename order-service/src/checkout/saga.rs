@@ -1,0 +1,448 @@
+//! The checkout saga's I/O: reserve → charge → complete, undoing what was done when it cannot
+//! finish. It makes each call, asks [`super::core`] what the answer means, and carries the
+//! decision out: records the step, ends the order, or waits.
+//!
+//! Every step is an idempotent call keyed by the order (`<orderId>:<step>`), so running the
+//! saga again for the same order (after a crash, or when a client retries once the key's lease
+//! ran out) replays the steps that happened and continues from there. Each outcome is recorded
+//! on the order before the next step starts.
+
+use actix_web::http::StatusCode;
+use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
+use tracing::Instrument;
+
+use super::clients::{PaymentClient, StockClient};
+use super::core::{self, Answer, ChargeAnswer, Decision, Ending, KeyFate, Next, Recorded, ReserveAnswer};
+use super::spans::step_span;
+use super::store::{Applied, Change, Progress, Reservation, Settle};
+use crate::error::OrderError;
+use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
+use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
+use crate::orders::store::OrderStore;
+
+/// How a run of the saga ended, and so what becomes of the Idempotency-Key.
+#[derive(Debug)]
+pub enum SagaEnd {
+    /// Ended, with the key settled (stored or freed, as [`core::key_fate`] says) and the order
+    /// retired in the same step as its end was recorded: nothing is left to do.
+    Settled(StoredResponse),
+    /// The answer, with what is still to become of the key: another runner recorded the
+    /// order's end (Store or Free), or the outcome is unknown (Hold: 202, the key stays locked
+    /// until its lease runs out and recovery tries again).
+    Unsettled(StoredResponse, KeyFate),
+}
+
+impl SagaEnd {
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Self::Settled(r) | Self::Unsettled(r, _) => r,
+        }
+    }
+
+    /// An ended order's recorded answer, its key still to be settled.
+    pub fn recorded(resp: StoredResponse) -> Self {
+        let fate = core::key_fate(resp.status);
+        Self::Unsettled(resp, fate)
+    }
+
+    fn pending(order_id: &OrderId) -> Self {
+        Self::Unsettled(processing_response(order_id), KeyFate::Hold)
+    }
+}
+
+pub fn processing_response(order_id: &OrderId) -> StoredResponse {
+    StoredResponse::json(
+        StatusCode::ACCEPTED,
+        &CheckoutProcessing {
+            order_id: order_id.to_string(),
+            status: OrderStatus::Processing.as_str().into(),
+        },
+    )
+    .with_location(format!("/order/orders/{order_id}"))
+}
+
+#[derive(Clone)]
+pub struct Saga {
+    store: OrderStore,
+    stock: StockClient,
+    payment: PaymentClient,
+    idempotency: IdempotencyStore,
+}
+
+impl Saga {
+    pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient, idempotency: IdempotencyStore) -> Self {
+        Self {
+            store,
+            stock,
+            payment,
+            idempotency,
+        }
+    }
+
+    /// Sends an ended order's owed release again; true once nothing is owed any more (stock
+    /// answered it) and that is recorded.
+    pub async fn release_owed(&self, order_id: &OrderId, reservation_id: &ReservationId) -> bool {
+        let (status, owed) = send_release(&self.stock, order_id, reservation_id).await;
+        if owed {
+            return false;
+        }
+        match self.store.release_done(order_id, status).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "could not record the owed release");
+                false
+            }
+        }
+    }
+
+    /// Runs the saga for an order `owner` holds the lease of, from its recorded `progress`;
+    /// its end settles `key` in the same step when it can.
+    pub async fn run(&self, order: &NewOrder, progress: Progress, owner: &str, key: &KeyRef) -> SagaEnd {
+        let attempt = Attempt {
+            saga: self,
+            order,
+            owner,
+            key,
+        };
+        let end = attempt.proceed(progress).await;
+        let outcome = match (&end, end.response().status) {
+            (SagaEnd::Unsettled(_, KeyFate::Hold), _) => "processing",
+            (_, 200) => "completed",
+            (_, s) if s >= 500 => "unavailable",
+            _ => "refused",
+        };
+        shared::metrics::event("checkout", outcome);
+        end
+    }
+}
+
+/// Asks stock to release a reservation, under the order's release key: the step status to
+/// record, and whether the release is still owed (stock never heard it).
+async fn send_release(stock: &StockClient, order_id: &OrderId, reservation_id: &ReservationId) -> (StepStatus, bool) {
+    let call = stock
+        .release(order_id, reservation_id)
+        .instrument(step_span(StepName::Release, order_id, true))
+        .await;
+    core::after_release(call)
+}
+
+/// One runner's pass over an order. Its changes carry `owner`, so a runner that lost its lease
+/// to recovery cannot overwrite what the new owner records.
+struct Attempt<'a> {
+    saga: &'a Saga,
+    order: &'a NewOrder,
+    owner: &'a str,
+    key: &'a KeyRef,
+}
+
+impl Attempt<'_> {
+    fn id(&self) -> &OrderId {
+        &self.order.order_id
+    }
+
+    /// Goes on from the last recorded step ([`core::next_step`]); `Err` is how the saga ended
+    /// instead of going on.
+    async fn proceed(&self, progress: Progress) -> SagaEnd {
+        let mut recorded = Recorded {
+            reservation: progress.reservation.is_some(),
+            charge: progress.charge_id.is_some(),
+            resumed: progress.resumed,
+        };
+        let mut reservation = progress.reservation;
+        let mut charge_id = progress.charge_id;
+        loop {
+            let step = core::next_step(recorded);
+            let taken = match (step, &reservation, &charge_id) {
+                (Next::Reserve { maybe_sent }, _, _) => self.reserve(maybe_sent).await.map(|r| reservation = Some(r)),
+                (Next::Charge { maybe_sent }, Some(r), _) => {
+                    self.charge(r, maybe_sent).await.map(|c| charge_id = Some(c))
+                }
+                (Next::Complete, Some(r), Some(c)) => return self.complete(r, c).await,
+                // What next_step was told is recorded is exactly what is here.
+                _ => return SagaEnd::pending(self.id()),
+            };
+            if let Err(end) = taken {
+                return end;
+            }
+            // A step this run took was not sent by an earlier one.
+            recorded = Recorded {
+                reservation: reservation.is_some(),
+                charge: charge_id.is_some(),
+                resumed: false,
+            };
+        }
+    }
+
+    async fn reserve(&self, maybe_sent: bool) -> Result<Reservation, SagaEnd> {
+        let o = self.order;
+        let call = self
+            .saga
+            .stock
+            .reserve(self.id(), o.item_id, o.quantity)
+            .instrument(step_span(StepName::Reserve, self.id(), false))
+            .await;
+        let reservation = match call.answer() {
+            Some(ReserveAnswer::Reserved(r)) => Some(r.clone()),
+            _ => None,
+        };
+        match (core::after_reserve(call, maybe_sent), reservation) {
+            (Decision::Proceed, Some(r)) => {
+                let change = Change {
+                    step: Some((StepName::Reserve, StepStatus::Succeeded)),
+                    reservation: Some(&r),
+                    ..Change::default()
+                };
+                self.record(change).await?;
+                Ok(r)
+            }
+            (decision, _) => Err(self.carry_out(decision, None, None, vec![]).await),
+        }
+    }
+
+    /// `maybe_sent`: an earlier runner may have charged; payment is asked for that charge
+    /// first. Resending the charge would find it only while payment still knows its
+    /// Idempotency-Key; a run that resumes later than that (IDEMPOTENCY_TTL, 24 h) would charge
+    /// the card a second time. Payment keeps its charges for good and lists them by order.
+    async fn charge(&self, reservation: &Reservation, maybe_sent: bool) -> Result<ChargeId, SagaEnd> {
+        let payment = &self.saga.payment;
+        let mut charged = None;
+        let mut decision = None;
+        if maybe_sent {
+            let found = payment.standing_charge(self.id(), reservation).await;
+            if let Ok(Some(c)) = &found {
+                tracing::info!(order_id = %self.id(), charge_id = %c, "an earlier run charged this order; not charging again");
+                charged = Some(c.clone());
+            }
+            decision = core::after_charge_lookup(found.map(|c| c.is_some()));
+        }
+        let decision = match decision {
+            Some(d) => d,
+            None => {
+                let o = self.order;
+                let call = payment
+                    .charge(self.id(), reservation, &o.customer_id, &o.payment_method)
+                    .instrument(step_span(StepName::Charge, self.id(), false))
+                    .await;
+                if let Some(ChargeAnswer::Charged(c)) = call.answer() {
+                    charged = Some(c.clone());
+                }
+                core::after_charge(call, maybe_sent)
+            }
+        };
+        match (decision, charged) {
+            (Decision::Proceed, Some(charge_id)) => {
+                let change = Change {
+                    step: Some((StepName::Charge, StepStatus::Succeeded)),
+                    fields: vec![("chargeId", charge_id.to_string())],
+                    ..Change::default()
+                };
+                self.record(change).await?;
+                Ok(charge_id)
+            }
+            (decision, _) => Err(self.carry_out(decision, Some(reservation), None, vec![]).await),
+        }
+    }
+
+    async fn complete(&self, reservation: &Reservation, charge_id: &ChargeId) -> SagaEnd {
+        let call = self
+            .saga
+            .stock
+            .complete(self.id(), &reservation.reservation_id)
+            .instrument(step_span(StepName::Complete, self.id(), false))
+            .await;
+        match core::after_complete(call) {
+            Decision::Refund => self.refund(reservation, charge_id).await,
+            decision => {
+                self.carry_out(decision, Some(reservation), Some(charge_id), vec![])
+                    .await
+            }
+        }
+    }
+
+    /// Stock definitively refused to complete (the reservation expired or was released).
+    async fn refund(&self, reservation: &Reservation, charge_id: &ChargeId) -> SagaEnd {
+        tracing::warn!(order_id = %self.id(), "completion refused; refunding");
+        self.note(Change {
+            step: Some((StepName::Complete, StepStatus::Refused)),
+            ..Change::default()
+        })
+        .await;
+        let call = self
+            .saga
+            .payment
+            .refund(self.id(), charge_id)
+            .instrument(step_span(StepName::Refund, self.id(), true))
+            .await;
+        let refund_id = call
+            .answer()
+            .map(|core::RefundAnswer::Refunded { refund_id }| refund_id.clone());
+        let decision = core::after_refund(call);
+        if matches!(decision, Decision::End(_)) {
+            shared::metrics::event("compensation", "refund");
+        }
+        let fields = refund_id.map(|id| vec![("refundId", id)]).unwrap_or_default();
+        self.carry_out(decision, Some(reservation), Some(charge_id), fields)
+            .await
+    }
+
+    /// Carries out a decision that does not go on: an ending (with `fields` recorded beside
+    /// it), or a wait.
+    async fn carry_out(
+        &self,
+        decision: Decision,
+        reservation: Option<&Reservation>,
+        charge_id: Option<&ChargeId>,
+        fields: Vec<(&'static str, String)>,
+    ) -> SagaEnd {
+        match decision {
+            Decision::End(ending) => self.end(ending, reservation, charge_id, fields).await,
+            Decision::Wait(step) => self.wait(step).await,
+            // Proceed and Refund are carried out where they are decided.
+            Decision::Proceed | Decision::Refund => SagaEnd::pending(self.id()),
+        }
+    }
+
+    /// Ends the order: releases first when the ending says so, then records the end, its
+    /// answer and its key's settling in one step.
+    async fn end(
+        &self,
+        ending: Ending,
+        reservation: Option<&Reservation>,
+        charge_id: Option<&ChargeId>,
+        mut fields: Vec<(&'static str, String)>,
+    ) -> SagaEnd {
+        if let (true, Some(r)) = (ending.release, reservation) {
+            fields.extend(self.release(&r.reservation_id).await);
+        }
+        let resp = self.answer(ending.answer, reservation, charge_id);
+        let store = core::key_fate(resp.status) == KeyFate::Store;
+        let change = Change {
+            step: Some(ending.step),
+            status: Some(ending.status),
+            fields,
+            response: Some(&resp),
+            settle: Some(Settle {
+                key: self.key,
+                store,
+                idempotency: &self.saga.idempotency,
+            }),
+            ..Change::default()
+        };
+        match self.note(change).await {
+            Applied::Yes => SagaEnd::Settled(resp),
+            _ => self.settled_elsewhere().await,
+        }
+    }
+
+    /// The response an ending answers.
+    fn answer(
+        &self,
+        answer: Answer,
+        reservation: Option<&Reservation>,
+        charge_id: Option<&ChargeId>,
+    ) -> StoredResponse {
+        let o = self.order;
+        let order_id = o.order_id.to_string();
+        let err = match answer {
+            Answer::Completed => {
+                let (Some(r), Some(c)) = (reservation, charge_id) else {
+                    return processing_response(self.id());
+                };
+                let body = CheckoutCompleted {
+                    order_id,
+                    status: OrderStatus::Completed.as_str().into(),
+                    item_id: o.item_id,
+                    quantity: o.quantity,
+                    amount: r.total_fee,
+                    currency: r.currency.clone(),
+                    reservation_id: r.reservation_id.to_string(),
+                    charge_id: c.to_string(),
+                };
+                return StoredResponse::json(StatusCode::OK, &body);
+            }
+            Answer::ItemNotFound => OrderError::ItemNotFound {
+                order_id,
+                item_id: o.item_id,
+            },
+            Answer::OutOfStock => OrderError::OutOfStock {
+                order_id,
+                item_id: o.item_id,
+                quantity: o.quantity,
+            },
+            Answer::Declined { decline_code } => OrderError::PaymentDeclined { order_id, decline_code },
+            Answer::MethodRefused { detail } => OrderError::PaymentMethodRefused { order_id, detail },
+            Answer::StockUnavailable => OrderError::DependencyUnavailable {
+                order_id,
+                detail: "the stock service is unavailable; nothing was charged".into(),
+            },
+            Answer::PaymentUnavailable => OrderError::DependencyUnavailable {
+                order_id,
+                detail: "the payment service is unavailable; nothing was charged and the reservation was released"
+                    .into(),
+            },
+            Answer::ReservationLapsed => OrderError::DependencyUnavailable {
+                order_id,
+                detail: "the reservation lapsed before it could be completed; the charge was refunded".into(),
+            },
+        };
+        StoredResponse::problem(&err.problem())
+    }
+
+    /// Releases the reservation, returning the fields to record with the order's end. A
+    /// release that cannot get through is owed (`releaseOwed`): the order's answer stands, and
+    /// recovery sends the same release again until stock hears it ([`Saga::release_owed`]).
+    async fn release(&self, rid: &ReservationId) -> Vec<(&'static str, String)> {
+        let (status, owed) = send_release(&self.saga.stock, self.id(), rid).await;
+        shared::metrics::event("compensation", "release");
+        self.note(Change {
+            step: Some((StepName::Release, status)),
+            ..Change::default()
+        })
+        .await;
+        if owed {
+            vec![("releaseOwed", rid.to_string())]
+        } else {
+            vec![]
+        }
+    }
+
+    async fn wait(&self, step: StepName) -> SagaEnd {
+        tracing::warn!(order_id = %self.id(), step = step.as_str(), "outcome unknown; order stays processing");
+        self.note(Change {
+            step: Some((step, StepStatus::Unknown)),
+            ..Change::default()
+        })
+        .await;
+        SagaEnd::pending(self.id())
+    }
+
+    /// The order's end was recorded by another runner (this one lost its lease): answer what
+    /// that runner recorded, or 202 while it is still at work. Never a different outcome.
+    async fn settled_elsewhere(&self) -> SagaEnd {
+        tracing::warn!(order_id = %self.id(), "another runner owns this order now; deferring to its outcome");
+        match self.saga.store.final_response(self.id()).await {
+            Ok(Some(resp)) => SagaEnd::recorded(resp),
+            _ => SagaEnd::pending(self.id()),
+        }
+    }
+
+    /// Records a step that goes on; `Err` when it was not recorded (the saga then stops).
+    async fn record(&self, change: Change<'_>) -> Result<(), SagaEnd> {
+        match self.note(change).await {
+            Applied::Yes => Ok(()),
+            _ => Err(self.settled_elsewhere().await),
+        }
+    }
+
+    /// Records a change. When Redis cannot be reached its fate is unknown: the caller must
+    /// not give a definitive answer on it, and stops with 202 (recovery finishes later).
+    async fn note(&self, change: Change<'_>) -> Applied {
+        match self.saga.store.update(self.id(), self.owner, change).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(order_id = %self.id(), error = %e, "could not record a saga step");
+                Applied::Unknown
+            }
+        }
+    }
+}

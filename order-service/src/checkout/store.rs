@@ -1,0 +1,417 @@
+//! The checkout's writes to its order, each one script (a `.lua` file beside this one) on the
+//! order's slot: taking the key and creating the order, recording a step, ending the order and
+//! settling its key, leases and claims for recovery.
+//!
+//! The order's `owner` field fences out a runner that lost its lease: its changes are refused,
+//! so only the owner's view becomes the record. Each script's arguments are built by one
+//! function here, by name, in the order its `.lua` file reads them.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
+use shared::idempotency::scripts::{BEGIN, SETTLE};
+use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
+use shared::ids::shard_of;
+use shared::lua::{self, CLOCK, Lib};
+
+use crate::error::OrderError;
+use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
+use crate::model::{NewOrder, Step};
+use crate::orders::store::{OrderStore, active_key, active_key_of, order_key, steps_key, totals_key_of};
+
+/// The order record's functions (order.lua).
+static ORDER: Lib = Lib {
+    name: "order",
+    source: include_str!("order.lua"),
+    needs: &[&CLOCK, &SETTLE],
+};
+
+static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&BEGIN, &ORDER], include_str!("begin.lua")));
+static CREATE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("create.lua")));
+static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("settle.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("claim.lua")));
+static LEASE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("lease.lua")));
+static DUE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("due.lua")));
+static UPDATE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("update.lua")));
+static UPDATE_AND_SETTLE: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&ORDER], include_str!("update_and_settle.lua")));
+static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| lua::script(&[], include_str!("release_done.lua")));
+static ABANDON: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("abandon.lua")));
+static UNDO_BEGIN: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("undo_begin.lua")));
+
+/// A checkout's Idempotency-Key record, kept in the slot of the orders made for it: the shard
+/// of the client's key, which [`OrderId::new_for_key`] gives the order too.
+pub fn checkout_key(key: &str, fingerprint: String) -> KeyRef {
+    KeyRef::from_stored(format!("order:{{ord:{}}}:key:{key}", shard_of(key)), fingerprint)
+}
+
+/// The reservation, as recorded on the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub reservation_id: ReservationId,
+    pub total_fee: u64,
+    pub currency: String,
+}
+
+/// What a runner needs to resume an order from its last recorded step.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub reservation: Option<Reservation>,
+    pub charge_id: Option<ChargeId>,
+    /// Loaded to resume the order: an earlier runner worked on it and may have sent calls
+    /// whose answers nobody recorded.
+    pub resumed: bool,
+    /// The order ended, but the release of its reservation never got through to stock.
+    pub release_owed: bool,
+}
+
+/// What an attempt to change an order found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// The order had already ended; nothing changed.
+    Terminal,
+    /// Another runner owns the order now; nothing changed.
+    Fenced,
+    Missing,
+    /// Redis did not answer: the change may or may not have been applied.
+    Unknown,
+}
+
+/// What a claim on an order found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the order now.
+    Claimed,
+    /// Its runner's lease is still live.
+    Held,
+    /// No such order (it was never created).
+    Gone,
+}
+
+/// An order as stored, with what is needed to finish it and settle its key.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub order: NewOrder,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+}
+
+/// One change to an order.
+#[derive(Default)]
+pub struct Change<'a> {
+    pub step: Option<(StepName, StepStatus)>,
+    pub status: Option<OrderStatus>,
+    pub reservation: Option<&'a Reservation>,
+    pub fields: Vec<(&'static str, String)>,
+    pub response: Option<&'a StoredResponse>,
+    /// With the order's end: settle its key in the same step (and retire the order).
+    pub settle: Option<Settle<'a>>,
+}
+
+/// How an order's end settles its key: its answer stored (`store`), or the key freed.
+pub struct Settle<'a> {
+    pub key: &'a KeyRef,
+    pub store: bool,
+    pub idempotency: &'a IdempotencyStore,
+}
+
+fn step_json(name: StepName, status: StepStatus, at: &str) -> String {
+    serde_json::to_string(&Step {
+        name: name.as_str().into(),
+        status: status.as_str().into(),
+        at: at.into(),
+    })
+    .unwrap_or_default()
+}
+
+/// A new order's arguments, as order.lua's `new_order_from` reads them.
+fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) {
+    let at = shared::time::now_rfc3339();
+    let id = &order.order_id;
+    inv.key(order_key(id))
+        .key(steps_key(id))
+        .key(totals_key_of(id))
+        .key(active_key_of(id))
+        .arg(id.as_str())
+        .arg(order.item_id)
+        .arg(order.quantity)
+        .arg(&order.customer_id)
+        .arg(&order.payment_method)
+        .arg(&at)
+        .arg(step_json(StepName::Created, StepStatus::Succeeded, &at))
+        .arg(key.redis_key())
+        .arg(key.fingerprint())
+        .arg(owner)
+        .arg(lease.as_millis() as u64);
+}
+
+/// A change's arguments, as order.lua's `change_from` reads them.
+fn push_change(inv: &mut ScriptInvocation<'_>, change: &Change<'_>, owner: &str) {
+    let at = shared::time::now_rfc3339();
+    inv.arg(&at)
+        .arg(change.step.map(|(n, s)| step_json(n, s, &at)).unwrap_or_default())
+        .arg(change.status.map(OrderStatus::as_str).unwrap_or(""))
+        .arg(change.reservation.map(|r| r.currency.as_str()).unwrap_or(""))
+        .arg(change.reservation.map(|r| r.total_fee.to_string()).unwrap_or_default())
+        .arg(owner);
+}
+
+impl OrderStore {
+    /// Takes the checkout's key ([`checkout_key`]) for `order` and, when the key is new, creates
+    /// the order leased to `owner`, in one step. Any other decision leaves nothing behind.
+    pub async fn begin_checkout(
+        &self,
+        order: &NewOrder,
+        key: &KeyRef,
+        owner: &str,
+        idempotency: &IdempotencyStore,
+    ) -> Result<Begin, OrderError> {
+        let reply: Vec<redis::Value> = shared::redis_pool::traced("idempotency.begin", async {
+            let mut conn = self.pool.get().await?;
+            let mut inv = BEGIN_CHECKOUT.key(key.redis_key());
+            push_new_order(&mut inv, order, key, owner, idempotency.lease());
+            Ok::<_, OrderError>(
+                inv.arg(idempotency.ttl().as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?,
+            )
+        })
+        .await?;
+        Ok(IdempotencyStore::decision(&reply)?)
+    }
+
+    /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
+    /// that whoever finishes the order can settle the key. False if it already exists.
+    pub async fn create(
+        &self,
+        order: &NewOrder,
+        key: &KeyRef,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = CREATE.prepare_invoke();
+        push_new_order(&mut inv, order, key, owner, lease);
+        let created: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(created == 1)
+    }
+
+    /// Applies a change on behalf of `owner`.
+    pub async fn update(&self, order_id: &OrderId, owner: &str, change: Change<'_>) -> Result<Applied, OrderError> {
+        let mut conn = self.pool.get().await?;
+        // Settling needs the answer to store: without one, the change is recorded alone.
+        let settling = change.settle.as_ref().zip(change.response);
+        let script: &Script = if settling.is_some() {
+            &UPDATE_AND_SETTLE
+        } else {
+            &UPDATE
+        };
+        let mut inv = script.key(order_key(order_id));
+        inv.key(steps_key(order_id)).key(totals_key_of(order_id));
+        push_change(&mut inv, &change, owner);
+        if let Some((settle, resp)) = settling {
+            inv.key(settle.key.redis_key()).key(active_key_of(order_id));
+            inv.arg(if settle.store { "finish" } else { "free" });
+            settle
+                .idempotency
+                .finish_args(&mut inv, settle.key, order_id.as_str(), resp);
+        }
+        if let Some(r) = change.reservation {
+            inv.arg("reservationId").arg(r.reservation_id.as_str());
+        }
+        for (field, value) in &change.fields {
+            inv.arg(*field).arg(value);
+        }
+        if let Some(resp) = change.response {
+            inv.arg("respStatus").arg(resp.status);
+            inv.arg("respCtype").arg(&resp.content_type);
+            inv.arg("respBody").arg(&resp.body[..]);
+        }
+        let reply: String = inv.invoke_async(&mut conn).await?;
+        Ok(match reply.as_str() {
+            "ok" => Applied::Yes,
+            "terminal" => Applied::Terminal,
+            "fenced" => Applied::Fenced,
+            _ => Applied::Missing,
+        })
+    }
+
+    /// Takes over an order whose lease ran out.
+    pub async fn claim(&self, order_id: &OrderId, owner: &str, lease: Duration) -> Result<Claim, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let reply: String = CLAIM
+            .key(order_key(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id.as_str())
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match reply.as_str() {
+            "claimed" => Claim::Claimed,
+            "held" => Claim::Held,
+            _ => Claim::Gone,
+        })
+    }
+
+    /// Moves the owner's lease to `from_now` from now: renewal while working, or when recovery
+    /// should look again. False when the order is no longer this owner's.
+    pub async fn lease(&self, order_id: &OrderId, owner: &str, from_now: Duration) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let renewed: i64 = LEASE
+            .key(order_key(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id.as_str())
+            .arg(owner)
+            .arg(from_now.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Settles the key of an ended order — stores its `answer`, or with None frees it — and
+    /// retires the order from recovery's set (unless it still owes a release), in one step.
+    pub async fn settle_key(
+        &self,
+        order_id: &OrderId,
+        key: &KeyRef,
+        answer: Option<&StoredResponse>,
+        idempotency: &IdempotencyStore,
+    ) -> Result<(), OrderError> {
+        let operation = if answer.is_some() {
+            "idempotency.finish"
+        } else {
+            "idempotency.free"
+        };
+        shared::redis_pool::traced(operation, async {
+            let mut conn = self.pool.get().await?;
+            let mut inv = SETTLE_CHECKOUT.key(key.redis_key());
+            inv.key(active_key_of(order_id)).key(order_key(order_id));
+            match answer {
+                Some(resp) => {
+                    inv.arg("finish");
+                    idempotency.finish_args(&mut inv, key, order_id.as_str(), resp);
+                }
+                None => {
+                    inv.arg("free").arg(order_id.as_str());
+                }
+            }
+            let _: i64 = inv.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` orders of one shard whose lease has run out.
+    pub async fn due(&self, shard: u16, limit: usize) -> Result<Vec<OrderId>, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let ids: Vec<String> = DUE.key(active_key(shard)).arg(limit).invoke_async(&mut conn).await?;
+        Ok(ids.into_iter().map(OrderId::from_stored).collect())
+    }
+
+    /// The order as created, with its key and progress, for a runner resuming it.
+    pub async fn load(&self, order_id: &OrderId) -> Result<Option<(StoredOrder, Progress)>, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(order_key(order_id))
+            .arg(&[
+                "itemId",
+                "quantity",
+                "customerId",
+                "paymentMethod",
+                "idemKey",
+                "fp",
+                "reservationId",
+                "amount",
+                "currency",
+                "chargeId",
+                "releaseOwed",
+            ])
+            .query_async(&mut conn)
+            .await?;
+        let get = |i: usize| fields.get(i).cloned().flatten();
+        let (Some(item_id), Some(quantity), Some(customer_id), Some(payment_method), Some(key), Some(fp)) =
+            (get(0), get(1), get(2), get(3), get(4), get(5))
+        else {
+            return Ok(None);
+        };
+        let (Ok(item_id), Ok(quantity)) = (item_id.parse(), quantity.parse()) else {
+            return Ok(None);
+        };
+        let reservation = match (get(6), get(7).and_then(|a| a.parse().ok()), get(8)) {
+            (Some(rid), Some(total_fee), Some(currency)) => Some(Reservation {
+                reservation_id: ReservationId::from_stored(rid),
+                total_fee,
+                currency,
+            }),
+            _ => None,
+        };
+        let stored = StoredOrder {
+            order: NewOrder {
+                order_id: order_id.clone(),
+                item_id,
+                quantity,
+                customer_id,
+                payment_method,
+            },
+            idempotency_key: key,
+            fingerprint: fp,
+        };
+        Ok(Some((
+            stored,
+            Progress {
+                reservation,
+                charge_id: get(9).map(ChargeId::from_stored),
+                resumed: true,
+                release_owed: get(10).is_some(),
+            },
+        )))
+    }
+
+    /// Records that stock answered an ended order's owed release with `status`
+    /// (release_done.lua).
+    pub async fn release_done(&self, order_id: &OrderId, status: StepStatus) -> Result<(), OrderError> {
+        let mut conn = self.pool.get().await?;
+        let at = shared::time::now_rfc3339();
+        let _: i64 = RELEASE_DONE
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .arg(step_json(StepName::Release, status, &at))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes back [`OrderStore::begin_checkout`] for `order_id` after Redis did not answer it
+    /// (undo_begin.lua): true when neither the key nor an order is left for this request,
+    /// false when the key is held by another request's order.
+    pub async fn undo_begin(&self, order_id: &OrderId, key: &KeyRef) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let outcome: String = UNDO_BEGIN
+            .key(key.redis_key())
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .key(totals_key_of(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(outcome == "undone")
+    }
+
+    /// Removes an order that never began (abandon.lua); false if it had begun after all.
+    pub async fn abandon(&self, order_id: &OrderId) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let removed: i64 = ABANDON
+            .key(order_key(order_id))
+            .key(steps_key(order_id))
+            .key(totals_key_of(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+}

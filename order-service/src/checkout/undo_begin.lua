@@ -1,0 +1,10 @@
+-- Takes back begin.lua for a request that got no answer from it: frees the key if it was taken
+-- for this request's order, and abandons that order. 'undone' when the key is not held for
+-- this request (any more); 'held' when another request's order holds it.
+-- KEYS: key record, order, steps, totals, active. ARGV: the request's order id.
+local key, id = KEYS[1], ARGV[1]
+local holder = redis.call('HGET', key, 'token')
+if holder and holder ~= id then return 'held' end
+free(key, id)
+abandon_order(KEYS[2], KEYS[3], KEYS[4], KEYS[5], id)
+return 'undone'

@@ -1,0 +1,133 @@
+//! The order service's ids and statuses: types, not strings, serialised exactly as the strings
+//! they replace (stored records and the HTTP contract are unchanged).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use shared::ids::{new_id_in_shard, shard_of};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// An id as stored or as another service answered it.
+            pub fn from_stored(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// `ord_` + 32 hex digits, in the shard of the checkout's Idempotency-Key (its record and
+    /// its orders share a Redis slot).
+    OrderId
+);
+id_type!(
+    /// Stock's reservation id (`rsv_<itemId>_…`).
+    ReservationId
+);
+id_type!(
+    /// Payment's charge id.
+    ChargeId
+);
+
+impl OrderId {
+    /// A fresh order id in the slot of the checkout key `key`.
+    pub fn new_for_key(key: &str) -> Self {
+        Self(new_id_in_shard("ord", shard_of(key)))
+    }
+
+    /// The Redis shard of its records.
+    pub fn shard(&self) -> u16 {
+        shard_of(&self.0)
+    }
+}
+
+macro_rules! name_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+name_enum!(
+    /// An order's status, and the totals bucket it counts in.
+    OrderStatus {
+        Processing => "processing",
+        Completed => "completed",
+        Failed => "failed",
+        Compensated => "compensated",
+    }
+);
+
+name_enum!(
+    /// A saga step, as the order's `steps` name it.
+    StepName {
+        Created => "created",
+        Reserve => "reserve",
+        Charge => "charge",
+        Complete => "complete",
+        Release => "release",
+        Refund => "refund",
+    }
+);
+
+name_enum!(
+    /// How a step went.
+    StepStatus {
+        Succeeded => "succeeded",
+        Declined => "declined",
+        Refused => "refused",
+        Unknown => "unknown",
+        Unavailable => "unavailable",
+        ItemNotFound => "item_not_found",
+        OutOfStock => "out_of_stock",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_serialise_as_the_bare_strings_they_replace() {
+        let id = OrderId::new_for_key("k1");
+        assert_eq!(serde_json::to_string(&id).ok(), Some(format!("\"{id}\"")));
+        assert_eq!(id.shard(), shard_of("k1"));
+        assert!(id.as_str().starts_with("ord_"));
+    }
+
+    #[test]
+    fn statuses_and_steps_read_as_stored() {
+        assert_eq!(OrderStatus::Compensated.as_str(), "compensated");
+        assert_eq!(StepName::Complete.as_str(), "complete");
+        assert_eq!(StepStatus::OutOfStock.as_str(), "out_of_stock");
+    }
+}
