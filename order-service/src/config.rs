@@ -82,27 +82,22 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use shared::config::COMMON_ENV;
     use shared::http_client::CLIENT_ENV;
+    use shared::testing::env::{Refusal, assert_refused, assert_taken, settings_from_defaults};
 
     use super::*;
 
     #[test]
     fn defaults_parse_and_every_listed_variable_is_read() {
-        let (settings, read) = config::with_defaults_only(Settings::from_env);
-        let settings = settings.expect("every default parses");
+        let settings = settings_from_defaults(Settings::from_env, &[COMMON_ENV, ENV, CLIENT_ENV]);
         assert_eq!(settings.common.port, 8081);
         assert_eq!(settings.checkout_deadline, Duration::from_secs(10));
-        let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV.iter().chain(ENV).chain(CLIENT_ENV).map(|v| v.name).collect();
-        assert_eq!(read, listed);
     }
 
     #[test]
     fn recovery_periods_shorter_than_50ms_are_refused() {
-        let cases: &[config::Refusal] = &[
+        let cases: &[Refusal] = &[
             (
                 &[(RECOVERY_INTERVAL.name, "10ms")],
                 RECOVERY_INTERVAL.name,
@@ -119,10 +114,10 @@ mod tests {
                 "must be at least 1ms",
             ),
         ];
-        config::assert_refused(cases, Settings::from_env);
-        for name in [RECOVERY_INTERVAL.name, RECOVERY_RETRY.name] {
-            let (result, _) = config::with_env(&[(name, "50ms")], Settings::from_env);
-            assert!(result.is_ok(), "{name}=50ms is taken");
-        }
+        assert_refused(cases, Settings::from_env);
+        assert_taken(
+            &[(RECOVERY_INTERVAL.name, "50ms"), (RECOVERY_RETRY.name, "50ms")],
+            Settings::from_env,
+        );
     }
 }

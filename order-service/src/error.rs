@@ -2,8 +2,7 @@
 //! happen after an order exists carry its `orderId`.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-use shared::{CommonError, Problem};
+use shared::{CommonError, Problem, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
@@ -27,10 +26,17 @@ pub enum OrderError {
     DependencyUnavailable { order_id: String, detail: String },
 }
 
-shared::redis_errors_into!(OrderError);
+shared::service_error!(OrderError);
 
-impl OrderError {
-    pub fn problem(&self) -> Problem {
+impl ServiceError for OrderError {
+    fn common(&self) -> Option<&CommonError> {
+        match self {
+            Self::Common(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),
@@ -79,17 +85,5 @@ impl OrderError {
             .with("orderId", order_id.as_str())
             .retry_after(1),
         }
-    }
-}
-
-impl ResponseError for OrderError {
-    fn status_code(&self) -> StatusCode {
-        self.problem().status
-    }
-    fn error_response(&self) -> HttpResponse {
-        if let Self::Common(e) = self {
-            e.log();
-        }
-        self.problem().response()
     }
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use shared::http_client::Downstream;
 use shared::idempotency::IdempotencyStore;
-use shared::ops::Ops;
 
 use crate::checkout::clients::{PaymentClient, StockClient};
 use crate::checkout::runner::Runner;
@@ -45,11 +44,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let stock = Downstream::new("stock", &settings.stock_url, token.clone(), &settings.retry)?;
     let payment = Downstream::new("payment", &settings.payment_url, token, &settings.retry)?;
     let store = OrderStore::new(pool.clone());
-    let idempotency = IdempotencyStore::new(
-        pool.clone(),
-        settings.common.idempotency_ttl,
-        settings.common.idempotency_lease,
-    );
+    let idempotency = IdempotencyStore::for_service(pool.clone(), &settings.common);
     let saga = Saga::new(
         store.clone(),
         StockClient::new(stock),
@@ -69,11 +64,5 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         store,
         runner,
     };
-    let ops = Ops {
-        pool,
-        openapi: Arc::new(routes::openapi_json()),
-    };
-    shared::server::serve(&settings.common, ops, routes::configure(state))
-        .await
-        .map_err(|e| e.to_string())
+    shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

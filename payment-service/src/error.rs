@@ -1,8 +1,7 @@
 //! The payment service's errors and their one mapping to problem+json.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-use shared::{CommonError, Problem};
+use shared::{CommonError, Problem, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -16,14 +15,23 @@ pub enum PaymentError {
     ChargeNotRefundable { charge_id: String, status: String },
 }
 
-shared::redis_errors_into!(PaymentError);
+shared::service_error!(PaymentError);
 
 impl PaymentError {
     pub fn invalid(detail: impl Into<String>) -> Self {
         Self::Common(CommonError::InvalidRequest(detail.into()))
     }
+}
 
-    pub fn problem(&self) -> Problem {
+impl ServiceError for PaymentError {
+    fn common(&self) -> Option<&CommonError> {
+        match self {
+            Self::Common(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),
@@ -52,17 +60,5 @@ impl PaymentError {
             )
             .with("chargeId", charge_id.as_str()),
         }
-    }
-}
-
-impl ResponseError for PaymentError {
-    fn status_code(&self) -> StatusCode {
-        self.problem().status
-    }
-    fn error_response(&self) -> HttpResponse {
-        if let Self::Common(e) = self {
-            e.log();
-        }
-        self.problem().response()
     }
 }

@@ -3,6 +3,18 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
+
+use shared::metrics::CounterFamily;
+
+/// `gateway_requests_total{operation, result}`: the gateway asked to charge (`approved`,
+/// `declined`) or to refund (`refunded`). Registered when the service starts.
+pub static GATEWAY_REQUESTS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
+        "gateway_requests",
+        "Requests to the payment gateway, by operation and result",
+    )
+});
 
 /// Stripe's test payment methods the simulator knows, with the decline code each one earns.
 pub const TEST_METHODS: [(&str, Option<&str>); 3] = [
@@ -110,7 +122,7 @@ impl Gateway {
             Decision::Approved => "approved",
             Decision::Declined { .. } => "declined",
         };
-        shared::metrics::gateway("charge", result);
+        GATEWAY_REQUESTS.inc(&[("operation", "charge"), ("result", result)]);
         Some(decision)
     }
 
@@ -130,7 +142,7 @@ impl Gateway {
                 "simulated gateway refund"
             ),
         }
-        shared::metrics::gateway("refund", "refunded");
+        GATEWAY_REQUESTS.inc(&[("operation", "refund"), ("result", "refunded")]);
     }
 }
 

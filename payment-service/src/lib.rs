@@ -18,18 +18,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use shared::idempotency::IdempotencyStore;
-use shared::ops::Ops;
 
 use crate::config::Settings;
 use crate::store::Store;
 
 /// What handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub idempotency: IdempotencyStore,
-}
+pub type AppState = shared::server::AppState<Settings, Store>;
 
 pub async fn main_entry() -> ExitCode {
     shared::server::main_entry("payment-service", Settings::from_env(), |s| &s.common, run).await
@@ -38,22 +32,13 @@ pub async fn main_entry() -> ExitCode {
 pub async fn run(settings: Settings) -> Result<(), String> {
     tracing::info!(gateway = %settings.gateway, "payment gateway");
     let pool = shared::redis_pool::create(&settings.common)?;
+    std::sync::LazyLock::force(&gateway::GATEWAY_REQUESTS);
     let settings = Arc::new(settings);
     let state = AppState {
         settings: settings.clone(),
         // Markers live as long as the idempotency records they back up.
         store: Store::new(pool.clone(), settings.common.idempotency_ttl),
-        idempotency: IdempotencyStore::new(
-            pool.clone(),
-            settings.common.idempotency_ttl,
-            settings.common.idempotency_lease,
-        ),
+        idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common),
     };
-    let ops = Ops {
-        pool,
-        openapi: Arc::new(routes::openapi_json()),
-    };
-    shared::server::serve(&settings.common, ops, routes::configure(state))
-        .await
-        .map_err(|e| e.to_string())
+    shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::CommonError;
+use shared::ServiceError;
 use shared::body::{self, JsonBody};
 use shared::idempotency::{self, IdempotencyStore, KeyRef, Outcome, StoredResponse};
 use utoipa::OpenApi;
@@ -39,24 +40,6 @@ struct ApiDoc;
 
 pub fn openapi_json() -> String {
     ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
-}
-
-/// A handler's result as the response to store: definitive answers are kept, 5xx free the key.
-/// Validation errors and a reused key are not definitive either (the contract keeps 400 and
-/// 422 out of the store), should one arise inside the execution.
-fn outcome(result: Result<StoredResponse, PaymentError>) -> Outcome {
-    match result {
-        Ok(resp) => Outcome::by_status(resp),
-        Err(e @ PaymentError::Common(CommonError::InvalidRequest(_) | CommonError::IdempotencyKeyReused)) => {
-            Outcome::Free(StoredResponse::problem(&e.problem()))
-        }
-        Err(e) => {
-            if let PaymentError::Common(c) = &e {
-                c.log();
-            }
-            Outcome::by_status(StoredResponse::problem(&e.problem()))
-        }
-    }
 }
 
 /// Ids echoed in a 404 are cut short: they come from the client.
@@ -126,7 +109,7 @@ async fn charge(
     let decision = match gateway.charge(&attempt).await {
         Some(d) => d,
         None => {
-            return outcome(Err(PaymentError::invalid(
+            return Outcome::of(Err(PaymentError::invalid(
                 gateway.check_method(&body.payment_method).err().unwrap_or_default(),
             )));
         }
@@ -159,8 +142,8 @@ async fn charge(
         .await
     {
         Ok(ChargeOutcome::Recorded(r)) => r,
-        Ok(ChargeOutcome::KeyReused) => return outcome(Err(CommonError::IdempotencyKeyReused.into())),
-        Err(e) => return outcome(Err(e)),
+        Ok(ChargeOutcome::KeyReused) => return Outcome::of(Err(PaymentError::from(CommonError::IdempotencyKeyReused))),
+        Err(e) => return Outcome::of(Err(e)),
     };
     let event = match (&recorded.decline_code, recorded.fresh) {
         (_, false) => "found",
@@ -233,7 +216,7 @@ async fn refund_charge(
     let response = state
         .idempotency
         .run(&key_ref, |_, _| async move {
-            Ok(outcome(refund(&store, gateway, body.charge_id).await))
+            Ok(Outcome::of(refund(&store, gateway, body.charge_id).await))
         })
         .await?;
     Ok(response)
@@ -347,19 +330,19 @@ mod tests {
 
     #[test]
     fn declines_are_stored_but_validation_errors_and_reused_keys_free_the_key() {
-        let declined = outcome(Err(PaymentError::Declined {
+        let declined = Outcome::of(Err(PaymentError::Declined {
             charge_id: "ch_00".into(),
             decline_code: "card_declined".into(),
         }));
         assert!(matches!(declined, Outcome::Store(ref r) if r.status == 402));
-        assert!(matches!(outcome(Err(PaymentError::invalid("x"))), Outcome::Free(_)));
+        assert!(matches!(Outcome::of(Err(PaymentError::invalid("x"))), Outcome::Free(_)));
         assert!(matches!(
-            outcome(Err(CommonError::IdempotencyKeyReused.into())),
+            Outcome::of(Err(PaymentError::from(CommonError::IdempotencyKeyReused))),
             Outcome::Free(_)
         ));
-        assert!(matches!(outcome(Err(not_found("ch_x"))), Outcome::Store(ref r) if r.status == 404));
+        assert!(matches!(Outcome::of(Err(not_found("ch_x"))), Outcome::Store(ref r) if r.status == 404));
         assert!(matches!(
-            outcome(Err(CommonError::Internal("boom".into()).into())),
+            Outcome::of(Err(PaymentError::from(CommonError::Internal("boom".into())))),
             Outcome::Free(_)
         ));
     }

@@ -1,7 +1,6 @@
 //! Typed settings read once from the environment. Every variable has a documented default; the
 //! tables here are the single source for the README's configuration table (a test checks both agree).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -167,58 +166,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What [`with_env`] gives this thread in place of the process environment.
-struct TestEnv {
-    set: Vec<(&'static str, String)>,
-    read: Vec<&'static str>,
-}
-
-thread_local! {
-    /// `Some` while [`with_env`] runs on this thread.
-    static TEST_ENV: RefCell<Option<TestEnv>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` as if no variable were set (on this thread only) and returns its result with the
-/// names of the variables it read. For tests: settings built this way prove that a table's
-/// defaults parse, without touching the process environment.
-pub fn with_defaults_only<R>(f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
-    with_env(&[], f)
-}
-
-/// Like [`with_defaults_only`], with the variables in `set` set to the values given.
-pub fn with_env<R>(set: &[(&'static str, &str)], f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
-    /// Puts back the outer state, even if `f` panics.
-    struct Restore(Option<TestEnv>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            TEST_ENV.set(self.0.take());
-        }
-    }
-    let env = TestEnv {
-        set: set.iter().map(|(name, value)| (*name, value.to_string())).collect(),
-        read: Vec::new(),
-    };
-    let _restore = Restore(TEST_ENV.replace(Some(env)));
-    let result = f();
-    let read = TEST_ENV.take().map(|env| env.read).unwrap_or_default();
-    (result, read)
-}
-
 /// Reads a variable, falling back to its default when unset or empty.
 pub fn var(v: &EnvVar) -> String {
-    let set = TEST_ENV.with_borrow_mut(|env| match env {
-        Some(env) => {
-            env.read.push(v.name);
-            Some(
-                env.set
-                    .iter()
-                    .find(|(name, _)| *name == v.name)
-                    .map(|(_, value)| value.clone()),
-            )
-        }
-        None => None,
-    });
-    let set = set.unwrap_or_else(|| std::env::var(v.name).ok());
+    #[cfg(any(test, feature = "testing"))]
+    let set = crate::testing::env::lookup(v.name).unwrap_or_else(|| std::env::var(v.name).ok());
+    #[cfg(not(any(test, feature = "testing")))]
+    let set = std::env::var(v.name).ok();
     match set {
         Some(value) if !value.trim().is_empty() => value.trim().to_string(),
         _ => v.default.to_string(),
@@ -396,27 +349,12 @@ impl CommonSettings {
     }
 }
 
-/// For tests of settings: the variables set, the variable named in the refusal, and its reason.
-pub type Refusal = (&'static [(&'static str, &'static str)], &'static str, &'static str);
-
-/// Asserts that `from_env` refuses each case's settings, naming the variable and the reason. For
-/// tests, like [`with_env`]: each service's settings tests use it.
-pub fn assert_refused<S>(cases: &[Refusal], from_env: impl Fn() -> Result<S, ConfigError>) {
-    for (set, name, reason) in cases {
-        let (result, _) = with_env(set, &from_env);
-        let Err(err) = result else {
-            panic!("{set:?} is taken; it should be refused")
-        };
-        assert_eq!(err.name, *name, "{set:?}: {err}");
-        assert!(err.to_string().contains(reason), "{set:?}: {err}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::testing::env::{Refusal, assert_refused, with_defaults_only, with_env};
 
     #[test]
     fn durations_accept_units_and_bare_seconds() {

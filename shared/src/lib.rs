@@ -35,7 +35,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 
-pub use problem::{CommonError, Problem};
+pub use problem::{CommonError, Problem, ServiceError};
 
 /// Every binary linking this crate (the services, the bench's stand-in and load generator, the
 /// tests) allocates with mimalloc: a request allocates and frees many small buffers across the

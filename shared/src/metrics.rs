@@ -9,11 +9,12 @@
 //! | `downstream_calls_total` | dependency, result | calls to another service, by final status or `unavailable` |
 //! | `downstream_attempts_total` | dependency, result | attempts of those calls, by status or transport error |
 //! | `downstream_retries_total` | dependency | attempts after the first |
-//! | `gateway_requests_total` | operation, result | [`gateway`]: the payment gateway asked to charge (`approved`, `declined`) or to refund (`refunded`) |
 //! | `idempotency_events_total` | event | `replay`, `in_use` (conflict), `reused` |
 //! | `redis_pool_connections` | state | `in_use`, `idle`, `waiting` (sampled at scrape) |
+//!
+//! A service adds counters of its own with [`CounterFamily::register`].
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -29,7 +30,8 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register a service's family at start-up and to render a scrape.
+    registry: Mutex<Registry>,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
     idempotency: Family<Labels, Counter>,
@@ -37,7 +39,6 @@ pub struct Metrics {
     attempts: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     calls: Family<Labels, Counter>,
-    gateway: Family<Labels, Counter>,
     pool: Family<Labels, Gauge>,
 }
 
@@ -56,7 +57,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let attempts = Family::<Labels, Counter>::default();
     let retries = Family::<Labels, Counter>::default();
     let calls = Family::<Labels, Counter>::default();
-    let gateway = Family::<Labels, Counter>::default();
     let pool = Family::<Labels, Gauge>::default();
     registry.register(
         "http_requests",
@@ -94,17 +94,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         calls.clone(),
     );
     registry.register(
-        "gateway_requests",
-        "Requests to the payment gateway, by operation and result",
-        gateway.clone(),
-    );
-    registry.register(
         "redis_pool_connections",
         "Redis pool connections by state",
         pool.clone(),
     );
     Metrics {
-        registry,
+        registry: Mutex::new(registry),
         requests,
         latency,
         idempotency,
@@ -112,7 +107,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         attempts,
         retries,
         calls,
-        gateway,
         pool,
     }
 });
@@ -159,12 +153,24 @@ pub fn attempt(dependency: &str, result: &str) {
         .inc();
 }
 
-/// One request to the payment gateway: `("charge", "approved")`, `("refund", "refunded")`.
-pub fn gateway(operation: &str, result: &str) {
-    METRICS
-        .gateway
-        .get_or_create(&labels(&[("operation", operation), ("result", result)]))
-        .inc();
+/// A counter family of a service's own (`<name>_total`), in the process' registry.
+#[derive(Clone)]
+pub struct CounterFamily(Family<Labels, Counter>);
+
+impl CounterFamily {
+    /// Registers it; call once, at start-up (a `LazyLock` the service forces in its `run`), so
+    /// that `/metrics` lists it before its first count.
+    pub fn register(name: &'static str, help: &'static str) -> Self {
+        let family = Family::<Labels, Counter>::default();
+        if let Ok(mut registry) = METRICS.registry.lock() {
+            registry.register(name, help, family.clone());
+        }
+        Self(family)
+    }
+
+    pub fn inc(&self, pairs: &[(&str, &str)]) {
+        self.0.get_or_create(&labels(pairs)).inc();
+    }
 }
 
 pub fn render(pool: Option<&crate::redis_pool::Pool>) -> String {
@@ -184,7 +190,11 @@ pub fn render(pool: Option<&crate::redis_pool::Pool>) -> String {
             .set(status.waiting as i64);
     }
     let mut out = String::new();
-    if encode(&mut out, &METRICS.registry).is_err() {
+    let encoded = match METRICS.registry.lock() {
+        Ok(registry) => encode(&mut out, &registry).is_ok(),
+        Err(_) => false,
+    };
+    if !encoded {
         out.clear();
     }
     out

@@ -254,6 +254,40 @@ pub fn problemize<B>(
 
 /// Lets a service's error enum, whose `Common` variant wraps [`CommonError`], take Redis and
 /// pool errors with `?` (both become 503 `dependency-unavailable` through `CommonError`).
+/// A service's one error enum: its problem+json, mapped in one `match`, and the common error it
+/// may wrap. [`crate::service_error!`] makes it an actix error; [`crate::idempotency::Outcome::of`]
+/// decides what a failed request leaves under its key.
+pub trait ServiceError: std::fmt::Debug + std::fmt::Display {
+    fn problem(&self) -> Problem;
+    /// The [`CommonError`] it wraps, if any.
+    fn common(&self) -> Option<&CommonError>;
+
+    /// The error as answered: an unexpected failure's cause chain is logged, once, here.
+    fn respond(&self) -> HttpResponse {
+        if let Some(e) = self.common() {
+            e.log();
+        }
+        self.problem().response()
+    }
+}
+
+/// Makes a service's error enum (a [`ServiceError`] with a `Common(CommonError)` variant) an
+/// actix error answered as problem+json, convertible from Redis' and the pool's errors.
+#[macro_export]
+macro_rules! service_error {
+    ($error:ty) => {
+        $crate::redis_errors_into!($error);
+        impl ::actix_web::ResponseError for $error {
+            fn status_code(&self) -> ::actix_web::http::StatusCode {
+                $crate::problem::ServiceError::problem(self).status
+            }
+            fn error_response(&self) -> ::actix_web::HttpResponse {
+                $crate::problem::ServiceError::respond(self)
+            }
+        }
+    };
+}
+
 #[macro_export]
 macro_rules! redis_errors_into {
     ($error:ty) => {

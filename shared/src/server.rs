@@ -4,16 +4,42 @@
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
-use crate::config::CommonSettings;
-use crate::ops::Ops;
+use std::sync::Arc;
 
-/// The middleware and operations routes every service wears, outermost first: request id,
-/// the request's trace span (inside the request id, so the span carries it), metrics,
-/// problem+json for stray errors (inside the span, so the span sees the final status).
-pub async fn serve<F>(settings: &CommonSettings, ops: Ops, routes: F) -> std::io::Result<()>
+use crate::config::CommonSettings;
+use crate::idempotency::IdempotencyStore;
+use crate::ops::Ops;
+use crate::redis_pool::Pool;
+
+/// What a service's handlers share: its settings, its store, and its Idempotency-Key records.
+pub struct AppState<S, T> {
+    pub settings: Arc<S>,
+    pub store: T,
+    pub idempotency: IdempotencyStore,
+}
+
+impl<S, T: Clone> Clone for AppState<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}
+
+/// Serves `routes` with the middleware and operations routes every service wears, outermost
+/// first: request id, the request's trace span (inside the request id, so the span carries
+/// it), metrics, problem+json for stray errors (inside the span, so the span sees the final
+/// status). `openapi` is the service's document, served at `/openapi.json`.
+pub async fn serve<F>(settings: &CommonSettings, pool: Pool, openapi: String, routes: F) -> Result<(), String>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    let ops = Ops {
+        pool,
+        openapi: Arc::new(openapi),
+    };
     let bind = (settings.host.clone(), settings.port);
     let server = HttpServer::new(move || {
         App::new()
@@ -27,9 +53,10 @@ where
     .workers(settings.workers)
     .backlog(4096)
     .shutdown_timeout(settings.shutdown_grace.as_secs())
-    .bind(bind)?;
+    .bind(bind)
+    .map_err(|e| e.to_string())?;
     tracing::info!(service = settings.service, host = %settings.host, port = settings.port, "listening");
-    server.run().await
+    server.run().await.map_err(|e| e.to_string())
 }
 
 /// The start every service shares: settings read once (a bad value exits with status 2 and

@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn without_an_endpoint_nothing_is_exported_and_every_listed_variable_is_read() {
-        let (settings, read) = config::with_defaults_only(TraceSettings::from_env);
+        let (settings, read) = crate::testing::env::with_defaults_only(TraceSettings::from_env);
         let settings = settings.expect("every default parses");
         assert!(!settings.disabled);
         assert!(!settings.export);

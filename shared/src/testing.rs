@@ -1,6 +1,7 @@
-//! Test support (the `testing` feature): a real `redis-server` on a free loopback port, for the
-//! tests of each service's scripts and stores. No mock stands in for Redis: a script is only
-//! tested where it runs.
+//! Test support (the `testing` feature, off in every service binary): a real `redis-server` on a
+//! free loopback port, for the tests of each service's scripts and stores (no mock stands in
+//! for Redis: a script is only tested where it runs), and [`env`], settings read from a
+//! thread's own environment.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -115,4 +116,93 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Settings read as if only the given variables were set, on this thread alone, without
+/// touching the process environment; and the checks every service's settings tests make.
+pub mod env {
+    use std::cell::RefCell;
+
+    use crate::config::{ConfigError, EnvVar};
+
+    /// What [`with_env`] gives this thread in place of the process environment.
+    struct TestEnv {
+        set: Vec<(&'static str, String)>,
+        read: Vec<&'static str>,
+    }
+
+    thread_local! {
+        /// `Some` while [`with_env`] runs on this thread.
+        static TEST_ENV: RefCell<Option<TestEnv>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` as if no variable were set (on this thread only) and returns its result with the
+    /// names of the variables it read. For tests: settings built this way prove that a table's
+    /// defaults parse, without touching the process environment.
+    pub fn with_defaults_only<R>(f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
+        with_env(&[], f)
+    }
+
+    /// Like [`with_defaults_only`], with the variables in `set` set to the values given.
+    pub fn with_env<R>(set: &[(&'static str, &str)], f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
+        /// Puts back the outer state, even if `f` panics.
+        struct Restore(Option<TestEnv>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                TEST_ENV.set(self.0.take());
+            }
+        }
+        let env = TestEnv {
+            set: set.iter().map(|(name, value)| (*name, value.to_string())).collect(),
+            read: Vec::new(),
+        };
+        let _restore = Restore(TEST_ENV.replace(Some(env)));
+        let result = f();
+        let read = TEST_ENV.take().map(|env| env.read).unwrap_or_default();
+        (result, read)
+    }
+
+    /// For [`crate::config::var`]: a variable's value while [`with_env`] runs on this thread
+    /// (`Some(None)`: unset), noting that it was read; None otherwise.
+    pub(crate) fn lookup(name: &'static str) -> Option<Option<String>> {
+        TEST_ENV.with_borrow_mut(|env| {
+            let env = env.as_mut()?;
+            env.read.push(name);
+            Some(env.set.iter().find(|(n, _)| *n == name).map(|(_, value)| value.clone()))
+        })
+    }
+
+    /// For tests of settings: the variables set, the variable named in the refusal, and its reason.
+    pub type Refusal = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+
+    /// Asserts that `from_env` refuses each case's settings, naming the variable and the reason.
+    pub fn assert_refused<S>(cases: &[Refusal], from_env: impl Fn() -> Result<S, ConfigError>) {
+        for (set, name, reason) in cases {
+            let (result, _) = with_env(set, &from_env);
+            let Err(err) = result else {
+                panic!("{set:?} is taken; it should be refused")
+            };
+            assert_eq!(err.name, *name, "{set:?}: {err}");
+            assert!(err.to_string().contains(reason), "{set:?}: {err}");
+        }
+    }
+
+    /// Asserts that `from_env` takes each variable at the value given (a bound, say).
+    pub fn assert_taken<S>(cases: &[(&'static str, &str)], from_env: impl Fn() -> Result<S, ConfigError>) {
+        for (name, value) in cases {
+            let (result, _) = with_env(&[(*name, value)], &from_env);
+            assert!(result.is_ok(), "{name}={value} is refused: {:?}", result.err());
+        }
+    }
+
+    /// Settings from the defaults alone: asserts that they parse and that exactly the variables
+    /// of `tables` were read (so every variable the code reads is documented, and the reverse).
+    pub fn settings_from_defaults<S>(from_env: impl FnOnce() -> Result<S, ConfigError>, tables: &[&[EnvVar]]) -> S {
+        let (settings, read) = with_defaults_only(from_env);
+        let settings = settings.unwrap_or_else(|e| panic!("a default does not parse: {e}"));
+        let read: std::collections::BTreeSet<_> = read.into_iter().collect();
+        let listed: std::collections::BTreeSet<_> = tables.iter().flat_map(|t| t.iter()).map(|v| v.name).collect();
+        assert_eq!(read, listed, "the variables read are the variables listed");
+        settings
+    }
 }

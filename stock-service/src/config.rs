@@ -60,27 +60,22 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use shared::config::COMMON_ENV;
+    use shared::testing::env::{Refusal, assert_refused, assert_taken, settings_from_defaults};
 
     use super::*;
 
     #[test]
     fn defaults_parse_and_every_listed_variable_is_read() {
-        let (settings, read) = config::with_defaults_only(Settings::from_env);
-        let settings = settings.expect("every default parses");
+        let settings = settings_from_defaults(Settings::from_env, &[COMMON_ENV, ENV]);
         assert_eq!(settings.common.port, 8083);
         assert_eq!(settings.reservation_ttl, Duration::from_secs(600));
         assert!(settings.seed_demo);
-        let read: BTreeSet<_> = read.into_iter().collect();
-        let listed: BTreeSet<_> = COMMON_ENV.iter().chain(ENV).map(|v| v.name).collect();
-        assert_eq!(read, listed);
     }
 
     #[test]
     fn reservation_timings_below_their_bounds_are_refused() {
-        let cases: &[config::Refusal] = &[
+        let cases: &[Refusal] = &[
             (
                 &[(RESERVATION_TTL.name, "0")],
                 RESERVATION_TTL.name,
@@ -92,10 +87,10 @@ mod tests {
                 "must be at least 50ms",
             ),
         ];
-        config::assert_refused(cases, Settings::from_env);
-        for (name, taken) in [(RESERVATION_TTL.name, "1s"), (RESERVATION_SWEEP_INTERVAL.name, "50ms")] {
-            let (result, _) = config::with_env(&[(name, taken)], Settings::from_env);
-            assert!(result.is_ok(), "{name}={taken} is taken");
-        }
+        assert_refused(cases, Settings::from_env);
+        assert_taken(
+            &[(RESERVATION_TTL.name, "1s"), (RESERVATION_SWEEP_INTERVAL.name, "50ms")],
+            Settings::from_env,
+        );
     }
 }

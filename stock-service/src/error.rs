@@ -1,8 +1,7 @@
 //! The stock service's errors and their one mapping to problem+json.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-use shared::{CommonError, Problem};
+use shared::{CommonError, Problem, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
@@ -24,10 +23,17 @@ pub enum StockError {
     ReservationReleased(String),
 }
 
-shared::redis_errors_into!(StockError);
+shared::service_error!(StockError);
 
-impl StockError {
-    pub fn problem(&self) -> Problem {
+impl ServiceError for StockError {
+    fn common(&self) -> Option<&CommonError> {
+        match self {
+            Self::Common(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),
@@ -68,17 +74,5 @@ impl StockError {
                 format!("reservation {id} was released or expired and cannot be completed"),
             ),
         }
-    }
-}
-
-impl ResponseError for StockError {
-    fn status_code(&self) -> StatusCode {
-        self.problem().status
-    }
-    fn error_response(&self) -> HttpResponse {
-        if let Self::Common(e) = self {
-            e.log();
-        }
-        self.problem().response()
     }
 }

@@ -18,18 +18,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use shared::idempotency::IdempotencyStore;
-use shared::ops::Ops;
 
 use crate::config::Settings;
 use crate::store::Store;
 
 /// What handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub idempotency: IdempotencyStore,
-}
+pub type AppState = shared::server::AppState<Settings, Store>;
 
 pub async fn main_entry() -> ExitCode {
     shared::server::main_entry("stock-service", Settings::from_env(), |s| &s.common, run).await
@@ -49,20 +43,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let state = AppState {
         settings: settings.clone(),
         store,
-        idempotency: IdempotencyStore::new(
-            pool.clone(),
-            settings.common.idempotency_ttl,
-            settings.common.idempotency_lease,
-        )
-        // Nothing outside Redis happens before a reserve, release or complete: on one node each
-        // is one write, key and effect together.
-        .effects_take_keys(!settings.common.redis_cluster),
+        idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common)
+            // Nothing outside Redis happens before a reserve, release or complete: on one node each
+            // is one write, key and effect together.
+            .effects_take_keys(!settings.common.redis_cluster),
     };
-    let ops = Ops {
-        pool,
-        openapi: Arc::new(routes::openapi_json()),
-    };
-    shared::server::serve(&settings.common, ops, routes::configure(state))
-        .await
-        .map_err(|e| e.to_string())
+    shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

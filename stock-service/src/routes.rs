@@ -48,19 +48,6 @@ fn parse_item_id(raw: &str) -> Result<u64, StockError> {
         .ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
 }
 
-/// A handler's result as the response to store: definitive answers are kept, 5xx free the key.
-fn outcome(result: Result<StoredResponse, StockError>) -> Outcome {
-    match result {
-        Ok(resp) => Outcome::by_status(resp),
-        Err(e) => {
-            if let StockError::Common(c) = &e {
-                c.log();
-            }
-            Outcome::by_status(StoredResponse::problem(&e.problem()))
-        }
-    }
-}
-
 #[utoipa::path(get, path = "/items", responses((status = 200, body = [Item])))]
 async fn list_items(state: web::Data<AppState>) -> Result<HttpResponse, StockError> {
     Ok(HttpResponse::Ok().json(state.store.list_items().await?))
@@ -181,7 +168,7 @@ async fn reserve_stock(
                 }
                 Err(e) => e,
             };
-            Ok(outcome(Err(failure)))
+            Ok(Outcome::of(Err(failure)))
         })
         .await?;
     Ok(response)
@@ -273,7 +260,7 @@ async fn transition(
                 (Transition::Release, Ok(TransitionOutcome::Completed)) => StockError::ReservationCompleted(rid),
                 (Transition::Complete, Ok(TransitionOutcome::Released)) => StockError::ReservationReleased(rid),
             };
-            Ok(outcome(Err(failure)))
+            Ok(Outcome::of(Err(failure)))
         })
         .await?;
     Ok(response)

@@ -276,15 +276,15 @@ pub enum KeyFate {
     Hold,
 }
 
-/// The one rule for which answers are final, after the contract: success and business
-/// refusals (402, 404, 409) are stored; validation errors (400, 422) and failures with
-/// everything undone (5xx) free the key; 202 holds it while the order goes on.
+/// What an answer leaves under the key, by the contract's one rule
+/// ([`shared::idempotency::is_final`]): 202 holds it while the order goes on.
 pub fn key_fate(status: u16) -> KeyFate {
-    match status {
-        202 => KeyFate::Hold,
-        400 | 422 => KeyFate::Free,
-        s if s >= 500 => KeyFate::Free,
-        _ => KeyFate::Store,
+    if shared::idempotency::is_final(status) {
+        KeyFate::Store
+    } else if status == 202 {
+        KeyFate::Hold
+    } else {
+        KeyFate::Free
     }
 }
 

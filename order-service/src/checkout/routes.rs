@@ -2,6 +2,7 @@
 //! task of its own, answer by the deadline.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use shared::ServiceError;
 use shared::body::{self, JsonBody};
 use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::{CommonError, ids};

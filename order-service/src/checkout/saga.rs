@@ -8,6 +8,7 @@
 //! on the order before the next step starts.
 
 use actix_web::http::StatusCode;
+use shared::ServiceError;
 use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use tracing::Instrument;
 

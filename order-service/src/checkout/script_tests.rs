@@ -1,1 +1,339 @@
+//! Every checkout script against a real Redis: the happy path, the replay, the wrong state or
+//! owner, and the lapsed lease.
 
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
+use shared::testing::TestRedis;
+
+use super::store::{Applied, Change, Claim, Reservation, Settle, checkout_key};
+use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
+use crate::model::NewOrder;
+use crate::orders::store::OrderStore;
+
+const LEASE: Duration = Duration::from_millis(300);
+
+struct Fixture {
+    redis: TestRedis,
+    store: OrderStore,
+    idem: IdempotencyStore,
+}
+
+async fn fixture() -> Fixture {
+    let redis = TestRedis::start().await;
+    let store = OrderStore::new(redis.pool());
+    let idem = IdempotencyStore::new(redis.pool(), Duration::from_secs(60), LEASE);
+    Fixture { redis, store, idem }
+}
+
+fn order(key: &str) -> (NewOrder, KeyRef) {
+    let order = NewOrder {
+        order_id: OrderId::new_for_key(key),
+        item_id: 1,
+        quantity: 2,
+        customer_id: "guest".into(),
+        payment_method: "pm_card_visa".into(),
+    };
+    (order, checkout_key(key, "fp".into()))
+}
+
+fn reservation() -> Reservation {
+    Reservation {
+        reservation_id: ReservationId::from_stored("rsv_1_abc"),
+        total_fee: 500,
+        currency: "USD".into(),
+    }
+}
+
+impl Fixture {
+    async fn begin(&self, order: &NewOrder, key: &KeyRef, owner: &str) -> Option<Begin> {
+        self.store.begin_checkout(order, key, owner, &self.idem).await.ok()
+    }
+
+    async fn due(&self, id: &OrderId) -> Vec<OrderId> {
+        self.store.due(id.shard(), 10).await.unwrap_or_default()
+    }
+
+    async fn processing_count(&self, id: &OrderId, currency: &str) -> Option<i64> {
+        let mut conn = self.redis.conn().await;
+        redis::cmd("HGET")
+            .arg(format!("order:{{ord:{}}}:totals", id.shard()))
+            .arg(format!("{currency}:processing:count"))
+            .query_async(&mut conn)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn step(&self, id: &OrderId, status: OrderStatus, owner: &str) -> Applied {
+        let change = Change {
+            step: Some((StepName::Reserve, StepStatus::Succeeded)),
+            status: Some(status),
+            ..Change::default()
+        };
+        self.store.update(id, owner, change).await.unwrap_or(Applied::Unknown)
+    }
+}
+
+#[tokio::test]
+async fn begin_creates_the_order_with_its_key_and_refuses_a_second_request_while_it_runs() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let (other, _) = order("k1");
+
+    let first = f.begin(&o, &key, "run1").await;
+    let again = f.begin(&other, &key, "run2").await;
+    let reused = f.begin(&other, &checkout_key("k1", "other-body".into()), "run3").await;
+
+    assert_eq!(
+        first,
+        Some(Begin::Execute {
+            token: o.order_id.to_string(),
+            resumed: false
+        })
+    );
+    assert!(matches!(again, Some(Begin::InUse { .. })), "{again:?}");
+    assert_eq!(reused, Some(Begin::Reused));
+    assert!(f.store.load(&o.order_id).await.ok().flatten().is_some());
+    assert!(
+        f.store.load(&other.order_id).await.ok().flatten().is_none(),
+        "a refused request writes nothing"
+    );
+    assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(1));
+}
+
+#[tokio::test]
+async fn create_makes_an_order_once() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+
+    let first = f.store.create(&o, &key, "run1", LEASE).await.ok();
+    let again = f.store.create(&o, &key, "run2", LEASE).await.ok();
+
+    assert_eq!((first, again), (Some(true), Some(false)));
+    assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(1));
+}
+
+#[tokio::test]
+async fn update_moves_the_totals_with_the_order_and_refuses_other_owners_and_ended_orders() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let r = reservation();
+
+    let priced = f
+        .store
+        .update(
+            &o.order_id,
+            "run1",
+            Change {
+                step: Some((StepName::Reserve, StepStatus::Succeeded)),
+                reservation: Some(&r),
+                ..Change::default()
+            },
+        )
+        .await
+        .ok();
+    let fenced = f.step(&o.order_id, OrderStatus::Failed, "someone-else").await;
+    let ended = f.step(&o.order_id, OrderStatus::Failed, "run1").await;
+    let after_end = f.step(&o.order_id, OrderStatus::Completed, "run1").await;
+    let missing = f
+        .step(&OrderId::new_for_key("nobody"), OrderStatus::Failed, "run1")
+        .await;
+
+    assert_eq!(priced, Some(Applied::Yes));
+    assert_eq!(
+        (fenced, ended, after_end, missing),
+        (Applied::Fenced, Applied::Yes, Applied::Terminal, Applied::Missing)
+    );
+    let view = f.store.get(&o.order_id).await.ok().flatten();
+    assert_eq!(view.as_ref().map(|v| v.status.as_str()), Some("failed"));
+    assert_eq!(
+        view.as_ref().and_then(|v| v.reservation_id.clone()),
+        Some("rsv_1_abc".into())
+    );
+    let totals = f.store.totals().await.ok().unwrap_or_default();
+    let usd = totals.get("USD").cloned().unwrap_or_default();
+    assert_eq!((usd.failed.count, usd.failed.amount, usd.processing.count), (1, 500, 0));
+    assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(0));
+}
+
+#[tokio::test]
+async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_one_step() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"status": "completed"}));
+
+    let ended = f
+        .store
+        .update(
+            &o.order_id,
+            "run1",
+            Change {
+                step: Some((StepName::Complete, StepStatus::Succeeded)),
+                status: Some(OrderStatus::Completed),
+                response: Some(&resp),
+                settle: Some(Settle {
+                    key: &key,
+                    store: true,
+                    idempotency: &f.idem,
+                }),
+                ..Change::default()
+            },
+        )
+        .await
+        .ok();
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+
+    assert_eq!(ended, Some(Applied::Yes));
+    assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp.clone())));
+    assert_eq!(f.store.final_response(&o.order_id).await.ok().flatten(), Some(resp));
+    assert!(
+        f.due(&o.order_id).await.is_empty(),
+        "a settled order leaves recovery's set"
+    );
+}
+
+#[tokio::test]
+async fn settle_frees_the_key_but_keeps_an_order_that_owes_a_release_due_for_recovery() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let owed = Change {
+        status: Some(OrderStatus::Compensated),
+        fields: vec![("releaseOwed", "rsv_1_abc".into())],
+        ..Change::default()
+    };
+    let _ = f.store.update(&o.order_id, "run1", owed).await;
+
+    let settled = f.store.settle_key(&o.order_id, &key, None, &f.idem).await;
+    let retry = f.begin(&o, &key, "run2").await;
+
+    assert!(settled.is_ok());
+    assert!(
+        matches!(retry, Some(Begin::Execute { resumed: false, .. })),
+        "the key is free: {retry:?}"
+    );
+    assert_eq!(f.due(&o.order_id).await, vec![o.order_id.clone()]);
+}
+
+#[tokio::test]
+async fn release_done_clears_the_debt_and_records_the_step_once() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let owed = Change {
+        fields: vec![("releaseOwed", "rsv_1_abc".into())],
+        ..Change::default()
+    };
+    let _ = f.store.update(&o.order_id, "run1", owed).await;
+
+    let _ = f.store.release_done(&o.order_id, StepStatus::Succeeded).await;
+    let _ = f.store.release_done(&o.order_id, StepStatus::Succeeded).await;
+
+    let progress = f.store.load(&o.order_id).await.ok().flatten().map(|(_, p)| p);
+    assert_eq!(progress.map(|p| p.release_owed), Some(false));
+    let steps = f
+        .store
+        .get(&o.order_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.steps)
+        .unwrap_or_default();
+    assert_eq!(steps.iter().filter(|s| s.name == "release").count(), 1);
+}
+
+#[tokio::test]
+async fn claim_waits_out_a_live_lease_then_one_claimant_wins_and_a_missing_order_is_gone() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+
+    let early = f.store.claim(&o.order_id, "rec1", LEASE).await.ok();
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+    let won = f.store.claim(&o.order_id, "rec1", LEASE).await.ok();
+    let lost = f.store.claim(&o.order_id, "rec2", LEASE).await.ok();
+    let gone = f.store.claim(&OrderId::new_for_key("nobody"), "rec1", LEASE).await.ok();
+    let old_owner = f.step(&o.order_id, OrderStatus::Failed, "run1").await;
+
+    assert_eq!(
+        (early, won, lost, gone),
+        (
+            Some(Claim::Held),
+            Some(Claim::Claimed),
+            Some(Claim::Held),
+            Some(Claim::Gone)
+        )
+    );
+    assert_eq!(
+        old_owner,
+        Applied::Fenced,
+        "the runner that lost its lease is fenced out"
+    );
+}
+
+#[tokio::test]
+async fn lease_extends_only_its_owners_and_due_lists_only_lapsed_orders() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+
+    let stranger = f
+        .store
+        .lease(&o.order_id, "someone-else", Duration::from_secs(5))
+        .await
+        .ok();
+    let owner = f.store.lease(&o.order_id, "run1", Duration::from_millis(1)).await.ok();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let lapsed = f.due(&o.order_id).await;
+    let _ = f.store.lease(&o.order_id, "run1", Duration::from_secs(5)).await;
+    let live = f.due(&o.order_id).await;
+
+    assert_eq!((stranger, owner), (Some(false), Some(true)));
+    assert_eq!(lapsed, vec![o.order_id.clone()]);
+    assert!(live.is_empty());
+}
+
+#[tokio::test]
+async fn abandon_drops_an_order_that_never_began_and_keeps_one_that_did() {
+    let f = fixture().await;
+    let (never, key) = order("k1");
+    let (begun, begun_key) = order("k2");
+    let _ = f.store.create(&never, &key, "run1", LEASE).await;
+    let _ = f.begin(&begun, &begun_key, "run2").await;
+    let r = reservation();
+    let reserved = Change {
+        reservation: Some(&r),
+        ..Change::default()
+    };
+    let _ = f.store.update(&begun.order_id, "run2", reserved).await;
+
+    let dropped = f.store.abandon(&never.order_id).await.ok();
+    let kept = f.store.abandon(&begun.order_id).await.ok();
+
+    assert_eq!((dropped, kept), (Some(true), Some(false)));
+    assert!(f.store.get(&never.order_id).await.ok().flatten().is_none());
+    assert_eq!(f.processing_count(&never.order_id, "XXX").await, Some(0));
+}
+
+#[tokio::test]
+async fn undo_begin_takes_back_this_requests_key_and_order_but_not_anothers() {
+    let f = fixture().await;
+    let (mine, key) = order("k1");
+    let (theirs, _) = order("k1");
+    let _ = f.begin(&mine, &key, "run1").await;
+
+    let not_mine = f.store.undo_begin(&theirs.order_id, &key).await.ok();
+    let undone = f.store.undo_begin(&mine.order_id, &key).await.ok();
+    let retry = f.begin(&theirs, &key, "run2").await;
+
+    assert_eq!((not_mine, undone), (Some(false), Some(true)));
+    assert!(f.store.get(&mine.order_id).await.ok().flatten().is_none());
+    assert!(
+        matches!(retry, Some(Begin::Execute { resumed: false, .. })),
+        "{retry:?}"
+    );
+}

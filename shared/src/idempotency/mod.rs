@@ -20,8 +20,8 @@
 //! for the stored answer first and replays it.
 //!
 //! On a single Redis node every key can be reached from one script, so a service whose effect
-//! needs nothing from outside Redis before it runs ([`IdempotencyStore::effects_take_keys`];
-//! stock's reserve, release and complete) goes one step further: its effect's script takes the
+//! needs nothing from outside Redis before it runs ([`IdempotencyStore::effects_take_keys`])
+//! goes one step further: its effect's script takes the
 //! key itself (`answer.lua`'s `take_key`) and settles it with the answer, one write for the
 //! whole request; the record is then written once, done, never as running first (the script is
 //! atomic, so nobody could have seen it running). On Redis Cluster the key's record is a slot of
@@ -40,7 +40,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde::Serialize;
 
-use crate::problem::{CommonError, PROBLEM_JSON, Problem};
+use crate::problem::{CommonError, PROBLEM_JSON, Problem, ServiceError};
 
 pub use answer::Answer;
 pub use store::IdempotencyStore;
@@ -159,13 +159,37 @@ pub enum Outcome {
     Stored(StoredResponse),
 }
 
+/// The contract's one rule for which answers are final, stored and replayed: successes and
+/// business refusals (402, 404, 409, …). Not final: validation errors (400, 422), which leave the
+/// key free to be retried with a corrected request; 202, whose work goes on; and 5xx, whose
+/// effects were undone.
+pub fn is_final(status: u16) -> bool {
+    !matches!(status, 202 | 400 | 422) && status < 500
+}
+
 impl Outcome {
-    /// The contract's default: 2xx–4xx answers are definitive, 5xx free the key.
+    /// What an answer leaves under its key, by [`is_final`].
     pub fn by_status(resp: StoredResponse) -> Self {
-        if resp.status < 500 {
+        if is_final(resp.status) {
             Self::Store(resp)
+        } else if resp.status == 202 {
+            Self::Hold(resp)
         } else {
             Self::Free(resp)
+        }
+    }
+
+    /// A handler's result as its key keeps it ([`Self::by_status`]); a failure's cause is
+    /// logged, once, here.
+    pub fn of<E: ServiceError>(result: Result<StoredResponse, E>) -> Self {
+        match result {
+            Ok(resp) => Self::by_status(resp),
+            Err(e) => {
+                if let Some(common) = e.common() {
+                    common.log();
+                }
+                Self::by_status(StoredResponse::problem(&e.problem()))
+            }
         }
     }
 
@@ -225,8 +249,8 @@ impl KeyRef {
     }
 
     /// A record named by its caller: one stored as [`KeyRef::redis_key`], for work that settles
-    /// a key later (the order service's recovery worker finishes checkouts whose request is long
-    /// gone), or one kept in the slot of the work it guards (the order service's checkout keys).
+    /// a key long after its request is gone (a background worker finishing it), or one kept in
+    /// the slot of the work it guards, so that one script can take the key and do the work.
     pub fn from_stored(redis_key: String, fingerprint: String) -> Self {
         Self {
             redis_key,
@@ -301,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn only_server_errors_free_the_key_by_default() {
+    fn only_successes_and_business_refusals_are_stored() {
         let r = |s: u16| StoredResponse {
             status: s,
             content_type: "application/json".into(),
@@ -311,6 +335,12 @@ mod tests {
         assert!(matches!(Outcome::by_status(r(201)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(409)), Outcome::Store(_)));
         assert!(matches!(Outcome::by_status(r(503)), Outcome::Free(_)));
+        assert!(
+            matches!(Outcome::by_status(r(400)), Outcome::Free(_)),
+            "validation errors are not stored"
+        );
+        assert!(matches!(Outcome::by_status(r(422)), Outcome::Free(_)));
+        assert!(matches!(Outcome::by_status(r(202)), Outcome::Hold(_)));
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct IdempotencyStore {
 }
 
 impl IdempotencyStore {
+    /// With the TTL and lease every service reads (IDEMPOTENCY_TTL, IDEMPOTENCY_LEASE).
+    pub fn for_service(pool: Pool, settings: &crate::config::CommonSettings) -> Self {
+        Self::new(pool, settings.idempotency_ttl, settings.idempotency_lease)
+    }
+
     pub fn new(pool: Pool, ttl: Duration, lease: Duration) -> Self {
         Self {
             pool,
