@@ -54,8 +54,32 @@ pub const KEY_MALFORMED: &str = "the Idempotency-Key must be 1 to 255 printable 
 /// and a wrong guess replays or blocks another request's answer.
 pub const KEY_REPEATED: &str = "send one Idempotency-Key header, not several";
 
+/// A client's Idempotency-Key, as validated by [`key_from`]: 1–255 printable ASCII characters
+/// without spaces (so it can stand inside a Redis key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for IdempotencyKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Validates the header: present once, 1–255 printable ASCII characters, no spaces.
-pub fn key_from(req: &HttpRequest) -> Result<String, CommonError> {
+pub fn key_from(req: &HttpRequest) -> Result<IdempotencyKey, CommonError> {
     let mut values = req.headers().get_all(HEADER);
     let Some(value) = values.next() else {
         return Err(CommonError::IdempotencyKeyMissing);
@@ -67,7 +91,7 @@ pub fn key_from(req: &HttpRequest) -> Result<String, CommonError> {
     if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
         return Err(CommonError::IdempotencyKeyInvalid(KEY_MALFORMED));
     }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    Ok(IdempotencyKey(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// A response as stored for replay.

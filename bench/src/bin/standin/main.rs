@@ -21,17 +21,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use redis::Script;
 use shared::redis_pool::Pool;
 
-// Like the services' scripts: read, write a hash, set its expiry — one round trip.
-static WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('HSET', KEYS[1], 'v', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], 60000)
-return n
-"#,
-    )
-});
+// A write like the services' scripts make (write.lua).
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("write.lua")));
 
 #[derive(Clone)]
 struct State {
@@ -165,4 +156,24 @@ async fn main() -> std::io::Result<()> {
     .bind(("127.0.0.1", port))?
     .run()
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_counts_its_writes_and_expires_its_hash() {
+        let redis = shared::testing::TestRedis::start().await;
+        let mut conn = redis.conn().await;
+
+        let first: Option<i64> = WRITE.key("h").arg("x").invoke_async(&mut conn).await.ok();
+        let second: Option<i64> = WRITE.key("h").arg("y").invoke_async(&mut conn).await.ok();
+        let ttl: Option<i64> = redis::cmd("PTTL").arg("h").query_async(&mut conn).await.ok();
+        let value: Option<String> = redis::cmd("HGET").arg("h").arg("v").query_async(&mut conn).await.ok();
+
+        assert_eq!((first, second), (Some(1), Some(2)));
+        assert!(ttl.is_some_and(|t| t > 0 && t <= 60_000), "{ttl:?}");
+        assert_eq!(value.as_deref(), Some("y"));
+    }
 }
