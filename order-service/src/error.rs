@@ -2,7 +2,7 @@
 //! happen after an order exists carry its `orderId`.
 
 use actix_web::http::StatusCode;
-use shared::{CommonError, Problem, ServiceError};
+use shared::{CommonError, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
@@ -28,15 +28,9 @@ pub enum OrderError {
 
 shared::service_error!(OrderError);
 
-impl ServiceError for OrderError {
-    fn common(&self) -> Option<&CommonError> {
-        match self {
-            Self::Common(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn problem(&self) -> Problem {
+impl OrderError {
+    /// The one mapping to problem+json ([`shared::ServiceError::problem`]).
+    fn to_problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),

@@ -1,7 +1,7 @@
 //! The payment service's errors and their one mapping to problem+json.
 
 use actix_web::http::StatusCode;
-use shared::{CommonError, Problem, ServiceError};
+use shared::{CommonError, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -23,15 +23,9 @@ impl PaymentError {
     }
 }
 
-impl ServiceError for PaymentError {
-    fn common(&self) -> Option<&CommonError> {
-        match self {
-            Self::Common(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn problem(&self) -> Problem {
+impl PaymentError {
+    /// The one mapping to problem+json ([`shared::ServiceError::problem`]).
+    fn to_problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),

@@ -3,14 +3,19 @@
 //! its idempotency marker and the totals together, so charged − refunded balances at every
 //! instant, and a retry after a crash never charges twice.
 //!
-//! Layout: [`config`] settings, [`error`] the one error enum, [`gateway`] the (simulated)
-//! payment gateway, [`store`] Redis scripts and reads, [`routes`] HTTP handlers, [`model`]
-//! request and response bodies.
+//! Layout: one folder per capability, each with its handlers, its Redis writes and its scripts
+//! (one `.lua` file each, tested on a real Redis): [`charges`], [`refunds`]; the next
+//! capability is a new folder. Beside them: [`gateway`] the (simulated) payment gateway,
+//! [`store`] the keys, ids and reads, [`routes`] the routing table, the OpenAPI document and
+//! the books, [`model`] request and response bodies, [`config`] settings, [`error`] the one
+//! error enum.
 
+pub mod charges;
 pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod model;
+pub mod refunds;
 pub mod routes;
 pub mod store;
 

@@ -271,12 +271,25 @@ pub trait ServiceError: std::fmt::Debug + std::fmt::Display {
     }
 }
 
-/// Makes a service's error enum (a [`ServiceError`] with a `Common(CommonError)` variant) an
-/// actix error answered as problem+json, convertible from Redis' and the pool's errors.
+/// Makes a service's error enum a [`ServiceError`] and an actix error answered as
+/// problem+json, convertible from Redis' and the pool's errors. The enum has a
+/// `Common(CommonError)` variant and maps itself to problem+json in one inherent
+/// `fn to_problem(&self) -> Problem`.
 #[macro_export]
 macro_rules! service_error {
     ($error:ty) => {
         $crate::redis_errors_into!($error);
+        impl $crate::problem::ServiceError for $error {
+            fn problem(&self) -> $crate::problem::Problem {
+                self.to_problem()
+            }
+            fn common(&self) -> Option<&$crate::problem::CommonError> {
+                match self {
+                    Self::Common(e) => Some(e),
+                    _ => None,
+                }
+            }
+        }
         impl ::actix_web::ResponseError for $error {
             fn status_code(&self) -> ::actix_web::http::StatusCode {
                 $crate::problem::ServiceError::problem(self).status

@@ -1,7 +1,7 @@
 //! The stock service's errors and their one mapping to problem+json.
 
 use actix_web::http::StatusCode;
-use shared::{CommonError, Problem, ServiceError};
+use shared::{CommonError, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
@@ -25,15 +25,9 @@ pub enum StockError {
 
 shared::service_error!(StockError);
 
-impl ServiceError for StockError {
-    fn common(&self) -> Option<&CommonError> {
-        match self {
-            Self::Common(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn problem(&self) -> Problem {
+impl StockError {
+    /// The one mapping to problem+json ([`shared::ServiceError::problem`]).
+    fn to_problem(&self) -> Problem {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),

@@ -2,15 +2,18 @@
 //! counts is one Lua script on that item's hash slot, and `available + reserved + sold` is the
 //! same before and after each.
 //!
-//! Layout: [`config`] settings, [`error`] the one error enum, [`store`] items and reservations in
-//! Redis (`store/items.rs`, `store/reservations.rs`, one `.lua` file per script beside them),
-//! [`routes`] HTTP handlers, [`model`] request and response bodies, [`expiry`] the sweeper that
-//! returns lapsed reservations to `available`.
+//! Layout: one folder per capability, each with its handlers, its Redis reads and writes, and
+//! its scripts (one `.lua` file each, tested on a real Redis): [`items`] the catalogue,
+//! [`reservations`] reserve, release, complete and the sweeper that returns lapsed reservations
+//! to `available`. Beside them: [`store`] the keys and the Redis handle, [`routes`] the routing
+//! table and OpenAPI document, [`model`] request and response bodies, [`config`] settings,
+//! [`error`] the one error enum.
 
 pub mod config;
 pub mod error;
-pub mod expiry;
+pub mod items;
 pub mod model;
+pub mod reservations;
 pub mod routes;
 pub mod store;
 
@@ -39,7 +42,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
     }
     let settings = Arc::new(settings);
-    tokio::spawn(expiry::sweep_forever(store.clone(), settings.clone()));
+    tokio::spawn(reservations::expiry::sweep_forever(store.clone(), settings.clone()));
     let state = AppState {
         settings: settings.clone(),
         store,

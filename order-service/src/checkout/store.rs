@@ -238,17 +238,28 @@ impl OrderStore {
         })
     }
 
-    /// Takes over an order whose lease ran out.
-    pub async fn claim(&self, order_id: &OrderId, owner: &str, lease: Duration) -> Result<Claim, OrderError> {
+    /// Runs claim.lua or lease.lua: their keys and arguments are the same.
+    async fn lease_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        order_id: &OrderId,
+        owner: &str,
+        ms: Duration,
+    ) -> Result<T, OrderError> {
         let mut conn = self.pool.get().await?;
-        let reply: String = CLAIM
+        Ok(script
             .key(order_key(order_id))
             .key(active_key_of(order_id))
             .arg(order_id.as_str())
             .arg(owner)
-            .arg(lease.as_millis() as u64)
+            .arg(ms.as_millis() as u64)
             .invoke_async(&mut conn)
-            .await?;
+            .await?)
+    }
+
+    /// Takes over an order whose lease ran out.
+    pub async fn claim(&self, order_id: &OrderId, owner: &str, lease: Duration) -> Result<Claim, OrderError> {
+        let reply: String = self.lease_script(&CLAIM, order_id, owner, lease).await?;
         Ok(match reply.as_str() {
             "claimed" => Claim::Claimed,
             "held" => Claim::Held,
@@ -259,15 +270,7 @@ impl OrderStore {
     /// Moves the owner's lease to `from_now` from now: renewal while working, or when recovery
     /// should look again. False when the order is no longer this owner's.
     pub async fn lease(&self, order_id: &OrderId, owner: &str, from_now: Duration) -> Result<bool, OrderError> {
-        let mut conn = self.pool.get().await?;
-        let renewed: i64 = LEASE
-            .key(order_key(order_id))
-            .key(active_key_of(order_id))
-            .arg(order_id.as_str())
-            .arg(owner)
-            .arg(from_now.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let renewed: i64 = self.lease_script(&LEASE, order_id, owner, from_now).await?;
         Ok(renewed == 1)
     }
 

@@ -94,6 +94,33 @@ pub fn key_from(req: &HttpRequest) -> Result<IdempotencyKey, CommonError> {
     Ok(IdempotencyKey(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// An internal, idempotent POST as it arrives, checked in the order every such endpoint checks
+/// it: the internal token, then the key, then the body.
+pub struct IdempotentPost<T> {
+    pub key: IdempotencyKey,
+    pub body: T,
+    /// The key's record under `scope` (`service:endpoint`), with the request's fingerprint.
+    pub key_ref: KeyRef,
+}
+
+/// Reads an internal, idempotent POST ([`IdempotentPost`]).
+pub async fn read_post<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: actix_web::web::Payload,
+    token: &crate::config::Secret,
+    scope: &str,
+) -> Result<IdempotentPost<T>, CommonError> {
+    crate::auth::require(req, token)?;
+    let key = key_from(req)?;
+    let crate::body::JsonBody { value, raw } = crate::body::read_json::<T>(req, payload).await?;
+    let key_ref = KeyRef::new(scope, &key, crate::body::fingerprint("POST", req.path(), &raw));
+    Ok(IdempotentPost {
+        key,
+        body: value,
+        key_ref,
+    })
+}
+
 /// A response as stored for replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {

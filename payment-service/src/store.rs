@@ -16,36 +16,38 @@
 //!
 //! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 30 hex), which is how refunds
 //! and reads find the slot without an index. Amounts travel as decimal strings and are added
-//! with HINCRBY, never through Lua's numbers. Each script is a `.lua` file beside this one.
+//! with HINCRBY, never through Lua's numbers.
+//!
+//! This file holds the keys, the ids and the [`Store`] handle with its reads; the writes are
+//! with their capability: `charges/store.rs` and `refunds/store.rs`, each script a `.lua` file
+//! beside them.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{AsyncCommands, Script};
-use shared::idempotency::Answer;
+use redis::AsyncCommands;
 use shared::ids::SHARDS;
 use shared::redis_pool::Pool;
 
 use crate::error::PaymentError;
 use crate::model::{Charge, Totals};
 
-fn tag(shard: u16) -> String {
+pub(crate) fn tag(shard: u16) -> String {
     format!("payment:{{pay:{shard}}}")
 }
-fn charge_prefix(shard: u16) -> String {
+pub(crate) fn charge_prefix(shard: u16) -> String {
     format!("{}:charge:", tag(shard))
 }
-fn charge_key(shard: u16, charge_id: &str) -> String {
+pub(crate) fn charge_key(shard: u16, charge_id: &str) -> String {
     format!("{}{charge_id}", charge_prefix(shard))
 }
-fn order_key(shard: u16, order_id: &str) -> String {
+pub(crate) fn order_key(shard: u16, order_id: &str) -> String {
     format!("{}:order:{order_id}", tag(shard))
 }
-fn totals_key(shard: u16) -> String {
+pub(crate) fn totals_key(shard: u16) -> String {
     format!("{}:totals", tag(shard))
 }
-fn op_key(shard: u16, idempotency_key: &str) -> String {
+pub(crate) fn op_key(shard: u16, idempotency_key: &str) -> String {
     // The key may contain braces; Redis takes the first `{…}`, which is ours, as the tag.
     format!("{}:op:charge:{idempotency_key}", tag(shard))
 }
@@ -81,61 +83,6 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
-pub fn new_refund_id() -> String {
-    shared::ids::new_id("re")
-}
-
-static CHARGE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&shared::idempotency::scripts::ANSWER], include_str!("charge.lua")));
-static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("refund.lua")));
-
-/// A new charge to record, with the gateway's verdict.
-#[derive(Debug)]
-pub struct NewCharge<'a> {
-    /// From [`new_charge_id_for`] the order.
-    pub charge_id: &'a str,
-    pub order_id: &'a str,
-    pub amount: u64,
-    pub currency: &'a str,
-    pub customer_id: &'a str,
-    pub payment_method: &'a str,
-    /// `None` when the gateway approved.
-    pub decline_code: Option<&'a str>,
-}
-
-/// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
-/// way, so the response built from them is the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
-    pub charge_id: String,
-    pub order_id: String,
-    pub amount: u64,
-    pub currency: String,
-    /// `None`: the charge succeeded.
-    pub decline_code: Option<String>,
-    /// False when the key's marker named an earlier charge.
-    pub fresh: bool,
-}
-
-pub enum ChargeOutcome {
-    Recorded(Recorded),
-    /// The key's marker names a charge for a different request.
-    KeyReused,
-}
-
-pub enum RefundOutcome {
-    /// `fresh` is false when the charge had been refunded before.
-    Refunded {
-        refund_id: String,
-        amount: u64,
-        fresh: bool,
-    },
-    NotFound,
-    NotRefundable {
-        status: String,
-    },
-}
-
 const CHARGE_FIELDS: [&str; 9] = [
     "chargeId",
     "status",
@@ -150,89 +97,13 @@ const CHARGE_FIELDS: [&str; 9] = [
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
-    marker_ttl: Duration,
+    pub(crate) pool: Pool,
+    pub(crate) marker_ttl: Duration,
 }
 
 impl Store {
     pub fn new(pool: Pool, marker_ttl: Duration) -> Self {
         Self { pool, marker_ttl }
-    }
-
-    /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
-    /// already made a charge: that one is returned (not fresh) and `answer` is not stored.
-    pub async fn charge(
-        &self,
-        new: &NewCharge<'_>,
-        idempotency_key: &str,
-        answer: &Answer<'_>,
-    ) -> Result<ChargeOutcome, PaymentError> {
-        let shard = shared::ids::shard_of(new.order_id);
-        let charge_id = new.charge_id;
-        let status = if new.decline_code.is_some() {
-            "failed"
-        } else {
-            "succeeded"
-        };
-        let mut conn = self.pool.get().await?;
-        let mut invocation = CHARGE.key(charge_key(shard, charge_id));
-        invocation
-            .key(order_key(shard, new.order_id))
-            .key(totals_key(shard))
-            .key(op_key(shard, idempotency_key))
-            .arg(charge_id)
-            .arg(new.order_id)
-            .arg(new.amount.to_string())
-            .arg(new.currency)
-            .arg(new.customer_id)
-            .arg(new.payment_method)
-            .arg(status)
-            .arg(new.decline_code.unwrap_or(""))
-            .arg(shared::time::now_rfc3339())
-            .arg(self.marker_ttl.as_millis() as u64)
-            .arg(charge_prefix(shard));
-        answer.add_to(&mut invocation);
-        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        match field(0) {
-            kind @ ("charged" | "found") => Ok(ChargeOutcome::Recorded(Recorded {
-                charge_id: field(1).to_string(),
-                order_id: field(2).to_string(),
-                amount: parse_amount(field(3))?,
-                currency: field(4).to_string(),
-                decline_code: Some(field(5)).filter(|c| !c.is_empty()).map(str::to_string),
-                fresh: kind == "charged",
-            })),
-            "reused" => Ok(ChargeOutcome::KeyReused),
-            other => Err(shared::CommonError::Internal(format!("charge script answered {other:?}")).into()),
-        }
-    }
-
-    pub async fn refund(&self, charge_id: &str) -> Result<RefundOutcome, PaymentError> {
-        let Some(shard) = shard_of_charge(charge_id) else {
-            return Ok(RefundOutcome::NotFound);
-        };
-        let mut conn = self.pool.get().await?;
-        let reply: Vec<String> = REFUND
-            .key(charge_key(shard, charge_id))
-            .key(totals_key(shard))
-            .arg(new_refund_id())
-            .arg(shared::time::now_rfc3339())
-            .invoke_async(&mut conn)
-            .await?;
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        match field(0) {
-            kind @ ("refunded" | "already_refunded") => Ok(RefundOutcome::Refunded {
-                refund_id: field(1).to_string(),
-                amount: parse_amount(field(2))?,
-                fresh: kind == "refunded",
-            }),
-            "not_found" => Ok(RefundOutcome::NotFound),
-            "not_refundable" => Ok(RefundOutcome::NotRefundable {
-                status: field(1).to_string(),
-            }),
-            other => Err(shared::CommonError::Internal(format!("refund script answered {other:?}")).into()),
-        }
     }
 
     pub async fn get_charge(&self, charge_id: &str) -> Result<Option<Charge>, PaymentError> {
@@ -284,7 +155,7 @@ impl Store {
 }
 
 /// Stored numbers are written only by the scripts above; anything else is corruption.
-fn parse_amount(raw: &str) -> Result<u64, PaymentError> {
+pub(crate) fn parse_amount(raw: &str) -> Result<u64, PaymentError> {
     raw.parse().map_err(|_| {
         shared::CommonError::Internal(format!("stored amount {raw:?} is not a non-negative integer")).into()
     })
@@ -313,9 +184,6 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
         refunded_at: get(8),
     }))
 }
-
-#[cfg(test)]
-mod script_tests;
 
 #[cfg(test)]
 mod tests {
@@ -370,13 +238,6 @@ mod tests {
             let close = key[open..].find('}').map(|c| open + c + 1).unwrap_or(0);
             assert_eq!(key.get(open..close), Some(tag.as_str()), "{key}");
         }
-    }
-
-    #[test]
-    fn refund_ids_are_distinct_and_prefixed() {
-        let (a, b) = (new_refund_id(), new_refund_id());
-        assert!(a.starts_with("re_") && a.len() == 35, "{a}");
-        assert_ne!(a, b);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use actix_web::http::StatusCode;
 use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
-use super::*;
+use super::store::*;
+use crate::store::Store;
 
 const TTL: Duration = Duration::from_millis(400);
 

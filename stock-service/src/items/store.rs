@@ -4,9 +4,9 @@ use std::sync::LazyLock;
 
 use redis::{AsyncCommands, Script};
 
-use super::{INDEX, Store, item_key};
 use crate::error::StockError;
 use crate::model::Item;
+use crate::store::{INDEX, Store, item_key};
 
 // Create or restock, or create only (the seed). See upsert.lua.
 static UPSERT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("upsert.lua")));

@@ -6,9 +6,9 @@ use redis::{AsyncCommands, Script};
 use shared::idempotency::{Answer, Begin};
 use shared::lua::{CLOCK, Lib, RFC3339};
 
-use super::{INDEX, Store, expiring_key, item_key, op_key, reservation_prefix};
 use crate::error::StockError;
 use crate::model::ReservationResponse;
+use crate::store::{INDEX, Store, expiring_key, item_key, op_key, reservation_prefix};
 
 /// Where a reserve, release or complete (`endpoint`) of the item stores its answer: in the
 /// item's slot, which the request names, so a retry of the same request looks in the same place.

@@ -1,5 +1,5 @@
-//! The charge and refund scripts against a real Redis: the happy path, the replay, the wrong
-//! state, and the books they keep.
+//! The charge and refund scripts (refund.lua's tests are here: a refund needs a charge) against
+//! a real Redis: the happy path, the replay, the wrong state, and the books they keep.
 
 use std::time::Duration;
 
@@ -7,7 +7,9 @@ use actix_web::http::StatusCode;
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
-use super::*;
+use super::store::*;
+use crate::refunds::RefundOutcome;
+use crate::store::{Store, answer_key, new_charge_id_for};
 
 fn stores(redis: &TestRedis) -> (Store, IdempotencyStore) {
     let ttl = Duration::from_secs(60);

@@ -13,11 +13,8 @@
 //!   takes the key's record itself and settles it with the answer instead.
 //! - `stock:{catalog}:items` set: ids of every item (a listing index only)
 //!
-//! Layout: [`items`] the catalogue, [`reservations`] reserve, release, complete and expiry; each
-//! script is a `.lua` file beside them, with its test against a real Redis.
-
-mod items;
-mod reservations;
+//! This file holds the keys and the [`Store`] handle; the catalogue's reads and writes are in
+//! `items/store.rs`, reservations' in `reservations/store.rs`, each script a `.lua` file there.
 
 use std::time::Duration;
 
@@ -25,31 +22,26 @@ use shared::redis_pool::{Pool, traced};
 
 use crate::error::StockError;
 
-pub use reservations::{
-    ReserveOutcome, Transition, TransitionOutcome, answer_key, item_of_reservation, new_reservation_id,
-    reservation_template,
-};
-
 pub(crate) const INDEX: &str = "stock:{catalog}:items";
 
-fn item_key(id: u64) -> String {
+pub(crate) fn item_key(id: u64) -> String {
     format!("stock:{{item:{id}}}")
 }
-fn expiring_key(id: u64) -> String {
+pub(crate) fn expiring_key(id: u64) -> String {
     format!("stock:{{item:{id}}}:expiring")
 }
-fn reservation_prefix(id: u64) -> String {
+pub(crate) fn reservation_prefix(id: u64) -> String {
     format!("stock:{{item:{id}}}:rsv:")
 }
-fn op_key(id: u64, idempotency_key: &str) -> String {
+pub(crate) fn op_key(id: u64, idempotency_key: &str) -> String {
     format!("stock:{{item:{id}}}:op:{idempotency_key}")
 }
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
-    reservation_ttl: Duration,
-    marker_ttl: Duration,
+    pub(crate) pool: Pool,
+    pub(crate) reservation_ttl: Duration,
+    pub(crate) marker_ttl: Duration,
 }
 
 impl Store {
@@ -63,7 +55,7 @@ impl Store {
 
     /// Runs a request's script (reserve, release, complete) on a pooled connection as one traced
     /// Redis operation.
-    async fn invoke<T: redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
@@ -75,6 +67,3 @@ impl Store {
         .await
     }
 }
-
-#[cfg(test)]
-mod script_tests;

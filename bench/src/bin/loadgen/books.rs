@@ -1,0 +1,103 @@
+//! The books after a run: stock conserved, nothing left reserved, charged − refunded =
+//! completed; and the stock a run starts from.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::Shared;
+
+pub(super) async fn get_json(shared: &Shared, path: &str) -> Result<Value, String> {
+    let resp = shared
+        .client
+        .get(format!("{}{path}", shared.args.url))
+        .bearer_auth(&shared.args.token)
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {path}: {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| format!("GET {path}: {e}"))
+}
+
+/// available + reserved + sold per item.
+pub(super) async fn stock_sums(shared: &Shared) -> Result<BTreeMap<u64, (i64, i64)>, String> {
+    let items = get_json(shared, "/stock/items").await?;
+    let list = items
+        .as_array()
+        .or_else(|| items["items"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut sums = BTreeMap::new();
+    for item in list {
+        let id = item["id"].as_u64().unwrap_or(0);
+        let n = |f: &str| item[f].as_i64().unwrap_or(0);
+        sums.insert(id, (n("available") + n("reserved") + n("sold"), n("reserved")));
+    }
+    Ok(sums)
+}
+
+pub(super) async fn check_books(shared: &Shared, before: &BTreeMap<u64, (i64, i64)>) -> Result<Vec<String>, String> {
+    // Checkouts still running (202s, recovery) must end before the books can balance.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let totals = get_json(shared, "/order/totals").await?;
+        let processing: i64 = totals
+            .as_object()
+            .map(|m| m.values().map(|c| c["processing"]["count"].as_i64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if processing == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Ok(vec![format!("{processing} orders still processing after 90 s")]);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut violations = Vec::new();
+    for (id, (sum, reserved)) in stock_sums(shared).await? {
+        if let Some((was, _)) = before.get(&id)
+            && *was != sum
+        {
+            violations.push(format!("item {id}: available+reserved+sold went from {was} to {sum}"));
+        }
+        if reserved != 0 {
+            violations.push(format!("item {id}: {reserved} units still reserved"));
+        }
+    }
+    let orders = get_json(shared, "/order/totals").await?;
+    let payments = get_json(shared, "/payment/totals").await?;
+    for (currency, o) in orders.as_object().cloned().unwrap_or_default() {
+        if currency == "XXX" {
+            continue;
+        }
+        let completed = o["completed"]["amount"].as_i64().unwrap_or(0);
+        let p = &payments[&currency];
+        let net = p["charged"]["amount"].as_i64().unwrap_or(0) - p["refunded"]["amount"].as_i64().unwrap_or(0);
+        if net != completed {
+            violations.push(format!(
+                "{currency}: charged − refunded = {net}, completed orders = {completed}"
+            ));
+        }
+    }
+    Ok(violations)
+}
+
+pub(super) async fn setup_stock(shared: &Shared, units: i64) -> Result<(), String> {
+    for id in shared.args.items.0..=shared.args.items.1 {
+        let resp = shared
+            .client
+            .put(format!("{}/stock/items/{id}", shared.args.url))
+            .bearer_auth(&shared.args.token)
+            .json(&json!({"name": format!("Bench item {id}"), "price": 100 + id as i64, "currency": "USD", "available": units}))
+            .send()
+            .await
+            .map_err(|e| format!("PUT item {id}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("PUT item {id}: {}", resp.status()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Refunds: `POST /refund` gives a succeeded charge back through the gateway, then records it.
+
+mod store;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use shared::idempotency::{self, IdempotentPost, Outcome, StoredResponse};
+
+use crate::AppState;
+use crate::charges::not_found;
+use crate::error::PaymentError;
+use crate::gateway::{Gateway, RefundAttempt, refund_key};
+use crate::model::{RefundRequest, RefundResponse};
+use crate::store::Store;
+pub use store::{RefundOutcome, new_refund_id};
+
+#[utoipa::path(
+    post, path = "/refund", request_body = RefundRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = RefundResponse, description = "refunded now, or earlier (the same refundId)"),
+        (status = 401, description = "unauthorized"),
+        (status = 404, description = "charge-not-found"),
+        (status = 409, description = "charge-not-refundable (a declined charge), or idempotency-key-in-use"),
+        (status = 422, description = "idempotency-key-reused")
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn refund_charge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PaymentError> {
+    let IdempotentPost { body, key_ref, .. } =
+        idempotency::read_post::<RefundRequest>(&req, payload, &state.settings.common.internal_token, "payment:refund")
+            .await?;
+    let (store, gateway) = (state.store.clone(), state.settings.gateway);
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            Ok(Outcome::of(refund(&store, gateway, body.charge_id).await))
+        })
+        .await?;
+    Ok(response)
+}
+
+/// Gives a succeeded charge back through the gateway, then records the refund. In that order:
+/// a refund recorded but never sent would show money returned that the customer never got. A
+/// crash in between leaves the charge succeeded, so the next attempt asks the gateway again
+/// under the same [`refund_key`], which it answers with the first refund. The refund script
+/// decides the answer (404, 409, or the refund made earlier), whatever the read before it saw.
+async fn refund(store: &Store, gateway: Gateway, charge_id: String) -> Result<StoredResponse, PaymentError> {
+    let charge = store.get_charge(&charge_id).await?;
+    if let Some(charge) = charge.filter(|c| c.status == "succeeded") {
+        gateway
+            .refund(&RefundAttempt {
+                idempotency_key: &refund_key(&charge_id),
+                charge_id: &charge_id,
+                amount: charge.amount,
+                currency: &charge.currency,
+            })
+            .await;
+    }
+    match store.refund(&charge_id).await? {
+        RefundOutcome::Refunded {
+            refund_id,
+            amount,
+            fresh,
+        } => {
+            shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
+            Ok(StoredResponse::json(
+                StatusCode::OK,
+                &RefundResponse {
+                    refund_id,
+                    charge_id,
+                    status: "refunded".into(),
+                    amount,
+                },
+            ))
+        }
+        RefundOutcome::NotFound => Err(not_found(&charge_id)),
+        RefundOutcome::NotRefundable { status } => Err(PaymentError::ChargeNotRefundable { charge_id, status }),
+    }
+}

@@ -1,0 +1,74 @@
+//! The catalogue: items and their counts. Reads are public; creating or restocking an item
+//! needs the internal token.
+
+mod store;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use shared::body::{self, JsonBody};
+use shared::money::valid_currency;
+
+use crate::AppState;
+use crate::error::StockError;
+use crate::model::{Item, MAX_AVAILABLE, MAX_PRICE, PutItemRequest};
+
+/// Item ids in paths are positive integers; anything else names no item.
+fn parse_item_id(raw: &str) -> Result<u64, StockError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
+}
+
+#[utoipa::path(get, path = "/items", responses((status = 200, body = [Item])))]
+pub(crate) async fn list_items(state: web::Data<AppState>) -> Result<HttpResponse, StockError> {
+    Ok(HttpResponse::Ok().json(state.store.list_items().await?))
+}
+
+#[utoipa::path(get, path = "/items/{id}", responses((status = 200, body = Item), (status = 404, description = "item-not-found")))]
+pub(crate) async fn get_item(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, StockError> {
+    let id = parse_item_id(&id)?;
+    let item = state
+        .store
+        .get_item(id)
+        .await?
+        .ok_or_else(|| StockError::ItemNotFound(id.to_string()))?;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+#[utoipa::path(
+    put, path = "/items/{id}", request_body = PutItemRequest,
+    responses((status = 200, body = Item), (status = 400, description = "invalid-request"), (status = 401, description = "unauthorized")),
+    security(("bearer" = []))
+)]
+pub(crate) async fn put_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, StockError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let id = id.parse::<u64>().ok().filter(|id| *id >= 1).ok_or_else(|| {
+        shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
+    })?;
+    let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
+    let invalid = |m: &str| StockError::Common(shared::CommonError::InvalidRequest(m.into()));
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(invalid("name must be 1 to 200 characters"));
+    }
+    if !valid_currency(&body.currency) {
+        return Err(invalid("currency must be an ISO 4217 code such as USD"));
+    }
+    if body.price > MAX_PRICE {
+        return Err(invalid(&format!(
+            "price is in minor units and must be at most {MAX_PRICE}"
+        )));
+    }
+    if body.available > MAX_AVAILABLE {
+        return Err(invalid(&format!("available must be at most {MAX_AVAILABLE}")));
+    }
+    let item = state
+        .store
+        .put_item(id, body.name.trim(), body.price, &body.currency, body.available)
+        .await?;
+    Ok(HttpResponse::Ok().json(item))
+}
