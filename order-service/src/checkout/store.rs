@@ -126,15 +126,21 @@ fn step_json(name: StepName, status: StepStatus, at: &str) -> String {
     .unwrap_or_default()
 }
 
-/// A new order's arguments, as order.lua's `new_order_from` reads them.
-fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) {
-    let at = shared::time::now_rfc3339();
-    let id = &order.order_id;
+/// An order's four keys, in the order order.lua's functions take them: order, steps, totals,
+/// active.
+fn push_order_keys(inv: &mut ScriptInvocation<'_>, id: &OrderId) {
     inv.key(order_key(id))
         .key(steps_key(id))
         .key(totals_key_of(id))
-        .key(active_key_of(id))
-        .arg(id.as_str())
+        .key(active_key_of(id));
+}
+
+/// A new order's keys and arguments, as order.lua's `new_order_from` reads them.
+fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) {
+    let at = shared::time::now_rfc3339();
+    let id = &order.order_id;
+    push_order_keys(inv, id);
+    inv.arg(id.as_str())
         .arg(order.item_id)
         .arg(order.quantity)
         .arg(&order.customer_id)
@@ -392,29 +398,18 @@ impl OrderStore {
     /// false when the key is held by another request's order.
     pub async fn undo_begin(&self, order_id: &OrderId, key: &KeyRef) -> Result<bool, OrderError> {
         let mut conn = self.pool.get().await?;
-        let outcome: String = UNDO_BEGIN
-            .key(key.redis_key())
-            .key(order_key(order_id))
-            .key(steps_key(order_id))
-            .key(totals_key_of(order_id))
-            .key(active_key_of(order_id))
-            .arg(order_id.as_str())
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = UNDO_BEGIN.key(key.redis_key());
+        push_order_keys(&mut inv, order_id);
+        let outcome: String = inv.arg(order_id.as_str()).invoke_async(&mut conn).await?;
         Ok(outcome == "undone")
     }
 
     /// Removes an order that never began (abandon.lua); false if it had begun after all.
     pub async fn abandon(&self, order_id: &OrderId) -> Result<bool, OrderError> {
         let mut conn = self.pool.get().await?;
-        let removed: i64 = ABANDON
-            .key(order_key(order_id))
-            .key(steps_key(order_id))
-            .key(totals_key_of(order_id))
-            .key(active_key_of(order_id))
-            .arg(order_id.as_str())
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = ABANDON.prepare_invoke();
+        push_order_keys(&mut inv, order_id);
+        let removed: i64 = inv.arg(order_id.as_str()).invoke_async(&mut conn).await?;
         Ok(removed == 1)
     }
 }

@@ -62,13 +62,22 @@ static STOCK: Lib = Lib {
     needs: &[&CLOCK],
 };
 
+/// `transition`, for release and complete.
+static TRANSITION: Lib = Lib {
+    name: "transition",
+    source: include_str!("transition.lua"),
+    needs: &[&shared::idempotency::scripts::ANSWER],
+};
+
 fn script(main: &str) -> Script {
     shared::lua::script(&[&shared::idempotency::scripts::ANSWER, &RFC3339, &STOCK], main)
 }
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("reserve.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("release.lua")));
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("complete.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("release.lua")));
+static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("complete.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| script(include_str!("sweep.lua")));
 
 pub enum ReserveOutcome {
