@@ -118,9 +118,9 @@ else
     # AOF with fsync on every write (the default): an acknowledged reservation or charge
     # survives a crash of Redis itself. `everysec` is faster and can lose the last second.
     # Records keep response bodies of a few hundred bytes; past 64 bytes Redis would turn each
-    # such hash into a hash table, about a third more memory per checkout (README, Redis).
+    # such hash into a hash table, about a third more memory per checkout (docs/benchmark.md).
     # The AOF rewrite writes its base uncompressed: 14 % more disk, and the rewrite's
-    # CPU per checkout falls by more than half (README, Benchmark).
+    # CPU per checkout falls by more than half (docs/benchmark.md).
     supervise redis "$redis_bin" --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir/redis" \
         --appendonly yes --appendfsync "$appendfsync" --save "" --hash-max-listpack-value 1024 \
         --rdbcompression no --daemonize no

@@ -1,7 +1,7 @@
 //! The checkout's decisions, as pure functions over plain types: given what is recorded and
 //! what a step's call answered, the next thing to do. No Redis and no HTTP here; the saga
 //! ([`super::saga`]) makes the calls, asks, and carries the decision out. Each row of the
-//! README's failure table is a case in the tests below.
+//! failure table (docs/failures.md) is a case in the tests below.
 //!
 //! The rule for money: never report failure while money may have moved. A call that may have
 //! reached its service but whose answer was lost, or one that proves nothing because an earlier

@@ -5,7 +5,7 @@ use super::*;
 
 /// Set by [`init`] when tracing is on but nothing is exported. Spans would then be built, ended
 /// and dropped unread; building them was about a fifth of the services' CPU per checkout
-/// (README, Benchmark).
+/// (docs/benchmark.md).
 /// So no OpenTelemetry span is made at all; the request's trace context lives in
 /// [`REQUEST_TRACE`] instead, and trace ids are still made, answered, logged and passed on.
 pub(super) static CONTEXT_ONLY: AtomicBool = AtomicBool::new(false);
