@@ -7,15 +7,23 @@ use utoipa::ToSchema;
 
 pub const MAX_QUANTITY: u32 = 1000;
 
+/// A checkout as requested. Its constraints are its schema's, enforced as the document shows
+/// them (`shared::schema`); the quantity's maximum is [`MAX_QUANTITY`] (a test checks the two
+/// agree).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutRequest {
+    #[schema(minimum = 1)]
     pub item_id: u64,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
+    /// Printable ASCII without spaces; `guest` when absent.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub customer_id: Option<String>,
+    /// `pm_card_visa` when absent.
     #[serde(default)]
-    pub payment_method: Option<String>,
+    pub payment_method: Option<shared::money::PaymentMethod>,
 }
 
 /// A checkout request after validation and defaults.
@@ -87,3 +95,14 @@ pub struct CurrencyTotals {
 }
 
 pub type Totals = BTreeMap<String, CurrencyTotals>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schemas_quantity_bound_is_the_one_the_code_computes_with() {
+        let declared = shared::schema::declared::<CheckoutRequest>("quantity", "maximum");
+        assert_eq!(declared, Some(MAX_QUANTITY.into()));
+    }
+}

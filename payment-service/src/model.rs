@@ -3,48 +3,28 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shared::money::{MAX_CHARGE, valid_currency};
+use shared::money::{PaymentMethod, valid_currency};
 use utoipa::ToSchema;
 
-pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
-
+/// A charge as requested. Its constraints are its schema's, enforced as the document shows
+/// them (`shared::schema`); the amount's maximum is [`shared::money::MAX_CHARGE`] (a test
+/// checks the two agree).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChargeRequest {
+    /// Letters, digits, `_` and `-`: it becomes part of Redis keys.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
     pub order_id: String,
-    /// Minor units (cents), 1 to 9000000000000.
+    /// Minor units (cents).
+    #[schema(minimum = 1, maximum = 9000000000000u64)]
     pub amount: u64,
     /// ISO 4217, e.g. `USD`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
+    /// Any characters but control characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub customer_id: String,
-    /// One of Stripe's test payment methods: `pm_card_visa`, `pm_card_chargeDeclined`,
-    /// `pm_card_chargeDeclinedInsufficientFunds`.
-    pub payment_method: String,
-}
-
-impl ChargeRequest {
-    /// Everything except the payment method, which the gateway judges. The error is the
-    /// `detail` of a 400 `invalid-request`.
-    pub fn validate(&self) -> Result<(), String> {
-        if !shared::ids::is_safe_id(&self.order_id) {
-            return Err("orderId must be 1 to 128 characters of letters, digits, '_' and '-'".into());
-        }
-        if self.amount == 0 || self.amount > MAX_CHARGE {
-            return Err(format!(
-                "amount is in minor units and must be between 1 and {MAX_CHARGE}"
-            ));
-        }
-        if !valid_currency(&self.currency) {
-            return Err("currency must be an ISO 4217 code such as USD".into());
-        }
-        let chars = self.customer_id.chars().count();
-        if chars == 0 || chars > MAX_CUSTOMER_ID_CHARS || self.customer_id.chars().any(char::is_control) {
-            return Err(format!(
-                "customerId must be 1 to {MAX_CUSTOMER_ID_CHARS} characters without control characters"
-            ));
-        }
-        Ok(())
-    }
+    pub payment_method: PaymentMethod,
 }
 
 /// A successful charge (201).
@@ -156,82 +136,93 @@ impl Totals {
 mod tests {
     use super::*;
 
-    fn request() -> ChargeRequest {
-        ChargeRequest {
-            order_id: "ord_0123abcd".into(),
-            amount: 999,
-            currency: "USD".into(),
-            customer_id: "guest".into(),
-            payment_method: "pm_card_visa".into(),
-        }
+    use serde_json::{Value, json};
+    use shared::money::MAX_CHARGE;
+
+    fn request() -> Value {
+        json!({"orderId": "ord_0123abcd", "amount": 999, "currency": "USD", "customerId": "guest", "paymentMethod": "pm_card_visa"})
+    }
+
+    fn with(field: &str, value: Value) -> Vec<u8> {
+        let mut body = request();
+        body[field] = value;
+        body.to_string().into_bytes()
+    }
+
+    fn refusal(body: &[u8]) -> Option<String> {
+        shared::body::parse::<ChargeRequest>(body).err().map(|e| e.to_string())
     }
 
     #[test]
     fn a_well_formed_charge_passes_validation() {
-        assert_eq!(request().validate(), Ok(()));
-        let max = ChargeRequest {
-            amount: MAX_CHARGE,
-            customer_id: "c".repeat(MAX_CUSTOMER_ID_CHARS),
-            ..request()
-        };
-        assert_eq!(max.validate(), Ok(()));
+        assert_eq!(refusal(request().to_string().as_bytes()), None);
+        assert_eq!(refusal(&with("amount", json!(MAX_CHARGE))), None);
+        assert_eq!(refusal(&with("customerId", json!("c".repeat(128)))), None);
+        // Characters, not bytes: 128 multi-byte characters are fine.
+        assert_eq!(refusal(&with("customerId", json!("é".repeat(128)))), None);
     }
 
     #[test]
     fn amounts_outside_one_to_the_cap_are_refused() {
-        for amount in [0, MAX_CHARGE + 1, u64::MAX] {
-            let r = ChargeRequest { amount, ..request() };
-            assert!(r.validate().is_err_and(|e| e.contains("amount")), "{amount}");
+        for amount in [json!(0), json!(MAX_CHARGE + 1), json!(u64::MAX), json!(-1)] {
+            assert!(
+                refusal(&with("amount", amount.clone())).is_some_and(|e| e.contains("amount")),
+                "{amount}"
+            );
         }
     }
 
     #[test]
     fn currencies_must_be_three_uppercase_letters() {
         for currency in ["usd", "US", "USDD", "U$D", ""] {
-            let r = ChargeRequest {
-                currency: currency.into(),
-                ..request()
-            };
-            assert!(r.validate().is_err_and(|e| e.contains("currency")), "{currency}");
+            assert!(
+                refusal(&with("currency", json!(currency))).is_some_and(|e| e.contains("currency")),
+                "{currency}"
+            );
         }
     }
 
     #[test]
     fn order_ids_that_could_escape_a_redis_key_are_refused() {
         for order_id in ["", "ord}1", "ord{1", "ord 1", "ord:1", &"o".repeat(129)] {
-            let r = ChargeRequest {
-                order_id: order_id.into(),
-                ..request()
-            };
-            assert!(r.validate().is_err_and(|e| e.contains("orderId")), "{order_id}");
+            assert!(
+                refusal(&with("orderId", json!(order_id))).is_some_and(|e| e.contains("orderId")),
+                "{order_id}"
+            );
         }
     }
 
     #[test]
-    fn customer_ids_must_be_1_to_128_printable_characters() {
-        for customer_id in [String::new(), "c".repeat(129), "a\nb".into()] {
-            let r = ChargeRequest {
-                customer_id: customer_id.clone(),
-                ..request()
-            };
-            assert!(r.validate().is_err_and(|e| e.contains("customerId")), "{customer_id:?}");
+    fn customer_ids_must_be_1_to_128_characters_without_control_characters() {
+        for customer_id in [String::new(), "c".repeat(129), "a\nb".into(), "a\u{85}b".into()] {
+            assert!(
+                refusal(&with("customerId", json!(customer_id))).is_some_and(|e| e.contains("customerId")),
+                "{customer_id:?}"
+            );
         }
-        // Characters, not bytes: 128 multi-byte characters are fine.
-        let r = ChargeRequest {
-            customer_id: "é".repeat(128),
-            ..request()
-        };
-        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_payment_methods_are_refused_naming_the_accepted_ones() {
+        for bad in ["", "pm_card_Visa", "tok_visa", "pm_card_visa "] {
+            let detail = refusal(&with("paymentMethod", json!(bad))).unwrap_or_default();
+            for method in PaymentMethod::ALL {
+                assert!(detail.contains(method.as_str()), "{bad:?}: {detail}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_schemas_amount_bound_is_the_largest_charge() {
+        let declared = shared::schema::declared::<ChargeRequest>("amount", "maximum");
+        assert_eq!(declared, Some(MAX_CHARGE.into()));
+        let currency = shared::schema::declared::<ChargeRequest>("currency", "pattern");
+        assert_eq!(currency, Some(shared::money::CURRENCY_PATTERN.into()));
     }
 
     #[test]
     fn unknown_charge_fields_are_rejected() {
-        let body =
-            br#"{"orderId":"o","amount":1,"currency":"USD","customerId":"c","paymentMethod":"pm_card_visa","tip":1}"#;
-        assert!(shared::body::parse::<ChargeRequest>(body).is_err());
-        let negative =
-            br#"{"orderId":"o","amount":-1,"currency":"USD","customerId":"c","paymentMethod":"pm_card_visa"}"#;
-        assert!(shared::body::parse::<ChargeRequest>(negative).is_err());
+        assert!(refusal(&with("tip", json!(1))).is_some_and(|e| e.contains("tip")));
     }
 
     #[test]

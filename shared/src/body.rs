@@ -1,6 +1,7 @@
-//! Strict JSON bodies: `application/json` only, at most [`BODY_LIMIT`] bytes, unknown fields and
-//! wrong types rejected with a 400 that names the problem. Also the canonical form used to
-//! fingerprint a request for idempotency.
+//! Strict JSON bodies: `application/json` only, at most [`BODY_LIMIT`] bytes, a JSON object
+//! that satisfies the request type's own schema ([`crate::schema`]: types, bounds, lengths,
+//! patterns, enums, no unknown fields), else a 400 that names the problem. Also the canonical
+//! form used to fingerprint a request for idempotency.
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -8,6 +9,7 @@ use actix_web::web;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::problem::CommonError;
 
@@ -26,8 +28,8 @@ pub struct JsonBody<T> {
     pub raw: web::Bytes,
 }
 
-/// Reads and parses a JSON body, refusing anything the contract does not allow.
-pub async fn read_json<T: DeserializeOwned>(
+/// Reads and parses a JSON body, refusing anything the contract or `T`'s schema does not allow.
+pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
     req: &HttpRequest,
     mut payload: web::Payload,
 ) -> Result<JsonBody<T>, CommonError> {
@@ -68,8 +70,16 @@ pub async fn read_json<T: DeserializeOwned>(
     Ok(JsonBody { value, raw })
 }
 
-/// Parses with a message that tells a client what to fix.
-pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CommonError> {
+/// Parses with a message that tells a client what to fix: the JSON, then `T`'s schema, then
+/// the type itself. serde alone would take a JSON array for a struct (`[1, 2]` as
+/// `{"itemId": 1, "quantity": 2}`); the schema says a body is an object.
+pub fn parse<T: DeserializeOwned + ToSchema + 'static>(raw: &[u8]) -> Result<T, CommonError> {
+    let value: serde_json::Value = parse_as(raw)?;
+    crate::schema::check::<T>(&value).map_err(|why| CommonError::InvalidRequest(format!("invalid body: {why}")))?;
+    serde_json::from_value(value).map_err(|e| CommonError::InvalidRequest(format!("invalid body: {e}")))
+}
+
+fn parse_as<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CommonError> {
     serde_json::from_slice(raw).map_err(|e| {
         use serde_json::error::Category;
         let what = match e.classify() {
@@ -116,19 +126,34 @@ mod tests {
         assert_ne!(base, fingerprint("POST", "/reserve", br#"{"itemId":1}"#));
     }
 
+    #[derive(serde::Deserialize, Debug, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        #[schema(maximum = 10)]
+        a: u32,
+    }
+
+    fn refusal(raw: &[u8]) -> String {
+        match parse::<T>(raw) {
+            Ok(t) => format!("taken: {t:?}"),
+            Err(e) => e.problem().detail,
+        }
+    }
+
     #[test]
     fn parse_errors_say_what_was_wrong() {
-        #[derive(serde::Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct T {
-            a: u32,
-        }
-        let e = parse::<T>(b"{").unwrap_err().to_string();
-        assert!(e.contains("malformed JSON"), "{e}");
-        let e = parse::<T>(br#"{"a":"x"}"#).unwrap_err().to_string();
-        assert!(e.contains("invalid type"), "{e}");
-        let e = parse::<T>(br#"{"a":1,"b":2}"#).unwrap_err().to_string();
-        assert!(e.contains("unknown field `b`"), "{e}");
+        assert!(refusal(b"{").contains("malformed JSON"));
+        assert_eq!(refusal(br#"{"a":"x"}"#), "invalid body: a: must be an integer");
+        assert_eq!(refusal(br#"{"a":1,"b":2}"#), "invalid body: b: is not a known field");
+        assert_eq!(refusal(br#"{"a":11}"#), "invalid body: a: must be at most 10");
+        assert!(parse::<T>(br#"{"a":10}"#).is_ok());
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_even_where_serde_would_take_it() {
+        assert_eq!(refusal(b"[1]"), "invalid body: body: must be an object");
+        assert_eq!(refusal(b"null"), "invalid body: body: must be an object");
+        assert_eq!(refusal(b"7"), "invalid body: body: must be an object");
     }
 }

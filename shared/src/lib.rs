@@ -5,6 +5,7 @@
 //! - [`problem`]: RFC 9457 problem+json, the only error shape a client ever sees.
 //! - [`request_id`]: `X-Request-ID` propagation, used as each problem's `instance`.
 //! - [`body`]: bounded, strict JSON body reading and the request fingerprint.
+//! - [`schema`]: request bodies checked against the schema their OpenAPI document publishes.
 //! - [`idempotency`]: the Redis-backed `Idempotency-Key` store and its HTTP flow.
 //! - [`redis_pool`]: connection pool setup and readiness checks.
 //! - [`http_client`]: the retrying client services use to call each other.
@@ -29,6 +30,7 @@ pub mod ops;
 pub mod problem;
 pub mod redis_pool;
 pub mod request_id;
+pub mod schema;
 pub mod server;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

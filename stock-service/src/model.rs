@@ -16,19 +16,32 @@ pub struct Item {
     pub sold: i64,
 }
 
+/// Creates or restocks an item. Its constraints are its schema's, enforced as the document
+/// shows them (`shared::schema`); the bounds are [`MAX_PRICE`] and [`MAX_AVAILABLE`] (a test
+/// checks the two agree).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutItemRequest {
+    /// Not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    /// Minor units (cents): at most 9 000 000 000, so that 1 000 units (the most one checkout
+    /// takes) stay within one charge's limit.
+    #[schema(maximum = 9000000000u64)]
     pub price: u64,
+    /// ISO 4217, e.g. `USD`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
+    #[schema(maximum = 1000000000u64)]
     pub available: u64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReserveRequest {
+    #[schema(minimum = 1)]
     pub item_id: u64,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
 }
 
@@ -64,3 +77,23 @@ pub struct ReservationStatus {
 pub const MAX_QUANTITY: u32 = 1000;
 pub const MAX_PRICE: u64 = shared::money::MAX_CHARGE / MAX_QUANTITY as u64;
 pub const MAX_AVAILABLE: u64 = 1_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use shared::schema::declared;
+
+    use super::*;
+
+    #[test]
+    fn the_schemas_bounds_are_the_limits_the_code_computes_with() {
+        assert_eq!(declared::<PutItemRequest>("price", "maximum"), Some(MAX_PRICE.into()));
+        assert_eq!(
+            declared::<PutItemRequest>("available", "maximum"),
+            Some(MAX_AVAILABLE.into())
+        );
+        assert_eq!(
+            declared::<ReserveRequest>("quantity", "maximum"),
+            Some(MAX_QUANTITY.into())
+        );
+    }
+}

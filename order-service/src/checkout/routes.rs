@@ -13,39 +13,22 @@ use super::store::{self, Claim, Progress};
 use crate::AppState;
 use crate::error::OrderError;
 use crate::ids::OrderId;
-use crate::model::{CheckoutCompleted, CheckoutProcessing, CheckoutRequest, MAX_QUANTITY, NewOrder};
+use crate::model::{CheckoutCompleted, CheckoutProcessing, CheckoutRequest, NewOrder};
+use shared::money::PaymentMethod;
 
 const DEFAULT_CUSTOMER: &str = "guest";
-const DEFAULT_PAYMENT_METHOD: &str = "pm_card_visa";
 
-fn invalid(detail: &str) -> OrderError {
-    shared::CommonError::InvalidRequest(detail.into()).into()
-}
-
-fn validate(req: CheckoutRequest, order_id: OrderId) -> Result<NewOrder, OrderError> {
-    if req.item_id == 0 {
-        return Err(invalid("itemId must be an integer of at least 1"));
-    }
-    if req.quantity == 0 || req.quantity > MAX_QUANTITY {
-        return Err(invalid("quantity must be an integer between 1 and 1000"));
-    }
-    let customer_id = req.customer_id.unwrap_or_else(|| DEFAULT_CUSTOMER.into());
-    if customer_id.is_empty() || customer_id.len() > 128 || !customer_id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid("customerId must be 1 to 128 printable ASCII characters"));
-    }
-    let payment_method = req.payment_method.unwrap_or_else(|| DEFAULT_PAYMENT_METHOD.into());
-    if !ids::is_safe_id(&payment_method) {
-        return Err(invalid(
-            "paymentMethod must be a payment method id such as pm_card_visa",
-        ));
-    }
-    Ok(NewOrder {
+/// The order a checkout makes, its defaults filled in. The request was checked against its
+/// schema when it was read (`shared::body`): bounds, lengths, patterns and payment methods.
+fn new_order(req: CheckoutRequest, order_id: OrderId) -> NewOrder {
+    let payment_method = req.payment_method.unwrap_or(PaymentMethod::CardVisa);
+    NewOrder {
         order_id,
         item_id: req.item_id,
         quantity: req.quantity,
-        customer_id,
-        payment_method,
-    })
+        customer_id: req.customer_id.unwrap_or_else(|| DEFAULT_CUSTOMER.into()),
+        payment_method: payment_method.as_str().into(),
+    }
 }
 
 #[utoipa::path(
@@ -70,7 +53,7 @@ pub(crate) async fn create_checkout(
     let key = idempotency::key_from(&req)?;
     let JsonBody { value, raw } = body::read_json::<CheckoutRequest>(&req, payload).await?;
     let fresh = OrderId::new_for_key(&key);
-    let candidate = validate(value, fresh)?;
+    let candidate = new_order(value, fresh);
     let key_ref = store::checkout_key(&key, body::fingerprint("POST", req.path(), &raw));
     let runner = state.runner.clone();
     let owner = ids::new_id("run");
@@ -168,41 +151,45 @@ async fn take_over(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::{Value, json};
 
-    fn request(item_id: u64, quantity: u32) -> CheckoutRequest {
-        CheckoutRequest {
-            item_id,
-            quantity,
-            customer_id: None,
-            payment_method: None,
-        }
+    use super::*;
+    use crate::model::MAX_QUANTITY;
+
+    fn refusal(body: Value) -> Option<String> {
+        shared::body::parse::<CheckoutRequest>(body.to_string().as_bytes())
+            .err()
+            .map(|e| e.to_string())
     }
 
     #[test]
     fn defaults_fill_customer_and_payment_method() {
-        let order = validate(request(1, 2), OrderId::from_stored("ord_1")).ok();
-        let order = order.as_ref();
-        assert_eq!(order.map(|o| o.customer_id.as_str()), Some("guest"));
-        assert_eq!(order.map(|o| o.payment_method.as_str()), Some("pm_card_visa"));
+        let req = shared::body::parse::<CheckoutRequest>(br#"{"itemId": 1, "quantity": 2}"#).ok();
+        let order = req.map(|r| new_order(r, OrderId::from_stored("ord_1")));
+        assert_eq!(order.as_ref().map(|o| o.customer_id.as_str()), Some("guest"));
+        assert_eq!(order.as_ref().map(|o| o.payment_method.as_str()), Some("pm_card_visa"));
     }
 
     #[test]
-    fn quantity_must_be_between_one_and_a_thousand() {
-        assert!(validate(request(1, 0), OrderId::from_stored("o")).is_err());
-        assert!(validate(request(1, 1001), OrderId::from_stored("o")).is_err());
-        assert!(validate(request(1, 1), OrderId::from_stored("o")).is_ok());
-        assert!(validate(request(1, 1000), OrderId::from_stored("o")).is_ok());
+    fn quantity_must_be_between_one_and_the_maximum() {
+        assert!(refusal(json!({"itemId": 1, "quantity": 0})).is_some());
+        assert!(refusal(json!({"itemId": 1, "quantity": MAX_QUANTITY + 1})).is_some());
+        assert_eq!(refusal(json!({"itemId": 1, "quantity": 1})), None);
+        assert_eq!(refusal(json!({"itemId": 1, "quantity": MAX_QUANTITY})), None);
     }
 
     #[test]
-    fn item_zero_and_odd_payment_methods_are_refused() {
-        assert!(validate(request(0, 1), OrderId::from_stored("o")).is_err());
-        let mut odd = request(1, 1);
-        odd.payment_method = Some("pm card}".into());
-        assert!(validate(odd, OrderId::from_stored("o")).is_err());
-        let mut empty_customer = request(1, 1);
-        empty_customer.customer_id = Some(String::new());
-        assert!(validate(empty_customer, OrderId::from_stored("o")).is_err());
+    fn item_zero_odd_customers_and_unknown_payment_methods_are_refused() {
+        for bad in [
+            json!({"itemId": 0, "quantity": 1}),
+            json!({"itemId": 1, "quantity": 1, "paymentMethod": "pm card}"}),
+            json!({"itemId": 1, "quantity": 1, "paymentMethod": "pm_card_bitcoin"}),
+            json!({"itemId": 1, "quantity": 1, "customerId": ""}),
+            json!({"itemId": 1, "quantity": 1, "customerId": "a b"}),
+            json!({"itemId": 1, "quantity": 1, "customerId": "c".repeat(129)}),
+            json!([1, 2]),
+        ] {
+            assert!(refusal(bad.clone()).is_some(), "{bad}");
+        }
     }
 }

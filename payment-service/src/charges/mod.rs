@@ -44,12 +44,7 @@ pub(crate) async fn create_charge(
     let IdempotentPost { key, body, key_ref } =
         idempotency::read_post::<ChargeRequest>(&req, payload, &state.settings.common.internal_token, "payment:charge")
             .await?;
-    body.validate().map_err(PaymentError::invalid)?;
     let gateway = state.settings.gateway;
-    // Checked before the key is taken: an unknown method is a validation error, never stored.
-    gateway
-        .check_method(&body.payment_method)
-        .map_err(PaymentError::invalid)?;
     let key_ref = key_ref.with_answer_at(answer_key(&body.order_id, &key));
     let store = state.store.clone();
     let (idempotency, key_ref) = (&state.idempotency, &key_ref);
@@ -79,16 +74,9 @@ async fn charge(
         amount: body.amount,
         currency: &body.currency,
         customer_id: &body.customer_id,
-        payment_method: &body.payment_method,
+        payment_method: body.payment_method,
     };
-    let decision = match gateway.charge(&attempt).await {
-        Some(d) => d,
-        None => {
-            return Outcome::of(Err(PaymentError::invalid(
-                gateway.check_method(&body.payment_method).err().unwrap_or_default(),
-            )));
-        }
-    };
+    let decision = gateway.charge(&attempt).await;
     let decline_code = match &decision {
         Decision::Approved => None,
         Decision::Declined { code } => Some(code.as_str()),
@@ -100,7 +88,7 @@ async fn charge(
         amount: body.amount,
         currency: &body.currency,
         customer_id: &body.customer_id,
-        payment_method: &body.payment_method,
+        payment_method: body.payment_method.as_str(),
         decline_code,
     };
     // The answer is known before the charge is recorded: the script stores it with the charge.

@@ -104,7 +104,7 @@ pub struct IdempotentPost<T> {
 }
 
 /// Reads an internal, idempotent POST ([`IdempotentPost`]).
-pub async fn read_post<T: serde::de::DeserializeOwned>(
+pub async fn read_post<T: serde::de::DeserializeOwned + utoipa::ToSchema + 'static>(
     req: &HttpRequest,
     payload: actix_web::web::Payload,
     token: &crate::config::Secret,

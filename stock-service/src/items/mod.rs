@@ -5,11 +5,10 @@ mod store;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::body::{self, JsonBody};
-use shared::money::valid_currency;
 
 use crate::AppState;
 use crate::error::StockError;
-use crate::model::{Item, MAX_AVAILABLE, MAX_PRICE, PutItemRequest};
+use crate::model::{Item, PutItemRequest};
 
 /// Item ids in paths are positive integers; anything else names no item.
 fn parse_item_id(raw: &str) -> Result<u64, StockError> {
@@ -50,22 +49,8 @@ pub(crate) async fn put_item(
     let id = id.parse::<u64>().ok().filter(|id| *id >= 1).ok_or_else(|| {
         shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
     })?;
+    // Name, price, currency and available are checked against PutItemRequest's schema.
     let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
-    let invalid = |m: &str| StockError::Common(shared::CommonError::InvalidRequest(m.into()));
-    if body.name.trim().is_empty() || body.name.len() > 200 {
-        return Err(invalid("name must be 1 to 200 characters"));
-    }
-    if !valid_currency(&body.currency) {
-        return Err(invalid("currency must be an ISO 4217 code such as USD"));
-    }
-    if body.price > MAX_PRICE {
-        return Err(invalid(&format!(
-            "price is in minor units and must be at most {MAX_PRICE}"
-        )));
-    }
-    if body.available > MAX_AVAILABLE {
-        return Err(invalid(&format!("available must be at most {MAX_AVAILABLE}")));
-    }
     let item = state
         .store
         .put_item(id, body.name.trim(), body.price, &body.currency, body.available)

@@ -12,7 +12,7 @@ use shared::idempotency::{self, IdempotentPost, Outcome, StoredResponse};
 
 use crate::AppState;
 use crate::error::StockError;
-use crate::model::{MAX_QUANTITY, ReservationRef, ReservationResponse, ReservationStatus, ReserveRequest};
+use crate::model::{ReservationRef, ReservationResponse, ReservationStatus, ReserveRequest};
 pub use store::{
     ReserveOutcome, Transition, TransitionOutcome, answer_key, item_of_reservation, new_reservation_id,
     reservation_template,
@@ -37,14 +37,6 @@ pub(crate) async fn reserve_stock(
     let IdempotentPost { key, body, key_ref } =
         idempotency::read_post::<ReserveRequest>(&req, payload, &state.settings.common.internal_token, "stock:reserve")
             .await?;
-    if body.item_id == 0 {
-        return Err(shared::CommonError::InvalidRequest("itemId must be at least 1".into()).into());
-    }
-    if body.quantity == 0 || body.quantity > MAX_QUANTITY {
-        return Err(
-            shared::CommonError::InvalidRequest(format!("quantity must be between 1 and {MAX_QUANTITY}")).into(),
-        );
-    }
     let key_ref = key_ref.with_answer_at(answer_key(body.item_id, "reserve", &key));
     let store = state.store.clone();
     let (idempotency, key_ref) = (&state.idempotency, &key_ref);
