@@ -5,17 +5,22 @@ SERVICES := -p order-service -p stock-service -p payment-service
 # nextest runs every test in its own process with timeouts; plain cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
-.PHONY: run test deps release build fmt fmt-check lint unit e2e bench chaos clean
+.PHONY: run test deps deps-runtime release build fmt fmt-check lint unit e2e bench chaos clean
 
 ## run: build release binaries, install redis-server/nginx if missing, start the stack (Ctrl-C stops)
-run: deps release
+run: deps-runtime release
 	scripts/run.sh
 
 ## test: format check, clippy, unit tests, then the e2e suite against real Redis and nginx
 test: deps fmt-check lint unit e2e
 
+# Everything make test needs (redis-server, nginx, schemathesis in .venv); make run, bench and
+# chaos need only the first two.
 deps:
 	scripts/deps.sh
+
+deps-runtime:
+	DEPS_SKIP_PYTHON=1 scripts/deps.sh
 
 release:
 	$(CARGO) build --release --locked $(SERVICES)
@@ -42,12 +47,12 @@ e2e: build
 	E2E_REDIS_CLUSTER=1 $(CARGO) $(TEST_RUNNER) -p tests-e2e --locked --test checkout --test stock --test payment
 
 ## bench: release build, then the checkout against this machine's ceiling (see scripts/bench.sh)
-bench: deps
+bench: deps-runtime
 	$(CARGO) build --release --locked $(SERVICES) -p bench
 	scripts/bench.sh
 
 ## chaos: release build, then kill -9 services and Redis at random under load and check the books
-chaos: deps
+chaos: deps-runtime
 	$(CARGO) build --release --locked $(SERVICES) -p bench
 	scripts/chaos.sh
 

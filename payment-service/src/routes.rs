@@ -36,7 +36,7 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
 struct ApiDoc;
 
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+    shared::openapi::render(ApiDoc::openapi())
 }
 
 #[utoipa::path(

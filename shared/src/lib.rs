@@ -10,7 +10,8 @@
 //! - [`redis_pool`]: connection pool setup and readiness checks.
 //! - [`http_client`]: the retrying client services use to call each other.
 //! - [`auth`]: the internal bearer token check.
-//! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`.
+//! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`, `/docs`.
+//! - [`openapi`]: the conventions every service's OpenAPI document states, and `Allow` from it.
 //! - [`telemetry`]: JSON logs and OpenTelemetry traces (W3C `traceparent` in and out, OTLP export).
 //! - [`ids`]: shard selection for hash-tagged keys.
 //! - [`lua`]: Redis scripts composed from `.lua` files.
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod lua;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod redis_pool;

@@ -1,4 +1,5 @@
-//! Operations endpoints every service serves: `/health`, `/ready`, `/metrics`, `/openapi.json`.
+//! Operations endpoints every service serves: `/health`, `/ready`, `/metrics`, `/openapi.json`,
+//! and `/docs`, an API reference a person can read, rendered from the same document.
 
 use crate::redis_pool::Pool;
 use actix_web::{HttpResponse, web};
@@ -9,6 +10,26 @@ pub struct Ops {
     pub pool: Pool,
     /// The service's OpenAPI document, rendered once at start-up.
     pub openapi: std::sync::Arc<String>,
+    /// `/docs`: Scalar's API reference page with the document in it (its script loads from a
+    /// CDN in the reader's browser; nothing is fetched at build or start-up).
+    pub docs: std::sync::Arc<String>,
+    /// The `Allow` header of a 405, from the document.
+    pub allow: std::sync::Arc<crate::openapi::AllowTable>,
+}
+
+impl Ops {
+    pub fn new(pool: Pool, openapi: String) -> Self {
+        let value: serde_json::Value = serde_json::from_str(&openapi).unwrap_or_default();
+        let title = value["info"]["title"].as_str().unwrap_or("API").to_string();
+        let docs = utoipa_scalar::Scalar::new(value).title(title).to_html();
+        let allow = crate::openapi::AllowTable::from_document(&openapi);
+        Self {
+            pool,
+            openapi: std::sync::Arc::new(openapi),
+            docs: std::sync::Arc::new(docs),
+            allow: std::sync::Arc::new(allow),
+        }
+    }
 }
 
 pub fn configure(ops: Ops) -> impl FnOnce(&mut web::ServiceConfig) {
@@ -19,7 +40,8 @@ pub fn configure(ops: Ops) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(web::resource("/health").get(health))
             .service(web::resource("/ready").get(ready))
             .service(web::resource("/metrics").get(metrics))
-            .service(web::resource("/openapi.json").get(openapi));
+            .service(web::resource("/openapi.json").get(openapi))
+            .service(web::resource("/docs").get(docs));
     }
 }
 
@@ -40,6 +62,12 @@ async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
         // prometheus-client writes the OpenMetrics text format (`# EOF`, `_total`); say so.
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(crate::metrics::render(Some(&ops.pool)))
+}
+
+async fn docs(ops: web::Data<Ops>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(ops.docs.as_str().to_owned())
 }
 
 async fn openapi(ops: web::Data<Ops>) -> HttpResponse {

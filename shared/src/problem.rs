@@ -235,6 +235,13 @@ pub fn problemize<B>(
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
+    // RFC 9110: a 405 names the methods the resource has, which the published document lists.
+    let allow = (status == StatusCode::METHOD_NOT_ALLOWED)
+        .then(|| {
+            let ops = res.request().app_data::<actix_web::web::Data<crate::ops::Ops>>()?;
+            ops.allow.allow(res.request().path()).map(str::to_string)
+        })
+        .flatten();
     let problem = match status {
         StatusCode::NOT_FOUND => CommonError::NotFound("no resource at this path".into()).problem(),
         StatusCode::METHOD_NOT_ALLOWED => CommonError::MethodNotAllowed.problem(),
@@ -248,7 +255,11 @@ pub fn problemize<B>(
         _ => CommonError::Internal(String::new()).problem(),
     };
     let (req, _) = res.into_parts();
-    let res = actix_web::dev::ServiceResponse::new(req, problem.response()).map_into_right_body();
+    let mut response = problem.response();
+    if let Some(allow) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    let res = actix_web::dev::ServiceResponse::new(req, response).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
 

@@ -44,13 +44,27 @@ fn compiled<T: ToSchema + 'static>() -> Arc<Compiled> {
 }
 
 /// Checks `value` against `T`'s schema: `Err` says what is wrong and where (`quantity: must
-/// be at most 1000`), for a 400 a client can act on.
-pub fn check<T: ToSchema + 'static>(value: &Value) -> Result<(), String> {
+/// be at most 1000`), for a 400 a client can act on. A number with a zero fraction where the
+/// schema wants an integer (`2.0`) is one in JSON Schema, and is rewritten as the integer, so
+/// that the type then reads it as JSON Schema did.
+pub fn check<T: ToSchema + 'static>(value: &mut Value) -> Result<(), String> {
     let compiled = compiled::<T>();
     Checker {
         components: &compiled.components,
     }
     .check(&compiled.root, value, "body")
+}
+
+/// `2.0` as `2`, when it is an integer within u64 or i64.
+fn integral(value: &Value) -> Option<Value> {
+    let f = value.as_f64().filter(|f| f.fract() == 0.0 && (value.is_f64()))?;
+    if f >= 0.0 && f <= u64::MAX as f64 {
+        Some(Value::from(f as u64))
+    } else if f < 0.0 && f >= i64::MIN as f64 {
+        Some(Value::from(f as i64))
+    } else {
+        None
+    }
 }
 
 /// What `T`'s schema declares for `field` under `keyword` (`maximum`, `pattern`, …): for the
@@ -91,7 +105,7 @@ fn show(n: &Value) -> String {
 }
 
 impl Checker<'_> {
-    fn check(&self, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    fn check(&self, schema: &Value, value: &mut Value, at: &str) -> Result<(), String> {
         let Some(schema) = schema.as_object() else {
             return Ok(());
         };
@@ -127,6 +141,11 @@ impl Checker<'_> {
                 Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
                 _ => vec![],
             };
+            if types.contains(&"integer")
+                && let Some(int) = integral(value)
+            {
+                *value = int;
+            }
             if !types.is_empty() && !types.iter().any(|t| is_type(value, t)) {
                 let article = if types[0].starts_with(['a', 'e', 'i', 'o', 'u']) {
                     "an"
@@ -157,6 +176,21 @@ impl Checker<'_> {
     }
 
     fn check_number(&self, schema: &Map<String, Value>, value: &Value, at: &str) -> Result<(), String> {
+        // OpenAPI's integer formats are ranges: a u64 is documented as `int64`, so a value
+        // past i64::MAX is outside what the document promises to take.
+        let range = match schema.get("format").and_then(Value::as_str) {
+            Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+            Some("int64") => Some((i64::MIN, i64::MAX)),
+            _ => None,
+        };
+        if let Some((min, max)) = range {
+            if value.as_u64().is_some_and(|v| v > max as u64) {
+                return Err(format!("{at}: must be at most {max}"));
+            }
+            if value.as_i64().is_some_and(|v| v < min) {
+                return Err(format!("{at}: must be at least {min}"));
+            }
+        }
         let n = value.as_f64().unwrap_or(0.0);
         if let Some(min) = schema.get("minimum")
             && min.as_f64().is_some_and(|min| n < min)
@@ -197,7 +231,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_array(&self, schema: &Map<String, Value>, items: &[Value], at: &str) -> Result<(), String> {
+    fn check_array(&self, schema: &Map<String, Value>, items: &mut [Value], at: &str) -> Result<(), String> {
         let count = items.len() as u64;
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && count < min
@@ -210,14 +244,19 @@ impl Checker<'_> {
             return Err(format!("{at}: must have at most {max} items"));
         }
         if let Some(item_schema) = schema.get("items") {
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.iter_mut().enumerate() {
                 self.check(item_schema, item, &format!("{at}[{i}]"))?;
             }
         }
         Ok(())
     }
 
-    fn check_object(&self, schema: &Map<String, Value>, fields: &Map<String, Value>, at: &str) -> Result<(), String> {
+    fn check_object(
+        &self,
+        schema: &Map<String, Value>,
+        fields: &mut Map<String, Value>,
+        at: &str,
+    ) -> Result<(), String> {
         let empty = Map::new();
         let properties = schema.get("properties").and_then(Value::as_object).unwrap_or(&empty);
         let path = |name: &str| {
@@ -235,7 +274,7 @@ impl Checker<'_> {
             }
         }
         let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
-        for (name, value) in fields {
+        for (name, value) in fields.iter_mut() {
             match properties.get(name) {
                 Some(property) => self.check(property, value, &path(name))?,
                 None if closed => return Err(format!("{}: is not a known field", path(name))),
@@ -294,8 +333,8 @@ mod tests {
         Wallet,
     }
 
-    fn check_sample(v: Value) -> Result<(), String> {
-        check::<Sample>(&v)
+    fn check_sample(mut v: Value) -> Result<(), String> {
+        check::<Sample>(&mut v)
     }
 
     #[test]
@@ -306,6 +345,17 @@ mod tests {
             Ok(())
         );
         assert_eq!(check_sample(json!({"quantity": 5, "name": null})), Ok(()));
+    }
+
+    #[test]
+    fn an_integer_written_with_a_zero_fraction_is_an_integer() {
+        let mut body = json!({"quantity": 7.0});
+        assert_eq!(check::<Sample>(&mut body), Ok(()));
+        assert_eq!(body, json!({"quantity": 7}));
+        assert_eq!(
+            check_sample(json!({"quantity": 7.5})),
+            Err("quantity: must be an integer".into())
+        );
     }
 
     #[test]
@@ -334,6 +384,10 @@ mod tests {
             (
                 json!({"quantity": 1, "kind": "cash"}),
                 "kind: must be one of card, wallet",
+            ),
+            (
+                json!({"quantity": 1, "amount": 9223372036854775808u64}),
+                "amount: must be at most 9223372036854775807",
             ),
             (json!({"quantity": 1, "tip": 1}), "tip: is not a known field"),
         ];

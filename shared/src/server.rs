@@ -36,10 +36,7 @@ pub async fn serve<F>(settings: &CommonSettings, pool: Pool, openapi: String, ro
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let ops = Ops {
-        pool,
-        openapi: Arc::new(openapi),
-    };
+    let ops = Ops::new(pool, openapi);
     let bind = (settings.host.clone(), settings.port);
     let server = HttpServer::new(move || {
         App::new()

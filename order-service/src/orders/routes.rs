@@ -10,6 +10,7 @@ use crate::model::{CurrencyTotals, OrderView};
 
 #[utoipa::path(
     get, path = "/orders/{orderId}",
+    params(("orderId" = String, Path, description = "the order's id, as the checkout answered it")),
     responses((status = 200, body = OrderView), (status = 404, description = "order-not-found"))
 )]
 pub(crate) async fn get_order(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, OrderError> {

@@ -176,7 +176,7 @@ pub(crate) async fn get_charge(
 
 #[utoipa::path(
     get, path = "/charges",
-    params(("orderId" = String, Query, description = "the order whose charges to list")),
+    params(("orderId" = String, Query, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$", description = "the order whose charges to list")),
     responses(
         (status = 200, body = OrderCharges, description = "oldest first; empty for an unknown order"),
         (status = 400, description = "invalid-request: orderId missing or malformed"),

@@ -11,10 +11,11 @@ use crate::error::StockError;
 use crate::model::{Item, PutItemRequest};
 
 /// Item ids in paths are positive integers; anything else names no item.
+/// (At most i64::MAX, as the document's `int64` says.)
 fn parse_item_id(raw: &str) -> Result<u64, StockError> {
     raw.parse::<u64>()
         .ok()
-        .filter(|id| *id >= 1)
+        .filter(|id| (1..=i64::MAX as u64).contains(id))
         .ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
 }
 
@@ -23,7 +24,11 @@ pub(crate) async fn list_items(state: web::Data<AppState>) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(state.store.list_items().await?))
 }
 
-#[utoipa::path(get, path = "/items/{id}", responses((status = 200, body = Item), (status = 404, description = "item-not-found")))]
+#[utoipa::path(
+    get, path = "/items/{id}",
+    params(("id" = u64, Path, minimum = 1, description = "the item's id; anything else names no item (404)")),
+    responses((status = 200, body = Item), (status = 404, description = "item-not-found"))
+)]
 pub(crate) async fn get_item(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, StockError> {
     let id = parse_item_id(&id)?;
     let item = state
@@ -36,7 +41,8 @@ pub(crate) async fn get_item(state: web::Data<AppState>, id: web::Path<String>) 
 
 #[utoipa::path(
     put, path = "/items/{id}", request_body = PutItemRequest,
-    responses((status = 200, body = Item), (status = 400, description = "invalid-request"), (status = 401, description = "unauthorized")),
+    params(("id" = u64, Path, minimum = 1, description = "the item's id, a positive integer")),
+    responses((status = 200, body = Item), (status = 400, description = "invalid-request: the body, or an id that is not a positive integer")),
     security(("bearer" = []))
 )]
 pub(crate) async fn put_item(
@@ -46,9 +52,13 @@ pub(crate) async fn put_item(
     id: web::Path<String>,
 ) -> Result<HttpResponse, StockError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
-    let id = id.parse::<u64>().ok().filter(|id| *id >= 1).ok_or_else(|| {
-        shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
-    })?;
+    let id = id
+        .parse::<u64>()
+        .ok()
+        .filter(|id| (1..=i64::MAX as u64).contains(id))
+        .ok_or_else(|| {
+            shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
+        })?;
     // Name, price, currency and available are checked against PutItemRequest's schema.
     let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
     let item = state
