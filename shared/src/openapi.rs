@@ -114,10 +114,18 @@ pub fn render(doc: utoipa::openapi::OpenApi) -> String {
     serde_json::to_string(&value).unwrap_or_else(|_| "{}".into())
 }
 
+/// What every document says of its bodies beside the schemas.
+const BODY_NOTE: &str = " Bodies are JSON objects; an integer is written as one (`100`, not `100.0`, which is refused with 400: for money, `100.0` suggests dollars where cents are meant).";
+
 fn apply_conventions(doc: &mut Value) {
     let Some(root) = doc.as_object_mut() else {
         return;
     };
+    if let Some(info) = root.get_mut("info").and_then(Value::as_object_mut) {
+        let description = info.get("description").and_then(Value::as_str).unwrap_or_default();
+        let described = format!("{description}{BODY_NOTE}");
+        info.insert("description".into(), Value::String(described.trim_start().to_string()));
+    }
     let paths = root.entry("paths").or_insert_with(|| json!({}));
     if let (Some(paths), Value::Object(ops)) = (paths.as_object_mut(), ops_paths()) {
         for (path, item) in ops {
