@@ -20,8 +20,7 @@ pub struct Ops {
 impl Ops {
     pub fn new(pool: Pool, openapi: String) -> Self {
         let value: serde_json::Value = serde_json::from_str(&openapi).unwrap_or_default();
-        let title = value["info"]["title"].as_str().unwrap_or("API").to_string();
-        let docs = utoipa_scalar::Scalar::new(value).title(title).to_html();
+        let docs = utoipa_scalar::Scalar::new(value).to_html();
         let allow = crate::openapi::AllowTable::from_document(&openapi);
         Self {
             pool,
