@@ -101,7 +101,7 @@ echo "Machine: $(nproc) CPUs ($cpu), $mem; everything (load generator included) 
 echo "${duration}s per run, $connections connections in closed loop; latencies in ms; CPU µs: CPU time of"
 echo "the stack per request (all its processes, not the load generator), steadier than req/s on a shared machine."
 echo
-printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %9s %9s\n' fsync run 'req/s' p50 p90 p99 p99.9 'vs stand' 'vs trivial' 'CPU µs' 'Redis µs' 'script µs' 'AOF rw s' books
+printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %7s %7s %9s %9s\n' fsync run 'req/s' p50 p90 p99 p99.9 'vs stand' 'vs trivial' 'CPU µs' 'Redis µs' 'script µs' cmds 'AOF B' 'AOF rw s' books
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
@@ -112,12 +112,15 @@ for policy in $policies; do
             -v p50="$(field "$line" p50)" -v p90="$(field "$line" p90)" -v p99="$(field "$line" p99)" \
             -v p999="$(field "$line" p999)" -v b="$(field "$line" books)" -v c="$(field "$line" cpu_us)" \
             -v w="$(field "$line" aof_rewrite_s)" -v rc="$(field "$line" redis_cpu_us)" -v sc="$(field "$line" script_us)" \
-            'BEGIN { printf "%-9s %-13s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s %9s %9s %9s %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, c, rc, sc, w, b }'
+            -v cm="$(field "$line" cmds)" -v ab="$(field "$line" aof_bytes)" \
+            'BEGIN { printf "%-9s %-13s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s %9s %9s %7s %7s %9s %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, c, rc, sc, cm, ab, w, b }'
     done
 done
 echo
 echo "Targets: checkout ≥ 60% of the stand-in's throughput; p99 ≤ 25 ms in open loop at half the peak."
 echo "stand-in-open runs the stand-in at the checkout's open-loop rate: the latency the machine allows there."
 echo "Redis µs: the part of CPU µs that was Redis' (with its AOF-rewrite child); script µs: time Redis spent"
-echo "running scripts per request (INFO commandstats; wall time, the commands they call included)."
+echo "running scripts per request (INFO commandstats; wall time, the commands they call included); cmds: Redis"
+echo "commands per request, inside scripts or on their own (INFO commandstats); AOF B: bytes appended to the AOF"
+echo "per request (- when a rewrite ran during the run)."
 echo "AOF rw s: seconds of the run during which Redis rewrote its AOF (a forked child busy on a core)."

@@ -61,25 +61,78 @@ pub(super) fn parse(info: &str) -> Result<(bool, u64), String> {
     Ok((field("aof_rewrite_in_progress")? == 1, field("aof_rewrites")?))
 }
 
-/// Microseconds Redis has spent running scripts (EVAL, EVALSHA, FCALL and their read-only
-/// forms) since its statistics were last reset, from INFO commandstats. Wall time inside
-/// Redis, the commands the scripts call included.
-pub async fn script_usec(mut conn: MultiplexedConnection) -> Result<u64, String> {
-    Ok(script_usec_in(&info(&mut conn, "commandstats").await?))
+const SCRIPTS: [&str; 6] = ["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"];
+/// What the load generator and the operators' tools ask Redis, not the work of a request.
+const NOT_WORK: [&str; 8] = [
+    "info",
+    "ping",
+    "config|get",
+    "config|set",
+    "client|setinfo",
+    "hello",
+    "select",
+    "command|docs",
+];
+
+/// The work Redis has done since its statistics were last reset (or it started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Microseconds spent running scripts (EVAL, EVALSHA, FCALL and their read-only forms):
+    /// wall time inside Redis, the commands the scripts call included.
+    pub script_usec: u64,
+    /// Commands run: inside scripts, and sent on their own; the script calls themselves and
+    /// [`NOT_WORK`] not counted.
+    pub commands: u64,
+    /// The AOF's size in bytes (`aof_current_size`; 0 without AOF).
+    pub aof_bytes: u64,
 }
 
-pub(super) fn script_usec_in(info: &str) -> u64 {
-    const SCRIPTS: [&str; 6] = ["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"];
-    info.lines()
+impl Work {
+    /// What was done between `before` and `self`. The AOF's growth is unknown (None) when it
+    /// shrank: a rewrite ran in between.
+    pub fn since(self, before: Work) -> (u64, u64, Option<u64>) {
+        (
+            self.script_usec.saturating_sub(before.script_usec),
+            self.commands.saturating_sub(before.commands),
+            self.aof_bytes.checked_sub(before.aof_bytes),
+        )
+    }
+}
+
+pub async fn work(mut conn: MultiplexedConnection) -> Result<Work, String> {
+    let commandstats = info(&mut conn, "commandstats").await?;
+    let persistence = info(&mut conn, "persistence").await?;
+    Ok(work_in(&commandstats, &persistence))
+}
+
+pub(super) fn work_in(commandstats: &str, persistence: &str) -> Work {
+    let stat = |stats: &str, key: &str| {
+        stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut work = Work {
+        script_usec: 0,
+        commands: 0,
+        aof_bytes: persistence
+            .lines()
+            .find_map(|l| l.strip_prefix("aof_current_size:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    };
+    for (name, stats) in commandstats
+        .lines()
         .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
-        .filter(|(name, _)| SCRIPTS.contains(name))
-        .filter_map(|(_, stats)| {
-            stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("usec="))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+    {
+        if SCRIPTS.contains(&name) {
+            work.script_usec += stat(stats, "usec");
+        } else if !NOT_WORK.contains(&name) {
+            work.commands += stat(stats, "calls");
+        }
+    }
+    work
 }
 
 pub async fn wait_idle(mut conn: MultiplexedConnection) -> Result<(), String> {
@@ -131,14 +184,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_time_sums_every_script_command_and_nothing_else() {
+    fn script_time_sums_every_script_command_and_commands_count_the_rest_but_the_tools() {
         let info = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=250,usec_per_call=25.00,rejected_calls=0\r\n\
                     cmdstat_hset:calls=40,usec=80,usec_per_call=2.00\r\n\
                     cmdstat_eval:calls=1,usec=7,usec_per_call=7.00\r\n\
                     cmdstat_fcall_ro:calls=2,usec=3,usec_per_call=1.50\r\n\
+                    cmdstat_info:calls=9,usec=90,usec_per_call=10.00\r\n\
                     cmdstat_script|load:calls=5,usec=100,usec_per_call=20.00\r\n";
-        assert_eq!(script_usec_in(info), 260);
-        assert_eq!(script_usec_in("# Commandstats\r\n"), 0);
+        let work = work_in(info, "# Persistence\r\naof_enabled:1\r\naof_current_size:4096\r\n");
+        assert_eq!(
+            work,
+            Work {
+                script_usec: 260,
+                commands: 45,
+                aof_bytes: 4096
+            }
+        );
+        assert_eq!(work_in("# Commandstats\r\n", "").commands, 0);
+    }
+
+    #[test]
+    fn the_aofs_growth_is_unknown_across_a_rewrite() {
+        let before = Work {
+            script_usec: 10,
+            commands: 5,
+            aof_bytes: 1000,
+        };
+        let grown = Work {
+            script_usec: 30,
+            commands: 25,
+            aof_bytes: 3000,
+        };
+        assert_eq!(grown.since(before), (20, 20, Some(2000)));
+        let rewritten = Work {
+            aof_bytes: 500,
+            ..grown
+        };
+        assert_eq!(rewritten.since(before), (20, 20, None));
     }
 
     #[test]

@@ -395,8 +395,8 @@ async fn main() -> ExitCode {
         closed_loop(shared.clone(), a.connections.max(1), a.warmup, false).await;
     }
     let cpu_before = cpu::ticks(&a.cpu_of);
-    let scripts_before = match &redis {
-        Some(conn) => Some(aof::script_usec(conn.clone()).await),
+    let work_before = match &redis {
+        Some(conn) => Some(aof::work(conn.clone()).await),
         None => None,
     };
     let rewrites = redis.clone().map(aof::watch);
@@ -409,12 +409,9 @@ async fn main() -> ExitCode {
     let cpu_after = cpu::ticks(&a.cpu_of);
     let cpu_used = cpu::seconds(cpu_after.total.saturating_sub(cpu_before.total));
     let redis_cpu_used = cpu::seconds(cpu_after.redis.saturating_sub(cpu_before.redis));
-    let scripts_usec = match (&redis, scripts_before) {
-        (Some(conn), Some(Ok(before))) => Some(
-            aof::script_usec(conn.clone())
-                .await
-                .map(|after| after.saturating_sub(before)),
-        ),
+    // Redis' work during the run: script time, commands, AOF bytes.
+    let work = match (&redis, work_before) {
+        (Some(conn), Some(Ok(before))) => Some(aof::work(conn.clone()).await.map(|after| after.since(before))),
         (_, Some(Err(e))) => Some(Err(e)),
         _ => None,
     };
@@ -458,17 +455,25 @@ async fn main() -> ExitCode {
             cpu_used / elapsed
         );
     }
-    let script_us = match &scripts_usec {
-        Some(Ok(usec)) if total > 0 => {
-            let us = *usec as f64 / total as f64;
-            println!("  Redis ran scripts for {us:.0} µs per request (wall time inside Redis, INFO commandstats)");
-            Some(us)
+    let (script_us, commands, aof_bytes) = match &work {
+        Some(Ok((usec, commands, aof))) if total > 0 => {
+            let per = |n: u64| n as f64 / total as f64;
+            println!(
+                "  Redis ran scripts for {:.0} µs per request (wall time inside Redis, INFO commandstats); {:.1} commands per request",
+                per(*usec),
+                per(*commands)
+            );
+            match aof {
+                Some(bytes) => println!("  the AOF grew by {:.0} bytes per request", per(*bytes)),
+                None => println!("  the AOF's growth is unknown: it was rewritten during the run"),
+            }
+            (Some(per(*usec)), Some(per(*commands)), aof.map(per))
         }
         Some(Err(e)) => {
-            println!("  Redis' script time: could not read it: {e}");
-            None
+            println!("  Redis' work: could not read it: {e}");
+            (None, None, None)
         }
-        _ => None,
+        _ => (None, None, None),
     };
     match &rewrites {
         Some(Ok(r)) => println!(
@@ -502,11 +507,13 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} redis_cpu_us={} script_us={} aof_rewrite_s={} books={}",
+        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} redis_cpu_us={} script_us={} cmds={} aof_bytes={} aof_rewrite_s={} books={}",
         a.label,
         cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
         redis_cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
         script_us.map_or("-".to_string(), |us| format!("{us:.0}")),
+        commands.map_or("-".to_string(), |n| format!("{n:.1}")),
+        aof_bytes.map_or("-".to_string(), |b| format!("{b:.0}")),
         match &rewrites {
             None => "-".to_string(),
             Some(Err(_)) => "?".to_string(),
