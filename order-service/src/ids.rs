@@ -60,7 +60,8 @@ impl OrderId {
 macro_rules! name_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
         impl $name {
@@ -125,9 +126,16 @@ mod tests {
     }
 
     #[test]
-    fn statuses_and_steps_read_as_stored() {
+    fn statuses_and_steps_read_as_stored_and_as_documented() {
         assert_eq!(OrderStatus::Compensated.as_str(), "compensated");
         assert_eq!(StepName::Complete.as_str(), "complete");
         assert_eq!(StepStatus::OutOfStock.as_str(), "out_of_stock");
+        for status in [StepStatus::ItemNotFound, StepStatus::OutOfStock, StepStatus::Succeeded] {
+            assert_eq!(serde_json::to_value(status).ok(), Some(status.as_str().into()));
+        }
+        assert_eq!(
+            serde_json::to_value(OrderStatus::Processing).ok(),
+            Some("processing".into())
+        );
     }
 }

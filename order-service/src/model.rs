@@ -40,6 +40,7 @@ pub struct NewOrder {
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutCompleted {
     pub order_id: String,
+    #[schema(pattern = "^completed$")]
     pub status: String,
     pub item_id: u64,
     pub quantity: u32,
@@ -53,12 +54,15 @@ pub struct CheckoutCompleted {
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutProcessing {
     pub order_id: String,
+    #[schema(pattern = "^processing$")]
     pub status: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Step {
+    #[schema(value_type = crate::ids::StepName)]
     pub name: String,
+    #[schema(value_type = crate::ids::StepStatus)]
     pub status: String,
     pub at: String,
 }
@@ -67,6 +71,7 @@ pub struct Step {
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub order_id: String,
+    #[schema(value_type = crate::ids::OrderStatus)]
     pub status: String,
     pub item_id: u64,
     pub quantity: u32,

@@ -29,3 +29,24 @@ struct ApiDoc;
 pub fn openapi_json() -> String {
     shared::openapi::render(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_names_every_status_an_order_and_its_steps_can_have() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
+        let schemas = &doc["components"]["schemas"];
+        let statuses = &schemas["OrderStatus"]["enum"];
+        assert_eq!(
+            statuses,
+            &serde_json::json!(["processing", "completed", "failed", "compensated"])
+        );
+        assert!(schemas["StepStatus"]["enum"].as_array().is_some_and(|e| e.len() == 7));
+        assert_eq!(
+            schemas["OrderView"]["properties"]["status"]["$ref"],
+            "#/components/schemas/OrderStatus"
+        );
+    }
+}

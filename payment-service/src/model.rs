@@ -33,6 +33,7 @@ pub struct ChargeRequest {
 pub struct ChargeResponse {
     pub charge_id: String,
     /// Always `succeeded`.
+    #[schema(pattern = "^succeeded$")]
     pub status: String,
     pub amount: u64,
     pub currency: String,
@@ -51,6 +52,7 @@ pub struct RefundResponse {
     pub refund_id: String,
     pub charge_id: String,
     /// Always `refunded`.
+    #[schema(pattern = "^refunded$")]
     pub status: String,
     pub amount: u64,
 }
@@ -61,6 +63,7 @@ pub struct RefundResponse {
 pub struct Charge {
     pub charge_id: String,
     /// `succeeded`, `failed` (declined) or `refunded`.
+    #[schema(pattern = "^(succeeded|failed|refunded)$")]
     pub status: String,
     pub amount: u64,
     pub currency: String,

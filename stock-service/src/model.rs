@@ -53,6 +53,7 @@ pub struct ReservationResponse {
     pub quantity: u32,
     pub total_fee: u64,
     pub currency: String,
+    #[schema(pattern = "^reserved$")]
     pub status: String,
     pub expires_at: String,
 }
@@ -67,6 +68,7 @@ pub struct ReservationRef {
 #[serde(rename_all = "camelCase")]
 pub struct ReservationStatus {
     pub reservation_id: String,
+    #[schema(pattern = "^(released|completed)$")]
     pub status: String,
 }
 
