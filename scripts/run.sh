@@ -176,9 +176,9 @@ cat <<EOF
 
 Checkout stack is up.
   gateway   http://localhost:$gateway_port/   (nginx; /order/, /payment/, /stock/)
-  order     http://localhost:$gateway_port/order/openapi.json
-  payment   http://localhost:$gateway_port/payment/openapi.json
-  stock     http://localhost:$gateway_port/stock/items
+  order     http://localhost:$gateway_port/order/docs      (API reference; /order/openapi.json)
+  payment   http://localhost:$gateway_port/payment/docs    (/payment/openapi.json)
+  stock     http://localhost:$gateway_port/stock/docs      (/stock/openapi.json; items at /stock/items)
   redis     $REDIS_URL  (appendfsync $appendfsync)
   replicas  order $order_replicas, payment $payment_replicas, stock $stock_replicas
   token     $INTERNAL_TOKEN$token_note
