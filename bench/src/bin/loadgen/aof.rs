@@ -85,16 +85,21 @@ pub struct Work {
     pub commands: u64,
     /// The AOF's size in bytes (`aof_current_size`; 0 without AOF).
     pub aof_bytes: u64,
+    /// AOF rewrites started since Redis started (`aof_rewrites`).
+    pub rewrites: u64,
 }
 
 impl Work {
-    /// What was done between `before` and `self`. The AOF's growth is unknown (None) when it
-    /// shrank: a rewrite ran in between.
+    /// What was done between `before` and `self`. The AOF's growth is unknown (None) when a
+    /// rewrite started in between: the file was replaced by a new base.
     pub fn since(self, before: Work) -> (u64, u64, Option<u64>) {
+        let appended = (self.rewrites == before.rewrites)
+            .then(|| self.aof_bytes.checked_sub(before.aof_bytes))
+            .flatten();
         (
             self.script_usec.saturating_sub(before.script_usec),
             self.commands.saturating_sub(before.commands),
-            self.aof_bytes.checked_sub(before.aof_bytes),
+            appended,
         )
     }
 }
@@ -113,14 +118,18 @@ pub(super) fn work_in(commandstats: &str, persistence: &str) -> Work {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let persisted = |name: &str| {
+        persistence
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
     let mut work = Work {
         script_usec: 0,
         commands: 0,
-        aof_bytes: persistence
-            .lines()
-            .find_map(|l| l.strip_prefix("aof_current_size:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0),
+        aof_bytes: persisted("aof_current_size"),
+        rewrites: persisted("aof_rewrites"),
     };
     for (name, stats) in commandstats
         .lines()
@@ -191,13 +200,17 @@ mod tests {
                     cmdstat_fcall_ro:calls=2,usec=3,usec_per_call=1.50\r\n\
                     cmdstat_info:calls=9,usec=90,usec_per_call=10.00\r\n\
                     cmdstat_script|load:calls=5,usec=100,usec_per_call=20.00\r\n";
-        let work = work_in(info, "# Persistence\r\naof_enabled:1\r\naof_current_size:4096\r\n");
+        let work = work_in(
+            info,
+            "# Persistence\r\naof_enabled:1\r\naof_rewrites:2\r\naof_current_size:4096\r\n",
+        );
         assert_eq!(
             work,
             Work {
                 script_usec: 260,
                 commands: 45,
-                aof_bytes: 4096
+                aof_bytes: 4096,
+                rewrites: 2
             }
         );
         assert_eq!(work_in("# Commandstats\r\n", "").commands, 0);
@@ -209,17 +222,17 @@ mod tests {
             script_usec: 10,
             commands: 5,
             aof_bytes: 1000,
+            rewrites: 1,
         };
         let grown = Work {
             script_usec: 30,
             commands: 25,
             aof_bytes: 3000,
+            rewrites: 1,
         };
         assert_eq!(grown.since(before), (20, 20, Some(2000)));
-        let rewritten = Work {
-            aof_bytes: 500,
-            ..grown
-        };
+        // A rewrite replaced the file: what it holds now says nothing of what was appended.
+        let rewritten = Work { rewrites: 2, ..grown };
         assert_eq!(rewritten.since(before), (20, 20, None));
     }
 
