@@ -1,13 +1,9 @@
 -- Complete: reserved → completed (units from reserved to sold), unless it has expired, in which
--- case the expiry is applied now and the completion refused ('released').
--- Answers 'completed', 'released' or 'not_found', or a key's refusal (transition.lua).
--- KEYS: item, reservation, expiring[, answer or key]. ARGV: reservationId[, the answer].
-local item, reservation, expiring = KEYS[1], KEYS[2], KEYS[3]
-local rid = ARGV[1]
-return transition(function()
-  local r = reservation_of(reservation)
-  if not r then return 'not_found' end
-  if r.status == 'completed' then return 'completed' end
+-- case the expiry is applied now and the completion refused ('released'). Completed already:
+-- done again (transition.lua answers 'completed'). Answers 'completed', 'released' or
+-- 'not_found', or a key's refusal. KEYS and ARGV: as transition.lua says.
+local item, reservation, expiring, rid = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+return transition(function(r)
   if r.status ~= 'reserved' then return 'released' end
   redis.call('ZREM', expiring, rid)
   if r.lapsed then
