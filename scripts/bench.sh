@@ -11,10 +11,14 @@
 #   checkout  nginx → order-service, the real thing (closed loop: peak throughput)
 #   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
 #   stand-in-open  the stand-in in open loop at that same rate: the latency this machine allows
+#   checkout-Nm    the checkout again (closed loop, the first fsync policy) on a Redis Cluster of
+#             N local masters (BENCH_MASTERS, default 3; 1 skips it), each with its own thread
+#             and AOF: what scaling Redis out buys on this machine
 # and prints one table of ratios and absolute numbers.
 #
 # BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 64), BENCH_FSYNC ("always everysec"),
-# BENCH_PORT (first of the ports used, default 19080), REPLICAS as for make run.
+# BENCH_MASTERS (default 3), BENCH_PORT (first of the ports used, default 19080), REPLICAS as for
+# make run.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +28,7 @@ bin=$root/target/release
 duration=${BENCH_DURATION:-10}
 connections=${BENCH_CONNECTIONS:-64}
 policies=${BENCH_FSYNC:-always everysec}
+masters=${BENCH_MASTERS:-3}
 base=${BENCH_PORT:-19080}
 work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
 results=$work/results
@@ -52,7 +57,7 @@ loadgen() {
     # nothing) and their children, not the load generator. Every run waits for the AOF rewrite
     # the run before it caused, and reports the seconds one of its own ran.
     "$bin/loadgen" --label "$label" --duration "$duration" --cpu-of "$(IFS=,; echo "${pids[*]}")" \
-        --redis-url "redis://127.0.0.1:$redis" "$@" |
+        --redis-url "${redis_urls:-redis://127.0.0.1:$redis}" "$@" |
         tee "$work/out"
     grep '^RESULT' "$work/out" | sed "s/^RESULT /RESULT policy=$policy /" >>"$results"
 }
@@ -94,6 +99,28 @@ for policy in $policies; do
     stop
 done
 
+# The checkout on a Redis Cluster of $masters masters (master i on the one-node port + 1000·i),
+# under the first policy, for the one-node-against-N line of the table.
+first_policy=${policies%% *}
+cluster_label=checkout-${masters}m
+if [ "$masters" -gt 1 ]; then
+    gateway=$base redis=$((base + 1))
+    data=$work/cluster
+    mkdir -p "$data"
+    DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
+        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) REDIS_APPENDFSYNC=$first_policy \
+        REDIS_MASTERS=$masters SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
+        >"$work/run-cluster.log" 2>&1 &
+    pids+=($!)
+    wait_ready "$gateway" /order/ready || exit 1
+    redis_urls=$(for ((i = 0; i < masters; i++)); do printf 'redis://127.0.0.1:%d,' $((redis + 1000 * i)); done)
+    redis_urls=${redis_urls%,}
+    loadgen "$cluster_label" "$first_policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
+        --setup-stock 1000000000 --check-books
+    unset redis_urls
+    stop
+fi
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 echo
@@ -105,7 +132,7 @@ printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %7s %7s %9s %9s\n' f
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
-    for label in trivial stand-in checkout open stand-in-open; do
+    for label in trivial stand-in checkout open stand-in-open "$cluster_label"; do
         line=$(grep "policy=$policy label=$label " "$results") || continue
         rps=$(field "$line" rps)
         awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \
@@ -116,6 +143,11 @@ for policy in $policies; do
             'BEGIN { printf "%-9s %-13s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s %9s %9s %7s %7s %9s %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, c, rc, sc, cm, ab, w, b }'
     done
 done
+if one=$(grep "policy=$first_policy label=checkout " "$results") &&
+    many=$(grep "policy=$first_policy label=$cluster_label " "$results"); then
+    awk -v o="$(field "$one" rps)" -v m="$(field "$many" rps)" -v n="$masters" \
+        'BEGIN { printf "\nRedis Cluster: the checkout on %d masters makes %.2f× its throughput on one node.\n", n, m / o }'
+fi
 echo
 echo "Targets: checkout ≥ 60% of the stand-in's throughput; p99 ≤ 25 ms in open loop at half the peak."
 echo "stand-in-open runs the stand-in at the checkout's open-loop rate: the latency the machine allows there."

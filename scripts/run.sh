@@ -6,7 +6,8 @@
 #
 # REPLICAS=n (or ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS) runs n of a service behind
 # nginx, replica i on its base port + 100·i; with several stock or payment replicas the order
-# service reaches them through nginx. Every other variable in the environment (see the README's
+# service reaches them through nginx. REDIS_MASTERS=n runs a Redis Cluster of n masters instead of
+# one Redis (see below). Every other variable in the environment (see the README's
 # configuration table) reaches the services as it is.
 #
 # Expects release binaries in target/release (the Makefile builds them first).
@@ -111,6 +112,17 @@ ready() {
     exit 1
 }
 
+# redis_ping PORT: true once Redis answers PING on PORT (within 30 s).
+redis_ping() {
+    local port=$1 reply=""
+    for _ in $(seq 1 300); do
+        reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'PING\r\n' >&3 && head -c5 <&3) 2>/dev/null) || true
+        [ "$reply" = "+PONG" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 if [ -n "${REDIS_URL:-}" ]; then
     echo "using Redis at $REDIS_URL (REDIS_URL is set; starting none)"
 else
@@ -121,16 +133,46 @@ else
     # such hash into a hash table, about a third more memory per checkout (docs/benchmark.md).
     # The AOF rewrite writes its base uncompressed: 14 % more disk, and the rewrite's
     # CPU per checkout falls by more than half (docs/benchmark.md).
-    supervise redis "$redis_bin" --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir/redis" \
-        --appendonly yes --appendfsync "$appendfsync" --save "" --hash-max-listpack-value 1024 \
-        --rdbcompression no --daemonize no
-    export REDIS_URL=redis://127.0.0.1:$redis_port
-    for _ in $(seq 1 300); do
-        reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$redis_port" && printf 'PING\r\n' >&3 && head -c5 <&3) 2>/dev/null) || true
-        [ "$reply" = "+PONG" ] && break
-        sleep 0.1
-    done
-    [ "$reply" = "+PONG" ] || { echo "run: Redis did not start on port $redis_port:" >&2; tail -n 20 "$logs/redis.log" >&2; exit 1; }
+    redis_args=(--bind 127.0.0.1 --appendonly yes --appendfsync "$appendfsync" --save ""
+        --hash-max-listpack-value 1024 --rdbcompression no --daemonize no)
+    # REDIS_MASTERS=n (n > 1): a Redis Cluster of n masters instead, master i on REDIS_PORT +
+    # 1000·i, each with its own thread and AOF (for make bench's one-node-against-three run).
+    masters=${REDIS_MASTERS:-1}
+    if [ "$masters" -le 1 ]; then
+        supervise redis "$redis_bin" --port "$redis_port" --dir "$data_dir/redis" "${redis_args[@]}"
+        export REDIS_URL=redis://127.0.0.1:$redis_port
+        redis_ping "$redis_port" || { echo "run: Redis did not start on port $redis_port:" >&2; tail -n 20 "$logs/redis.log" >&2; exit 1; }
+    else
+        nodes=() urls=()
+        for ((i = 0; i < masters; i++)); do
+            port=$((redis_port + 1000 * i))
+            mkdir -p "$data_dir/redis-$i"
+            supervise "redis-$i" "$redis_bin" --port "$port" --dir "$data_dir/redis-$i" "${redis_args[@]}" \
+                --cluster-enabled yes --cluster-config-file nodes.conf
+            nodes+=("127.0.0.1:$port") urls+=("redis://127.0.0.1:$port")
+        done
+        for node in "${nodes[@]}"; do
+            redis_ping "${node#*:}" || { echo "run: Redis did not start at $node" >&2; exit 1; }
+        done
+        redis_cli=$(find_program redis-cli)
+        # A cluster formed on an earlier run rejoins from its nodes.conf.
+        if ! "$redis_cli" -p "$redis_port" cluster info | grep -q 'cluster_state:ok'; then
+            "$redis_cli" --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$logs/redis-cluster.log" 2>&1 ||
+                { echo "run: redis-cli --cluster create failed:" >&2; tail -n 20 "$logs/redis-cluster.log" >&2; exit 1; }
+        fi
+        for _ in $(seq 1 300); do
+            ok=0
+            for node in "${nodes[@]}"; do
+                "$redis_cli" -p "${node#*:}" cluster info | grep -q 'cluster_state:ok' && ok=$((ok + 1))
+            done
+            [ "$ok" -eq "$masters" ] && break
+            sleep 0.1
+        done
+        [ "$ok" -eq "$masters" ] || { echo "run: the Redis Cluster did not become ready" >&2; exit 1; }
+        export REDIS_CLUSTER=true
+        REDIS_URL=$(IFS=,; echo "${urls[*]}")
+        export REDIS_URL
+    fi
 fi
 
 # start_replicas NAME BINARY PORT_VAR BASE_PORT COUNT: replica i listens on BASE_PORT + 100·i;

@@ -104,10 +104,25 @@ impl Work {
     }
 }
 
-pub async fn work(mut conn: MultiplexedConnection) -> Result<Work, String> {
-    let commandstats = info(&mut conn, "commandstats").await?;
-    let persistence = info(&mut conn, "persistence").await?;
-    Ok(work_in(&commandstats, &persistence))
+/// The work of every node of a stack's Redis (one, or a cluster's masters), added up.
+pub async fn work_of(nodes: &[MultiplexedConnection]) -> Result<Work, String> {
+    let mut total = Work {
+        script_usec: 0,
+        commands: 0,
+        aof_bytes: 0,
+        rewrites: 0,
+    };
+    for conn in nodes {
+        let mut conn = conn.clone();
+        let commandstats = info(&mut conn, "commandstats").await?;
+        let persistence = info(&mut conn, "persistence").await?;
+        let node = work_in(&commandstats, &persistence);
+        total.script_usec += node.script_usec;
+        total.commands += node.commands;
+        total.aof_bytes += node.aof_bytes;
+        total.rewrites += node.rewrites;
+    }
+    Ok(total)
 }
 
 pub(super) fn work_in(commandstats: &str, persistence: &str) -> Work {

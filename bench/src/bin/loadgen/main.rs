@@ -42,9 +42,11 @@ const HELP: &str = "loadgen [options]
   --cpu-of PIDS          comma-separated pids: report the CPU time they and their descendants
                          used per request during the measured run (Linux /proc), and how much
                          of it was Redis' (processes named redis-*)
-  --redis-url URL        the stack's Redis: wait until it is not rewriting its AOF before the
-                         run, report how long a rewrite ran during the measured run, and the
-                         time Redis spent running scripts per request (INFO commandstats)
+  --redis-url URL[,URL]  the stack's Redis (a cluster's masters, comma-separated): wait until
+                         none is rewriting its AOF before the run, report how long a rewrite
+                         ran during the measured run (the first node's), and Redis' work per
+                         request, summed over the nodes: script time, commands and AOF bytes
+                         (INFO commandstats and persistence)
   --seed N               random seed (default: from the clock)";
 
 struct Args {
@@ -374,32 +376,38 @@ async fn main() -> ExitCode {
         "{}: {}{} for {:?} after {:?} warm-up (seed {seed})",
         a.label, a.url, a.path, a.duration, a.warmup
     );
-    let redis = match &a.redis_url {
-        Some(url) => match aof::connect(url).await {
-            Ok(conn) => Some(conn),
+    let mut nodes = Vec::new();
+    for url in a
+        .redis_url
+        .iter()
+        .flat_map(|urls| urls.split(','))
+        .filter(|u| !u.is_empty())
+    {
+        match aof::connect(url).await {
+            Ok(conn) => nodes.push(conn),
             Err(e) => {
                 eprintln!("redis: {e}");
                 return ExitCode::FAILURE;
             }
-        },
-        None => None,
-    };
-    if let Some(conn) = &redis
-        && let Err(e) = aof::wait_idle(conn.clone()).await
-    {
-        eprintln!("redis: {e}");
-        return ExitCode::FAILURE;
+        }
     }
+    for conn in &nodes {
+        if let Err(e) = aof::wait_idle(conn.clone()).await {
+            eprintln!("redis: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let redis = (!nodes.is_empty()).then_some(nodes);
     let ticker = tokio::spawn(progress(shared.clone()));
     if !a.warmup.is_zero() {
         closed_loop(shared.clone(), a.connections.max(1), a.warmup, false).await;
     }
     let cpu_before = cpu::ticks(&a.cpu_of);
     let work_before = match &redis {
-        Some(conn) => Some(aof::work(conn.clone()).await),
+        Some(nodes) => Some(aof::work_of(nodes).await),
         None => None,
     };
-    let rewrites = redis.clone().map(aof::watch);
+    let rewrites = redis.as_ref().and_then(|nodes| nodes.first()).cloned().map(aof::watch);
     let started = Instant::now();
     match a.rate {
         Some(rate) => open_loop(shared.clone(), rate, a.duration).await,
@@ -411,7 +419,7 @@ async fn main() -> ExitCode {
     let redis_cpu_used = cpu::seconds(cpu_after.redis.saturating_sub(cpu_before.redis));
     // Redis' work during the run: script time, commands, AOF bytes.
     let work = match (&redis, work_before) {
-        (Some(conn), Some(Ok(before))) => Some(aof::work(conn.clone()).await.map(|after| after.since(before))),
+        (Some(nodes), Some(Ok(before))) => Some(aof::work_of(nodes).await.map(|after| after.since(before))),
         (_, Some(Err(e))) => Some(Err(e)),
         _ => None,
     };
