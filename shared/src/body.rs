@@ -74,8 +74,8 @@ pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
 /// the type itself. serde alone would take a JSON array for a struct (`[1, 2]` as
 /// `{"itemId": 1, "quantity": 2}`); the schema says a body is an object.
 pub fn parse<T: DeserializeOwned + ToSchema + 'static>(raw: &[u8]) -> Result<T, CommonError> {
-    let mut value: serde_json::Value = parse_as(raw)?;
-    crate::schema::check::<T>(&mut value).map_err(|why| CommonError::InvalidRequest(format!("invalid body: {why}")))?;
+    let value: serde_json::Value = parse_as(raw)?;
+    crate::schema::check::<T>(&value).map_err(|why| CommonError::InvalidRequest(format!("invalid body: {why}")))?;
     serde_json::from_value(value).map_err(|e| CommonError::InvalidRequest(format!("invalid body: {e}")))
 }
 

@@ -50,7 +50,7 @@ fn compiled<T: ToSchema + 'static>() -> Arc<Compiled> {
 /// is the integer 100 there, but for an amount of money it says the client may think in
 /// fractions (dollars, not cents), and Stripe refuses it too; so it is refused, as serde does,
 /// and the documents say so. (OpenAPI 3.0's JSON Schema, Draft 4, read it this way as well.)
-pub fn check<T: ToSchema + 'static>(value: &mut Value) -> Result<(), String> {
+pub fn check<T: ToSchema + 'static>(value: &Value) -> Result<(), String> {
     let compiled = compiled::<T>();
     Checker {
         components: &compiled.components,
@@ -90,13 +90,8 @@ fn is_type(value: &Value, wanted: &str) -> bool {
     actual == wanted || (wanted == "number" && actual == "integer")
 }
 
-/// A number as written in a message: integers without a fraction.
-fn show(n: &Value) -> String {
-    n.to_string()
-}
-
 impl Checker<'_> {
-    fn check(&self, schema: &Value, value: &mut Value, at: &str) -> Result<(), String> {
+    fn check(&self, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
         let Some(schema) = schema.as_object() else {
             return Ok(());
         };
@@ -181,12 +176,12 @@ impl Checker<'_> {
         if let Some(min) = schema.get("minimum")
             && min.as_f64().is_some_and(|min| n < min)
         {
-            return Err(format!("{at}: must be at least {}", show(min)));
+            return Err(format!("{at}: must be at least {min}"));
         }
         if let Some(max) = schema.get("maximum")
             && max.as_f64().is_some_and(|max| n > max)
         {
-            return Err(format!("{at}: must be at most {}", show(max)));
+            return Err(format!("{at}: must be at most {max}"));
         }
         // Integers beyond f64's exact range: compare as integers where both sides are.
         if let (Some(v), Some(max)) = (value.as_u64(), schema.get("maximum").and_then(Value::as_u64))
@@ -217,7 +212,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_array(&self, schema: &Map<String, Value>, items: &mut [Value], at: &str) -> Result<(), String> {
+    fn check_array(&self, schema: &Map<String, Value>, items: &[Value], at: &str) -> Result<(), String> {
         let count = items.len() as u64;
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && count < min
@@ -230,19 +225,14 @@ impl Checker<'_> {
             return Err(format!("{at}: must have at most {max} items"));
         }
         if let Some(item_schema) = schema.get("items") {
-            for (i, item) in items.iter_mut().enumerate() {
+            for (i, item) in items.iter().enumerate() {
                 self.check(item_schema, item, &format!("{at}[{i}]"))?;
             }
         }
         Ok(())
     }
 
-    fn check_object(
-        &self,
-        schema: &Map<String, Value>,
-        fields: &mut Map<String, Value>,
-        at: &str,
-    ) -> Result<(), String> {
+    fn check_object(&self, schema: &Map<String, Value>, fields: &Map<String, Value>, at: &str) -> Result<(), String> {
         let empty = Map::new();
         let properties = schema.get("properties").and_then(Value::as_object).unwrap_or(&empty);
         let path = |name: &str| {
@@ -260,7 +250,7 @@ impl Checker<'_> {
             }
         }
         let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
-        for (name, value) in fields.iter_mut() {
+        for (name, value) in fields {
             match properties.get(name) {
                 Some(property) => self.check(property, value, &path(name))?,
                 None if closed => return Err(format!("{}: is not a known field", path(name))),
@@ -319,8 +309,8 @@ mod tests {
         Wallet,
     }
 
-    fn check_sample(mut v: Value) -> Result<(), String> {
-        check::<Sample>(&mut v)
+    fn check_sample(v: Value) -> Result<(), String> {
+        check::<Sample>(&v)
     }
 
     #[test]
