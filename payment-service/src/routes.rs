@@ -41,7 +41,7 @@ pub fn openapi_json() -> String {
 
 #[utoipa::path(
     get, path = "/totals",
-    responses((status = 200, body = Totals, description = "charged and refunded per currency; declined charges count in neither"), (status = 401, description = "unauthorized")),
+    responses((status = 200, body = Totals, description = "charged and refunded per currency; declined charges count in neither")),
     security(("bearer" = []))
 )]
 async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {

@@ -41,7 +41,6 @@ fn new_order(req: CheckoutRequest, order_id: OrderId) -> NewOrder {
         (status = 402, description = "payment-declined"),
         (status = 404, description = "item-not-found"),
         (status = 409, description = "out-of-stock, idempotency-key-in-use"),
-        (status = 422, description = "idempotency-key-reused"),
         (status = 503, description = "dependency-unavailable; everything was undone")
     )
 )]

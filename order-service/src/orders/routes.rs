@@ -28,7 +28,7 @@ pub(crate) async fn get_order(state: web::Data<AppState>, id: web::Path<String>)
 
 #[utoipa::path(
     get, path = "/totals",
-    responses((status = 200, body = std::collections::BTreeMap<String, CurrencyTotals>), (status = 401, description = "unauthorized")),
+    responses((status = 200, body = std::collections::BTreeMap<String, CurrencyTotals>)),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, OrderError> {

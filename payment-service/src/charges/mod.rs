@@ -29,10 +29,7 @@ pub(crate) fn not_found(charge_id: &str) -> PaymentError {
     responses(
         (status = 201, body = ChargeResponse),
         (status = 400, description = "invalid-request (also an unknown paymentMethod), idempotency-key-missing or -invalid"),
-        (status = 401, description = "unauthorized"),
-        (status = 402, description = "payment-declined, with declineCode and chargeId"),
-        (status = 409, description = "idempotency-key-in-use"),
-        (status = 422, description = "idempotency-key-reused")
+        (status = 402, description = "payment-declined, with declineCode and chargeId")
     ),
     security(("bearer" = []))
 )]
@@ -157,7 +154,7 @@ fn answer_to(recorded: &Recorded) -> StoredResponse {
 #[utoipa::path(
     get, path = "/charges/{chargeId}",
     params(("chargeId" = String, Path, description = "`ch_` and 32 hex digits")),
-    responses((status = 200, body = Charge), (status = 401, description = "unauthorized"), (status = 404, description = "charge-not-found")),
+    responses((status = 200, body = Charge), (status = 404, description = "charge-not-found")),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_charge(
@@ -179,8 +176,7 @@ pub(crate) async fn get_charge(
     params(("orderId" = String, Query, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$", description = "the order whose charges to list")),
     responses(
         (status = 200, body = OrderCharges, description = "oldest first; empty for an unknown order"),
-        (status = 400, description = "invalid-request: orderId missing or malformed"),
-        (status = 401, description = "unauthorized")
+        (status = 400, description = "invalid-request: orderId missing or malformed")
     ),
     security(("bearer" = []))
 )]

@@ -19,10 +19,8 @@ pub use store::{RefundOutcome, new_refund_id};
     params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
     responses(
         (status = 200, body = RefundResponse, description = "refunded now, or earlier (the same refundId)"),
-        (status = 401, description = "unauthorized"),
         (status = 404, description = "charge-not-found"),
-        (status = 409, description = "charge-not-refundable (a declined charge), or idempotency-key-in-use"),
-        (status = 422, description = "idempotency-key-reused")
+        (status = 409, description = "charge-not-refundable (a declined charge), or idempotency-key-in-use")
     ),
     security(("bearer" = []))
 )]

@@ -24,8 +24,7 @@ pub use store::{
     responses(
         (status = 201, body = ReservationResponse),
         (status = 404, description = "item-not-found"),
-        (status = 409, description = "out-of-stock, or idempotency-key-in-use"),
-        (status = 422, description = "idempotency-key-reused")
+        (status = 409, description = "out-of-stock, or idempotency-key-in-use")
     ),
     security(("bearer" = []))
 )]
