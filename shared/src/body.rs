@@ -22,10 +22,19 @@ pub const NOT_JSON: &str = "send the body as JSON with Content-Type: application
 /// otherwise surface as a puzzling "malformed JSON" at column 1.
 pub const ENCODED: &str = "send the body without a Content-Encoding: none is supported";
 
-/// A parsed body and the bytes it came from.
+/// A parsed body, and its canonical JSON for the request's fingerprint.
 pub struct JsonBody<T> {
     pub value: T,
-    pub raw: web::Bytes,
+    /// The body as parsed, written back canonically (see [`fingerprint`]): the parse the schema
+    /// check needed already, so the fingerprint does not parse the body a second time.
+    canonical: Vec<u8>,
+}
+
+impl<T> JsonBody<T> {
+    /// The request's fingerprint, as [`fingerprint`] computes it from the raw body.
+    pub fn fingerprint(&self, method: &str, path: &str) -> String {
+        digest(method, path, &self.canonical)
+    }
 }
 
 /// Reads and parses a JSON body, refusing anything the contract or `T`'s schema does not allow.
@@ -65,18 +74,24 @@ pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
         }
         buf.extend_from_slice(&chunk);
     }
-    let raw = buf.freeze();
-    let value = parse(&raw)?;
-    Ok(JsonBody { value, raw })
+    let (value, canonical) = parse_canonical(&buf)?;
+    Ok(JsonBody { value, canonical })
 }
 
 /// Parses with a message that tells a client what to fix: the JSON, then `T`'s schema, then
 /// the type itself. serde alone would take a JSON array for a struct (`[1, 2]` as
 /// `{"itemId": 1, "quantity": 2}`); the schema says a body is an object.
 pub fn parse<T: DeserializeOwned + ToSchema + 'static>(raw: &[u8]) -> Result<T, CommonError> {
+    parse_canonical(raw).map(|(value, _)| value)
+}
+
+/// [`parse`], and the body's canonical JSON.
+fn parse_canonical<T: DeserializeOwned + ToSchema + 'static>(raw: &[u8]) -> Result<(T, Vec<u8>), CommonError> {
     let value: serde_json::Value = parse_as(raw)?;
     crate::schema::check::<T>(&value).map_err(|why| CommonError::InvalidRequest(format!("invalid body: {why}")))?;
-    serde_json::from_value(value).map_err(|e| CommonError::InvalidRequest(format!("invalid body: {e}")))
+    let canonical = serde_json::to_vec(&value).unwrap_or_else(|_| raw.to_vec());
+    let value = serde_json::from_value(value).map_err(|e| CommonError::InvalidRequest(format!("invalid body: {e}")))?;
+    Ok((value, canonical))
 }
 
 fn parse_as<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CommonError> {
@@ -98,12 +113,16 @@ pub fn fingerprint(method: &str, path: &str, raw: &[u8]) -> String {
         .ok()
         .and_then(|v| serde_json::to_vec(&v).ok())
         .unwrap_or_else(|| raw.to_vec());
+    digest(method, path, &canonical)
+}
+
+fn digest(method: &str, path: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(method.as_bytes());
     hasher.update(b" ");
     hasher.update(path.as_bytes());
     hasher.update(b"\n");
-    hasher.update(&canonical);
+    hasher.update(canonical);
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -116,6 +135,14 @@ mod tests {
         let a = fingerprint("POST", "/checkout", br#"{"itemId":1,"quantity":2}"#);
         let b = fingerprint("POST", "/checkout", br#"{ "quantity": 2, "itemId": 1 }"#);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_read_bodys_fingerprint_is_the_one_its_raw_bytes_give() {
+        let raw = br#"{ "a" : 7 }"#;
+        let (_, canonical) = parse_canonical::<T>(raw).unwrap_or_else(|e| panic!("{e}"));
+        let body = JsonBody { value: (), canonical };
+        assert_eq!(body.fingerprint("POST", "/x"), fingerprint("POST", "/x", raw));
     }
 
     #[test]

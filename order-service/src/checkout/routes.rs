@@ -3,7 +3,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use shared::ServiceError;
-use shared::body::{self, JsonBody};
+use shared::body;
 use shared::idempotency::{self, Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::{CommonError, ids};
 
@@ -50,10 +50,9 @@ pub(crate) async fn create_checkout(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OrderError> {
     let key = idempotency::key_from(&req)?;
-    let JsonBody { value, raw } = body::read_json::<CheckoutRequest>(&req, payload).await?;
-    let fresh = OrderId::new_for_key(&key);
-    let candidate = new_order(value, fresh);
-    let key_ref = store::checkout_key(&key, body::fingerprint("POST", req.path(), &raw));
+    let body = body::read_json::<CheckoutRequest>(&req, payload).await?;
+    let key_ref = store::checkout_key(&key, body.fingerprint("POST", req.path()));
+    let candidate = new_order(body.value, OrderId::new_for_key(&key));
     let runner = state.runner.clone();
     let owner = ids::new_id("run");
     // The key and a new key's order are written in one step: no crash can leave one without

@@ -112,11 +112,11 @@ pub async fn read_post<T: serde::de::DeserializeOwned + utoipa::ToSchema + 'stat
 ) -> Result<IdempotentPost<T>, CommonError> {
     crate::auth::require(req, token)?;
     let key = key_from(req)?;
-    let crate::body::JsonBody { value, raw } = crate::body::read_json::<T>(req, payload).await?;
-    let key_ref = KeyRef::new(scope, &key, crate::body::fingerprint("POST", req.path(), &raw));
+    let body = crate::body::read_json::<T>(req, payload).await?;
+    let key_ref = KeyRef::new(scope, &key, body.fingerprint("POST", req.path()));
     Ok(IdempotentPost {
         key,
-        body: value,
+        body: body.value,
         key_ref,
     })
 }
