@@ -20,8 +20,8 @@ pub struct Ops {
 impl Ops {
     pub fn new(pool: Pool, openapi: String) -> Self {
         let value: serde_json::Value = serde_json::from_str(&openapi).unwrap_or_default();
+        let allow = crate::openapi::AllowTable::from_document(&value);
         let docs = utoipa_scalar::Scalar::new(value).to_html();
-        let allow = crate::openapi::AllowTable::from_document(&openapi);
         Self {
             pool,
             openapi: std::sync::Arc::new(openapi),
