@@ -10,13 +10,14 @@ use crate::AppState;
 use crate::error::StockError;
 use crate::model::{Item, PutItemRequest};
 
-/// Item ids in paths are positive integers; anything else names no item.
-/// (At most i64::MAX, as the document's `int64` says.)
+/// An item id in a path: a positive integer, at most i64::MAX as the document's `int64` says.
+fn item_id(raw: &str) -> Option<u64> {
+    raw.parse::<u64>().ok().filter(|id| (1..=i64::MAX as u64).contains(id))
+}
+
+/// An id that is not one names no item.
 fn parse_item_id(raw: &str) -> Result<u64, StockError> {
-    raw.parse::<u64>()
-        .ok()
-        .filter(|id| (1..=i64::MAX as u64).contains(id))
-        .ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
+    item_id(raw).ok_or_else(|| StockError::ItemNotFound(raw.chars().take(64).collect()))
 }
 
 #[utoipa::path(get, path = "/items", responses((status = 200, body = [Item])))]
@@ -52,13 +53,9 @@ pub(crate) async fn put_item(
     id: web::Path<String>,
 ) -> Result<HttpResponse, StockError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
-    let id = id
-        .parse::<u64>()
-        .ok()
-        .filter(|id| (1..=i64::MAX as u64).contains(id))
-        .ok_or_else(|| {
-            shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
-        })?;
+    let id = item_id(&id).ok_or_else(|| {
+        shared::CommonError::InvalidRequest("the item id in the path must be a positive integer".into())
+    })?;
     // Name, price, currency and available are checked against PutItemRequest's schema.
     let JsonBody { value: body, .. } = body::read_json::<PutItemRequest>(&req, payload).await?;
     let item = state
