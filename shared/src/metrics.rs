@@ -12,7 +12,8 @@
 //! | `idempotency_events_total` | event | `replay`, `in_use` (conflict), `reused` |
 //! | `redis_pool_connections` | state | `in_use`, `idle`, `waiting` (sampled at scrape) |
 //!
-//! A service adds counters of its own with [`CounterFamily::register`].
+//! A service adds counters, gauges and histograms of its own with [`CounterFamily::register`],
+//! [`GaugeFamily::register`] and [`HistogramFamily::register`].
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
@@ -170,6 +171,43 @@ impl CounterFamily {
 
     pub fn inc(&self, pairs: &[(&str, &str)]) {
         self.0.get_or_create(&labels(pairs)).inc();
+    }
+}
+
+/// A gauge family of a service's own, registered like [`CounterFamily`].
+#[derive(Clone)]
+pub struct GaugeFamily(Family<Labels, Gauge>);
+
+impl GaugeFamily {
+    pub fn register(name: &'static str, help: &'static str) -> Self {
+        let family = Family::<Labels, Gauge>::default();
+        if let Ok(mut registry) = METRICS.registry.lock() {
+            registry.register(name, help, family.clone());
+        }
+        Self(family)
+    }
+
+    pub fn set(&self, pairs: &[(&str, &str)], value: i64) {
+        self.0.get_or_create(&labels(pairs)).set(value);
+    }
+}
+
+/// A latency histogram family (seconds, the buckets of `http_request_duration_seconds`) of a
+/// service's own, registered like [`CounterFamily`].
+#[derive(Clone)]
+pub struct HistogramFamily(Family<Labels, Histogram>);
+
+impl HistogramFamily {
+    pub fn register(name: &'static str, help: &'static str) -> Self {
+        let family = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        if let Ok(mut registry) = METRICS.registry.lock() {
+            registry.register(name, help, family.clone());
+        }
+        Self(family)
+    }
+
+    pub fn observe(&self, pairs: &[(&str, &str)], seconds: f64) {
+        self.0.get_or_create(&labels(pairs)).observe(seconds);
     }
 }
 

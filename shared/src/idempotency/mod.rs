@@ -194,6 +194,14 @@ pub enum Begin {
     Reused,
 }
 
+/// What [`IdempotencyStore::begin_noted`] found beside a key it let execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub text: String,
+    /// Left by an earlier owner whose lease ran out: it may have acted on it.
+    pub inherited: bool,
+}
+
 /// How a finished execution leaves its key.
 #[derive(Debug)]
 pub enum Outcome {

@@ -1,6 +1,6 @@
 //! The idempotency scripts, from the `.lua` files beside this one: three libraries that other
 //! scripts include ([`BEGIN`], [`SETTLE`], [`ANSWER`]: the order service takes a key and creates
-//! its order in one step; stock and payment store an answer with the effect), and the four
+//! its order in one step; stock and payment store an answer with the effect), and the
 //! scripts [`super::IdempotencyStore`] runs on a key's record alone.
 
 use std::sync::LazyLock;
@@ -34,6 +34,9 @@ pub(super) static BEGIN_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&
 pub(super) static FINISH_KEY: LazyLock<Script> =
     LazyLock::new(|| lua::script(&[&SETTLE], include_str!("finish_key.lua")));
 pub(super) static FREE_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&SETTLE], include_str!("free_key.lua")));
+pub(super) static BEGIN_NOTED: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&BEGIN], include_str!("begin_noted.lua")));
+pub(super) static RENOTE_KEY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renote_key.lua")));
 pub(super) static RENEW_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("renew_key.lua")));
 
 #[cfg(test)]
@@ -183,6 +186,48 @@ mod tests {
 
         assert_eq!((stranger, owner, after_done), (Some(false), Some(true), Some(false)));
         assert!(matches!(still_held, Some(Begin::InUse { .. })), "{still_held:?}");
+    }
+
+    #[tokio::test]
+    async fn begin_noted_keeps_the_first_owners_note_for_whoever_takes_the_key_over() {
+        use super::super::Note;
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+
+        let (first, note) = idem.begin_noted(&key, "tok1", "card-a").await.expect("begin");
+        assert!(matches!(first, Begin::Execute { resumed: false, .. }));
+        assert_eq!(
+            note,
+            Some(Note {
+                text: "card-a".into(),
+                inherited: false
+            })
+        );
+        let (busy, none) = idem.begin_noted(&key, "tok2", "card-b").await.expect("busy");
+        assert!(matches!(busy, Begin::InUse { .. }) && none.is_none(), "{busy:?}");
+
+        assert!(!idem.renote(&key, "someone-else", "card-c").await.expect("renote"));
+        assert!(idem.renote(&key, "tok1", "card-b").await.expect("renote"));
+        idem.yield_key(&key, "tok1").await.expect("yield");
+        // Yielded: taken over at once, with the note as the first owner left it.
+        let (resumed, note) = idem.begin_noted(&key, "tok3", "card-a").await.expect("resume");
+        assert!(matches!(resumed, Begin::Execute { resumed: true, .. }), "{resumed:?}");
+        assert_eq!(
+            note,
+            Some(Note {
+                text: "card-b".into(),
+                inherited: true
+            })
+        );
+
+        let _ = idem.finish(&key, "tok1", &created()).await;
+        assert!(
+            !idem.renote(&key, "tok1", "card-a").await.expect("renote"),
+            "a done key keeps its record"
+        );
+        let (replay, _) = idem.begin_noted(&key, "tok4", "card-a").await.expect("replay");
+        assert!(matches!(replay, Begin::Replay(_)), "{replay:?}");
     }
 
     /// An effect's script built as stock's and payment's are: take the key, store the answer.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 
-use super::scripts::{BEGIN_KEY, FINISH_KEY, FREE_KEY, RENEW_KEY};
-use super::{Answer, Begin, KeyRef, Outcome, StoredResponse, reply_text};
+use super::scripts::{BEGIN_KEY, BEGIN_NOTED, FINISH_KEY, FREE_KEY, RENEW_KEY, RENOTE_KEY};
+use super::{Answer, Begin, KeyRef, Note, Outcome, StoredResponse, reply_text};
 use crate::problem::CommonError;
 use crate::redis_pool::{Pool, traced};
 
@@ -69,7 +69,29 @@ impl IdempotencyStore {
     /// ([`KeyRef::with_answer_at`]): when the key is busy or taken over, that answer, if there,
     /// is replayed instead.
     pub async fn begin(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
-        let decided = match self.decide(key, new_token).await {
+        Ok(self.begin_with(key, new_token, None).await?.0)
+    }
+
+    /// [`Self::begin`], keeping `note` beside a running record (`begin_noted.lua`): an
+    /// execution's progress that the next owner of the key must know, such as the provider a
+    /// payment may have reached. The [`Note`] is the one an earlier owner left (`inherited`), or
+    /// `note`; `None` when the request does not execute.
+    pub async fn begin_noted(
+        &self,
+        key: &KeyRef,
+        new_token: &str,
+        note: &str,
+    ) -> Result<(Begin, Option<Note>), CommonError> {
+        self.begin_with(key, new_token, Some(note)).await
+    }
+
+    async fn begin_with(
+        &self,
+        key: &KeyRef,
+        new_token: &str,
+        note: Option<&str>,
+    ) -> Result<(Begin, Option<Note>), CommonError> {
+        let decided = match self.decide(key, new_token, note).await {
             Err(e @ CommonError::Redis(_)) => {
                 if let Err(not_freed) = self.free(key, new_token).await {
                     tracing::warn!(error = %not_freed, "a key's step went unanswered and the key could not be freed; its lease will run out");
@@ -78,13 +100,14 @@ impl IdempotencyStore {
             }
             decided => decided?,
         };
+        let (decided, note) = decided;
         let may_be_answered = matches!(decided, Begin::InUse { .. } | Begin::Execute { resumed: true, .. });
         match key.answer_key() {
             Some(answer_key) if may_be_answered => Ok(match self.stored_answer(answer_key, key).await? {
-                Some(stored) => Begin::Replay(stored),
-                None => decided,
+                Some(stored) => (Begin::Replay(stored), None),
+                None => (decided, note),
             }),
-            _ => Ok(decided),
+            _ => Ok((decided, note)),
         }
     }
 
@@ -113,22 +136,70 @@ impl IdempotencyStore {
         })
     }
 
-    async fn decide(&self, key: &KeyRef, new_token: &str) -> Result<Begin, CommonError> {
+    async fn decide(
+        &self,
+        key: &KeyRef,
+        new_token: &str,
+        note: Option<&str>,
+    ) -> Result<(Begin, Option<Note>), CommonError> {
         let reply: Vec<redis::Value> = traced("idempotency.begin", async {
             let mut conn = self.pool.get().await?;
-            Ok::<_, CommonError>(
-                BEGIN_KEY
-                    .key(&key.redis_key)
-                    .arg(&key.fingerprint)
-                    .arg(new_token)
-                    .arg(self.lease.as_millis() as u64)
-                    .arg(self.ttl.as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await?,
-            )
+            let mut inv = match note {
+                Some(_) => BEGIN_NOTED.key(&key.redis_key),
+                None => BEGIN_KEY.key(&key.redis_key),
+            };
+            inv.arg(&key.fingerprint)
+                .arg(new_token)
+                .arg(self.lease.as_millis() as u64)
+                .arg(self.ttl.as_millis() as u64);
+            if let Some(note) = note {
+                inv.arg(note);
+            }
+            Ok::<_, CommonError>(inv.invoke_async(&mut conn).await?)
         })
         .await?;
-        Self::decision(&reply)
+        let decided = Self::decision(&reply)?;
+        let note = match (&decided, note) {
+            (Begin::Execute { .. }, Some(_)) => Some(Note {
+                text: reply_text(&reply, 2),
+                inherited: reply_text(&reply, 3) == "1",
+            }),
+            _ => None,
+        };
+        Ok((decided, note))
+    }
+
+    /// Replaces the note of a key this request holds ([`Self::begin_noted`]). `false`: the key
+    /// is no longer this request's (its lease ran out and another took it over).
+    pub async fn renote(&self, key: &KeyRef, token: &str, note: &str) -> Result<bool, CommonError> {
+        traced("idempotency.renote", async {
+            let mut conn = self.pool.get().await?;
+            let done: i64 = RENOTE_KEY
+                .key(&key.redis_key)
+                .arg(token)
+                .arg(note)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
+
+    /// Ends this request's lease now, keeping the record (and its note) running: the next
+    /// request with the key takes it over at once and goes on from the note, where a freed key
+    /// would start afresh and a held one would answer 409 until the lease ran out.
+    pub async fn yield_key(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
+        traced("idempotency.yield", async {
+            let mut conn = self.pool.get().await?;
+            let _: i64 = RENEW_KEY
+                .key(&key.redis_key)
+                .arg(token)
+                .arg(0)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Reads what `begin.lua`'s `begin` answered, and notes it on the request's span.
