@@ -1,8 +1,11 @@
 //! Payment settings, read once at start-up.
 
+use std::time::Duration;
+
 use shared::config::{self, CommonSettings, ConfigError, EnvVar};
 
-use crate::gateway::Gateway;
+use crate::gateways::breaker::Policy;
+use crate::gateways::{GatewayList, ProviderSettings, RouteTable};
 
 pub const PORT: EnvVar = EnvVar {
     name: "PAYMENT_PORT",
@@ -10,25 +13,90 @@ pub const PORT: EnvVar = EnvVar {
     help: "Port of the payment service.",
 };
 
-pub const GATEWAY: EnvVar = EnvVar {
-    name: "GATEWAY",
-    default: "simulator",
-    help: "Payment gateway. `simulator` (Stripe's test payment methods) is the only one so far.",
+pub const PAYMENT_GATEWAYS: EnvVar = EnvVar {
+    name: "PAYMENT_GATEWAYS",
+    default: "card-a=http://127.0.0.1:9101,card-b=http://127.0.0.1:9102",
+    help: "Payment providers, `name=base URL` separated by commas (the simulators `make run` starts).",
 };
 
-pub const ENV: &[EnvVar] = &[PORT, GATEWAY];
+pub const PAYMENT_ROUTES: EnvVar = EnvVar {
+    name: "PAYMENT_ROUTES",
+    default: "card:card-a,card-b",
+    help: "Per payment-method type, the providers to try in order: `card:card-a,card-b;pix:pix`.",
+};
+
+pub const GATEWAY_TIMEOUT: EnvVar = EnvVar {
+    name: "GATEWAY_TIMEOUT",
+    default: "1s",
+    help: "Timeout of one request to a provider; past it the charge's outcome there is unknown. Keep it under the order service's HTTP_ATTEMPT_TIMEOUT.",
+};
+
+pub const GATEWAY_CONNECT_TIMEOUT: EnvVar = EnvVar {
+    name: "GATEWAY_CONNECT_TIMEOUT",
+    default: "250ms",
+    help: "Timeout to open a connection to a provider; a connection not opened proves nothing was sent.",
+};
+
+pub const BREAKER_FAILURES: EnvVar = EnvVar {
+    name: "BREAKER_FAILURES",
+    default: "5",
+    help: "Failures within BREAKER_WINDOW that open a provider's circuit breaker; at least 1.",
+};
+
+pub const BREAKER_WINDOW: EnvVar = EnvVar {
+    name: "BREAKER_WINDOW",
+    default: "10s",
+    help: "The window in which BREAKER_FAILURES are counted.",
+};
+
+pub const BREAKER_COOLDOWN: EnvVar = EnvVar {
+    name: "BREAKER_COOLDOWN",
+    default: "5s",
+    help: "How long an open breaker skips its provider before letting one trial request through.",
+};
+
+pub const ENV: &[EnvVar] = &[
+    PORT,
+    PAYMENT_GATEWAYS,
+    PAYMENT_ROUTES,
+    GATEWAY_TIMEOUT,
+    GATEWAY_CONNECT_TIMEOUT,
+    BREAKER_FAILURES,
+    BREAKER_WINDOW,
+    BREAKER_COOLDOWN,
+];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
-    pub gateway: Gateway,
+    pub gateways: GatewayList,
+    pub routes: RouteTable,
+    pub providers: ProviderSettings,
 }
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let ms = Duration::from_millis(1);
+        let gateways: GatewayList = config::parse(&PAYMENT_GATEWAYS)?;
+        let routes: RouteTable = config::parse(&PAYMENT_ROUTES)?;
+        routes
+            .check(&gateways)
+            .map_err(|e| config::refused(&PAYMENT_ROUTES, e))?;
+        let timeout = config::duration_at_least(&GATEWAY_TIMEOUT, ms)?;
         Ok(Self {
             common: CommonSettings::from_env("payment-service", &PORT)?,
-            gateway: config::parse(&GATEWAY)?,
+            gateways,
+            routes,
+            providers: ProviderSettings {
+                timeout,
+                connect_timeout: config::duration_at_least(&GATEWAY_CONNECT_TIMEOUT, ms)?,
+                breaker: Policy {
+                    failures: config::at_least(&BREAKER_FAILURES, 1)?,
+                    window: config::duration_at_least(&BREAKER_WINDOW, ms)?,
+                    cooldown: config::duration_at_least(&BREAKER_COOLDOWN, ms)?,
+                    trial_timeout: timeout * 2,
+                },
+            },
         })
     }
 }
@@ -36,14 +104,26 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use shared::config::COMMON_ENV;
-    use shared::testing::env::settings_from_defaults;
+    use shared::testing::env::{Refusal, assert_refused, settings_from_defaults};
 
     use super::*;
+    use crate::gateways::MethodKind;
 
     #[test]
     fn defaults_parse_and_every_listed_variable_is_read() {
         let settings = settings_from_defaults(Settings::from_env, &[COMMON_ENV, ENV]);
         assert_eq!(settings.common.port, 8082);
-        assert_eq!(settings.gateway, Gateway::Simulator);
+        assert_eq!(settings.routes.route(MethodKind::Card), ["card-a", "card-b"]);
+        assert_eq!(settings.providers.breaker.failures, 5);
+    }
+
+    #[test]
+    fn a_route_to_an_unnamed_provider_is_refused_naming_the_variable() {
+        let cases: &[Refusal] = &[
+            (&[("PAYMENT_ROUTES", "card:card-a,card-x")], "PAYMENT_ROUTES", "card-x"),
+            (&[("PAYMENT_GATEWAYS", "card-a")], "PAYMENT_GATEWAYS", "name=url"),
+            (&[("BREAKER_FAILURES", "0")], "BREAKER_FAILURES", "at least 1"),
+        ];
+        assert_refused(cases, Settings::from_env);
     }
 }

@@ -13,6 +13,15 @@ pub enum PaymentError {
     ChargeNotFound(String),
     #[error("charge {charge_id} is {status} and cannot be refunded")]
     ChargeNotRefundable { charge_id: String, status: String },
+    /// No provider of the route could take the request, and none of them took it.
+    #[error("no {kind} provider available")]
+    NoGateway { kind: String },
+    /// A provider may have taken the request and did not say: it is resolved there, by the
+    /// next request with the same Idempotency-Key.
+    #[error("provider {gateway} did not answer")]
+    GatewayUnknown { gateway: String },
+    #[error("gateway {0} not found")]
+    GatewayNotFound(String),
 }
 
 shared::service_error!(PaymentError);
@@ -53,6 +62,29 @@ impl PaymentError {
                 format!("charge {charge_id} is {status}; only a succeeded charge can be refunded"),
             )
             .with("chargeId", charge_id.as_str()),
+            Self::NoGateway { kind } => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "gateway-unavailable",
+                "No payment provider available",
+                format!("no {kind} provider could take the request and none took it; nothing was charged"),
+            )
+            .retry_after(1),
+            Self::GatewayUnknown { gateway } => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "gateway-unavailable",
+                "Payment provider did not answer",
+                format!(
+                    "{gateway} may have taken the request and did not answer; it will be resolved at {gateway}: retry with the same Idempotency-Key"
+                ),
+            )
+            .with("gateway", gateway.as_str())
+            .retry_after(1),
+            Self::GatewayNotFound(name) => Problem::new(
+                S::NOT_FOUND,
+                "gateway-not-found",
+                "Gateway not found",
+                format!("no payment provider named {name}"),
+            ),
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Payment service: charges and refunds over a simulated gateway, and the books that count
+//! Payment service: charges and refunds through payment providers reached over HTTP (with a
+//! circuit breaker, a manual switch and safe failover per provider), and the books that count
 //! them. Every charge and refund is one Lua script on its order's shard that writes the effect,
 //! its idempotency marker and the totals together, so charged − refunded balances at every
 //! instant, and a retry after a crash never charges twice.
 //!
 //! Layout: one folder per capability, each with its handlers, its Redis writes and its scripts
 //! (one `.lua` file each, tested on a real Redis): [`charges`], [`refunds`]; the next
-//! capability is a new folder. Beside them: [`gateway`] the (simulated) payment gateway,
+//! capability is a new folder. Beside them: [`gateways`] the providers, their breakers and the
+//! failover rule,
 //! [`store`] the keys, ids and reads, [`routes`] the routing table, the OpenAPI document and
 //! the books, [`model`] request and response bodies, [`config`] settings, [`error`] the one
 //! error enum.
@@ -13,7 +15,7 @@
 pub mod charges;
 pub mod config;
 pub mod error;
-pub mod gateway;
+pub mod gateways;
 pub mod model;
 pub mod refunds;
 pub mod routes;
@@ -25,25 +27,51 @@ use std::sync::Arc;
 use shared::idempotency::IdempotencyStore;
 
 use crate::config::Settings;
+use crate::gateways::Gateways;
 use crate::store::Store;
 
 /// What handlers share.
-pub type AppState = shared::server::AppState<Settings, Store>;
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub idempotency: IdempotencyStore,
+    pub gateways: Arc<Gateways>,
+    pub pool: shared::redis_pool::Pool,
+}
 
 pub async fn main_entry() -> ExitCode {
     shared::server::main_entry("payment-service", Settings::from_env(), |s| &s.common, run).await
 }
 
 pub async fn run(settings: Settings) -> Result<(), String> {
-    tracing::info!(gateway = %settings.gateway, "payment gateway");
     let pool = shared::redis_pool::create(&settings.common)?;
-    std::sync::LazyLock::force(&gateway::GATEWAY_REQUESTS);
+    for family in [
+        &gateways::REQUESTS,
+        &gateways::BREAKER_TRANSITIONS,
+        &gateways::FAILOVERS,
+    ] {
+        std::sync::LazyLock::force(family);
+    }
+    std::sync::LazyLock::force(&gateways::LATENCY);
+    std::sync::LazyLock::force(&gateways::BREAKER_STATE);
+    let gateways = Arc::new(Gateways::new(
+        &settings.gateways,
+        &settings.routes,
+        &settings.providers,
+    )?);
+    for g in gateways.views() {
+        tracing::info!(gateway = %g.name, url = %g.url, "payment provider");
+    }
+    gateways.follow_switches(pool.clone()).await;
     let settings = Arc::new(settings);
     let state = AppState {
         settings: settings.clone(),
         // Markers live as long as the idempotency records they back up.
         store: Store::new(pool.clone(), settings.common.idempotency_ttl),
         idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common),
+        gateways,
+        pool: pool.clone(),
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -76,6 +76,10 @@ pub struct Charge {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refunded_at: Option<String>,
+    /// The provider that took (or declined) the charge; refunds go to it.
+    pub gateway: String,
+    /// The provider's own id for the charge.
+    pub gateway_reference: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -84,6 +88,19 @@ pub struct OrderCharges {
     pub order_id: String,
     /// Oldest first, declined ones included.
     pub charges: Vec<Charge>,
+}
+
+fn add(entry: &mut CurrencyTotals, kind: &str, metric: &str, value: u64) {
+    let tally = if kind == "charged" {
+        &mut entry.charged
+    } else {
+        &mut entry.refunded
+    };
+    if metric == "count" {
+        tally.count = tally.count.saturating_add(value);
+    } else {
+        tally.amount = tally.amount.saturating_add(value);
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,32 +122,66 @@ pub struct CurrencyTotals {
     pub refunded: Tally,
 }
 
-/// The books, one entry per currency: `{"USD": {"charged": {...}, "refunded": {...}}}`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Totals(pub BTreeMap<String, CurrencyTotals>);
+/// The books, one entry per currency, and the same per provider under `byGateway`:
+/// `{"USD": {"charged": {...}, "refunded": {...}}, "byGateway": {"card-a": {"USD": {...}}}}`.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    #[serde(flatten)]
+    pub currencies: BTreeMap<String, CurrencyTotals>,
+    #[serde(rename = "byGateway")]
+    pub by_gateway: BTreeMap<String, BTreeMap<String, CurrencyTotals>>,
+}
+
+/// Written by hand: utoipa renders a flattened map beside a named field as an `allOf` whose
+/// map half would refuse `byGateway`. Here `byGateway` is a property and every other member a
+/// currency (additionalProperties).
+impl utoipa::PartialSchema for Totals {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Ref};
+        let currencies = || ObjectBuilder::new().additional_properties(Some(Ref::from_schema_name("CurrencyTotals")));
+        ObjectBuilder::new()
+            .description(Some("Per currency, and per provider under byGateway"))
+            .property(
+                "byGateway",
+                ObjectBuilder::new().additional_properties(Some(currencies())),
+            )
+            .required("byGateway")
+            .additional_properties(Some(Ref::from_schema_name("CurrencyTotals")))
+            .into()
+    }
+}
+
+impl ToSchema for Totals {}
 
 impl Totals {
-    /// Adds one shard's counter field (`USD:charged:amount` → value); unknown fields are ignored.
+    /// Adds one shard's counter field, `card-a:USD:charged:amount` → value, to its currency and
+    /// its provider (a field without a provider, from before providers, to its currency only);
+    /// unknown fields are ignored.
     pub fn add_field(&mut self, field: &str, value: u64) {
-        let mut parts = field.split(':');
-        let (Some(currency), Some(kind), Some(metric), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        if !valid_currency(currency) {
-            return;
-        }
-        let entry = self.0.entry(currency.to_string()).or_default();
-        let tally = match kind {
-            "charged" => &mut entry.charged,
-            "refunded" => &mut entry.refunded,
+        let parts: Vec<&str> = field.split(':').collect();
+        let (gateway, currency, kind, metric) = match parts[..] {
+            [gateway, currency, kind, metric] => (Some(gateway), currency, kind, metric),
+            [currency, kind, metric] => (None, currency, kind, metric),
             _ => return,
         };
-        match metric {
-            "count" => tally.count = tally.count.saturating_add(value),
-            "amount" => tally.amount = tally.amount.saturating_add(value),
-            _ => {}
+        if !valid_currency(currency) || !matches!(kind, "charged" | "refunded") || !matches!(metric, "count" | "amount")
+        {
+            return;
+        }
+        add(
+            self.currencies.entry(currency.to_string()).or_default(),
+            kind,
+            metric,
+            value,
+        );
+        if let Some(gateway) = gateway {
+            let per_gateway = self.by_gateway.entry(gateway.to_string()).or_default();
+            add(
+                per_gateway.entry(currency.to_string()).or_default(),
+                kind,
+                metric,
+                value,
+            );
         }
     }
 }
@@ -229,23 +280,29 @@ mod tests {
     }
 
     #[test]
-    fn totals_sum_shards_per_currency_and_always_show_both_tallies() {
+    fn totals_sum_shards_per_currency_and_per_provider_and_always_show_both_tallies() {
         let mut t = Totals::default();
-        t.add_field("USD:charged:count", 2);
-        t.add_field("USD:charged:amount", 1998);
-        t.add_field("USD:charged:count", 1);
-        t.add_field("USD:charged:amount", 1000);
-        t.add_field("USD:refunded:count", 1);
-        t.add_field("USD:refunded:amount", 999);
+        t.add_field("card-a:USD:charged:count", 2);
+        t.add_field("card-a:USD:charged:amount", 1998);
+        t.add_field("card-b:USD:charged:count", 1);
+        t.add_field("card-b:USD:charged:amount", 1000);
+        t.add_field("card-a:USD:refunded:count", 1);
+        t.add_field("card-a:USD:refunded:amount", 999);
         t.add_field("EUR:charged:count", 1);
         t.add_field("EUR:charged:amount", 500);
         t.add_field("junk", 7);
-        t.add_field("usd:charged:count", 7);
-        t.add_field("USD:charged:count:x", 7);
+        t.add_field("card-a:usd:charged:count", 7);
+        t.add_field("card-a:USD:charged:count:x", 7);
+        t.add_field("card-a:USD:owed:count", 7);
         let json = serde_json::to_value(&t).ok();
+        let zero = serde_json::json!({"count": 0, "amount": 0});
         let expected = serde_json::json!({
-            "EUR": {"charged": {"count": 1, "amount": 500}, "refunded": {"count": 0, "amount": 0}},
+            "EUR": {"charged": {"count": 1, "amount": 500}, "refunded": zero},
             "USD": {"charged": {"count": 3, "amount": 2998}, "refunded": {"count": 1, "amount": 999}},
+            "byGateway": {
+                "card-a": {"USD": {"charged": {"count": 2, "amount": 1998}, "refunded": {"count": 1, "amount": 999}}},
+                "card-b": {"USD": {"charged": {"count": 1, "amount": 1000}, "refunded": zero}},
+            },
         });
         assert_eq!(json, Some(expected));
     }

@@ -10,6 +10,10 @@ use crate::charges::{
     __path_create_charge, __path_get_charge, __path_list_charges, create_charge, get_charge, list_charges,
 };
 use crate::error::PaymentError;
+use crate::gateways::GatewayView;
+use crate::gateways::admin::{
+    __path_list_gateways, __path_switch_gateway, SwitchRequest, list_gateways, switch_gateway,
+};
 use crate::model::{
     Charge, ChargeRequest, ChargeResponse, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse, Tally, Totals,
 };
@@ -22,16 +26,18 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/refund").post(refund_charge))
             .service(web::resource("/charges").get(list_charges))
             .service(web::resource("/charges/{chargeId}").get(get_charge))
-            .service(web::resource("/totals").get(get_totals));
+            .service(web::resource("/totals").get(get_totals))
+            .service(web::resource("/gateways").get(list_gateways))
+            .service(web::resource("/gateways/{name}").put(switch_gateway));
     }
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "payment-service", description = "Charges, refunds and the books, over a simulated gateway. Every error is application/problem+json."),
+    info(title = "payment-service", description = "Charges, refunds and the books, through payment providers reached over HTTP. Every error is application/problem+json."),
     servers((url = "/payment")),
-    paths(create_charge, refund_charge, get_charge, list_charges, get_totals),
-    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally))
+    paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway),
+    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest))
 )]
 struct ApiDoc;
 
@@ -41,7 +47,7 @@ pub fn openapi_json() -> String {
 
 #[utoipa::path(
     get, path = "/totals",
-    responses((status = 200, body = Totals, description = "charged and refunded per currency; declined charges count in neither")),
+    responses((status = 200, body = Totals, description = "charged and refunded per currency, and per provider under byGateway; declined charges count in neither")),
     security(("bearer" = []))
 )]
 async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {
@@ -61,7 +67,15 @@ mod tests {
     #[test]
     fn the_openapi_document_lists_every_endpoint() {
         let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
-        for path in ["/charge", "/refund", "/charges", "/charges/{chargeId}", "/totals"] {
+        for path in [
+            "/charge",
+            "/refund",
+            "/charges",
+            "/charges/{chargeId}",
+            "/totals",
+            "/gateways",
+            "/gateways/{name}",
+        ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
     }

@@ -5,10 +5,10 @@
 //! below writes an effect and its counters atomically, and the books balance at every instant.
 //! - `payment:{pay:S}:charge:<chargeId>` hash: chargeId, orderId, amount, currency, customerId,
 //!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt,
-//!   refundedAt
+//!   refundedAt, gateway, gatewayReference
 //! - `payment:{pay:S}:order:<orderId>` list: the order's charge ids, oldest first
-//! - `payment:{pay:S}:totals` hash: `<CUR>:charged:count`, `<CUR>:charged:amount`,
-//!   `<CUR>:refunded:count`, `<CUR>:refunded:amount`
+//! - `payment:{pay:S}:totals` hash: `<gateway>:<CUR>:charged:count`, `…:charged:amount`,
+//!   `…:refunded:count`, `…:refunded:amount`; the per-currency books are their sum
 //! - `payment:{pay:S}:op:charge:<Idempotency-Key>`: the charge that key created, written in the
 //!   same script as the charge, so a retry after a crash finds it instead of charging again
 //! - `payment:{pay:S}:answer:charge:<Idempotency-Key>` hash: the charge's answer, stored by the
@@ -83,7 +83,7 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
-const CHARGE_FIELDS: [&str; 9] = [
+const CHARGE_FIELDS: [&str; 11] = [
     "chargeId",
     "status",
     "amount",
@@ -93,6 +93,8 @@ const CHARGE_FIELDS: [&str; 9] = [
     "declineCode",
     "createdAt",
     "refundedAt",
+    "gateway",
+    "gatewayReference",
 ];
 
 #[derive(Clone)]
@@ -182,6 +184,8 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
         decline_code: get(6),
         created_at: get(7).unwrap_or_default(),
         refunded_at: get(8),
+        gateway: get(9).unwrap_or_default(),
+        gateway_reference: get(10).unwrap_or_default(),
     }))
 }
 
@@ -252,6 +256,8 @@ mod tests {
             "card_declined",
             "t0",
             "",
+            "card-a",
+            "ch_sim1",
         ]
         .iter()
         .map(|s| Some((*s).to_string()))

@@ -9,13 +9,15 @@
 -- A new charge also stores its answer, when given one, so that the Idempotency-Key's record
 -- needs no second write; a found one is answered by the caller.
 -- KEYS: charge, order index, totals, marker[, answer].
+-- The totals count per provider (`<gateway>:<CUR>:charged:amount`): the per-currency books are
+-- their sum, read at GET /totals, so byGateway costs no extra write here.
 -- ARGV: chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
---   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot)
---   [, the answer (answer_from)].
+--   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot),
+--   gateway, gatewayReference [, the answer (answer_from)].
 local charge, order_index, totals, marker, answer_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
-  marker_ttl_ms, charge_prefix = unpack(ARGV, 1, 11)
-local ans = answer_from(ARGV, 12)
+  marker_ttl_ms, charge_prefix, gateway, gateway_ref = unpack(ARGV, 1, 13)
+local ans = answer_from(ARGV, 14)
 local prev = redis.call('GET', marker)
 if prev then
   local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
@@ -27,12 +29,13 @@ if prev then
   end
 end
 if status == 'succeeded' then
-  redis.call('HINCRBY', totals, currency .. ':charged:amount', amount)
-  redis.call('HINCRBY', totals, currency .. ':charged:count', 1)
+  local books = gateway .. ':' .. currency .. ':charged:'
+  redis.call('HINCRBY', totals, books .. 'amount', amount)
+  redis.call('HINCRBY', totals, books .. 'count', 1)
 end
 redis.call('HSET', charge, 'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,
   'customerId', customer_id, 'paymentMethod', method, 'status', status, 'declineCode', decline_code,
-  'refundId', '', 'createdAt', created_at, 'refundedAt', '')
+  'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref)
 redis.call('RPUSH', order_index, charge_id)
 redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
 if ans then store_answer(answer_at, ans) end

@@ -1,5 +1,5 @@
-//! Charges: `POST /charge` (through the gateway, then recorded with its key's marker in one
-//! script), and reading them back by id or by order.
+//! Charges: `POST /charge` (through the route's providers, then recorded with its key's marker
+//! in one script), and reading them back by id or by order.
 
 #[cfg(test)]
 mod script_tests;
@@ -7,15 +7,18 @@ mod store;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use sha2::{Digest, Sha256};
 use shared::CommonError;
 use shared::ServiceError;
-use shared::idempotency::{self, IdempotencyStore, IdempotentPost, KeyRef, Outcome, StoredResponse};
+use shared::idempotency::{self, Begin, IdempotencyStore, IdempotentPost, KeyRef, Note, Outcome, StoredResponse};
 
 use crate::AppState;
 use crate::error::PaymentError;
-use crate::gateway::{ChargeAttempt, Decision, Gateway};
+use crate::gateways::client::{self, ChargeReply, Sent};
+use crate::gateways::failover::{self, Move};
+use crate::gateways::{FAILOVERS, MethodKind};
 use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges};
-use crate::store::{Store, answer_key, new_charge_id_for};
+use crate::store::{answer_key, new_charge_id_for};
 pub use store::{ChargeOutcome, NewCharge, Recorded};
 
 /// Ids echoed in a 404 are cut short: they come from the client.
@@ -29,7 +32,8 @@ pub(crate) fn not_found(charge_id: &str) -> PaymentError {
     responses(
         (status = 201, body = ChargeResponse),
         (status = 400, description = "invalid-request (also an unknown paymentMethod), idempotency-key-missing or -invalid"),
-        (status = 402, description = "payment-declined, with declineCode and chargeId")
+        (status = 402, description = "payment-declined, with declineCode and chargeId"),
+        (status = 503, description = "gateway-unavailable: no provider could take it (nothing charged), or the provider it went to did not answer (retry with the same key: it is resolved there)")
     ),
     security(("bearer" = []))
 )]
@@ -41,90 +45,208 @@ pub(crate) async fn create_charge(
     let IdempotentPost { key, body, key_ref } =
         idempotency::read_post::<ChargeRequest>(&req, payload, &state.settings.common.internal_token, "payment:charge")
             .await?;
-    let gateway = state.settings.gateway;
     let key_ref = key_ref.with_answer_at(answer_key(&body.order_id, &key));
-    let store = state.store.clone();
-    let (idempotency, key_ref) = (&state.idempotency, &key_ref);
-    let response = state
-        .idempotency
-        .run(key_ref, |token, _| async move {
-            Ok(charge(&store, idempotency, key_ref, &token, gateway, &body, &key).await)
-        })
-        .await?;
-    Ok(response)
+    let kind = MethodKind::of(body.payment_method);
+    // The provider a new charge goes to first, noted with the key in the same step that takes
+    // it: from then on the key is pinned there until that provider answers or proves it
+    // holds nothing (gateways::failover).
+    let first = state
+        .gateways
+        .next_usable(kind, None)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let fresh = shared::ids::new_id("op");
+    let (token, note) = match state.idempotency.begin_noted(&key_ref, &fresh, &first).await? {
+        (Begin::Execute { token, .. }, Some(note)) => (token, note),
+        (other, _) => return Ok(IdempotencyStore::refusal(other)?),
+    };
+    let attempt = Attempt {
+        state: &state,
+        key_ref: &key_ref,
+        token: &token,
+        body: &body,
+        key: &key,
+        kind,
+    };
+    Ok(match attempt.run(note).await {
+        Settled::Outcome(outcome) => state.idempotency.settle(&key_ref, &token, outcome).await,
+        Settled::Pinned(e) => {
+            // The key keeps its note: the next request with it resumes at once, at that provider.
+            if let Err(not_yielded) = state.idempotency.yield_key(&key_ref, &token).await {
+                tracing::warn!(error = %not_yielded, "could not yield the key; its lease will run out");
+            }
+            e.respond()
+        }
+    })
 }
 
-/// Asks the gateway, then records the charge with its key's marker and, in the same step, its
-/// answer. A declined charge is recorded too (the order's history shows it) and answered 402.
-async fn charge(
-    store: &Store,
-    idempotency: &IdempotencyStore,
-    key_ref: &KeyRef,
-    token: &str,
-    gateway: Gateway,
-    body: &ChargeRequest,
-    key: &str,
-) -> Outcome {
-    let attempt = ChargeAttempt {
-        idempotency_key: key,
-        order_id: &body.order_id,
-        amount: body.amount,
-        currency: &body.currency,
-        customer_id: &body.customer_id,
-        payment_method: body.payment_method,
-    };
-    let decision = gateway.charge(&attempt).await;
-    let decline_code = match &decision {
-        Decision::Approved => None,
-        Decision::Declined { code } => Some(code.as_str()),
-    };
-    let charge_id = new_charge_id_for(&body.order_id);
-    let new = NewCharge {
-        charge_id: &charge_id,
-        order_id: &body.order_id,
-        amount: body.amount,
-        currency: &body.currency,
-        customer_id: &body.customer_id,
-        payment_method: body.payment_method.as_str(),
-        decline_code,
-    };
-    // The answer is known before the charge is recorded: the script stores it with the charge.
-    let answer = answer_to(&Recorded {
-        charge_id: charge_id.clone(),
-        order_id: body.order_id.clone(),
-        amount: body.amount,
-        currency: body.currency.clone(),
-        decline_code: decline_code.map(str::to_string),
-        fresh: true,
-    });
-    let recorded = match store
-        .charge(&new, key, &idempotency.answer(key_ref, token, &answer))
-        .await
-    {
-        Ok(ChargeOutcome::Recorded(r)) => r,
-        Ok(ChargeOutcome::KeyReused) => return Outcome::of(Err(PaymentError::from(CommonError::IdempotencyKeyReused))),
-        Err(e) => return Outcome::of(Err(e)),
-    };
-    let event = match (&recorded.decline_code, recorded.fresh) {
-        (_, false) => "found",
-        (None, true) => "succeeded",
-        (Some(_), true) => "declined",
-    };
-    shared::metrics::event("charge", event);
-    match &recorded.decline_code {
-        None => tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, "charge succeeded"),
-        Some(decline_code) => tracing::info!(
-            charge_id = %recorded.charge_id,
-            order_id = %recorded.order_id,
-            %decline_code,
-            "charge declined"
-        ),
+/// How a charge request ends for its key.
+enum Settled {
+    Outcome(Outcome),
+    /// The charge may be at a provider that did not answer: the key stays pinned there.
+    Pinned(PaymentError),
+}
+
+/// One charge request, from its key's note to a recorded answer.
+struct Attempt<'a> {
+    state: &'a AppState,
+    key_ref: &'a KeyRef,
+    token: &'a str,
+    body: &'a ChargeRequest,
+    key: &'a str,
+    kind: MethodKind,
+}
+
+/// The provider's Idempotency-Key for a charge request: derived from ours and from the request,
+/// the same for every retry of it, at whichever provider (each keeps its own keys).
+fn provider_key(key_ref: &KeyRef) -> String {
+    let digest = Sha256::digest(format!("{}\n{}", key_ref.redis_key(), key_ref.fingerprint()).as_bytes());
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("pay_{hex}")
+}
+
+impl Attempt<'_> {
+    /// Goes through the route from the noted provider: records the first answer; moves on only
+    /// past a provider that certainly did not take the charge.
+    async fn run(&self, note: Note) -> Settled {
+        let gateways = &self.state.gateways;
+        let provider_key = provider_key(self.key_ref);
+        let request = client::ChargeRequest {
+            key: &provider_key,
+            order_id: &self.body.order_id,
+            amount: self.body.amount,
+            currency: &self.body.currency,
+            customer_id: &self.body.customer_id,
+            payment_method: self.body.payment_method.as_str(),
+        };
+        let no_gateway = || {
+            Settled::Outcome(Outcome::of(Err(PaymentError::NoGateway {
+                kind: self.kind.to_string(),
+            })))
+        };
+        let (mut at, mut sticky) = (note.text, note.inherited);
+        loop {
+            let Some(provider) = gateways.get(&at) else {
+                if sticky && !at.is_empty() {
+                    // Pinned to a provider no longer configured: only it could say.
+                    return Settled::Pinned(PaymentError::GatewayUnknown { gateway: at });
+                }
+                return no_gateway();
+            };
+            let sent = provider.charge(&request).await;
+            match failover::after_attempt(&sent, sticky) {
+                Move::Record => {
+                    let Sent::Answered(reply) = sent else {
+                        return Settled::Outcome(Outcome::of(Err(PaymentError::from(CommonError::Internal(
+                            "a recorded move without an answer".into(),
+                        )))));
+                    };
+                    return Settled::Outcome(self.record(&at, reply).await);
+                }
+                Move::Wait => return Settled::Pinned(PaymentError::GatewayUnknown { gateway: at }),
+                Move::TryNext => {
+                    let Some(next) = gateways.next_usable(self.kind, Some(&at)) else {
+                        return no_gateway();
+                    };
+                    match self
+                        .state
+                        .idempotency
+                        .renote(self.key_ref, self.token, &next.name)
+                        .await
+                    {
+                        Ok(true) => {}
+                        // Another request took the key over (this one's lease ran out): it goes on.
+                        Ok(false) => return Settled::Outcome(Outcome::Hold(self.unknown(&at))),
+                        // The note may or may not have moved; nothing was sent to `next`, and
+                        // whichever provider it names, a retry resolves there.
+                        Err(e) => {
+                            return Settled::Outcome(Outcome::Hold(StoredResponse::problem(
+                                &PaymentError::from(e).problem(),
+                            )));
+                        }
+                    }
+                    FAILOVERS.inc(&[("from", &at), ("to", &next.name)]);
+                    tracing::warn!(from = %at, to = %next.name, order_id = %self.body.order_id, "charge failed over");
+                    (at, sticky) = (next.name.clone(), false);
+                }
+            }
+        }
     }
-    if recorded.fresh {
-        Outcome::answered(key_ref, answer)
-    } else {
-        // An earlier execution's charge, found by its marker: its answer is stored as usual.
-        Outcome::by_status(answer_to(&recorded))
+
+    fn unknown(&self, gateway: &str) -> StoredResponse {
+        StoredResponse::problem(
+            &PaymentError::GatewayUnknown {
+                gateway: gateway.to_string(),
+            }
+            .problem(),
+        )
+    }
+
+    /// Records the provider's answer with the charge, its key's marker and its answer, in one
+    /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
+    async fn record(&self, gateway: &str, reply: ChargeReply) -> Outcome {
+        let (body, idempotency) = (self.body, &self.state.idempotency);
+        let (reference, decline_code) = match &reply {
+            ChargeReply::Succeeded { reference } => (reference.as_str(), None),
+            ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str())),
+        };
+        let charge_id = new_charge_id_for(&body.order_id);
+        let new = NewCharge {
+            charge_id: &charge_id,
+            order_id: &body.order_id,
+            amount: body.amount,
+            currency: &body.currency,
+            customer_id: &body.customer_id,
+            payment_method: body.payment_method.as_str(),
+            decline_code,
+            gateway,
+            gateway_reference: reference,
+        };
+        // The answer is known before the charge is recorded: the script stores it with the charge.
+        let answer = answer_to(&Recorded {
+            charge_id: charge_id.clone(),
+            order_id: body.order_id.clone(),
+            amount: body.amount,
+            currency: body.currency.clone(),
+            decline_code: decline_code.map(str::to_string),
+            fresh: true,
+        });
+        let recorded = match self
+            .state
+            .store
+            .charge(&new, self.key, &idempotency.answer(self.key_ref, self.token, &answer))
+            .await
+        {
+            Ok(ChargeOutcome::Recorded(r)) => r,
+            Ok(ChargeOutcome::KeyReused) => {
+                return Outcome::of(Err(PaymentError::from(CommonError::IdempotencyKeyReused)));
+            }
+            Err(e) => return Outcome::of(Err(e)),
+        };
+        let event = match (&recorded.decline_code, recorded.fresh) {
+            (_, false) => "found",
+            (None, true) => "succeeded",
+            (Some(_), true) => "declined",
+        };
+        shared::metrics::event("charge", event);
+        match &recorded.decline_code {
+            None => {
+                tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, gateway, "charge succeeded")
+            }
+            Some(decline_code) => tracing::info!(
+                charge_id = %recorded.charge_id,
+                order_id = %recorded.order_id,
+                gateway,
+                %decline_code,
+                "charge declined"
+            ),
+        }
+        if recorded.fresh {
+            Outcome::answered(self.key_ref, answer)
+        } else {
+            // An earlier execution's charge, found by its marker: its answer is stored as usual.
+            Outcome::by_status(answer_to(&recorded))
+        }
     }
 }
 

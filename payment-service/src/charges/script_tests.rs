@@ -28,6 +28,8 @@ fn new_charge<'a>(charge_id: &'a str, amount: u64, decline_code: Option<&'a str>
         customer_id: "guest",
         payment_method: "pm_card_visa",
         decline_code,
+        gateway: "card-a",
+        gateway_reference: "ch_sim",
     }
 }
 
@@ -49,7 +51,14 @@ fn recorded(outcome: ChargeOutcome) -> Recorded {
 
 async fn charged_and_refunded(store: &Store) -> (u64, u64, u64, u64) {
     let totals = store.totals().await.ok().unwrap_or_default();
-    let usd = totals.0.get("USD").cloned().unwrap_or_default();
+    let usd = totals.currencies.get("USD").cloned().unwrap_or_default();
+    let at_card_a = totals
+        .by_gateway
+        .get("card-a")
+        .and_then(|g| g.get("USD"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(usd, at_card_a, "every charge here went through card-a");
     (
         usd.charged.count,
         usd.charged.amount,

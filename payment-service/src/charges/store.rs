@@ -22,8 +22,11 @@ pub struct NewCharge<'a> {
     pub currency: &'a str,
     pub customer_id: &'a str,
     pub payment_method: &'a str,
-    /// `None` when the gateway approved.
+    /// `None` when the provider approved.
     pub decline_code: Option<&'a str>,
+    /// The provider that answered, and its own id for the charge.
+    pub gateway: &'a str,
+    pub gateway_reference: &'a str,
 }
 
 /// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
@@ -78,7 +81,9 @@ impl Store {
             .arg(new.decline_code.unwrap_or(""))
             .arg(shared::time::now_rfc3339())
             .arg(self.marker_ttl.as_millis() as u64)
-            .arg(charge_prefix(shard));
+            .arg(charge_prefix(shard))
+            .arg(new.gateway)
+            .arg(new.gateway_reference);
         answer.add_to(&mut invocation);
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
