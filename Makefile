@@ -1,7 +1,7 @@
 # Two commands matter: `make run` and `make test`. The rest are their parts.
 SHELL := /bin/bash
 CARGO ?= cargo
-SERVICES := -p order-service -p stock-service -p payment-service
+SERVICES := -p order-service -p stock-service -p payment-service -p gateway-sim
 # nextest runs every test in its own process with timeouts; plain cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 

@@ -13,7 +13,8 @@ pub enum PaymentError {
     ChargeNotFound(String),
     #[error("charge {charge_id} is {status} and cannot be refunded")]
     ChargeNotRefundable { charge_id: String, status: String },
-    /// No provider of the route could take the request, and none of them took it.
+    /// No provider of the route could take the request, and none of them took it: declined
+    /// with `processing_error`.
     #[error("no {kind} provider available")]
     NoGateway { kind: String },
     /// A provider may have taken the request and did not say: it is resolved there, by the
@@ -62,13 +63,15 @@ impl PaymentError {
                 format!("charge {charge_id} is {status}; only a succeeded charge can be refunded"),
             )
             .with("chargeId", charge_id.as_str()),
+            // As Stripe answers `processing_error`: a decline, final for this request, with
+            // nothing charged anywhere; a new attempt (a new key) may find a provider back.
             Self::NoGateway { kind } => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "gateway-unavailable",
-                "No payment provider available",
-                format!("no {kind} provider could take the request and none took it; nothing was charged"),
+                S::PAYMENT_REQUIRED,
+                "payment-declined",
+                "Payment declined",
+                format!("no {kind} provider could process the payment (processing_error); nothing was charged"),
             )
-            .retry_after(1),
+            .with("declineCode", "processing_error"),
             Self::GatewayUnknown { gateway } => Problem::new(
                 S::SERVICE_UNAVAILABLE,
                 "gateway-unavailable",

@@ -37,6 +37,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
     Redis,
+    /// The two card provider simulators (`gateway-sim`), payment's route `card-a,card-b`.
+    CardA,
+    CardB,
     Stock,
     Payment,
     Order,
@@ -44,17 +47,21 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 5] = [
+    pub const ALL: [Service; 7] = [
         Service::Redis,
+        Service::CardA,
+        Service::CardB,
         Service::Stock,
         Service::Payment,
         Service::Order,
         Service::Nginx,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Service::Redis => "redis",
+            Service::CardA => "card-a",
+            Service::CardB => "card-b",
             Service::Stock => "stock",
             Service::Payment => "payment",
             Service::Order => "order",
@@ -82,6 +89,8 @@ pub struct StackOptions {
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     redis: u16,
+    card_a: u16,
+    card_b: u16,
     stock: u16,
     payment: u16,
     order: u16,
@@ -113,6 +122,8 @@ impl Stack {
         fs::create_dir_all(dir.join("nginx/temp")).expect("create the stack's nginx directory");
         let ports = Ports {
             redis: free_port(),
+            card_a: free_port(),
+            card_b: free_port(),
             stock: free_port(),
             payment: free_port(),
             order: free_port(),
@@ -237,6 +248,8 @@ impl Stack {
     pub fn port(&self, service: Service) -> u16 {
         match service {
             Service::Redis => self.ports.redis,
+            Service::CardA => self.ports.card_a,
+            Service::CardB => self.ports.card_b,
             Service::Stock => self.ports.stock,
             Service::Payment => self.ports.payment,
             Service::Order => self.ports.order,
@@ -401,6 +414,29 @@ impl Stack {
 
     // ----- client helpers -----
 
+    /// Sets a provider simulator's faults (`{"errorRate", "latencyMs", "dropResponseRate"}`).
+    pub async fn sim_faults(&self, sim: Service, faults: Value) {
+        let resp = self
+            .client
+            .put(self.direct_url(sim, "/_sim/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .expect("PUT /_sim/faults");
+        assert_eq!(resp.status(), 200, "PUT /_sim/faults {faults}");
+    }
+
+    /// What a provider simulator believes it charged and refunded (`GET /_sim/ledger`).
+    pub async fn sim_ledger(&self, sim: Service) -> Value {
+        let resp = self
+            .client
+            .get(self.direct_url(sim, "/_sim/ledger"))
+            .send()
+            .await
+            .expect("GET /_sim/ledger");
+        resp.json().await.expect("the ledger is JSON")
+    }
+
     /// Creates or restocks an item (USD) through nginx with the internal token.
     pub async fn put_item(&self, id: u64, name: &str, price: i64, available: i64) {
         let resp = self
@@ -470,6 +506,14 @@ impl Stack {
     fn command(&self, service: Service) -> Command {
         match service {
             Service::Redis => self.redis_command(self.ports.redis),
+            Service::CardA | Service::CardB => {
+                let mut c = Command::new(binary_path("gateway-sim"));
+                c.env("SIM_NAME", service.name())
+                    .env("HOST", "127.0.0.1")
+                    .env("SIM_PORT", self.port(service).to_string())
+                    .env("SIM_LEDGER", self.dir.join(format!("{}.ledger.jsonl", service.name())));
+                c
+            }
             Service::Stock | Service::Payment | Service::Order => {
                 let (binary, port_var, port, extra) = match service {
                     Service::Stock => ("stock-service", "STOCK_PORT", self.ports.stock, &self.options.stock_env),
@@ -494,6 +538,13 @@ impl Stack {
                         std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
                     )
                     .env("SEED_DEMO", "false")
+                    .env(
+                        "PAYMENT_GATEWAYS",
+                        format!(
+                            "card-a=http://127.0.0.1:{},card-b=http://127.0.0.1:{}",
+                            self.ports.card_a, self.ports.card_b
+                        ),
+                    )
                     .env("STOCK_URL", self.dependency_url(Service::Stock))
                     .env("PAYMENT_URL", self.dependency_url(Service::Payment));
                 for (k, v) in extra {
@@ -571,6 +622,7 @@ impl Stack {
             let ready = match service {
                 Service::Redis => redis_answers(self.ports.redis).await,
                 Service::Nginx => self.http_ok(&self.url("/")).await,
+                Service::CardA | Service::CardB => self.http_ok(&self.direct_url(service, "/health")).await,
                 _ => self.http_ok(&self.direct_url(service, "/ready")).await,
             };
             if ready {

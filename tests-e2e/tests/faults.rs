@@ -697,13 +697,7 @@ struct Summary {
 }
 
 fn service_name(s: Service) -> &'static str {
-    match s {
-        Service::Redis => "redis",
-        Service::Stock => "stock",
-        Service::Payment => "payment",
-        Service::Order => "order",
-        Service::Nginx => "nginx",
-    }
+    s.name()
 }
 
 fn summary_text(seed: u64, s: &Summary, proxies: &[(&str, FaultCounts)], violations: &[String]) -> String {

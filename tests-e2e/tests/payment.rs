@@ -340,15 +340,15 @@ async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never(
         refused.json
     );
     let after = scrape(&stack, "/payment/metrics").await;
-    let gateway = |operation, result| {
+    let gateway = |operation, outcome| {
         moved(
             &after,
             &before,
             "gateway_requests_total",
-            &[("operation", operation), ("result", result)],
+            &[("gateway", "card-a"), ("operation", operation), ("outcome", outcome)],
         )
     };
-    assert_eq!(gateway("charge", "approved"), 1.0);
+    assert_eq!(gateway("charge", "succeeded"), 1.0);
     assert_eq!(gateway("charge", "declined"), 1.0);
     assert_eq!(
         gateway("refund", "refunded"),
@@ -356,6 +356,14 @@ async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never(
         "one refund sent, for the succeeded charge only"
     );
     assert_eq!(tally(&stack, "USD", "refunded").await, (1, 700));
+    // The provider saw the same: one refund of the whole charge it took.
+    let ledger = stack.sim_ledger(Service::CardA).await;
+    let charge = stack.get_json(&format!("/payment/charges/{charge_id}"), true).await;
+    assert_eq!(charge["gateway"], "card-a");
+    let refunds = ledger["refunds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(refunds.len(), 1, "{ledger}");
+    assert_eq!(refunds[0]["chargeReference"], charge["gatewayReference"]);
+    assert_eq!(refunds[0]["amount"], 700);
 }
 
 /// Takes HINCRBY from (or gives it back to) the services' Redis user on every node. Only the
@@ -402,17 +410,15 @@ async fn a_refund_whose_record_fails_after_the_gateway_is_asked_again_under_the_
         &after,
         &before,
         "gateway_requests_total",
-        &[("operation", "refund"), ("result", "refunded")],
+        &[("gateway", "card-a"), ("operation", "refund"), ("outcome", "refunded")],
     );
-    assert_eq!(sent, 2.0, "the gateway was asked again");
-    let gateway_key = format!("{charge_id}:refund");
-    let logs = stack.logs(Service::Payment);
+    assert_eq!(sent, 2.0, "the provider was asked again");
+    // Both times under the refund's provider key: the provider refunded once.
+    let ledger = stack.sim_ledger(Service::CardA).await;
     assert_eq!(
-        logs.lines()
-            .filter(|l| l.contains("simulated gateway refund") && l.contains(&gateway_key))
-            .count(),
-        2,
-        "both times under {gateway_key}, which a gateway answers with its first refund:\n{logs}"
+        ledger["refunds"].as_array().map(Vec::len),
+        Some(1),
+        "one refund at the provider: {ledger}"
     );
     assert_eq!(tally(&stack, "USD", "refunded").await, (1, 900), "recorded once");
 }
@@ -499,6 +505,10 @@ async fn totals_count_charged_and_refunded_per_currency() {
         json!({
             "EUR": {"charged": {"count": 1, "amount": 500}, "refunded": {"count": 1, "amount": 500}},
             "USD": {"charged": {"count": 2, "amount": 1250}, "refunded": {"count": 1, "amount": 1000}},
+            "byGateway": {"card-a": {
+                "EUR": {"charged": {"count": 1, "amount": 500}, "refunded": {"count": 1, "amount": 500}},
+                "USD": {"charged": {"count": 2, "amount": 1250}, "refunded": {"count": 1, "amount": 1000}},
+            }},
         })
     );
 }

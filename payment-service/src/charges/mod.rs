@@ -32,8 +32,8 @@ pub(crate) fn not_found(charge_id: &str) -> PaymentError {
     responses(
         (status = 201, body = ChargeResponse),
         (status = 400, description = "invalid-request (also an unknown paymentMethod), idempotency-key-missing or -invalid"),
-        (status = 402, description = "payment-declined, with declineCode and chargeId"),
-        (status = 503, description = "gateway-unavailable: no provider could take it (nothing charged), or the provider it went to did not answer (retry with the same key: it is resolved there)")
+        (status = 402, description = "payment-declined, with declineCode and chargeId; declineCode processing_error (no chargeId) when no provider could process it and nothing was charged"),
+        (status = 503, description = "gateway-unavailable: the provider it went to did not answer; retry with the same key, it is resolved there")
     ),
     security(("bearer" = []))
 )]
