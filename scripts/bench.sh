@@ -7,7 +7,8 @@
 # generator:
 #   trivial   nginx → a handler that answers at once (one hop)
 #   stand-in  nginx → a handler making the Redis round trips and three sequential internal
-#             calls a checkout makes, without its logic
+#             calls a checkout makes, and the charge's call to a provider simulator, without
+#             its logic
 #   checkout  nginx → order-service, the real thing (closed loop: peak throughput)
 #   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
 #   stand-in-open  the stand-in in open loop at that same rate: the latency this machine allows
@@ -34,7 +35,7 @@ work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
 results=$work/results
 : >"$results"
 
-require_binaries bench "$bin" order-service payment-service stock-service loadgen standin || exit 1
+require_binaries bench "$bin" order-service payment-service stock-service gateway-sim loadgen standin || exit 1
 
 set -m
 pids=()
@@ -71,11 +72,14 @@ for policy in $policies; do
     data=$work/$policy
     mkdir -p "$data"
     DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
-        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) REDIS_APPENDFSYNC=$policy \
+        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) \
+        CARD_B_PORT=$((base + 15)) REDIS_APPENDFSYNC=$policy \
         SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" >"$work/run-$policy.log" 2>&1 &
     pids+=($!)
     wait_ready "$gateway" /order/ready || exit 1
-    "$bin/standin" --port "$standin_port" --redis-url "redis://127.0.0.1:$redis" >"$work/standin.log" 2>&1 &
+    # The stand-in's charge also asks a provider (card-b of the same stack), as payment does.
+    "$bin/standin" --port "$standin_port" --redis-url "redis://127.0.0.1:$redis" \
+        --provider-url "http://127.0.0.1:$((base + 15))" >"$work/standin.log" 2>&1 &
     pids+=($!)
     # An access log like the stack's (run.sh logs every request to a file), so both nginx do the
     # same work per request.
@@ -108,8 +112,8 @@ if [ "$masters" -gt 1 ]; then
     data=$work/cluster
     mkdir -p "$data"
     DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
-        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) REDIS_APPENDFSYNC=$first_policy \
-        REDIS_MASTERS=$masters SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
+        PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) \
+        CARD_B_PORT=$((base + 15)) REDIS_APPENDFSYNC=$first_policy REDIS_MASTERS=$masters SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
         >"$work/run-cluster.log" 2>&1 &
     pids+=($!)
     wait_ready "$gateway" /order/ready || exit 1

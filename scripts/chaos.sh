@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make chaos`: the release stack, as `make run` starts it, under open-loop checkouts while a
-# killer sends `kill -9` to a random one of the three services or Redis every 1–3 s. The
+# killer sends `kill -9` to a random one of the three services, a card provider or Redis every 1–3 s. The
 # supervisor in run.sh restarts what died a second later, as one would in production. When the
 # load stops, the load generator waits until no order is processing and checks the books: stock
 # conserved, nothing left reserved, charged − refunded = completed. Exit status 1 if they do not
@@ -20,11 +20,11 @@ base=${CHAOS_PORT:-19280}
 gateway=$base redis=$((base + 1))
 work=$(mktemp -d /tmp/checkout-chaos.XXXXXX)
 
-require_binaries chaos "$bin" order-service payment-service stock-service loadgen || exit 1
+require_binaries chaos "$bin" order-service payment-service stock-service gateway-sim loadgen || exit 1
 
 set -m
 DATA_DIR=$work GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) PAYMENT_PORT=$((base + 12)) \
-    STOCK_PORT=$((base + 13)) SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
+    STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) CARD_B_PORT=$((base + 15)) SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
     >"$work/run.log" 2>&1 &
 stack=$!
 killer=
@@ -51,7 +51,8 @@ victim() {
 }
 
 # The killer stops 5 s before the load does, so the last checkouts meet a whole stack.
-victims=(order-service stock-service payment-service redis-server)
+# gateway-sim: one of the two card providers (each keeps its ledger in a file and comes back).
+victims=(order-service stock-service payment-service redis-server gateway-sim)
 (
     end=$((SECONDS + duration - 5))
     while [ "$SECONDS" -lt "$end" ]; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: starts Redis (unless REDIS_URL is given), the three services and nginx on this
-# machine, waits until each answers, prints the URLs and a checkout to paste, and stops all of
-# it on Ctrl-C or SIGTERM. A service that dies (even kill -9) is restarted after a second, as a
+# `make run`: starts Redis (unless REDIS_URL is given), the two card provider simulators, the
+# three services and nginx on this machine, waits until each answers, prints the URLs and a
+# checkout to paste, and stops all of it on Ctrl-C or SIGTERM. A service that dies (even kill -9) is restarted after a second, as a
 # process supervisor would in production; its state is in Redis, so nothing is lost.
 #
 # REPLICAS=n (or ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS) runs n of a service behind
@@ -25,6 +25,8 @@ appendfsync=${REDIS_APPENDFSYNC:-always}
 order_replicas=${ORDER_REPLICAS:-${REPLICAS:-1}}
 payment_replicas=${PAYMENT_REPLICAS:-${REPLICAS:-1}}
 stock_replicas=${STOCK_REPLICAS:-${REPLICAS:-1}}
+card_a_port=${CARD_A_PORT:-9101}
+card_b_port=${CARD_B_PORT:-9102}
 export INTERNAL_TOKEN=${INTERNAL_TOKEN:-dev-internal-token}
 export HOST=${HOST:-127.0.0.1}
 
@@ -37,7 +39,7 @@ find_program() {
     exit 1
 }
 
-for binary in order-service payment-service stock-service; do
+for binary in order-service payment-service stock-service gateway-sim; do
     [ -x "$bin_dir/$binary" ] || { echo "run: $bin_dir/$binary missing; build with: make release" >&2; exit 1; }
 done
 find_program nginx >/dev/null
@@ -197,6 +199,17 @@ start_replicas() {
     done
 }
 
+# The payment providers: two card simulators, each a process with its own ledger file in the
+# data directory (what the provider believes it charged: GET /_sim/ledger).
+mkdir -p "$data_dir/providers"
+for sim in "card-a:$card_a_port" "card-b:$card_b_port"; do
+    name=${sim%%:*} port=${sim#*:}
+    SIM_NAME=$name SIM_PORT=$port SIM_LEDGER=$data_dir/providers/$name.jsonl supervise "$name" "$bin_dir/gateway-sim"
+done
+ready card-a "$card_a_port" /health
+ready card-b "$card_b_port" /health
+export PAYMENT_GATEWAYS=${PAYMENT_GATEWAYS:-card-a=http://127.0.0.1:$card_a_port,card-b=http://127.0.0.1:$card_b_port}
+
 start_replicas stock stock-service STOCK_PORT "$stock_port" "$stock_replicas"
 stock_upstreams=$upstreams
 start_replicas payment payment-service PAYMENT_PORT "$payment_port" "$payment_replicas"
@@ -221,6 +234,8 @@ Checkout stack is up.
   order     http://localhost:$gateway_port/order/docs      (API reference; /order/openapi.json)
   payment   http://localhost:$gateway_port/payment/docs    (/payment/openapi.json)
   stock     http://localhost:$gateway_port/stock/docs      (/stock/openapi.json; items at /stock/items)
+  providers card-a http://127.0.0.1:$card_a_port, card-b http://127.0.0.1:$card_b_port
+            (simulators: GET /_sim/ledger, PUT /_sim/faults; switch: PUT /payment/gateways/card-a)
   redis     $REDIS_URL  (appendfsync $appendfsync)
   replicas  order $order_replicas, payment $payment_replicas, stock $stock_replicas
   token     $INTERNAL_TOKEN$token_note

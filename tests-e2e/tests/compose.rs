@@ -284,6 +284,21 @@ fn each_service_port_matches_its_healthcheck_nginx_upstream_and_callers() {
 }
 
 #[test]
+fn payment_reaches_each_provider_simulator_on_the_port_it_listens_on() {
+    let doc = compose();
+    let gateways = env_value(&doc, "payment", "PAYMENT_GATEWAYS");
+    let list: payment_service::gateways::GatewayList = gateways.parse().expect("PAYMENT_GATEWAYS parses");
+    for (name, url) in list.0 {
+        assert_eq!(env_value(&doc, &name, "SIM_NAME"), name, "`{name}`'s SIM_NAME");
+        let port = parse_port(&env_value(&doc, &name, "SIM_PORT"), &format!("{name}'s SIM_PORT"));
+        let (host, url_port, _) = http_url(&url, &format!("payment's {name}"));
+        assert_eq!((host.as_str(), url_port), (name.as_str(), port), "payment's URL for {name}");
+        let (_, health_port, health_path) = http_url(&healthcheck_test(&doc, &name), &format!("{name}'s healthcheck"));
+        assert_eq!((health_port, health_path.as_str()), (port, "/health"), "{name}'s healthcheck");
+    }
+}
+
+#[test]
 fn nginx_listens_on_the_port_it_publishes_and_probes() {
     let doc = compose();
     let listen = parse_port(&env_value(&doc, "nginx", "GATEWAY_PORT"), "nginx's GATEWAY_PORT");

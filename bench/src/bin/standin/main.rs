@@ -8,6 +8,11 @@
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
 //!        [--order-round-trips 4] [--order-round-trips-after 0] [--call-round-trips 1,2,1]
+//!        [--provider-url http://127.0.0.1:9102] [--provider-call 1]
+//!
+//! With `--provider-url`, the internal call at index `--provider-call` (the charge) also sends
+//! a card charge to that provider simulator between its round trips, as payment-service does:
+//! the checkout's extra network hop, paid by the stand-in too.
 //!
 //! `--call-round-trips` lists the internal calls, each with its round trips, as a checkout's
 //! make them on one Redis node: reserve and complete 1 (one script takes the key, applies the
@@ -33,6 +38,8 @@ struct State {
     order_round_trips_after: usize,
     /// One entry per internal call: its round trips.
     call_round_trips: Vec<usize>,
+    provider_url: Option<String>,
+    provider_call: usize,
 }
 
 fn arg(name: &str, default: &str) -> String {
@@ -67,8 +74,33 @@ async fn trivial(_body: web::Bytes) -> HttpResponse {
         .body(r#"{"ok":true}"#)
 }
 
-async fn internal(state: web::Data<State>, n: web::Path<usize>, _body: web::Bytes) -> HttpResponse {
-    match round_trips(&state.pool, n.into_inner()).await {
+async fn internal(state: web::Data<State>, path: web::Path<(usize, bool)>, _body: web::Bytes) -> HttpResponse {
+    let (n, with_provider) = path.into_inner();
+    // As payment-service: the first round trip takes the key, the provider is asked, the rest record.
+    let first = if with_provider { n.min(1) } else { n };
+    if let Err(e) = round_trips(&state.pool, first).await {
+        return HttpResponse::ServiceUnavailable().body(e);
+    }
+    if let Some(url) = state.provider_url.as_ref().filter(|_| with_provider) {
+        let sent = state
+            .http
+            .post(format!("{url}/v1/charges"))
+            .header("idempotency-key", uuid::Uuid::new_v4().simple().to_string())
+            .json(&serde_json::json!({
+                "amount": 100, "currency": "USD", "orderId": "standin", "customerId": "bench",
+                "paymentMethod": "pm_card_visa",
+            }))
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                let _ = resp.bytes().await;
+            }
+            Ok(resp) => return HttpResponse::BadGateway().body(format!("provider: {}", resp.status())),
+            Err(e) => return HttpResponse::BadGateway().body(e.to_string()),
+        }
+    }
+    match round_trips(&state.pool, n - first).await {
         Ok(()) => HttpResponse::Created()
             .content_type("application/json")
             .body(r#"{"ok":true}"#),
@@ -80,10 +112,11 @@ async fn checkout(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
     if let Err(e) = round_trips(&state.pool, state.order_round_trips).await {
         return HttpResponse::ServiceUnavailable().body(e);
     }
-    for n in &state.call_round_trips {
+    for (i, n) in state.call_round_trips.iter().enumerate() {
+        let with_provider = state.provider_url.is_some() && i == state.provider_call;
         let sent = state
             .http
-            .post(format!("{}/{n}", state.internal_url))
+            .post(format!("{}/{n}/{with_provider}", state.internal_url))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -138,17 +171,23 @@ async fn main() -> std::io::Result<()> {
             .map(|n| n.trim().parse::<usize>())
             .collect::<Result<_, _>>()
             .map_err(|e| std::io::Error::other(format!("--call-round-trips: {e}")))?,
+        provider_url: Some(arg("--provider-url", "")).filter(|u| !u.is_empty()),
+        provider_call: number("--provider-call", 1),
     };
     eprintln!(
-        "standin on 127.0.0.1:{port}: checkout = {} round trips + calls of {:?} round trips, then {} after the answer",
-        state.order_round_trips, state.call_round_trips, state.order_round_trips_after
+        "standin on 127.0.0.1:{port}: checkout = {} round trips + calls of {:?} round trips (provider: {:?} in call {}), then {} after the answer",
+        state.order_round_trips,
+        state.call_round_trips,
+        state.provider_url,
+        state.provider_call,
+        state.order_round_trips_after
     );
     HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .route("/trivial", web::post().to(trivial))
             .route("/checkout", web::post().to(checkout))
-            .route("/internal/{n}", web::post().to(internal))
+            .route("/internal/{n}/{provider}", web::post().to(internal))
             .route("/ready", web::get().to(ready))
     })
     .workers(workers)
