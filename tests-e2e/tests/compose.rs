@@ -292,9 +292,17 @@ fn payment_reaches_each_provider_simulator_on_the_port_it_listens_on() {
         assert_eq!(env_value(&doc, &name, "SIM_NAME"), name, "`{name}`'s SIM_NAME");
         let port = parse_port(&env_value(&doc, &name, "SIM_PORT"), &format!("{name}'s SIM_PORT"));
         let (host, url_port, _) = http_url(&url, &format!("payment's {name}"));
-        assert_eq!((host.as_str(), url_port), (name.as_str(), port), "payment's URL for {name}");
+        assert_eq!(
+            (host.as_str(), url_port),
+            (name.as_str(), port),
+            "payment's URL for {name}"
+        );
         let (_, health_port, health_path) = http_url(&healthcheck_test(&doc, &name), &format!("{name}'s healthcheck"));
-        assert_eq!((health_port, health_path.as_str()), (port, "/health"), "{name}'s healthcheck");
+        assert_eq!(
+            (health_port, health_path.as_str()),
+            (port, "/health"),
+            "{name}'s healthcheck"
+        );
     }
 }
 

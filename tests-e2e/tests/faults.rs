@@ -66,7 +66,14 @@ fn fault_options(seed: u64) -> StackOptions {
             ("RESERVATION_TTL", &ttl),
             ("RESERVATION_SWEEP_INTERVAL", "200ms"),
         ]),
-        payment_env: env(&[("IDEMPOTENCY_LEASE", &lease)]),
+        // A provider's timeout under the order service's attempt timeout, so a slow provider is
+        // an unknown charge at payment, not a lost answer from payment.
+        payment_env: env(&[
+            ("IDEMPOTENCY_LEASE", &lease),
+            ("GATEWAY_TIMEOUT", "400ms"),
+            ("BREAKER_FAILURES", "4"),
+            ("BREAKER_COOLDOWN", "500ms"),
+        ]),
         fault_proxies: true,
         fault_seed: seed,
         redis_cluster: false,
@@ -644,6 +651,50 @@ async fn violations(stack: &Stack, ledger: &Ledger) -> Vec<String> {
     v
 }
 
+/// The providers' books against ours: no order charged at more than one provider (net of
+/// refunds), and each provider's ledger equal to its `byGateway` entry.
+async fn ledgers_match(stack: &Stack) -> Vec<String> {
+    let mut v = Vec::new();
+    let totals = get_internal(stack, "/payment/totals").await;
+    let mut standing: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for sim in [Service::CardA, Service::CardB] {
+        let ledger = stack.sim_ledger(sim).await;
+        let charges = ledger["charges"].as_array().cloned().unwrap_or_default();
+        let refunds = ledger["refunds"].as_array().cloned().unwrap_or_default();
+        let refunded: Vec<&str> = refunds.iter().filter_map(|r| r["chargeReference"].as_str()).collect();
+        let succeeded: Vec<&Value> = charges.iter().filter(|c| c["status"] == "succeeded").collect();
+        for c in &succeeded {
+            if !refunded.contains(&c["reference"].as_str().unwrap_or_default()) {
+                standing
+                    .entry(c["orderId"].as_str().unwrap_or_default().to_string())
+                    .or_default()
+                    .push(sim.name());
+            }
+        }
+        let count_amount = |items: &[&Value]| -> (i64, i64) {
+            (
+                items.len() as i64,
+                items.iter().map(|c| c["amount"].as_i64().unwrap_or(0)).sum(),
+            )
+        };
+        let refunds: Vec<&Value> = refunds.iter().collect();
+        let theirs = (count_amount(&succeeded), count_amount(&refunds));
+        let ours = &totals["byGateway"][sim.name()]["USD"];
+        let ours = (tally(&ours["charged"]), tally(&ours["refunded"]));
+        let ours = ((ours.0.count, ours.0.amount), (ours.1.count, ours.1.amount));
+        if theirs != ours {
+            v.push(format!(
+                "{}: its ledger (charged, refunded) {theirs:?} but byGateway says {ours:?}",
+                sim.name()
+            ));
+        }
+    }
+    for (order, at) in standing.iter().filter(|(_, at)| at.len() > 1) {
+        v.push(format!("order {order} stands charged at {at:?}"));
+    }
+    v
+}
+
 /// Each key with a stored answer replays it over HTTP, byte for byte the stored body.
 async fn replays_match(stack: &Stack, ledger: &Ledger, round: u64) -> Vec<String> {
     let mut v = Vec::new();
@@ -692,6 +743,7 @@ struct Summary {
     outages: BTreeMap<&'static str, u64>,
     late_outages: BTreeMap<&'static str, u64>,
     proxy_plans: BTreeMap<&'static str, u64>,
+    sim_faults: BTreeMap<&'static str, u64>,
     settle: Duration,
     took: Duration,
 }
@@ -709,6 +761,7 @@ fn summary_text(seed: u64, s: &Summary, proxies: &[(&str, FaultCounts)], violati
         s.rounds, s.checkouts, s.duplicates, s.statuses
     );
     let _ = writeln!(out, "  SIGKILL + restart while checkouts ran: {:?}", s.kills);
+    let _ = writeln!(out, "  card-a faults while checkouts ran: {:?}", s.sim_faults);
     let _ = writeln!(out, "  SIGKILL + restart while recovery ran: {:?}", s.late_kills);
     let _ = writeln!(out, "  port closed while checkouts ran: {:?}", s.outages);
     let _ = writeln!(out, "  port closed while recovery ran: {:?}", s.late_outages);
@@ -857,10 +910,28 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
                 None => proxy.pass(),
             }
         }
+        // And the providers: card-a's faults (refused work, lost answers, slowness) for the round.
+        let sim_fault = match rng.between(0, 9) {
+            0 | 1 => Some(("errors", json!({"errorRate": 0.5}))),
+            2 | 3 => Some(("drops", json!({"dropResponseRate": 0.4}))),
+            4 => Some(("slow", json!({"latencyMs": 300}))),
+            _ => None,
+        };
+        if let Some((name, faults)) = &sim_fault {
+            *summary.sim_faults.entry(name).or_default() += 1;
+            stack.sim_faults(Service::CardA, faults.clone()).await;
+        }
         let mut kills = Vec::new();
         for _ in 0..2 {
             if rng.chance(if kills.is_empty() { 0.7 } else { 0.25 }) {
-                let victim = *rng.pick(&[Service::Order, Service::Stock, Service::Payment, Service::Redis]);
+                let victim = *rng.pick(&[
+                    Service::Order,
+                    Service::Stock,
+                    Service::Payment,
+                    Service::Redis,
+                    Service::CardA,
+                    Service::CardB,
+                ]);
                 kills.push((victim, rng.between(0, 600), rng.between(50, 800)));
             }
         }
@@ -910,6 +981,9 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
         // Faults stop, except that a process may die again while recovery does its work (the
         // lease runs out LEASE after the last renewal); then the books must balance.
         stack.heal_proxies();
+        if sim_fault.is_some() {
+            stack.sim_faults(Service::CardA, json!({})).await;
+        }
         let late_outage = start_outage(&stack, late_outage);
         if let Some((victim, at, down)) = late_kill {
             tokio::time::sleep(Duration::from_millis(at)).await;
@@ -936,6 +1010,7 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
             }
         }
         let mut round_violations = violations(&stack, &ledger).await;
+        round_violations.extend(ledgers_match(&stack).await);
         round_violations.extend(replays_match(&stack, &ledger, round).await);
         let before = found.len();
         for violation in round_violations {
