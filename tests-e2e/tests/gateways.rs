@@ -315,6 +315,22 @@ async fn the_manual_switch_routes_new_charges_away_but_refunds_still_go_to_the_c
     let (_, third) = buy(&stack, 1).await;
     let third_order = third["orderId"].as_str().unwrap_or_default().to_string();
     assert_eq!(charged_at(&stack, &third_order).await.as_deref(), Some("card-a"));
+
+    // A switch another replica persisted is obeyed here within a second.
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("a Redis connection");
+    let _: i64 = redis::cmd("HSET")
+        .arg("payment:gateways:enabled")
+        .arg("card-a")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("HSET the switch");
+    let switched_at = Instant::now();
+    while gateway(&stack, "card-a").await["enabled"] != false {
+        assert!(switched_at.elapsed() < Duration::from_secs(1), "not obeyed within 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
