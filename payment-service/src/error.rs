@@ -23,6 +23,12 @@ pub enum PaymentError {
     GatewayUnknown { gateway: String },
     #[error("gateway {0} not found")]
     GatewayNotFound(String),
+    #[error("refund exceeds what remains of charge {charge_id}")]
+    RefundExceedsCharge { charge_id: String, remaining: u64 },
+    #[error("wallet of {0} not found")]
+    WalletNotFound(String),
+    #[error("the wallet's balance would pass its limit")]
+    WalletLimit,
 }
 
 shared::service_error!(PaymentError);
@@ -82,6 +88,26 @@ impl PaymentError {
             )
             .with("gateway", gateway.as_str())
             .retry_after(1),
+            Self::RefundExceedsCharge { charge_id, remaining } => Problem::new(
+                S::CONFLICT,
+                "refund-exceeds-charge",
+                "Refund exceeds the charge",
+                format!("charge {charge_id} has {remaining} left to refund"),
+            )
+            .with("chargeId", charge_id.as_str())
+            .with("remaining", *remaining),
+            Self::WalletNotFound(customer) => Problem::new(
+                S::NOT_FOUND,
+                "wallet-not-found",
+                "Wallet not found",
+                format!("customer {customer} has no wallet: it was never credited"),
+            ),
+            Self::WalletLimit => Problem::new(
+                S::CONFLICT,
+                "wallet-limit-exceeded",
+                "Wallet limit exceeded",
+                "the balance would pass 9000000000000000 minor units; nothing was credited",
+            ),
             Self::GatewayNotFound(name) => Problem::new(
                 S::NOT_FOUND,
                 "gateway-not-found",

@@ -15,11 +15,13 @@
 pub mod charges;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod gateways;
 pub mod model;
 pub mod refunds;
 pub mod routes;
 pub mod store;
+pub mod wallets;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         std::sync::LazyLock::force(family);
     }
     std::sync::LazyLock::force(&gateways::LATENCY);
+    std::sync::LazyLock::force(&wallets::WALLET_EVENTS);
+    std::sync::LazyLock::force(&events::EVENTS_APPENDED);
     std::sync::LazyLock::force(&gateways::BREAKER_STATE);
     let gateways = Arc::new(Gateways::new(
         &settings.gateways,

@@ -44,6 +44,9 @@ pub struct ChargeResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefundRequest {
     pub charge_id: String,
+    /// Minor units; what remains of the charge when left out.
+    #[schema(minimum = 1, maximum = 9000000000000u64)]
+    pub amount: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -62,14 +65,17 @@ pub struct RefundResponse {
 #[serde(rename_all = "camelCase")]
 pub struct Charge {
     pub charge_id: String,
-    /// `succeeded`, `failed` (declined) or `refunded`.
-    #[schema(pattern = "^(succeeded|failed|refunded)$")]
+    /// `succeeded`, `failed` (declined), `partially_refunded` or `refunded`.
+    #[schema(pattern = "^(succeeded|failed|partially_refunded|refunded)$")]
     pub status: String,
     pub amount: u64,
     pub currency: String,
     pub order_id: String,
-    /// Null until the charge is refunded.
+    /// The last refund's id; null until the charge is refunded.
     pub refund_id: Option<String>,
+    /// Refunded so far, in minor units.
+    pub amount_refunded: u64,
+    pub customer_id: String,
     /// Present on a declined (`failed`) charge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<String>,

@@ -10,6 +10,8 @@ use crate::charges::{
     __path_create_charge, __path_get_charge, __path_list_charges, create_charge, get_charge, list_charges,
 };
 use crate::error::PaymentError;
+use crate::events::verify::{__path_verify, VerifyReport, verify};
+use crate::events::{__path_list_events, Event, EventPage, list_events};
 use crate::gateways::GatewayView;
 use crate::gateways::admin::{
     __path_list_gateways, __path_switch_gateway, SwitchRequest, list_gateways, switch_gateway,
@@ -18,6 +20,10 @@ use crate::model::{
     Charge, ChargeRequest, ChargeResponse, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse, Tally, Totals,
 };
 use crate::refunds::{__path_refund_charge, refund_charge};
+use crate::wallets::{
+    __path_credit_wallet, __path_get_wallet, __path_list_transactions, CreditRequest, CreditResponse, Transaction,
+    TransactionPage, WalletView, credit_wallet, get_wallet, list_transactions,
+};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -28,7 +34,12 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/charges/{chargeId}").get(get_charge))
             .service(web::resource("/totals").get(get_totals))
             .service(web::resource("/gateways").get(list_gateways))
-            .service(web::resource("/gateways/{name}").put(switch_gateway));
+            .service(web::resource("/gateways/{name}").put(switch_gateway))
+            .service(web::resource("/wallets/{customerId}").get(get_wallet))
+            .service(web::resource("/wallets/{customerId}/credits").post(credit_wallet))
+            .service(web::resource("/wallets/{customerId}/transactions").get(list_transactions))
+            .service(web::resource("/events").get(list_events))
+            .service(web::resource("/admin/verify").post(verify));
     }
 }
 
@@ -36,8 +47,10 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
 #[openapi(
     info(title = "payment-service", description = "Charges, refunds and the books, through payment providers reached over HTTP. Every error is application/problem+json."),
     servers((url = "/payment")),
-    paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway),
-    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest))
+    paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway,
+        credit_wallet, get_wallet, list_transactions, list_events, verify),
+    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
+        CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport))
 )]
 struct ApiDoc;
 

@@ -47,6 +47,18 @@ pub(crate) fn order_key(shard: u16, order_id: &str) -> String {
 pub(crate) fn totals_key(shard: u16) -> String {
     format!("{}:totals", tag(shard))
 }
+/// An aggregate's (a charge's, a wallet's) event log: a list, oldest first.
+pub(crate) fn events_key(shard: u16, aggregate_id: &str) -> String {
+    format!("{}:ev:{aggregate_id}", tag(shard))
+}
+/// The shard's aggregates that have events (for `verify`).
+pub(crate) fn aggregates_key(shard: u16) -> String {
+    format!("{}:aggregates", tag(shard))
+}
+/// The refund a refund request's key made (`<refundId>|<amount>`), in the charge's slot.
+pub(crate) fn refund_marker_key(shard: u16, idempotency_key: &str) -> String {
+    format!("{}:op:refund:{idempotency_key}", tag(shard))
+}
 pub(crate) fn op_key(shard: u16, idempotency_key: &str) -> String {
     // The key may contain braces; Redis takes the first `{…}`, which is ours, as the tag.
     format!("{}:op:charge:{idempotency_key}", tag(shard))
@@ -83,7 +95,7 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
-const CHARGE_FIELDS: [&str; 11] = [
+const CHARGE_FIELDS: [&str; 13] = [
     "chargeId",
     "status",
     "amount",
@@ -95,6 +107,8 @@ const CHARGE_FIELDS: [&str; 11] = [
     "refundedAt",
     "gateway",
     "gatewayReference",
+    "amountRefunded",
+    "customerId",
 ];
 
 #[derive(Clone)]
@@ -186,6 +200,13 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
         refunded_at: get(8),
         gateway: get(9).unwrap_or_default(),
         gateway_reference: get(10).unwrap_or_default(),
+        amount_refunded: match (get(11), get(1).as_deref()) {
+            (Some(raw), _) => parse_amount(&raw)?,
+            // Refunded whole before partial refunds were recorded.
+            (None, Some("refunded")) => parse_amount(&get(2).unwrap_or_default())?,
+            (None, _) => 0,
+        },
+        customer_id: get(12).unwrap_or_default(),
     }))
 }
 

@@ -23,13 +23,17 @@ pub enum PaymentMethod {
     CardChargeDeclined,
     #[serde(rename = "pm_card_chargeDeclinedInsufficientFunds")]
     CardChargeDeclinedInsufficientFunds,
+    /// The customer's wallet at payment-service.
+    #[serde(rename = "wallet")]
+    Wallet,
 }
 
 impl PaymentMethod {
-    pub const ALL: [PaymentMethod; 3] = [
+    pub const ALL: [PaymentMethod; 4] = [
         Self::CardVisa,
         Self::CardChargeDeclined,
         Self::CardChargeDeclinedInsufficientFunds,
+        Self::Wallet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl PaymentMethod {
             Self::CardVisa => "pm_card_visa",
             Self::CardChargeDeclined => "pm_card_chargeDeclined",
             Self::CardChargeDeclinedInsufficientFunds => "pm_card_chargeDeclinedInsufficientFunds",
+            Self::Wallet => "wallet",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::gateways::failover::{self, Move};
 use crate::gateways::{FAILOVERS, MethodKind};
 use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges};
 use crate::store::{answer_key, new_charge_id_for};
+use crate::wallets::{Kind, Moved, Movement, WALLET, WALLET_EVENTS};
 pub use store::{ChargeOutcome, NewCharge, Recorded};
 
 /// Ids echoed in a 404 are cut short: they come from the client.
@@ -50,11 +51,14 @@ pub(crate) async fn create_charge(
     // The provider a new charge goes to first, noted with the key in the same step that takes
     // it: from then on the key is pinned there until that provider answers or proves it
     // holds nothing (gateways::failover).
-    let first = state
-        .gateways
-        .next_usable(kind, None)
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let first = match kind {
+        MethodKind::Wallet => WALLET.to_string(),
+        _ => state
+            .gateways
+            .next_usable(kind, None)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+    };
     let fresh = shared::ids::new_id("op");
     let (token, note) = match state.idempotency.begin_noted(&key_ref, &fresh, &first).await? {
         (Begin::Execute { token, .. }, Some(note)) => (token, note),
@@ -99,7 +103,7 @@ struct Attempt<'a> {
 
 /// The provider's Idempotency-Key for a charge request: derived from ours and from the request,
 /// the same for every retry of it, at whichever provider (each keeps its own keys).
-fn provider_key(key_ref: &KeyRef) -> String {
+pub(crate) fn provider_key(key_ref: &KeyRef) -> String {
     let digest = Sha256::digest(format!("{}\n{}", key_ref.redis_key(), key_ref.fingerprint()).as_bytes());
     let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
     format!("pay_{hex}")
@@ -124,6 +128,9 @@ impl Attempt<'_> {
                 kind: self.kind.to_string(),
             })))
         };
+        if self.kind == MethodKind::Wallet {
+            return Settled::Outcome(self.from_wallet(&provider_key).await);
+        }
         let (mut at, mut sticky) = (note.text, note.inherited);
         loop {
             let Some(provider) = gateways.get(&at) else {
@@ -141,7 +148,7 @@ impl Attempt<'_> {
                             "a recorded move without an answer".into(),
                         )))));
                     };
-                    return Settled::Outcome(self.record(&at, reply).await);
+                    return Settled::Outcome(self.record(&at, reply, new_charge_id_for(&self.body.order_id)).await);
                 }
                 Move::Wait => return Settled::Pinned(PaymentError::GatewayUnknown { gateway: at }),
                 Move::TryNext => {
@@ -182,15 +189,67 @@ impl Attempt<'_> {
         )
     }
 
+    /// Debits the customer's wallet under the charge request's provider key, then records the
+    /// charge as from any provider (`gateway: "wallet"`). Too little in the wallet: a declined
+    /// charge (`insufficient_funds`), nothing debited. A retry after a crash between the two
+    /// finds the debit by its key and records the charge it names.
+    async fn from_wallet(&self, provider_key: &str) -> Outcome {
+        let body = self.body;
+        if !shared::ids::is_safe_id(&body.customer_id) {
+            return Outcome::of(Err(PaymentError::invalid(
+                "customerId: a wallet is named by 1 to 128 letters, digits, '_' and '-'",
+            )));
+        }
+        let charge_id = new_charge_id_for(&body.order_id);
+        let moved = self
+            .state
+            .store
+            .move_wallet(&Movement {
+                customer_id: &body.customer_id,
+                kind: Kind::Debit,
+                amount: body.amount,
+                currency: &body.currency,
+                key: provider_key,
+                charge_id: Some(&charge_id),
+                correlation: &body.order_id,
+            })
+            .await;
+        match moved {
+            Ok(Moved::Done { tx, fresh }) => {
+                if fresh {
+                    WALLET_EVENTS.inc(&[("event", "debited")]);
+                    crate::events::EVENTS_APPENDED.inc(&[("type", "wallet.debited")]);
+                }
+                // A debit found by its key names the charge it was made for.
+                let charge_id = tx.charge_id.unwrap_or(charge_id);
+                let reply = ChargeReply::Succeeded {
+                    reference: tx.transaction_id,
+                };
+                self.record(WALLET, reply, charge_id).await
+            }
+            Ok(Moved::Insufficient { .. }) => {
+                WALLET_EVENTS.inc(&[("event", "declined")]);
+                let reply = ChargeReply::Declined {
+                    reference: String::new(),
+                    code: "insufficient_funds".into(),
+                };
+                self.record(WALLET, reply, charge_id).await
+            }
+            Ok(Moved::Limit { .. }) => Outcome::of(Err(PaymentError::from(CommonError::Internal(
+                "a debit refused for the balance limit".into(),
+            )))),
+            Err(e) => Outcome::of(Err(e)),
+        }
+    }
+
     /// Records the provider's answer with the charge, its key's marker and its answer, in one
     /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
-    async fn record(&self, gateway: &str, reply: ChargeReply) -> Outcome {
+    async fn record(&self, gateway: &str, reply: ChargeReply, charge_id: String) -> Outcome {
         let (body, idempotency) = (self.body, &self.state.idempotency);
         let (reference, decline_code) = match &reply {
             ChargeReply::Succeeded { reference } => (reference.as_str(), None),
             ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str())),
         };
-        let charge_id = new_charge_id_for(&body.order_id);
         let new = NewCharge {
             charge_id: &charge_id,
             order_id: &body.order_id,
@@ -229,6 +288,14 @@ impl Attempt<'_> {
             (Some(_), true) => "declined",
         };
         shared::metrics::event("charge", event);
+        if recorded.fresh {
+            let kind = if recorded.decline_code.is_some() {
+                "charge.declined"
+            } else {
+                "charge.succeeded"
+            };
+            crate::events::EVENTS_APPENDED.inc(&[("type", kind)]);
+        }
         match &recorded.decline_code {
             None => {
                 tracing::info!(charge_id = %recorded.charge_id, order_id = %recorded.order_id, gateway, "charge succeeded")

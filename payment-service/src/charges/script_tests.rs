@@ -125,7 +125,7 @@ async fn a_declined_charge_is_recorded_but_not_counted_and_cannot_be_refunded() 
     let id = new_charge_id_for("ord_1");
 
     let declined = recorded(charge(&store, &idem, "k1", &new_charge(&id, 1250, Some("card_declined"))).await);
-    let refund = store.refund(&id).await.ok();
+    let refund = store.refund(&id, None, "r1", "").await.ok();
 
     assert_eq!(declined.decline_code.as_deref(), Some("card_declined"));
     assert!(matches!(refund, Some(RefundOutcome::NotRefundable { status }) if status == "failed"));
@@ -139,9 +139,9 @@ async fn refund_counts_once_and_answers_the_same_refund_again() {
     let id = new_charge_id_for("ord_1");
     let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
 
-    let first = store.refund(&id).await.ok();
-    let again = store.refund(&id).await.ok();
-    let unknown = store.refund(&new_charge_id_for("ord_1")).await.ok();
+    let first = store.refund(&id, None, "r1", "re_sim").await.ok();
+    let again = store.refund(&id, None, "r2", "").await.ok();
+    let unknown = store.refund(&new_charge_id_for("ord_1"), None, "r3", "").await.ok();
 
     let (
         Some(RefundOutcome::Refunded {
@@ -163,4 +163,119 @@ async fn refund_counts_once_and_answers_the_same_refund_again() {
     assert_eq!(charged_and_refunded(&store).await, (1, 1250, 1, 1250));
     let stored = store.get_charge(&id).await.ok().flatten();
     assert_eq!(stored.map(|c| c.status), Some("refunded".into()));
+}
+
+fn refunded(outcome: Option<RefundOutcome>) -> (String, u64, bool) {
+    match outcome {
+        Some(RefundOutcome::Refunded {
+            refund_id,
+            amount,
+            fresh,
+        }) => (refund_id, amount, fresh),
+        _ => panic!("expected a refund"),
+    }
+}
+
+#[tokio::test]
+async fn partial_refunds_add_up_to_the_charge_never_beyond_and_each_key_refunds_once() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let id = new_charge_id_for("ord_1");
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1000, None)).await;
+
+    let (first, amount, fresh) = refunded(store.refund(&id, Some(300), "r1", "").await.ok());
+    assert_eq!((amount, fresh), (300, true));
+    let partial = store.get_charge(&id).await.ok().flatten().expect("charge");
+    assert_eq!(
+        (partial.status.as_str(), partial.amount_refunded),
+        ("partially_refunded", 300)
+    );
+    // The same key again: its refund, not another.
+    let (again, amount, fresh) = refunded(store.refund(&id, Some(300), "r1", "").await.ok());
+    assert_eq!((again, amount, fresh), (first, 300, false));
+    let too_much = store.refund(&id, Some(701), "r2", "").await.ok();
+    assert!(matches!(too_much, Some(RefundOutcome::Exceeds { remaining: 700 })));
+    // Without an amount: what remains.
+    let (last, amount, _) = refunded(store.refund(&id, None, "r3", "").await.ok());
+    assert_eq!(amount, 700);
+    let (answered, amount, fresh) = refunded(store.refund(&id, None, "r4", "").await.ok());
+    assert_eq!(
+        (answered, amount, fresh),
+        (last, 700, false),
+        "nothing left: the last refund again"
+    );
+    assert!(matches!(
+        store.refund(&id, Some(1), "r5", "").await.ok(),
+        Some(RefundOutcome::Exceeds { remaining: 0 })
+    ));
+    assert_eq!(charged_and_refunded(&store).await, (1, 1000, 2, 1000));
+
+    let events = store.events(&id, 0, None).await.expect("events");
+    let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.kind.as_str(), e.sequence)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("charge.succeeded", 1),
+            ("refund.succeeded", 2),
+            ("refund.succeeded", 3)
+        ]
+    );
+    assert_eq!(events[0].correlation_id, "ord_1");
+    assert_eq!(events[2].data["amountRefunded"], 1000);
+    let fold = crate::events::verify::fold_charge(&events).expect("fold");
+    assert_eq!((fold.status.as_str(), fold.refunded), ("refunded", 1000));
+}
+
+#[tokio::test]
+async fn concurrent_partial_refunds_never_exceed_the_charge() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let id = new_charge_id_for("ord_1");
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1000, None)).await;
+    let tries: Vec<_> = (0..12)
+        .map(|i| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move { store.refund(&id, Some(150), &format!("r{i}"), "").await.ok() })
+        })
+        .collect();
+    let mut done = 0;
+    for t in tries {
+        if let Some(Some(RefundOutcome::Refunded { fresh: true, .. })) = t.await.ok() {
+            done += 1;
+        }
+    }
+    assert_eq!(done, 6, "six of 150 fit in 1000");
+    assert_eq!(charged_and_refunded(&store).await, (1, 1000, 6, 900));
+    let stored = store.get_charge(&id).await.ok().flatten().expect("charge");
+    assert_eq!(
+        (stored.status.as_str(), stored.amount_refunded),
+        ("partially_refunded", 900)
+    );
+}
+
+#[tokio::test]
+async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let id = new_charge_id_for("ord_1");
+    let declined_id = new_charge_id_for("ord_1");
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
+    let _ = charge(
+        &store,
+        &idem,
+        "k2",
+        &new_charge(&declined_id, 99, Some("card_declined")),
+    )
+    .await;
+
+    let events = store.events(&id, 0, None).await.expect("events");
+    assert_eq!(events.len(), 1, "the retry found the charge and appended nothing");
+    assert_eq!(events[0].kind, "charge.succeeded");
+    assert_eq!(events[0].event_id, format!("{id}-1"));
+    assert_eq!(events[0].data["amount"], 1250);
+    assert_eq!(events[0].data["gateway"], "card-a");
+    let declined = store.events(&declined_id, 0, None).await.expect("events");
+    assert_eq!(declined[0].kind, "charge.declined");
+    assert_eq!(declined[0].data["declineCode"], "card_declined");
 }

@@ -7,10 +7,16 @@ use redis::Script;
 use shared::idempotency::Answer;
 
 use crate::error::PaymentError;
-use crate::store::{Store, charge_key, charge_prefix, op_key, order_key, parse_amount, totals_key};
+use crate::store::{
+    Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, parse_amount, totals_key,
+};
 
-static CHARGE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&shared::idempotency::scripts::ANSWER], include_str!("charge.lua")));
+static CHARGE: LazyLock<Script> = LazyLock::new(|| {
+    shared::lua::script(
+        &[&shared::idempotency::scripts::ANSWER, &crate::events::EVENTS],
+        include_str!("charge.lua"),
+    )
+});
 
 /// A new charge to record, with the gateway's verdict.
 #[derive(Debug)]
@@ -71,6 +77,8 @@ impl Store {
             .key(order_key(shard, new.order_id))
             .key(totals_key(shard))
             .key(op_key(shard, idempotency_key))
+            .key(events_key(shard, charge_id))
+            .key(aggregates_key(shard))
             .arg(charge_id)
             .arg(new.order_id)
             .arg(new.amount.to_string())
@@ -83,7 +91,8 @@ impl Store {
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(charge_prefix(shard))
             .arg(new.gateway)
-            .arg(new.gateway_reference);
+            .arg(new.gateway_reference)
+            .arg(shared::telemetry::current_trace_id().unwrap_or_default());
         answer.add_to(&mut invocation);
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");

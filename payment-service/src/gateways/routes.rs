@@ -11,6 +11,8 @@ use std::str::FromStr;
 pub enum MethodKind {
     Card,
     Pix,
+    /// Not routed: the customer's wallet, inside payment-service.
+    Wallet,
 }
 
 impl MethodKind {
@@ -18,6 +20,7 @@ impl MethodKind {
         use shared::money::PaymentMethod::*;
         match method {
             CardVisa | CardChargeDeclined | CardChargeDeclinedInsufficientFunds => Self::Card,
+            Wallet => Self::Wallet,
         }
     }
 
@@ -35,6 +38,7 @@ impl fmt::Display for MethodKind {
         f.write_str(match self {
             Self::Card => "card",
             Self::Pix => "pix",
+            Self::Wallet => "wallet",
         })
     }
 }

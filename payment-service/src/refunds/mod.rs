@@ -1,29 +1,29 @@
-//! Refunds: `POST /refund` gives a succeeded charge back through the provider that took it,
-//! then records it.
+//! Refunds: `POST /refund` gives a succeeded charge back, whole or in part, through the
+//! provider that took it, then records it.
 
 mod store;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use shared::idempotency::{self, IdempotentPost, Outcome, StoredResponse};
+use sha2::{Digest, Sha256};
+use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
 
 use crate::AppState;
 use crate::charges::not_found;
 use crate::error::PaymentError;
-use crate::gateways::Gateways;
 use crate::gateways::client::Sent;
-use crate::model::{RefundRequest, RefundResponse};
-use crate::store::Store;
+use crate::model::{Charge, RefundRequest, RefundResponse};
+use crate::wallets::WALLET;
 pub use store::{RefundOutcome, new_refund_id};
 
 #[utoipa::path(
     post, path = "/refund", request_body = RefundRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
     responses(
-        (status = 200, body = RefundResponse, description = "refunded now, or earlier (the same refundId)"),
+        (status = 200, body = RefundResponse, description = "refunded now; or earlier under this key; or, without an amount on a charge with nothing left, its last refund again"),
         (status = 404, description = "charge-not-found"),
-        (status = 409, description = "charge-not-refundable (a declined charge), or idempotency-key-in-use"),
-        (status = 503, description = "gateway-unavailable: the charge's provider did not refund it now (retry: it refunds once whatever the retries)")
+        (status = 409, description = "charge-not-refundable (a declined charge), refund-exceeds-charge (more than remains), or idempotency-key-in-use"),
+        (status = 503, description = "gateway-unavailable: the charge's provider did not refund it now (retry with the same key: it refunds once whatever the retries)")
     ),
     security(("bearer" = []))
 )]
@@ -32,74 +32,107 @@ pub(crate) async fn refund_charge(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PaymentError> {
-    let IdempotentPost { body, key_ref, .. } =
+    let IdempotentPost { key, body, key_ref } =
         idempotency::read_post::<RefundRequest>(&req, payload, &state.settings.common.internal_token, "payment:refund")
             .await?;
-    let (store, gateways) = (state.store.clone(), state.gateways.clone());
+    let provider_key = refund_key(&body.charge_id, &key_ref);
+    let shared_state = state.clone().into_inner();
     let response = state
         .idempotency
         .run(&key_ref, |_, _| async move {
-            Ok(Outcome::of(refund(&store, &gateways, body.charge_id).await))
+            Ok(Outcome::of(refund(&shared_state, &body, &key, &provider_key).await))
         })
         .await?;
     Ok(response)
 }
 
-/// The provider's Idempotency-Key for refunding `charge_id`: derived from the charge, not from
-/// the client's key. A charge is refunded once whatever key asks, so every request to refund
-/// it (a retry after a crash between the provider's answer and our record, or another key
-/// racing this one) is one refund at the provider.
-pub fn refund_key(charge_id: &str) -> String {
-    format!("{charge_id}:refund")
+/// The provider's Idempotency-Key for one refund request of `charge_id`: derived from the charge
+/// and from the request's own key, so the retry of a refund whose record failed is answered by
+/// the provider with the first refund, while another refund (another key) is another refund.
+pub fn refund_key(charge_id: &str, key_ref: &KeyRef) -> String {
+    let digest = Sha256::digest(key_ref.redis_key().as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("{charge_id}:refund:{hex}")
 }
 
-/// Gives a succeeded charge back through the provider that took it (switched off or not), then
-/// records the refund. In that order: a refund recorded but never sent would show money
-/// returned that the customer never got. A crash in between leaves the charge succeeded, so the
-/// next attempt asks the provider again under the same [`refund_key`], which it answers with
-/// the first refund; so does a provider that did not answer: the key is freed (503) and the
-/// retry is safe. The refund script decides the answer (404, 409, or the refund made earlier),
-/// whatever the read before it saw.
-async fn refund(store: &Store, gateways: &Gateways, charge_id: String) -> Result<StoredResponse, PaymentError> {
-    let charge = store.get_charge(&charge_id).await?;
-    if let Some(charge) = charge.filter(|c| c.status == "succeeded") {
-        let provider = gateways
-            .get(&charge.gateway)
-            .ok_or_else(|| PaymentError::GatewayUnknown {
-                gateway: charge.gateway.clone(),
-            })?;
-        match provider
-            .refund(&refund_key(&charge_id), &charge.gateway_reference, charge.amount)
-            .await
-        {
-            Sent::Answered(reply) => {
-                tracing::info!(%charge_id, gateway = %charge.gateway, reference = %reply.reference, "provider refunded")
-            }
-            Sent::NotProcessed { .. } | Sent::Unknown(_) => {
-                return Err(PaymentError::GatewayUnknown {
-                    gateway: charge.gateway,
-                });
-            }
+/// Gives (part of) a charge back through the provider that took it (switched off or not; the
+/// wallet for a wallet charge), then records the refund. In that order: a refund recorded but
+/// never sent would show money returned that the customer never got. A crash in between leaves
+/// the charge as it was, so the next attempt with the key asks the provider again under the
+/// same [`refund_key`], which it answers with the first refund; so does a provider that did not
+/// answer: the key is freed (503) and the retry is safe. The refund script decides the answer
+/// (404, 409, the refund this key made, or the last one), whatever the read before it saw.
+async fn refund(
+    state: &AppState,
+    body: &RefundRequest,
+    key: &str,
+    provider_key: &str,
+) -> Result<StoredResponse, PaymentError> {
+    let charge_id = &body.charge_id;
+    let charge = state.store.get_charge(charge_id).await?;
+    let charge_gateway = charge.as_ref().map(|c| c.gateway.clone());
+    let mut reference = String::new();
+    if let Some(charge) = charge.filter(|c| c.status == "succeeded" || c.status == "partially_refunded") {
+        let remaining = charge.amount.saturating_sub(charge.amount_refunded);
+        let amount = body.amount.unwrap_or(remaining);
+        if amount > 0 && amount <= remaining {
+            reference = give_back(state, &charge, provider_key, amount).await?;
         }
     }
-    match store.refund(&charge_id).await? {
+    match state.store.refund(charge_id, body.amount, key, &reference).await? {
         RefundOutcome::Refunded {
             refund_id,
             amount,
             fresh,
         } => {
             shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
+            if fresh {
+                crate::events::EVENTS_APPENDED.inc(&[("type", "refund.succeeded")]);
+                if charge_gateway.as_deref() == Some(WALLET) {
+                    crate::events::EVENTS_APPENDED.inc(&[("type", "wallet.refunded")]);
+                    crate::wallets::WALLET_EVENTS.inc(&[("event", "refunded")]);
+                }
+            }
             Ok(StoredResponse::json(
                 StatusCode::OK,
                 &RefundResponse {
                     refund_id,
-                    charge_id,
+                    charge_id: charge_id.clone(),
                     status: "refunded".into(),
                     amount,
                 },
             ))
         }
-        RefundOutcome::NotFound => Err(not_found(&charge_id)),
-        RefundOutcome::NotRefundable { status } => Err(PaymentError::ChargeNotRefundable { charge_id, status }),
+        RefundOutcome::NotFound => Err(not_found(charge_id)),
+        RefundOutcome::NotRefundable { status } => Err(PaymentError::ChargeNotRefundable {
+            charge_id: charge_id.clone(),
+            status,
+        }),
+        RefundOutcome::Exceeds { remaining } => Err(PaymentError::RefundExceedsCharge {
+            charge_id: charge_id.clone(),
+            remaining,
+        }),
+    }
+}
+
+/// Sends `amount` of `charge` back where it came from; the provider's reference for the refund.
+async fn give_back(state: &AppState, charge: &Charge, provider_key: &str, amount: u64) -> Result<String, PaymentError> {
+    if charge.gateway == WALLET {
+        return state.store.wallet_refund(charge, provider_key, amount).await;
+    }
+    let provider = state
+        .gateways
+        .get(&charge.gateway)
+        .ok_or_else(|| PaymentError::GatewayUnknown {
+            gateway: charge.gateway.clone(),
+        })?;
+    match provider.refund(provider_key, &charge.gateway_reference, amount).await {
+        Sent::Answered(reply) => {
+            tracing::info!(charge_id = %charge.charge_id, gateway = %charge.gateway, reference = %reply.reference, amount, "provider refunded");
+            Ok(reply.reference)
+        }
+        Sent::NotProcessed { .. } | Sent::Unknown(_) => Err(PaymentError::GatewayUnknown {
+            gateway: charge.gateway.clone(),
+        }),
     }
 }

@@ -1,17 +1,45 @@
--- Refund: succeeded → refunded, with the refunded totals, in one step so that the books never
--- show a refund without its counters or the reverse, and two concurrent refunds cannot both
--- pass the status check. Already refunded: the existing refund is returned ('already_refunded':
--- a refund is idempotent by state, whatever the key), so it needs no marker of its own.
--- Failed (declined): refused. Totals first and per provider, as in charge.lua.
--- KEYS: charge, totals. ARGV: new refundId, refundedAt.
-local charge, totals = KEYS[1], KEYS[2]
-local refund_id, refunded_at = ARGV[1], ARGV[2]
-local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'refundId', 'gateway')
+-- Refund, whole or partial: the charge's refunded amount and status, the refunded totals (per
+-- provider, as charge.lua counts), the key's marker and the refund.succeeded event, in one step,
+-- so the books never show a refund without its counters or its event, and concurrent refunds
+-- can never together exceed the charge.
+-- A key that refunded before (its marker) gets that refund again. Without an amount, what
+-- remains is refunded; with nothing left, the charge's last refund is answered again.
+-- Failed (declined): refused. More than remains: refused ('exceeds'). Totals first, as in
+-- charge.lua.
+-- KEYS: charge, totals, marker, the charge's events, the shard's aggregates.
+-- ARGV: new refundId, refundedAt, amount ('' = what remains), marker TTL (ms), the provider's
+--   refund reference, traceId.
+local charge, totals, marker, events, aggregates = unpack(KEYS, 1, 5)
+local refund_id, refunded_at, asked, marker_ttl_ms, reference, trace_id = unpack(ARGV, 1, 6)
+local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'refundId', 'gateway', 'amountRefunded',
+  'lastRefundAmount', 'orderId', 'chargeId')
 if not c[1] then return {'not_found'} end
-if c[1] == 'refunded' then return {'already_refunded', c[4], c[2]} end
-if c[1] ~= 'succeeded' then return {'not_refundable', c[1]} end
+local prev = redis.call('GET', marker)
+if prev then
+  local id, amount = string.match(prev, '^([^|]+)|(%d+)$')
+  return {'already', id, amount, c[1]}
+end
+if c[1] == 'failed' then return {'not_refundable', c[1]} end
+local charged = tonumber(c[2])
+local refunded = tonumber(c[6]) or 0
+if c[1] == 'refunded' and c[6] == false then refunded = charged end
+local remaining = charged - refunded
+if asked == '' and remaining == 0 then
+  return {'already', c[4], c[7] or c[2], c[1]}
+end
+local amount = asked == '' and remaining or tonumber(asked)
+if amount > remaining then return {'exceeds', int(remaining)} end
 local books = (c[5] or 'simulator') .. ':' .. c[3] .. ':refunded:'
-redis.call('HINCRBY', totals, books .. 'amount', c[2])
+redis.call('HINCRBY', totals, books .. 'amount', amount)
 redis.call('HINCRBY', totals, books .. 'count', 1)
-redis.call('HSET', charge, 'status', 'refunded', 'refundId', refund_id, 'refundedAt', refunded_at)
-return {'refunded', refund_id, c[2]}
+refunded = refunded + amount
+local status = refunded == charged and 'refunded' or 'partially_refunded'
+redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,
+  'amountRefunded', int(refunded), 'lastRefundAmount', int(amount))
+redis.call('SET', marker, refund_id .. '|' .. int(amount), 'PX', marker_ttl_ms)
+append_event(events, aggregates, c[9], 'refund.succeeded', refunded_at, c[8],
+  '{"refundId":"' .. refund_id .. '","chargeId":"' .. c[9] .. '","amount":' .. int(amount) .. ',"currency":"' ..
+  c[3] .. '","amountRefunded":' .. int(refunded) .. ',"status":"' .. status .. '","gateway":"' .. (c[5] or '') ..
+  '","gatewayReference":' .. cjson.encode(reference) ..
+  ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}')
+return {'refunded', refund_id, int(amount), status}

@@ -1,20 +1,25 @@
-//! Recording a refund: the charge's status and the refunded totals in one script (refund.lua).
+//! Recording a refund: the charge's refunded amount and status, the refunded totals, the key's
+//! marker and the event in one script (refund.lua).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
 use crate::error::PaymentError;
-use crate::store::{Store, charge_key, parse_amount, shard_of_charge, totals_key};
+use crate::store::{
+    Store, aggregates_key, charge_key, events_key, parse_amount, refund_marker_key, shard_of_charge, totals_key,
+};
 
-static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("refund.lua")));
+static REFUND: LazyLock<Script> =
+    LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("refund.lua")));
 
 pub fn new_refund_id() -> String {
     shared::ids::new_id("re")
 }
 
 pub enum RefundOutcome {
-    /// `fresh` is false when the charge had been refunded before.
+    /// `fresh` is false for a refund made before (by this key, or the last one of a charge with
+    /// nothing left).
     Refunded {
         refund_id: String,
         amount: u64,
@@ -24,10 +29,22 @@ pub enum RefundOutcome {
     NotRefundable {
         status: String,
     },
+    /// More than remains to refund.
+    Exceeds {
+        remaining: u64,
+    },
 }
 
 impl Store {
-    pub async fn refund(&self, charge_id: &str) -> Result<RefundOutcome, PaymentError> {
+    /// Records a refund of `amount` (what remains when `None`) made by request `key`, the
+    /// provider's `reference` for it kept in its event.
+    pub async fn refund(
+        &self,
+        charge_id: &str,
+        amount: Option<u64>,
+        key: &str,
+        reference: &str,
+    ) -> Result<RefundOutcome, PaymentError> {
         let Some(shard) = shard_of_charge(charge_id) else {
             return Ok(RefundOutcome::NotFound);
         };
@@ -35,13 +52,20 @@ impl Store {
         let reply: Vec<String> = REFUND
             .key(charge_key(shard, charge_id))
             .key(totals_key(shard))
+            .key(refund_marker_key(shard, key))
+            .key(events_key(shard, charge_id))
+            .key(aggregates_key(shard))
             .arg(new_refund_id())
             .arg(shared::time::now_rfc3339())
+            .arg(amount.map(|a| a.to_string()).unwrap_or_default())
+            .arg(self.marker_ttl.as_millis() as u64)
+            .arg(reference)
+            .arg(shared::telemetry::current_trace_id().unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         match field(0) {
-            kind @ ("refunded" | "already_refunded") => Ok(RefundOutcome::Refunded {
+            kind @ ("refunded" | "already") => Ok(RefundOutcome::Refunded {
                 refund_id: field(1).to_string(),
                 amount: parse_amount(field(2))?,
                 fresh: kind == "refunded",
@@ -49,6 +73,9 @@ impl Store {
             "not_found" => Ok(RefundOutcome::NotFound),
             "not_refundable" => Ok(RefundOutcome::NotRefundable {
                 status: field(1).to_string(),
+            }),
+            "exceeds" => Ok(RefundOutcome::Exceeds {
+                remaining: parse_amount(field(1))?,
             }),
             other => Err(shared::CommonError::Internal(format!("refund script answered {other:?}")).into()),
         }

@@ -50,6 +50,12 @@ pub(super) fn current_request_trace() -> Option<SpanContext> {
     REQUEST_TRACE.try_with(Clone::clone).ok().flatten()
 }
 
+/// The trace id of the request being served here, as `X-Trace-Id` shows it: for records that
+/// tie what they record to its trace (payment's events).
+pub fn current_trace_id() -> Option<String> {
+    current_request_trace().map(|sc| sc.trace_id().to_string())
+}
+
 /// Runs `fut` in the request trace current here: for work spawned off the request task
 /// ([`crate::request_id::scope`]).
 pub fn carry<F: std::future::Future>(fut: F) -> impl std::future::Future<Output = F::Output> {

@@ -53,7 +53,9 @@ mod context;
 mod json_lines;
 
 use context::*;
-pub use context::{carry, extract, inject, mark_error, middleware, note_event, own_trace, span_context};
+pub use context::{
+    carry, current_trace_id, extract, inject, mark_error, middleware, note_event, own_trace, span_context,
+};
 use json_lines::*;
 
 pub const OTEL_SDK_DISABLED: EnvVar = EnvVar {

@@ -1,0 +1,141 @@
+//! The payment event log: every change to a charge or a wallet appends one immutable event to
+//! its aggregate's list in the same script as the change (events.lua), so the log and the state
+//! can never disagree. `GET /events` reads one aggregate's events in order; `POST /admin/verify`
+//! ([`verify`]) rebuilds charges, refunds, wallet balances and the books from the events alone
+//! and reports where the stored state differs.
+
+pub mod verify;
+
+use std::sync::LazyLock;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use shared::lua::Lib;
+use shared::metrics::CounterFamily;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::PaymentError;
+use crate::store::{Store, events_key, shard_of_charge};
+
+/// `append_event`, `int`: for the scripts that make changes.
+pub static EVENTS: Lib = Lib {
+    name: "events",
+    source: include_str!("events.lua"),
+    needs: &[],
+};
+
+/// `payment_events_total{type}`: events appended, counted by the handlers that made them.
+pub static EVENTS_APPENDED: LazyLock<CounterFamily> =
+    LazyLock::new(|| CounterFamily::register("payment_events", "Events appended to the payment event log, by type"));
+
+/// One event as stored and served.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// `<aggregateId>-<sequence>`.
+    pub event_id: String,
+    /// 1, 2, 3, … per aggregate, without gaps.
+    pub sequence: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub aggregate_id: String,
+    pub at: String,
+    /// The order a charge's or a debit's events belong to (a credit's: its customer).
+    pub correlation_id: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    pub aggregate_id: String,
+    pub events: Vec<Event>,
+    /// Pass as `after` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    aggregate_id: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// The shard an aggregate's events live in: a charge's (`ch_…`) or a wallet's (`wal_<customer>`).
+pub fn shard_of_aggregate(aggregate_id: &str) -> Option<u16> {
+    if let Some(customer) = aggregate_id.strip_prefix("wal_") {
+        return shared::ids::is_safe_id(customer).then(|| shared::ids::shard_of(customer));
+    }
+    shard_of_charge(aggregate_id)
+}
+
+fn parse_event(raw: &str) -> Result<Event, PaymentError> {
+    serde_json::from_str(raw).map_err(|e| shared::CommonError::Internal(format!("stored event {raw:?}: {e}")).into())
+}
+
+impl Store {
+    /// An aggregate's events from sequence `after + 1`, at most `limit` (all when `None`).
+    pub async fn events(&self, aggregate_id: &str, after: u64, limit: Option<u64>) -> Result<Vec<Event>, PaymentError> {
+        let Some(shard) = shard_of_aggregate(aggregate_id) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.pool.get().await?;
+        let stop: i64 = limit.map_or(-1, |l| (after + l) as i64 - 1);
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(events_key(shard, aggregate_id))
+            .arg(after)
+            .arg(stop)
+            .query_async(&mut conn)
+            .await?;
+        raw.iter().map(|r| parse_event(r)).collect()
+    }
+}
+
+#[utoipa::path(
+    get, path = "/events",
+    params(
+        ("aggregateId" = String, Query, min_length = 1, max_length = 160, pattern = "^[A-Za-z0-9_-]+$", description = "a charge id (`ch_…`) or a wallet (`wal_<customerId>`)"),
+        ("after" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "the sequence to read after (a page's nextCursor); 0 when left out"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20")
+    ),
+    responses(
+        (status = 200, body = EventPage, description = "in sequence order; empty for an unknown aggregate"),
+        (status = 400, description = "invalid-request: aggregateId missing, or after or limit malformed")
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let query = web::Query::<EventsQuery>::from_query(req.query_string())
+        .map_err(|e| PaymentError::invalid(format!("invalid query: {e}")))?
+        .into_inner();
+    let aggregate_id = query
+        .aggregate_id
+        .filter(|id| {
+            id.len() <= 160 && !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .ok_or_else(|| PaymentError::invalid("aggregateId is required: a charge id or wal_<customerId>"))?;
+    let after = match query.after.as_deref() {
+        None => 0,
+        Some(a) => a
+            .parse::<u64>()
+            .ok()
+            .filter(|_| a.len() <= 19)
+            .ok_or_else(|| PaymentError::invalid("after: a sequence number (a page's nextCursor)"))?,
+    };
+    let limit = crate::wallets::page_limit(query.limit.as_deref())?;
+    // One more than asked, to know whether a next page exists.
+    let mut events = state.store.events(&aggregate_id, after, Some(limit + 1)).await?;
+    let next_cursor = (events.len() as u64 > limit).then(|| {
+        events.truncate(limit as usize);
+        events.last().map(|e| e.sequence.to_string()).unwrap_or_default()
+    });
+    Ok(HttpResponse::Ok().json(EventPage {
+        aggregate_id,
+        events,
+        next_cursor,
+    }))
+}

@@ -1,0 +1,351 @@
+//! `POST /admin/verify`: every charge, refund, wallet balance and the books per provider,
+//! rebuilt from the event log alone ([`fold_charge`], [`fold_wallet`]: pure) and compared with
+//! the stored state. After any test or fault run, nothing may differ.
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use shared::ids::SHARDS;
+use utoipa::ToSchema;
+
+use super::Event;
+use crate::AppState;
+use crate::error::PaymentError;
+use crate::model::{CurrencyTotals, Totals};
+use crate::store::aggregates_key;
+
+/// A charge as its events tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChargeFold {
+    pub status: String,
+    pub amount: u64,
+    pub currency: String,
+    pub gateway: String,
+    pub refunded: u64,
+    pub refunds: u64,
+}
+
+fn amount_of(e: &Event) -> Result<u64, String> {
+    e.data["amount"]
+        .as_u64()
+        .ok_or_else(|| format!("{}: no integer amount", e.event_id))
+}
+
+/// The sequences run 1, 2, 3, … without a gap or a repeat.
+pub fn gapless(events: &[Event]) -> Result<(), String> {
+    for (i, e) in events.iter().enumerate() {
+        if e.sequence != i as u64 + 1 {
+            return Err(format!(
+                "{}: sequence {} at position {}",
+                e.aggregate_id,
+                e.sequence,
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds a charge: its first event made it (succeeded or declined), each refund.succeeded
+/// after it gave part of it back.
+pub fn fold_charge(events: &[Event]) -> Result<ChargeFold, String> {
+    let Some(first) = events.first() else {
+        return Err("no events".into());
+    };
+    let mut fold = ChargeFold {
+        amount: amount_of(first)?,
+        currency: first.data["currency"].as_str().unwrap_or_default().to_string(),
+        gateway: first.data["gateway"].as_str().unwrap_or_default().to_string(),
+        status: match first.kind.as_str() {
+            "charge.succeeded" => "succeeded".into(),
+            "charge.declined" => "failed".into(),
+            other => return Err(format!("{}: begins with {other}", first.event_id)),
+        },
+        ..ChargeFold::default()
+    };
+    for e in &events[1..] {
+        match e.kind.as_str() {
+            "refund.succeeded" if fold.status != "failed" => {
+                fold.refunded += amount_of(e)?;
+                fold.refunds += 1;
+                if fold.refunded > fold.amount {
+                    return Err(format!("{}: refunded {} of {}", e.event_id, fold.refunded, fold.amount));
+                }
+                fold.status = if fold.refunded == fold.amount {
+                    "refunded".into()
+                } else {
+                    "partially_refunded".into()
+                };
+            }
+            other => return Err(format!("{}: {other} after the charge was {}", e.event_id, fold.status)),
+        }
+    }
+    Ok(fold)
+}
+
+/// Rebuilds a wallet's balances: credits and refunds add, debits take away, never below zero.
+pub fn fold_wallet(events: &[Event]) -> Result<BTreeMap<String, u64>, String> {
+    let mut balances: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events {
+        let amount = amount_of(e)?;
+        let currency = e.data["currency"].as_str().unwrap_or_default().to_string();
+        let balance = balances.entry(currency).or_default();
+        match e.kind.as_str() {
+            "wallet.credited" | "wallet.refunded" => *balance += amount,
+            "wallet.debited" => {
+                *balance = balance
+                    .checked_sub(amount)
+                    .ok_or_else(|| format!("{}: a debit of {amount} below zero", e.event_id))?;
+            }
+            other => return Err(format!("{}: {other} in a wallet", e.event_id)),
+        }
+        if e.data["balanceAfter"].as_u64() != Some(*balance) {
+            return Err(format!(
+                "{}: balanceAfter {} but the events sum to {balance}",
+                e.event_id, e.data["balanceAfter"]
+            ));
+        }
+    }
+    Ok(balances)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// Aggregates (charges and wallets) rebuilt.
+    pub checked: u64,
+    /// Where the stored state differs from what the events say; empty when all agree.
+    pub mismatches: Vec<String>,
+}
+
+async fn run(state: &AppState) -> Result<VerifyReport, PaymentError> {
+    let store = &state.store;
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    let mut rebuilt = Totals::default();
+    for shard in 0..SHARDS {
+        let mut conn = store.pool.get().await?;
+        let aggregates: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(aggregates_key(shard))
+            .query_async(&mut conn)
+            .await?;
+        drop(conn);
+        for aggregate in aggregates {
+            checked += 1;
+            let events = store.events(&aggregate, 0, None).await?;
+            if let Err(e) = gapless(&events) {
+                mismatches.push(e);
+            }
+            if let Some(customer) = aggregate.strip_prefix("wal_") {
+                verify_wallet(state, customer, &events, &mut mismatches).await?;
+            } else {
+                verify_charge(state, &aggregate, &events, &mut rebuilt, &mut mismatches).await?;
+            }
+        }
+    }
+    let stored = store.totals().await?;
+    let gateways: std::collections::BTreeSet<&String> =
+        stored.by_gateway.keys().chain(rebuilt.by_gateway.keys()).collect();
+    for gateway in gateways {
+        let empty = BTreeMap::new();
+        let ours = stored.by_gateway.get(gateway).unwrap_or(&empty);
+        let theirs = rebuilt.by_gateway.get(gateway).unwrap_or(&empty);
+        let currencies: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+        for currency in currencies {
+            let (a, b) = (
+                ours.get(currency).copied().unwrap_or_default(),
+                theirs.get(currency).copied().unwrap_or_default(),
+            );
+            if a != b {
+                mismatches.push(format!("totals {gateway} {currency}: stored {a:?}, events say {b:?}"));
+            }
+        }
+    }
+    Ok(VerifyReport { checked, mismatches })
+}
+
+async fn verify_charge(
+    state: &AppState,
+    charge_id: &str,
+    events: &[Event],
+    rebuilt: &mut Totals,
+    mismatches: &mut Vec<String>,
+) -> Result<(), PaymentError> {
+    let fold = match fold_charge(events) {
+        Ok(f) => f,
+        Err(e) => {
+            mismatches.push(format!("{charge_id}: {e}"));
+            return Ok(());
+        }
+    };
+    if fold.status != "failed" {
+        let entry: &mut CurrencyTotals = rebuilt
+            .by_gateway
+            .entry(fold.gateway.clone())
+            .or_default()
+            .entry(fold.currency.clone())
+            .or_default();
+        entry.charged.count += 1;
+        entry.charged.amount += fold.amount;
+        entry.refunded.count += fold.refunds;
+        entry.refunded.amount += fold.refunded;
+    }
+    match state.store.get_charge(charge_id).await? {
+        None => mismatches.push(format!("{charge_id}: events but no charge")),
+        Some(c) => {
+            let stored = (
+                c.status.as_str(),
+                c.amount,
+                c.currency.as_str(),
+                c.gateway.as_str(),
+                c.amount_refunded,
+            );
+            let told = (
+                fold.status.as_str(),
+                fold.amount,
+                fold.currency.as_str(),
+                fold.gateway.as_str(),
+                fold.refunded,
+            );
+            if stored != told {
+                mismatches.push(format!("{charge_id}: stored {stored:?}, events say {told:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn verify_wallet(
+    state: &AppState,
+    customer: &str,
+    events: &[Event],
+    mismatches: &mut Vec<String>,
+) -> Result<(), PaymentError> {
+    let told = match fold_wallet(events) {
+        Ok(b) => b,
+        Err(e) => {
+            mismatches.push(format!("wallet {customer}: {e}"));
+            return Ok(());
+        }
+    };
+    let stored = state.store.wallet_balances(customer).await?.unwrap_or_default();
+    if stored != told {
+        mismatches.push(format!("wallet {customer}: stored {stored:?}, events say {told:?}"));
+    }
+    let mut summed: BTreeMap<String, i128> = BTreeMap::new();
+    for tx in state.store.all_wallet_transactions(customer).await? {
+        let sign = if tx.kind == "debit" { -1 } else { 1 };
+        *summed.entry(tx.currency).or_default() += sign * i128::from(tx.amount);
+    }
+    let stored_signed: BTreeMap<String, i128> = stored.iter().map(|(c, b)| (c.clone(), i128::from(*b))).collect();
+    if summed != stored_signed {
+        mismatches.push(format!(
+            "wallet {customer}: balances {stored:?} but its transactions sum to {summed:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    post, path = "/admin/verify",
+    responses((status = 200, body = VerifyReport)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, PaymentError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let report = run(&state).await?;
+    if !report.mismatches.is_empty() {
+        tracing::error!(mismatches = ?report.mismatches, "the event log and the stored state disagree");
+    }
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(seq: u64, kind: &str, data: serde_json::Value) -> Event {
+        Event {
+            event_id: format!("ch_x-{seq}"),
+            sequence: seq,
+            kind: kind.into(),
+            aggregate_id: "ch_x".into(),
+            at: "t".into(),
+            correlation_id: "ord_1".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn a_charge_folds_from_its_events_through_partial_refunds() {
+        let charged = event(
+            1,
+            "charge.succeeded",
+            json!({"amount": 1000, "currency": "USD", "gateway": "card-a"}),
+        );
+        let part = event(2, "refund.succeeded", json!({"amount": 300}));
+        let rest = event(3, "refund.succeeded", json!({"amount": 700}));
+        let fold = fold_charge(&[charged.clone(), part.clone()]).expect("fold");
+        assert_eq!((fold.status.as_str(), fold.refunded), ("partially_refunded", 300));
+        let fold = fold_charge(&[charged.clone(), part.clone(), rest]).expect("fold");
+        assert_eq!(
+            (fold.status.as_str(), fold.refunded, fold.refunds),
+            ("refunded", 1000, 2)
+        );
+        let over = event(3, "refund.succeeded", json!({"amount": 701}));
+        assert!(
+            fold_charge(&[charged, part, over]).is_err(),
+            "more refunded than charged"
+        );
+        let declined = event(
+            1,
+            "charge.declined",
+            json!({"amount": 5, "currency": "USD", "gateway": "card-a"}),
+        );
+        assert_eq!(fold_charge(&[declined.clone()]).map(|f| f.status), Ok("failed".into()));
+        assert!(fold_charge(&[declined, event(2, "refund.succeeded", json!({"amount": 1}))]).is_err());
+    }
+
+    #[test]
+    fn a_wallet_folds_to_its_balances_and_a_debit_below_zero_or_a_wrong_balance_is_caught() {
+        let credit = event(
+            1,
+            "wallet.credited",
+            json!({"amount": 500, "currency": "USD", "balanceAfter": 500}),
+        );
+        let debit = event(
+            2,
+            "wallet.debited",
+            json!({"amount": 200, "currency": "USD", "balanceAfter": 300}),
+        );
+        let back = event(
+            3,
+            "wallet.refunded",
+            json!({"amount": 50, "currency": "USD", "balanceAfter": 350}),
+        );
+        let balances = fold_wallet(&[credit.clone(), debit, back]).expect("fold");
+        assert_eq!(balances.get("USD"), Some(&350));
+        let overdrawn = event(
+            2,
+            "wallet.debited",
+            json!({"amount": 501, "currency": "USD", "balanceAfter": 0}),
+        );
+        assert!(fold_wallet(&[credit.clone(), overdrawn]).is_err());
+        let wrong = event(
+            2,
+            "wallet.credited",
+            json!({"amount": 1, "currency": "USD", "balanceAfter": 7}),
+        );
+        assert!(fold_wallet(&[credit, wrong]).is_err());
+    }
+
+    #[test]
+    fn sequences_must_run_without_gaps() {
+        let a = event(1, "charge.succeeded", json!({}));
+        let c = event(3, "refund.succeeded", json!({}));
+        assert!(gapless(std::slice::from_ref(&a)).is_ok());
+        assert!(gapless(&[a, c]).is_err());
+    }
+}
