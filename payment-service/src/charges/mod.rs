@@ -129,7 +129,7 @@ impl Attempt<'_> {
             })))
         };
         if self.kind == MethodKind::Wallet {
-            return Settled::Outcome(self.from_wallet(&provider_key).await);
+            return Settled::Outcome(self.debit_wallet(&provider_key).await);
         }
         let (mut at, mut sticky) = (note.text, note.inherited);
         loop {
@@ -193,7 +193,7 @@ impl Attempt<'_> {
     /// charge as from any provider (`gateway: "wallet"`). Too little in the wallet: a declined
     /// charge (`insufficient_funds`), nothing debited. A retry after a crash between the two
     /// finds the debit by its key and records the charge it names.
-    async fn from_wallet(&self, provider_key: &str) -> Outcome {
+    async fn debit_wallet(&self, provider_key: &str) -> Outcome {
         let body = self.body;
         if !shared::ids::is_safe_id(&body.customer_id) {
             return Outcome::of(Err(PaymentError::invalid(
