@@ -639,7 +639,7 @@ async fn bad_charge_and_refund_requests_get_a_problem_that_says_what_was_wrong()
             "unknown refund field",
             "/payment/refund",
             Some("k12"),
-            r#"{"chargeId":"ch_x","amount":1}"#.into(),
+            r#"{"chargeId":"ch_x","currency":"USD"}"#.into(),
             400,
             "invalid-request",
         ),

@@ -304,7 +304,10 @@ mod tests {
             "charge.declined",
             json!({"amount": 5, "currency": "USD", "gateway": "card-a"}),
         );
-        assert_eq!(fold_charge(std::slice::from_ref(&declined)).map(|f| f.status), Ok("failed".into()));
+        assert_eq!(
+            fold_charge(std::slice::from_ref(&declined)).map(|f| f.status),
+            Ok("failed".into())
+        );
         assert!(fold_charge(&[declined, event(2, "refund.succeeded", json!({"amount": 1}))]).is_err());
     }
 

@@ -29,8 +29,15 @@ pub enum ChargeReply {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundReply {
-    pub reference: String,
+pub enum RefundReply {
+    Refunded {
+        reference: String,
+    },
+    /// The provider answered that it will not refund this (more than remains of the charge):
+    /// an answer, not a failure of the provider.
+    Refused {
+        message: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +47,10 @@ struct ProviderCharge {
 
 #[derive(Debug, Deserialize, Default)]
 struct ProviderError {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
     #[serde(default)]
     code: Option<String>,
     #[serde(default)]
@@ -177,8 +188,18 @@ pub fn read_refund(result: Exchange) -> Sent<RefundReply> {
     };
     match status {
         200 | 201 => match serde_json::from_slice::<ProviderCharge>(&body) {
-            Ok(r) => Sent::Answered(RefundReply { reference: r.id }),
+            Ok(r) => Sent::Answered(RefundReply::Refunded { reference: r.id }),
             Err(e) => Sent::Unknown(format!("unreadable refund: {e}")),
+        },
+        400 => match serde_json::from_slice::<ErrorBody>(&body).map(|b| b.error) {
+            Ok(ProviderError {
+                kind: Some(kind),
+                message,
+                ..
+            }) if kind == "invalid_request_error" => Sent::Answered(RefundReply::Refused {
+                message: message.unwrap_or_default(),
+            }),
+            _ => error_answer(status, &body),
         },
         _ => error_answer(status, &body),
     }
@@ -226,8 +247,17 @@ mod tests {
         );
         assert_eq!(
             read_refund(answer(200, r#"{"id":"re_1"}"#)),
-            Sent::Answered(RefundReply {
+            Sent::Answered(RefundReply::Refunded {
                 reference: "re_1".into()
+            })
+        );
+        assert_eq!(
+            read_refund(answer(
+                400,
+                r#"{"error":{"type":"invalid_request_error","message":"too much"}}"#
+            )),
+            Sent::Answered(RefundReply::Refused {
+                message: "too much".into()
             })
         );
     }

@@ -180,8 +180,15 @@ impl Provider {
     }
 
     pub async fn refund(&self, key: &str, reference: &str, amount: u64) -> Sent<RefundReply> {
-        self.through_breaker("refund", |_| "refunded", || self.client.refund(key, reference, amount))
-            .await
+        self.through_breaker(
+            "refund",
+            |r: &RefundReply| match r {
+                RefundReply::Refunded { .. } => "refunded",
+                RefundReply::Refused { .. } => "refused",
+            },
+            || self.client.refund(key, reference, amount),
+        )
+        .await
     }
 
     fn view(&self, methods: Vec<MethodKind>) -> GatewayView {

@@ -11,7 +11,7 @@ use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse}
 use crate::AppState;
 use crate::charges::not_found;
 use crate::error::PaymentError;
-use crate::gateways::client::Sent;
+use crate::gateways::client::{RefundReply, Sent};
 use crate::model::{Charge, RefundRequest, RefundResponse};
 use crate::wallets::WALLET;
 pub use store::{RefundOutcome, new_refund_id};
@@ -127,9 +127,17 @@ async fn give_back(state: &AppState, charge: &Charge, provider_key: &str, amount
             gateway: charge.gateway.clone(),
         })?;
     match provider.refund(provider_key, &charge.gateway_reference, amount).await {
-        Sent::Answered(reply) => {
-            tracing::info!(charge_id = %charge.charge_id, gateway = %charge.gateway, reference = %reply.reference, amount, "provider refunded");
-            Ok(reply.reference)
+        Sent::Answered(RefundReply::Refunded { reference }) => {
+            tracing::info!(charge_id = %charge.charge_id, gateway = %charge.gateway, %reference, amount, "provider refunded");
+            Ok(reference)
+        }
+        // Another refund got there first: what remains is less than asked.
+        Sent::Answered(RefundReply::Refused { message }) => {
+            tracing::info!(charge_id = %charge.charge_id, gateway = %charge.gateway, %message, "provider refused the refund");
+            Err(PaymentError::RefundExceedsCharge {
+                charge_id: charge.charge_id.clone(),
+                remaining: charge.amount.saturating_sub(charge.amount_refunded),
+            })
         }
         Sent::NotProcessed { .. } | Sent::Unknown(_) => Err(PaymentError::GatewayUnknown {
             gateway: charge.gateway.clone(),

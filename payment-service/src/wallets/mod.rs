@@ -65,6 +65,15 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
+/// A wallet to read: one named otherwise than a wallet can be does not exist (404).
+fn existing(raw: &str) -> Result<&str, PaymentError> {
+    if shared::ids::is_safe_id(raw) {
+        Ok(raw)
+    } else {
+        Err(PaymentError::WalletNotFound(raw.chars().take(64).collect()))
+    }
+}
+
 /// A wallet is named by its customer: letters, digits, `_` and `-` (it becomes part of keys).
 fn customer(raw: &str) -> Result<&str, PaymentError> {
     if shared::ids::is_safe_id(raw) {
@@ -84,6 +93,7 @@ fn customer(raw: &str) -> Result<&str, PaymentError> {
     ),
     responses(
         (status = 201, body = CreditResponse),
+        (status = 400, description = "invalid-request: the customerId cannot name a wallet, or the body is wrong"),
         (status = 409, description = "wallet-limit-exceeded: the balance would pass 9 000 000 000 000 000")
     ),
     security(("bearer" = []))
@@ -145,8 +155,8 @@ pub(crate) async fn credit_wallet(
 
 #[utoipa::path(
     get, path = "/wallets/{customerId}",
-    params(("customerId" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")),
-    responses((status = 200, body = WalletView), (status = 404, description = "wallet-not-found: never credited")),
+    params(("customerId" = String, Path, description = "1 to 128 letters, digits, '_' and '-'")),
+    responses((status = 200, body = WalletView), (status = 404, description = "wallet-not-found: never credited (or a name no wallet can have)")),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_wallet(
@@ -155,7 +165,7 @@ pub(crate) async fn get_wallet(
     customer_id: web::Path<String>,
 ) -> Result<HttpResponse, PaymentError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
-    let customer_id = customer(&customer_id)?;
+    let customer_id = existing(&customer_id)?;
     let balances = state
         .store
         .wallet_balances(customer_id)
@@ -170,7 +180,7 @@ pub(crate) async fn get_wallet(
 #[utoipa::path(
     get, path = "/wallets/{customerId}/transactions",
     params(
-        ("customerId" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$"),
+        ("customerId" = String, Path, description = "1 to 128 letters, digits, '_' and '-'"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"),
         ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "nextCursor of the previous page")
     ),
@@ -187,7 +197,7 @@ pub(crate) async fn list_transactions(
     customer_id: web::Path<String>,
 ) -> Result<HttpResponse, PaymentError> {
     shared::auth::require(&req, &state.settings.common.internal_token)?;
-    let customer_id = customer(&customer_id)?;
+    let customer_id = existing(&customer_id)?;
     let query = web::Query::<PageQuery>::from_query(req.query_string())
         .map_err(|e| PaymentError::invalid(format!("invalid query: {e}")))?
         .into_inner();
