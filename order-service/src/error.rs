@@ -24,6 +24,10 @@ pub enum OrderError {
     PaymentMethodRefused { order_id: String, detail: String },
     #[error("{detail}")]
     DependencyUnavailable { order_id: String, detail: String },
+    #[error("order {order_id} is {status} and cannot be refunded")]
+    OrderNotRefundable { order_id: String, status: String },
+    #[error("refund exceeds what remains of order {order_id}")]
+    RefundExceedsCharge { order_id: String, remaining: u64 },
 }
 
 shared::service_error!(OrderError);
@@ -34,6 +38,21 @@ impl OrderError {
         use StatusCode as S;
         match self {
             Self::Common(e) => e.problem(),
+            Self::OrderNotRefundable { order_id, status } => Problem::new(
+                S::CONFLICT,
+                "order-not-refundable",
+                "Order not refundable",
+                format!("order {order_id} is {status}: only a completed order can be refunded"),
+            )
+            .with("orderId", order_id.as_str()),
+            Self::RefundExceedsCharge { order_id, remaining } => Problem::new(
+                S::CONFLICT,
+                "refund-exceeds-charge",
+                "Refund exceeds the charge",
+                format!("order {order_id} has {remaining} left to refund"),
+            )
+            .with("orderId", order_id.as_str())
+            .with("remaining", *remaining),
             Self::OrderNotFound(id) => Problem::new(
                 S::NOT_FOUND,
                 "order-not-found",

@@ -85,6 +85,8 @@ name_enum!(
         Completed => "completed",
         Failed => "failed",
         Compensated => "compensated",
+        PartiallyRefunded => "partially_refunded",
+        Refunded => "refunded",
     }
 );
 
@@ -97,6 +99,7 @@ name_enum!(
         Complete => "complete",
         Release => "release",
         Refund => "refund",
+        Restock => "restock",
     }
 );
 

@@ -32,6 +32,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: OrderStore,
     pub runner: Runner,
+    /// For the refunds of completed orders (the saga has its own).
+    pub payment: PaymentClient,
+    pub stock: StockClient,
 }
 
 pub async fn main_entry() -> ExitCode {
@@ -45,12 +48,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let payment = Downstream::new("payment", &settings.payment_url, token, &settings.retry)?;
     let store = OrderStore::new(pool.clone());
     let idempotency = IdempotencyStore::for_service(pool.clone(), &settings.common);
-    let saga = Saga::new(
-        store.clone(),
-        StockClient::new(stock),
-        PaymentClient::new(payment),
-        idempotency.clone(),
-    );
+    let (stock, payment) = (StockClient::new(stock), PaymentClient::new(payment));
+    let saga = Saga::new(store.clone(), stock.clone(), payment.clone(), idempotency.clone());
     let settings = Arc::new(settings);
     let runner = Runner {
         saga,
@@ -63,6 +62,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         settings: settings.clone(),
         store,
         runner,
+        payment,
+        stock,
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

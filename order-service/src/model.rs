@@ -97,6 +97,9 @@ pub struct CurrencyTotals {
     pub failed: Bucket,
     pub compensated: Bucket,
     pub processing: Bucket,
+    /// Refunds of completed orders (`POST /orders/{orderId}/refunds`): how many, how much. A
+    /// refunded order still counts as completed: charged − refunded = completed − refunds.
+    pub refunds: Bucket,
 }
 
 pub type Totals = BTreeMap<String, CurrencyTotals>;

@@ -1,4 +1,5 @@
-//! HTTP handlers: checkout (public, idempotent), order reads (public), totals (internal).
+//! HTTP handlers: checkout (public, idempotent), order reads (public), totals and order refunds
+//! (internal).
 
 use actix_web::web;
 use utoipa::OpenApi;
@@ -6,6 +7,7 @@ use utoipa::OpenApi;
 use crate::AppState;
 use crate::checkout::routes::{__path_create_checkout, create_checkout};
 use crate::model::{Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, OrderView, Step};
+use crate::orders::refunds::{__path_refund_order, OrderRefundRequest, OrderRefundResponse, refund_order};
 use crate::orders::routes::{__path_get_order, __path_get_totals, get_order, get_totals};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
@@ -13,6 +15,7 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
         cfg.app_data(web::Data::new(state.clone()))
             .service(web::resource("/checkout").post(create_checkout))
             .service(web::resource("/orders/{orderId}").get(get_order))
+            .service(web::resource("/orders/{orderId}/refunds").post(refund_order))
             .service(web::resource("/totals").get(get_totals));
     }
 }
@@ -21,8 +24,8 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
 #[openapi(
     info(title = "order-service", description = "Checkout orchestration. Every error is application/problem+json."),
     servers((url = "/order")),
-    paths(create_checkout, get_order, get_totals),
-    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, OrderView, Step, Bucket, CurrencyTotals))
+    paths(create_checkout, get_order, get_totals, refund_order),
+    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, OrderView, Step, Bucket, CurrencyTotals, OrderRefundRequest, OrderRefundResponse))
 )]
 struct ApiDoc;
 

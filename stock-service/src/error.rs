@@ -21,6 +21,8 @@ pub enum StockError {
     ReservationCompleted(String),
     #[error("reservation {0} was released or expired")]
     ReservationReleased(String),
+    #[error("reservation {0} is not completed")]
+    ReservationNotCompleted(String),
 }
 
 shared::service_error!(StockError);
@@ -66,6 +68,12 @@ impl StockError {
                 "reservation-released",
                 "Reservation released",
                 format!("reservation {id} was released or expired and cannot be completed"),
+            ),
+            Self::ReservationNotCompleted(id) => Problem::new(
+                S::CONFLICT,
+                "reservation-not-completed",
+                "Reservation not completed",
+                format!("reservation {id} is not completed: only sold units can be restocked"),
             ),
         }
     }

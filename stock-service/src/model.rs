@@ -68,7 +68,7 @@ pub struct ReservationRef {
 #[serde(rename_all = "camelCase")]
 pub struct ReservationStatus {
     pub reservation_id: String,
-    #[schema(pattern = "^(released|completed)$")]
+    #[schema(pattern = "^(released|completed|restocked)$")]
     pub status: String,
 }
 

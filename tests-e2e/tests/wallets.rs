@@ -363,3 +363,110 @@ impl StatusBody for (u16, reqwest::header::HeaderMap, Value) {
         (self.0, self.2)
     }
 }
+
+async fn refund_order(stack: &Stack, order_id: &str, key: &str, body: Value) -> Reply {
+    stack
+        .post_internal(&format!("/order/orders/{order_id}/refunds"), Some(key), &body)
+        .await
+}
+
+/// charged − refunded (payment) = completed − refunds (orders), and sold = units of completed
+/// orders not restocked.
+async fn assert_order_books(stack: &Stack, item: u64, sold_units: i64) {
+    let payments = stack.get_json("/payment/totals", true).await;
+    let orders = stack.get_json("/order/totals", true).await;
+    let net = payments["USD"]["charged"]["amount"].as_i64().unwrap_or(0)
+        - payments["USD"]["refunded"]["amount"].as_i64().unwrap_or(0);
+    let kept = orders["USD"]["completed"]["amount"].as_i64().unwrap_or(0)
+        - orders["USD"]["refunds"]["amount"].as_i64().unwrap_or(0);
+    assert_eq!(net, kept, "payments {payments} orders {orders}");
+    assert_eq!(stack.item(item).await["sold"], sold_units);
+}
+
+#[tokio::test]
+async fn a_completed_order_is_refunded_in_parts_then_whole_with_its_units_restocked_once() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 500, 10).await;
+    let (status, body) = stack
+        .checkout(&key(), json!({"itemId": 1, "quantity": 2}))
+        .await
+        .into_status_body();
+    assert_eq!(status, 200, "{body}");
+    let order_id = body["orderId"].as_str().expect("orderId").to_string();
+    assert_order_books(&stack, 1, 2).await;
+
+    let k = key();
+    let part = refund_order(&stack, &order_id, &k, json!({"amount": 300, "restock": false})).await;
+    assert_eq!(part.status, 200, "{}", part.json);
+    assert_eq!(
+        (
+            &part.json["status"],
+            &part.json["amount"],
+            &part.json["amountRefunded"],
+            &part.json["restocked"]
+        ),
+        (&json!("partially_refunded"), &json!(300), &json!(300), &json!(false))
+    );
+    let replay = refund_order(&stack, &order_id, &k, json!({"amount": 300, "restock": false})).await;
+    assert_eq!(
+        (replay.status, replay.bytes.clone()),
+        (200, part.bytes.clone()),
+        "the key replays"
+    );
+    assert_order_books(&stack, 1, 2).await;
+
+    let rest = refund_order(&stack, &order_id, &key(), json!({"restock": true})).await;
+    assert_eq!(rest.status, 200, "{}", rest.json);
+    assert_eq!(
+        (
+            &rest.json["status"],
+            &rest.json["amount"],
+            &rest.json["amountRefunded"],
+            &rest.json["restocked"]
+        ),
+        (&json!("refunded"), &json!(700), &json!(1000), &json!(true))
+    );
+    let item = stack.item(1).await;
+    assert_eq!((&item["available"], &item["sold"]), (&json!(10), &json!(0)), "{item}");
+    assert_order_books(&stack, 1, 0).await;
+    let order = stack.get_json(&format!("/order/orders/{order_id}"), false).await;
+    assert_eq!(order["status"], "refunded");
+
+    let more = refund_order(&stack, &order_id, &key(), json!({"amount": 1, "restock": true})).await;
+    assert_eq!(
+        (more.status, slug(&more.json)),
+        (409, "refund-exceeds-charge"),
+        "{}",
+        more.json
+    );
+    assert_eq!(stack.item(1).await["available"], 10, "restocked once");
+    assert_verified(&stack).await;
+}
+
+#[tokio::test]
+async fn refunding_an_order_that_did_not_complete_or_does_not_exist_is_refused() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 500, 10).await;
+    let (status, body) = stack
+        .checkout(
+            &key(),
+            json!({"itemId": 1, "quantity": 1, "paymentMethod": "pm_card_chargeDeclined"}),
+        )
+        .await
+        .into_status_body();
+    assert_eq!(status, 402, "{body}");
+    let declined = body["orderId"].as_str().expect("orderId").to_string();
+    let r = refund_order(&stack, &declined, &key(), json!({"restock": false})).await;
+    assert_eq!((r.status, slug(&r.json)), (409, "order-not-refundable"), "{}", r.json);
+    let r = refund_order(&stack, "ord_nope", &key(), json!({"restock": false})).await;
+    assert_eq!((r.status, slug(&r.json)), (404, "order-not-found"), "{}", r.json);
+    for bad in [
+        json!({}),
+        json!({"restock": "yes"}),
+        json!({"restock": true, "amount": 0}),
+        json!({"restock": true, "amount": -1}),
+    ] {
+        let r = refund_order(&stack, &declined, &key(), bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.json);
+    }
+}

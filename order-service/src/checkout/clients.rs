@@ -65,6 +65,13 @@ fn or_unexpected<T>(service: &str, resp: &CallResponse, answer: Option<T>) -> Ca
     }
 }
 
+/// Payment's answer to a refund of a completed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartRefund {
+    Refunded { refund_id: String, amount: u64 },
+    Exceeds { remaining: u64 },
+}
+
 #[derive(Clone)]
 pub struct StockClient(Downstream);
 
@@ -101,6 +108,12 @@ impl StockClient {
 
     pub async fn release(&self, order_id: &OrderId, reservation_id: &ReservationId) -> Call<TransitionAnswer> {
         self.transition("/release", &format!("{order_id}:release"), reservation_id)
+            .await
+    }
+
+    /// Returns a completed order's units to available (a refund with the goods back).
+    pub async fn restock(&self, order_id: &OrderId, reservation_id: &ReservationId) -> Call<TransitionAnswer> {
+        self.transition("/restock", &format!("{order_id}:restock"), reservation_id)
             .await
     }
 
@@ -192,6 +205,31 @@ impl PaymentClient {
                 c.status == "succeeded" && c.amount == reservation.total_fee && c.currency == reservation.currency
             })
             .map(|c| ChargeId::from_stored(c.charge_id)))
+    }
+
+    /// Refunds `amount` (what remains when `None`) of a completed order's charge under `key`.
+    pub async fn refund_part(&self, key: &str, charge_id: &str, amount: Option<u64>) -> Call<PartRefund> {
+        let mut body = json!({"chargeId": charge_id});
+        if let Some(amount) = amount {
+            body["amount"] = json!(amount);
+        }
+        let resp = match self.0.post("/refund", key, &body).await {
+            Ok(resp) => resp,
+            Err(e) => return unanswered("payment", &e),
+        };
+        let answer = match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
+            (200, _) => resp.json::<serde_json::Value>().and_then(|v| {
+                Some(PartRefund::Refunded {
+                    refund_id: v.get("refundId")?.as_str()?.to_string(),
+                    amount: v.get("amount")?.as_u64()?,
+                })
+            }),
+            (409, Some("refund-exceeds-charge")) => resp.json::<serde_json::Value>().map(|v| PartRefund::Exceeds {
+                remaining: v.get("remaining").and_then(|r| r.as_u64()).unwrap_or(0),
+            }),
+            _ => None,
+        };
+        or_unexpected("payment", &resp, answer)
     }
 
     pub async fn refund(&self, order_id: &OrderId, charge_id: &ChargeId) -> Call<RefundAnswer> {

@@ -154,6 +154,7 @@ impl OrderStore {
                 "failed" => &mut entry.failed,
                 "compensated" => &mut entry.compensated,
                 "processing" => &mut entry.processing,
+                "refunds" => &mut entry.refunds,
                 _ => continue,
             };
             match measure {

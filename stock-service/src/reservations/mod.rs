@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::error::StockError;
 use crate::model::{ReservationRef, ReservationResponse, ReservationStatus, ReserveRequest};
 pub use store::{
-    ReserveOutcome, Transition, TransitionOutcome, answer_key, item_of_reservation, new_reservation_id,
+    ReserveOutcome, RestockOutcome, Transition, TransitionOutcome, answer_key, item_of_reservation, new_reservation_id,
     reservation_template,
 };
 
@@ -114,6 +114,50 @@ pub(crate) async fn complete_reservation(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, StockError> {
     transition(req, payload, state, Transition::Complete).await
+}
+
+#[utoipa::path(
+    post, path = "/restock", request_body = ReservationRef,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    responses(
+        (status = 200, body = ReservationStatus, description = "restocked now or before: the units went from sold back to available"),
+        (status = 404, description = "reservation-not-found"),
+        (status = 409, description = "reservation-not-completed: only a completed reservation's units can come back")
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn restock_reservation(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, StockError> {
+    let IdempotentPost { body, key_ref, .. } =
+        idempotency::read_post::<ReservationRef>(&req, payload, &state.settings.common.internal_token, "stock:restock")
+            .await?;
+    let rid = body.reservation_id;
+    let store = state.store.clone();
+    let response = state
+        .idempotency
+        .run(&key_ref, |_, _| async move {
+            let result = match store.restock(&rid).await {
+                Ok(RestockOutcome::Restocked) => {
+                    shared::metrics::event("reservation", "restocked");
+                    Ok(StoredResponse::json(
+                        StatusCode::OK,
+                        &ReservationStatus {
+                            reservation_id: rid,
+                            status: "restocked".into(),
+                        },
+                    ))
+                }
+                Ok(RestockOutcome::NotCompleted) => Err(StockError::ReservationNotCompleted(rid)),
+                Ok(RestockOutcome::NotFound) => Err(StockError::ReservationNotFound(rid.chars().take(128).collect())),
+                Err(e) => Err(e),
+            };
+            Ok(Outcome::of(result))
+        })
+        .await?;
+    Ok(response)
 }
 
 /// Release and complete share their shape: both are idempotent by state, and the

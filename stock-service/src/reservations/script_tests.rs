@@ -184,6 +184,32 @@ async fn complete_sells_once_and_refuses_a_released_reservation() {
 }
 
 #[tokio::test]
+async fn restock_returns_a_completed_reservations_units_once_and_refuses_any_other() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let (sold, _) = reserved(reserve(&store, &idem, "k1", 2).await);
+    let (held, _) = reserved(reserve(&store, &idem, "k2", 1).await);
+    let _ = transition(&store, &idem, Transition::Complete, &sold).await;
+    assert_eq!(counts(&store).await, (2, 1, 2));
+
+    let first = store.restock(&sold).await.ok();
+    let again = store.restock(&sold).await.ok();
+    let not_sold = store.restock(&held).await.ok();
+    let unknown = store.restock("rsv_nope").await.ok();
+
+    assert_eq!(first, Some(RestockOutcome::Restocked));
+    assert_eq!(again, Some(RestockOutcome::Restocked), "restocked once, answered again");
+    assert_eq!(not_sold, Some(RestockOutcome::NotCompleted));
+    assert_eq!(unknown, Some(RestockOutcome::NotFound));
+    assert_eq!(counts(&store).await, (4, 1, 0));
+    // A restocked reservation answers release and complete as the completed one it was.
+    let release = transition(&store, &idem, Transition::Release, &sold).await;
+    assert!(matches!(release, TransitionOutcome::Completed));
+    assert_eq!(counts(&store).await, (4, 1, 0));
+}
+
+#[tokio::test]
 async fn a_lapsed_reservation_cannot_be_completed_and_its_units_return() {
     let redis = TestRedis::start().await;
     let store = stock(&redis, 5).await;

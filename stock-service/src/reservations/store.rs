@@ -228,6 +228,35 @@ impl Store {
     }
 }
 
+static RESTOCK: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("restock.lua")));
+
+/// How a restock went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestockOutcome {
+    Restocked,
+    NotCompleted,
+    NotFound,
+}
+
+impl Store {
+    /// Returns a completed reservation's units from sold to available (restock.lua).
+    pub async fn restock(&self, rid: &str) -> Result<RestockOutcome, StockError> {
+        let Some(item_id) = item_of_reservation(rid) else {
+            return Ok(RestockOutcome::NotFound);
+        };
+        let mut invocation = RESTOCK.key(item_key(item_id));
+        invocation.key(format!("{}{rid}", reservation_prefix(item_id)));
+        let reply: redis::Value = self.invoke("stock.restock", &invocation).await?;
+        Ok(
+            match shared::idempotency::reply_text(std::slice::from_ref(&reply), 0).as_str() {
+                "restocked" => RestockOutcome::Restocked,
+                "not_completed" => RestockOutcome::NotCompleted,
+                _ => RestockOutcome::NotFound,
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,8 @@ local function transition(apply, succeeds_with)
   local r = redis.call('HMGET', KEYS[2], 'status', 'quantity', 'expiresAt')
   if not r[1] then
     out = 'not_found'
-  elseif r[1] == 'completed' then
+  elseif r[1] == 'completed' or r[1] == 'restocked' then
+    -- A restocked reservation was completed first: it answers as one.
     out = 'completed'
   else
     local expires = tonumber(r[3])

@@ -1,0 +1,33 @@
+-- An order's refund, after payment made it: the order's refunded amount and status, its step,
+-- and the refunds tally of its currency's totals, in one step; once per payment refund (the
+-- order's set of refund ids), so a retried request records nothing twice. With `restocked`,
+-- marks the order's units as returned (that step may come later, in another call).
+-- The order stays counted as completed: it was sold; `refunds` counts what went back, so the
+-- books read charged − refunded = completed − refunds.
+-- KEYS: order, steps, totals, the order's refund ids.
+-- ARGV: refundId ('' to record only a restock), amount, at, step (JSON), restocked ('1' or '').
+local order, steps, totals, refunds = unpack(KEYS, 1, 4)
+local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
+local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked')
+if not cur[1] then return {'missing'} end
+if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refunded' then
+  return {'not_refundable', cur[1]}
+end
+local refunded = tonumber(cur[4]) or 0
+local set = {'updatedAt', at}
+if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
+  refunded = refunded + tonumber(amount)
+  redis.call('HINCRBY', totals, cur[2] .. ':refunds:count', 1)
+  redis.call('HINCRBY', totals, cur[2] .. ':refunds:amount', amount)
+  redis.call('RPUSH', steps, step)
+  local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
+  set[#set + 1] = 'status'; set[#set + 1] = status
+  set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
+end
+if restocked == '1' and not cur[5] then
+  set[#set + 1] = 'restocked'; set[#set + 1] = '1'
+  redis.call('RPUSH', steps, step)
+end
+redis.call('HSET', order, unpack(set))
+local status = redis.call('HGET', order, 'status')
+return {'ok', status, string.format('%d', refunded), (restocked == '1' or cur[5]) and '1' or ''}
