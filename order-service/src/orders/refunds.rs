@@ -245,3 +245,91 @@ async fn refund(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! refund.lua against a real Redis.
+    use shared::testing::TestRedis;
+
+    use super::*;
+
+    async fn completed_order(redis: &TestRedis, id: &OrderId, status: &str) {
+        let mut conn = redis.conn().await;
+        let _: i64 = redis::cmd("HSET")
+            .arg(order_key(id))
+            .arg(&["status", status, "currency", "USD", "amount", "1000"])
+            .query_async(&mut conn)
+            .await
+            .expect("HSET order");
+    }
+
+    async fn refunds_tally(redis: &TestRedis, id: &OrderId) -> (i64, i64) {
+        let mut conn = redis.conn().await;
+        let v: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(totals_key_of(id))
+            .arg(&["USD:refunds:count", "USD:refunds:amount"])
+            .query_async(&mut conn)
+            .await
+            .expect("HMGET totals");
+        (v[0].unwrap_or(0), v[1].unwrap_or(0))
+    }
+
+    #[tokio::test]
+    async fn refund_lua_records_each_payment_refund_once_and_a_restock_once() {
+        let redis = TestRedis::start().await;
+        let store = OrderStore::new(redis.pool());
+        let id = OrderId::from_stored("ord_t1".to_string());
+        completed_order(&redis, &id, "completed").await;
+
+        let part = store
+            .record_refund(&id, Some(("re_1", 400)), false)
+            .await
+            .expect("redis");
+        let again = store
+            .record_refund(&id, Some(("re_1", 400)), false)
+            .await
+            .expect("redis");
+        let part = part.expect("recorded");
+        assert_eq!(
+            (part.status.as_str(), part.amount_refunded, part.restocked),
+            ("partially_refunded", 400, false)
+        );
+        let again = again.expect("recorded");
+        assert_eq!(again.amount_refunded, 400, "the same payment refund counts once");
+        assert_eq!(refunds_tally(&redis, &id).await, (1, 400));
+
+        let rest = store
+            .record_refund(&id, Some(("re_2", 600)), false)
+            .await
+            .expect("redis")
+            .expect("recorded");
+        assert_eq!((rest.status.as_str(), rest.amount_refunded), ("refunded", 1000));
+        let restocked = store
+            .record_refund(&id, None, true)
+            .await
+            .expect("redis")
+            .expect("recorded");
+        assert!(restocked.restocked);
+        assert_eq!(refunds_tally(&redis, &id).await, (2, 1000));
+        let mut conn = redis.conn().await;
+        let steps: i64 = redis::cmd("LLEN")
+            .arg(steps_key(&id))
+            .query_async(&mut conn)
+            .await
+            .expect("LLEN");
+        assert_eq!(steps, 3, "two refunds and one restock");
+
+        let failed = OrderId::from_stored("ord_t2".to_string());
+        completed_order(&redis, &failed, "compensated").await;
+        let refused = store
+            .record_refund(&failed, Some(("re_3", 1)), false)
+            .await
+            .expect("redis");
+        assert_eq!(refused.err().as_deref(), Some("compensated"));
+        let missing = store
+            .record_refund(&OrderId::from_stored("ord_none".to_string()), Some(("re_4", 1)), false)
+            .await
+            .expect("redis");
+        assert_eq!(missing.err().as_deref(), Some("missing"));
+    }
+}
