@@ -10,6 +10,7 @@
 #             calls a checkout makes, and the charge's call to a provider simulator, without
 #             its logic
 #   checkout  nginx → order-service, the real thing (closed loop: peak throughput)
+#   wallet    the checkout paid from customers' wallets (no provider call)
 #   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
 #   stand-in-open  the stand-in in open loop at that same rate: the latency this machine allows
 #   checkout-Nm    the checkout again (closed loop, the first fsync policy) on a Redis Cluster of
@@ -95,6 +96,8 @@ for policy in $policies; do
         --connections "$connections"
     loadgen checkout "$policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
         --setup-stock 1000000000 --check-books
+    loadgen wallet "$policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
+        --setup-stock 1000000000 --wallets 32 --check-books
     peak=$(field "$(grep "policy=$policy label=checkout " "$results")" rps)
     half=$(awk -v r="$peak" 'BEGIN { printf "%d", (r / 2 < 1 ? 1 : r / 2) }')
     loadgen open "$policy" --url "http://127.0.0.1:$gateway" --rate "$half" --warmup 0 --check-books
@@ -136,7 +139,7 @@ printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %7s %7s %9s %9s\n' f
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
-    for label in trivial stand-in checkout open stand-in-open "$cluster_label"; do
+    for label in trivial stand-in checkout wallet open stand-in-open "$cluster_label"; do
         line=$(grep "policy=$policy label=$label " "$results") || continue
         rps=$(field "$line" rps)
         awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \

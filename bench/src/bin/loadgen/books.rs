@@ -101,3 +101,22 @@ pub(super) async fn setup_stock(shared: &Shared, units: i64) -> Result<(), Strin
     }
     Ok(())
 }
+
+/// Credits wallets `bench_w0`… with the most one credit may be, for `--wallets`.
+pub(super) async fn setup_wallets(shared: &Shared, wallets: u64) -> Result<(), String> {
+    for i in 0..wallets {
+        let resp = shared
+            .client
+            .post(format!("{}/payment/wallets/bench_w{i}/credits", shared.args.url))
+            .bearer_auth(&shared.args.token)
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"amount": 9_000_000_000_000_u64, "currency": "USD"}))
+            .send()
+            .await
+            .map_err(|e| format!("credit wallet {i}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("credit wallet {i}: {}", resp.status()));
+        }
+    }
+    Ok(())
+}

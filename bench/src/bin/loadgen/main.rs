@@ -36,6 +36,8 @@ const HELP: &str = "loadgen [options]
   --decline-share F      share of pm_card_chargeDeclined (default 0.05)
   --duplicate-share F    share of requests that resend a recent key and body (default 0.05)
   --setup-stock UNITS    PUT every item with UNITS available first (needs --token)
+  --wallets N            pay from N customers' wallets (credited first; needs --token)
+                         instead of cards
   --token T              internal token, for --setup-stock and --check-books
   --check-books          afterwards, wait until nothing is processing and check the books
   --label NAME           name in the RESULT line (default checkout)
@@ -61,6 +63,7 @@ struct Args {
     decline_share: f64,
     duplicate_share: f64,
     setup_stock: Option<i64>,
+    wallets: u64,
     token: String,
     check_books: bool,
     label: String,
@@ -124,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
             .map(|v| v.parse())
             .transpose()
             .map_err(|_| "--setup-stock")?,
+        wallets: num("--wallets", "0")? as u64,
         token: get("--token", "dev-internal-token"),
         check_books: map.contains_key("--check-books"),
         label: get("--label", "checkout"),
@@ -184,16 +188,19 @@ impl Shared {
         }
         let item = rng.range(self.args.items.0, self.args.items.1);
         let quantity = rng.range(1, self.args.max_quantity);
-        let method = if rng.unit() < self.args.decline_share {
-            "pm_card_chargeDeclined"
+        let body = if self.args.wallets > 0 {
+            let customer = format!("bench_w{}", rng.next() % self.args.wallets);
+            json!({"itemId": item, "quantity": quantity, "paymentMethod": "wallet", "customerId": customer})
         } else {
-            "pm_card_visa"
+            let method = if rng.unit() < self.args.decline_share {
+                "pm_card_chargeDeclined"
+            } else {
+                "pm_card_visa"
+            };
+            json!({"itemId": item, "quantity": quantity, "paymentMethod": method})
         };
         drop(rng);
-        let req = (
-            uuid::Uuid::new_v4().to_string(),
-            json!({"itemId": item, "quantity": quantity, "paymentMethod": method}),
-        );
+        let req = (uuid::Uuid::new_v4().to_string(), body);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= 64 {
             recent.pop_front();
@@ -351,6 +358,10 @@ async fn main() -> ExitCode {
         failed: AtomicU64::new(0),
     });
     let a = &shared.args;
+    if let Err(e) = books::setup_wallets(&shared, a.wallets).await {
+        eprintln!("setup: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(units) = a.setup_stock
         && let Err(e) = setup_stock(&shared, units).await
     {
