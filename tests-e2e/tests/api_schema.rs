@@ -31,7 +31,9 @@ fn fuzz(stack: &Stack, service: &str) -> Option<String> {
         .arg("run")
         .arg(stack.url(&format!("/{service}/openapi.json")))
         .args(["--checks", "all", "--phases", "examples,coverage,fuzzing"])
-        .args(["--seed", SEED, "--max-examples", &examples, "--workers", "2"])
+        // One worker: with two, schemathesis 4.32 once failed on a KeyError inside its own
+        // coverage code, not on anything the services answered; one worker takes as long here.
+        .args(["--seed", SEED, "--max-examples", &examples, "--workers", "1"])
         .args([
             "--request-timeout",
             "30",

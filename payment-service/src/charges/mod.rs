@@ -195,25 +195,25 @@ impl Attempt<'_> {
     /// finds the debit by its key and records the charge it names.
     async fn debit_wallet(&self, provider_key: &str) -> Outcome {
         let body = self.body;
-        if !shared::ids::is_safe_id(&body.customer_id) {
-            return Outcome::of(Err(PaymentError::invalid(
-                "customerId: a wallet is named by 1 to 128 letters, digits, '_' and '-'",
-            )));
-        }
         let charge_id = new_charge_id_for(&body.order_id);
-        let moved = self
-            .state
-            .store
-            .move_wallet(&Movement {
-                customer_id: &body.customer_id,
-                kind: Kind::Debit,
-                amount: body.amount,
-                currency: &body.currency,
-                key: provider_key,
-                charge_id: Some(&charge_id),
-                correlation: &body.order_id,
-            })
-            .await;
+        // A customerId that cannot name a wallet (wallets are named by letters, digits, '_'
+        // and '-') has none, and so nothing in it: declined like any empty wallet.
+        let moved = if shared::ids::is_safe_id(&body.customer_id) {
+            self.state
+                .store
+                .move_wallet(&Movement {
+                    customer_id: &body.customer_id,
+                    kind: Kind::Debit,
+                    amount: body.amount,
+                    currency: &body.currency,
+                    key: provider_key,
+                    charge_id: Some(&charge_id),
+                    correlation: &body.order_id,
+                })
+                .await
+        } else {
+            Ok(Moved::Insufficient { balance: 0 })
+        };
         match moved {
             Ok(Moved::Done { tx, fresh }) => {
                 if fresh {
