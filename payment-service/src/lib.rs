@@ -72,7 +72,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let state = AppState {
         settings: settings.clone(),
         // Markers live as long as the idempotency records they back up.
-        store: Store::new(pool.clone(), settings.common.idempotency_ttl),
+        store: Store::new(pool.clone(), settings.common.idempotency_ttl).on_one_node(!settings.common.redis_cluster),
         idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common),
         gateways,
         pool: pool.clone(),

@@ -115,11 +115,24 @@ const CHARGE_FIELDS: [&str; 13] = [
 pub struct Store {
     pub(crate) pool: Pool,
     pub(crate) marker_ttl: Duration,
+    /// One Redis node (not a cluster): a script may then touch keys of several slots, and a
+    /// wallet checkout debits and records its charge in one (wallet_charge.lua).
+    pub(crate) one_node: bool,
 }
 
 impl Store {
     pub fn new(pool: Pool, marker_ttl: Duration) -> Self {
-        Self { pool, marker_ttl }
+        Self {
+            pool,
+            marker_ttl,
+            one_node: false,
+        }
+    }
+
+    /// See [`Store::one_node`].
+    pub fn on_one_node(mut self, one_node: bool) -> Self {
+        self.one_node = one_node;
+        self
     }
 
     pub async fn get_charge(&self, charge_id: &str) -> Result<Option<Charge>, PaymentError> {

@@ -19,8 +19,8 @@ use crate::gateways::failover::{self, Move};
 use crate::gateways::{FAILOVERS, MethodKind};
 use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges};
 use crate::store::{answer_key, new_charge_id_for};
-use crate::wallets::{Kind, Moved, Movement, WALLET, WALLET_EVENTS};
-pub use store::{ChargeOutcome, NewCharge, Recorded};
+use crate::wallets::{Kind, Moved, Movement, WALLET, WALLET_EVENTS, new_transaction_id};
+pub use store::{ChargeOutcome, NewCharge, Recorded, WalletCharge};
 
 /// Ids echoed in a 404 are cut short: they come from the client.
 pub(crate) fn not_found(charge_id: &str) -> PaymentError {
@@ -198,21 +198,37 @@ impl Attempt<'_> {
         let charge_id = new_charge_id_for(&body.order_id);
         // A customerId that cannot name a wallet (wallets are named by letters, digits, '_'
         // and '-') has none, and so nothing in it: declined like any empty wallet.
-        let moved = if shared::ids::is_safe_id(&body.customer_id) {
-            self.state
-                .store
-                .move_wallet(&Movement {
-                    customer_id: &body.customer_id,
-                    kind: Kind::Debit,
-                    amount: body.amount,
-                    currency: &body.currency,
-                    key: provider_key,
-                    charge_id: Some(&charge_id),
-                    correlation: &body.order_id,
-                })
-                .await
+        if !shared::ids::is_safe_id(&body.customer_id) {
+            return self.declined_by_wallet(charge_id).await;
+        }
+        let transaction_id = new_transaction_id();
+        let debit = Movement {
+            customer_id: &body.customer_id,
+            kind: Kind::Debit,
+            amount: body.amount,
+            currency: &body.currency,
+            key: provider_key,
+            transaction_id: &transaction_id,
+            charge_id: Some(&charge_id),
+            correlation: &body.order_id,
+        };
+        let store = &self.state.store;
+        let moved = if store.one_node {
+            // The debit and the charge's record in one script: one round trip, not two.
+            let new = self.new_charge(&charge_id, WALLET, &transaction_id, None);
+            let answer = self.answer_for(&charge_id, None);
+            let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
+            match store.wallet_charge(&debit, &new, self.key, &stored).await {
+                Ok(WalletCharge::Charged(outcome)) => {
+                    WALLET_EVENTS.inc(&[("event", "debited")]);
+                    crate::events::EVENTS_APPENDED.inc(&[("type", "wallet.debited")]);
+                    return self.recorded(WALLET, Ok(outcome), answer);
+                }
+                Ok(WalletCharge::NotDebited(moved)) => Ok(moved),
+                Err(e) => Err(e),
+            }
         } else {
-            Ok(Moved::Insufficient { balance: 0 })
+            store.move_wallet(&debit).await
         };
         match moved {
             Ok(Moved::Done { tx, fresh }) => {
@@ -227,14 +243,7 @@ impl Attempt<'_> {
                 };
                 self.record(WALLET, reply, charge_id).await
             }
-            Ok(Moved::Insufficient { .. }) => {
-                WALLET_EVENTS.inc(&[("event", "declined")]);
-                let reply = ChargeReply::Declined {
-                    reference: String::new(),
-                    code: "insufficient_funds".into(),
-                };
-                self.record(WALLET, reply, charge_id).await
-            }
+            Ok(Moved::Insufficient { .. }) => self.declined_by_wallet(charge_id).await,
             Ok(Moved::Limit { .. }) => Outcome::of(Err(PaymentError::from(CommonError::Internal(
                 "a debit refused for the balance limit".into(),
             )))),
@@ -242,16 +251,25 @@ impl Attempt<'_> {
         }
     }
 
-    /// Records the provider's answer with the charge, its key's marker and its answer, in one
-    /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
-    async fn record(&self, gateway: &str, reply: ChargeReply, charge_id: String) -> Outcome {
-        let (body, idempotency) = (self.body, &self.state.idempotency);
-        let (reference, decline_code) = match &reply {
-            ChargeReply::Succeeded { reference } => (reference.as_str(), None),
-            ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str())),
+    async fn declined_by_wallet(&self, charge_id: String) -> Outcome {
+        WALLET_EVENTS.inc(&[("event", "declined")]);
+        let reply = ChargeReply::Declined {
+            reference: String::new(),
+            code: "insufficient_funds".into(),
         };
-        let new = NewCharge {
-            charge_id: &charge_id,
+        self.record(WALLET, reply, charge_id).await
+    }
+
+    fn new_charge<'b>(
+        &'b self,
+        charge_id: &'b str,
+        gateway: &'b str,
+        reference: &'b str,
+        decline_code: Option<&'b str>,
+    ) -> NewCharge<'b> {
+        let body = self.body;
+        NewCharge {
+            charge_id,
             order_id: &body.order_id,
             amount: body.amount,
             currency: &body.currency,
@@ -260,22 +278,40 @@ impl Attempt<'_> {
             decline_code,
             gateway,
             gateway_reference: reference,
-        };
-        // The answer is known before the charge is recorded: the script stores it with the charge.
-        let answer = answer_to(&Recorded {
-            charge_id: charge_id.clone(),
+        }
+    }
+
+    /// The answer a charge recorded now gets: known before the charge is recorded, so the
+    /// script stores it with the charge.
+    fn answer_for(&self, charge_id: &str, decline_code: Option<&str>) -> StoredResponse {
+        let body = self.body;
+        answer_to(&Recorded {
+            charge_id: charge_id.to_string(),
             order_id: body.order_id.clone(),
             amount: body.amount,
             currency: body.currency.clone(),
             decline_code: decline_code.map(str::to_string),
             fresh: true,
-        });
-        let recorded = match self
-            .state
-            .store
-            .charge(&new, self.key, &idempotency.answer(self.key_ref, self.token, &answer))
-            .await
-        {
+        })
+    }
+
+    /// Records the provider's answer with the charge, its key's marker and its answer, in one
+    /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
+    async fn record(&self, gateway: &str, reply: ChargeReply, charge_id: String) -> Outcome {
+        let (reference, decline_code) = match &reply {
+            ChargeReply::Succeeded { reference } => (reference.as_str(), None),
+            ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str())),
+        };
+        let new = self.new_charge(&charge_id, gateway, reference, decline_code);
+        let answer = self.answer_for(&charge_id, decline_code);
+        let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
+        let outcome = self.state.store.charge(&new, self.key, &stored).await;
+        self.recorded(gateway, outcome, answer)
+    }
+
+    /// Counts, logs and answers what the record script answered.
+    fn recorded(&self, gateway: &str, outcome: Result<ChargeOutcome, PaymentError>, answer: StoredResponse) -> Outcome {
+        let recorded = match outcome {
             Ok(ChargeOutcome::Recorded(r)) => r,
             Ok(ChargeOutcome::KeyReused) => {
                 return Outcome::of(Err(PaymentError::from(CommonError::IdempotencyKeyReused)));

@@ -5,18 +5,41 @@ use std::sync::LazyLock;
 
 use redis::Script;
 use shared::idempotency::Answer;
+use shared::lua::Lib;
 
 use crate::error::PaymentError;
 use crate::store::{
     Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, parse_amount, totals_key,
 };
+use crate::wallets::{Moved, Movement};
 
-static CHARGE: LazyLock<Script> = LazyLock::new(|| {
+/// `record_charge`: for charge.lua, and for wallet_charge.lua after the debit.
+static RECORD: Lib = Lib {
+    name: "record",
+    source: include_str!("record.lua"),
+    needs: &[&shared::idempotency::scripts::ANSWER, &crate::events::EVENTS],
+};
+
+static CHARGE: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&RECORD], include_str!("charge.lua")));
+
+static WALLET_CHARGE: LazyLock<Script> = LazyLock::new(|| {
     shared::lua::script(
-        &[&shared::idempotency::scripts::ANSWER, &crate::events::EVENTS],
-        include_str!("charge.lua"),
+        &[
+            &crate::wallets::WALLET_LIB,
+            &RECORD,
+            &shared::idempotency::scripts::ANSWER,
+        ],
+        include_str!("wallet_charge.lua"),
     )
 });
+
+/// How a wallet checkout's payment went in one step (wallet_charge.lua).
+pub enum WalletCharge {
+    /// Debited and recorded.
+    Charged(ChargeOutcome),
+    /// Not a fresh debit (found again by its key, or too little): nothing recorded yet.
+    NotDebited(Moved),
+}
 
 /// A new charge to record, with the gateway's verdict.
 #[derive(Debug)]
@@ -55,15 +78,38 @@ pub enum ChargeOutcome {
     KeyReused,
 }
 
+/// The charge's first event, as the log keeps it (events.lua): built here, so the script only
+/// appends it.
+fn event_of(new: &NewCharge<'_>, status: &str, at: &str) -> String {
+    let kind = if status == "succeeded" {
+        "charge.succeeded"
+    } else {
+        "charge.declined"
+    };
+    serde_json::json!({
+        "type": kind,
+        "at": at,
+        "correlationId": new.order_id,
+        "data": {
+            "chargeId": new.charge_id,
+            "orderId": new.order_id,
+            "amount": new.amount,
+            "currency": new.currency,
+            "paymentMethod": new.payment_method,
+            "gateway": new.gateway,
+            "gatewayReference": new.gateway_reference,
+            "declineCode": new.decline_code,
+            "traceId": shared::telemetry::current_trace_id(),
+        },
+    })
+    .to_string()
+}
+
 impl Store {
     /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
     /// already made a charge: that one is returned (not fresh) and `answer` is not stored.
-    pub async fn charge(
-        &self,
-        new: &NewCharge<'_>,
-        idempotency_key: &str,
-        answer: &Answer<'_>,
-    ) -> Result<ChargeOutcome, PaymentError> {
+    /// record.lua's keys and arguments for `new`, in order.
+    fn add_charge(&self, inv: &mut redis::ScriptInvocation<'_>, new: &NewCharge<'_>, idempotency_key: &str) {
         let shard = shared::ids::shard_of(new.order_id);
         let charge_id = new.charge_id;
         let status = if new.decline_code.is_some() {
@@ -71,9 +117,8 @@ impl Store {
         } else {
             "succeeded"
         };
-        let mut conn = self.pool.get().await?;
-        let mut invocation = CHARGE.key(charge_key(shard, charge_id));
-        invocation
+        let created_at = shared::time::now_rfc3339();
+        inv.key(charge_key(shard, charge_id))
             .key(order_key(shard, new.order_id))
             .key(totals_key(shard))
             .key(op_key(shard, idempotency_key))
@@ -87,26 +132,64 @@ impl Store {
             .arg(new.payment_method)
             .arg(status)
             .arg(new.decline_code.unwrap_or(""))
-            .arg(shared::time::now_rfc3339())
+            .arg(&created_at)
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(charge_prefix(shard))
             .arg(new.gateway)
             .arg(new.gateway_reference)
-            .arg(shared::telemetry::current_trace_id().unwrap_or_default());
+            .arg(event_of(new, status, &created_at));
+    }
+
+    /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
+    /// already made a charge: that one is returned (not fresh) and `answer` is not stored.
+    pub async fn charge(
+        &self,
+        new: &NewCharge<'_>,
+        idempotency_key: &str,
+        answer: &Answer<'_>,
+    ) -> Result<ChargeOutcome, PaymentError> {
+        let mut conn = self.pool.get().await?;
+        let mut invocation = CHARGE.prepare_invoke();
+        self.add_charge(&mut invocation, new, idempotency_key);
         answer.add_to(&mut invocation);
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        match field(0) {
-            kind @ ("charged" | "found") => Ok(ChargeOutcome::Recorded(Recorded {
-                charge_id: field(1).to_string(),
-                order_id: field(2).to_string(),
-                amount: parse_amount(field(3))?,
-                currency: field(4).to_string(),
-                decline_code: Some(field(5)).filter(|c| !c.is_empty()).map(str::to_string),
-                fresh: kind == "charged",
-            })),
-            "reused" => Ok(ChargeOutcome::KeyReused),
-            other => Err(shared::CommonError::Internal(format!("charge script answered {other:?}")).into()),
+        charge_outcome(&reply)
+    }
+
+    /// Debits `debit` and records `new` in one step, on one Redis node (wallet_charge.lua).
+    pub async fn wallet_charge(
+        &self,
+        debit: &Movement<'_>,
+        new: &NewCharge<'_>,
+        idempotency_key: &str,
+        answer: &Answer<'_>,
+    ) -> Result<WalletCharge, PaymentError> {
+        let mut conn = self.pool.get().await?;
+        let mut invocation = WALLET_CHARGE.prepare_invoke();
+        self.add_move(&mut invocation, debit);
+        self.add_charge(&mut invocation, new, idempotency_key);
+        answer.add_to(&mut invocation);
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        match reply.split_first() {
+            Some((first, moved)) if first == "debit" => Ok(WalletCharge::NotDebited(Self::moved_from(moved)?)),
+            _ => Ok(WalletCharge::Charged(charge_outcome(&reply)?)),
         }
+    }
+}
+
+/// What record.lua's `record_charge` answered.
+fn charge_outcome(reply: &[String]) -> Result<ChargeOutcome, PaymentError> {
+    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+    match field(0) {
+        kind @ ("charged" | "found") => Ok(ChargeOutcome::Recorded(Recorded {
+            charge_id: field(1).to_string(),
+            order_id: field(2).to_string(),
+            amount: parse_amount(field(3))?,
+            currency: field(4).to_string(),
+            decline_code: Some(field(5)).filter(|c| !c.is_empty()).map(str::to_string),
+            fresh: kind == "charged",
+        })),
+        "reused" => Ok(ChargeOutcome::KeyReused),
+        other => Err(shared::CommonError::Internal(format!("charge script answered {other:?}")).into()),
     }
 }

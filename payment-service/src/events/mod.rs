@@ -72,8 +72,29 @@ pub fn shard_of_aggregate(aggregate_id: &str) -> Option<u16> {
     shard_of_charge(aggregate_id)
 }
 
-fn parse_event(raw: &str) -> Result<Event, PaymentError> {
-    serde_json::from_str(raw).map_err(|e| shared::CommonError::Internal(format!("stored event {raw:?}: {e}")).into())
+/// An event as its list keeps it: its id, sequence and aggregate are its list and position.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    at: String,
+    correlation_id: String,
+    data: serde_json::Value,
+}
+
+fn parse_event(raw: &str, aggregate_id: &str, sequence: u64) -> Result<Event, PaymentError> {
+    let stored: StoredEvent = serde_json::from_str(raw)
+        .map_err(|e| PaymentError::from(shared::CommonError::Internal(format!("stored event {raw:?}: {e}"))))?;
+    Ok(Event {
+        event_id: format!("{aggregate_id}-{sequence}"),
+        sequence,
+        kind: stored.kind,
+        aggregate_id: aggregate_id.to_string(),
+        at: stored.at,
+        correlation_id: stored.correlation_id,
+        data: stored.data,
+    })
 }
 
 impl Store {
@@ -90,7 +111,10 @@ impl Store {
             .arg(stop)
             .query_async(&mut conn)
             .await?;
-        raw.iter().map(|r| parse_event(r)).collect()
+        raw.iter()
+            .enumerate()
+            .map(|(i, r)| parse_event(r, aggregate_id, after + i as u64 + 1))
+            .collect()
     }
 }
 

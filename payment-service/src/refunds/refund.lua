@@ -37,9 +37,9 @@ local status = refunded == charged and 'refunded' or 'partially_refunded'
 redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,
   'amountRefunded', int(refunded), 'lastRefundAmount', int(amount))
 redis.call('SET', marker, refund_id .. '|' .. int(amount), 'PX', marker_ttl_ms)
-append_event(events, aggregates, c[9], 'refund.succeeded', refunded_at, c[8],
+append_event(events, aggregates, c[9], event_json('refund.succeeded', refunded_at, c[8],
   '{"refundId":"' .. refund_id .. '","chargeId":"' .. c[9] .. '","amount":' .. int(amount) .. ',"currency":"' ..
   c[3] .. '","amountRefunded":' .. int(refunded) .. ',"status":"' .. status .. '","gateway":"' .. (c[5] or '') ..
   '","gatewayReference":' .. cjson.encode(reference) ..
-  ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}')
+  ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}'))
 return {'refunded', refund_id, int(amount), status}

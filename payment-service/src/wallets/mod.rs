@@ -17,7 +17,8 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::PaymentError;
-pub use store::{Kind, Moved, Movement, Transaction, aggregate_id};
+pub(crate) use store::WALLET_LIB;
+pub use store::{Kind, Moved, Movement, Transaction, aggregate_id, new_transaction_id};
 
 /// The wallet's name where a provider's would be: on charges, in `byGateway`.
 pub const WALLET: &str = "wallet";
@@ -125,6 +126,7 @@ pub(crate) async fn credit_wallet(
                     amount: body.amount,
                     currency: &body.currency,
                     key: &movement_key,
+                    transaction_id: &new_transaction_id(),
                     charge_id: None,
                     correlation: &customer_id,
                 })

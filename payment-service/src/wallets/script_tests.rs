@@ -14,6 +14,7 @@ fn movement<'a>(kind: Kind, amount: u64, key: &'a str) -> Movement<'a> {
         amount,
         currency: "USD",
         key,
+        transaction_id: Box::leak(super::new_transaction_id().into_boxed_str()),
         charge_id: None,
         correlation: "ord_1",
     }
@@ -136,4 +137,87 @@ async fn concurrent_debits_take_exactly_what_the_balance_covers_and_never_below_
     }
     assert_eq!(debited, 6);
     assert_eq!(balance(&store).await, 100);
+}
+
+#[tokio::test]
+async fn wallet_charge_debits_and_records_in_one_step_and_leaves_anything_else_to_the_caller() {
+    use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
+
+    use crate::charges::{ChargeOutcome, NewCharge, WalletCharge};
+
+    let redis = TestRedis::start().await;
+    let store = Store::new(redis.pool(), Duration::from_secs(60)).on_one_node(true);
+    let idem = IdempotencyStore::new(redis.pool(), Duration::from_secs(60), Duration::from_secs(5));
+    let _ = store.move_wallet(&movement(Kind::Credit, 500, "c1")).await;
+    let charge_id = crate::store::new_charge_id_for("ord_w");
+    let debit = Movement {
+        customer_id: "cus_1",
+        kind: Kind::Debit,
+        amount: 300,
+        currency: "USD",
+        key: "pay_1",
+        transaction_id: "wtx_1",
+        charge_id: Some(&charge_id),
+        correlation: "ord_w",
+    };
+    let new = NewCharge {
+        charge_id: &charge_id,
+        order_id: "ord_w",
+        amount: 300,
+        currency: "USD",
+        customer_id: "cus_1",
+        payment_method: "wallet",
+        decline_code: None,
+        gateway: "wallet",
+        gateway_reference: "wtx_1",
+    };
+    let key = KeyRef::new("payment:charge", "k1", "fp".into());
+    let resp = StoredResponse::json(actix_web::http::StatusCode::CREATED, &serde_json::json!({}));
+    let first = store
+        .wallet_charge(&debit, &new, "k1", &idem.answer(&key, "tok", &resp))
+        .await
+        .expect("script");
+    assert!(
+        matches!(first, WalletCharge::Charged(ChargeOutcome::Recorded(ref r)) if r.fresh && r.charge_id == charge_id)
+    );
+    assert_eq!(balance(&store).await, 200);
+    let charge = store.get_charge(&charge_id).await.expect("read").expect("recorded");
+    assert_eq!(
+        (charge.gateway.as_str(), charge.gateway_reference.as_str()),
+        ("wallet", "wtx_1")
+    );
+
+    // The same debit again (a retry): found, nothing recorded twice; the caller records.
+    let again = store
+        .wallet_charge(&debit, &new, "k1", &idem.answer(&key, "tok", &resp))
+        .await
+        .expect("script");
+    assert!(matches!(
+        again,
+        WalletCharge::NotDebited(Moved::Done { fresh: false, .. })
+    ));
+    // Too little: nothing debited, nothing recorded.
+    let other = crate::store::new_charge_id_for("ord_x");
+    let big = Movement {
+        amount: 201,
+        key: "pay_2",
+        charge_id: Some(&other),
+        ..debit
+    };
+    let new_big = NewCharge {
+        charge_id: &other,
+        order_id: "ord_x",
+        amount: 201,
+        ..new
+    };
+    let short = store
+        .wallet_charge(&big, &new_big, "k2", &idem.answer(&key, "tok", &resp))
+        .await
+        .expect("script");
+    assert!(matches!(
+        short,
+        WalletCharge::NotDebited(Moved::Insufficient { balance: 200 })
+    ));
+    assert!(store.get_charge(&other).await.expect("read").is_none());
+    assert_eq!(balance(&store).await, 200);
 }

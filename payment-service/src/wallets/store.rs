@@ -17,8 +17,19 @@ use crate::error::PaymentError;
 use crate::model::Charge;
 use crate::store::{Store, aggregates_key, events_key, tag};
 
-static MOVE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("move.lua")));
+/// `move_wallet`: for move.lua, and for wallet_charge.lua with the charge's record.
+pub(crate) static WALLET_LIB: shared::lua::Lib = shared::lua::Lib {
+    name: "wallet",
+    source: include_str!("wallet.lua"),
+    needs: &[&crate::events::EVENTS],
+};
+
+static MOVE: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&WALLET_LIB], include_str!("move.lua")));
+
+/// A new wallet transaction's id.
+pub fn new_transaction_id() -> String {
+    shared::ids::new_id("wtx")
+}
 
 pub(crate) fn wallet_key(shard: u16, customer_id: &str) -> String {
     format!("{}:wallet:{customer_id}", tag(shard))
@@ -75,6 +86,8 @@ pub struct Movement<'a> {
     pub currency: &'a str,
     /// The request's key: the same key finds the same movement.
     pub key: &'a str,
+    /// From [`new_transaction_id`]; a movement found by its key keeps its first id.
+    pub transaction_id: &'a str,
     pub charge_id: Option<&'a str>,
     pub correlation: &'a str,
 }
@@ -100,11 +113,10 @@ fn parse_tx(raw: &str) -> Result<Transaction, PaymentError> {
 }
 
 impl Store {
-    pub async fn move_wallet(&self, m: &Movement<'_>) -> Result<Moved, PaymentError> {
+    /// wallet.lua's keys and arguments for `m`, in order.
+    pub(crate) fn add_move(&self, inv: &mut redis::ScriptInvocation<'_>, m: &Movement<'_>) {
         let shard = shared::ids::shard_of(m.customer_id);
-        let mut conn = self.pool.get().await?;
-        let reply: Vec<String> = MOVE
-            .key(wallet_key(shard, m.customer_id))
+        inv.key(wallet_key(shard, m.customer_id))
             .key(transactions_key(shard, m.customer_id))
             .key(marker_key(shard, m.key))
             .key(events_key(shard, &aggregate_id(m.customer_id)))
@@ -112,15 +124,24 @@ impl Store {
             .arg(m.kind.as_str())
             .arg(m.amount.to_string())
             .arg(m.currency)
-            .arg(shared::ids::new_id("wtx"))
+            .arg(m.transaction_id)
             .arg(shared::time::now_rfc3339())
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(m.customer_id)
             .arg(m.charge_id.unwrap_or(""))
             .arg(m.correlation)
-            .arg(shared::telemetry::current_trace_id().unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(shared::telemetry::current_trace_id().unwrap_or_default());
+    }
+
+    pub async fn move_wallet(&self, m: &Movement<'_>) -> Result<Moved, PaymentError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = MOVE.prepare_invoke();
+        self.add_move(&mut inv, m);
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
+        Self::moved_from(&reply)
+    }
+    /// What wallet.lua's `move_wallet` answered.
+    pub(crate) fn moved_from(reply: &[String]) -> Result<Moved, PaymentError> {
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         let balance = || crate::store::parse_amount(field(1));
         match field(0) {
@@ -144,6 +165,7 @@ impl Store {
                 amount,
                 currency: &charge.currency,
                 key,
+                transaction_id: &new_transaction_id(),
                 charge_id: Some(&charge.charge_id),
                 correlation: &charge.order_id,
             })

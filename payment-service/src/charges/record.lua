@@ -1,0 +1,48 @@
+-- Recording a charge (charge.lua; wallet_charge.lua after the debit): one script so that the charge record, its order index, the totals that count it and
+-- the Idempotency-Key marker are written together or not at all. If the marker exists (a retry
+-- after a crash between this script and the idempotency record's finish), the charge it names
+-- is returned ('found') instead of recording a second one ('charged'). A marker found for a
+-- different request (the key's idempotency record vanished, the marker not yet) is refused as
+-- a reused key.
+-- The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
+-- and a failing script keeps the writes made before the failure.
+-- A new charge also stores its answer, when given one, so that the Idempotency-Key's record
+-- needs no second write; a found one is answered by the caller.
+-- The charge's first event (charge.succeeded or charge.declined, built by the caller: no JSON
+-- is assembled here) is appended in the same step (events.lua).
+-- The totals count per provider (`<gateway>:<CUR>:charged:amount`): the per-currency books are
+-- their sum, read at GET /totals, so byGateway costs no extra write here.
+-- record_charge(K, ki, A, ai, answer_at, ans): KEYS from K[ki]: charge, order index, totals,
+--   marker, the charge's events, the shard's aggregates; ARGV from A[ai] (positions, not a
+--   table of names: a table per call costs script time on every checkout):
+--   chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
+--   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot),
+--   gateway, gatewayReference, the event (JSON); `ans` the answer to store, if any.
+local function record_charge(K, ki, A, ai, answer_at, ans)
+  local charge, order_index, totals, marker, events, aggregates = unpack(K, ki, ki + 5)
+  local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
+    marker_ttl_ms, charge_prefix, gateway, gateway_ref, event = unpack(A, ai, ai + 13)
+  local prev = redis.call('GET', marker)
+  if prev then
+    local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
+    if c[1] then
+      if c[1] ~= order_id or c[2] ~= amount or c[3] ~= currency or c[4] ~= customer_id or c[5] ~= method then
+        return {'reused'}
+      end
+      return {'found', prev, c[1], c[2], c[3], c[6] or ''}
+    end
+  end
+  if status == 'succeeded' then
+    local books = gateway .. ':' .. currency .. ':charged:'
+    redis.call('HINCRBY', totals, books .. 'amount', amount)
+    redis.call('HINCRBY', totals, books .. 'count', 1)
+  end
+  redis.call('HSET', charge, 'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,
+    'customerId', customer_id, 'paymentMethod', method, 'status', status, 'declineCode', decline_code,
+    'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref)
+  redis.call('RPUSH', order_index, charge_id)
+  append_event(events, aggregates, charge_id, event)
+  redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
+  if ans then store_answer(answer_at, ans) end
+  return {'charged', charge_id, order_id, amount, currency, decline_code}
+end
