@@ -285,6 +285,9 @@ async fn the_manual_switch_routes_new_charges_away_but_refunds_still_go_to_the_c
 
     let (status, view) = switch(&stack, "card-a", r#"{"enabled": false}"#).await;
     assert_eq!((status, &view["enabled"]), (200, &json!(false)), "{view}");
+    let events = stack.get_json("/payment/events?aggregateId=gw_card-a", true).await;
+    assert_eq!(events["events"][0]["type"], "gateway.switched", "{events}");
+    assert_eq!(events["events"][0]["data"]["enabled"], false);
     // Persisted: a restarted replica obeys it too.
     stack.kill(Service::Payment).await;
     stack.start(Service::Payment).await;
@@ -320,7 +323,7 @@ async fn the_manual_switch_routes_new_charges_away_but_refunds_still_go_to_the_c
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("a Redis connection");
     let _: i64 = redis::cmd("HSET")
-        .arg("payment:gateways:enabled")
+        .arg("payment:{gateways}:enabled")
         .arg("card-a")
         .arg("0")
         .query_async(&mut conn)

@@ -100,13 +100,18 @@ fn parse_event(raw: &str, aggregate_id: &str, sequence: u64) -> Result<Event, Pa
 impl Store {
     /// An aggregate's events from sequence `after + 1`, at most `limit` (all when `None`).
     pub async fn events(&self, aggregate_id: &str, after: u64, limit: Option<u64>) -> Result<Vec<Event>, PaymentError> {
-        let Some(shard) = shard_of_aggregate(aggregate_id) else {
-            return Ok(Vec::new());
+        let key = if aggregate_id.starts_with("gw_") {
+            crate::gateways::switch_events_key(aggregate_id)
+        } else {
+            match shard_of_aggregate(aggregate_id) {
+                Some(shard) => events_key(shard, aggregate_id),
+                None => return Ok(Vec::new()),
+            }
         };
         let mut conn = self.pool.get().await?;
         let stop: i64 = limit.map_or(-1, |l| (after + l) as i64 - 1);
         let raw: Vec<String> = redis::cmd("LRANGE")
-            .arg(events_key(shard, aggregate_id))
+            .arg(key)
             .arg(after)
             .arg(stop)
             .query_async(&mut conn)
@@ -121,7 +126,7 @@ impl Store {
 #[utoipa::path(
     get, path = "/events",
     params(
-        ("aggregateId" = String, Query, min_length = 1, max_length = 160, pattern = "^[A-Za-z0-9_-]+$", description = "a charge id (`ch_…`) or a wallet (`wal_<customerId>`)"),
+        ("aggregateId" = String, Query, min_length = 1, max_length = 160, pattern = "^[A-Za-z0-9_-]+$", description = "a charge id (`ch_…`), a wallet (`wal_<customerId>`) or a provider's switch (`gw_<name>`)"),
         ("after" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "the sequence to read after (a page's nextCursor); 0 when left out"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20")
     ),

@@ -19,7 +19,7 @@ use shared::metrics::{CounterFamily, GaugeFamily, HistogramFamily};
 use self::breaker::{Breaker, Permit, Policy, State};
 use self::client::{ChargeReply, ChargeRequest, ProviderClient, RefundReply, Sent};
 pub use self::routes::{GatewayList, MethodKind, RouteTable};
-pub use self::switch::SWITCH_REFRESH;
+pub use self::switch::{SWITCH_REFRESH, switch_events_key};
 
 /// `gateway_requests_total{gateway, operation, outcome}`.
 pub static REQUESTS: LazyLock<CounterFamily> = LazyLock::new(|| {
