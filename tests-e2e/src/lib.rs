@@ -479,6 +479,22 @@ impl Stack {
         Reply::from(req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))).await
     }
 
+    /// A checkout with a fresh key sent on a task of its own (for concurrent checkouts): its
+    /// status, or 0 when no answer came.
+    pub fn spawn_checkout(&self, body: Value) -> tokio::task::JoinHandle<u16> {
+        let (client, url) = (self.client(), self.url("/order/checkout"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("idempotency-key", new_key())
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    }
+
     /// POST /order/checkout with `key`; the body is whatever JSON the test gives.
     pub async fn checkout(&self, key: &str, body: Value) -> (u16, HeaderMap, Value) {
         let resp = self

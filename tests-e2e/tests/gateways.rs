@@ -399,20 +399,7 @@ async fn a_provider_killed_during_concurrent_checkouts_charges_no_order_twice() 
     stack.put_item(1, "Mug", 150, 100).await;
     stack.sim_faults(Service::CardA, json!({"latencyMs": 150})).await;
     let checkouts: Vec<_> = (0..16)
-        .map(|_| {
-            let client = stack.client();
-            let url = stack.url("/order/checkout");
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .header("idempotency-key", key())
-                    .json(&json!({"itemId": 1, "quantity": 1}))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            })
-        })
+        .map(|_| stack.spawn_checkout(json!({"itemId": 1, "quantity": 1})))
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     stack.kill(Service::CardA).await;

@@ -153,18 +153,7 @@ async fn concurrent_wallet_checkouts_succeed_exactly_as_far_as_the_balance_cover
     assert_eq!(credit(&stack, "cus_c", 1000, "USD").await.status, 201);
     let tries: Vec<_> = (0..12)
         .map(|_| {
-            let client = stack.client();
-            let url = stack.url("/order/checkout");
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .header("idempotency-key", key())
-                    .json(&json!({"itemId": 1, "quantity": 1, "customerId": "cus_c", "paymentMethod": "wallet"}))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            })
+            stack.spawn_checkout(json!({"itemId": 1, "quantity": 1, "customerId": "cus_c", "paymentMethod": "wallet"}))
         })
         .collect();
     // Meanwhile the balance is read again and again: never below zero.
