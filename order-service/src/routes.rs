@@ -44,7 +44,14 @@ mod tests {
         let statuses = &schemas["OrderStatus"]["enum"];
         assert_eq!(
             statuses,
-            &serde_json::json!(["processing", "completed", "failed", "compensated"])
+            &serde_json::json!([
+                "processing",
+                "completed",
+                "failed",
+                "compensated",
+                "partially_refunded",
+                "refunded"
+            ])
         );
         assert!(schemas["StepStatus"]["enum"].as_array().is_some_and(|e| e.len() == 7));
         assert_eq!(
