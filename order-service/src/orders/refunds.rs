@@ -16,7 +16,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use redis::Script;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
 use utoipa::ToSchema;
 
@@ -152,9 +151,10 @@ pub(crate) async fn refund_order(
 
 /// Payment's Idempotency-Key for this refund request: the same for every retry of it.
 fn payment_key(order_id: &OrderId, key_ref: &KeyRef) -> String {
-    let digest = Sha256::digest(key_ref.redis_key().as_bytes());
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("{order_id}:refund:{hex}")
+    format!(
+        "{order_id}:refund:{}",
+        idempotency::short_digest(key_ref.redis_key(), 12)
+    )
 }
 
 fn unavailable(order_id: &OrderId, detail: &str) -> OrderError {

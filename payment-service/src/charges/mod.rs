@@ -7,7 +7,6 @@ mod store;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use sha2::{Digest, Sha256};
 use shared::CommonError;
 use shared::ServiceError;
 use shared::idempotency::{self, Begin, IdempotencyStore, IdempotentPost, KeyRef, Note, Outcome, StoredResponse};
@@ -104,9 +103,8 @@ struct Attempt<'a> {
 /// The provider's Idempotency-Key for a charge request: derived from ours and from the request,
 /// the same for every retry of it, at whichever provider (each keeps its own keys).
 pub(crate) fn provider_key(key_ref: &KeyRef) -> String {
-    let digest = Sha256::digest(format!("{}\n{}", key_ref.redis_key(), key_ref.fingerprint()).as_bytes());
-    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
-    format!("pay_{hex}")
+    let text = format!("{}\n{}", key_ref.redis_key(), key_ref.fingerprint());
+    format!("pay_{}", idempotency::short_digest(&text, 20))
 }
 
 impl Attempt<'_> {

@@ -5,7 +5,6 @@ mod store;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use sha2::{Digest, Sha256};
 use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
 
 use crate::AppState;
@@ -50,9 +49,10 @@ pub(crate) async fn refund_charge(
 /// and from the request's own key, so the retry of a refund whose record failed is answered by
 /// the provider with the first refund, while another refund (another key) is another refund.
 pub fn refund_key(charge_id: &str, key_ref: &KeyRef) -> String {
-    let digest = Sha256::digest(key_ref.redis_key().as_bytes());
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("{charge_id}:refund:{hex}")
+    format!(
+        "{charge_id}:refund:{}",
+        idempotency::short_digest(key_ref.redis_key(), 12)
+    )
 }
 
 /// Gives (part of) a charge back through the provider that took it (switched off or not; the

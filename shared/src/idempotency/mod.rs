@@ -327,6 +327,17 @@ impl KeyRef {
     }
 }
 
+/// The first `bytes` bytes of SHA-256 over `text`, as hex: for keys derived from a request's
+/// Idempotency-Key and sent on to another service or provider, the same for every retry.
+pub fn short_digest(text: &str, bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Element `i` of a script's answer as text; empty when missing or not text or a number.
 pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
     match reply.get(i) {
