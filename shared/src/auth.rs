@@ -23,7 +23,7 @@ pub fn require(req: &HttpRequest, token: &Secret) -> Result<(), CommonError> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -9,7 +9,7 @@
 //! - [`idempotency`]: the Redis-backed `Idempotency-Key` store and its HTTP flow.
 //! - [`redis_pool`]: connection pool setup and readiness checks.
 //! - [`http_client`]: the retrying client services use to call each other.
-//! - [`auth`]: the internal bearer token check.
+//! - [`auth`]: the internal bearer token check; [`accounts`]: accounts, API keys and the caller.
 //! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`, `/docs`.
 //! - [`openapi`]: the conventions every service's OpenAPI document states, and `Allow` from it.
 //! - [`telemetry`]: JSON logs and OpenTelemetry traces (W3C `traceparent` in and out, OTLP export).
@@ -18,6 +18,7 @@
 //! - `testing` (feature): a real `redis-server` for the services' script and store tests.
 //! - [`server`]: builds and runs an actix server the same way for `main` and for tests.
 
+pub mod accounts;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -102,6 +102,9 @@ pub enum CommonError {
     IdempotencyKeyReused,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// An authenticated caller acting on what is not theirs.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -166,6 +169,7 @@ impl CommonError {
                 "Unauthorized",
                 "this endpoint needs Authorization: Bearer <internal token>",
             ),
+            Self::Forbidden(detail) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", detail.clone()),
             Self::NotFound(detail) => Problem::new(S::NOT_FOUND, "not-found", "Not found", detail.clone()),
             Self::MethodNotAllowed => Problem::new(
                 S::METHOD_NOT_ALLOWED,

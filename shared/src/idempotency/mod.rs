@@ -111,6 +111,17 @@ pub async fn read_post<T: serde::de::DeserializeOwned + utoipa::ToSchema + 'stat
     scope: &str,
 ) -> Result<IdempotentPost<T>, CommonError> {
     crate::auth::require(req, token)?;
+    read_post_as(req, payload, scope).await
+}
+
+/// Reads an idempotent POST whose caller was already identified (an API key or the internal
+/// token, [`crate::accounts`]): the key, then the body. `scope` carries the caller, so each
+/// caller's keys are its own.
+pub async fn read_post_as<T: serde::de::DeserializeOwned + utoipa::ToSchema + 'static>(
+    req: &HttpRequest,
+    payload: actix_web::web::Payload,
+    scope: &str,
+) -> Result<IdempotentPost<T>, CommonError> {
     let key = key_from(req)?;
     let body = crate::body::read_json::<T>(req, payload).await?;
     let key_ref = KeyRef::new(scope, &key, body.fingerprint("POST", req.path()));
