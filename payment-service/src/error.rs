@@ -29,6 +29,15 @@ pub enum PaymentError {
     WalletNotFound(String),
     #[error("the wallet's balance would pass its limit")]
     WalletLimit,
+    #[error("account {0} not found")]
+    AccountNotFound(String),
+    #[error("API key {0} not found")]
+    ApiKeyNotFound(String),
+    #[error("item {0} not found")]
+    ItemNotFound(String),
+    /// A split's rules refused: which rule, and why.
+    #[error("invalid split: {0}")]
+    SplitInvalid(String),
 }
 
 shared::service_error!(PaymentError);
@@ -108,6 +117,27 @@ impl PaymentError {
                 "Wallet limit exceeded",
                 "the balance would pass 9000000000000000 minor units; nothing was credited",
             ),
+            Self::AccountNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "account-not-found",
+                "Account not found",
+                format!("no account with id {id}"),
+            ),
+            Self::ApiKeyNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "api-key-not-found",
+                "API key not found",
+                format!("the account has no live key with id {id}"),
+            ),
+            Self::ItemNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "item-not-found",
+                "Item not found",
+                format!("no item with id {id}"),
+            ),
+            Self::SplitInvalid(detail) => {
+                Problem::new(S::BAD_REQUEST, "split-invalid", "Invalid split", detail.clone())
+            }
             Self::GatewayNotFound(name) => Problem::new(
                 S::NOT_FOUND,
                 "gateway-not-found",

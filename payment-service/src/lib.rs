@@ -12,6 +12,7 @@
 //! the books, [`model`] request and response bodies, [`config`] settings, [`error`] the one
 //! error enum.
 
+pub mod accounts;
 pub mod charges;
 pub mod config;
 pub mod error;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub idempotency: IdempotencyStore,
     pub gateways: Arc<Gateways>,
     pub pool: shared::redis_pool::Pool,
+    pub accounts: shared::accounts::Accounts,
 }
 
 pub async fn main_entry() -> ExitCode {
@@ -76,6 +78,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common),
         gateways,
         pool: pool.clone(),
+        accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -6,6 +6,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::OpenApi;
 
 use crate::AppState;
+use crate::accounts::{
+    __path_create_account, __path_get_account, __path_issue_key, __path_revoke_key, AccountCreated, AccountView,
+    CreateAccountRequest, IssueKeyRequest, KeyIssued, KeyRevoked, create_account, get_account, issue_key, revoke_key,
+};
 use crate::charges::{
     __path_create_charge, __path_get_charge, __path_list_charges, create_charge, get_charge, list_charges,
 };
@@ -39,7 +43,11 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/wallets/{customerId}/credits").post(credit_wallet))
             .service(web::resource("/wallets/{customerId}/transactions").get(list_transactions))
             .service(web::resource("/events").get(list_events))
-            .service(web::resource("/admin/verify").post(verify));
+            .service(web::resource("/admin/verify").post(verify))
+            .service(web::resource("/accounts").post(create_account))
+            .service(web::resource("/accounts/{accountId}").get(get_account))
+            .service(web::resource("/accounts/{accountId}/api-keys").post(issue_key))
+            .service(web::resource("/accounts/{accountId}/api-keys/{keyId}").delete(revoke_key));
     }
 }
 
@@ -48,9 +56,11 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
     info(title = "payment-service", description = "Charges, refunds and the books, through payment providers reached over HTTP. Every error is application/problem+json."),
     servers((url = "/payment")),
     paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway,
-        credit_wallet, get_wallet, list_transactions, list_events, verify),
+        credit_wallet, get_wallet, list_transactions, list_events, verify,
+        create_account, get_account, issue_key, revoke_key),
     components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
-        CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport))
+        CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport,
+        CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView))
 )]
 struct ApiDoc;
 

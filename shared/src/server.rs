@@ -11,11 +11,13 @@ use crate::idempotency::IdempotencyStore;
 use crate::ops::Ops;
 use crate::redis_pool::Pool;
 
-/// What a service's handlers share: its settings, its store, and its Idempotency-Key records.
+/// What a service's handlers share: its settings, its store, its Idempotency-Key records, and
+/// the accounts that tell who a caller is.
 pub struct AppState<S, T> {
     pub settings: Arc<S>,
     pub store: T,
     pub idempotency: IdempotencyStore,
+    pub accounts: crate::accounts::Accounts,
 }
 
 impl<S, T: Clone> Clone for AppState<S, T> {
@@ -24,6 +26,7 @@ impl<S, T: Clone> Clone for AppState<S, T> {
             settings: self.settings.clone(),
             store: self.store.clone(),
             idempotency: self.idempotency.clone(),
+            accounts: self.accounts.clone(),
         }
     }
 }

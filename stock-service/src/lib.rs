@@ -50,6 +50,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             // Nothing outside Redis happens before a reserve, release or complete: on one node each
             // is one write, key and effect together.
             .effects_take_keys(!settings.common.redis_cluster),
+        accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -14,6 +14,9 @@ pub struct Item {
     pub available: i64,
     pub reserved: i64,
     pub sold: i64,
+    /// The account that owns the item (`acct_…`): it, or the platform, may change it. Null for
+    /// the platform's own items.
+    pub owner_id: Option<String>,
 }
 
 /// Creates or restocks an item. Its constraints are its schema's, enforced as the document
@@ -34,6 +37,10 @@ pub struct PutItemRequest {
     pub currency: String,
     #[schema(maximum = 1000000000u64)]
     pub available: u64,
+    /// The owning account (`acct_` and 32 hex digits). Set by the platform; an account that
+    /// puts an item owns it, and may only name itself. Left out: the owner is kept.
+    #[schema(pattern = "^acct_[0-9a-f]{32}$")]
+    pub owner_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

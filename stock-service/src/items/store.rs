@@ -6,6 +6,16 @@ use redis::{AsyncCommands, Script};
 
 use crate::error::StockError;
 use crate::model::Item;
+
+/// What a PUT sets on an item.
+pub struct ItemPut<'a> {
+    pub name: &'a str,
+    pub price: u64,
+    pub currency: &'a str,
+    pub available: u64,
+    /// The owner to set (an account id); `None` keeps the current one.
+    pub owner: Option<&'a str>,
+}
 use crate::store::{INDEX, Store, item_key};
 
 // Create or restock, or create only (the seed). See upsert.lua.
@@ -40,24 +50,27 @@ impl Store {
         Ok(ids.iter().zip(rows).filter_map(|(id, f)| item_from(*id, &f)).collect())
     }
 
-    pub async fn put_item(
-        &self,
-        id: u64,
-        name: &str,
-        price: u64,
-        currency: &str,
-        available: u64,
-    ) -> Result<Item, StockError> {
+    /// Creates or restocks item `id` as `put` says, acting for `acting` (`None`: the platform);
+    /// 403 when an account acts on an item that is not its own.
+    pub async fn put_item(&self, id: u64, put: &ItemPut<'_>, acting: Option<&str>) -> Result<Item, StockError> {
         let mut conn = self.pool.get().await?;
-        let _: i64 = UPSERT
+        let written: i64 = UPSERT
             .key(item_key(id))
-            .arg(name)
-            .arg(price)
-            .arg(currency)
-            .arg(available)
+            .arg(put.name)
+            .arg(put.price)
+            .arg(put.currency)
+            .arg(put.available)
             .arg("upsert")
+            .arg(put.owner.unwrap_or(""))
+            .arg(acting.unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
+        if written < 0 {
+            return Err(shared::CommonError::Forbidden(format!(
+                "item {id} belongs to another account or to the platform"
+            ))
+            .into());
+        }
         let _: i64 = conn.sadd(INDEX, id).await?;
         drop(conn);
         self.get_item(id)
@@ -81,6 +94,8 @@ impl Store {
                 .arg("USD")
                 .arg(units)
                 .arg("absent_only")
+                .arg("")
+                .arg("")
                 .invoke_async(&mut conn)
                 .await?;
             let _: i64 = conn.sadd(INDEX, id).await?;
@@ -93,7 +108,7 @@ impl Store {
 fn item_fields(id: u64) -> redis::Cmd {
     let mut cmd = redis::cmd("HMGET");
     cmd.arg(item_key(id))
-        .arg(&["name", "price", "currency", "available", "reserved", "sold"]);
+        .arg(&["name", "price", "currency", "available", "reserved", "sold", "ownerId"]);
     cmd
 }
 
@@ -108,5 +123,6 @@ fn item_from(id: u64, f: &[Option<String>]) -> Option<Item> {
         available: num(3),
         reserved: num(4),
         sold: num(5),
+        owner_id: get(6),
     })
 }

@@ -8,13 +8,15 @@ use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
 use super::store::*;
+use crate::error::StockError;
+use crate::items::ItemPut;
 use crate::store::Store;
 
 const TTL: Duration = Duration::from_millis(400);
 
 async fn stock(redis: &TestRedis, available: u64) -> Store {
     let store = Store::new(redis.pool(), TTL, Duration::from_secs(60));
-    let _ = store.put_item(1, "Mug", 250, "USD", available).await;
+    let _ = store.put_item(1, &item_put("Mug", 250, available, None), None).await;
     store
 }
 
@@ -62,6 +64,69 @@ async fn transition(store: &Store, idem: &IdempotencyStore, action: Transition, 
     }
 }
 
+fn item_put(name: &'static str, price: u64, available: u64, owner: Option<&'static str>) -> ItemPut<'static> {
+    ItemPut {
+        name,
+        price,
+        currency: "USD",
+        available,
+        owner,
+    }
+}
+
+#[tokio::test]
+async fn upsert_lets_an_account_change_only_its_own_items_and_the_platform_any() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let (alice, bob) = ("acct_a", "acct_b");
+
+    let created = store
+        .put_item(2, &item_put("Alice's mug", 100, 3, None), Some(alice))
+        .await;
+    assert_eq!(
+        created.ok().and_then(|i| i.owner_id).as_deref(),
+        Some(alice),
+        "the creator owns it"
+    );
+    let by_bob = store.put_item(2, &item_put("Bob's now", 1, 0, None), Some(bob)).await;
+    assert!(matches!(
+        by_bob,
+        Err(StockError::Common(shared::CommonError::Forbidden(_)))
+    ));
+    let on_platforms = store
+        .put_item(1, &item_put("Platform mug", 1, 0, None), Some(alice))
+        .await;
+    assert!(matches!(
+        on_platforms,
+        Err(StockError::Common(shared::CommonError::Forbidden(_)))
+    ));
+    let item = store.get_item(2).await.ok().flatten();
+    assert_eq!(
+        item.as_ref().map(|i| (i.name.as_str(), i.available)),
+        Some(("Alice's mug", 3)),
+        "unchanged"
+    );
+
+    let restocked = store
+        .put_item(2, &item_put("Alice's mug", 100, 9, None), Some(alice))
+        .await;
+    assert_eq!(restocked.ok().map(|i| i.available), Some(9));
+    let moved = store
+        .put_item(2, &item_put("Alice's mug", 100, 9, Some(bob)), None)
+        .await;
+    assert_eq!(
+        moved.ok().and_then(|i| i.owner_id).as_deref(),
+        Some(bob),
+        "the platform moves it"
+    );
+    let kept = store.put_item(2, &item_put("Bob's mug", 100, 9, None), None).await;
+    assert_eq!(
+        kept.ok().and_then(|i| i.owner_id).as_deref(),
+        Some(bob),
+        "left out, the owner is kept"
+    );
+}
+
 #[tokio::test]
 async fn upsert_creates_restocks_keeping_reserved_and_sold_and_the_seed_never_overwrites() {
     let redis = TestRedis::start().await;
@@ -69,7 +134,7 @@ async fn upsert_creates_restocks_keeping_reserved_and_sold_and_the_seed_never_ov
     let idem = idem(&redis);
     let _ = reserve(&store, &idem, "k1", 2).await;
 
-    let _ = store.put_item(1, "Big mug", 300, "USD", 10).await;
+    let _ = store.put_item(1, &item_put("Big mug", 300, 10, None), None).await;
     let seeded = store.seed_demo(99).await.ok();
 
     assert_eq!(counts(&store).await, (10, 2, 0));
