@@ -212,12 +212,13 @@ export PAYMENT_GATEWAYS=${PAYMENT_GATEWAYS:-card-a=http://127.0.0.1:$card_a_port
 
 start_replicas stock stock-service STOCK_PORT "$stock_port" "$stock_replicas"
 stock_upstreams=$upstreams
-start_replicas payment payment-service PAYMENT_PORT "$payment_port" "$payment_replicas"
-payment_upstreams=$upstreams
 # One replica of a dependency is called directly; several are reached through nginx's upstreams.
+# Payment asks stock who owns an item (splits); order calls both.
 export STOCK_URL=http://127.0.0.1:$stock_port PAYMENT_URL=http://127.0.0.1:$payment_port
 [ "$stock_replicas" -gt 1 ] && STOCK_URL=http://127.0.0.1:$gateway_port/stock
 [ "$payment_replicas" -gt 1 ] && PAYMENT_URL=http://127.0.0.1:$gateway_port/payment
+start_replicas payment payment-service PAYMENT_PORT "$payment_port" "$payment_replicas"
+payment_upstreams=$upstreams
 start_replicas order order-service ORDER_PORT "$order_port" "$order_replicas"
 order_upstreams=$upstreams
 

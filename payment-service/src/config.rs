@@ -55,8 +55,15 @@ pub const BREAKER_COOLDOWN: EnvVar = EnvVar {
     help: "How long an open breaker skips its provider before letting one trial request through.",
 };
 
+pub const STOCK_URL: EnvVar = EnvVar {
+    name: "STOCK_URL",
+    default: "http://127.0.0.1:8083",
+    help: "Base URL of the stock service: splits ask it who owns an item.",
+};
+
 pub const ENV: &[EnvVar] = &[
     PORT,
+    STOCK_URL,
     PAYMENT_GATEWAYS,
     PAYMENT_ROUTES,
     GATEWAY_TIMEOUT,
@@ -72,6 +79,7 @@ pub struct Settings {
     pub gateways: GatewayList,
     pub routes: RouteTable,
     pub providers: ProviderSettings,
+    pub stock_url: String,
 }
 
 impl Settings {
@@ -85,6 +93,7 @@ impl Settings {
         let timeout = config::duration_at_least(&GATEWAY_TIMEOUT, ms)?;
         Ok(Self {
             common: CommonSettings::from_env("payment-service", &PORT)?,
+            stock_url: config::parse(&STOCK_URL)?,
             gateways,
             routes,
             providers: ProviderSettings {

@@ -21,6 +21,7 @@ pub mod gateways;
 pub mod model;
 pub mod refunds;
 pub mod routes;
+pub mod splits;
 pub mod store;
 pub mod wallets;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub gateways: Arc<Gateways>,
     pub pool: shared::redis_pool::Pool,
     pub accounts: shared::accounts::Accounts,
+    /// Asks the stock service who owns an item (splits).
+    pub stock: reqwest::Client,
 }
 
 pub async fn main_entry() -> ExitCode {
@@ -60,6 +63,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     std::sync::LazyLock::force(&gateways::LATENCY);
     std::sync::LazyLock::force(&wallets::WALLET_EVENTS);
     std::sync::LazyLock::force(&events::EVENTS_APPENDED);
+    for family in [&splits::SPLIT_EVENTS, &splits::SPLIT_FAILURES, &splits::SPLIT_ANOMALIES] {
+        std::sync::LazyLock::force(family);
+    }
+    std::sync::LazyLock::force(&splits::SPLIT_LOOKUP);
     std::sync::LazyLock::force(&gateways::BREAKER_STATE);
     let gateways = Arc::new(Gateways::new(
         &settings.gateways,
@@ -79,6 +86,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         gateways,
         pool: pool.clone(),
         accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),
+        stock: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .map_err(|e| format!("the stock client: {e}"))?,
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -24,6 +24,11 @@ use crate::model::{
     Charge, ChargeRequest, ChargeResponse, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse, Tally, Totals,
 };
 use crate::refunds::{__path_refund_charge, refund_charge};
+use crate::splits::rules::{PayoutMethod, RuleRequest, SplitRequest};
+use crate::splits::{
+    __path_create_split, __path_list_splits, __path_recipient_balance, RecipientBalance, RecipientTotals, RuleView,
+    Split, SplitHistory, SplitPart, create_split, list_splits, recipient_balance,
+};
 use crate::wallets::{
     __path_credit_wallet, __path_get_wallet, __path_list_transactions, CreditRequest, CreditResponse, Transaction,
     TransactionPage, WalletView, credit_wallet, get_wallet, list_transactions,
@@ -44,6 +49,8 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/wallets/{customerId}/transactions").get(list_transactions))
             .service(web::resource("/events").get(list_events))
             .service(web::resource("/admin/verify").post(verify))
+            .service(web::resource("/splits").post(create_split).get(list_splits))
+            .service(web::resource("/recipients/{recipientId}/balance").get(recipient_balance))
             .service(web::resource("/accounts").post(create_account))
             .service(web::resource("/accounts/{accountId}").get(get_account))
             .service(web::resource("/accounts/{accountId}/api-keys").post(issue_key))
@@ -57,10 +64,11 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
     servers((url = "/payment")),
     paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway,
         credit_wallet, get_wallet, list_transactions, list_events, verify,
-        create_account, get_account, issue_key, revoke_key),
+        create_account, get_account, issue_key, revoke_key, create_split, list_splits, recipient_balance),
     components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
         CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport,
-        CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView))
+        CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView,
+        SplitRequest, RuleRequest, PayoutMethod, Split, RuleView, SplitHistory, SplitPart, RecipientBalance, RecipientTotals))
 )]
 struct ApiDoc;
 
