@@ -25,6 +25,10 @@ pub struct ChargeRequest {
     #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub customer_id: String,
     pub payment_method: PaymentMethod,
+    /// The item sold, when the charge is for one: a succeeded charge is divided by the item's
+    /// split in effect, if it has one.
+    #[schema(minimum = 1, maximum = 9223372036854775807u64)]
+    pub item_id: Option<u64>,
 }
 
 /// A successful charge (201).
@@ -86,6 +90,11 @@ pub struct Charge {
     pub gateway: String,
     /// The provider's own id for the charge.
     pub gateway_reference: String,
+    /// The split the charge was divided by, and each recipient's part; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub splits: Vec<crate::splits::SplitPart>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

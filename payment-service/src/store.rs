@@ -95,7 +95,7 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
-const CHARGE_FIELDS: [&str; 13] = [
+const CHARGE_FIELDS: [&str; 15] = [
     "chargeId",
     "status",
     "amount",
@@ -109,6 +109,8 @@ const CHARGE_FIELDS: [&str; 13] = [
     "gatewayReference",
     "amountRefunded",
     "customerId",
+    "splitId",
+    "splits",
 ];
 
 #[derive(Clone)]
@@ -220,6 +222,8 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
             (None, _) => 0,
         },
         customer_id: get(12).unwrap_or_default(),
+        split_id: get(13),
+        splits: get(14).map(|s| crate::splits::decode_parts(&s)).unwrap_or_default(),
     }))
 }
 

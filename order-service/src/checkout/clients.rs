@@ -146,12 +146,15 @@ impl PaymentClient {
     pub async fn charge(
         &self,
         order_id: &OrderId,
+        item_id: u64,
         reservation: &Reservation,
         customer_id: &str,
         payment_method: &str,
     ) -> Call<ChargeAnswer> {
+        // The item lets payment divide the charge by the item's split, if it has one.
         let body = json!({
             "orderId": order_id,
+            "itemId": item_id,
             "amount": reservation.total_fee,
             "currency": reservation.currency,
             "customerId": customer_id,

@@ -221,7 +221,7 @@ impl Attempt<'_> {
             None => {
                 let o = self.order;
                 let call = payment
-                    .charge(self.id(), reservation, &o.customer_id, &o.payment_method)
+                    .charge(self.id(), o.item_id, reservation, &o.customer_id, &o.payment_method)
                     .instrument(step_span(StepName::Charge, self.id(), false))
                     .await;
                 if let Some(ChargeAnswer::Charged(c)) = call.answer() {

@@ -17,6 +17,7 @@ use crate::gateways::client::{self, ChargeReply, Sent};
 use crate::gateways::failover::{self, Move};
 use crate::gateways::{FAILOVERS, MethodKind};
 use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges};
+use crate::splits::SplitPlan;
 use crate::store::{answer_key, new_charge_id_for};
 use crate::wallets::{Kind, Moved, Movement, WALLET, WALLET_EVENTS, new_transaction_id};
 pub use store::{ChargeOutcome, NewCharge, Recorded, WalletCharge};
@@ -63,6 +64,15 @@ pub(crate) async fn create_charge(
         (Begin::Execute { token, .. }, Some(note)) => (token, note),
         (other, _) => return Ok(IdempotencyStore::refusal(other)?),
     };
+    // The split in effect now for the charge's item, read before anything is charged: a read
+    // that fails leaves nothing to undo.
+    let split = match body.item_id {
+        Some(item_id) => match crate::splits::plan_for(&state, item_id, body.amount).await {
+            Ok(plan) => plan,
+            Err(e) => return Ok(state.idempotency.settle(&key_ref, &token, Outcome::of(Err(e))).await),
+        },
+        None => None,
+    };
     let attempt = Attempt {
         state: &state,
         key_ref: &key_ref,
@@ -70,6 +80,7 @@ pub(crate) async fn create_charge(
         body: &body,
         key: &key,
         kind,
+        split: split.as_ref(),
     };
     Ok(match attempt.run(note).await {
         Settled::Outcome(outcome) => state.idempotency.settle(&key_ref, &token, outcome).await,
@@ -98,6 +109,7 @@ struct Attempt<'a> {
     body: &'a ChargeRequest,
     key: &'a str,
     kind: MethodKind,
+    split: Option<&'a SplitPlan>,
 }
 
 /// The provider's Idempotency-Key for a charge request: derived from ours and from the request,
@@ -276,6 +288,7 @@ impl Attempt<'_> {
             decline_code,
             gateway,
             gateway_reference: reference,
+            split: self.split,
         }
     }
 
@@ -322,6 +335,10 @@ impl Attempt<'_> {
             (Some(_), true) => "declined",
         };
         shared::metrics::event("charge", event);
+        if recorded.fresh && recorded.decline_code.is_none() && self.split.is_some() {
+            crate::splits::SPLIT_EVENTS.inc(&[("event", "executed")]);
+            crate::events::EVENTS_APPENDED.inc(&[("type", "split.executed")]);
+        }
         if recorded.fresh {
             let kind = if recorded.decline_code.is_some() {
                 "charge.declined"

@@ -17,11 +17,17 @@
 --   table of names: a table per call costs script time on every checkout):
 --   chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
 --   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot),
---   gateway, gatewayReference, the event (JSON); `ans` the answer to store, if any.
+--   gateway, gatewayReference, the event (JSON), then the split: splitId ('' = none), its parts
+--   (`recipient:amount:0;…`, divided by the caller), the split.executed event (JSON), the
+--   recipients' key prefix and the shard's recipients set (both in the charge's slot); `ans`
+--   the answer to store, if any.
+-- A succeeded charge with a split keeps its parts, adds each to its recipient's earnings and
+-- appends split.executed, in the same step as the charge: a charge is never without its split.
 local function record_charge(K, ki, A, ai, answer_at, ans)
   local charge, order_index, totals, marker, events, aggregates = unpack(K, ki, ki + 5)
   local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
-    marker_ttl_ms, charge_prefix, gateway, gateway_ref, event = unpack(A, ai, ai + 13)
+    marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
+    split_id, parts, split_event, recipient_prefix, recipients = unpack(A, ai, ai + 18)
   local prev = redis.call('GET', marker)
   if prev then
     local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
@@ -42,6 +48,14 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref)
   redis.call('RPUSH', order_index, charge_id)
   append_event(events, aggregates, charge_id, event)
+  if status == 'succeeded' and split_id ~= '' then
+    for recipient, part in string.gmatch(parts, '([^:;]+):(%d+):0') do
+      redis.call('HINCRBY', recipient_prefix .. recipient, currency .. ':earned', part)
+      redis.call('SADD', recipients, recipient)
+    end
+    redis.call('HSET', charge, 'splitId', split_id, 'splits', parts)
+    append_event(events, aggregates, charge_id, split_event)
+  end
   redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
   if ans then store_answer(answer_at, ans) end
   return {'charged', charge_id, order_id, amount, currency, decline_code}

@@ -21,6 +21,7 @@ fn stores(redis: &TestRedis) -> (Store, IdempotencyStore) {
 
 fn new_charge<'a>(charge_id: &'a str, amount: u64, decline_code: Option<&'a str>) -> NewCharge<'a> {
     NewCharge {
+        split: None,
         charge_id,
         order_id: "ord_1",
         amount,
@@ -125,7 +126,10 @@ async fn a_declined_charge_is_recorded_but_not_counted_and_cannot_be_refunded() 
     let id = new_charge_id_for("ord_1");
 
     let declined = recorded(charge(&store, &idem, "k1", &new_charge(&id, 1250, Some("card_declined"))).await);
-    let refund = store.refund(&id, None, "r1", "").await.ok();
+    let refund = store
+        .refund(&id, None, "r1", "", &crate::refunds::new_refund_id(), None)
+        .await
+        .ok();
 
     assert_eq!(declined.decline_code.as_deref(), Some("card_declined"));
     assert!(matches!(refund, Some(RefundOutcome::NotRefundable { status }) if status == "failed"));
@@ -139,9 +143,25 @@ async fn refund_counts_once_and_answers_the_same_refund_again() {
     let id = new_charge_id_for("ord_1");
     let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
 
-    let first = store.refund(&id, None, "r1", "re_sim").await.ok();
-    let again = store.refund(&id, None, "r2", "").await.ok();
-    let unknown = store.refund(&new_charge_id_for("ord_1"), None, "r3", "").await.ok();
+    let first = store
+        .refund(&id, None, "r1", "re_sim", &crate::refunds::new_refund_id(), None)
+        .await
+        .ok();
+    let again = store
+        .refund(&id, None, "r2", "", &crate::refunds::new_refund_id(), None)
+        .await
+        .ok();
+    let unknown = store
+        .refund(
+            &new_charge_id_for("ord_1"),
+            None,
+            "r3",
+            "",
+            &crate::refunds::new_refund_id(),
+            None,
+        )
+        .await
+        .ok();
 
     let (
         Some(RefundOutcome::Refunded {
@@ -183,7 +203,12 @@ async fn partial_refunds_add_up_to_the_charge_never_beyond_and_each_key_refunds_
     let id = new_charge_id_for("ord_1");
     let _ = charge(&store, &idem, "k1", &new_charge(&id, 1000, None)).await;
 
-    let (first, amount, fresh) = refunded(store.refund(&id, Some(300), "r1", "").await.ok());
+    let (first, amount, fresh) = refunded(
+        store
+            .refund(&id, Some(300), "r1", "", &crate::refunds::new_refund_id(), None)
+            .await
+            .ok(),
+    );
     assert_eq!((amount, fresh), (300, true));
     let partial = store.get_charge(&id).await.ok().flatten().expect("charge");
     assert_eq!(
@@ -191,21 +216,42 @@ async fn partial_refunds_add_up_to_the_charge_never_beyond_and_each_key_refunds_
         ("partially_refunded", 300)
     );
     // The same key again: its refund, not another.
-    let (again, amount, fresh) = refunded(store.refund(&id, Some(300), "r1", "").await.ok());
+    let (again, amount, fresh) = refunded(
+        store
+            .refund(&id, Some(300), "r1", "", &crate::refunds::new_refund_id(), None)
+            .await
+            .ok(),
+    );
     assert_eq!((again, amount, fresh), (first, 300, false));
-    let too_much = store.refund(&id, Some(701), "r2", "").await.ok();
+    let too_much = store
+        .refund(&id, Some(701), "r2", "", &crate::refunds::new_refund_id(), None)
+        .await
+        .ok();
     assert!(matches!(too_much, Some(RefundOutcome::Exceeds { remaining: 700 })));
     // Without an amount: what remains.
-    let (last, amount, _) = refunded(store.refund(&id, None, "r3", "").await.ok());
+    let (last, amount, _) = refunded(
+        store
+            .refund(&id, None, "r3", "", &crate::refunds::new_refund_id(), None)
+            .await
+            .ok(),
+    );
     assert_eq!(amount, 700);
-    let (answered, amount, fresh) = refunded(store.refund(&id, None, "r4", "").await.ok());
+    let (answered, amount, fresh) = refunded(
+        store
+            .refund(&id, None, "r4", "", &crate::refunds::new_refund_id(), None)
+            .await
+            .ok(),
+    );
     assert_eq!(
         (answered, amount, fresh),
         (last, 700, false),
         "nothing left: the last refund again"
     );
     assert!(matches!(
-        store.refund(&id, Some(1), "r5", "").await.ok(),
+        store
+            .refund(&id, Some(1), "r5", "", &crate::refunds::new_refund_id(), None)
+            .await
+            .ok(),
         Some(RefundOutcome::Exceeds { remaining: 0 })
     ));
     assert_eq!(charged_and_refunded(&store).await, (1, 1000, 2, 1000));
@@ -235,7 +281,19 @@ async fn concurrent_partial_refunds_never_exceed_the_charge() {
     let tries: Vec<_> = (0..12)
         .map(|i| {
             let (store, id) = (store.clone(), id.clone());
-            tokio::spawn(async move { store.refund(&id, Some(150), &format!("r{i}"), "").await.ok() })
+            tokio::spawn(async move {
+                store
+                    .refund(
+                        &id,
+                        Some(150),
+                        &format!("r{i}"),
+                        "",
+                        &crate::refunds::new_refund_id(),
+                        None,
+                    )
+                    .await
+                    .ok()
+            })
         })
         .collect();
     let mut done = 0;

@@ -8,6 +8,8 @@ use shared::idempotency::Answer;
 use shared::lua::Lib;
 
 use crate::error::PaymentError;
+use crate::splits::store::{recipient_prefix, recipients_key};
+use crate::splits::{SplitPlan, encode_parts};
 use crate::store::{
     Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, parse_amount, totals_key,
 };
@@ -56,6 +58,8 @@ pub struct NewCharge<'a> {
     /// The provider that answered, and its own id for the charge.
     pub gateway: &'a str,
     pub gateway_reference: &'a str,
+    /// How the charge is divided among the item's recipients, if its item has a split.
+    pub split: Option<&'a SplitPlan>,
 }
 
 /// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
@@ -138,6 +142,21 @@ impl Store {
             .arg(new.gateway)
             .arg(new.gateway_reference)
             .arg(event_of(new, status, &created_at));
+        match new.split {
+            Some(plan) => {
+                let split_event = serde_json::json!({
+                    "type": "split.executed",
+                    "at": created_at,
+                    "correlationId": new.order_id,
+                    "data": plan.event_data(charge_id, new.currency),
+                })
+                .to_string();
+                inv.arg(&plan.split_id).arg(encode_parts(&plan.parts)).arg(split_event)
+            }
+            None => inv.arg("").arg("").arg(""),
+        }
+        .arg(recipient_prefix(shard))
+        .arg(recipients_key(shard));
     }
 
     /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key

@@ -69,6 +69,10 @@ pub fn shard_of_aggregate(aggregate_id: &str) -> Option<u16> {
     if let Some(customer) = aggregate_id.strip_prefix("wal_") {
         return shared::ids::is_safe_id(customer).then(|| shared::ids::shard_of(customer));
     }
+    if let Some(hex) = aggregate_id.strip_prefix("spl_") {
+        // A split's id is shaped as a charge's, with its item's shard.
+        return shard_of_charge(&format!("ch_{hex}"));
+    }
     shard_of_charge(aggregate_id)
 }
 

@@ -13,6 +13,7 @@ use super::Event;
 use crate::AppState;
 use crate::error::PaymentError;
 use crate::model::{CurrencyTotals, Totals};
+use crate::splits::store::Earned;
 use crate::store::aggregates_key;
 
 /// A charge as its events tell it.
@@ -24,6 +25,21 @@ pub struct ChargeFold {
     pub gateway: String,
     pub refunded: u64,
     pub refunds: u64,
+    /// Per recipient of the charge's split: earned, reversed.
+    pub parts: BTreeMap<String, (u64, u64)>,
+}
+
+/// The recipients' parts in a split event, summed: `data.parts[].{recipientId, amount}`.
+fn parts_of(e: &Event) -> Result<Vec<(String, u64)>, String> {
+    e.data["parts"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no parts", e.event_id))?
+        .iter()
+        .map(|p| match (p["recipientId"].as_str(), p["amount"].as_u64()) {
+            (Some(r), Some(a)) => Ok((r.to_string(), a)),
+            _ => Err(format!("{}: a part without recipientId and amount", e.event_id)),
+        })
+        .collect()
 }
 
 fn amount_of(e: &Event) -> Result<u64, String> {
@@ -51,6 +67,38 @@ pub fn fold_charge(events: &[Event]) -> Result<ChargeFold, String> {
     };
     for e in &events[1..] {
         match e.kind.as_str() {
+            "split.executed" if fold.status == "succeeded" && fold.parts.is_empty() => {
+                let parts = parts_of(e)?;
+                let sum: u64 = parts.iter().map(|(_, a)| a).sum();
+                if sum != fold.amount {
+                    crate::splits::SPLIT_ANOMALIES.inc(&[("check", "verify")]);
+                    return Err(format!(
+                        "{}: parts sum to {sum}, not the charge's {}",
+                        e.event_id, fold.amount
+                    ));
+                }
+                for (recipient, amount) in parts {
+                    fold.parts.entry(recipient).or_default().0 += amount;
+                }
+            }
+            "split.reversed" if !fold.parts.is_empty() => {
+                let parts = parts_of(e)?;
+                let sum: u64 = parts.iter().map(|(_, a)| a).sum();
+                if Some(sum) != e.data["amount"].as_u64() {
+                    crate::splits::SPLIT_ANOMALIES.inc(&[("check", "verify")]);
+                    return Err(format!(
+                        "{}: reversals sum to {sum}, not the refund's {}",
+                        e.event_id, e.data["amount"]
+                    ));
+                }
+                for (recipient, amount) in parts {
+                    let part = fold.parts.entry(recipient.clone()).or_default();
+                    part.1 += amount;
+                    if part.1 > part.0 {
+                        return Err(format!("{}: {recipient} reversed past its part", e.event_id));
+                    }
+                }
+            }
             "refund.succeeded" if fold.status != "failed" => {
                 fold.refunded += amount_of(e)?;
                 fold.refunds += 1;
@@ -108,6 +156,7 @@ async fn run(state: &AppState) -> Result<VerifyReport, PaymentError> {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     let mut rebuilt = Totals::default();
+    let mut recipients: BTreeMap<String, BTreeMap<String, Earned>> = BTreeMap::new();
     for shard in 0..SHARDS {
         let mut conn = store.pool.get().await?;
         let aggregates: Vec<String> = redis::cmd("SMEMBERS")
@@ -121,8 +170,18 @@ async fn run(state: &AppState) -> Result<VerifyReport, PaymentError> {
             let events = store.events(&aggregate, 0, None).await?;
             if let Some(customer) = aggregate.strip_prefix("wal_") {
                 verify_wallet(state, customer, &events, &mut mismatches).await?;
-            } else {
-                verify_charge(state, &aggregate, &events, &mut rebuilt, &mut mismatches).await?;
+            } else if aggregate.starts_with("spl_") {
+                verify_split(state, &aggregate, &events, &mut mismatches).await?;
+            } else if let Some(fold) = verify_charge(state, &aggregate, &events, &mut rebuilt, &mut mismatches).await? {
+                for (recipient, (earned, reversed)) in fold.parts {
+                    let entry = recipients
+                        .entry(recipient)
+                        .or_default()
+                        .entry(fold.currency.clone())
+                        .or_default();
+                    entry.earned += earned;
+                    entry.reversed += reversed;
+                }
             }
         }
     }
@@ -144,7 +203,57 @@ async fn run(state: &AppState) -> Result<VerifyReport, PaymentError> {
             }
         }
     }
+    let mut named: std::collections::BTreeSet<String> = store.all_recipients().await?.into_iter().collect();
+    named.extend(recipients.keys().cloned());
+    for recipient in named {
+        let stored = store.recipient_balances(&recipient).await?;
+        let told = recipients.remove(&recipient).unwrap_or_default();
+        if stored != told {
+            mismatches.push(format!("recipient {recipient}: stored {stored:?}, events say {told:?}"));
+        }
+    }
     Ok(VerifyReport { checked, mismatches })
+}
+
+/// A split's one event made it, and its item's history still holds it as the event says.
+async fn verify_split(
+    state: &AppState,
+    split_id: &str,
+    events: &[Event],
+    mismatches: &mut Vec<String>,
+) -> Result<(), PaymentError> {
+    let [created] = events else {
+        mismatches.push(format!("{split_id}: {} events, not one split.created", events.len()));
+        return Ok(());
+    };
+    let item_id = created.data["itemId"].as_u64().unwrap_or(0);
+    let history = state.store.splits_of(item_id).await?;
+    match history.iter().find(|s| s.split_id == split_id) {
+        None => mismatches.push(format!("{split_id}: an event but no split in item {item_id}'s history")),
+        Some(stored) => {
+            let told: Vec<(String, Option<u64>)> = created.data["rules"]
+                .as_array()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .map(|r| {
+                            let bps = r["percentage"].as_f64().map(|p| (p * 100.0).round() as u64);
+                            (r["recipientId"].as_str().unwrap_or_default().to_string(), bps)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let kept: Vec<(String, Option<u64>)> = stored
+                .rules
+                .iter()
+                .map(|r| (r.recipient_id.clone(), Some(r.bps)))
+                .collect();
+            if created.kind != "split.created" || told != kept {
+                mismatches.push(format!("{split_id}: stored rules {kept:?}, events say {told:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn verify_charge(
@@ -153,12 +262,12 @@ async fn verify_charge(
     events: &[Event],
     rebuilt: &mut Totals,
     mismatches: &mut Vec<String>,
-) -> Result<(), PaymentError> {
+) -> Result<Option<ChargeFold>, PaymentError> {
     let fold = match fold_charge(events) {
         Ok(f) => f,
         Err(e) => {
             mismatches.push(format!("{charge_id}: {e}"));
-            return Ok(());
+            return Ok(None);
         }
     };
     if fold.status != "failed" {
@@ -193,9 +302,20 @@ async fn verify_charge(
             if stored != told {
                 mismatches.push(format!("{charge_id}: stored {stored:?}, events say {told:?}"));
             }
+            let stored_parts: BTreeMap<String, (u64, u64)> = c
+                .splits
+                .iter()
+                .map(|p| (p.recipient_id.clone(), (p.amount, p.reversed)))
+                .collect();
+            if stored_parts != fold.parts {
+                mismatches.push(format!(
+                    "{charge_id}: stored parts {stored_parts:?}, events say {:?}",
+                    fold.parts
+                ));
+            }
         }
     }
-    Ok(())
+    Ok(Some(fold))
 }
 
 async fn verify_wallet(

@@ -13,7 +13,7 @@ use crate::error::PaymentError;
 use crate::gateways::client::{RefundReply, Sent};
 use crate::model::{Charge, RefundRequest, RefundResponse};
 use crate::wallets::WALLET;
-pub use store::{RefundOutcome, new_refund_id};
+pub use store::{RefundOutcome, Reversal, new_refund_id};
 
 #[utoipa::path(
     post, path = "/refund", request_body = RefundRequest,
@@ -70,6 +70,7 @@ async fn refund(
 ) -> Result<StoredResponse, PaymentError> {
     let charge_id = &body.charge_id;
     let charge = state.store.get_charge(charge_id).await?;
+    let charge_read = charge.clone();
     let charge_gateway = charge.as_ref().map(|c| c.gateway.clone());
     let mut reference = String::new();
     if let Some(charge) = charge.filter(|c| c.status == "succeeded" || c.status == "partially_refunded") {
@@ -79,7 +80,74 @@ async fn refund(
             reference = give_back(state, &charge, provider_key, amount).await?;
         }
     }
-    match state.store.refund(charge_id, body.amount, key, &reference).await? {
+    let refund_id = new_refund_id();
+    // A split charge's reversal is divided from the charge as read; if a concurrent refund
+    // changed it first, the script says so and it is read and divided again.
+    let mut read = charge_read;
+    for _ in 0..8 {
+        let reversal = read.as_ref().and_then(|c| reversal_of(c, body.amount, &refund_id));
+        let outcome = state
+            .store
+            .refund(charge_id, body.amount, key, &reference, &refund_id, reversal.as_ref())
+            .await?;
+        if matches!(outcome, RefundOutcome::Stale) {
+            read = state.store.get_charge(charge_id).await?;
+            continue;
+        }
+        return answer(charge_id, outcome, charge_gateway.as_deref(), reversal.is_some());
+    }
+    Err(
+        shared::CommonError::DependencyUnavailable("the charge kept changing under concurrent refunds; retry".into())
+            .into(),
+    )
+}
+
+/// The reversal of a split charge's parts by a refund of `asked` (what remains when `None`),
+/// as `charge` stands; `None` for a charge without a split, or a refund the script will refuse
+/// or answer from before (nothing, or more than remains).
+fn reversal_of(charge: &Charge, asked: Option<u64>, refund_id: &str) -> Option<Reversal> {
+    if charge.splits.is_empty() {
+        return None;
+    }
+    let remaining = charge.amount.saturating_sub(charge.amount_refunded);
+    let amount = asked.unwrap_or(remaining);
+    if amount == 0 || amount > remaining {
+        return None;
+    }
+    let (after, back) = crate::splits::reversal(&charge.splits, amount)?;
+    let event = serde_json::json!({
+        "type": "split.reversed",
+        "at": shared::time::now_rfc3339(),
+        "correlationId": charge.order_id,
+        "data": {
+            "chargeId": charge.charge_id,
+            "refundId": refund_id,
+            "splitId": charge.split_id,
+            "currency": charge.currency,
+            "amount": amount,
+            "parts": back.iter().map(|(r, a)| serde_json::json!({"recipientId": r, "amount": a})).collect::<Vec<_>>(),
+        },
+    });
+    Some(Reversal {
+        read_refunded: charge.amount_refunded,
+        parts: crate::splits::encode_parts(&after),
+        reversals: back
+            .iter()
+            .map(|(r, a)| format!("{r}:{a}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+        event: event.to_string(),
+    })
+}
+
+/// The answer to what the refund script did.
+fn answer(
+    charge_id: &str,
+    outcome: RefundOutcome,
+    charge_gateway: Option<&str>,
+    reversed: bool,
+) -> Result<StoredResponse, PaymentError> {
+    match outcome {
         RefundOutcome::Refunded {
             refund_id,
             amount,
@@ -88,16 +156,20 @@ async fn refund(
             shared::metrics::event("refund", if fresh { "refunded" } else { "already_refunded" });
             if fresh {
                 crate::events::EVENTS_APPENDED.inc(&[("type", "refund.succeeded")]);
-                if charge_gateway.as_deref() == Some(WALLET) {
+                if charge_gateway == Some(WALLET) {
                     crate::events::EVENTS_APPENDED.inc(&[("type", "wallet.refunded")]);
                     crate::wallets::WALLET_EVENTS.inc(&[("event", "refunded")]);
+                }
+                if reversed {
+                    crate::events::EVENTS_APPENDED.inc(&[("type", "split.reversed")]);
+                    crate::splits::SPLIT_EVENTS.inc(&[("event", "reversed")]);
                 }
             }
             Ok(StoredResponse::json(
                 StatusCode::OK,
                 &RefundResponse {
                     refund_id,
-                    charge_id: charge_id.clone(),
+                    charge_id: charge_id.to_string(),
                     status: "refunded".into(),
                     amount,
                 },
@@ -105,13 +177,14 @@ async fn refund(
         }
         RefundOutcome::NotFound => Err(not_found(charge_id)),
         RefundOutcome::NotRefundable { status } => Err(PaymentError::ChargeNotRefundable {
-            charge_id: charge_id.clone(),
+            charge_id: charge_id.to_string(),
             status,
         }),
         RefundOutcome::Exceeds { remaining } => Err(PaymentError::RefundExceedsCharge {
-            charge_id: charge_id.clone(),
+            charge_id: charge_id.to_string(),
             remaining,
         }),
+        RefundOutcome::Stale => Err(shared::CommonError::Internal("a stale refund reached its answer".into()).into()),
     }
 }
 

@@ -6,11 +6,18 @@
 -- remains is refunded; with nothing left, the charge's last refund is answered again.
 -- Failed (declined): refused. More than remains: refused ('exceeds'). Totals first, as in
 -- charge.lua.
+-- A charge with a split has its parts reversed in the same step: the caller divided the refund
+-- over the parts still standing as it read them (exact integer arithmetic, which Lua's doubles
+-- cannot do for large amounts), so the script checks the charge is still as read (its
+-- amountRefunded) and answers 'stale' otherwise, for the caller to read and divide again.
 -- KEYS: charge, totals, marker, the charge's events, the shard's aggregates.
 -- ARGV: new refundId, refundedAt, amount ('' = what remains), marker TTL (ms), the provider's
---   refund reference, traceId.
+--   refund reference, traceId, then for a split: amountRefunded as read ('' = no split), the
+--   parts after the refund, the reversals (`recipient:amount;…`), the split.reversed event,
+--   the recipients' key prefix.
 local charge, totals, marker, events, aggregates = unpack(KEYS, 1, 5)
-local refund_id, refunded_at, asked, marker_ttl_ms, reference, trace_id = unpack(ARGV, 1, 6)
+local refund_id, refunded_at, asked, marker_ttl_ms, reference, trace_id,
+  read_refunded, parts, reversals, split_event, recipient_prefix = unpack(ARGV, 1, 11)
 local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'refundId', 'gateway', 'amountRefunded',
   'lastRefundAmount', 'orderId', 'chargeId')
 if not c[1] then return {'not_found'} end
@@ -20,6 +27,7 @@ if prev then
   return {'already', id, amount, c[1]}
 end
 if c[1] == 'failed' then return {'not_refundable', c[1]} end
+if read_refunded ~= '' and (c[6] or '0') ~= read_refunded then return {'stale'} end
 local charged = tonumber(c[2])
 local refunded = tonumber(c[6]) or 0
 if c[1] == 'refunded' and c[6] == false then refunded = charged end
@@ -42,4 +50,11 @@ append_event(events, aggregates, c[9], event_json('refund.succeeded', refunded_a
   c[3] .. '","amountRefunded":' .. int(refunded) .. ',"status":"' .. status .. '","gateway":"' .. (c[5] or '') ..
   '","gatewayReference":' .. cjson.encode(reference) ..
   ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}'))
+if read_refunded ~= '' then
+  redis.call('HSET', charge, 'splits', parts)
+  for recipient, part in string.gmatch(reversals, '([^:;]+):(%d+)') do
+    redis.call('HINCRBY', recipient_prefix .. recipient, c[3] .. ':reversed', part)
+  end
+  append_event(events, aggregates, c[9], split_event)
+end
 return {'refunded', refund_id, int(amount), status}

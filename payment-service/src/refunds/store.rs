@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use crate::error::PaymentError;
+use crate::splits::store::recipient_prefix;
 use crate::store::{
     Store, aggregates_key, charge_key, events_key, parse_amount, refund_marker_key, shard_of_charge, totals_key,
 };
@@ -33,6 +34,20 @@ pub enum RefundOutcome {
     Exceeds {
         remaining: u64,
     },
+    /// The charge changed since `reversal` was divided: read and divide again.
+    Stale,
+}
+
+/// A refund's reversal of a split charge's parts, divided by the caller.
+pub struct Reversal {
+    /// The charge's amountRefunded when it was read.
+    pub read_refunded: u64,
+    /// The parts after the refund (`recipient:amount:reversed;…`).
+    pub parts: String,
+    /// Each recipient's reversal (`recipient:amount;…`).
+    pub reversals: String,
+    /// The split.reversed event (JSON).
+    pub event: String,
 }
 
 impl Store {
@@ -44,6 +59,8 @@ impl Store {
         amount: Option<u64>,
         key: &str,
         reference: &str,
+        refund_id: &str,
+        reversal: Option<&Reversal>,
     ) -> Result<RefundOutcome, PaymentError> {
         let Some(shard) = shard_of_charge(charge_id) else {
             return Ok(RefundOutcome::NotFound);
@@ -55,12 +72,17 @@ impl Store {
             .key(refund_marker_key(shard, key))
             .key(events_key(shard, charge_id))
             .key(aggregates_key(shard))
-            .arg(new_refund_id())
+            .arg(refund_id)
             .arg(shared::time::now_rfc3339())
             .arg(amount.map(|a| a.to_string()).unwrap_or_default())
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(reference)
             .arg(shared::telemetry::current_trace_id().unwrap_or_default())
+            .arg(reversal.map(|r| r.read_refunded.to_string()).unwrap_or_default())
+            .arg(reversal.map(|r| r.parts.as_str()).unwrap_or(""))
+            .arg(reversal.map(|r| r.reversals.as_str()).unwrap_or(""))
+            .arg(reversal.map(|r| r.event.as_str()).unwrap_or(""))
+            .arg(recipient_prefix(shard))
             .invoke_async(&mut conn)
             .await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
@@ -71,6 +93,7 @@ impl Store {
                 fresh: kind == "refunded",
             }),
             "not_found" => Ok(RefundOutcome::NotFound),
+            "stale" => Ok(RefundOutcome::Stale),
             "not_refundable" => Ok(RefundOutcome::NotRefundable {
                 status: field(1).to_string(),
             }),

@@ -22,7 +22,7 @@ pub fn divide(amount: u64, weights: &[u64]) -> Vec<u64> {
     let given: u128 = parts.iter().map(|p| u128::from(*p)).sum();
     let left = (amount - given) as usize;
     // Largest remainder first; equal remainders keep their order (a stable sort).
-    remainders.sort_by(|a, b| b.0.cmp(&a.0));
+    remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, i) in remainders.into_iter().take(left) {
         parts[i] += 1;
     }

@@ -27,19 +27,27 @@ use rules::{PayoutMethod, SplitRequest};
 use store::{StoredSplit, in_effect, item_shard, new_split_id};
 
 /// `split_events_total{event}`: created, executed (a charge divided), reversed (a refund).
-pub static SPLIT_EVENTS: LazyLock<CounterFamily> =
-    LazyLock::new(|| CounterFamily::register("split_events", "Splits created, executed on charges, reversed by refunds"));
+pub static SPLIT_EVENTS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
+        "split_events",
+        "Splits created, executed on charges, reversed by refunds",
+    )
+});
 /// `split_failures_total{reason}`: split requests refused (invalid, forbidden, item_not_found).
 pub static SPLIT_FAILURES: LazyLock<CounterFamily> =
     LazyLock::new(|| CounterFamily::register("split_failures", "Split requests refused, by reason"));
 /// `split_anomalies_total{check}`: parts that do not sum to their charge (or reversals to
 /// their refund). Never expected: alert on any.
 pub static SPLIT_ANOMALIES: LazyLock<CounterFamily> = LazyLock::new(|| {
-    CounterFamily::register("split_anomalies", "Split parts that did not sum to their amount: alert on any")
+    CounterFamily::register(
+        "split_anomalies",
+        "Split parts that did not sum to their amount: alert on any",
+    )
 });
 /// `split_lookup_seconds`: finding the split in effect for a charge (one read of the item's history).
-pub static SPLIT_LOOKUP: LazyLock<HistogramFamily> =
-    LazyLock::new(|| HistogramFamily::register("split_lookup_seconds", "Time to find the split in effect for a charge"));
+pub static SPLIT_LOOKUP: LazyLock<HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::register("split_lookup_seconds", "Time to find the split in effect for a charge")
+});
 
 /// One rule as shown.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -167,9 +175,12 @@ impl SplitPlan {
     }
 }
 
+/// Per recipient, what a refund takes back.
+pub type Reversals = Vec<(String, u64)>;
+
 /// What a refund of `amount` takes back from a charge's `parts`: the new parts and, per
 /// recipient, the reversal. `None` when more than stands is asked.
-pub fn reversal(parts: &[SplitPart], amount: u64) -> Option<(Vec<SplitPart>, Vec<(String, u64)>)> {
+pub fn reversal(parts: &[SplitPart], amount: u64) -> Option<(Vec<SplitPart>, Reversals)> {
     let standing: Vec<u64> = parts.iter().map(|p| p.amount.saturating_sub(p.reversed)).collect();
     if amount > standing.iter().sum::<u64>() {
         return None;
@@ -186,7 +197,14 @@ pub fn reversal(parts: &[SplitPart], amount: u64) -> Option<(Vec<SplitPart>, Vec
             ..p.clone()
         })
         .collect();
-    Some((after, parts.iter().zip(back).map(|(p, b)| (p.recipient_id.clone(), b)).collect()))
+    Some((
+        after,
+        parts
+            .iter()
+            .zip(back)
+            .map(|(p, b)| (p.recipient_id.clone(), b))
+            .collect(),
+    ))
 }
 
 /// The split in effect now for `item_id`, applied to `amount`.
@@ -199,7 +217,7 @@ pub async fn plan_for(state: &AppState, item_id: u64, amount: u64) -> Result<Opt
 }
 
 fn percentage_of(bps: u64) -> serde_json::Number {
-    if bps % 100 == 0 {
+    if bps.is_multiple_of(100) {
         serde_json::Number::from(bps / 100)
     } else {
         serde_json::Number::from_f64(bps as f64 / 100.0).unwrap_or_else(|| serde_json::Number::from(0))
@@ -234,7 +252,8 @@ async fn owner_of(state: &AppState, item_id: u64) -> Result<Option<String>, Paym
         owner_id: Option<String>,
     }
     let url = format!("{}/items/{item_id}", state.settings.stock_url.trim_end_matches('/'));
-    let unavailable = |why: String| PaymentError::from(shared::CommonError::DependencyUnavailable(format!("stock: {why}")));
+    let unavailable =
+        |why: String| PaymentError::from(shared::CommonError::DependencyUnavailable(format!("stock: {why}")));
     let resp = state
         .stock
         .get(&url)
@@ -323,7 +342,9 @@ pub(crate) async fn create_split(
     Ok(state
         .idempotency
         .run(&key_ref, |_, _| async move {
-            Ok(Outcome::of(create(&shared_state, &caller, &body).await.map_err(refused)))
+            Ok(Outcome::of(
+                create(&shared_state, &caller, &body).await.map_err(refused),
+            ))
         })
         .await?)
 }

@@ -145,7 +145,10 @@ pub fn check(req: &SplitRequest, now_ms: u64) -> Result<Checked, String> {
         if !shared::ids::is_safe_id(&r.recipient_id) {
             return Err(at("recipientId must be 1 to 128 letters, digits, '_' or '-'".into()));
         }
-        if req.rules[..i].iter().any(|earlier| earlier.recipient_id == r.recipient_id) {
+        if req.rules[..i]
+            .iter()
+            .any(|earlier| earlier.recipient_id == r.recipient_id)
+        {
             return Err(at(format!("recipient {} appears twice", r.recipient_id)));
         }
         let bps = basis_points(&r.percentage).map_err(at)?;
@@ -168,8 +171,9 @@ pub fn check(req: &SplitRequest, now_ms: u64) -> Result<Checked, String> {
     let effective_from_ms = match &req.effective_from {
         None => now_ms,
         Some(text) => {
-            let ms = shared::time::parse_rfc3339_ms(text)
-                .ok_or_else(|| format!("effectiveFrom {text:?} is not an RFC 3339 UTC time like 2026-12-04T10:00:00Z"))?;
+            let ms = shared::time::parse_rfc3339_ms(text).ok_or_else(|| {
+                format!("effectiveFrom {text:?} is not an RFC 3339 UTC time like 2026-12-04T10:00:00Z")
+            })?;
             if ms + PAST_SKEW_MS < now_ms {
                 return Err(format!(
                     "effectiveFrom {text} is in the past: a split cannot change charges already made"
@@ -210,7 +214,15 @@ mod tests {
         ] {
             assert_eq!(basis_points(&number(v.clone())), Ok(bps), "{v}");
         }
-        for v in [json!(0), json!(-1), json!(100.01), json!(33.333), json!(1e-3), json!(1e300), json!(0.001)] {
+        for v in [
+            json!(0),
+            json!(-1),
+            json!(100.01),
+            json!(33.333),
+            json!(1e-3),
+            json!(1e300),
+            json!(0.001),
+        ] {
             assert!(basis_points(&number(v.clone())).is_err(), "{v}");
         }
     }
@@ -231,15 +243,29 @@ mod tests {
     #[test]
     fn a_split_must_sum_to_exactly_100_with_distinct_recipients() {
         let bank = json!({"bank": "001", "account": "12345-6"});
-        let ok = request(vec![rule("a", json!(33.33), bank.clone()), rule("b", json!(66.67), bank.clone())]);
-        assert_eq!(check(&ok, 0).map(|c| c.rules.iter().map(|r| r.bps).collect::<Vec<_>>()), Ok(vec![3333, 6667]));
+        let ok = request(vec![
+            rule("a", json!(33.33), bank.clone()),
+            rule("b", json!(66.67), bank.clone()),
+        ]);
+        assert_eq!(
+            check(&ok, 0).map(|c| c.rules.iter().map(|r| r.bps).collect::<Vec<_>>()),
+            Ok(vec![3333, 6667])
+        );
 
-        let short = request(vec![rule("a", json!(33.33), bank.clone()), rule("b", json!(66.66), bank.clone())]);
+        let short = request(vec![
+            rule("a", json!(33.33), bank.clone()),
+            rule("b", json!(66.66), bank.clone()),
+        ]);
         assert!(check(&short, 0).is_err_and(|e| e.contains("99.99")));
-        let twice = request(vec![rule("a", json!(50), bank.clone()), rule("a", json!(50), bank.clone())]);
+        let twice = request(vec![
+            rule("a", json!(50), bank.clone()),
+            rule("a", json!(50), bank.clone()),
+        ]);
         assert!(check(&twice, 0).is_err_and(|e| e.starts_with("rules[1]") && e.contains("twice")));
         assert!(check(&request(vec![]), 0).is_err());
-        let many: Vec<Value> = (0..21).map(|i| rule(&format!("r{i}"), json!(1), bank.clone())).collect();
+        let many: Vec<Value> = (0..21)
+            .map(|i| rule(&format!("r{i}"), json!(1), bank.clone()))
+            .collect();
         assert!(check(&request(many), 0).is_err_and(|e| e.contains("not 21")));
         let bad_name = request(vec![rule("a b", json!(100), bank)]);
         assert!(check(&bad_name, 0).is_err_and(|e| e.contains("recipientId")));
@@ -254,7 +280,10 @@ mod tests {
             (PayoutMethod::Bank, json!({"bank": "1", "account": "1"})),
             (PayoutMethod::Bank, json!({"bank": "001"})),
             (PayoutMethod::Bank, json!({"bank": "001", "account": "12a"})),
-            (PayoutMethod::Bank, json!({"bank": "001", "account": "1", "pixKey": "x"})),
+            (
+                PayoutMethod::Bank,
+                json!({"bank": "001", "account": "1", "pixKey": "x"}),
+            ),
             (PayoutMethod::Bank, json!({"bank": 1, "account": "1"})),
             (PayoutMethod::Pix, json!({})),
             (PayoutMethod::Pix, json!({"pixKey": " "})),

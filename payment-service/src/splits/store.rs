@@ -176,7 +176,10 @@ mod tests {
     fn split_ids_carry_the_items_shard() {
         let shard = item_shard(42);
         let id = new_split_id(shard);
-        assert!(id.starts_with(&format!("spl_{shard:02x}")) && id.len() == 4 + 32, "{id}");
+        assert!(
+            id.starts_with(&format!("spl_{shard:02x}")) && id.len() == 4 + 32,
+            "{id}"
+        );
         assert!(shared::ids::is_safe_id(&id));
     }
 }

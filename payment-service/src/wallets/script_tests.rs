@@ -161,6 +161,7 @@ async fn wallet_charge_debits_and_records_in_one_step_and_leaves_anything_else_t
         correlation: "ord_w",
     };
     let new = NewCharge {
+        split: None,
         charge_id: &charge_id,
         order_id: "ord_w",
         amount: 300,
