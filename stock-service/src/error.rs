@@ -23,6 +23,8 @@ pub enum StockError {
     ReservationReleased(String),
     #[error("reservation {0} is not completed")]
     ReservationNotCompleted(String),
+    #[error("account {0} not found")]
+    AccountNotFound(String),
 }
 
 shared::service_error!(StockError);
@@ -51,6 +53,12 @@ impl StockError {
             )
             .with("itemId", *item_id)
             .with("available", *available),
+            Self::AccountNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "account-not-found",
+                "Account not found",
+                format!("ownerId {id} names no account"),
+            ),
             Self::ReservationNotFound(id) => Problem::new(
                 S::NOT_FOUND,
                 "reservation-not-found",

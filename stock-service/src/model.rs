@@ -15,7 +15,8 @@ pub struct Item {
     pub reserved: i64,
     pub sold: i64,
     /// The account that owns the item (`acct_…`): it, or the platform, may change it. Null for
-    /// the platform's own items.
+    /// the platform's own items (then left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_id: Option<String>,
 }
 

@@ -150,7 +150,12 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
         Some("acct_00000000000000000000000000000000"),
     )
     .await;
-    assert_eq!(unknown_owner.status, 400, "{}", unknown_owner.json);
+    assert_eq!(
+        (unknown_owner.status, slug(&unknown_owner.json)),
+        (404, "account-not-found"),
+        "{}",
+        unknown_owner.json
+    );
     let bad_key = put_item(&stack, "sk_test_nothing", 501, 1, None).await;
     assert_eq!((bad_key.status, slug(&bad_key.json)), (401, "unauthorized"));
 
@@ -245,7 +250,11 @@ async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_th
         (vec![rule("a", json!(50)), rule("a", json!(50))], "rules[1]"),
         (vec![rule("a", json!(33.333)), rule("b", json!(66.667))], "rules[0]"),
         (vec![rule("a", json!(0)), rule("b", json!(100))], "rules[0]"),
-        ((0..21).map(|i| rule(&format!("r{i}"), json!(1))).collect(), "21"),
+        (
+            (0..21).map(|i| rule(&format!("r{i}"), json!(1))).collect(),
+            "at most 20",
+        ),
+        (vec![], "at least 1"),
         (
             vec![json!({"recipientId": "a", "percentage": 100, "payoutMethod": "bank", "accountInfo": {"bank": "1"}})],
             "bank",

@@ -336,8 +336,19 @@ pub(crate) async fn create_split(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PaymentError> {
     let caller = state.accounts.caller(&req).await?;
+    // What the schema refuses in the rules (their count, a recipient id) is a split-invalid
+    // naming the rule, as the rest of the rules' checks.
     let IdempotentPost { body, key_ref, .. } =
-        idempotency::read_post_as::<SplitRequest>(&req, payload, &caller.scope("payment:splits")).await?;
+        idempotency::read_post_as::<SplitRequest>(&req, payload, &caller.scope("payment:splits"))
+            .await
+            .map_err(|e| match e {
+                shared::CommonError::InvalidRequest(detail)
+                    if detail.trim_start_matches("invalid body: ").starts_with("rules") =>
+                {
+                    refused(PaymentError::SplitInvalid(detail))
+                }
+                other => PaymentError::from(other),
+            })?;
     let shared_state = state.clone().into_inner();
     Ok(state
         .idempotency
@@ -396,7 +407,7 @@ pub(crate) async fn list_splits(req: HttpRequest, state: web::Data<AppState>) ->
 
 #[utoipa::path(
     get, path = "/recipients/{recipientId}/balance",
-    params(("recipientId" = String, Path, description = "letters, digits, `_` and `-`")),
+    params(("recipientId" = String, Path, pattern = "^[A-Za-z0-9_-]{1,128}$", description = "letters, digits, `_` and `-`")),
     responses(
         (status = 200, body = RecipientBalance, description = "earned, reversed and net per currency; empty for a recipient never paid"),
         (status = 400, description = "invalid-request: not a recipient id"),

@@ -27,9 +27,11 @@ pub enum PayoutMethod {
 pub struct RuleRequest {
     /// Letters, digits, `_` and `-`, at most 128 (an account id, or the platform's own id for
     /// the recipient).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub recipient_id: String,
-    /// Greater than 0, at most 100, at most two decimals: `33.33`.
-    #[schema(value_type = f64)]
+    /// Greater than 0, at most 100, at most two decimals: `33.33`. The rules of a split sum to
+    /// exactly 100 and name distinct recipients: checked beside the schema (400 split-invalid).
+    #[schema(value_type = f64, exclusive_minimum = 0, maximum = 100)]
     pub percentage: serde_json::Number,
     pub payout_method: PayoutMethod,
     /// `bank`: `{"bank": "001", "branch"?: "1234", "account": "12345-6"}`; `pix`: `{"pixKey": "…"}`.
@@ -44,6 +46,7 @@ pub struct SplitRequest {
     pub item_id: u64,
     /// RFC 3339 UTC (`2026-12-04T10:00:00Z`); now when left out. Not in the past.
     pub effective_from: Option<String>,
+    #[schema(min_items = 1, max_items = 20)]
     pub rules: Vec<RuleRequest>,
 }
 

@@ -49,7 +49,8 @@ pub(crate) async fn get_item(state: web::Data<AppState>, id: web::Path<String>) 
     params(("id" = u64, Path, minimum = 1, description = "the item's id, a positive integer")),
     responses(
         (status = 200, body = Item),
-        (status = 400, description = "invalid-request: the body, an id that is not a positive integer, or an ownerId that names no account"),
+        (status = 400, description = "invalid-request: the body, or an id that is not a positive integer"),
+        (status = 404, description = "account-not-found: the ownerId names no account"),
         (status = 401, description = "unauthorized: neither the internal token nor a live API key"),
         (status = 403, description = "forbidden: an account changing an item it does not own, or naming another owner")
     ),
@@ -83,7 +84,7 @@ pub(crate) async fn put_item(
                 None => false,
             };
             if !known {
-                return Err(shared::CommonError::InvalidRequest(format!("ownerId {owner} names no account")).into());
+                return Err(StockError::AccountNotFound(owner.clone()));
             }
             Some(owner.as_str())
         }
