@@ -715,8 +715,29 @@ async fn credit_wallet(stack: &Stack, customer: &str, amount: i64) {
     panic!("could not credit {customer}");
 }
 
+/// Splits an item's sales 70/30 before a round's faults begin (retried as a credit is): the
+/// round's kills then fall on charges recorded with their parts, and `verify` checks every
+/// recipient's balance against the events after the round.
+async fn split_item(stack: &Stack, item: u64) {
+    let k = key();
+    let rules = json!([
+        {"recipientId": "seller", "percentage": 70, "payoutMethod": "pix", "accountInfo": {"pixKey": "seller@example.com"}},
+        {"recipientId": "platform", "percentage": 30, "payoutMethod": "bank", "accountInfo": {"bank": "001", "account": "12345-6"}}
+    ]);
+    for _ in 0..100 {
+        let r = stack
+            .post_internal("/payment/splits", Some(&k), &json!({"itemId": item, "rules": rules}))
+            .await;
+        if r.status == 201 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not split item {item}");
+}
+
 /// The payment event log against the stored state: `verify` rebuilds every charge, refund,
-/// wallet balance and byGateway from the events alone.
+/// wallet balance, recipient balance and byGateway from the events alone.
 async fn events_match(stack: &Stack) -> Vec<String> {
     let r = stack.post_internal("/payment/admin/verify", None, &json!({})).await;
     if r.status != 200 {
@@ -907,6 +928,7 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
             ledger.stocked.insert(id, units);
         }
         let unknown_item = base + 9;
+        split_item(&stack, base + 2).await;
         // A wallet for the round's wallet checkouts: enough for some of them, not all.
         let wallet = format!("cus_r{round}");
         credit_wallet(&stack, &wallet, 4000).await;
