@@ -45,6 +45,10 @@ impl Store {
         let mut conn = self.pool.get().await?;
         let mut ids: Vec<u64> = conn.smembers(INDEX).await?;
         ids.sort_unstable();
+        if ids.is_empty() {
+            // An empty pipeline is an error to the client, not an empty answer.
+            return Ok(Vec::new());
+        }
         // Items are separate slots: one pipeline on a single node, one read each on a cluster.
         let rows: Vec<Vec<Option<String>>> = conn.each(ids.iter().map(|id| item_fields(*id)).collect()).await?;
         Ok(ids.iter().zip(rows).filter_map(|(id, f)| item_from(*id, &f)).collect())
