@@ -32,6 +32,10 @@ connections=${BENCH_CONNECTIONS:-64}
 policies=${BENCH_FSYNC:-always everysec}
 masters=${BENCH_MASTERS:-3}
 base=${BENCH_PORT:-19080}
+# One load generator is one caller: it is paced only by the limits it sets (the limiter still
+# runs on every request, so its cost is measured).
+export RATE_LIMIT_CHECKOUT=${RATE_LIMIT_CHECKOUT:-1000000} RATE_LIMIT_CHECKOUT_BURST=${RATE_LIMIT_CHECKOUT_BURST:-1000000}
+export RATE_LIMIT_DEFAULT=${RATE_LIMIT_DEFAULT:-1000000} RATE_LIMIT_DEFAULT_BURST=${RATE_LIMIT_DEFAULT_BURST:-1000000}
 work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
 results=$work/results
 : >"$results"

@@ -17,6 +17,10 @@ bin=$root/target/release
 duration=${CHAOS_DURATION:-60}
 rate=${CHAOS_RATE:-150}
 base=${CHAOS_PORT:-19280}
+# One load generator is one caller: it is paced only by the limits it sets (the limiter still
+# runs on every request, so its cost is measured).
+export RATE_LIMIT_CHECKOUT=${RATE_LIMIT_CHECKOUT:-1000000} RATE_LIMIT_CHECKOUT_BURST=${RATE_LIMIT_CHECKOUT_BURST:-1000000}
+export RATE_LIMIT_DEFAULT=${RATE_LIMIT_DEFAULT:-1000000} RATE_LIMIT_DEFAULT_BURST=${RATE_LIMIT_DEFAULT_BURST:-1000000}
 gateway=$base redis=$((base + 1))
 work=$(mktemp -d /tmp/checkout-chaos.XXXXXX)
 

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use actix_web::http::Method;
 use shared::config::{self, CommonSettings, ConfigError, EnvVar};
 use shared::http_client::RetrySettings;
+use shared::ratelimit::{Policy, Route};
 
 pub const PORT: EnvVar = EnvVar {
     name: "ORDER_PORT",
@@ -41,6 +43,18 @@ pub const RECOVERY_RETRY: EnvVar = EnvVar {
     help: "How soon a checkout whose outcome is still unknown (a dependency unreachable) is tried again; at least 50ms.",
 };
 
+pub const RATE_LIMIT_CHECKOUT: EnvVar = EnvVar {
+    name: "RATE_LIMIT_CHECKOUT",
+    default: "50",
+    help: "Checkouts per second each caller (API key, else client address) may start (POST /order/checkout); the internal token is exempt. At least 1.",
+};
+
+pub const RATE_LIMIT_CHECKOUT_BURST: EnvVar = EnvVar {
+    name: "RATE_LIMIT_CHECKOUT_BURST",
+    default: "100",
+    help: "Checkouts a caller may start at once before RATE_LIMIT_CHECKOUT paces it; at least 1.",
+};
+
 pub const ENV: &[EnvVar] = &[
     PORT,
     STOCK_URL,
@@ -48,6 +62,8 @@ pub const ENV: &[EnvVar] = &[
     CHECKOUT_DEADLINE,
     RECOVERY_INTERVAL,
     RECOVERY_RETRY,
+    RATE_LIMIT_CHECKOUT,
+    RATE_LIMIT_CHECKOUT_BURST,
 ];
 
 /// The shortest period of the recovery worker's chores: shorter ones would only keep Redis busy.
@@ -66,7 +82,13 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let common = CommonSettings::from_env("order-service", &PORT)?;
+        let mut common = CommonSettings::from_env("order-service", &PORT)?;
+        common.rate_limits.routes.push(Route {
+            method: Method::POST,
+            path: "/checkout",
+            name: "checkout",
+            policy: Policy::from_env(&RATE_LIMIT_CHECKOUT, &RATE_LIMIT_CHECKOUT_BURST)?,
+        });
         let checkout_deadline = config::duration_at_least(&CHECKOUT_DEADLINE, Duration::from_millis(1))?;
         Ok(Self {
             common,

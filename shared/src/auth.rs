@@ -9,18 +9,22 @@ use crate::problem::CommonError;
 /// Passes when `Authorization: Bearer <token>` matches, comparing in constant time so the
 /// token cannot be guessed byte by byte from response timings.
 pub fn require(req: &HttpRequest, token: &Secret) -> Result<(), CommonError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(CommonError::Unauthorized)?;
+    let presented = bearer(req)?;
     if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
         Err(CommonError::Unauthorized)
     }
+}
+
+/// The credential of `Authorization: Bearer <credential>`; 401 without one.
+pub(crate) fn bearer(req: &HttpRequest) -> Result<&str, CommonError> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(CommonError::Unauthorized)
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

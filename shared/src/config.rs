@@ -114,6 +114,8 @@ pub const COMMON_ENV: &[EnvVar] = &[
     SHUTDOWN_GRACE,
     RUST_LOG,
     LOG_FORMAT,
+    crate::ratelimit::RATE_LIMIT_DEFAULT,
+    crate::ratelimit::RATE_LIMIT_DEFAULT_BURST,
 ];
 
 /// The README's configuration table, generated from the services' tables so the two cannot
@@ -291,6 +293,8 @@ pub struct CommonSettings {
     /// RUST_LOG, checked to parse.
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// Per-caller limits; a service adds its routes' own (the order service: POST /checkout).
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +345,7 @@ impl CommonSettings {
             shutdown_grace: duration_at_least(&SHUTDOWN_GRACE, Duration::from_secs(1))?,
             log_filter,
             log_format,
+            rate_limits: crate::ratelimit::RateLimits::from_env()?,
         })
     }
 

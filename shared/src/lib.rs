@@ -11,6 +11,7 @@
 //! - [`http_client`]: the retrying client services use to call each other.
 //! - [`auth`]: the internal bearer token check; [`accounts`]: accounts, API keys and the caller.
 //! - [`metrics`], [`ops`]: `/metrics`, `/health`, `/ready`, `/openapi.json`, `/docs`.
+//! - [`ratelimit`]: per-caller rate limits kept in Redis, as a middleware.
 //! - [`openapi`]: the conventions every service's OpenAPI document states, and `Allow` from it.
 //! - [`telemetry`]: JSON logs and OpenTelemetry traces (W3C `traceparent` in and out, OTLP export).
 //! - [`ids`]: shard selection for hash-tagged keys.
@@ -31,6 +32,7 @@ pub mod money;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod ratelimit;
 pub mod redis_pool;
 pub mod request_id;
 pub mod schema;

@@ -9,6 +9,8 @@
 //!   ASCII characters), can answer 409 `idempotency-key-in-use` (with `Retry-After`) and 422
 //!   `idempotency-key-reused`, and marks a replay with `Idempotent-Replayed`;
 //! - every operation but `/health` can answer 503 when Redis does not (with `Retry-After`);
+//! - every operation but `/health`, `/ready` and `/metrics` can answer 429 `rate-limited`
+//!   (with `Retry-After`, `RateLimit-Policy` and `RateLimit`: `crate::ratelimit`);
 //! - a 202 carries `Location` and `Retry-After`;
 //! - the operations endpoints (`/health`, `/ready`, `/metrics`) are listed too.
 //!
@@ -150,7 +152,7 @@ fn apply_conventions(doc: &mut Value) {
         if let Some(schemes) = schemes.as_object_mut() {
             schemes.insert(
                 "bearer".into(),
-                json!({"type": "http", "scheme": "bearer", "description": "INTERNAL_TOKEN: internal and admin calls"}),
+                json!({"type": "http", "scheme": "bearer", "description": "INTERNAL_TOKEN (the platform: internal and admin calls), or an account's API key (`sk_test_…`) where an operation says so"}),
             );
         }
     }
@@ -192,6 +194,9 @@ fn apply_to_operation(path: &str, operation: &mut Value) {
     if secured {
         add("401", "unauthorized: no or a wrong bearer token");
     }
+    if !matches!(path, "/health" | "/ready" | "/metrics") {
+        add("429", "rate-limited: this caller is over its limit; nothing was done");
+    }
     if path != "/health" {
         add(
             "503",
@@ -221,6 +226,18 @@ fn apply_to_operation(path: &str, operation: &mut Value) {
             }
             "409" | "503" => {
                 headers.insert("Retry-After".into(), retry_after());
+            }
+            "429" => {
+                headers.insert("Retry-After".into(), retry_after());
+                for (name, what) in [
+                    (
+                        "RateLimit-Policy",
+                        "the caller's quota and window: `\"checkout\";q=100;w=2`",
+                    ),
+                    ("RateLimit", "what remains and when it is whole: `\"checkout\";r=0;t=2`"),
+                ] {
+                    headers.insert(name.into(), header(what, json!({"type": "string"}), true));
+                }
             }
             s if takes_key && (s.starts_with('2') || s.starts_with('4')) => {
                 headers.insert(

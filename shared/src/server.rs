@@ -34,15 +34,24 @@ impl<S, T: Clone> Clone for AppState<S, T> {
 /// Serves `routes` with the middleware and operations routes every service wears, outermost
 /// first: request id, the request's trace span (inside the request id, so the span carries
 /// it), metrics, problem+json for stray errors (inside the span, so the span sees the final
-/// status). `openapi` is the service's document, served at `/openapi.json`.
+/// status), the caller's rate limit. `openapi` is the service's document, served at `/openapi.json`.
 pub async fn serve<F>(settings: &CommonSettings, pool: Pool, openapi: String, routes: F) -> Result<(), String>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    let limiter = web::Data::new(crate::ratelimit::Limiter::new(
+        pool.clone(),
+        settings.service,
+        settings.internal_token.clone(),
+        settings.rate_limits.clone(),
+    ));
     let ops = Ops::new(pool, openapi);
     let bind = (settings.host.clone(), settings.port);
     let server = HttpServer::new(move || {
         App::new()
+            .app_data(limiter.clone())
+            // Innermost: a refusal still gets its request id, span, metrics and problem+json.
+            .wrap(from_fn(crate::ratelimit::middleware))
             .wrap(ErrorHandlers::new().default_handler(crate::problem::problemize))
             .wrap(from_fn(crate::metrics::middleware))
             .wrap(from_fn(crate::telemetry::middleware))

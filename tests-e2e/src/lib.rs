@@ -554,6 +554,12 @@ impl Stack {
                         std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
                     )
                     .env("SEED_DEMO", "false")
+                    // The suites send from one address faster than a client would; the limits
+                    // are tested where a test sets its own (rate_limits.rs).
+                    .env("RATE_LIMIT_CHECKOUT", "1000000")
+                    .env("RATE_LIMIT_CHECKOUT_BURST", "1000000")
+                    .env("RATE_LIMIT_DEFAULT", "1000000")
+                    .env("RATE_LIMIT_DEFAULT_BURST", "1000000")
                     .env(
                         "PAYMENT_GATEWAYS",
                         format!(

@@ -16,7 +16,6 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use actix_web::HttpRequest;
-use actix_web::http::header;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
@@ -183,13 +182,7 @@ impl Accounts {
     /// bearer, or one that is neither, 401. The key is compared by its hash, looked up in
     /// Redis; the token in constant time.
     pub async fn caller(&self, req: &HttpRequest) -> Result<Caller, CommonError> {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(CommonError::Unauthorized)?;
+        let presented = crate::auth::bearer(req)?;
         if crate::auth::constant_time_eq(presented.as_bytes(), self.token.expose().as_bytes()) {
             return Ok(Caller::Platform);
         }

@@ -1,0 +1,21 @@
+-- One request against a caller's limit: GCRA (the generic cell rate algorithm), the token bucket
+-- kept as one number, the theoretical arrival time (TAT) of the next request. Each request
+-- moves the TAT one emission interval on; a request is allowed while the TAT stays within the
+-- burst's worth of intervals of now. Redis' clock is the one clock of every replica.
+-- A refused request changes nothing, so a caller hammering past its limit does not push its
+-- own recovery further out.
+-- KEYS: the caller's TAT. ARGV: emission interval (µs per request), burst (requests).
+-- Returns {allowed (1|0), remaining, µs until another request is allowed (0 when allowed),
+--   µs until the bucket is full again}.
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local tolerance = interval * burst
+if new_tat - now > tolerance then
+  return {0, 0, new_tat - now - tolerance, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
