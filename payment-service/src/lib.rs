@@ -45,6 +45,8 @@ pub struct AppState {
     pub accounts: shared::accounts::Accounts,
     /// Asks the stock service who owns an item (splits).
     pub stock: reqwest::Client,
+    /// The items with splits, as this replica last read them.
+    pub split_items: Arc<splits::known::SplitItems>,
 }
 
 pub async fn main_entry() -> ExitCode {
@@ -77,6 +79,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         tracing::info!(gateway = %g.name, url = %g.url, "payment provider");
     }
     gateways.follow_switches(pool.clone()).await;
+    let split_items = Arc::new(splits::known::SplitItems::default());
+    split_items.follow(pool.clone());
     let settings = Arc::new(settings);
     let state = AppState {
         settings: settings.clone(),
@@ -90,6 +94,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             .connect_timeout(std::time::Duration::from_millis(500))
             .build()
             .map_err(|e| format!("the stock client: {e}"))?,
+        split_items,
     };
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

@@ -4,6 +4,7 @@
 //! same rule over what still stands.
 
 pub mod divide;
+pub mod known;
 pub mod rules;
 #[cfg(test)]
 mod script_tests;
@@ -207,8 +208,12 @@ pub fn reversal(parts: &[SplitPart], amount: u64) -> Option<(Vec<SplitPart>, Rev
     ))
 }
 
-/// The split in effect now for `item_id`, applied to `amount`.
+/// The split in effect now for `item_id`, applied to `amount`; without a Redis read for an item
+/// this replica knows has no split (`known.rs`).
 pub async fn plan_for(state: &AppState, item_id: u64, amount: u64) -> Result<Option<SplitPlan>, PaymentError> {
+    if !state.split_items.must_read(item_id) {
+        return Ok(None);
+    }
     let started = Instant::now();
     let history = state.store.splits_of(item_id).await?;
     let plan = in_effect(&history, shared::time::now_ms()).map(|i| SplitPlan::of(&history[i], amount));
@@ -315,6 +320,9 @@ async fn create(state: &AppState, caller: &Caller, body: &SplitRequest) -> Resul
     SPLIT_EVENTS.inc(&[("event", "created")]);
     crate::events::EVENTS_APPENDED.inc(&[("type", "split.created")]);
     tracing::info!(split_id = %split.split_id, item_id = split.item_id, "split created");
+    // Answered once every replica that charges without reading knows the item (known.rs).
+    state.split_items.add(split.item_id);
+    tokio::time::sleep(known::CREATION_WAIT).await;
     Ok(StoredResponse::json(StatusCode::CREATED, &shown))
 }
 

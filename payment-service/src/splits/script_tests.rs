@@ -1,5 +1,6 @@
 //! create.lua, and the split parts of record.lua and refund.lua, against a real Redis: a charge
-//! and its split in one step, reversals by refunds, the stale-read guard, the history's cap.
+//! and its split in one step, reversals by refunds, the stale-read guard, the history's cap, and
+//! the items with splits that replicas cache.
 
 use std::time::Duration;
 
@@ -189,4 +190,30 @@ async fn an_items_history_keeps_every_split_up_to_its_cap() {
         Some(MOST_SPLITS as usize)
     );
     assert_eq!(store.splits_of(10).await.map(|h| h.len()).ok(), Some(0));
+}
+
+#[tokio::test]
+async fn a_created_split_puts_its_item_among_those_every_replica_reads_before_charging() {
+    let redis = TestRedis::start().await;
+    let (store, _) = stores(&redis);
+    let known = std::sync::Arc::new(super::known::SplitItems::default());
+    assert!(
+        known.must_read(9),
+        "a replica that has never refreshed reads every item"
+    );
+    known.follow(redis.pool());
+    // Items on different shards, so the refresh reads more than one set.
+    let other = (11..).find(|i| item_shard(*i) != item_shard(9)).unwrap_or(11);
+    for item in [9, other] {
+        assert_eq!(
+            store.create_split(&split(item, &[("a", 10_000)]), "{}").await.ok(),
+            Some(true)
+        );
+    }
+    tokio::time::sleep(super::known::CREATION_WAIT).await;
+    assert!(
+        known.must_read(9) && known.must_read(other),
+        "items with splits are read"
+    );
+    assert!(!known.must_read(10), "an item without one is charged without a read");
 }

@@ -46,6 +46,11 @@ pub(crate) fn recipient_prefix(shard: u16) -> String {
     format!("{}:recipient:", tag(shard))
 }
 
+/// The shard's items that have (had) a split: what replicas cache (`known.rs`).
+pub(crate) fn split_items_key(shard: u16) -> String {
+    format!("{}:split-items", tag(shard))
+}
+
 pub(crate) fn recipients_key(shard: u16) -> String {
     format!("{}:recipients", tag(shard))
 }
@@ -84,10 +89,12 @@ impl Store {
             .key(splits_key(split.item_id))
             .key(events_key(shard, &split.split_id))
             .key(aggregates_key(shard))
+            .key(split_items_key(shard))
             .arg(json)
             .arg(&split.split_id)
             .arg(event)
             .arg(MOST_SPLITS)
+            .arg(split.item_id)
             .invoke_async(&mut conn)
             .await?;
         Ok(n > 0)

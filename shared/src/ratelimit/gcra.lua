@@ -3,7 +3,9 @@
 -- moves the TAT one emission interval on; a request is allowed while the TAT stays within the
 -- burst's worth of intervals of now. Redis' clock is the one clock of every replica.
 -- A refused request changes nothing, so a caller hammering past its limit does not push its
--- own recovery further out.
+-- own recovery further out. The timestamp is kept out of the AOF (REPL_NONE): losing it in a
+-- restart only gives every caller a fresh burst, and a write per request fsynced under
+-- `appendfsync always` would be the dearest part of the limiter.
 -- KEYS: the caller's TAT. ARGV: emission interval (µs per request), burst (requests).
 -- Returns {allowed (1|0), remaining, µs until another request is allowed (0 when allowed),
 --   µs until the bucket is full again}.
@@ -17,5 +19,6 @@ local tolerance = interval * burst
 if new_tat - now > tolerance then
   return {0, 0, new_tat - now - tolerance, tat - now}
 end
+redis.set_repl(redis.REPL_NONE)
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
