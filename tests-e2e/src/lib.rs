@@ -110,6 +110,8 @@ pub struct Stack {
     /// Each cluster node's bus port, fixed for the stack's life so a restarted node rejoins.
     cluster_bus: HashMap<u16, u16>,
     cluster_children: Vec<Child>,
+    /// Second replicas of services (`start_replica`), on ports of their own.
+    replicas: Vec<Child>,
     proxies: HashMap<Service, FaultProxy>,
 }
 
@@ -144,6 +146,7 @@ impl Stack {
             cluster_bus: HashMap::new(),
             cluster,
             cluster_children: Vec::new(),
+            replicas: Vec::new(),
             proxies: HashMap::new(),
         };
         for port in stack.redis_ports().into_iter().filter(|_| stack.cluster.is_some()) {
@@ -286,6 +289,35 @@ impl Stack {
         if service == Service::Redis && self.cluster.is_some() {
             self.form_cluster().await;
         }
+    }
+
+    /// Starts another replica of a service (same Redis, same settings) on a port of its own,
+    /// which nginx does not know: tests call it directly. Returns its port once it is ready.
+    pub async fn start_replica(&mut self, service: Service) -> u16 {
+        let port_var = match service {
+            Service::Stock => "STOCK_PORT",
+            Service::Payment => "PAYMENT_PORT",
+            Service::Order => "ORDER_PORT",
+            other => panic!("{} has no replicas", other.name()),
+        };
+        let port = free_port();
+        let mut command = self.command(service);
+        command.env(port_var, port.to_string());
+        release_port(port);
+        let child = self.spawn(service, command);
+        self.replicas.push(child);
+        let ready = format!("http://127.0.0.1:{port}/ready");
+        let started = Instant::now();
+        while !self.http_ok(&ready).await {
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "the second {} replica did not come up:\n{}",
+                service.name(),
+                tail(&self.logs(service), 80)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        port
     }
 
     fn spawn(&self, service: Service, mut command: Command) -> Child {
@@ -694,7 +726,7 @@ impl Drop for Stack {
         for (_, child) in self.children.iter_mut() {
             kill_group(child);
         }
-        for child in self.cluster_children.iter_mut() {
+        for child in self.cluster_children.iter_mut().chain(self.replicas.iter_mut()) {
             kill_group(child);
         }
         let failed = std::thread::panicking();

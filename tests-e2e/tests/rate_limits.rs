@@ -1,12 +1,12 @@
 //! Per-caller rate limits through nginx against the real stack: a burst passes, the next is
 //! 429 `rate-limited` with `Retry-After` and the IETF headers, executes nothing and stores
 //! nothing under its Idempotency-Key; an API key is its own caller; the internal token and the
-//! operations endpoints are exempt.
+//! operations endpoints are exempt; two replicas of a service share one budget per caller.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests_e2e::{Reply, Stack, StackOptions, new_key as key, slug};
+use tests_e2e::{Reply, Service, Stack, StackOptions, new_key as key, slug};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -125,4 +125,58 @@ async fn an_api_key_is_its_own_caller_and_the_token_and_operations_are_exempt() 
             "operations are exempt"
         );
     }
+}
+
+/// A GET of the catalogue straight at one replica, as nginx would pass it for `client`.
+async fn get_as(stack: &Stack, port: u16, client: &str) -> u16 {
+    stack
+        .client()
+        .get(format!("http://127.0.0.1:{port}/items"))
+        .header("x-real-ip", client)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn two_replicas_admit_one_callers_budget_between_them_and_recover_after_the_window() {
+    let (rate, burst) = (2.0, 5);
+    let options = StackOptions {
+        stock_env: env(&[("RATE_LIMIT_DEFAULT", "2"), ("RATE_LIMIT_DEFAULT_BURST", "5")]),
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::launch(options).await;
+    let ports = [stack.port(Service::Stock), stack.start_replica(Service::Stock).await];
+
+    let started = Instant::now();
+    let sends = (0..40).map(|i| get_as(&stack, ports[i % 2], "203.0.113.9"));
+    let statuses = futures_util::future::join_all(sends).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + refused, 40, "every answer is 200 or 429: {statuses:?}");
+    // Two buckets would admit twice the burst; one shared bucket admits the burst and what the
+    // rate refilled while the requests ran.
+    let budget = burst + (rate * elapsed).ceil() as usize;
+    assert!(
+        (burst..=budget).contains(&admitted),
+        "{admitted} admitted by two replicas in {elapsed:.2} s; one budget allows {burst}..={budget}"
+    );
+    for port in ports {
+        assert_eq!(
+            get_as(&stack, port, "203.0.113.10").await,
+            200,
+            "another caller has its own budget"
+        );
+    }
+
+    // The window: at 2/s the bucket refills one request every 500 ms.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_as(&stack, ports[1], "203.0.113.9").await,
+        200,
+        "admitted again after the window"
+    );
+    assert_eq!(get_as(&stack, ports[0], "203.0.113.9").await, 200, "by either replica");
 }
