@@ -1648,6 +1648,8 @@ async fn redis_stalls_shorter_than_its_response_timeout_slow_checkouts_down_but_
 /// set so the stalls stay matched to it). [`ONE_TIMEOUT_STALL`] ends half a second after the
 /// first command times out and half a second before a connection opened then would give up
 /// (the client library's connection timeout is 1s); [`TWO_TIMEOUTS_STALL`] outlasts both.
+/// A checkout's rate limit is checked before its first command, but gives up (and lets it
+/// through) after 100 ms, which these margins absorb.
 const STALL_TEST_REDIS_TIMEOUT: &str = "2s";
 const ONE_TIMEOUT_STALL: Duration = Duration::from_millis(2500);
 const TWO_TIMEOUTS_STALL: Duration = Duration::from_secs(6);
