@@ -294,12 +294,7 @@ impl Stack {
     /// Starts another replica of a service (same Redis, same settings) on a port of its own,
     /// which nginx does not know: tests call it directly. Returns its port once it is ready.
     pub async fn start_replica(&mut self, service: Service) -> u16 {
-        let port_var = match service {
-            Service::Stock => "STOCK_PORT",
-            Service::Payment => "PAYMENT_PORT",
-            Service::Order => "ORDER_PORT",
-            other => panic!("{} has no replicas", other.name()),
-        };
+        let port_var = service_port_var(service).unwrap_or_else(|| panic!("{} has no replicas", service.name()));
         let port = free_port();
         let mut command = self.command(service);
         command.env(port_var, port.to_string());
@@ -563,16 +558,12 @@ impl Stack {
                 c
             }
             Service::Stock | Service::Payment | Service::Order => {
-                let (binary, port_var, port, extra) = match service {
-                    Service::Stock => ("stock-service", "STOCK_PORT", self.ports.stock, &self.options.stock_env),
-                    Service::Payment => (
-                        "payment-service",
-                        "PAYMENT_PORT",
-                        self.ports.payment,
-                        &self.options.payment_env,
-                    ),
-                    _ => ("order-service", "ORDER_PORT", self.ports.order, &self.options.order_env),
+                let (binary, extra) = match service {
+                    Service::Stock => ("stock-service", &self.options.stock_env),
+                    Service::Payment => ("payment-service", &self.options.payment_env),
+                    _ => ("order-service", &self.options.order_env),
                 };
+                let (port_var, port) = (service_port_var(service).unwrap_or_default(), self.port(service));
                 let mut c = Command::new(binary_path(binary));
                 c.env("HOST", "127.0.0.1")
                     .env(port_var, port.to_string())
@@ -748,6 +739,16 @@ impl Drop for Stack {
 }
 
 /// Replaces `${NAME}` for each given name and refuses to leave one unfilled.
+/// The variable a service reads its port from; `None` for the processes that are not ours.
+fn service_port_var(service: Service) -> Option<&'static str> {
+    match service {
+        Service::Stock => Some("STOCK_PORT"),
+        Service::Payment => Some("PAYMENT_PORT"),
+        Service::Order => Some("ORDER_PORT"),
+        _ => None,
+    }
+}
+
 pub fn render_template(template: &str, vars: &[(&str, String)]) -> String {
     let mut out = template.to_string();
     for (name, value) in vars {

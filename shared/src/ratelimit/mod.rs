@@ -228,15 +228,12 @@ pub async fn middleware(
     let (name, policy) = limiter.limits.for_request(req.method(), req.path());
     let decision = match tokio::time::timeout(TAKE_TIMEOUT, limiter.take(name, policy, &caller)).await {
         Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "rate limit not checked: Redis did not answer; letting the request through");
-            return Ok(next.call(req).await?.map_into_left_body());
-        }
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = TAKE_TIMEOUT.as_millis() as u64,
-                "rate limit not checked: Redis was too slow; letting the request through"
-            );
+        unchecked => {
+            let error = match unchecked {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {} ms", TAKE_TIMEOUT.as_millis()),
+            };
+            tracing::warn!(%error, "rate limit not checked: Redis did not answer; letting the request through");
             return Ok(next.call(req).await?.map_into_left_body());
         }
     };
