@@ -4,12 +4,16 @@
 //!   `api_error` with `"processed": false` when a fault kept it from being processed;
 //! - `GET /v1/charges?idempotencyKey=` and `GET /v1/charges/{reference}` → 200 or 404;
 //! - `POST /v1/refunds` (Idempotency-Key) `{"charge", "amount"}` → 200 the refund;
+//! - `POST /_sim/pix/{reference}/pay` pays a pending Pix (then its webhook goes out, see
+//!   [`crate::pix`]); `POST /_sim/pix/{reference}/resend` sends its webhook once more (a
+//!   duplicate, as providers send); `GET /_sim/webhooks` counts webhook attempts;
 //! - `GET /_sim/ledger`, `PUT|GET /_sim/faults`, `GET /health`.
 //!
 //! An Idempotency-Key is answered from the ledger before any fault is drawn: a provider that
 //! holds a charge under a key says so, and "not processed" then means it holds none.
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,6 +31,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct Sim {
     pub ledger: Mutex<Ledger>,
     pub faults: Mutex<Faults>,
+    pub notifier: crate::pix::Notifier,
 }
 
 /// The handler chose to drop its answer: the connection is closed without one.
@@ -75,17 +80,21 @@ struct RefundRequest {
 }
 
 fn charge_json(c: &Charge) -> Value {
-    json!({
+    let mut v = json!({
         "id": c.reference, "object": "charge", "status": c.status, "amount": c.amount,
         "currency": c.currency, "orderId": c.order_id, "idempotencyKey": c.idempotency_key,
         "declineCode": c.decline_code,
-    })
+    });
+    if let Some(code) = &c.pix_code {
+        v["pix"] = json!({"code": code});
+    }
+    v
 }
 
 /// A charge's answer, the first time and on every replay.
 fn charge_answer(c: &Charge) -> Answer {
     match (&c.status, &c.decline_code) {
-        (ChargeStatus::Succeeded, _) => (StatusCode::OK, charge_json(c)),
+        (ChargeStatus::Succeeded | ChargeStatus::Pending, _) => (StatusCode::OK, charge_json(c)),
         (ChargeStatus::Failed, code) => (
             StatusCode::PAYMENT_REQUIRED,
             json!({"error": {"type": "card_error", "code": code, "charge": c.reference}}),
@@ -133,7 +142,13 @@ pub fn charge(ledger: &mut Ledger, key: &str, req: ChargeRequestView<'_>, fail: 
     if fail {
         return not_processed();
     }
-    let Ok(decline) = card_outcome(req.payment_method) else {
+    let pix = req.payment_method == "pix";
+    let decline = if pix {
+        Ok(None)
+    } else {
+        card_outcome(req.payment_method)
+    };
+    let Ok(decline) = decline else {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -148,12 +163,15 @@ pub fn charge(ledger: &mut Ledger, key: &str, req: ChargeRequestView<'_>, fail: 
         currency: req.currency.to_string(),
         customer_id: req.customer_id.to_string(),
         payment_method: req.payment_method.to_string(),
-        status: if decline.is_some() {
-            ChargeStatus::Failed
-        } else {
-            ChargeStatus::Succeeded
+        status: match (pix, decline.is_some()) {
+            (true, _) => ChargeStatus::Pending,
+            (false, true) => ChargeStatus::Failed,
+            (false, false) => ChargeStatus::Succeeded,
         },
         decline_code: decline.map(str::to_string),
+        // What a payer's bank app reads: the provider's own text, opaque to the merchant.
+        pix_code: pix.then(|| format!("00020126pix{}", uuid::Uuid::new_v4().simple())),
+        notified: false,
     };
     let answer = charge_answer(&c);
     match ledger.add_charge(c) {
@@ -236,7 +254,7 @@ fn ledger_json(ledger: &Ledger) -> Value {
     json!({"charges": charges, "refunds": refunds})
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -265,7 +283,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 /// Routes one request. `Err(Dropped)`: close the connection without answering.
-pub async fn handle(sim: &Sim, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+pub async fn handle(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let faults = lock(&sim.faults).clone();
@@ -273,6 +291,14 @@ pub async fn handle(sim: &Sim, req: Request<Incoming>) -> Result<Response<Full<B
         (&Method::GET, "/health") => (StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/_sim/ledger") => (StatusCode::OK, ledger_json(&lock(&sim.ledger))),
         (&Method::GET, "/_sim/faults") => (StatusCode::OK, json!(faults)),
+        (&Method::GET, "/_sim/webhooks") => (
+            StatusCode::OK,
+            json!({
+                "attempts": sim.notifier.attempts.load(Ordering::Relaxed),
+                "acknowledged": sim.notifier.acknowledged.load(Ordering::Relaxed),
+            }),
+        ),
+        (&Method::POST, p) if p.starts_with("/_sim/pix/") => pix_action(sim, &p["/_sim/pix/".len()..]),
         (&Method::PUT, "/_sim/faults") => match read_json::<Faults>(req).await {
             Ok(new) => match new.validate() {
                 Ok(()) => {
@@ -352,6 +378,43 @@ async fn write(
         return Err(Dropped);
     }
     Ok(respond(status, &body))
+}
+
+/// `{reference}/pay` or `{reference}/resend`.
+fn pix_action(sim: &Arc<Sim>, rest: &str) -> Answer {
+    let Some((reference, action)) = rest.split_once('/') else {
+        return error(StatusCode::NOT_FOUND, "invalid_request_error", "no such route");
+    };
+    let mut ledger = lock(&sim.ledger);
+    let Some(c) = ledger
+        .charge_by_ref(reference)
+        .filter(|c| c.pix_code.is_some())
+        .cloned()
+    else {
+        return error(StatusCode::NOT_FOUND, "invalid_request_error", "no such Pix charge");
+    };
+    match action {
+        "pay" => match ledger.pay(reference) {
+            Ok(paid) => {
+                let Some(now) = ledger.charge_by_ref(reference).cloned() else {
+                    return error(StatusCode::NOT_FOUND, "invalid_request_error", "no such Pix charge");
+                };
+                drop(ledger);
+                if paid {
+                    crate::pix::deliver(sim.clone(), now.clone());
+                }
+                (StatusCode::OK, charge_json(&now))
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", format!("ledger: {e}")),
+        },
+        "resend" if c.status == ChargeStatus::Succeeded => {
+            drop(ledger);
+            crate::pix::deliver(sim.clone(), c.clone());
+            (StatusCode::ACCEPTED, charge_json(&c))
+        }
+        "resend" => error(StatusCode::CONFLICT, "invalid_request_error", "the Pix is not paid"),
+        _ => error(StatusCode::NOT_FOUND, "invalid_request_error", "no such route"),
+    }
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub enum ChargeStatus {
     Succeeded,
     Failed,
+    /// A Pix waiting for the payer: not money yet.
+    Pending,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,12 @@ pub struct Charge {
     pub status: ChargeStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<String>,
+    /// A Pix's payment code (what the payer scans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pix_code: Option<String>,
+    /// A paid Pix whose webhook the merchant acknowledged (2xx): no more re-sends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,14 @@ pub struct Refund {
 enum Line {
     Charge(Charge),
     Refund(Refund),
+    /// A pending Pix was paid.
+    Paid {
+        reference: String,
+    },
+    /// The merchant acknowledged a paid Pix's webhook.
+    Notified {
+        reference: String,
+    },
 }
 
 pub struct Ledger {
@@ -81,6 +97,8 @@ impl Ledger {
                 match serde_json::from_str::<Line>(&line) {
                     Ok(Line::Charge(c)) => ledger.remember_charge(c),
                     Ok(Line::Refund(r)) => ledger.remember_refund(r),
+                    Ok(Line::Paid { reference }) => ledger.remember_paid(&reference),
+                    Ok(Line::Notified { reference }) => ledger.remember_notified(&reference),
                     Err(_) => continue,
                 }
             }
@@ -111,7 +129,54 @@ impl Ledger {
     pub fn refundable(&self, charge: &Charge) -> u64 {
         match charge.status {
             ChargeStatus::Succeeded => charge.amount - self.refunded.get(&charge.reference).copied().unwrap_or(0),
-            ChargeStatus::Failed => 0,
+            ChargeStatus::Failed | ChargeStatus::Pending => 0,
+        }
+    }
+
+    /// Pays a pending Pix; false when it is not one (unknown, or not pending).
+    pub fn pay(&mut self, reference: &str) -> std::io::Result<bool> {
+        if self.charge_by_ref(reference).map(|c| c.status) != Some(ChargeStatus::Pending) {
+            return Ok(false);
+        }
+        self.append(&Line::Paid {
+            reference: reference.to_string(),
+        })?;
+        self.remember_paid(reference);
+        Ok(true)
+    }
+
+    /// Notes that the merchant acknowledged a paid Pix's webhook.
+    pub fn notified(&mut self, reference: &str) -> std::io::Result<()> {
+        self.append(&Line::Notified {
+            reference: reference.to_string(),
+        })?;
+        self.remember_notified(reference);
+        Ok(())
+    }
+
+    /// Paid Pix charges whose webhook was never acknowledged: re-sent after a restart.
+    pub fn unnotified(&self) -> Vec<Charge> {
+        self.charges
+            .iter()
+            .filter(|c| c.pix_code.is_some() && c.status == ChargeStatus::Succeeded && !c.notified)
+            .cloned()
+            .collect()
+    }
+
+    fn charge_mut(&mut self, reference: &str) -> Option<&mut Charge> {
+        let i = *self.charge_by_ref.get(reference)?;
+        self.charges.get_mut(i)
+    }
+
+    fn remember_paid(&mut self, reference: &str) {
+        if let Some(c) = self.charge_mut(reference) {
+            c.status = ChargeStatus::Succeeded;
+        }
+    }
+
+    fn remember_notified(&mut self, reference: &str) {
+        if let Some(c) = self.charge_mut(reference) {
+            c.notified = true;
         }
     }
 
@@ -167,7 +232,41 @@ mod tests {
             payment_method: "pm_card_visa".into(),
             status: ChargeStatus::Succeeded,
             decline_code: None,
+            pix_code: None,
+            notified: false,
         }
+    }
+
+    #[test]
+    fn a_pix_is_pending_until_paid_once_and_a_reopened_ledger_knows_which_webhooks_are_owed() {
+        let dir = std::env::temp_dir().join(format!("sim-ledger-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("ledger.jsonl");
+        {
+            let mut ledger = Ledger::open(Some(&path)).expect("open");
+            for (key, reference) in [("k1", "ch_1"), ("k2", "ch_2")] {
+                let pix = Charge {
+                    status: ChargeStatus::Pending,
+                    pix_code: Some(format!("code-{reference}")),
+                    ..charge(key, reference)
+                };
+                ledger.add_charge(pix).expect("pix");
+            }
+            let pending = ledger.charge_by_ref("ch_1").cloned().expect("pix");
+            assert_eq!(ledger.refundable(&pending), 0, "nothing to refund before it is paid");
+            assert!(ledger.pay("ch_1").expect("pay"));
+            assert!(!ledger.pay("ch_1").expect("pay again"), "paid once");
+            assert!(!ledger.pay("ch_nope").expect("unknown"));
+            assert!(ledger.pay("ch_2").expect("pay"));
+            ledger.notified("ch_2").expect("notified");
+        }
+        let ledger = Ledger::open(Some(&path)).expect("reopen");
+        let paid = ledger.charge_by_ref("ch_1").cloned().expect("pix");
+        assert_eq!(paid.status, ChargeStatus::Succeeded);
+        assert_eq!(ledger.refundable(&paid), 500);
+        let owed: Vec<String> = ledger.unnotified().into_iter().map(|c| c.reference).collect();
+        assert_eq!(owed, vec!["ch_1".to_string()]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

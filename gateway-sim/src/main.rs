@@ -5,11 +5,14 @@
 //! what the provider believes.
 //!
 //! Settings (environment): `SIM_NAME` (default `card-a`), `HOST` (`127.0.0.1`), `SIM_PORT`
-//! (`9101`), `SIM_LEDGER` (default `sim-<name>.jsonl` in the working directory).
+//! (`9101`), `SIM_LEDGER` (default `sim-<name>.jsonl` in the working directory);
+//! `SIM_WEBHOOK_URL` (empty: no webhooks) and `SIM_WEBHOOK_SECRET` (`whsec_…`), where paid Pix
+//! charges are reported; `SIM_WEBHOOK_MAX_BACKOFF_MS` (`5000`), the longest wait between re-sends.
 
 mod api;
 mod faults;
 mod ledger;
+mod pix;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,10 +42,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("SIM_PORT: {e}"))?;
     let ledger_path = PathBuf::from(setting("SIM_LEDGER", &format!("sim-{name}.jsonl")));
     let ledger = Ledger::open(Some(&ledger_path)).map_err(|e| format!("ledger {}: {e}", ledger_path.display()))?;
+    let webhook_url = Some(setting("SIM_WEBHOOK_URL", "")).filter(|u| !u.is_empty());
+    let secret = match setting("SIM_WEBHOOK_SECRET", "").as_str() {
+        "" => None,
+        text => Some(shared::webhooks::Secret::parse(text).map_err(|e| format!("SIM_WEBHOOK_SECRET: {e}"))?),
+    };
+    let max_backoff: u64 = setting("SIM_WEBHOOK_MAX_BACKOFF_MS", "5000")
+        .parse()
+        .map_err(|e| format!("SIM_WEBHOOK_MAX_BACKOFF_MS: {e}"))?;
+    let owed = ledger.unnotified();
     let sim = Arc::new(Sim {
         ledger: Mutex::new(ledger),
         faults: Mutex::new(faults::Faults::default()),
+        notifier: pix::Notifier::new(
+            webhook_url,
+            secret,
+            std::time::Duration::from_millis(max_backoff.max(1)),
+        )?,
     });
+    // Webhooks a crash cut short are owed still.
+    for charge in owed {
+        pix::deliver(sim.clone(), charge);
+    }
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
     let listener = TcpListener::bind(addr).await?;
     println!(

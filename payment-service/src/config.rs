@@ -15,13 +15,13 @@ pub const PORT: EnvVar = EnvVar {
 
 pub const PAYMENT_GATEWAYS: EnvVar = EnvVar {
     name: "PAYMENT_GATEWAYS",
-    default: "card-a=http://127.0.0.1:9101,card-b=http://127.0.0.1:9102",
+    default: "card-a=http://127.0.0.1:9101,card-b=http://127.0.0.1:9102,pix=http://127.0.0.1:9103",
     help: "Payment providers, `name=base URL` separated by commas (the simulators `make run` starts).",
 };
 
 pub const PAYMENT_ROUTES: EnvVar = EnvVar {
     name: "PAYMENT_ROUTES",
-    default: "card:card-a,card-b",
+    default: "card:card-a,card-b;pix:pix",
     help: "Per payment-method type, the providers to try in order: `card:card-a,card-b;pix:pix`.",
 };
 
@@ -61,7 +61,35 @@ pub const STOCK_URL: EnvVar = EnvVar {
     help: "Base URL of the stock service: splits ask it who owns an item.",
 };
 
+pub const ORDER_URL: EnvVar = EnvVar {
+    name: "ORDER_URL",
+    default: "http://127.0.0.1:8081",
+    help: "Base URL of the order service: a paid Pix wakes its order there.",
+};
+
+pub const PROVIDER_WEBHOOK_SECRETS: EnvVar = EnvVar {
+    name: "PROVIDER_WEBHOOK_SECRETS",
+    default: "",
+    help: "Per provider, the `whsec_` secret its webhooks are signed with: `pix=whsec_…`, comma-separated. A provider without one has its webhooks refused (404).",
+};
+
+pub const WEBHOOK_CLAIM_IDLE: EnvVar = EnvVar {
+    name: "WEBHOOK_CLAIM_IDLE",
+    default: "10s",
+    help: "A received webhook taken by a worker that died (or could not finish it) is taken over by another after this long; at least 100ms.",
+};
+
+pub const WEBHOOK_POLL: EnvVar = EnvVar {
+    name: "WEBHOOK_POLL",
+    default: "100ms",
+    help: "How often each replica's webhook worker reads newly received webhooks; at least 10ms.",
+};
+
 pub const ENV: &[EnvVar] = &[
+    ORDER_URL,
+    PROVIDER_WEBHOOK_SECRETS,
+    WEBHOOK_CLAIM_IDLE,
+    WEBHOOK_POLL,
     PORT,
     STOCK_URL,
     PAYMENT_GATEWAYS,
@@ -80,6 +108,10 @@ pub struct Settings {
     pub routes: RouteTable,
     pub providers: ProviderSettings,
     pub stock_url: String,
+    pub order_url: String,
+    pub webhook_secrets: crate::pix::ProviderSecrets,
+    pub webhook_claim_idle: Duration,
+    pub webhook_poll: Duration,
 }
 
 impl Settings {
@@ -94,6 +126,10 @@ impl Settings {
         Ok(Self {
             common: CommonSettings::from_env("payment-service", &PORT)?,
             stock_url: config::parse(&STOCK_URL)?,
+            order_url: config::parse(&ORDER_URL)?,
+            webhook_secrets: config::parse(&PROVIDER_WEBHOOK_SECRETS)?,
+            webhook_claim_idle: config::duration_at_least(&WEBHOOK_CLAIM_IDLE, Duration::from_millis(100))?,
+            webhook_poll: config::duration_at_least(&WEBHOOK_POLL, Duration::from_millis(10))?,
             gateways,
             routes,
             providers: ProviderSettings {
@@ -132,6 +168,11 @@ mod tests {
             (&[("PAYMENT_ROUTES", "card:card-a,card-x")], "PAYMENT_ROUTES", "card-x"),
             (&[("PAYMENT_GATEWAYS", "card-a")], "PAYMENT_GATEWAYS", "name=url"),
             (&[("BREAKER_FAILURES", "0")], "BREAKER_FAILURES", "at least 1"),
+            (
+                &[("PROVIDER_WEBHOOK_SECRETS", "pix=not-a-secret")],
+                "PROVIDER_WEBHOOK_SECRETS",
+                "whsec_",
+            ),
         ];
         assert_refused(cases, Settings::from_env);
     }

@@ -38,6 +38,9 @@ pub enum PaymentError {
     /// A split's rules refused: which rule, and why.
     #[error("invalid split: {0}")]
     SplitInvalid(String),
+    /// A provider's webhook whose signature or timestamp does not hold: nothing is recorded.
+    #[error("invalid webhook signature: {0}")]
+    InvalidSignature(String),
 }
 
 shared::service_error!(PaymentError);
@@ -138,6 +141,12 @@ impl PaymentError {
             Self::SplitInvalid(detail) => {
                 Problem::new(S::BAD_REQUEST, "split-invalid", "Invalid split", detail.clone())
             }
+            Self::InvalidSignature(detail) => Problem::new(
+                S::UNAUTHORIZED,
+                "invalid-signature",
+                "Invalid signature",
+                detail.clone(),
+            ),
             Self::GatewayNotFound(name) => Problem::new(
                 S::NOT_FOUND,
                 "gateway-not-found",

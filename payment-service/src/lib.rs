@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod gateways;
 pub mod model;
+pub mod pix;
 pub mod refunds;
 pub mod routes;
 pub mod splits;
@@ -69,6 +70,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         std::sync::LazyLock::force(family);
     }
     std::sync::LazyLock::force(&splits::SPLIT_LOOKUP);
+    std::sync::LazyLock::force(&pix::RECEIVED);
+    std::sync::LazyLock::force(&pix::PROCESSED);
+    std::sync::LazyLock::force(&pix::LAG);
     std::sync::LazyLock::force(&gateways::BREAKER_STATE);
     let gateways = Arc::new(Gateways::new(
         &settings.gateways,
@@ -96,5 +100,6 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("the stock client: {e}"))?,
         split_items,
     };
+    tokio::spawn(pix::worker::run(state.clone()));
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

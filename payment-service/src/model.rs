@@ -36,12 +36,21 @@ pub struct ChargeRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ChargeResponse {
     pub charge_id: String,
-    /// Always `succeeded`.
-    #[schema(pattern = "^succeeded$")]
+    /// `succeeded`; `pending` for a Pix waiting for its payer.
+    #[schema(pattern = "^(succeeded|pending)$")]
     pub status: String,
     pub amount: u64,
     pub currency: String,
     pub order_id: String,
+    /// A pending Pix: the code the payer pays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pix: Option<PixCode>,
+}
+
+/// What the payer of a Pix needs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PixCode {
+    pub code: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -69,8 +78,9 @@ pub struct RefundResponse {
 #[serde(rename_all = "camelCase")]
 pub struct Charge {
     pub charge_id: String,
-    /// `succeeded`, `failed` (declined), `partially_refunded` or `refunded`.
-    #[schema(pattern = "^(succeeded|failed|partially_refunded|refunded)$")]
+    /// `succeeded`, `failed` (declined), `partially_refunded` or `refunded`; a Pix is `pending`
+    /// until paid, `canceled` when its order expired first.
+    #[schema(pattern = "^(succeeded|failed|partially_refunded|refunded|pending|canceled)$")]
     pub status: String,
     pub amount: u64,
     pub currency: String,
@@ -95,6 +105,9 @@ pub struct Charge {
     pub split_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub splits: Vec<crate::splits::SplitPart>,
+    /// A Pix's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pix: Option<PixCode>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

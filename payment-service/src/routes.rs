@@ -41,6 +41,8 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/refund").post(refund_charge))
             .service(web::resource("/charges").get(list_charges))
             .service(web::resource("/charges/{chargeId}").get(get_charge))
+            .service(web::resource("/charges/{chargeId}/cancel").post(crate::pix::cancel_charge))
+            .service(web::resource("/webhooks/{provider}").post(crate::pix::receiver::receive))
             .service(web::resource("/totals").get(get_totals))
             .service(web::resource("/gateways").get(list_gateways))
             .service(web::resource("/gateways/{name}").put(switch_gateway))
@@ -64,8 +66,9 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
     servers((url = "/payment")),
     paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway,
         credit_wallet, get_wallet, list_transactions, list_events, verify,
-        create_account, get_account, issue_key, revoke_key, create_split, list_splits, recipient_balance),
-    components(schemas(ChargeRequest, ChargeResponse, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
+        create_account, get_account, issue_key, revoke_key, create_split, list_splits, recipient_balance,
+        crate::pix::cancel_charge, crate::pix::receiver::receive),
+    components(schemas(ChargeRequest, ChargeResponse, crate::model::PixCode, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
         CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport,
         CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView,
         SplitRequest, RuleRequest, PayoutMethod, Split, RuleView, SplitHistory, SplitPart, RecipientBalance, RecipientTotals))

@@ -95,7 +95,7 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
-const CHARGE_FIELDS: [&str; 15] = [
+const CHARGE_FIELDS: [&str; 16] = [
     "chargeId",
     "status",
     "amount",
@@ -111,6 +111,7 @@ const CHARGE_FIELDS: [&str; 15] = [
     "customerId",
     "splitId",
     "splits",
+    "pixCode",
 ];
 
 #[derive(Clone)]
@@ -224,6 +225,7 @@ fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
         customer_id: get(12).unwrap_or_default(),
         split_id: get(13),
         splits: get(14).map(|s| crate::splits::decode_parts(&s)).unwrap_or_default(),
+        pix: get(15).map(|code| crate::model::PixCode { code }),
     }))
 }
 

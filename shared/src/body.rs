@@ -40,7 +40,7 @@ impl<T> JsonBody<T> {
 /// Reads and parses a JSON body, refusing anything the contract or `T`'s schema does not allow.
 pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<JsonBody<T>, CommonError> {
     let is_json = req
         .headers()
@@ -51,6 +51,14 @@ pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
     if !is_json {
         return Err(CommonError::UnsupportedMediaType(NOT_JSON));
     }
+    let buf = read_bytes(req, payload).await?;
+    let (value, canonical) = parse_canonical(&buf)?;
+    Ok(JsonBody { value, canonical })
+}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes, unencoded, as it came (a signed webhook's
+/// signature covers the exact bytes).
+pub async fn read_bytes(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, CommonError> {
     let encoded = req
         .headers()
         .get_all(header::CONTENT_ENCODING)
@@ -74,8 +82,7 @@ pub async fn read_json<T: DeserializeOwned + ToSchema + 'static>(
         }
         buf.extend_from_slice(&chunk);
     }
-    let (value, canonical) = parse_canonical(&buf)?;
-    Ok(JsonBody { value, canonical })
+    Ok(buf)
 }
 
 /// Parses with a message that tells a client what to fix: the JSON, then `T`'s schema, then

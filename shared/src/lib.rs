@@ -17,6 +17,7 @@
 //! - [`ids`]: shard selection for hash-tagged keys.
 //! - [`lua`]: Redis scripts composed from `.lua` files.
 //! - `testing` (feature): a real `redis-server` for the services' script and store tests.
+//! - [`webhooks`]: Standard Webhooks signatures (sign and verify, constant-time).
 //! - [`server`]: builds and runs an actix server the same way for `main` and for tests.
 
 pub mod accounts;
@@ -41,6 +42,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod webhooks;
 
 pub use problem::{CommonError, Problem, ServiceError};
 

@@ -26,14 +26,18 @@ pub enum PaymentMethod {
     /// The customer's wallet at payment-service.
     #[serde(rename = "wallet")]
     Wallet,
+    /// Pix: an asynchronous payment, settled later by the provider's webhook.
+    #[serde(rename = "pix")]
+    Pix,
 }
 
 impl PaymentMethod {
-    pub const ALL: [PaymentMethod; 4] = [
+    pub const ALL: [PaymentMethod; 5] = [
         Self::CardVisa,
         Self::CardChargeDeclined,
         Self::CardChargeDeclinedInsufficientFunds,
         Self::Wallet,
+        Self::Pix,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl PaymentMethod {
             Self::CardChargeDeclined => "pm_card_chargeDeclined",
             Self::CardChargeDeclinedInsufficientFunds => "pm_card_chargeDeclinedInsufficientFunds",
             Self::Wallet => "wallet",
+            Self::Pix => "pix",
         }
     }
 }

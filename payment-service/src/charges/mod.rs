@@ -16,7 +16,7 @@ use crate::error::PaymentError;
 use crate::gateways::client::{self, ChargeReply, Sent};
 use crate::gateways::failover::{self, Move};
 use crate::gateways::{FAILOVERS, MethodKind};
-use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges};
+use crate::model::{Charge, ChargeRequest, ChargeResponse, ChargesQuery, OrderCharges, PixCode};
 use crate::splits::SplitPlan;
 use crate::store::{answer_key, new_charge_id_for};
 use crate::wallets::{Kind, Moved, Movement, WALLET, WALLET_EVENTS, new_transaction_id};
@@ -31,7 +31,7 @@ pub(crate) fn not_found(charge_id: &str) -> PaymentError {
     post, path = "/charge", request_body = ChargeRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
     responses(
-        (status = 201, body = ChargeResponse),
+        (status = 201, body = ChargeResponse, description = "succeeded; or, for a Pix, pending with its code until the provider's webhook says it was paid"),
         (status = 400, description = "invalid-request (also an unknown paymentMethod), idempotency-key-missing or -invalid"),
         (status = 402, description = "payment-declined, with declineCode and chargeId; declineCode processing_error (no chargeId) when no provider could process it and nothing was charged"),
         (status = 503, description = "gateway-unavailable: the provider it went to did not answer; retry with the same key, it is resolved there")
@@ -225,8 +225,8 @@ impl Attempt<'_> {
         let store = &self.state.store;
         let moved = if store.one_node {
             // The debit and the charge's record in one script: one round trip, not two.
-            let new = self.new_charge(&charge_id, WALLET, &transaction_id, None);
-            let answer = self.answer_for(&charge_id, None);
+            let new = self.new_charge(&charge_id, WALLET, &transaction_id, None, None);
+            let answer = self.answer_for(&charge_id, None, None);
             let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
             match store.wallet_charge(&debit, &new, self.key, &stored).await {
                 Ok(WalletCharge::Charged(outcome)) => {
@@ -276,6 +276,7 @@ impl Attempt<'_> {
         gateway: &'b str,
         reference: &'b str,
         decline_code: Option<&'b str>,
+        pix_code: Option<&'b str>,
     ) -> NewCharge<'b> {
         let body = self.body;
         NewCharge {
@@ -289,12 +290,13 @@ impl Attempt<'_> {
             gateway,
             gateway_reference: reference,
             split: self.split,
+            pix_code,
         }
     }
 
     /// The answer a charge recorded now gets: known before the charge is recorded, so the
     /// script stores it with the charge.
-    fn answer_for(&self, charge_id: &str, decline_code: Option<&str>) -> StoredResponse {
+    fn answer_for(&self, charge_id: &str, decline_code: Option<&str>, pix_code: Option<&str>) -> StoredResponse {
         let body = self.body;
         answer_to(&Recorded {
             charge_id: charge_id.to_string(),
@@ -303,18 +305,20 @@ impl Attempt<'_> {
             currency: body.currency.clone(),
             decline_code: decline_code.map(str::to_string),
             fresh: true,
+            pix_code: pix_code.map(str::to_string),
         })
     }
 
     /// Records the provider's answer with the charge, its key's marker and its answer, in one
     /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
     async fn record(&self, gateway: &str, reply: ChargeReply, charge_id: String) -> Outcome {
-        let (reference, decline_code) = match &reply {
-            ChargeReply::Succeeded { reference } => (reference.as_str(), None),
-            ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str())),
+        let (reference, decline_code, pix_code) = match &reply {
+            ChargeReply::Succeeded { reference } => (reference.as_str(), None, None),
+            ChargeReply::Declined { reference, code } => (reference.as_str(), Some(code.as_str()), None),
+            ChargeReply::Pending { reference, code } => (reference.as_str(), None, Some(code.as_str())),
         };
-        let new = self.new_charge(&charge_id, gateway, reference, decline_code);
-        let answer = self.answer_for(&charge_id, decline_code);
+        let new = self.new_charge(&charge_id, gateway, reference, decline_code, pix_code);
+        let answer = self.answer_for(&charge_id, decline_code, pix_code);
         let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
         let outcome = self.state.store.charge(&new, self.key, &stored).await;
         self.recorded(gateway, outcome, answer)
@@ -329,23 +333,19 @@ impl Attempt<'_> {
             }
             Err(e) => return Outcome::of(Err(e)),
         };
-        let event = match (&recorded.decline_code, recorded.fresh) {
-            (_, false) => "found",
-            (None, true) => "succeeded",
-            (Some(_), true) => "declined",
+        let event = match (&recorded.decline_code, &recorded.pix_code, recorded.fresh) {
+            (_, _, false) => "found",
+            (None, Some(_), true) => "pending",
+            (None, None, true) => "succeeded",
+            (Some(_), _, true) => "declined",
         };
         shared::metrics::event("charge", event);
-        if recorded.fresh && recorded.decline_code.is_none() && self.split.is_some() {
+        if recorded.fresh && event == "succeeded" && self.split.is_some() {
             crate::splits::SPLIT_EVENTS.inc(&[("event", "executed")]);
             crate::events::EVENTS_APPENDED.inc(&[("type", "split.executed")]);
         }
         if recorded.fresh {
-            let kind = if recorded.decline_code.is_some() {
-                "charge.declined"
-            } else {
-                "charge.succeeded"
-            };
-            crate::events::EVENTS_APPENDED.inc(&[("type", kind)]);
+            crate::events::EVENTS_APPENDED.inc(&[("type", &format!("charge.{event}"))]);
         }
         match &recorded.decline_code {
             None => {
@@ -375,10 +375,16 @@ fn answer_to(recorded: &Recorded) -> StoredResponse {
             StatusCode::CREATED,
             &ChargeResponse {
                 charge_id: recorded.charge_id.clone(),
-                status: "succeeded".into(),
+                status: if recorded.pix_code.is_some() {
+                    "pending"
+                } else {
+                    "succeeded"
+                }
+                .into(),
                 amount: recorded.amount,
                 currency: recorded.currency.clone(),
                 order_id: recorded.order_id.clone(),
+                pix: recorded.pix_code.clone().map(|code| PixCode { code }),
             },
         ),
         Some(decline_code) => StoredResponse::problem(

@@ -20,22 +20,26 @@
 --   gateway, gatewayReference, the event (JSON), then the split: splitId ('' = none), its parts
 --   (`recipient:amount:0;…`, divided by the caller), the split.executed event (JSON), the
 --   recipients' key prefix and the shard's recipients set (both in the charge's slot); `ans`
---   the answer to store, if any.
+--   the answer to store, if any; then the Pix code ('' for any other charge).
+-- A pending charge (a Pix waiting for its payer) is not money yet: no totals, event
+-- charge.pending, its code kept, and its split's parts and split.executed event kept aside
+-- (`pendingSplits`, `splitEvent`) for pix_paid.lua to execute when it is paid.
 -- A succeeded charge with a split keeps its parts, adds each to its recipient's earnings and
 -- appends split.executed, in the same step as the charge: a charge is never without its split.
 local function record_charge(K, ki, A, ai, answer_at, ans)
   local charge, order_index, totals, marker, events, aggregates = unpack(K, ki, ki + 5)
   local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
     marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
-    split_id, parts, split_event, recipient_prefix, recipients = unpack(A, ai, ai + 18)
+    split_id, parts, split_event, recipient_prefix, recipients, pix_code = unpack(A, ai, ai + 19)
   local prev = redis.call('GET', marker)
   if prev then
-    local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode')
+    local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod',
+      'declineCode', 'pixCode')
     if c[1] then
       if c[1] ~= order_id or c[2] ~= amount or c[3] ~= currency or c[4] ~= customer_id or c[5] ~= method then
         return {'reused'}
       end
-      return {'found', prev, c[1], c[2], c[3], c[6] or ''}
+      return {'found', prev, c[1], c[2], c[3], c[6] or '', c[7] or ''}
     end
   end
   if status == 'succeeded' then
@@ -48,6 +52,10 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref)
   redis.call('RPUSH', order_index, charge_id)
   append_event(events, aggregates, charge_id, event)
+  if status == 'pending' then
+    redis.call('HSET', charge, 'pixCode', pix_code)
+    if split_id ~= '' then redis.call('HSET', charge, 'pendingSplits', parts, 'splitEvent', split_event, 'splitId', split_id) end
+  end
   if status == 'succeeded' and split_id ~= '' then
     for recipient, part in string.gmatch(parts, '([^:;]+):(%d+):0') do
       redis.call('HINCRBY', recipient_prefix .. recipient, currency .. ':earned', part)
@@ -58,5 +66,5 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
   end
   redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
   if ans then store_answer(answer_at, ans) end
-  return {'charged', charge_id, order_id, amount, currency, decline_code}
+  return {'charged', charge_id, order_id, amount, currency, decline_code, pix_code}
 end

@@ -31,6 +31,7 @@ fn new_charge<'a>(charge_id: &'a str, amount: u64, decline_code: Option<&'a str>
         decline_code,
         gateway: "card-a",
         gateway_reference: "ch_sim",
+        pix_code: None,
     }
 }
 

@@ -60,6 +60,8 @@ pub struct NewCharge<'a> {
     pub gateway_reference: &'a str,
     /// How the charge is divided among the item's recipients, if its item has a split.
     pub split: Option<&'a SplitPlan>,
+    /// A Pix waiting for its payer: pending, with the code the payer pays.
+    pub pix_code: Option<&'a str>,
 }
 
 /// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
@@ -74,6 +76,8 @@ pub struct Recorded {
     pub decline_code: Option<String>,
     /// False when the key's marker named an earlier charge.
     pub fresh: bool,
+    /// A pending Pix's code: the charge waits for its payer.
+    pub pix_code: Option<String>,
 }
 
 pub enum ChargeOutcome {
@@ -85,10 +89,10 @@ pub enum ChargeOutcome {
 /// The charge's first event, as the log keeps it (events.lua): built here, so the script only
 /// appends it.
 fn event_of(new: &NewCharge<'_>, status: &str, at: &str) -> String {
-    let kind = if status == "succeeded" {
-        "charge.succeeded"
-    } else {
-        "charge.declined"
+    let kind = match status {
+        "succeeded" => "charge.succeeded",
+        "pending" => "charge.pending",
+        _ => "charge.declined",
     };
     serde_json::json!({
         "type": kind,
@@ -116,10 +120,10 @@ impl Store {
     fn add_charge(&self, inv: &mut redis::ScriptInvocation<'_>, new: &NewCharge<'_>, idempotency_key: &str) {
         let shard = shared::ids::shard_of(new.order_id);
         let charge_id = new.charge_id;
-        let status = if new.decline_code.is_some() {
-            "failed"
-        } else {
-            "succeeded"
+        let status = match (new.decline_code, new.pix_code) {
+            (Some(_), _) => "failed",
+            (None, Some(_)) => "pending",
+            (None, None) => "succeeded",
         };
         let created_at = shared::time::now_rfc3339();
         inv.key(charge_key(shard, charge_id))
@@ -156,7 +160,8 @@ impl Store {
             None => inv.arg("").arg("").arg(""),
         }
         .arg(recipient_prefix(shard))
-        .arg(recipients_key(shard));
+        .arg(recipients_key(shard))
+        .arg(new.pix_code.unwrap_or(""));
     }
 
     /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
@@ -207,6 +212,7 @@ fn charge_outcome(reply: &[String]) -> Result<ChargeOutcome, PaymentError> {
             currency: field(4).to_string(),
             decline_code: Some(field(5)).filter(|c| !c.is_empty()).map(str::to_string),
             fresh: kind == "charged",
+            pix_code: Some(field(6)).filter(|c| !c.is_empty()).map(str::to_string),
         })),
         "reused" => Ok(ChargeOutcome::KeyReused),
         other => Err(shared::CommonError::Internal(format!("charge script answered {other:?}")).into()),

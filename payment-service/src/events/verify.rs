@@ -48,8 +48,9 @@ fn amount_of(e: &Event) -> Result<u64, String> {
         .ok_or_else(|| format!("{}: no integer amount", e.event_id))
 }
 
-/// Rebuilds a charge: its first event made it (succeeded or declined), each refund.succeeded
-/// after it gave part of it back.
+/// Rebuilds a charge: its first event made it (succeeded, declined, or a pending Pix that a
+/// later charge.succeeded pays or charge.canceled cancels, and that a payment after its
+/// cancellation still pays), each refund.succeeded after it gave part of it back.
 pub fn fold_charge(events: &[Event]) -> Result<ChargeFold, String> {
     let Some(first) = events.first() else {
         return Err("no events".into());
@@ -61,12 +62,20 @@ pub fn fold_charge(events: &[Event]) -> Result<ChargeFold, String> {
         status: match first.kind.as_str() {
             "charge.succeeded" => "succeeded".into(),
             "charge.declined" => "failed".into(),
+            "charge.pending" => "pending".into(),
             other => return Err(format!("{}: begins with {other}", first.event_id)),
         },
         ..ChargeFold::default()
     };
     for e in &events[1..] {
         match e.kind.as_str() {
+            "charge.succeeded" if fold.status == "pending" || fold.status == "canceled" => {
+                if amount_of(e)? != fold.amount {
+                    return Err(format!("{}: paid another amount than the charge's", e.event_id));
+                }
+                fold.status = "succeeded".into();
+            }
+            "charge.canceled" if fold.status == "pending" => fold.status = "canceled".into(),
             "split.executed" if fold.status == "succeeded" && fold.parts.is_empty() => {
                 let parts = parts_of(e)?;
                 let sum: u64 = parts.iter().map(|(_, a)| a).sum();
@@ -270,7 +279,8 @@ async fn verify_charge(
             return Ok(None);
         }
     };
-    if fold.status != "failed" {
+    // Declined charges and unpaid Pix are not money.
+    if !matches!(fold.status.as_str(), "failed" | "pending" | "canceled") {
         let entry: &mut CurrencyTotals = rebuilt
             .by_gateway
             .entry(fold.gateway.clone())
@@ -412,6 +422,31 @@ mod tests {
             Ok("failed".into())
         );
         assert!(fold_charge(&[declined, event(2, "refund.succeeded", json!({"amount": 1}))]).is_err());
+    }
+
+    #[test]
+    fn a_pix_folds_pending_then_paid_or_canceled_and_a_payment_after_cancel_still_counts() {
+        let data = serde_json::json!({"amount": 700, "currency": "BRL", "gateway": "pix"});
+        let pending = event(1, "charge.pending", data.clone());
+        let fold = fold_charge(std::slice::from_ref(&pending)).expect("pending");
+        assert_eq!(fold.status, "pending");
+        let paid = [pending.clone(), event(2, "charge.succeeded", data.clone())];
+        assert_eq!(fold_charge(&paid).map(|f| f.status).as_deref(), Ok("succeeded"));
+        let late = [
+            pending.clone(),
+            event(2, "charge.canceled", data.clone()),
+            event(3, "charge.succeeded", data.clone()),
+            event(4, "refund.succeeded", data.clone()),
+        ];
+        assert_eq!(fold_charge(&late).map(|f| f.status).as_deref(), Ok("refunded"));
+        let twice = [
+            pending.clone(),
+            event(2, "charge.succeeded", data.clone()),
+            event(3, "charge.succeeded", data.clone()),
+        ];
+        assert!(fold_charge(&twice).is_err(), "paid twice is caught");
+        let other = serde_json::json!({"amount": 1, "currency": "BRL", "gateway": "pix"});
+        assert!(fold_charge(&[pending, event(2, "charge.succeeded", other)]).is_err());
     }
 
     #[test]

@@ -24,8 +24,18 @@ pub enum Sent<T> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeReply {
-    Succeeded { reference: String },
-    Declined { reference: String, code: String },
+    Succeeded {
+        reference: String,
+    },
+    Declined {
+        reference: String,
+        code: String,
+    },
+    /// A Pix: taken, waiting for its payer; the provider's webhook tells how it ends.
+    Pending {
+        reference: String,
+        code: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +53,15 @@ pub enum RefundReply {
 #[derive(Debug, Deserialize)]
 struct ProviderCharge {
     id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    pix: Option<ProviderPix>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProviderPix {
+    code: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -166,7 +185,18 @@ pub fn read_charge(result: Exchange) -> Sent<ChargeReply> {
     };
     match status {
         200 | 201 => match serde_json::from_slice::<ProviderCharge>(&body) {
-            Ok(c) => Sent::Answered(ChargeReply::Succeeded { reference: c.id }),
+            Ok(ProviderCharge {
+                id,
+                status: Some(status),
+                pix: Some(pix),
+            }) if status == "pending" => Sent::Answered(ChargeReply::Pending {
+                reference: id,
+                code: pix.code,
+            }),
+            Ok(c) if c.status.as_deref().is_none_or(|s| s == "succeeded") => {
+                Sent::Answered(ChargeReply::Succeeded { reference: c.id })
+            }
+            Ok(c) => Sent::Unknown(format!("a charge answered as {:?}", c.status)),
             Err(e) => Sent::Unknown(format!("unreadable charge: {e}")),
         },
         402 => match serde_json::from_slice::<ErrorBody>(&body).map(|b| b.error) {
@@ -245,6 +275,20 @@ mod tests {
                 code: "card_declined".into()
             })
         );
+        assert_eq!(
+            read_charge(answer(
+                200,
+                r#"{"id":"ch_3","status":"pending","pix":{"code":"000201"}}"#
+            )),
+            Sent::Answered(ChargeReply::Pending {
+                reference: "ch_3".into(),
+                code: "000201".into()
+            })
+        );
+        assert!(matches!(
+            read_charge(answer(200, r#"{"id":"ch_4","status":"pending"}"#)),
+            Sent::Unknown(_)
+        ));
         assert_eq!(
             read_refund(answer(200, r#"{"id":"re_1"}"#)),
             Sent::Answered(RefundReply::Refunded {

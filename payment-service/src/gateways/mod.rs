@@ -173,6 +173,7 @@ impl Provider {
             |r: &ChargeReply| match r {
                 ChargeReply::Succeeded { .. } => "succeeded",
                 ChargeReply::Declined { .. } => "declined",
+                ChargeReply::Pending { .. } => "pending",
             },
             || self.client.charge(req),
         )

@@ -21,6 +21,7 @@ impl MethodKind {
         match method {
             CardVisa | CardChargeDeclined | CardChargeDeclinedInsufficientFunds => Self::Card,
             Wallet => Self::Wallet,
+            Pix => Self::Pix,
         }
     }
 

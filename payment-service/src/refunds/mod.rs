@@ -62,7 +62,7 @@ pub fn refund_key(charge_id: &str, key_ref: &KeyRef) -> String {
 /// same [`refund_key`], which it answers with the first refund; so does a provider that did not
 /// answer: the key is freed (503) and the retry is safe. The refund script decides the answer
 /// (404, 409, the refund this key made, or the last one), whatever the read before it saw.
-async fn refund(
+pub(crate) async fn refund(
     state: &AppState,
     body: &RefundRequest,
     key: &str,

@@ -26,7 +26,8 @@ if prev then
   local id, amount = string.match(prev, '^([^|]+)|(%d+)$')
   return {'already', id, amount, c[1]}
 end
-if c[1] == 'failed' then return {'not_refundable', c[1]} end
+-- A declined charge, or a Pix not paid (pending, canceled), took no money: nothing to give back.
+if c[1] == 'failed' or c[1] == 'pending' or c[1] == 'canceled' then return {'not_refundable', c[1]} end
 if read_refunded ~= '' and (c[6] or '0') ~= read_refunded then return {'stale'} end
 local charged = tonumber(c[2])
 local refunded = tonumber(c[6]) or 0

@@ -60,6 +60,7 @@ async fn charge_with(
         decline_code: declined.then_some("card_declined"),
         gateway: "card-a",
         gateway_reference: "ch_sim",
+        pix_code: None,
         split: plan,
     };
     let key = format!("{order}:charge");

@@ -1,15 +1,17 @@
 -- Settling a key's record.
 --
 -- finish(key, token, fp, status, ctype, body, location, ttl_ms): stores the final response
---   unless another owner already did. A vanished record (expired, or lost with a Redis restart)
+--   unless another owner already did. A stored 202 is not final (a checkout awaiting an
+--   asynchronous payment replays it until the order ends): its owner replaces it. A vanished record (expired, or lost with a Redis restart)
 --   is written again whole, so the answer is still replayed. Only what changes is written
 --   (every write is fsynced and lands in the AOF): a running record keeps its fingerprint,
 --   token and expiry, and its stale lease, which no reader of a done record uses.
--- free(key, token): frees the key, only for its owner and only while running.
+-- free(key, token): frees the key, only for its owner and only while running (or holding a 202).
 local function finish(key, token, fp, status, ctype, body, location, ttl_ms)
-  local rec = redis.call('HMGET', key, 'state', 'token')
-  if rec[1] == 'done' then return 0 end
+  local rec = redis.call('HMGET', key, 'state', 'token', 'status')
+  if rec[1] == 'done' and rec[3] ~= '202' then return 0 end
   if rec[2] and rec[2] ~= token then return 0 end
+  if rec[1] == 'done' and location == '' then redis.call('HDEL', key, 'location') end
   if rec[1] then
     redis.call('HSET', key, 'state', 'done', 'status', status, 'ctype', ctype, 'body', body)
   else
@@ -20,8 +22,8 @@ local function finish(key, token, fp, status, ctype, body, location, ttl_ms)
   return 1
 end
 local function free(key, token)
-  local rec = redis.call('HMGET', key, 'state', 'token')
-  if rec[1] == 'running' and rec[2] == token then return redis.call('DEL', key) end
+  local rec = redis.call('HMGET', key, 'state', 'token', 'status')
+  if (rec[1] == 'running' or rec[3] == '202') and rec[2] == token then return redis.call('DEL', key) end
   return 0
 end
 -- settle_from(argv, first): finish's arguments, as IdempotencyStore::finish_args passes them
