@@ -55,7 +55,14 @@ pub const RATE_LIMIT_CHECKOUT_BURST: EnvVar = EnvVar {
     help: "Checkouts a caller may start at once before RATE_LIMIT_CHECKOUT paces it; at least 1.",
 };
 
+pub const PIX_TTL: EnvVar = EnvVar {
+    name: "PIX_TTL",
+    default: "15m",
+    help: "A Pix checkout not paid within this expires: order failed, units released, a later payment refunded. At least 1s.",
+};
+
 pub const ENV: &[EnvVar] = &[
+    PIX_TTL,
     PORT,
     STOCK_URL,
     PAYMENT_URL,
@@ -78,6 +85,7 @@ pub struct Settings {
     pub recovery_interval: Duration,
     pub recovery_retry: Duration,
     pub retry: RetrySettings,
+    pub pix_ttl: Duration,
 }
 
 impl Settings {
@@ -98,6 +106,7 @@ impl Settings {
             recovery_interval: config::duration_at_least(&RECOVERY_INTERVAL, MIN_PERIOD)?,
             recovery_retry: config::duration_at_least(&RECOVERY_RETRY, MIN_PERIOD)?,
             retry: RetrySettings::from_env()?,
+            pix_ttl: config::duration_at_least(&PIX_TTL, Duration::from_secs(1))?,
         })
     }
 }

@@ -82,6 +82,7 @@ name_enum!(
     /// An order's status, and the totals bucket it counts in.
     OrderStatus {
         Processing => "processing",
+        AwaitingPayment => "awaiting_payment",
         Completed => "completed",
         Failed => "failed",
         Compensated => "compensated",
@@ -113,6 +114,8 @@ name_enum!(
         Unavailable => "unavailable",
         ItemNotFound => "item_not_found",
         OutOfStock => "out_of_stock",
+        Pending => "pending",
+        Expired => "expired",
     }
 );
 

@@ -49,7 +49,13 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let store = OrderStore::new(pool.clone());
     let idempotency = IdempotencyStore::for_service(pool.clone(), &settings.common);
     let (stock, payment) = (StockClient::new(stock), PaymentClient::new(payment));
-    let saga = Saga::new(store.clone(), stock.clone(), payment.clone(), idempotency.clone());
+    let saga = Saga::new(
+        store.clone(),
+        stock.clone(),
+        payment.clone(),
+        idempotency.clone(),
+        settings.pix_ttl,
+    );
     let settings = Arc::new(settings);
     let runner = Runner {
         saga,

@@ -54,8 +54,20 @@ pub struct CheckoutCompleted {
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutProcessing {
     pub order_id: String,
-    #[schema(pattern = "^processing$")]
+    /// `processing`; `awaiting_payment` for a Pix waiting for its payer, with `pix`.
+    #[schema(pattern = "^(processing|awaiting_payment)$")]
     pub status: String,
+    /// What the payer of a Pix needs: the code, and when the checkout expires unpaid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pix: Option<PixView>,
+}
+
+/// A checkout awaiting its Pix: what the payer needs, until when.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PixView {
+    pub code: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -80,6 +92,9 @@ pub struct OrderView {
     pub reservation_id: Option<String>,
     pub charge_id: Option<String>,
     pub refund_id: Option<String>,
+    /// A Pix checkout's code and expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pix: Option<PixView>,
     pub steps: Vec<Step>,
     pub created_at: String,
     pub updated_at: String,
@@ -97,6 +112,9 @@ pub struct CurrencyTotals {
     pub failed: Bucket,
     pub compensated: Bucket,
     pub processing: Bucket,
+    /// Pix checkouts waiting for their payer (reserved, not paid yet).
+    #[serde(default)]
+    pub awaiting_payment: Bucket,
     /// Refunds of completed orders (`POST /orders/{orderId}/refunds`): how many, how much. A
     /// refunded order still counts as completed: charged − refunded = completed − refunds.
     pub refunds: Bucket,

@@ -6,9 +6,13 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::checkout::routes::{__path_create_checkout, create_checkout};
-use crate::model::{Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, OrderView, Step};
+use crate::model::{
+    Bucket, CheckoutCompleted, CheckoutProcessing, CheckoutRequest, CurrencyTotals, OrderView, PixView, Step,
+};
 use crate::orders::refunds::{__path_refund_order, OrderRefundRequest, OrderRefundResponse, refund_order};
-use crate::orders::routes::{__path_get_order, __path_get_totals, get_order, get_totals};
+use crate::orders::routes::{
+    __path_get_order, __path_get_totals, __path_payment_updated, get_order, get_totals, payment_updated,
+};
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
@@ -16,6 +20,7 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/checkout").post(create_checkout))
             .service(web::resource("/orders/{orderId}").get(get_order))
             .service(web::resource("/orders/{orderId}/refunds").post(refund_order))
+            .service(web::resource("/orders/{orderId}/payment-updates").post(payment_updated))
             .service(web::resource("/totals").get(get_totals));
     }
 }
@@ -24,8 +29,8 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
 #[openapi(
     info(title = "order-service", description = "Checkout orchestration. Every error is application/problem+json."),
     servers((url = "/order")),
-    paths(create_checkout, get_order, get_totals, refund_order),
-    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, OrderView, Step, Bucket, CurrencyTotals, OrderRefundRequest, OrderRefundResponse))
+    paths(create_checkout, get_order, get_totals, refund_order, payment_updated),
+    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, PixView, OrderView, Step, Bucket, CurrencyTotals, OrderRefundRequest, OrderRefundResponse))
 )]
 struct ApiDoc;
 
@@ -46,6 +51,7 @@ mod tests {
             statuses,
             &serde_json::json!([
                 "processing",
+                "awaiting_payment",
                 "completed",
                 "failed",
                 "compensated",
@@ -53,7 +59,7 @@ mod tests {
                 "refunded"
             ])
         );
-        assert!(schemas["StepStatus"]["enum"].as_array().is_some_and(|e| e.len() == 7));
+        assert!(schemas["StepStatus"]["enum"].as_array().is_some_and(|e| e.len() == 9));
         assert_eq!(
             schemas["OrderView"]["properties"]["status"]["$ref"],
             "#/components/schemas/OrderStatus"

@@ -51,6 +51,11 @@ pub struct ReserveRequest {
     pub item_id: u64,
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
+    /// How long the reservation holds, in seconds, when it should not be RESERVATION_TTL: a
+    /// checkout paid later (Pix) holds its units while the payer pays.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub hold_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::http_client::{CallError, CallResponse, Downstream};
 
-use super::core::{Call, ChargeAnswer, RefundAnswer, ReserveAnswer, TransitionAnswer};
+use super::core::{Call, ChargeAnswer, PixStatus, RefundAnswer, ReserveAnswer, TransitionAnswer};
 use super::store::Reservation;
 use crate::ids::{ChargeId, OrderId, ReservationId};
 
@@ -22,6 +22,20 @@ struct ReservationBody {
 #[serde(rename_all = "camelCase")]
 struct ChargeBody {
     charge_id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    pix: Option<PixBody>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PixBody {
+    code: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ChargeStatusBody {
+    status: String,
 }
 
 /// A charge as payment lists it under its order.
@@ -80,8 +94,18 @@ impl StockClient {
         Self(d)
     }
 
-    pub async fn reserve(&self, order_id: &OrderId, item_id: u64, quantity: u32) -> Call<ReserveAnswer> {
-        let body = json!({"itemId": item_id, "quantity": quantity});
+    /// `hold_seconds`: how long the units are held when not stock's RESERVATION_TTL (a Pix's).
+    pub async fn reserve(
+        &self,
+        order_id: &OrderId,
+        item_id: u64,
+        quantity: u32,
+        hold_seconds: Option<u64>,
+    ) -> Call<ReserveAnswer> {
+        let mut body = json!({"itemId": item_id, "quantity": quantity});
+        if let Some(hold) = hold_seconds {
+            body["holdSeconds"] = json!(hold);
+        }
         let resp = match self.0.post("/reserve", &format!("{order_id}:reserve"), &body).await {
             Ok(resp) => resp,
             Err(e) => return unanswered("stock", &e),
@@ -169,9 +193,16 @@ impl PaymentClient {
                 .and_then(|v| v.get(field).and_then(|c| c.as_str()).map(str::to_string))
         };
         let answer = match (resp.status.as_u16(), resp.problem_slug().as_deref()) {
-            (201, _) => resp
-                .json::<ChargeBody>()
-                .map(|c| ChargeAnswer::Charged(ChargeId::from_stored(c.charge_id))),
+            (201, _) => resp.json::<ChargeBody>().map(|c| {
+                let charge_id = ChargeId::from_stored(c.charge_id);
+                match (c.status.as_deref(), c.pix) {
+                    (Some("pending"), Some(pix)) => ChargeAnswer::Pending {
+                        charge_id,
+                        code: pix.code,
+                    },
+                    _ => ChargeAnswer::Charged(charge_id),
+                }
+            }),
             (402, _) => Some(ChargeAnswer::Declined {
                 decline_code: text("declineCode").unwrap_or_else(|| "card_declined".into()),
             }),
@@ -230,6 +261,26 @@ impl PaymentClient {
             (409, Some("refund-exceeds-charge")) => resp.json::<serde_json::Value>().map(|v| PartRefund::Exceeds {
                 remaining: v.get("remaining").and_then(|r| r.as_u64()).unwrap_or(0),
             }),
+            _ => None,
+        };
+        or_unexpected("payment", &resp, answer)
+    }
+
+    /// How a Pix charge stands; with `cancel`, canceled first if still pending (its order
+    /// expired), which payment answers with how it stands after.
+    pub async fn pix_status(&self, charge_id: &ChargeId, cancel: bool) -> Call<PixStatus> {
+        let sent = if cancel {
+            let path = format!("/charges/{charge_id}/cancel");
+            self.0.post(&path, &format!("{charge_id}:cancel"), &json!({})).await
+        } else {
+            self.0.get(&format!("/charges/{charge_id}")).await
+        };
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => return unanswered("payment", &e),
+        };
+        let answer = match resp.status.as_u16() {
+            200 => resp.json::<ChargeStatusBody>().and_then(|c| PixStatus::of(&c.status)),
             _ => None,
         };
         or_unexpected("payment", &resp, answer)

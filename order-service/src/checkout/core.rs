@@ -51,6 +51,36 @@ pub enum ChargeAnswer {
     Refused {
         detail: String,
     },
+    /// A Pix: taken, waiting for its payer, who pays `code`.
+    Pending {
+        charge_id: ChargeId,
+        code: String,
+    },
+}
+
+/// Where a Pix charge stands at payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixStatus {
+    /// Paid (and perhaps refunded since): the money came in.
+    Paid,
+    Pending,
+    /// Canceled: its order expired before it was paid.
+    Canceled,
+    /// The provider failed it.
+    Failed,
+}
+
+impl PixStatus {
+    /// From the charge's `status` as payment shows it.
+    pub fn of(status: &str) -> Option<Self> {
+        match status {
+            "succeeded" | "partially_refunded" | "refunded" => Some(Self::Paid),
+            "pending" => Some(Self::Pending),
+            "canceled" => Some(Self::Canceled),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
 }
 
 /// Stock's answer to a release or a completion.
@@ -74,6 +104,8 @@ pub struct Recorded {
     pub charge: bool,
     /// An earlier runner worked on this order and may have sent calls nobody recorded.
     pub resumed: bool,
+    /// Its charge is a Pix waiting for its payer.
+    pub awaiting: bool,
 }
 
 /// The step a run takes next.
@@ -89,10 +121,15 @@ pub enum Next {
         maybe_sent: bool,
     },
     Complete,
+    /// The charge is a pending Pix: ask payment how it stands (canceling it once expired).
+    Payment,
 }
 
 /// A recorded step is never re-decided: the run goes on from the last one.
 pub fn next_step(recorded: Recorded) -> Next {
+    if recorded.awaiting && recorded.charge {
+        return Next::Payment;
+    }
     match (recorded.reservation, recorded.charge) {
         (false, _) => Next::Reserve {
             maybe_sent: recorded.resumed,
@@ -120,6 +157,8 @@ pub enum Answer {
     PaymentUnavailable,
     /// The reservation lapsed before completion, and the charge was refunded.
     ReservationLapsed,
+    /// The Pix was not paid before it expired; the units were released.
+    PixExpired,
 }
 
 /// How an order ends.
@@ -143,6 +182,9 @@ pub enum Decision {
     /// Stock refused to complete a charged order: the customer paid for units we no longer
     /// hold, so the money goes back.
     Refund,
+    /// The charge is a Pix not paid yet: the order waits for its payer (202
+    /// `awaiting_payment`, replayed under its key) until it is paid or expires.
+    Await,
 }
 
 fn end(status: OrderStatus, step: (StepName, StepStatus), release: bool, answer: Answer) -> Decision {
@@ -199,6 +241,7 @@ pub fn after_charge(call: Call<ChargeAnswer>, maybe_sent: bool) -> Decision {
             true,
             Answer::Declined { decline_code },
         ),
+        Call::Answered(ChargeAnswer::Pending { .. }) => Decision::Await,
         Call::Answered(ChargeAnswer::Refused { detail }) => end(
             OrderStatus::Compensated,
             (Charge, StepStatus::Refused),
@@ -212,6 +255,38 @@ pub fn after_charge(call: Call<ChargeAnswer>, maybe_sent: bool) -> Decision {
             Answer::PaymentUnavailable,
         ),
         Call::NotSent | Call::Lost | Call::Unexpected => Decision::Wait(Charge),
+    }
+}
+
+/// Whether a Pix awaited until `expires_ms` has expired at `now_ms`: then payment is asked to
+/// cancel it (which answers a charge paid first as paid) rather than how it stands.
+pub fn pix_expired(now_ms: u64, expires_ms: u64) -> bool {
+    now_ms >= expires_ms
+}
+
+/// After asking payment how an awaited Pix stands (`expired`: by canceling it). Paid goes on to
+/// complete; canceled ends the order failed with its units released; an unreachable payment
+/// leaves the order waiting, never ended: money may have come in.
+pub fn after_pix(call: Call<PixStatus>, expired: bool) -> Decision {
+    use StepName::Charge;
+    match call {
+        Call::Answered(PixStatus::Paid) => Decision::Proceed,
+        Call::Answered(PixStatus::Pending) if !expired => Decision::Await,
+        Call::Answered(PixStatus::Canceled) => end(
+            OrderStatus::Failed,
+            (Charge, StepStatus::Expired),
+            true,
+            Answer::PixExpired,
+        ),
+        Call::Answered(PixStatus::Failed) => end(
+            OrderStatus::Compensated,
+            (Charge, StepStatus::Declined),
+            true,
+            Answer::Declined {
+                decline_code: "pix_failed".into(),
+            },
+        ),
+        Call::Answered(PixStatus::Pending) | Call::NotSent | Call::Lost | Call::Unexpected => Decision::Wait(Charge),
     }
 }
 
@@ -414,6 +489,66 @@ mod tests {
         assert_eq!(after_charge_lookup(Ok(true)), Some(Decision::Proceed));
         assert_eq!(after_charge_lookup(Ok(false)), None);
         assert_eq!(after_charge_lookup(Err(())), Some(Decision::Wait(StepName::Charge)));
+    }
+
+    #[test]
+    fn a_pending_pix_makes_the_order_await_and_a_recorded_one_asks_payment_next() {
+        let pending = ChargeAnswer::Pending {
+            charge_id: ChargeId::from_stored("ch_1"),
+            code: "000201".into(),
+        };
+        assert_eq!(after_charge(Call::Answered(pending), false), Decision::Await);
+        let awaiting = Recorded {
+            reservation: true,
+            charge: true,
+            resumed: true,
+            awaiting: true,
+        };
+        assert_eq!(next_step(awaiting), Next::Payment);
+        assert_eq!(
+            next_step(Recorded {
+                awaiting: false,
+                ..awaiting
+            }),
+            Next::Complete
+        );
+    }
+
+    #[test]
+    fn a_paid_pix_completes_an_unpaid_one_waits_until_expiry_then_is_canceled_and_released() {
+        assert!(!pix_expired(999, 1000) && pix_expired(1000, 1000));
+        assert_eq!(after_pix(Call::Answered(PixStatus::Paid), false), Decision::Proceed);
+        assert_eq!(
+            after_pix(Call::Answered(PixStatus::Paid), true),
+            Decision::Proceed,
+            "paid at the last instant: the cancel answered paid, the order completes"
+        );
+        assert_eq!(after_pix(Call::Answered(PixStatus::Pending), false), Decision::Await);
+        let expired = ending(after_pix(Call::Answered(PixStatus::Canceled), true));
+        assert_eq!(expired.status, OrderStatus::Failed);
+        assert_eq!(expired.step, (StepName::Charge, StepStatus::Expired));
+        assert!(expired.release);
+        assert_eq!(expired.answer, Answer::PixExpired);
+        assert_eq!(key_fate(402), KeyFate::Store);
+        let failed = ending(after_pix(Call::Answered(PixStatus::Failed), false));
+        assert_eq!(failed.status, OrderStatus::Compensated);
+        assert!(failed.release);
+    }
+
+    #[test]
+    fn an_awaited_pix_payment_cannot_see_keeps_the_order_waiting_never_ending_it() {
+        for expired in [false, true] {
+            for call in [Call::NotSent, Call::Lost, Call::Unexpected] {
+                assert_eq!(after_pix(call, expired), Decision::Wait(StepName::Charge));
+            }
+        }
+        assert_eq!(
+            after_pix(Call::Answered(PixStatus::Pending), true),
+            Decision::Wait(StepName::Charge),
+            "a cancel that left it pending is asked again"
+        );
+        assert_eq!(PixStatus::of("partially_refunded"), Some(PixStatus::Paid));
+        assert_eq!(PixStatus::of("what"), None);
     }
 
     #[test]

@@ -42,7 +42,7 @@ local function update_order(order, steps, totals, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner')
   if not cur[1] then return 'missing' end
-  if cur[1] ~= 'processing' then return 'terminal' end
+  if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
   local status = cur[1]
   if c.status ~= '' then status = c.status end

@@ -46,7 +46,7 @@ pub async fn run(runner: Runner, interval: Duration) {
     }
 }
 
-async fn recover(runner: &Runner, order_id: &OrderId) {
+pub async fn recover(runner: &Runner, order_id: &OrderId) {
     let owner = ids::new_id("rec");
     match runner.store.claim(order_id, &owner, runner.idempotency.lease()).await {
         Ok(Claim::Claimed) => {}

@@ -36,7 +36,7 @@ fn new_order(req: CheckoutRequest, order_id: OrderId) -> NewOrder {
     params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
     responses(
         (status = 200, body = CheckoutCompleted),
-        (status = 202, body = CheckoutProcessing, description = "still running past the deadline, or the payment's outcome is being resolved"),
+        (status = 202, body = CheckoutProcessing, description = "still running past the deadline, or the payment's outcome is being resolved; or, for a Pix, `awaiting_payment` with its code until it is paid or expires (the key replays this until the order ends, then the final answer)"),
         (status = 400, description = "invalid-request, idempotency-key-missing, idempotency-key-invalid"),
         (status = 402, description = "payment-declined"),
         (status = 404, description = "item-not-found"),

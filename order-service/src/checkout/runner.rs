@@ -116,6 +116,13 @@ impl Runner {
         let (resp, fate) = match end {
             // Settled with its end, in the same step.
             SagaEnd::Settled(resp) => return resp,
+            SagaEnd::Awaiting(resp, until) => {
+                // Its key already answers the 202; recovery looks again at the expiry.
+                if let Err(e) = self.store.lease(id, owner, until).await {
+                    tracing::warn!(order_id = %id, error = %e, "could not set when to look at the Pix again");
+                }
+                return resp;
+            }
             SagaEnd::Unsettled(resp, fate) => (resp, fate),
         };
         // The key's token is the order id: whichever runner ends the order may settle it.

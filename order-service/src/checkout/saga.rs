@@ -13,12 +13,14 @@ use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use tracing::Instrument;
 
 use super::clients::{PaymentClient, StockClient};
+use std::time::Duration;
+
 use super::core::{self, Answer, ChargeAnswer, Decision, Ending, KeyFate, Next, Recorded, ReserveAnswer};
 use super::spans::step_span;
 use super::store::{Applied, Change, Progress, Reservation, Settle};
 use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
-use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder};
+use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder, PixView};
 use crate::orders::store::OrderStore;
 
 /// How a run of the saga ended, and so what becomes of the Idempotency-Key.
@@ -31,12 +33,15 @@ pub enum SagaEnd {
     /// order's end (Store or Free), or the outcome is unknown (Hold: 202, the key stays locked
     /// until its lease runs out and recovery tries again).
     Unsettled(StoredResponse, KeyFate),
+    /// A Pix still waiting for its payer: its 202 is stored under the key; recovery looks again
+    /// after this long (its expiry), or sooner when payment wakes it.
+    Awaiting(StoredResponse, Duration),
 }
 
 impl SagaEnd {
     pub fn response(&self) -> &StoredResponse {
         match self {
-            Self::Settled(r) | Self::Unsettled(r, _) => r,
+            Self::Settled(r) | Self::Unsettled(r, _) | Self::Awaiting(r, _) => r,
         }
     }
 
@@ -57,6 +62,7 @@ pub fn processing_response(order_id: &OrderId) -> StoredResponse {
         &CheckoutProcessing {
             order_id: order_id.to_string(),
             status: OrderStatus::Processing.as_str().into(),
+            pix: None,
         },
     )
     .with_location(format!("/order/orders/{order_id}"))
@@ -68,15 +74,28 @@ pub struct Saga {
     stock: StockClient,
     payment: PaymentClient,
     idempotency: IdempotencyStore,
+    /// How long a Pix checkout waits for its payer (PIX_TTL).
+    pix_ttl: Duration,
 }
 
+/// What a Pix's reservation is held for beyond PIX_TTL: the order's own expiry releases it
+/// first; stock's expiry only covers an order service that stayed down.
+const PIX_HOLD_MARGIN: Duration = Duration::from_secs(300);
+
 impl Saga {
-    pub fn new(store: OrderStore, stock: StockClient, payment: PaymentClient, idempotency: IdempotencyStore) -> Self {
+    pub fn new(
+        store: OrderStore,
+        stock: StockClient,
+        payment: PaymentClient,
+        idempotency: IdempotencyStore,
+        pix_ttl: Duration,
+    ) -> Self {
         Self {
             store,
             stock,
             payment,
             idempotency,
+            pix_ttl,
         }
     }
 
@@ -108,6 +127,7 @@ impl Saga {
         let end = attempt.proceed(progress).await;
         let outcome = match (&end, end.response().status) {
             (SagaEnd::Unsettled(_, KeyFate::Hold), _) => "processing",
+            (SagaEnd::Awaiting(..), _) | (_, 202) => "awaiting_payment",
             (_, 200) => "completed",
             (_, s) if s >= 500 => "unavailable",
             _ => "refused",
@@ -148,6 +168,7 @@ impl Attempt<'_> {
             reservation: progress.reservation.is_some(),
             charge: progress.charge_id.is_some(),
             resumed: progress.resumed,
+            awaiting: progress.awaiting_until_ms.is_some(),
         };
         let mut reservation = progress.reservation;
         let mut charge_id = progress.charge_id;
@@ -159,6 +180,10 @@ impl Attempt<'_> {
                     self.charge(r, maybe_sent).await.map(|c| charge_id = Some(c))
                 }
                 (Next::Complete, Some(r), Some(c)) => return self.complete(r, c).await,
+                (Next::Payment, Some(r), Some(c)) => {
+                    let until = progress.awaiting_until_ms.unwrap_or(0);
+                    self.payment(r, c, until).await
+                }
                 // What next_step was told is recorded is exactly what is here.
                 _ => return SagaEnd::pending(self.id()),
             };
@@ -170,6 +195,7 @@ impl Attempt<'_> {
                 reservation: reservation.is_some(),
                 charge: charge_id.is_some(),
                 resumed: false,
+                awaiting: false,
             };
         }
     }
@@ -179,7 +205,7 @@ impl Attempt<'_> {
         let call = self
             .saga
             .stock
-            .reserve(self.id(), o.item_id, o.quantity)
+            .reserve(self.id(), o.item_id, o.quantity, self.hold_seconds())
             .instrument(step_span(StepName::Reserve, self.id(), false))
             .await;
         let reservation = match call.answer() {
@@ -224,8 +250,12 @@ impl Attempt<'_> {
                     .charge(self.id(), o.item_id, reservation, &o.customer_id, &o.payment_method)
                     .instrument(step_span(StepName::Charge, self.id(), false))
                     .await;
-                if let Some(ChargeAnswer::Charged(c)) = call.answer() {
-                    charged = Some(c.clone());
+                match call.answer() {
+                    Some(ChargeAnswer::Charged(c)) => charged = Some(c.clone()),
+                    Some(ChargeAnswer::Pending { charge_id, code }) => {
+                        return Err(self.await_payment(charge_id, code).await);
+                    }
+                    _ => {}
                 }
                 core::after_charge(call, maybe_sent)
             }
@@ -241,6 +271,96 @@ impl Attempt<'_> {
                 Ok(charge_id)
             }
             (decision, _) => Err(self.carry_out(decision, Some(reservation), None, vec![]).await),
+        }
+    }
+
+    /// A Pix checkout's reservation is held past PIX_TTL; any other's for stock's own TTL.
+    fn hold_seconds(&self) -> Option<u64> {
+        (self.order.payment_method == shared::money::PaymentMethod::Pix.as_str())
+            .then(|| (self.saga.pix_ttl + PIX_HOLD_MARGIN).as_secs())
+    }
+
+    /// The charge is a pending Pix: the order awaits its payer until PIX_TTL from now, and the
+    /// client (and every retry with its key) hears 202 `awaiting_payment` with the code.
+    async fn await_payment(&self, charge_id: &ChargeId, code: &str) -> SagaEnd {
+        let expires_ms = shared::time::now_ms() + self.saga.pix_ttl.as_millis() as u64;
+        let expires_at = shared::time::rfc3339_ms(expires_ms);
+        let resp = StoredResponse::json(
+            StatusCode::ACCEPTED,
+            &CheckoutProcessing {
+                order_id: self.id().to_string(),
+                status: OrderStatus::AwaitingPayment.as_str().into(),
+                pix: Some(PixView {
+                    code: code.to_string(),
+                    expires_at: expires_at.clone(),
+                }),
+            },
+        )
+        .with_location(format!("/order/orders/{}", self.id()));
+        let change = Change {
+            step: Some((StepName::Charge, StepStatus::Pending)),
+            status: Some(OrderStatus::AwaitingPayment),
+            fields: vec![
+                ("chargeId", charge_id.to_string()),
+                ("pixCode", code.to_string()),
+                ("pixExpiresAt", expires_at),
+                ("pixExpiresAtMs", expires_ms.to_string()),
+            ],
+            ..Change::default()
+        };
+        let applied = self
+            .saga
+            .store
+            .await_payment(
+                self.id(),
+                self.owner,
+                change,
+                self.key,
+                &resp,
+                &self.saga.idempotency,
+                expires_ms,
+            )
+            .await;
+        match applied {
+            Ok(Applied::Yes) => SagaEnd::Settled(resp),
+            Ok(_) => self.settled_elsewhere().await,
+            Err(e) => {
+                // Unknown whether it was recorded: the lease runs out and recovery resumes,
+                // asking payment, which holds the pending charge under the same key.
+                tracing::warn!(order_id = %self.id(), error = %e, "could not record the awaited Pix");
+                SagaEnd::pending(self.id())
+            }
+        }
+    }
+
+    /// An awaited Pix: asks payment how it stands — canceling it once expired (a Pix paid
+    /// first is then answered as paid) — and goes on to complete, ends the order, or waits on.
+    async fn payment(&self, reservation: &Reservation, charge_id: &ChargeId, until_ms: u64) -> Result<(), SagaEnd> {
+        let now = shared::time::now_ms();
+        let expired = core::pix_expired(now, until_ms);
+        let call = self
+            .saga
+            .payment
+            .pix_status(charge_id, expired)
+            .instrument(step_span(StepName::Charge, self.id(), true))
+            .await;
+        match core::after_pix(call, expired) {
+            Decision::Proceed => {
+                tracing::info!(order_id = %self.id(), "the Pix was paid; completing the order");
+                self.record(Change {
+                    step: Some((StepName::Charge, StepStatus::Succeeded)),
+                    status: Some(OrderStatus::Processing),
+                    ..Change::default()
+                })
+                .await
+            }
+            Decision::Await => Err(SagaEnd::Awaiting(
+                processing_response(self.id()),
+                Duration::from_millis(until_ms.saturating_sub(now)),
+            )),
+            decision => Err(self
+                .carry_out(decision, Some(reservation), Some(charge_id), vec![])
+                .await),
         }
     }
 
@@ -298,8 +418,8 @@ impl Attempt<'_> {
         match decision {
             Decision::End(ending) => self.end(ending, reservation, charge_id, fields).await,
             Decision::Wait(step) => self.wait(step).await,
-            // Proceed and Refund are carried out where they are decided.
-            Decision::Proceed | Decision::Refund => SagaEnd::pending(self.id()),
+            // Proceed, Refund and Await are carried out where they are decided.
+            Decision::Proceed | Decision::Refund | Decision::Await => SagaEnd::pending(self.id()),
         }
     }
 
@@ -380,6 +500,10 @@ impl Attempt<'_> {
                 order_id,
                 detail: "the payment service is unavailable; nothing was charged and the reservation was released"
                     .into(),
+            },
+            Answer::PixExpired => OrderError::PaymentDeclined {
+                order_id,
+                decline_code: "pix_expired".into(),
             },
             Answer::ReservationLapsed => OrderError::DependencyUnavailable {
                 order_id,

@@ -337,3 +337,78 @@ async fn undo_begin_takes_back_this_requests_key_and_order_but_not_anothers() {
         "{retry:?}"
     );
 }
+
+#[tokio::test]
+async fn an_awaited_pix_replays_its_202_until_the_end_replaces_it_and_a_wake_makes_it_due_now() {
+    let f = fixture().await;
+    let (o, key) = order("pix-1");
+    let id = &o.order_id;
+    assert!(matches!(f.begin(&o, &key, "r1").await, Some(Begin::Execute { .. })));
+    let r = reservation();
+    let reserved = Change {
+        step: Some((StepName::Reserve, StepStatus::Succeeded)),
+        reservation: Some(&r),
+        ..Change::default()
+    };
+    assert_eq!(f.store.update(id, "r1", reserved).await.ok(), Some(Applied::Yes));
+    assert!(
+        !f.store.wake(id).await.expect("wake"),
+        "a processing order is not awaiting"
+    );
+    let awaiting = StoredResponse::json(StatusCode::ACCEPTED, &serde_json::json!({"status": "awaiting_payment"}))
+        .with_location(format!("/order/orders/{id}"));
+    let change = Change {
+        step: Some((StepName::Charge, StepStatus::Pending)),
+        status: Some(OrderStatus::AwaitingPayment),
+        fields: vec![("chargeId", "ch_1".into()), ("pixExpiresAtMs", "99999999999999".into())],
+        ..Change::default()
+    };
+    let far = 99_999_999_999_999;
+    let applied = f
+        .store
+        .await_payment(id, "r1", change, &key, &awaiting, &f.idem, far)
+        .await;
+    assert_eq!(applied.ok(), Some(Applied::Yes));
+    // The key answers the 202 to every retry; recovery leaves the order until its expiry.
+    match f.idem.begin(&key, "other").await.ok() {
+        Some(Begin::Replay(resp)) => assert_eq!((resp.status, resp.location.is_some()), (202, true)),
+        other => panic!("expected the 202 replayed, got {other:?}"),
+    }
+    assert!(f.due(id).await.is_empty(), "not due before its expiry");
+    let (_, progress) = f.store.load(id).await.expect("load").expect("order");
+    assert_eq!(progress.awaiting_until_ms, Some(far));
+    assert_eq!(
+        f.store.final_response(id).await.expect("read"),
+        None,
+        "awaiting has not ended"
+    );
+    // Payment heard it was paid: due now, and claimable.
+    assert!(f.store.wake(id).await.expect("wake"));
+    assert_eq!(f.due(id).await, vec![id.clone()]);
+    assert_eq!(f.store.claim(id, "rec", LEASE).await.ok(), Some(Claim::Claimed));
+    let paid = Change {
+        step: Some((StepName::Charge, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Processing),
+        ..Change::default()
+    };
+    assert_eq!(f.store.update(id, "rec", paid).await.ok(), Some(Applied::Yes));
+    // The end replaces the stored 202 with the final answer, and drops its Location.
+    let done = StoredResponse::json(StatusCode::OK, &serde_json::json!({"status": "completed"}));
+    let end = Change {
+        step: Some((StepName::Complete, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Completed),
+        response: Some(&done),
+        settle: Some(Settle {
+            key: &key,
+            store: true,
+            idempotency: &f.idem,
+        }),
+        ..Change::default()
+    };
+    assert_eq!(f.store.update(id, "rec", end).await.ok(), Some(Applied::Yes));
+    match f.idem.begin(&key, "other").await.ok() {
+        Some(Begin::Replay(resp)) => assert_eq!((resp.status, resp.location), (200, None)),
+        other => panic!("expected the final answer replayed, got {other:?}"),
+    }
+    assert!(!f.store.wake(id).await.expect("wake"), "an ended order is not woken");
+}

@@ -38,6 +38,8 @@ static UPDATE_AND_SETTLE: LazyLock<Script> =
     LazyLock::new(|| lua::script(&[&ORDER], include_str!("update_and_settle.lua")));
 static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| lua::script(&[], include_str!("release_done.lua")));
 static ABANDON: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("abandon.lua")));
+static AWAIT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("await.lua")));
+static WAKE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("wake.lua")));
 static UNDO_BEGIN: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("undo_begin.lua")));
 
 /// A checkout's Idempotency-Key record, kept in the slot of the orders made for it: the shard
@@ -64,6 +66,8 @@ pub struct Progress {
     pub resumed: bool,
     /// The order ended, but the release of its reservation never got through to stock.
     pub release_owed: bool,
+    /// Its charge is a Pix waiting for its payer, until then (ms).
+    pub awaiting_until_ms: Option<u64>,
 }
 
 /// What an attempt to change an order found.
@@ -313,6 +317,53 @@ impl OrderStore {
         .await
     }
 
+    /// Makes the order await its Pix until `expires_ms` (await.lua): records `change`, stores
+    /// `answer` (the 202) under its key, and leaves the order to recovery until then.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn await_payment(
+        &self,
+        order_id: &OrderId,
+        owner: &str,
+        change: Change<'_>,
+        key: &KeyRef,
+        answer: &StoredResponse,
+        idempotency: &IdempotencyStore,
+        expires_ms: u64,
+    ) -> Result<Applied, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = AWAIT.key(order_key(order_id));
+        inv.key(steps_key(order_id))
+            .key(totals_key_of(order_id))
+            .key(key.redis_key())
+            .key(active_key_of(order_id));
+        push_change(&mut inv, &change, owner);
+        idempotency.finish_args(&mut inv, key, order_id.as_str(), answer);
+        inv.arg(expires_ms);
+        for (field, value) in &change.fields {
+            inv.arg(*field).arg(value);
+        }
+        let reply: String = inv.invoke_async(&mut conn).await?;
+        Ok(match reply.as_str() {
+            "ok" => Applied::Yes,
+            "terminal" => Applied::Terminal,
+            "fenced" => Applied::Fenced,
+            _ => Applied::Missing,
+        })
+    }
+
+    /// Makes an order awaiting its Pix due for recovery now (wake.lua); false when it was not
+    /// awaiting.
+    pub async fn wake(&self, order_id: &OrderId) -> Result<bool, OrderError> {
+        let mut conn = self.pool.get().await?;
+        let woken: i64 = WAKE
+            .key(order_key(order_id))
+            .key(active_key_of(order_id))
+            .arg(order_id.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(woken == 1)
+    }
+
     /// Up to `limit` orders of one shard whose lease has run out.
     pub async fn due(&self, shard: u16, limit: usize) -> Result<Vec<OrderId>, OrderError> {
         let mut conn = self.pool.get().await?;
@@ -337,6 +388,8 @@ impl OrderStore {
                 "currency",
                 "chargeId",
                 "releaseOwed",
+                "status",
+                "pixExpiresAtMs",
             ])
             .query_async(&mut conn)
             .await?;
@@ -375,6 +428,9 @@ impl OrderStore {
                 charge_id: get(9).map(ChargeId::from_stored),
                 resumed: true,
                 release_owed: get(10).is_some(),
+                awaiting_until_ms: get(12)
+                    .filter(|_| get(11).as_deref() == Some("awaiting_payment"))
+                    .and_then(|ms| ms.parse().ok()),
             },
         )))
     }

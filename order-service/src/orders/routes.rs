@@ -35,3 +35,38 @@ pub(crate) async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> 
     shared::auth::require(&req, &state.settings.common.internal_token)?;
     Ok(HttpResponse::Ok().json(state.store.totals().await?))
 }
+
+#[utoipa::path(
+    post, path = "/orders/{orderId}/payment-updates",
+    params(("orderId" = String, Path, description = "the order whose Pix payment changed")),
+    responses(
+        (status = 202, description = "taken: an order awaiting its Pix is looked at now (payment is asked how the Pix stands; nothing is taken from this call's body, so it needs none and no Idempotency-Key)"),
+        (status = 404, description = "order-not-found")
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn payment_updated(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, OrderError> {
+    shared::auth::require(&req, &state.settings.common.internal_token)?;
+    let id = id.into_inner();
+    if !ids::is_safe_id(&id) {
+        return Err(OrderError::OrderNotFound(id.chars().take(64).collect()));
+    }
+    let order_id = OrderId::from_stored(id.clone());
+    let status = state
+        .store
+        .get(&order_id)
+        .await?
+        .map(|o| o.status)
+        .ok_or_else(|| OrderError::OrderNotFound(id.clone()))?;
+    let woken = state.store.wake(&order_id).await?;
+    if woken {
+        // Due now: recovery would find it at its next pass; this replica takes it at once.
+        let runner = state.runner.clone();
+        tokio::spawn(async move { crate::checkout::recovery::recover(&runner, &order_id).await });
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"orderId": id, "status": status, "woken": woken})))
+}

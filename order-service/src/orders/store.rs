@@ -60,7 +60,10 @@ fn stored_response(fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
-    if text(0).as_deref().is_none_or(|s| s == "processing") {
+    if text(0)
+        .as_deref()
+        .is_none_or(|s| s == "processing" || s == "awaiting_payment")
+    {
         return None;
     }
     Some(StoredResponse {
@@ -103,6 +106,8 @@ impl OrderStore {
                 "refundId",
                 "createdAt",
                 "updatedAt",
+                "pixCode",
+                "pixExpiresAt",
             ])
             .cmd("LRANGE")
             .arg(steps_key(order_id))
@@ -125,6 +130,9 @@ impl OrderStore {
             reservation_id: get(5),
             charge_id: get(6),
             refund_id: get(7),
+            pix: get(10)
+                .zip(get(11))
+                .map(|(code, expires_at)| crate::model::PixView { code, expires_at }),
             steps: steps.iter().filter_map(|s| serde_json::from_str(s).ok()).collect(),
             created_at: get(8).unwrap_or_default(),
             updated_at: get(9).unwrap_or_default(),
@@ -154,6 +162,7 @@ impl OrderStore {
                 "failed" => &mut entry.failed,
                 "compensated" => &mut entry.compensated,
                 "processing" => &mut entry.processing,
+                "awaiting_payment" => &mut entry.awaiting_payment,
                 "refunds" => &mut entry.refunds,
                 _ => continue,
             };

@@ -51,7 +51,14 @@ pub(crate) async fn reserve_stock(
                 location: None,
             };
             let answer = idempotency.answer(key_ref, &token, &template);
-            let failure = match store.reserve(body.item_id, body.quantity, &rid, &key, &answer).await {
+            let hold = body
+                .hold_seconds
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(store.reservation_ttl);
+            let failure = match store
+                .reserve_for(body.item_id, body.quantity, &rid, &key, &answer, hold)
+                .await
+            {
                 Ok(ReserveOutcome::Reserved { reservation, fresh }) => {
                     shared::metrics::event("reservation", "reserved");
                     let resp = StoredResponse::json(StatusCode::CREATED, &reservation);

@@ -138,6 +138,20 @@ impl Store {
         idempotency_key: &str,
         answer: &Answer<'_>,
     ) -> Result<ReserveOutcome, StockError> {
+        self.reserve_for(item_id, quantity, rid, idempotency_key, answer, self.reservation_ttl)
+            .await
+    }
+
+    /// [`Store::reserve`], held for `hold` instead of RESERVATION_TTL.
+    pub async fn reserve_for(
+        &self,
+        item_id: u64,
+        quantity: u32,
+        rid: &str,
+        idempotency_key: &str,
+        answer: &Answer<'_>,
+        hold: std::time::Duration,
+    ) -> Result<ReserveOutcome, StockError> {
         let mut invocation = RESERVE.key(item_key(item_id));
         invocation
             .key(expiring_key(item_id))
@@ -145,7 +159,7 @@ impl Store {
             .arg(reservation_prefix(item_id))
             .arg(quantity)
             .arg(rid)
-            .arg(self.reservation_ttl.as_millis() as u64)
+            .arg(hold.as_millis() as u64)
             .arg(self.marker_ttl.as_millis() as u64);
         answer.add_to(&mut invocation);
         let reply: Vec<redis::Value> = self.invoke("stock.reserve", &invocation).await?;
