@@ -27,6 +27,10 @@ payment_replicas=${PAYMENT_REPLICAS:-${REPLICAS:-1}}
 stock_replicas=${STOCK_REPLICAS:-${REPLICAS:-1}}
 card_a_port=${CARD_A_PORT:-9101}
 card_b_port=${CARD_B_PORT:-9102}
+pix_port=${PIX_PORT:-9103}
+# The Pix simulator signs its webhooks with this; payment verifies them by it. A development
+# default, like the internal token: set PIX_WEBHOOK_SECRET (whsec_ + base64) for anything real.
+pix_secret=${PIX_WEBHOOK_SECRET:-whsec_ZGV2LXBpeC13ZWJob29rLXNlY3JldC0wMDAx}
 export INTERNAL_TOKEN=${INTERNAL_TOKEN:-dev-internal-token}
 export HOST=${HOST:-127.0.0.1}
 
@@ -208,7 +212,14 @@ for sim in "card-a:$card_a_port" "card-b:$card_b_port"; do
 done
 ready card-a "$card_a_port" /health
 ready card-b "$card_b_port" /health
-export PAYMENT_GATEWAYS=${PAYMENT_GATEWAYS:-card-a=http://127.0.0.1:$card_a_port,card-b=http://127.0.0.1:$card_b_port}
+# The Pix provider: its webhooks go through nginx to whichever payment replica (re-sent until
+# one answers 2xx, so starting before nginx is fine).
+SIM_NAME=pix SIM_PORT=$pix_port SIM_LEDGER=$data_dir/providers/pix.jsonl \
+    SIM_WEBHOOK_URL=http://127.0.0.1:$gateway_port/payment/webhooks/pix SIM_WEBHOOK_SECRET=$pix_secret \
+    supervise pix "$bin_dir/gateway-sim"
+ready pix "$pix_port" /health
+export PAYMENT_GATEWAYS=${PAYMENT_GATEWAYS:-card-a=http://127.0.0.1:$card_a_port,card-b=http://127.0.0.1:$card_b_port,pix=http://127.0.0.1:$pix_port}
+export PROVIDER_WEBHOOK_SECRETS=${PROVIDER_WEBHOOK_SECRETS:-pix=$pix_secret}
 
 start_replicas stock stock-service STOCK_PORT "$stock_port" "$stock_replicas"
 stock_upstreams=$upstreams
@@ -217,6 +228,9 @@ stock_upstreams=$upstreams
 export STOCK_URL=http://127.0.0.1:$stock_port PAYMENT_URL=http://127.0.0.1:$payment_port
 [ "$stock_replicas" -gt 1 ] && STOCK_URL=http://127.0.0.1:$gateway_port/stock
 [ "$payment_replicas" -gt 1 ] && PAYMENT_URL=http://127.0.0.1:$gateway_port/payment
+# Payment wakes an order whose Pix was paid.
+export ORDER_URL=http://127.0.0.1:$order_port
+[ "$order_replicas" -gt 1 ] && ORDER_URL=http://127.0.0.1:$gateway_port/order
 start_replicas payment payment-service PAYMENT_PORT "$payment_port" "$payment_replicas"
 payment_upstreams=$upstreams
 start_replicas order order-service ORDER_PORT "$order_port" "$order_replicas"
@@ -235,7 +249,8 @@ Checkout stack is up.
   order     http://localhost:$gateway_port/order/docs      (API reference; /order/openapi.json)
   payment   http://localhost:$gateway_port/payment/docs    (/payment/openapi.json)
   stock     http://localhost:$gateway_port/stock/docs      (/stock/openapi.json; items at /stock/items)
-  providers card-a http://127.0.0.1:$card_a_port, card-b http://127.0.0.1:$card_b_port
+  providers card-a http://127.0.0.1:$card_a_port, card-b http://127.0.0.1:$card_b_port, pix http://127.0.0.1:$pix_port
+            (pay a Pix checkout: POST http://127.0.0.1:$pix_port/_sim/pix/<gatewayReference>/pay)
             (simulators: GET /_sim/ledger, PUT /_sim/faults; switch: PUT /payment/gateways/card-a)
   redis     $REDIS_URL  (appendfsync $appendfsync)
   replicas  order $order_replicas, payment $payment_replicas, stock $stock_replicas

@@ -31,6 +31,9 @@ pub use reply::{Reply, new_key, slug};
 
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, ProxyHandle, SeededRng};
 
+/// The secret the Pix simulator signs its webhooks with, and payment-service verifies them by.
+pub const PIX_WEBHOOK_SECRET: &str = "whsec_ZTJlLXBpeC13ZWJob29rLXNlY3JldC0wMDAx";
+
 /// How long any one process may take to become ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,6 +43,9 @@ pub enum Service {
     /// The two card provider simulators (`gateway-sim`), payment's route `card-a,card-b`.
     CardA,
     CardB,
+    /// The Pix provider simulator (`gateway-sim` named `pix`): payment's route `pix`; it
+    /// sends its signed webhooks to payment-service directly.
+    Pix,
     Stock,
     Payment,
     Order,
@@ -47,10 +53,11 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Redis,
         Service::CardA,
         Service::CardB,
+        Service::Pix,
         Service::Stock,
         Service::Payment,
         Service::Order,
@@ -62,6 +69,7 @@ impl Service {
             Service::Redis => "redis",
             Service::CardA => "card-a",
             Service::CardB => "card-b",
+            Service::Pix => "pix",
             Service::Stock => "stock",
             Service::Payment => "payment",
             Service::Order => "order",
@@ -91,6 +99,7 @@ struct Ports {
     redis: u16,
     card_a: u16,
     card_b: u16,
+    pix: u16,
     stock: u16,
     payment: u16,
     order: u16,
@@ -126,6 +135,7 @@ impl Stack {
             redis: free_port(),
             card_a: free_port(),
             card_b: free_port(),
+            pix: free_port(),
             stock: free_port(),
             payment: free_port(),
             order: free_port(),
@@ -253,6 +263,7 @@ impl Stack {
             Service::Redis => self.ports.redis,
             Service::CardA => self.ports.card_a,
             Service::CardB => self.ports.card_b,
+            Service::Pix => self.ports.pix,
             Service::Stock => self.ports.stock,
             Service::Payment => self.ports.payment,
             Service::Order => self.ports.order,
@@ -497,6 +508,33 @@ impl Stack {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
     }
 
+    /// GET straight from a process (a simulator's `/_sim/…`), asserting 200.
+    pub async fn get_json_direct(&self, service: Service, path: &str) -> Value {
+        let url = self.direct_url(service, path);
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(resp.status(), 200, "GET {url}");
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e})"))
+    }
+
+    /// Sets a variable of a service's environment for its next start (after [`Stack::kill`]).
+    pub fn set_env(&mut self, service: Service, name: &str, value: &str) {
+        let env = match service {
+            Service::Order => &mut self.options.order_env,
+            Service::Stock => &mut self.options.stock_env,
+            Service::Payment => &mut self.options.payment_env,
+            other => panic!("{} takes no extra environment", other.name()),
+        };
+        env.retain(|(k, _)| k != name);
+        env.push((name.to_string(), value.to_string()));
+    }
+
     /// POST through nginx with the internal token and, when given, an Idempotency-Key.
     pub async fn post_internal(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
         let mut req = self.client.post(self.url(path)).bearer_auth(&self.token).json(body);
@@ -549,12 +587,20 @@ impl Stack {
     fn command(&self, service: Service) -> Command {
         match service {
             Service::Redis => self.redis_command(self.ports.redis),
-            Service::CardA | Service::CardB => {
+            Service::CardA | Service::CardB | Service::Pix => {
                 let mut c = Command::new(binary_path("gateway-sim"));
                 c.env("SIM_NAME", service.name())
                     .env("HOST", "127.0.0.1")
                     .env("SIM_PORT", self.port(service).to_string())
                     .env("SIM_LEDGER", self.dir.join(format!("{}.ledger.jsonl", service.name())));
+                if service == Service::Pix {
+                    c.env(
+                        "SIM_WEBHOOK_URL",
+                        format!("http://127.0.0.1:{}/webhooks/pix", self.ports.payment),
+                    )
+                    .env("SIM_WEBHOOK_SECRET", PIX_WEBHOOK_SECRET)
+                    .env("SIM_WEBHOOK_MAX_BACKOFF_MS", "300");
+                }
                 c
             }
             Service::Stock | Service::Payment | Service::Order => {
@@ -586,10 +632,14 @@ impl Stack {
                     .env(
                         "PAYMENT_GATEWAYS",
                         format!(
-                            "card-a=http://127.0.0.1:{},card-b=http://127.0.0.1:{}",
-                            self.ports.card_a, self.ports.card_b
+                            "card-a=http://127.0.0.1:{},card-b=http://127.0.0.1:{},pix=http://127.0.0.1:{}",
+                            self.ports.card_a, self.ports.card_b, self.ports.pix
                         ),
                     )
+                    .env("PAYMENT_ROUTES", "card:card-a,card-b;pix:pix")
+                    .env("PROVIDER_WEBHOOK_SECRETS", format!("pix={PIX_WEBHOOK_SECRET}"))
+                    .env("WEBHOOK_CLAIM_IDLE", "1s")
+                    .env("ORDER_URL", format!("http://127.0.0.1:{}", self.ports.order))
                     .env("STOCK_URL", self.dependency_url(Service::Stock))
                     .env("PAYMENT_URL", self.dependency_url(Service::Payment));
                 for (k, v) in extra {
@@ -667,7 +717,9 @@ impl Stack {
             let ready = match service {
                 Service::Redis => redis_answers(self.ports.redis).await,
                 Service::Nginx => self.http_ok(&self.url("/")).await,
-                Service::CardA | Service::CardB => self.http_ok(&self.direct_url(service, "/health")).await,
+                Service::CardA | Service::CardB | Service::Pix => {
+                    self.http_ok(&self.direct_url(service, "/health")).await
+                }
                 _ => self.http_ok(&self.direct_url(service, "/ready")).await,
             };
             if ready {
