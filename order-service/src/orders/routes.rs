@@ -68,5 +68,7 @@ pub(crate) async fn payment_updated(
         let runner = state.runner.clone();
         tokio::spawn(async move { crate::checkout::recovery::recover(&runner, &order_id).await });
     }
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"orderId": id, "status": status, "woken": woken})))
+    Ok(HttpResponse::Accepted()
+        .insert_header(("Location", format!("/order/orders/{id}")))
+        .json(serde_json::json!({"orderId": id, "status": status, "woken": woken})))
 }
