@@ -70,6 +70,16 @@ pub struct PixView {
     pub expires_at: String,
 }
 
+impl PixView {
+    /// Kept as milliseconds on the order (the expiry recovery compares); shown as RFC 3339.
+    pub fn new(code: String, expires_ms: u64) -> Self {
+        Self {
+            code,
+            expires_at: shared::time::rfc3339_ms(expires_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Step {
     #[schema(value_type = crate::ids::StepName)]

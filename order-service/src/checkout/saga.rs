@@ -233,6 +233,7 @@ impl Attempt<'_> {
     async fn charge(&self, reservation: &Reservation, maybe_sent: bool) -> Result<ChargeId, SagaEnd> {
         let payment = &self.saga.payment;
         let mut charged = None;
+        let mut pending = None;
         let mut decision = None;
         if maybe_sent {
             let found = payment.standing_charge(self.id(), reservation).await;
@@ -253,15 +254,16 @@ impl Attempt<'_> {
                 match call.answer() {
                     Some(ChargeAnswer::Charged(c)) => charged = Some(c.clone()),
                     Some(ChargeAnswer::Pending { charge_id, code }) => {
-                        return Err(self.await_payment(charge_id, code).await);
+                        pending = Some((charge_id.clone(), code.clone()))
                     }
                     _ => {}
                 }
                 core::after_charge(call, maybe_sent)
             }
         };
-        match (decision, charged) {
-            (Decision::Proceed, Some(charge_id)) => {
+        match (decision, charged, pending) {
+            (Decision::Await, _, Some((charge_id, code))) => Err(self.await_payment(&charge_id, &code).await),
+            (Decision::Proceed, Some(charge_id), _) => {
                 let change = Change {
                     step: Some((StepName::Charge, StepStatus::Succeeded)),
                     fields: vec![("chargeId", charge_id.to_string())],
@@ -270,7 +272,7 @@ impl Attempt<'_> {
                 self.record(change).await?;
                 Ok(charge_id)
             }
-            (decision, _) => Err(self.carry_out(decision, Some(reservation), None, vec![]).await),
+            (decision, ..) => Err(self.carry_out(decision, Some(reservation), None, vec![]).await),
         }
     }
 
@@ -284,16 +286,12 @@ impl Attempt<'_> {
     /// client (and every retry with its key) hears 202 `awaiting_payment` with the code.
     async fn await_payment(&self, charge_id: &ChargeId, code: &str) -> SagaEnd {
         let expires_ms = shared::time::now_ms() + self.saga.pix_ttl.as_millis() as u64;
-        let expires_at = shared::time::rfc3339_ms(expires_ms);
         let resp = StoredResponse::json(
             StatusCode::ACCEPTED,
             &CheckoutProcessing {
                 order_id: self.id().to_string(),
                 status: OrderStatus::AwaitingPayment.as_str().into(),
-                pix: Some(PixView {
-                    code: code.to_string(),
-                    expires_at: expires_at.clone(),
-                }),
+                pix: Some(PixView::new(code.to_string(), expires_ms)),
             },
         )
         .with_location(format!("/order/orders/{}", self.id()));
@@ -303,7 +301,6 @@ impl Attempt<'_> {
             fields: vec![
                 ("chargeId", charge_id.to_string()),
                 ("pixCode", code.to_string()),
-                ("pixExpiresAt", expires_at),
                 ("pixExpiresAtMs", expires_ms.to_string()),
             ],
             ..Change::default()

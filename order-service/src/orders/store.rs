@@ -107,7 +107,7 @@ impl OrderStore {
                 "createdAt",
                 "updatedAt",
                 "pixCode",
-                "pixExpiresAt",
+                "pixExpiresAtMs",
             ])
             .cmd("LRANGE")
             .arg(steps_key(order_id))
@@ -131,8 +131,8 @@ impl OrderStore {
             charge_id: get(6),
             refund_id: get(7),
             pix: get(10)
-                .zip(get(11))
-                .map(|(code, expires_at)| crate::model::PixView { code, expires_at }),
+                .zip(get(11).and_then(|ms| ms.parse().ok()))
+                .map(|(code, ms)| crate::model::PixView::new(code, ms)),
             steps: steps.iter().filter_map(|s| serde_json::from_str(s).ok()).collect(),
             created_at: get(8).unwrap_or_default(),
             updated_at: get(9).unwrap_or_default(),
