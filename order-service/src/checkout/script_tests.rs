@@ -351,10 +351,12 @@ async fn an_awaited_pix_replays_its_202_until_the_end_replaces_it_and_a_wake_mak
         ..Change::default()
     };
     assert_eq!(f.store.update(id, "r1", reserved).await.ok(), Some(Applied::Yes));
-    assert!(
-        !f.store.wake(id).await.expect("wake"),
-        "a processing order is not awaiting"
+    assert_eq!(
+        f.store.wake(id).await.expect("wake").as_deref(),
+        Some("processing"),
+        "a processing order is not woken"
     );
+    assert!(f.due(id).await.is_empty());
     let awaiting = StoredResponse::json(StatusCode::ACCEPTED, &serde_json::json!({"status": "awaiting_payment"}))
         .with_location(format!("/order/orders/{id}"));
     let change = Change {
@@ -383,7 +385,10 @@ async fn an_awaited_pix_replays_its_202_until_the_end_replaces_it_and_a_wake_mak
         "awaiting has not ended"
     );
     // Payment heard it was paid: due now, and claimable.
-    assert!(f.store.wake(id).await.expect("wake"));
+    assert_eq!(
+        f.store.wake(id).await.expect("wake").as_deref(),
+        Some("awaiting_payment")
+    );
     assert_eq!(f.due(id).await, vec![id.clone()]);
     assert_eq!(f.store.claim(id, "rec", LEASE).await.ok(), Some(Claim::Claimed));
     let paid = Change {
@@ -410,5 +415,12 @@ async fn an_awaited_pix_replays_its_202_until_the_end_replaces_it_and_a_wake_mak
         Some(Begin::Replay(resp)) => assert_eq!((resp.status, resp.location), (200, None)),
         other => panic!("expected the final answer replayed, got {other:?}"),
     }
-    assert!(!f.store.wake(id).await.expect("wake"), "an ended order is not woken");
+    assert_eq!(
+        f.store.wake(id).await.expect("wake").as_deref(),
+        Some("completed"),
+        "an ended order is not woken"
+    );
+    assert!(f.due(id).await.is_empty());
+    let unknown = OrderId::new_for_key("pix-none");
+    assert_eq!(f.store.wake(&unknown).await.expect("wake"), None);
 }

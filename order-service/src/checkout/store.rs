@@ -83,6 +83,18 @@ pub enum Applied {
     Unknown,
 }
 
+impl Applied {
+    /// order.lua's `update_order` answer.
+    fn from_reply(reply: &str) -> Self {
+        match reply {
+            "ok" => Self::Yes,
+            "terminal" => Self::Terminal,
+            "fenced" => Self::Fenced,
+            _ => Self::Missing,
+        }
+    }
+}
+
 /// What a claim on an order found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -240,12 +252,7 @@ impl OrderStore {
             inv.arg("respBody").arg(&resp.body[..]);
         }
         let reply: String = inv.invoke_async(&mut conn).await?;
-        Ok(match reply.as_str() {
-            "ok" => Applied::Yes,
-            "terminal" => Applied::Terminal,
-            "fenced" => Applied::Fenced,
-            _ => Applied::Missing,
-        })
+        Ok(Applied::from_reply(&reply))
     }
 
     /// Runs claim.lua or lease.lua: their keys and arguments are the same.
@@ -343,25 +350,20 @@ impl OrderStore {
             inv.arg(*field).arg(value);
         }
         let reply: String = inv.invoke_async(&mut conn).await?;
-        Ok(match reply.as_str() {
-            "ok" => Applied::Yes,
-            "terminal" => Applied::Terminal,
-            "fenced" => Applied::Fenced,
-            _ => Applied::Missing,
-        })
+        Ok(Applied::from_reply(&reply))
     }
 
-    /// Makes an order awaiting its Pix due for recovery now (wake.lua); false when it was not
-    /// awaiting.
-    pub async fn wake(&self, order_id: &OrderId) -> Result<bool, OrderError> {
+    /// Makes an order awaiting its Pix due for recovery now (wake.lua): its status before the
+    /// call (`awaiting_payment` when it was woken), None for no such order.
+    pub async fn wake(&self, order_id: &OrderId) -> Result<Option<String>, OrderError> {
         let mut conn = self.pool.get().await?;
-        let woken: i64 = WAKE
+        let status: String = WAKE
             .key(order_key(order_id))
             .key(active_key_of(order_id))
             .arg(order_id.as_str())
             .invoke_async(&mut conn)
             .await?;
-        Ok(woken == 1)
+        Ok(Some(status).filter(|s| !s.is_empty()))
     }
 
     /// Up to `limit` orders of one shard whose lease has run out.

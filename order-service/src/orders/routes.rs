@@ -58,11 +58,10 @@ pub(crate) async fn payment_updated(
     let order_id = OrderId::from_stored(id.clone());
     let status = state
         .store
-        .get(&order_id)
+        .wake(&order_id)
         .await?
-        .map(|o| o.status)
         .ok_or_else(|| OrderError::OrderNotFound(id.clone()))?;
-    let woken = state.store.wake(&order_id).await?;
+    let woken = status == crate::ids::OrderStatus::AwaitingPayment.as_str();
     if woken {
         // Due now: recovery would find it at its next pass; this replica takes it at once.
         let runner = state.runner.clone();
