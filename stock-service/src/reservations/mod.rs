@@ -56,7 +56,7 @@ pub(crate) async fn reserve_stock(
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(store.reservation_ttl);
             let failure = match store
-                .reserve_for(body.item_id, body.quantity, &rid, &key, &answer, hold)
+                .reserve(body.item_id, body.quantity, &rid, &key, &answer, hold)
                 .await
             {
                 Ok(ReserveOutcome::Reserved { reservation, fresh }) => {

@@ -42,7 +42,10 @@ async fn reserve(store: &Store, idem: &IdempotencyStore, key: &str, quantity: u3
     let resp = StoredResponse::json(StatusCode::CREATED, &"");
     let key_ref = plain(key);
     let answer = idem.answer(&key_ref, "tok", &resp);
-    match store.reserve(1, quantity, &rid, key, &answer).await {
+    match store
+        .reserve(1, quantity, &rid, key, &answer, store.reservation_ttl)
+        .await
+    {
         Ok(outcome) => outcome,
         Err(e) => panic!("reserve: {e}"),
     }
@@ -169,7 +172,14 @@ async fn reserve_refuses_more_than_is_available_and_an_unknown_item() {
     let rid = new_reservation_id(7);
     let resp = StoredResponse::json(StatusCode::CREATED, &"");
     let unknown = store
-        .reserve(7, 1, &rid, "k2", &idem.answer(&plain("k2"), "tok", &resp))
+        .reserve(
+            7,
+            1,
+            &rid,
+            "k2",
+            &idem.answer(&plain("k2"), "tok", &resp),
+            store.reservation_ttl,
+        )
         .await
         .ok();
 
@@ -193,7 +203,14 @@ async fn reserve_stores_its_answer_with_the_key_taken_in_the_same_step_and_repla
     };
 
     let first = store
-        .reserve(1, 2, &rid, "k1", &idem.answer(&key, "tok1", &template))
+        .reserve(
+            1,
+            2,
+            &rid,
+            "k1",
+            &idem.answer(&key, "tok1", &template),
+            store.reservation_ttl,
+        )
         .await
         .ok();
     let replay = idem.begin(&key, "tok2").await.ok();
@@ -327,4 +344,32 @@ async fn sweep_alone_returns_lapsed_units_when_no_request_touches_the_item() {
 
     assert_eq!(swept, Some(1));
     assert_eq!(counts(&store).await, (5, 0, 0));
+}
+
+#[tokio::test]
+async fn a_reservation_asked_to_hold_longer_outlives_the_ttl_and_its_answer_says_until_when() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let rid = new_reservation_id(1);
+    let resp = StoredResponse::json(StatusCode::CREATED, &"");
+    let key_ref = plain("long");
+    let hold = Duration::from_secs(3600);
+    let outcome = store
+        .reserve(1, 2, &rid, "long", &idem.answer(&key_ref, "tok", &resp), hold)
+        .await
+        .expect("reserve");
+    let ReserveOutcome::Reserved { reservation, .. } = outcome else {
+        panic!("expected a reservation");
+    };
+    let until = shared::time::parse_rfc3339_ms(&reservation.expires_at).expect("expiresAt");
+    let now = shared::time::now_ms();
+    assert!(
+        until > now + 3_500_000 && until <= now + 3_600_000,
+        "{}",
+        reservation.expires_at
+    );
+    tokio::time::sleep(TTL * 2).await;
+    store.sweep_all().await.expect("sweep");
+    assert_eq!(counts(&store).await, (3, 2, 0), "held past RESERVATION_TTL");
 }

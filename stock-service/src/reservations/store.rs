@@ -127,23 +127,11 @@ impl Transition {
 }
 
 impl Store {
-    /// Reserves under `idempotency_key` as `rid` (from [`new_reservation_id`]), storing
-    /// `answer` (its body a [`reservation_template`]) with it, unless the key reserved before:
-    /// that reservation is returned, not fresh.
+    /// Reserves under `idempotency_key` as `rid` (from [`new_reservation_id`]) for `hold`
+    /// (RESERVATION_TTL unless the request asks otherwise), storing `answer` (its body a
+    /// [`reservation_template`]) with it, unless the key reserved before: that reservation is
+    /// returned, not fresh.
     pub async fn reserve(
-        &self,
-        item_id: u64,
-        quantity: u32,
-        rid: &str,
-        idempotency_key: &str,
-        answer: &Answer<'_>,
-    ) -> Result<ReserveOutcome, StockError> {
-        self.reserve_for(item_id, quantity, rid, idempotency_key, answer, self.reservation_ttl)
-            .await
-    }
-
-    /// [`Store::reserve`], held for `hold` instead of RESERVATION_TTL.
-    pub async fn reserve_for(
         &self,
         item_id: u64,
         quantity: u32,
