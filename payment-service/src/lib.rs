@@ -44,8 +44,9 @@ pub struct AppState {
     pub gateways: Arc<Gateways>,
     pub pool: shared::redis_pool::Pool,
     pub accounts: shared::accounts::Accounts,
-    /// Asks the stock service who owns an item (splits).
-    pub stock: reqwest::Client,
+    /// Calls to the other services: stock (who owns an item, for splits) and order (a paid Pix
+    /// wakes its order).
+    pub services: reqwest::Client,
     /// The items with splits, as this replica last read them.
     pub split_items: Arc<splits::known::SplitItems>,
 }
@@ -94,10 +95,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         gateways,
         pool: pool.clone(),
         accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),
-        stock: reqwest::Client::builder()
+        services: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_millis(500))
             .build()
-            .map_err(|e| format!("the stock client: {e}"))?,
+            .map_err(|e| format!("the services' client: {e}"))?,
         split_items,
     };
     tokio::spawn(pix::worker::run(state.clone()));

@@ -202,7 +202,7 @@ async fn wake_order(state: &AppState, order_id: &str) -> bool {
         state.settings.order_url.trim_end_matches('/')
     );
     let sent = state
-        .stock
+        .services
         .post(url)
         .bearer_auth(state.settings.common.internal_token.expose())
         .timeout(Duration::from_secs(5))

@@ -260,7 +260,7 @@ async fn owner_of(state: &AppState, item_id: u64) -> Result<Option<String>, Paym
     let unavailable =
         |why: String| PaymentError::from(shared::CommonError::DependencyUnavailable(format!("stock: {why}")));
     let resp = state
-        .stock
+        .services
         .get(&url)
         .timeout(Duration::from_secs(2))
         .send()
