@@ -333,19 +333,20 @@ impl Attempt<'_> {
             }
             Err(e) => return Outcome::of(Err(e)),
         };
-        let event = match (&recorded.decline_code, &recorded.pix_code, recorded.fresh) {
-            (_, _, false) => "found",
-            (None, Some(_), true) => "pending",
-            (None, None, true) => "succeeded",
-            (Some(_), _, true) => "declined",
+        // The metric's outcome, and the event the script appended (none for a found charge).
+        let (event, appended) = match (&recorded.decline_code, &recorded.pix_code, recorded.fresh) {
+            (_, _, false) => ("found", None),
+            (None, Some(_), true) => ("pending", Some("charge.pending")),
+            (None, None, true) => ("succeeded", Some("charge.succeeded")),
+            (Some(_), _, true) => ("declined", Some("charge.declined")),
         };
         shared::metrics::event("charge", event);
         if recorded.fresh && event == "succeeded" && self.split.is_some() {
             crate::splits::SPLIT_EVENTS.inc(&[("event", "executed")]);
             crate::events::EVENTS_APPENDED.inc(&[("type", "split.executed")]);
         }
-        if recorded.fresh {
-            crate::events::EVENTS_APPENDED.inc(&[("type", &format!("charge.{event}"))]);
+        if let Some(kind) = appended {
+            crate::events::EVENTS_APPENDED.inc(&[("type", kind)]);
         }
         match &recorded.decline_code {
             None => {
