@@ -54,6 +54,18 @@ async fn charge_of(stack: &Stack, order_id: &str) -> Value {
     charges[0].clone()
 }
 
+/// Stocks item 1 and starts a Pix checkout of 2 units (900): its order id and its pending
+/// charge at payment.
+async fn awaiting_checkout(stack: &Stack) -> (String, Value) {
+    stack.put_item(1, "Mug", 450, 10).await;
+    let (status, _, body) = stack.checkout(&key(), pix_body(1)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "awaiting_payment", "{body}");
+    let order_id = body["orderId"].as_str().unwrap_or_default().to_string();
+    let charge = charge_of(stack, &order_id).await;
+    (order_id, charge)
+}
+
 async fn pay_at_provider(stack: &Stack, reference: &str) {
     let resp = stack
         .client()
@@ -243,11 +255,7 @@ async fn an_unpaid_pix_expires_releases_its_units_and_a_payment_after_expiry_is_
 #[tokio::test]
 async fn duplicate_resent_and_out_of_order_webhooks_change_nothing_twice() {
     let stack = stack_with(&[], &[]).await;
-    stack.put_item(1, "Mug", 450, 10).await;
-    let (status, _, body) = stack.checkout(&key(), pix_body(1)).await;
-    assert_eq!(status, 202, "{body}");
-    let order_id = body["orderId"].as_str().unwrap_or_default().to_string();
-    let charge = charge_of(&stack, &order_id).await;
+    let (order_id, charge) = awaiting_checkout(&stack).await;
     let reference = charge["gatewayReference"].as_str().unwrap_or_default().to_string();
     // A stale "pending" arriving before anything: ignored (charges only move forwards).
     let pending =
@@ -386,11 +394,7 @@ async fn kill_9_of_payment_between_a_webhooks_200_and_its_processing_still_compl
     // The worker polls once an hour: the webhook is stored and answered, never processed by
     // this process, which is then killed; its successor processes it.
     let mut stack = stack_with(&[], &[("WEBHOOK_POLL", "1h")]).await;
-    stack.put_item(1, "Mug", 450, 10).await;
-    let (status, _, body) = stack.checkout(&key(), pix_body(1)).await;
-    assert_eq!(status, 202, "{body}");
-    let order_id = body["orderId"].as_str().unwrap_or_default().to_string();
-    let charge = charge_of(&stack, &order_id).await;
+    let (order_id, charge) = awaiting_checkout(&stack).await;
     pay_at_provider(&stack, charge["gatewayReference"].as_str().unwrap_or_default()).await;
     let started = Instant::now();
     loop {
@@ -420,11 +424,7 @@ async fn kill_9_of_payment_between_a_webhooks_200_and_its_processing_still_compl
 #[tokio::test]
 async fn kill_9_of_order_service_while_a_pix_is_paid_still_completes_the_order() {
     let mut stack = stack_with(&[], &[]).await;
-    stack.put_item(1, "Mug", 450, 10).await;
-    let (status, _, body) = stack.checkout(&key(), pix_body(1)).await;
-    assert_eq!(status, 202, "{body}");
-    let order_id = body["orderId"].as_str().unwrap_or_default().to_string();
-    let charge = charge_of(&stack, &order_id).await;
+    let (order_id, charge) = awaiting_checkout(&stack).await;
     stack.kill(Service::Order).await;
     pay_at_provider(&stack, charge["gatewayReference"].as_str().unwrap_or_default()).await;
     // Payment applies it and cannot wake the order: it keeps the webhook and tries again.
