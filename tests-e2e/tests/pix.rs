@@ -100,6 +100,11 @@ async fn send_webhook(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A webhook as the Pix provider signs it, now.
+async fn send_signed(stack: &Stack, id: &str, body: &[u8]) -> (u16, Value) {
+    send_webhook(stack, "pix", id, now_secs(), body, Some(PIX_WEBHOOK_SECRET)).await
+}
+
 fn now_secs() -> i64 {
     (shared::time::now_ms() / 1000) as i64
 }
@@ -261,15 +266,7 @@ async fn duplicate_resent_and_out_of_order_webhooks_change_nothing_twice() {
     let pending =
         json!({"type": "charge.pending", "data": {"reference": reference, "orderId": order_id, "amount": 900}});
     let pending = pending.to_string().into_bytes();
-    let (s, _) = send_webhook(
-        &stack,
-        "pix",
-        "msg_e2e_pending",
-        now_secs(),
-        &pending,
-        Some(PIX_WEBHOOK_SECRET),
-    )
-    .await;
+    let (s, _) = send_signed(&stack, "msg_e2e_pending", &pending).await;
     assert_eq!(s, 200);
     pay_at_provider(&stack, &reference).await;
     order_becomes(&stack, &order_id, "completed", Duration::from_secs(15)).await;
@@ -285,39 +282,15 @@ async fn duplicate_resent_and_out_of_order_webhooks_change_nothing_twice() {
     let paid =
         json!({"type": "charge.succeeded", "data": {"reference": reference, "orderId": order_id, "amount": 900}});
     let paid = paid.to_string().into_bytes();
-    let (s, b) = send_webhook(
-        &stack,
-        "pix",
-        "msg_e2e_again",
-        now_secs(),
-        &paid,
-        Some(PIX_WEBHOOK_SECRET),
-    )
-    .await;
+    let (s, b) = send_signed(&stack, "msg_e2e_again", &paid).await;
     assert_eq!((s, b["duplicate"].as_bool()), (200, Some(false)));
-    let (s, b) = send_webhook(
-        &stack,
-        "pix",
-        "msg_e2e_again",
-        now_secs(),
-        &paid,
-        Some(PIX_WEBHOOK_SECRET),
-    )
-    .await;
+    let (s, b) = send_signed(&stack, "msg_e2e_again", &paid).await;
     assert_eq!(
         (s, b["duplicate"].as_bool()),
         (200, Some(true)),
         "the same id is stored once"
     );
-    let (s, _) = send_webhook(
-        &stack,
-        "pix",
-        "msg_e2e_pending2",
-        now_secs(),
-        &pending,
-        Some(PIX_WEBHOOK_SECRET),
-    )
-    .await;
+    let (s, _) = send_signed(&stack, "msg_e2e_pending2", &pending).await;
     assert_eq!(s, 200);
     // Give the worker time to apply them all, then count: one charge, one success.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -366,7 +339,7 @@ async fn forged_unsigned_stale_and_oversized_webhooks_are_refused_and_record_not
     }
     // None of them was recorded: their ids are new to a valid webhook.
     for (id, _, _) in cases {
-        let (status, reply) = send_webhook(&stack, "pix", id, now, body, Some(PIX_WEBHOOK_SECRET)).await;
+        let (status, reply) = send_signed(&stack, id, body).await;
         assert_eq!((status, reply["duplicate"].as_bool()), (200, Some(false)), "{id}");
     }
     let metrics = stack
