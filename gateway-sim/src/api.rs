@@ -386,7 +386,7 @@ fn pix_action(sim: &Arc<Sim>, rest: &str) -> Answer {
         return error(StatusCode::NOT_FOUND, "invalid_request_error", "no such route");
     };
     let mut ledger = lock(&sim.ledger);
-    let Some(c) = ledger
+    let Some(mut c) = ledger
         .charge_by_ref(reference)
         .filter(|c| c.pix_code.is_some())
         .cloned()
@@ -396,21 +396,21 @@ fn pix_action(sim: &Arc<Sim>, rest: &str) -> Answer {
     match action {
         "pay" => match ledger.pay(reference) {
             Ok(paid) => {
-                let Some(now) = ledger.charge_by_ref(reference).cloned() else {
-                    return error(StatusCode::NOT_FOUND, "invalid_request_error", "no such Pix charge");
-                };
                 drop(ledger);
+                // Paid now: its webhook goes out; paid before: answered as it stands.
                 if paid {
-                    crate::pix::deliver(sim.clone(), now.clone());
+                    c.status = ChargeStatus::Succeeded;
+                    crate::pix::deliver(sim.clone(), c.clone());
                 }
-                (StatusCode::OK, charge_json(&now))
+                (StatusCode::OK, charge_json(&c))
             }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", format!("ledger: {e}")),
         },
         "resend" if c.status == ChargeStatus::Succeeded => {
             drop(ledger);
-            crate::pix::deliver(sim.clone(), c.clone());
-            (StatusCode::ACCEPTED, charge_json(&c))
+            let answer = charge_json(&c);
+            crate::pix::deliver(sim.clone(), c);
+            (StatusCode::ACCEPTED, answer)
         }
         "resend" => error(StatusCode::CONFLICT, "invalid_request_error", "the Pix is not paid"),
         _ => error(StatusCode::NOT_FOUND, "invalid_request_error", "no such route"),
