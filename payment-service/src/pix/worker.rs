@@ -69,13 +69,9 @@ pub async fn run(state: AppState) {
     let consumer = shared::ids::new_id("wk");
     let settings = state.settings.clone();
     let mut since_claim = Duration::ZERO;
-    loop {
-        if let Err(e) = state.store.ensure_group().await {
-            tracing::warn!(error = %e, "webhook worker: cannot create its group; retrying");
-            tokio::time::sleep(settings.webhook_poll.max(Duration::from_millis(500))).await;
-            continue;
-        }
-        break;
+    while let Err(e) = state.store.ensure_group().await {
+        tracing::warn!(error = %e, "webhook worker: cannot create its group; retrying");
+        tokio::time::sleep(settings.webhook_poll.max(Duration::from_millis(500))).await;
     }
     loop {
         tokio::time::sleep(settings.webhook_poll).await;
