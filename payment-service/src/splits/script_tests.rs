@@ -41,13 +41,22 @@ fn split(item_id: u64, rules: &[(&str, u64)]) -> StoredSplit {
     }
 }
 
+/// How the provider answered the charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Succeeded,
+    Declined,
+    /// A Pix waiting for its payer.
+    Pending,
+}
+
 async fn charge_with(
     store: &Store,
     idem: &IdempotencyStore,
     order: &str,
     amount: u64,
     plan: Option<&SplitPlan>,
-    declined: bool,
+    verdict: Verdict,
 ) -> String {
     let charge_id = new_charge_id_for(order);
     let new = NewCharge {
@@ -57,10 +66,10 @@ async fn charge_with(
         currency: "USD",
         customer_id: "guest",
         payment_method: "pm_card_visa",
-        decline_code: declined.then_some("card_declined"),
+        decline_code: (verdict == Verdict::Declined).then_some("card_declined"),
         gateway: "card-a",
         gateway_reference: "ch_sim",
-        pix_code: None,
+        pix_code: (verdict == Verdict::Pending).then_some("000201pix"),
         split: plan,
     };
     let key = format!("{order}:charge");
@@ -103,8 +112,8 @@ async fn a_charge_and_its_split_are_recorded_together_and_refunds_reverse_the_pa
         "largest remainder: .6333 beats .3667"
     );
 
-    let id = charge_with(&store, &idem, "ord_s1", 1001, Some(&plan), false).await;
-    let declined = charge_with(&store, &idem, "ord_s2", 500, Some(&plan), true).await;
+    let id = charge_with(&store, &idem, "ord_s1", 1001, Some(&plan), Verdict::Succeeded).await;
+    let declined = charge_with(&store, &idem, "ord_s2", 500, Some(&plan), Verdict::Declined).await;
     let charge = store.get_charge(&id).await.ok().flatten().expect("the charge");
     assert_eq!(charge.split_id.as_deref(), Some(plan.split_id.as_str()));
     assert_eq!(charge.splits, plan.parts);
@@ -217,4 +226,36 @@ async fn a_created_split_puts_its_item_among_those_every_replica_reads_before_ch
         "items with splits are read"
     );
     assert!(!known.must_read(10), "an item without one is charged without a read");
+}
+
+#[tokio::test]
+async fn a_pending_pix_keeps_its_split_aside_and_executes_it_when_paid() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let plan = SplitPlan::of(&split(7, &[("seller", 7000), ("platform", 3000)]), 1000);
+    let id = charge_with(&store, &idem, "ord_sp", 1000, Some(&plan), Verdict::Pending).await;
+    assert_eq!(
+        earned(&store, "seller").await.earned,
+        0,
+        "nothing earned before the payer pays"
+    );
+    let pending = store.get_charge(&id).await.ok().flatten().expect("the charge");
+    assert!(pending.splits.is_empty(), "no parts shown before it is paid");
+    let succeeded = r#"{"type":"charge.succeeded","at":"t","correlationId":"ord_sp","data":{"amount":1000}}"#;
+    let paid = store.pix_paid(&id, 1000, succeeded).await.expect("paid");
+    assert_eq!(paid, crate::pix::store::Paid::Paid);
+    assert_eq!(
+        (
+            earned(&store, "seller").await.earned,
+            earned(&store, "platform").await.earned
+        ),
+        (700, 300)
+    );
+    let charge = store.get_charge(&id).await.ok().flatten().expect("the charge");
+    assert_eq!(charge.splits, plan.parts);
+    let _ = store.pix_paid(&id, 1000, succeeded).await.expect("again");
+    assert_eq!(earned(&store, "seller").await.earned, 700, "executed once");
+    let events = store.events(&id, 0, Some(10)).await.expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["charge.pending", "charge.succeeded", "split.executed"]);
 }
