@@ -11,7 +11,8 @@ use crate::model::{
 };
 use crate::orders::refunds::{__path_refund_order, OrderRefundRequest, OrderRefundResponse, refund_order};
 use crate::orders::routes::{
-    __path_get_order, __path_get_totals, __path_payment_updated, get_order, get_totals, payment_updated,
+    __path_get_order, __path_get_totals, __path_payment_updated, PaymentUpdateTaken, get_order, get_totals,
+    payment_updated,
 };
 
 pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
@@ -30,7 +31,7 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
     info(title = "order-service", description = "Checkout orchestration. Every error is application/problem+json."),
     servers((url = "/order")),
     paths(create_checkout, get_order, get_totals, refund_order, payment_updated),
-    components(schemas(CheckoutRequest, CheckoutCompleted, CheckoutProcessing, PixView, OrderView, Step, Bucket, CurrencyTotals, OrderRefundRequest, OrderRefundResponse))
+    components(schemas(PaymentUpdateTaken, CheckoutRequest, CheckoutCompleted, CheckoutProcessing, PixView, OrderView, Step, Bucket, CurrencyTotals, OrderRefundRequest, OrderRefundResponse))
 )]
 struct ApiDoc;
 

@@ -68,7 +68,7 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
         credit_wallet, get_wallet, list_transactions, list_events, verify,
         create_account, get_account, issue_key, revoke_key, create_split, list_splits, recipient_balance,
         crate::pix::cancel_charge, crate::pix::receiver::receive),
-    components(schemas(ChargeRequest, ChargeResponse, crate::model::PixCode, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
+    components(schemas(ChargeRequest, ChargeResponse, crate::model::PixCode, crate::pix::receiver::WebhookReceived, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
         CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport,
         CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView,
         SplitRequest, RuleRequest, PayoutMethod, Split, RuleView, SplitHistory, SplitPart, RecipientBalance, RecipientTotals))

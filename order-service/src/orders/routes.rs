@@ -36,11 +36,23 @@ pub(crate) async fn get_totals(req: HttpRequest, state: web::Data<AppState>) -> 
     Ok(HttpResponse::Ok().json(state.store.totals().await?))
 }
 
+/// What a payment update found.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentUpdateTaken {
+    pub order_id: String,
+    /// The order's status when the update came.
+    #[schema(value_type = crate::ids::OrderStatus)]
+    pub status: String,
+    /// True when the order was awaiting its Pix and is being looked at now.
+    pub woken: bool,
+}
+
 #[utoipa::path(
     post, path = "/orders/{orderId}/payment-updates",
     params(("orderId" = String, Path, description = "the order whose Pix payment changed")),
     responses(
-        (status = 202, description = "taken: an order awaiting its Pix is looked at now (payment is asked how the Pix stands; nothing is taken from this call's body, so it needs none and no Idempotency-Key)"),
+        (status = 202, body = PaymentUpdateTaken, description = "taken: an order awaiting its Pix is looked at now (payment is asked how the Pix stands; nothing is taken from this call's body, so it needs none and no Idempotency-Key)"),
         (status = 404, description = "order-not-found")
     ),
     security(("bearer" = []))
@@ -69,5 +81,9 @@ pub(crate) async fn payment_updated(
     }
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/order/orders/{id}")))
-        .json(serde_json::json!({"orderId": id, "status": status, "woken": woken})))
+        .json(PaymentUpdateTaken {
+            order_id: id,
+            status,
+            woken,
+        }))
 }

@@ -3,12 +3,20 @@
 //! answered 2xx in time, and a re-send is recognised by its `webhook-id`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 use shared::webhooks::{Rejection, Signed, verify};
 
 use super::RECEIVED;
 use crate::AppState;
 use crate::error::PaymentError;
+
+/// The answer to a stored (or re-sent) webhook.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookReceived {
+    /// Always true: it is stored and will be applied.
+    pub received: bool,
+    /// True for a re-send of a webhook already stored (the same `webhook-id`): nothing new stored.
+    pub duplicate: bool,
+}
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -28,7 +36,7 @@ fn refused(provider: &str, outcome: &str) {
     ),
     request_body(content = Object, description = "the provider's event, as it signed it: `{\"type\": \"charge.succeeded\", \"data\": {\"reference\", \"orderId\", \"amount\", \"currency\"}}`"),
     responses(
-        (status = 200, description = "stored (or a re-send of one stored): it will be applied"),
+        (status = 200, body = WebhookReceived, description = "stored (or a re-send of one stored): it will be applied"),
         (status = 401, description = "invalid-signature: missing or bad signature, or a timestamp outside ±5 min; nothing recorded"),
         (status = 404, description = "gateway-not-found: no such provider, or none whose webhooks we can verify"),
         (status = 413, description = "payload-too-large: more than 16 KiB")
@@ -80,5 +88,8 @@ pub(crate) async fn receive(
     let outcome = if fresh { "stored" } else { "duplicate" };
     RECEIVED.inc(&[("provider", &provider), ("outcome", outcome)]);
     tracing::info!(%provider, webhook_id = id, outcome, "webhook received");
-    Ok(HttpResponse::Ok().json(json!({"received": true, "duplicate": !fresh})))
+    Ok(HttpResponse::Ok().json(WebhookReceived {
+        received: true,
+        duplicate: !fresh,
+    }))
 }
