@@ -78,7 +78,7 @@ for policy in $policies; do
     mkdir -p "$data"
     DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
         PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) \
-        CARD_B_PORT=$((base + 15)) REDIS_APPENDFSYNC=$policy \
+        CARD_B_PORT=$((base + 15)) PIX_PORT=$((base + 16)) REDIS_APPENDFSYNC=$policy \
         SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" >"$work/run-$policy.log" 2>&1 &
     pids+=($!)
     wait_ready "$gateway" /order/ready || exit 1
@@ -120,7 +120,7 @@ if [ "$masters" -gt 1 ]; then
     mkdir -p "$data"
     DATA_DIR=$data GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) \
         PAYMENT_PORT=$((base + 12)) STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) \
-        CARD_B_PORT=$((base + 15)) REDIS_APPENDFSYNC=$first_policy REDIS_MASTERS=$masters SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
+        CARD_B_PORT=$((base + 15)) PIX_PORT=$((base + 16)) REDIS_APPENDFSYNC=$first_policy REDIS_MASTERS=$masters SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
         >"$work/run-cluster.log" 2>&1 &
     pids+=($!)
     wait_ready "$gateway" /order/ready || exit 1

@@ -28,7 +28,7 @@ require_binaries chaos "$bin" order-service payment-service stock-service gatewa
 
 set -m
 DATA_DIR=$work GATEWAY_PORT=$gateway REDIS_PORT=$redis ORDER_PORT=$((base + 11)) PAYMENT_PORT=$((base + 12)) \
-    STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) CARD_B_PORT=$((base + 15)) SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
+    STOCK_PORT=$((base + 13)) CARD_A_PORT=$((base + 14)) CARD_B_PORT=$((base + 15)) PIX_PORT=$((base + 16)) SEED_DEMO=false RUST_LOG=warn BIN_DIR=$bin "$root/scripts/run.sh" \
     >"$work/run.log" 2>&1 &
 stack=$!
 killer=
