@@ -55,6 +55,11 @@ pub(crate) fn events_key(shard: u16, aggregate_id: &str) -> String {
 pub(crate) fn aggregates_key(shard: u16) -> String {
     format!("{}:aggregates", tag(shard))
 }
+/// The shard's outbox: a stream of pointers to events merchants may subscribe to, appended by
+/// the script that appends the event (events.lua's `publish`), read by the webhook dispatcher.
+pub fn outbox_key(shard: u16) -> String {
+    shared::outbox::payment_outbox(shard)
+}
 /// The refund a refund request's key made (`<refundId>|<amount>`), in the charge's slot.
 pub(crate) fn refund_marker_key(shard: u16, idempotency_key: &str) -> String {
     format!("{}:op:refund:{idempotency_key}", tag(shard))
@@ -276,6 +281,7 @@ mod tests {
             order_key(shard, "ord_1"),
             totals_key(shard),
             op_key(shard, "ord_1:charge}{x"),
+            outbox_key(shard),
             answer_key("ord_1", "ord_1:charge}{x"),
         ] {
             let open = key.find('{').unwrap_or(usize::MAX);

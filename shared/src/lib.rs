@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod money;
 pub mod openapi;
 pub mod ops;
+pub mod outbox;
 pub mod problem;
 pub mod ratelimit;
 pub mod redis_pool;

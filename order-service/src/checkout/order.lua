@@ -8,10 +8,13 @@
 --   it to its runner; 0 if it exists.
 -- change_from(argv): a change's arguments by name (ARGV[1..6]): at, step (JSON, '' for none),
 --   status, currency, amount ('' to keep each), owner.
--- update_order(order, steps, totals, c, argv, pairs_from): records one saga event: appends the
---   step, sets the field/value pairs argv[pairs_from..], and when the status, currency or amount
---   changes moves the order between totals buckets in the same step, so the totals always
---   match the orders. A terminal order is never changed again, and only its owner changes it.
+-- update_order(order, steps, totals, outbox, c, argv, pairs_from): records one saga event:
+--   appends the step, sets the field/value pairs argv[pairs_from..], and when the status,
+--   currency or amount changes moves the order between totals buckets in the same step, so the
+--   totals always match the orders. A terminal order is never changed again, and only its owner
+--   changes it. An order that ends (completed, failed) is published in the same step to the
+--   shard's outbox stream, which payment's merchant-webhook dispatcher reads: the event is
+--   never lost between the change and its webhook.
 -- settle_checkout(key, active, order, mode, s): settles the checkout's key ('finish' with
 --   settle_from's `s`, or 'free') and takes the order out of recovery's set: a settled key leaves
 --   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
@@ -38,9 +41,10 @@ end
 local function change_from(argv)
   return { at = argv[1], step = argv[2], status = argv[3], currency = argv[4], amount = argv[5], owner = argv[6] }
 end
-local function update_order(order, steps, totals, c, argv, pairs_from)
+local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
-  local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner')
+  local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'orderId', 'itemId', 'quantity',
+    'customerId')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -68,6 +72,11 @@ local function update_order(order, steps, totals, c, argv, pairs_from)
   for i = pairs_from, #argv, 2 do put(argv[i], argv[i + 1]) end
   redis.call('HSET', order, unpack(set))
   if c.step ~= '' then redis.call('RPUSH', steps, c.step) end
+  if status ~= cur[1] and (status == 'completed' or status == 'failed') then
+    redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', cur[5] or '', 'i', cur[6] or '', 'q', cur[7] or '',
+      'u', cur[8] or '',
+      'm', amount, 'c', currency, 'at', c.at)
+  end
   return 'ok'
 end
 local function settle_checkout(key, active, order, mode, s)

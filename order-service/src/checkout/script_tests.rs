@@ -66,6 +66,31 @@ impl Fixture {
             .flatten()
     }
 
+    /// The order shard's outbox: (type, order, amount, currency) per entry.
+    async fn outbox(&self, id: &OrderId) -> Vec<(String, String, String, String)> {
+        let mut conn = self.redis.conn().await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(shared::outbox::order_outbox(id.shard()))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                let get = |k: &str| {
+                    fields
+                        .iter()
+                        .find(|(f, _)| f == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                (get("t"), get("o"), get("m"), get("c"))
+            })
+            .collect()
+    }
+
     async fn step(&self, id: &OrderId, status: OrderStatus, owner: &str) -> Applied {
         let change = Change {
             step: Some((StepName::Reserve, StepStatus::Succeeded)),
@@ -157,6 +182,12 @@ async fn update_moves_the_totals_with_the_order_and_refuses_other_owners_and_end
     let usd = totals.get("USD").cloned().unwrap_or_default();
     assert_eq!((usd.failed.count, usd.failed.amount, usd.processing.count), (1, 500, 0));
     assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(0));
+    // The end, and only the end (not the fenced, refused or later changes), is in the outbox.
+    let id = o.order_id.as_str().to_string();
+    assert_eq!(
+        f.outbox(&o.order_id).await,
+        [("order.failed".into(), id, "500".into(), "USD".into())]
+    );
 }
 
 #[tokio::test]
@@ -194,6 +225,8 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
         f.due(&o.order_id).await.is_empty(),
         "a settled order leaves recovery's set"
     );
+    let kinds: Vec<String> = f.outbox(&o.order_id).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["order.completed"]);
 }
 
 #[tokio::test]

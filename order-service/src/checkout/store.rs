@@ -18,7 +18,7 @@ use shared::lua::{self, CLOCK, Lib};
 use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::{NewOrder, Step};
-use crate::orders::store::{OrderStore, active_key, active_key_of, order_key, steps_key, totals_key_of};
+use crate::orders::store::{OrderStore, active_key, active_key_of, order_key, outbox_key_of, steps_key, totals_key_of};
 
 /// The order record's functions (order.lua).
 static ORDER: Lib = Lib {
@@ -240,6 +240,7 @@ impl OrderStore {
                 .idempotency
                 .finish_args(&mut inv, settle.key, order_id.as_str(), resp);
         }
+        inv.key(outbox_key_of(order_id));
         if let Some(r) = change.reservation {
             inv.arg("reservationId").arg(r.reservation_id.as_str());
         }
@@ -342,7 +343,8 @@ impl OrderStore {
         inv.key(steps_key(order_id))
             .key(totals_key_of(order_id))
             .key(key.redis_key())
-            .key(active_key_of(order_id));
+            .key(active_key_of(order_id))
+            .key(outbox_key_of(order_id));
         push_change(&mut inv, &change, owner);
         idempotency.finish_args(&mut inv, key, order_id.as_str(), answer);
         inv.arg(expires_ms);

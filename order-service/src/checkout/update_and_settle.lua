@@ -1,9 +1,9 @@
 -- Records the order's end and, in the same step, settles its key and retires it from
 -- recovery's set: one round trip for the checkout's last state change.
--- KEYS: order, steps, totals, key record, active.
+-- KEYS: order, steps, totals, key record, active, the shard's outbox.
 -- ARGV: the change (change_from, 6), mode ('finish' or 'free'), finish's arguments
 -- (settle_from, 7), then field/value pairs.
 local order, steps, totals, key, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local r = update_order(order, steps, totals, change_from(ARGV), ARGV, 15)
+local r = update_order(order, steps, totals, KEYS[6], change_from(ARGV), ARGV, 15)
 if r == 'ok' then settle_checkout(key, active, order, ARGV[7], settle_from(ARGV, 8)) end
 return r

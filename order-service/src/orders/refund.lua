@@ -4,11 +4,13 @@
 -- marks the order's units as returned (that step may come later, in another call).
 -- The order stays counted as completed: it was sold; `refunds` counts what went back, so the
 -- books read charged − refunded = completed − refunds.
--- KEYS: order, steps, totals, the order's refund ids.
+-- Each refund is published to the shard's outbox (order.refunded) for merchant webhooks.
+-- KEYS: order, steps, totals, the order's refund ids, the shard's outbox.
 -- ARGV: refundId ('' to record only a restock), amount, at, step (JSON), restocked ('1' or '').
-local order, steps, totals, refunds = unpack(KEYS, 1, 4)
+local order, steps, totals, refunds, outbox = unpack(KEYS, 1, 5)
 local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
-local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked')
+local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked', 'orderId',
+  'itemId', 'quantity', 'customerId')
 if not cur[1] then return {'missing'} end
 if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refunded' then
   return {'not_refundable', cur[1]}
@@ -23,6 +25,9 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status
   set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
+  redis.call('XADD', outbox, '*', 't', 'order.refunded', 'o', cur[6] or '', 'i', cur[7] or '', 'q', cur[8] or '',
+    'u', cur[9] or '',
+    'm', cur[3], 'c', cur[2], 'at', at, 'r', refund_id, 'ra', amount, 'f', string.format('%d', refunded), 's', status)
 end
 if restocked == '1' and not cur[5] then
   set[#set + 1] = 'restocked'; set[#set + 1] = '1'

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
 use utoipa::ToSchema;
 
-use super::store::{OrderStore, order_key, steps_key, totals_key_of};
+use super::store::{OrderStore, order_key, outbox_key_of, steps_key, totals_key_of};
 use crate::AppState;
 use crate::checkout::clients::PartRefund;
 use crate::checkout::core::{Call, TransitionAnswer};
@@ -84,6 +84,7 @@ impl OrderStore {
             .key(steps_key(id))
             .key(totals_key_of(id))
             .key(order_refunds_key(id))
+            .key(outbox_key_of(id))
             .arg(refund_id)
             .arg(amount)
             .arg(&at)
@@ -318,6 +319,33 @@ mod tests {
             .await
             .expect("LLEN");
         assert_eq!(steps, 3, "two refunds and one restock");
+        // Each payment refund, once, is in the outbox for merchant webhooks; the restock is not.
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(shared::outbox::order_outbox(id.shard()))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        let refunds: Vec<(String, String)> = entries
+            .iter()
+            .map(|(_, f)| {
+                let get = |k: &str| {
+                    f.iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                (get("r"), get("s"))
+            })
+            .collect();
+        assert_eq!(
+            refunds,
+            [
+                ("re_1".into(), "partially_refunded".into()),
+                ("re_2".into(), "refunded".into())
+            ]
+        );
 
         let failed = OrderId::from_stored("ord_t2".to_string());
         completed_order(&redis, &failed, "compensated").await;

@@ -39,6 +39,14 @@ pub(crate) fn steps_key(id: &OrderId) -> String {
 pub(crate) fn totals_key_of(id: &OrderId) -> String {
     format!("order:{{ord:{}}}:totals", id.shard())
 }
+/// The shard's outbox: a stream of ended and refunded orders, appended by the script that makes
+/// the change, read by payment-service's merchant-webhook dispatcher (the stream's fields are
+/// that service's to read: `t` type, `o` order, `i` item, `q` quantity, `u` customer, `m`
+/// amount, `c` currency, `at`; for a refund also `r` refund id, `ra` its amount, `f` refunded so
+/// far, `s` status).
+pub(crate) fn outbox_key_of(id: &OrderId) -> String {
+    shared::outbox::order_outbox(id.shard())
+}
 pub(crate) fn active_key_of(id: &OrderId) -> String {
     active_key(id.shard())
 }

@@ -291,6 +291,7 @@ impl Attempt<'_> {
             gateway_reference: reference,
             split: self.split,
             pix_code,
+            item_id: body.item_id,
         }
     }
 

@@ -13,24 +13,26 @@
 -- The totals count per provider (`<gateway>:<CUR>:charged:amount`): the per-currency books are
 -- their sum, read at GET /totals, so byGateway costs no extra write here.
 -- record_charge(K, ki, A, ai, answer_at, ans): KEYS from K[ki]: charge, order index, totals,
---   marker, the charge's events, the shard's aggregates; ARGV from A[ai] (positions, not a
+--   marker, the charge's events, the shard's aggregates, the shard's outbox; ARGV from A[ai] (positions, not a
 --   table of names: a table per call costs script time on every checkout):
 --   chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
 --   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot),
 --   gateway, gatewayReference, the event (JSON), then the split: splitId ('' = none), its parts
 --   (`recipient:amount:0;…`, divided by the caller), the split.executed event (JSON), the
 --   recipients' key prefix and the shard's recipients set (both in the charge's slot); `ans`
---   the answer to store, if any; then the Pix code ('' for any other charge).
+--   the answer to store, if any; then the Pix code ('' for any other charge), the itemId ('' for
+--   none: kept on the charge, whose owner its webhooks go to).
+-- A succeeded charge is published to the outbox (events.lua) for merchant webhooks.
 -- A pending charge (a Pix waiting for its payer) is not money yet: no totals, event
 -- charge.pending, its code kept, and its split's parts and split.executed event kept aside
 -- (`pendingSplits`, `splitEvent`) for pix_paid.lua to execute when it is paid.
 -- A succeeded charge with a split keeps its parts, adds each to its recipient's earnings and
 -- appends split.executed, in the same step as the charge: a charge is never without its split.
 local function record_charge(K, ki, A, ai, answer_at, ans)
-  local charge, order_index, totals, marker, events, aggregates = unpack(K, ki, ki + 5)
+  local charge, order_index, totals, marker, events, aggregates, outbox = unpack(K, ki, ki + 6)
   local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
     marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
-    split_id, parts, split_event, recipient_prefix, recipients, pix_code = unpack(A, ai, ai + 19)
+    split_id, parts, split_event, recipient_prefix, recipients, pix_code, item = unpack(A, ai, ai + 20)
   local prev = redis.call('GET', marker)
   if prev then
     local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod',
@@ -49,9 +51,10 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
   end
   redis.call('HSET', charge, 'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,
     'customerId', customer_id, 'paymentMethod', method, 'status', status, 'declineCode', decline_code,
-    'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref)
+    'refundId', '', 'createdAt', created_at, 'refundedAt', '', 'gateway', gateway, 'gatewayReference', gateway_ref, 'itemId', item)
   redis.call('RPUSH', order_index, charge_id)
-  append_event(events, aggregates, charge_id, event)
+  local seq = append_event(events, aggregates, charge_id, event)
+  if status == 'succeeded' then publish(outbox, charge_id, seq, item) end
   if status == 'pending' then
     redis.call('HSET', charge, 'pixCode', pix_code)
     if split_id ~= '' then redis.call('HSET', charge, 'pendingSplits', parts, 'splitEvent', split_event, 'splitId', split_id) end

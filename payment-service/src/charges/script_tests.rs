@@ -32,6 +32,7 @@ fn new_charge<'a>(charge_id: &'a str, amount: u64, decline_code: Option<&'a str>
         gateway: "card-a",
         gateway_reference: "ch_sim",
         pix_code: None,
+        item_id: None,
     }
 }
 

@@ -11,7 +11,8 @@ use crate::error::PaymentError;
 use crate::splits::store::{recipient_prefix, recipients_key};
 use crate::splits::{SplitPlan, encode_parts};
 use crate::store::{
-    Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, parse_amount, totals_key,
+    Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, outbox_key, parse_amount,
+    totals_key,
 };
 use crate::wallets::{Moved, Movement};
 
@@ -62,6 +63,8 @@ pub struct NewCharge<'a> {
     pub split: Option<&'a SplitPlan>,
     /// A Pix waiting for its payer: pending, with the code the payer pays.
     pub pix_code: Option<&'a str>,
+    /// The item sold: its owner receives the charge's webhooks.
+    pub item_id: Option<u64>,
 }
 
 /// The charge an Idempotency-Key stands for, freshly recorded or found: the same fields either
@@ -132,6 +135,7 @@ impl Store {
             .key(op_key(shard, idempotency_key))
             .key(events_key(shard, charge_id))
             .key(aggregates_key(shard))
+            .key(outbox_key(shard))
             .arg(charge_id)
             .arg(new.order_id)
             .arg(new.amount.to_string())
@@ -161,7 +165,8 @@ impl Store {
         }
         .arg(recipient_prefix(shard))
         .arg(recipients_key(shard))
-        .arg(new.pix_code.unwrap_or(""));
+        .arg(new.pix_code.unwrap_or(""))
+        .arg(new.item_id.map(|i| i.to_string()).unwrap_or_default());
     }
 
     /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key

@@ -4,11 +4,11 @@
 -- then charge.lua instead. Anything but a fresh debit (the key's debit found again, too little
 -- in the wallet) is answered as move_wallet answers it, after 'debit', and the caller goes on
 -- the two-step way.
--- KEYS: wallet.lua's five, record.lua's six[, answer]. ARGV: wallet.lua's ten, record.lua's
--- twenty[, the answer].
+-- KEYS: wallet.lua's six, record.lua's seven[, answer]. ARGV: wallet.lua's ten, record.lua's
+-- twenty-one[, the answer].
 local moved = move_wallet(KEYS, 1, ARGV, 1)
 if moved[1] ~= 'moved' then
   table.insert(moved, 1, 'debit')
   return moved
 end
-return record_charge(KEYS, 6, ARGV, 11, KEYS[12], answer_from(ARGV, 31))
+return record_charge(KEYS, 7, ARGV, 11, KEYS[14], answer_from(ARGV, 32))

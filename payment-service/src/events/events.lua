@@ -10,6 +10,11 @@
 -- event_json(kind, at, correlation, data): an event's JSON; `data` is a JSON object as text
 --   (amounts as exact integers: Lua's cjson would print large numbers in floating point).
 -- int(n): an integer as JSON text, exactly (Lua's tostring would print 1e+15).
+-- publish(outbox, aggregate, seq, item): tells the merchant-webhook dispatcher that an event
+--   merchants may subscribe to (charge.succeeded, refund.succeeded, wallet.credited) was
+--   appended, in the same step: a pointer to it in the shard's outbox stream, not a copy (the
+--   dispatcher reads the event from its list). `item`: the charge's item, whose owner the
+--   event belongs to ('' for none).
 local function int(n)
   return string.format('%d', n)
 end
@@ -21,4 +26,7 @@ end
 local function event_json(kind, at, correlation, data)
   return '{"type":"' .. kind .. '","at":"' .. at .. '","correlationId":' .. cjson.encode(correlation) ..
     ',"data":' .. data .. '}'
+end
+local function publish(outbox, aggregate, seq, item)
+  redis.call('XADD', outbox, '*', 'a', aggregate, 's', seq, 'i', item)
 end

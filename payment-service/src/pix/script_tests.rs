@@ -37,6 +37,7 @@ async fn pending_pix(store: &Store, idem: &IdempotencyStore, order_id: &str) -> 
         gateway: "pix",
         gateway_reference: "ch_sim_pix",
         pix_code: Some("000201pix"),
+        item_id: None,
     };
     let key = format!("{order_id}:charge");
     let key_ref = KeyRef::new("payment:charge", &key, "fp".into()).with_answer_at(answer_key(order_id, &key));

@@ -10,16 +10,17 @@
 -- over the parts still standing as it read them (exact integer arithmetic, which Lua's doubles
 -- cannot do for large amounts), so the script checks the charge is still as read (its
 -- amountRefunded) and answers 'stale' otherwise, for the caller to read and divide again.
--- KEYS: charge, totals, marker, the charge's events, the shard's aggregates.
+-- KEYS: charge, totals, marker, the charge's events, the shard's aggregates, the shard's outbox
+--   (refund.succeeded is published there for merchant webhooks: charge.refunded).
 -- ARGV: new refundId, refundedAt, amount ('' = what remains), marker TTL (ms), the provider's
 --   refund reference, traceId, then for a split: amountRefunded as read ('' = no split), the
 --   parts after the refund, the reversals (`recipient:amount;…`), the split.reversed event,
 --   the recipients' key prefix.
-local charge, totals, marker, events, aggregates = unpack(KEYS, 1, 5)
+local charge, totals, marker, events, aggregates, outbox = unpack(KEYS, 1, 6)
 local refund_id, refunded_at, asked, marker_ttl_ms, reference, trace_id,
   read_refunded, parts, reversals, split_event, recipient_prefix = unpack(ARGV, 1, 11)
 local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'refundId', 'gateway', 'amountRefunded',
-  'lastRefundAmount', 'orderId', 'chargeId')
+  'lastRefundAmount', 'orderId', 'chargeId', 'itemId')
 if not c[1] then return {'not_found'} end
 local prev = redis.call('GET', marker)
 if prev then
@@ -46,11 +47,12 @@ local status = refunded == charged and 'refunded' or 'partially_refunded'
 redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,
   'amountRefunded', int(refunded), 'lastRefundAmount', int(amount))
 redis.call('SET', marker, refund_id .. '|' .. int(amount), 'PX', marker_ttl_ms)
-append_event(events, aggregates, c[9], event_json('refund.succeeded', refunded_at, c[8],
+local seq = append_event(events, aggregates, c[9], event_json('refund.succeeded', refunded_at, c[8],
   '{"refundId":"' .. refund_id .. '","chargeId":"' .. c[9] .. '","amount":' .. int(amount) .. ',"currency":"' ..
   c[3] .. '","amountRefunded":' .. int(refunded) .. ',"status":"' .. status .. '","gateway":"' .. (c[5] or '') ..
   '","gatewayReference":' .. cjson.encode(reference) ..
   ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}'))
+publish(outbox, c[9], seq, c[10] or '')
 if read_refunded ~= '' then
   redis.call('HSET', charge, 'splits', parts)
   for recipient, part in string.gmatch(reversals, '([^:;]+):(%d+)') do

@@ -8,7 +8,8 @@ use redis::Script;
 use crate::error::PaymentError;
 use crate::splits::store::recipient_prefix;
 use crate::store::{
-    Store, aggregates_key, charge_key, events_key, parse_amount, refund_marker_key, shard_of_charge, totals_key,
+    Store, aggregates_key, charge_key, events_key, outbox_key, parse_amount, refund_marker_key, shard_of_charge,
+    totals_key,
 };
 
 static REFUND: LazyLock<Script> =
@@ -72,6 +73,7 @@ impl Store {
             .key(refund_marker_key(shard, key))
             .key(events_key(shard, charge_id))
             .key(aggregates_key(shard))
+            .key(outbox_key(shard))
             .arg(refund_id)
             .arg(shared::time::now_rfc3339())
             .arg(amount.map(|a| a.to_string()).unwrap_or_default())

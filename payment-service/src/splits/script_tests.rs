@@ -70,6 +70,7 @@ async fn charge_with(
         gateway: "card-a",
         gateway_reference: "ch_sim",
         pix_code: (verdict == Verdict::Pending).then_some("000201pix"),
+        item_id: None,
         split: plan,
     };
     let key = format!("{order}:charge");

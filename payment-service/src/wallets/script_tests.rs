@@ -172,6 +172,7 @@ async fn wallet_charge_debits_and_records_in_one_step_and_leaves_anything_else_t
         gateway: "wallet",
         gateway_reference: "wtx_1",
         pix_code: None,
+        item_id: None,
     };
     let key = KeyRef::new("payment:charge", "k1", "fp".into());
     let resp = StoredResponse::json(actix_web::http::StatusCode::CREATED, &serde_json::json!({}));

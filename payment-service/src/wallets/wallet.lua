@@ -6,12 +6,13 @@
 -- would take the balance past the limit is refused too ('limit'): Lua's numbers are exact
 -- integers only below 2^53, so balances stay below that (9 000 000 000 000 000).
 -- KEYS from K[ki]: wallet (hash currency → balance), its transactions (list, oldest first),
---   marker, the wallet's events, the shard's aggregates.
+--   marker, the wallet's events, the shard's aggregates, the shard's outbox (a credit is
+--   published there for merchant webhooks, events.lua).
 -- ARGV from A[ai]: kind (credit | refund | debit), amount, currency, transactionId, at, marker
 --   TTL (ms), customerId, chargeId ('' for a credit), correlation (the order, or the customer),
 --   traceId.
 local function move_wallet(K, ki, A, ai)
-  local wallet, txs, marker, events, aggregates = unpack(K, ki, ki + 4)
+  local wallet, txs, marker, events, aggregates, outbox = unpack(K, ki, ki + 5)
   local kind, amount, currency, tx_id, at, marker_ttl_ms, customer_id, charge_id, correlation, trace_id =
     unpack(A, ai, ai + 9)
   local LIMIT = 9000000000000000
@@ -36,6 +37,7 @@ local function move_wallet(K, ki, A, ai)
   local event_kind = kind == 'debit' and 'wallet.debited' or (kind == 'refund' and 'wallet.refunded' or 'wallet.credited')
   local data = string.sub(tx, 1, -2) .. ',"customerId":' .. cjson.encode(customer_id) ..
     ',"traceId":' .. (trace_id ~= '' and cjson.encode(trace_id) or 'null') .. '}'
-  append_event(events, aggregates, 'wal_' .. customer_id, event_json(event_kind, at, correlation, data))
+  local seq = append_event(events, aggregates, 'wal_' .. customer_id, event_json(event_kind, at, correlation, data))
+  if kind == 'credit' then publish(outbox, 'wal_' .. customer_id, seq, '') end
   return {'moved', tx}
 end
