@@ -76,16 +76,44 @@ pub const PROVIDER_WEBHOOK_SECRETS: EnvVar = EnvVar {
 pub const WEBHOOK_CLAIM_IDLE: EnvVar = EnvVar {
     name: "WEBHOOK_CLAIM_IDLE",
     default: "10s",
-    help: "A received webhook taken by a worker that died (or could not finish it) is taken over by another after this long; at least 100ms.",
+    help: "A received provider webhook, or an outbox entry for merchant webhooks, taken by a worker that died (or could not finish it) is taken over by another after this long; at least 100ms.",
 };
 
 pub const WEBHOOK_POLL: EnvVar = EnvVar {
     name: "WEBHOOK_POLL",
     default: "100ms",
-    help: "How often each replica's webhook worker reads newly received webhooks; at least 10ms.",
+    help: "How often each replica's webhook workers look for work: received provider webhooks, the outboxes, due deliveries; at least 10ms.",
+};
+
+pub const WEBHOOK_ALLOW_PRIVATE: EnvVar = EnvVar {
+    name: "WEBHOOK_ALLOW_PRIVATE",
+    default: "false",
+    help: "Allow merchant webhook endpoints on private, loopback and link-local addresses (`make run` sets true, for local receivers). Checked at registration and again at every delivery.",
+};
+
+pub const WEBHOOK_TIMEOUT: EnvVar = EnvVar {
+    name: "WEBHOOK_TIMEOUT",
+    default: "5s",
+    help: "Timeout of one delivery attempt to a merchant's webhook endpoint.",
+};
+
+pub const WEBHOOK_RETRY_SCHEDULE: EnvVar = EnvVar {
+    name: "WEBHOOK_RETRY_SCHEDULE",
+    default: "5s,5m,30m,2h,5h,10h",
+    help: "Delays before each retry of a failed delivery (each with ±20 % jitter); after the last, the delivery is dead-lettered.",
+};
+
+pub const WEBHOOK_ENDPOINT_CONCURRENCY: EnvVar = EnvVar {
+    name: "WEBHOOK_ENDPOINT_CONCURRENCY",
+    default: "4",
+    help: "Deliveries each replica sends to one endpoint at once: a slow endpoint holds only its own.",
 };
 
 pub const ENV: &[EnvVar] = &[
+    WEBHOOK_ALLOW_PRIVATE,
+    WEBHOOK_TIMEOUT,
+    WEBHOOK_RETRY_SCHEDULE,
+    WEBHOOK_ENDPOINT_CONCURRENCY,
     ORDER_URL,
     PROVIDER_WEBHOOK_SECRETS,
     WEBHOOK_CLAIM_IDLE,
@@ -112,6 +140,7 @@ pub struct Settings {
     pub webhook_secrets: crate::pix::ProviderSecrets,
     pub webhook_claim_idle: Duration,
     pub webhook_poll: Duration,
+    pub outbound: crate::merchant_webhooks::Outbound,
 }
 
 impl Settings {
@@ -130,6 +159,12 @@ impl Settings {
             webhook_secrets: config::parse(&PROVIDER_WEBHOOK_SECRETS)?,
             webhook_claim_idle: config::duration_at_least(&WEBHOOK_CLAIM_IDLE, Duration::from_millis(100))?,
             webhook_poll: config::duration_at_least(&WEBHOOK_POLL, Duration::from_millis(10))?,
+            outbound: crate::merchant_webhooks::Outbound {
+                allow_private: config::boolean(&WEBHOOK_ALLOW_PRIVATE)?,
+                timeout: config::duration_at_least(&WEBHOOK_TIMEOUT, ms)?,
+                schedule: config::parse(&WEBHOOK_RETRY_SCHEDULE)?,
+                endpoint_concurrency: config::at_least(&WEBHOOK_ENDPOINT_CONCURRENCY, 1)?,
+            },
             gateways,
             routes,
             providers: ProviderSettings {
@@ -173,6 +208,12 @@ mod tests {
                 "PROVIDER_WEBHOOK_SECRETS",
                 "whsec_",
             ),
+            (
+                &[("WEBHOOK_RETRY_SCHEDULE", "5s,soon")],
+                "WEBHOOK_RETRY_SCHEDULE",
+                "soon",
+            ),
+            (&[("WEBHOOK_ALLOW_PRIVATE", "maybe")], "WEBHOOK_ALLOW_PRIVATE", "true"),
         ];
         assert_refused(cases, Settings::from_env);
     }

@@ -41,6 +41,10 @@ pub enum PaymentError {
     /// A provider's webhook whose signature or timestamp does not hold: nothing is recorded.
     #[error("invalid webhook signature: {0}")]
     InvalidSignature(String),
+    #[error("webhook endpoint {0} not found")]
+    WebhookEndpointNotFound(String),
+    #[error("delivery {0} not found")]
+    DeliveryNotFound(String),
 }
 
 shared::service_error!(PaymentError);
@@ -146,6 +150,18 @@ impl PaymentError {
                 "invalid-signature",
                 "Invalid signature",
                 detail.clone(),
+            ),
+            Self::WebhookEndpointNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "webhook-endpoint-not-found",
+                "Webhook endpoint not found",
+                format!("no webhook endpoint with id {id}"),
+            ),
+            Self::DeliveryNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "delivery-not-found",
+                "Delivery not found",
+                format!("the endpoint has no delivery with id {id}"),
             ),
             Self::GatewayNotFound(name) => Problem::new(
                 S::NOT_FOUND,

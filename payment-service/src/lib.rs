@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod gateways;
+pub mod merchant_webhooks;
 pub mod model;
 pub mod pix;
 pub mod refunds;
@@ -74,6 +75,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     std::sync::LazyLock::force(&pix::RECEIVED);
     std::sync::LazyLock::force(&pix::PROCESSED);
     std::sync::LazyLock::force(&pix::LAG);
+    for family in [
+        &merchant_webhooks::DELIVERIES,
+        &merchant_webhooks::ATTEMPTS,
+        &merchant_webhooks::FANOUT,
+    ] {
+        std::sync::LazyLock::force(family);
+    }
+    std::sync::LazyLock::force(&merchant_webhooks::QUEUE);
     std::sync::LazyLock::force(&gateways::BREAKER_STATE);
     let gateways = Arc::new(Gateways::new(
         &settings.gateways,
@@ -102,5 +111,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         split_items,
     };
     tokio::spawn(pix::worker::run(state.clone()));
+    tokio::spawn(merchant_webhooks::relay::run(state.clone()));
+    tokio::spawn(merchant_webhooks::dispatcher::run(
+        state.clone(),
+        merchant_webhooks::dispatcher::client(&settings.outbound)?,
+    ));
     shared::server::serve(&settings.common, pool, routes::openapi_json(), routes::configure(state)).await
 }

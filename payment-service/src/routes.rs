@@ -20,6 +20,7 @@ use crate::gateways::GatewayView;
 use crate::gateways::admin::{
     __path_list_gateways, __path_switch_gateway, SwitchRequest, list_gateways, switch_gateway,
 };
+use crate::merchant_webhooks::endpoints;
 use crate::model::{
     Charge, ChargeRequest, ChargeResponse, CurrencyTotals, OrderCharges, RefundRequest, RefundResponse, Tally, Totals,
 };
@@ -56,7 +57,22 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
             .service(web::resource("/accounts").post(create_account))
             .service(web::resource("/accounts/{accountId}").get(get_account))
             .service(web::resource("/accounts/{accountId}/api-keys").post(issue_key))
-            .service(web::resource("/accounts/{accountId}/api-keys/{keyId}").delete(revoke_key));
+            .service(web::resource("/accounts/{accountId}/api-keys/{keyId}").delete(revoke_key))
+            .service(
+                web::resource("/webhook-endpoints")
+                    .post(endpoints::create_endpoint)
+                    .get(endpoints::list_endpoints),
+            )
+            .service(
+                web::resource("/webhook-endpoints/{endpointId}")
+                    .get(endpoints::get_endpoint)
+                    .delete(endpoints::delete_endpoint),
+            )
+            .service(web::resource("/webhook-endpoints/{endpointId}/deliveries").get(endpoints::list_deliveries))
+            .service(
+                web::resource("/webhook-endpoints/{endpointId}/deliveries/{deliveryId}/retry")
+                    .post(endpoints::retry_delivery),
+            );
     }
 }
 
@@ -67,11 +83,16 @@ pub fn configure(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone + 
     paths(create_charge, refund_charge, get_charge, list_charges, get_totals, list_gateways, switch_gateway,
         credit_wallet, get_wallet, list_transactions, list_events, verify,
         create_account, get_account, issue_key, revoke_key, create_split, list_splits, recipient_balance,
-        crate::pix::cancel_charge, crate::pix::receiver::receive),
+        crate::pix::cancel_charge, crate::pix::receiver::receive,
+        endpoints::create_endpoint, endpoints::list_endpoints, endpoints::get_endpoint, endpoints::delete_endpoint,
+        endpoints::list_deliveries, endpoints::retry_delivery),
     components(schemas(ChargeRequest, ChargeResponse, crate::model::PixCode, crate::pix::receiver::WebhookReceived, RefundRequest, RefundResponse, Charge, OrderCharges, Totals, CurrencyTotals, Tally, GatewayView, SwitchRequest,
         CreditRequest, CreditResponse, WalletView, Transaction, TransactionPage, Event, EventPage, VerifyReport,
         CreateAccountRequest, AccountCreated, IssueKeyRequest, KeyIssued, KeyRevoked, AccountView,
-        SplitRequest, RuleRequest, PayoutMethod, Split, RuleView, SplitHistory, SplitPart, RecipientBalance, RecipientTotals))
+        SplitRequest, RuleRequest, PayoutMethod, Split, RuleView, SplitHistory, SplitPart, RecipientBalance, RecipientTotals,
+        endpoints::EndpointRequest, endpoints::EndpointView, endpoints::EndpointList, endpoints::EndpointDeleted,
+        endpoints::DeliveryPage, crate::merchant_webhooks::store::DeliveryView, crate::merchant_webhooks::store::Attempt,
+        crate::merchant_webhooks::EventType, crate::merchant_webhooks::DeliveryStatus))
 )]
 struct ApiDoc;
 

@@ -250,7 +250,7 @@ fn view(split: &StoredSplit, active: bool) -> Split {
 }
 
 /// The item's owner, as the stock service says (404 when it has no such item).
-async fn owner_of(state: &AppState, item_id: u64) -> Result<Option<String>, PaymentError> {
+pub(crate) async fn owner_of(state: &AppState, item_id: u64) -> Result<Option<String>, PaymentError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct ItemOwner {

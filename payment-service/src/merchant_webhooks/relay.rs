@@ -1,0 +1,387 @@
+//! The relay: outbox entries become deliveries. Every replica reads all outboxes (each order
+//! and payment shard's) as consumers of one group; an entry is acknowledged and deleted only
+//! after its deliveries are written (fanout.lua, idempotent), so a replica killed at any
+//! instant leaves it to be read again — by itself after a restart, or by another once it has
+//! been idle for `WEBHOOK_CLAIM_IDLE`. An entry that cannot be handled yet (stock does not
+//! answer who owns the item) stays pending and is tried again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Value};
+use serde_json::{Value as Json, json};
+
+use super::store::Outgoing;
+use super::{EventType, FANOUT, recipients};
+use crate::AppState;
+use crate::error::PaymentError;
+
+pub const GROUP: &str = "webhooks";
+const BATCH: usize = 64;
+/// How long an item's owner is trusted once read.
+const OWNER_FOR: Duration = Duration::from_secs(2);
+
+/// Which service's scripts wrote an outbox, which says how its entries read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Order,
+    Payment,
+}
+
+/// Every outbox, order's shards then payment's.
+pub fn outboxes() -> Vec<(Source, String)> {
+    let shards = 0..shared::ids::SHARDS;
+    shards
+        .clone()
+        .map(|s| (Source::Order, shared::outbox::order_outbox(s)))
+        .chain(shards.map(|s| (Source::Payment, shared::outbox::payment_outbox(s))))
+        .collect()
+}
+
+/// An outbox entry as read: its stream, id and fields.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stream: usize,
+    pub id: String,
+    pub fields: HashMap<String, String>,
+}
+
+/// An event ready to fan out, and the item whose owner it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub outgoing: Outgoing,
+    pub item: Option<u64>,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn entry_of(stream: usize, id: StreamId) -> Entry {
+    Entry {
+        stream,
+        fields: id.map.iter().filter_map(|(k, v)| Some((k.clone(), text(v)?))).collect(),
+        id: id.id,
+    }
+}
+
+fn body(event_id: &str, kind: EventType, at: &str, data: Json) -> String {
+    json!({"id": event_id, "type": kind.as_str(), "timestamp": at, "data": data}).to_string()
+}
+
+/// An order outbox entry as its webhook (order-service's `orders/store.rs` names the fields);
+/// None for an entry of no webhook type.
+pub fn order_event(fields: &HashMap<String, String>) -> Option<Resolved> {
+    let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    let num = |k: &str| get(k).parse::<u64>().ok();
+    let kind = EventType::of_outbox(get("t"))?;
+    let order_id = get("o");
+    let mut data = json!({
+        "orderId": order_id,
+        "itemId": num("i"),
+        "quantity": num("q"),
+        "customerId": Some(get("u")).filter(|u| !u.is_empty()),
+        "amount": num("m"),
+        "currency": get("c"),
+    });
+    let event_id = match kind {
+        EventType::OrderCompleted => {
+            data["status"] = "completed".into();
+            format!("{order_id}-completed")
+        }
+        EventType::OrderFailed => {
+            data["status"] = "failed".into();
+            format!("{order_id}-failed")
+        }
+        EventType::OrderRefunded => {
+            data["status"] = get("s").into();
+            data["refundId"] = get("r").into();
+            data["refundAmount"] = num("ra").into();
+            data["amountRefunded"] = num("f").into();
+            format!("{order_id}-refund-{}", get("r"))
+        }
+        _ => return None,
+    };
+    Some(Resolved {
+        outgoing: Outgoing {
+            body: body(&event_id, kind, get("at"), data),
+            event_id,
+            kind,
+        },
+        item: num("i"),
+    })
+}
+
+/// A payment outbox entry (a pointer into the event log) as its webhook: the event is read
+/// from its aggregate's list. None when it is of no webhook type.
+async fn payment_event(state: &AppState, fields: &HashMap<String, String>) -> Result<Option<Resolved>, PaymentError> {
+    let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    let Ok(seq) = get("s").parse::<u64>() else {
+        return Ok(None);
+    };
+    let events = state.store.events(get("a"), seq.saturating_sub(1), Some(1)).await?;
+    let Some(event) = events.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(kind) = EventType::of_outbox(&event.kind) else {
+        return Ok(None);
+    };
+    Ok(Some(Resolved {
+        outgoing: Outgoing {
+            body: body(&event.event_id, kind, &event.at, event.data),
+            event_id: event.event_id,
+            kind,
+        },
+        item: get("i").parse().ok(),
+    }))
+}
+
+/// Items' owners as stock last said, for [`OWNER_FOR`].
+#[derive(Default)]
+struct Owners(HashMap<u64, (Option<String>, Instant)>);
+
+impl Owners {
+    async fn of(&mut self, state: &AppState, item: u64) -> Result<Option<String>, PaymentError> {
+        if let Some((owner, at)) = self.0.get(&item)
+            && at.elapsed() < OWNER_FOR
+        {
+            return Ok(owner.clone());
+        }
+        let owner = match crate::splits::owner_of(state, item).await {
+            Ok(owner) => owner,
+            Err(PaymentError::ItemNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if self.0.len() > 10_000 {
+            self.0.clear();
+        }
+        self.0.insert(item, (owner.clone(), Instant::now()));
+        Ok(owner)
+    }
+}
+
+pub async fn run(state: AppState) {
+    let consumer = shared::ids::new_id("rl");
+    let streams = outboxes();
+    let keys: Vec<&str> = streams.iter().map(|(_, k)| k.as_str()).collect();
+    // One node answers a read of every stream at once; a cluster, one stream (slot) at a time.
+    let chunk = if state.store.one_node { keys.len() } else { 1 };
+    let poll = state.settings.webhook_poll;
+    let idle = state.settings.webhook_claim_idle;
+    let mut owners = Owners::default();
+    let mut since_claim = Duration::ZERO;
+    let mut groups_made = false;
+    loop {
+        tokio::time::sleep(poll).await;
+        if !groups_made {
+            groups_made = ensure_groups(&state, &keys).await;
+            continue;
+        }
+        since_claim += poll;
+        let mut entries = Vec::new();
+        for (n, part) in keys.chunks(chunk).enumerate() {
+            let first = n * chunk;
+            // This consumer's own unacknowledged entries first (held back by an error), then new ones.
+            for from in ["0", ">"] {
+                match read(&state, &consumer, part, first, from).await {
+                    Ok(read) => entries.extend(read),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook relay: cannot read the outboxes; retrying");
+                        // A Redis restart that lost a stream loses its group too: make them again.
+                        groups_made = false;
+                    }
+                }
+            }
+        }
+        if since_claim >= idle / 2 {
+            since_claim = Duration::ZERO;
+            for (n, key) in keys.iter().enumerate() {
+                match claim_idle(&state, &consumer, key, n, idle).await {
+                    Ok(claimed) => entries.extend(claimed),
+                    Err(e) => tracing::warn!(error = %e, "webhook relay: cannot claim idle entries"),
+                }
+            }
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let endpoints = match state.store.endpoints().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook relay: cannot read the endpoints; retrying");
+                continue;
+            }
+        };
+        for entry in entries {
+            let (source, key) = &streams[entry.stream];
+            match relay(&state, &mut owners, &endpoints, *source, &entry).await {
+                Ok(outcome) => {
+                    FANOUT.inc(&[("outcome", outcome)]);
+                    if let Err(e) = ack(&state, key, &entry.id).await {
+                        // Fanned out, not acknowledged: it is read again and creates nothing new.
+                        tracing::warn!(error = %e, "webhook relay: cannot acknowledge");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, entry = %entry.id, "webhook relay: left for later"),
+            }
+        }
+    }
+}
+
+/// Writes an entry's deliveries; what it came to.
+async fn relay(
+    state: &AppState,
+    owners: &mut Owners,
+    endpoints: &[super::Endpoint],
+    source: Source,
+    entry: &Entry,
+) -> Result<&'static str, PaymentError> {
+    let resolved = match source {
+        Source::Order => order_event(&entry.fields),
+        Source::Payment => payment_event(state, &entry.fields).await?,
+    };
+    let Some(Resolved { outgoing, item }) = resolved else {
+        return Ok("ignored");
+    };
+    let subscribed = endpoints.iter().any(|e| e.events.contains(&outgoing.kind));
+    if !subscribed {
+        return Ok("unsubscribed");
+    }
+    let owner = match item {
+        Some(item) => owners.of(state, item).await?,
+        None => None,
+    };
+    let to = recipients(endpoints, outgoing.kind, owner.as_deref());
+    if to.is_empty() {
+        return Ok("unsubscribed");
+    }
+    state.store.fan_out(&outgoing, &to, shared::time::now_ms()).await?;
+    Ok("delivered")
+}
+
+async fn ensure_groups(state: &AppState, keys: &[&str]) -> bool {
+    let Ok(mut conn) = state.store.pool.get().await else {
+        return false;
+    };
+    for key in keys {
+        let made: redis::RedisResult<()> = conn.xgroup_create_mkstream(*key, GROUP, "0").await;
+        match made {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook relay: cannot create its group; retrying");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn read(
+    state: &AppState,
+    consumer: &str,
+    keys: &[&str],
+    first: usize,
+    from: &str,
+) -> Result<Vec<Entry>, PaymentError> {
+    let mut conn = state.store.pool.get().await?;
+    let opts = StreamReadOptions::default().group(GROUP, consumer).count(BATCH);
+    let ids = vec![from; keys.len()];
+    let reply: Option<StreamReadReply> = conn.xread_options(keys, &ids, &opts).await?;
+    Ok(reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .flat_map(|k| {
+                    let stream = keys.iter().position(|key| *key == k.key).map_or(0, |p| first + p);
+                    k.ids.into_iter().map(move |id| entry_of(stream, id))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn claim_idle(
+    state: &AppState,
+    consumer: &str,
+    key: &str,
+    stream: usize,
+    idle: Duration,
+) -> Result<Vec<Entry>, PaymentError> {
+    let mut conn = state.store.pool.get().await?;
+    let opts = StreamAutoClaimOptions::default().count(BATCH);
+    let reply: StreamAutoClaimReply = conn
+        .xautoclaim_options(key, GROUP, consumer, idle.as_millis() as u64, "0-0", opts)
+        .await?;
+    Ok(reply.claimed.into_iter().map(|id| entry_of(stream, id)).collect())
+}
+
+/// Acknowledges and deletes an entry in one step: the outbox holds only what is still to relay.
+async fn ack(state: &AppState, key: &str, id: &str) -> Result<(), PaymentError> {
+    let mut conn = state.store.pool.get().await?;
+    let _: (i64, i64) = redis::pipe()
+        .atomic()
+        .xack(key, GROUP, &[id])
+        .xdel(key, &[id])
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_ended_order_is_a_webhook_with_a_stable_id_per_event() {
+        let completed = fields(&[
+            ("t", "order.completed"),
+            ("o", "ord_1"),
+            ("i", "7"),
+            ("q", "2"),
+            ("u", ""),
+            ("m", "9000000000000"),
+            ("c", "USD"),
+            ("at", "2026-12-05T10:00:00.000Z"),
+        ]);
+        let resolved = order_event(&completed).unwrap_or_else(|| panic!("no event"));
+        assert_eq!(resolved.outgoing.event_id, "ord_1-completed");
+        assert_eq!(resolved.item, Some(7));
+        let body: Json = serde_json::from_str(&resolved.outgoing.body).unwrap_or_default();
+        assert_eq!(body["type"], "order.completed");
+        assert_eq!(body["id"], "ord_1-completed");
+        assert_eq!(body["timestamp"], "2026-12-05T10:00:00.000Z");
+        assert_eq!(body["data"]["amount"], 9_000_000_000_000u64);
+        assert_eq!(body["data"]["customerId"], Json::Null);
+        assert_eq!(body["data"]["status"], "completed");
+
+        let refunded = fields(&[
+            ("t", "order.refunded"),
+            ("o", "ord_1"),
+            ("r", "re_9"),
+            ("ra", "50"),
+            ("f", "50"),
+            ("s", "partially_refunded"),
+        ]);
+        let resolved = order_event(&refunded).unwrap_or_else(|| panic!("no event"));
+        assert_eq!(resolved.outgoing.event_id, "ord_1-refund-re_9");
+        assert!(order_event(&fields(&[("t", "order.shipped"), ("o", "ord_1")])).is_none());
+    }
+
+    #[test]
+    fn every_shard_of_both_services_has_an_outbox() {
+        let all = outboxes();
+        assert_eq!(all.len(), 2 * shared::ids::SHARDS as usize);
+        assert!(all.contains(&(Source::Order, "order:{ord:0}:outbox".to_string())));
+        assert!(all.contains(&(Source::Payment, "payment:{pay:15}:outbox".to_string())));
+    }
+}
