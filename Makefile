@@ -44,7 +44,7 @@ unit:
 # suites run a second time on a three-master Redis Cluster.
 e2e: build
 	$(CARGO) $(TEST_RUNNER) -p tests-e2e --locked
-	E2E_REDIS_CLUSTER=1 $(CARGO) $(TEST_RUNNER) -p tests-e2e --locked --test checkout --test stock --test payment --test gateways --test wallets --test splits --test rate_limits --test pix
+	E2E_REDIS_CLUSTER=1 $(CARGO) $(TEST_RUNNER) -p tests-e2e --locked --test checkout --test stock --test payment --test gateways --test wallets --test splits --test rate_limits --test pix --test merchant_webhooks
 
 ## bench: release build, then the checkout against this machine's ceiling (see scripts/bench.sh)
 bench: deps-runtime

@@ -220,6 +220,8 @@ SIM_NAME=pix SIM_PORT=$pix_port SIM_LEDGER=$data_dir/providers/pix.jsonl \
 ready pix "$pix_port" /health
 export PAYMENT_GATEWAYS=${PAYMENT_GATEWAYS:-card-a=http://127.0.0.1:$card_a_port,card-b=http://127.0.0.1:$card_b_port,pix=http://127.0.0.1:$pix_port}
 export PROVIDER_WEBHOOK_SECRETS=${PROVIDER_WEBHOOK_SECRETS:-pix=$pix_secret}
+# Merchant webhooks may go to receivers on this machine under make run (a developer's own).
+export WEBHOOK_ALLOW_PRIVATE=${WEBHOOK_ALLOW_PRIVATE:-true}
 
 start_replicas stock stock-service STOCK_PORT "$stock_port" "$stock_replicas"
 stock_upstreams=$upstreams

@@ -46,6 +46,9 @@ pub enum Service {
     /// The Pix provider simulator (`gateway-sim` named `pix`): payment's route `pix`; it
     /// sends its signed webhooks to payment-service directly.
     Pix,
+    /// A merchant's webhook receiver (`webhook-receiver`): records every delivery in a file of
+    /// its own and answers as a test plans.
+    Receiver,
     Stock,
     Payment,
     Order,
@@ -53,11 +56,12 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 8] = [
+    pub const ALL: [Service; 9] = [
         Service::Redis,
         Service::CardA,
         Service::CardB,
         Service::Pix,
+        Service::Receiver,
         Service::Stock,
         Service::Payment,
         Service::Order,
@@ -70,6 +74,7 @@ impl Service {
             Service::CardA => "card-a",
             Service::CardB => "card-b",
             Service::Pix => "pix",
+            Service::Receiver => "receiver",
             Service::Stock => "stock",
             Service::Payment => "payment",
             Service::Order => "order",
@@ -100,6 +105,7 @@ struct Ports {
     card_a: u16,
     card_b: u16,
     pix: u16,
+    receiver: u16,
     stock: u16,
     payment: u16,
     order: u16,
@@ -136,6 +142,7 @@ impl Stack {
             card_a: free_port(),
             card_b: free_port(),
             pix: free_port(),
+            receiver: free_port(),
             stock: free_port(),
             payment: free_port(),
             order: free_port(),
@@ -264,6 +271,7 @@ impl Stack {
             Service::CardA => self.ports.card_a,
             Service::CardB => self.ports.card_b,
             Service::Pix => self.ports.pix,
+            Service::Receiver => self.ports.receiver,
             Service::Stock => self.ports.stock,
             Service::Payment => self.ports.payment,
             Service::Order => self.ports.order,
@@ -475,6 +483,41 @@ impl Stack {
         resp.json().await.expect("the ledger is JSON")
     }
 
+    /// The receiver's URL for `path` (each test's endpoints use paths of their own).
+    pub fn receiver_url(&self, path: &str) -> String {
+        self.direct_url(Service::Receiver, path)
+    }
+
+    /// Plans the receiver's answers to `path`: the next `fail` requests get `status`, and each
+    /// waits `delay_ms` first.
+    pub async fn receiver_plan(&self, path: &str, fail: u32, status: u16, delay_ms: u64) {
+        let plan = serde_json::json!({"path": path, "fail": fail, "status": status, "delayMs": delay_ms});
+        let resp = self
+            .client
+            .put(self.direct_url(Service::Receiver, "/_recv/plan"))
+            .json(&plan)
+            .send()
+            .await
+            .expect("PUT /_recv/plan");
+        assert_eq!(resp.status(), 200, "PUT /_recv/plan {plan}");
+    }
+
+    /// Every request the receiver got at `path`, oldest first (its own records, kept across
+    /// its restarts).
+    pub async fn receiver_requests(&self, path: &str) -> Vec<Value> {
+        let url = self.direct_url(Service::Receiver, &format!("/_recv/requests?path={path}"));
+        let body: Value = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .expect("GET /_recv/requests")
+            .json()
+            .await
+            .expect("the receiver's records are JSON");
+        body["requests"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Creates or restocks an item (USD) through nginx with the internal token.
     pub async fn put_item(&self, id: u64, name: &str, price: i64, available: i64) {
         let resp = self
@@ -603,6 +646,13 @@ impl Stack {
                 }
                 c
             }
+            Service::Receiver => {
+                let mut c = Command::new(binary_path("webhook-receiver"));
+                c.env("HOST", "127.0.0.1")
+                    .env("RECEIVER_PORT", self.port(service).to_string())
+                    .env("RECEIVER_LOG", self.dir.join("receiver.jsonl"));
+                c
+            }
             Service::Stock | Service::Payment | Service::Order => {
                 let (binary, extra) = match service {
                     Service::Stock => ("stock-service", &self.options.stock_env),
@@ -639,6 +689,8 @@ impl Stack {
                     .env("PAYMENT_ROUTES", "card:card-a,card-b;pix:pix")
                     .env("PROVIDER_WEBHOOK_SECRETS", format!("pix={PIX_WEBHOOK_SECRET}"))
                     .env("WEBHOOK_CLAIM_IDLE", "1s")
+                    // The harness's receiver is on loopback; address.rs refuses it otherwise.
+                    .env("WEBHOOK_ALLOW_PRIVATE", "true")
                     .env("ORDER_URL", format!("http://127.0.0.1:{}", self.ports.order))
                     .env("STOCK_URL", self.dependency_url(Service::Stock))
                     .env("PAYMENT_URL", self.dependency_url(Service::Payment));
@@ -720,6 +772,7 @@ impl Stack {
                 Service::CardA | Service::CardB | Service::Pix => {
                     self.http_ok(&self.direct_url(service, "/health")).await
                 }
+                Service::Receiver => self.http_ok(&self.direct_url(service, "/_recv/health")).await,
                 _ => self.http_ok(&self.direct_url(service, "/ready")).await,
             };
             if ready {

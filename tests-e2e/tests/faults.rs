@@ -73,6 +73,8 @@ fn fault_options(seed: u64) -> StackOptions {
             ("GATEWAY_TIMEOUT", "400ms"),
             ("BREAKER_FAILURES", "4"),
             ("BREAKER_COOLDOWN", "500ms"),
+            // A webhook whose sender was killed is sent again when its lease (this + 10 s) ends.
+            ("WEBHOOK_TIMEOUT", "2s"),
         ]),
         fault_proxies: true,
         fault_seed: seed,
@@ -736,6 +738,54 @@ async fn split_item(stack: &Stack, item: u64) {
     panic!("could not split item {item}");
 }
 
+/// Registers the platform's endpoint at the receiver's `/faults` for every completed order.
+async fn subscribe_to_completed_orders(stack: &Stack) {
+    let body = json!({"url": stack.receiver_url("/faults"), "events": ["order.completed"]});
+    let r = stack
+        .post_internal("/payment/webhook-endpoints", Some(&key()), &body)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+}
+
+/// Every order that completed (refunded since, or not) has had its `order.completed` webhook
+/// answered 2xx at least once, at most `within` after the faults stopped.
+async fn webhooks_delivered(stack: &Stack, within: Duration) -> Vec<String> {
+    let mut conn = redis(stack).await;
+    let orders = all_orders(&mut conn).await.expect("read the orders");
+    let completed: Vec<String> = orders
+        .values()
+        .filter(|o| matches!(o.status.as_str(), "completed" | "partially_refunded" | "refunded"))
+        .map(|o| format!("{}-completed", o.id))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let got: std::collections::HashSet<String> = stack
+            .receiver_requests("/faults")
+            .await
+            .iter()
+            .filter(|r| r["answered"] == 200)
+            .filter_map(|r| r["webhookId"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = completed.iter().filter(|id| !got.contains(*id)).collect();
+        if missing.is_empty() {
+            println!(
+                "  webhooks: all {} completed orders delivered, {:?} after the faults stopped",
+                completed.len(),
+                started.elapsed()
+            );
+            return Vec::new();
+        }
+        if started.elapsed() > within {
+            return vec![format!(
+                "{} of {} completed orders never had their order.completed webhook delivered: {missing:?}",
+                missing.len(),
+                completed.len()
+            )];
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The payment event log against the stored state: `verify` rebuilds every charge, refund,
 /// wallet balance, recipient balance and byGateway from the events alone.
 async fn events_match(stack: &Stack) -> Vec<String> {
@@ -917,6 +967,7 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
     let keep_going = std::env::var_os("FAULT_KEEP_GOING").is_some();
     // With FAULT_KEEP_GOING, what stayed unsettled is not waited for again.
     let mut stuck: Vec<String> = Vec::new();
+    subscribe_to_completed_orders(&stack).await;
 
     for round in 0..rounds {
         summary.rounds += 1;
@@ -1087,6 +1138,11 @@ async fn fault_rounds_leave_every_order_settled_and_the_books_balanced() {
         }
     }
 
+    // Merchant webhooks: payment was killed while relaying and sending; every completed order
+    // is still told, at least once (a lease ends 12 s after a killed send).
+    for violation in webhooks_delivered(&stack, Duration::from_secs(40)).await {
+        found.push(format!("after the rounds: {violation}"));
+    }
     summary.took = started.elapsed();
     let proxies = [
         ("stock", stack.proxy(Service::Stock).counts()),
