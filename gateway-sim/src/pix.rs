@@ -27,7 +27,7 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(url: Option<String>, secret: Option<Secret>, max_backoff: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let http = shared::tls::client_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;

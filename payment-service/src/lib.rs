@@ -104,7 +104,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         gateways,
         pool: pool.clone(),
         accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),
-        services: reqwest::Client::builder()
+        services: shared::tls::client_builder()
             .connect_timeout(std::time::Duration::from_millis(500))
             .build()
             .map_err(|e| format!("the services' client: {e}"))?,

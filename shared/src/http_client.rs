@@ -247,7 +247,7 @@ pub struct Downstream {
 
 impl Downstream {
     pub fn new(name: &'static str, base: &str, token: Secret, retry: &RetrySettings) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(retry.attempt_timeout)
             .connect_timeout(retry.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))

@@ -43,6 +43,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod tls;
 pub mod webhooks;
 
 pub use problem::{CommonError, Problem, ServiceError};

@@ -593,7 +593,7 @@ mod tests {
     }
 
     fn client(timeout: Duration) -> reqwest::Client {
-        reqwest::Client::builder().timeout(timeout).build().expect("client")
+        shared::tls::client_builder().timeout(timeout).build().expect("client")
     }
 
     async fn post(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {

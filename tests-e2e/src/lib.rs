@@ -148,7 +148,7 @@ impl Stack {
             order: free_port(),
             gateway: free_port(),
         };
-        let client = reqwest::Client::builder()
+        let client = shared::tls::client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("build the test HTTP client");

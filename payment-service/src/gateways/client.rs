@@ -105,7 +105,7 @@ type Exchange = Result<(u16, Vec<u8>), reqwest::Error>;
 
 impl ProviderClient {
     pub fn new(base: &str, timeout: Duration, connect_timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let http = shared::tls::client_builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(64)

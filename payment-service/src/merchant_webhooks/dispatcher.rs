@@ -24,7 +24,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// redirect could lead anywhere), and, unless private addresses are allowed, the resolver
 /// that hands out public addresses only.
 pub fn client(settings: &super::Outbound) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    let mut builder = shared::tls::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout.min(Duration::from_secs(2)))

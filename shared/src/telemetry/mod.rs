@@ -186,6 +186,8 @@ impl Drop for TelemetryGuard {
 static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
 
 pub fn init(service: &'static str, log_filter: &str, format: LogFormat) -> TelemetryGuard {
+    // The OTLP exporter builds its own HTTP client.
+    crate::tls::install_crypto();
     // Problems found before the subscriber exists are logged once it does.
     let mut problems: Vec<String> = Vec::new();
     let settings = TraceSettings::from_env().unwrap_or_else(|e| {

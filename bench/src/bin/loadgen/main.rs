@@ -335,7 +335,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match reqwest::Client::builder()
+    let client = match shared::tls::client_builder()
         .pool_max_idle_per_host(4096)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))

@@ -154,7 +154,7 @@ async fn main() -> std::io::Result<()> {
     let timeout = shared::config::duration(&shared::config::REDIS_RESPONSE_TIMEOUT).map_err(std::io::Error::other)?;
     let pool =
         shared::redis_pool::connect(&redis_url, false, number("--pool", 32), timeout).map_err(std::io::Error::other)?;
-    let http = reqwest::Client::builder()
+    let http = shared::tls::client_builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(5))
