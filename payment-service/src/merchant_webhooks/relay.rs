@@ -217,18 +217,20 @@ pub async fn run(state: AppState) {
                 continue;
             }
         };
+        let mut done: HashMap<usize, Vec<String>> = HashMap::new();
         for entry in entries {
-            let (source, key) = &streams[entry.stream];
-            match relay(&state, &mut owners, &endpoints, *source, &entry).await {
+            match relay(&state, &mut owners, &endpoints, streams[entry.stream].0, &entry).await {
                 Ok(outcome) => {
                     FANOUT.inc(&[("outcome", outcome)]);
-                    if let Err(e) = ack(&state, key, &entry.id).await {
-                        // Fanned out, not acknowledged: it is read again and creates nothing new.
-                        tracing::warn!(error = %e, "webhook relay: cannot acknowledge");
-                    }
+                    done.entry(entry.stream).or_default().push(entry.id);
                 }
                 Err(e) => tracing::warn!(error = %e, entry = %entry.id, "webhook relay: left for later"),
             }
+        }
+        let done: Vec<(&str, Vec<String>)> = done.into_iter().map(|(n, ids)| (keys[n], ids)).collect();
+        if let Err(e) = ack(&state, &done, chunk > 1).await {
+            // Fanned out, not acknowledged: read again, they create nothing new.
+            tracing::warn!(error = %e, "webhook relay: cannot acknowledge");
         }
     }
 }
@@ -241,6 +243,10 @@ async fn relay(
     source: Source,
     entry: &Entry,
 ) -> Result<&'static str, PaymentError> {
+    if endpoints.is_empty() {
+        // Nobody subscribes to anything: not even the event is read.
+        return Ok("unsubscribed");
+    }
     let resolved = match source {
         Source::Order => order_event(&entry.fields),
         Source::Payment => payment_event(state, &entry.fields).await?,
@@ -321,15 +327,20 @@ async fn claim_idle(
     Ok(reply.claimed.into_iter().map(|id| entry_of(stream, id)).collect())
 }
 
-/// Acknowledges and deletes an entry in one step: the outbox holds only what is still to relay.
-async fn ack(state: &AppState, key: &str, id: &str) -> Result<(), PaymentError> {
-    let mut conn = state.store.pool.get().await?;
-    let _: (i64, i64) = redis::pipe()
-        .atomic()
-        .xack(key, GROUP, &[id])
-        .xdel(key, &[id])
-        .query_async(&mut conn)
-        .await?;
+/// Acknowledges and deletes what was relayed, each stream's entries in one step (the outbox
+/// holds only what is still to relay); on one node every stream in one round trip, on a
+/// cluster one per stream (a MULTI may not span slots).
+async fn ack(state: &AppState, done: &[(&str, Vec<String>)], one_node: bool) -> Result<(), PaymentError> {
+    let groups: Vec<&[(&str, Vec<String>)]> = if one_node { vec![done] } else { done.chunks(1).collect() };
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, ids) in group {
+            pipe.xack(*key, GROUP, ids).ignore().xdel(*key, ids).ignore();
+        }
+        let mut conn = state.store.pool.get().await?;
+        let () = pipe.query_async(&mut conn).await?;
+    }
     Ok(())
 }
 
