@@ -375,6 +375,28 @@ async fn kill_9_of_payment_and_a_redis_restart_lose_no_delivery() {
 }
 
 #[tokio::test]
+async fn a_slow_endpoint_holds_only_its_own_deliveries() {
+    let stack = stack_with(&[("WEBHOOK_ENDPOINT_CONCURRENCY", "2")]).await;
+    stack.put_item(16, "Mug", 300, 100).await;
+    endpoint(&stack, stack.token(), "/sluggish", &["order.completed"]).await;
+    endpoint(&stack, stack.token(), "/brisk", &["order.completed"]).await;
+    // Two at a time, two seconds each: the sluggish endpoint needs ten seconds for ten.
+    stack.receiver_plan("/sluggish", 0, 200, 2_000).await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        checkout(&stack, 16).await;
+    }
+    received(&stack, "/brisk", 10, Duration::from_secs(8)).await;
+    let sluggish = stack.receiver_requests("/sluggish").await.len();
+    assert!(
+        sluggish < 10,
+        "the sluggish endpoint got all {sluggish} within {:?}: nothing was held back",
+        started.elapsed()
+    );
+    received(&stack, "/sluggish", 10, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
 async fn private_destinations_are_refused_at_registration_and_again_at_delivery() {
     let mut stack = stack_with(&[("WEBHOOK_ALLOW_PRIVATE", "false")]).await;
     for url in [

@@ -13,8 +13,8 @@ use super::store::{Attempt, Claimed};
 use super::{ATTEMPTS, DELIVERIES, DeliveryStatus, Endpoint, EndpointId, QUEUE, address};
 use crate::AppState;
 
-/// Due deliveries looked at per pass.
-const BATCH: isize = 128;
+/// Endpoints with due deliveries looked at per pass.
+const BATCH: isize = 256;
 /// A lease outlasts the attempt's timeout by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// The queue gauges are refreshed this often.
@@ -53,7 +53,7 @@ pub async fn run(state: AppState, client: reqwest::Client) {
             }
         }
         let now = shared::time::now_ms();
-        let due = match state.store.due(now, BATCH).await {
+        let due = match state.store.due_endpoints(now, BATCH).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook dispatcher: cannot read the queue; retrying");
@@ -71,31 +71,31 @@ pub async fn run(state: AppState, client: reqwest::Client) {
             }
         };
         let lease = (settings.outbound.timeout + LEASE_MARGIN).as_millis() as u64;
-        for member in due {
-            let Some((endpoint_id, _)) = super::store::parse_member(&member) else {
-                let _ = state.store.claim(&member, now, now).await;
-                continue;
-            };
-            let limit = settings.outbound.endpoint_concurrency;
+        let limit = settings.outbound.endpoint_concurrency;
+        for endpoint_id in due {
             let semaphore = permits
                 .entry(endpoint_id.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(limit)))
                 .clone();
-            // This endpoint has as many attempts in flight as it may: its deliveries wait,
-            // the others' go on.
-            let Ok(permit) = semaphore.try_acquire_owned() else {
+            // As many as this endpoint has free sends; one with none free waits, the others go on.
+            let free = semaphore.available_permits();
+            if free == 0 {
                 continue;
-            };
-            let claimed = match state.store.claim(&member, now, now + lease).await {
-                Ok(Some(claimed)) => claimed,
-                Ok(None) => continue,
+            }
+            let claimed = match state.store.claim(&endpoint_id, now, now + lease, free).await {
+                Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook dispatcher: cannot claim");
                     continue;
                 }
             };
             let endpoint = endpoints.get(&endpoint_id).cloned();
-            tokio::spawn(send(state.clone(), client.clone(), endpoint, claimed, permit));
+            for claimed in claimed {
+                let Ok(permit) = semaphore.clone().try_acquire_owned() else {
+                    break;
+                };
+                tokio::spawn(send(state.clone(), client.clone(), endpoint.clone(), claimed, permit));
+            }
         }
     }
 }

@@ -11,9 +11,10 @@
 //!    ids derived from the event and the endpoint, so a re-read creates nothing twice); only
 //!    then is the outbox entry acknowledged and deleted. An entry a dead replica held is taken
 //!    over after `WEBHOOK_CLAIM_IDLE`.
-//! 3. [`dispatcher`]: deliveries wait in a sorted set scored by their next attempt. A replica
-//!    claims a due one by pushing its score past the attempt's timeout (claim.lua: a lease, so
-//!    a replica killed mid-send leaves it due again), sends it, and records the attempt and
+//! 3. [`dispatcher`]: deliveries wait in their endpoint's sorted set scored by their next
+//!    attempt, and endpoints with something due in another. A replica claims an endpoint's due
+//!    deliveries by pushing their scores past the attempt's timeout (claim.lua: a lease, so a
+//!    replica killed mid-send leaves them due again), sends them, and records each attempt and
 //!    what comes next (attempt.lua; [`schedule::after_attempt`] decides). At most
 //!    `WEBHOOK_ENDPOINT_CONCURRENCY` sends per endpoint at once per replica: a slow endpoint
 //!    holds only its own.
@@ -23,9 +24,11 @@
 //!
 //! Keys, one slot `{wh}` (a merchant's rate, not the checkout's): `payment:{wh}:endpoints` hash
 //! id → endpoint JSON; `payment:{wh}:d:<deliveryId>` hash; `payment:{wh}:att:<deliveryId>` list
-//! of attempts; `payment:{wh}:due` sorted set (`<endpointId>/<deliveryId>` → next attempt, ms);
-//! `payment:{wh}:pending` sorted set (the same members → created, ms; the queue's depth and
-//! age); `payment:{wh}:ep:<endpointId>` sorted set (delivery ids → created, ms: the history).
+//! of attempts; `payment:{wh}:due:<endpointId>` sorted set (delivery ids → next attempt, ms)
+//! and `payment:{wh}:due` (endpoint ids → their earliest), a two-level queue, so one endpoint's
+//! backlog never hides another's due deliveries; `payment:{wh}:pending` sorted set (delivery
+//! ids → created, ms: the queue's depth and age); `payment:{wh}:ep:<endpointId>` sorted set
+//! (delivery ids → created, ms: the history).
 
 pub mod address;
 pub mod dispatcher;

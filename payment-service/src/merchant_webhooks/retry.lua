@@ -1,16 +1,17 @@
 -- A manual retry: the delivery is due at once. A dead or succeeded one gets one more attempt
 -- (`manual`: a failure makes it dead again); a pending one keeps its place in the schedule and
 -- is only brought forward.
--- KEYS: the delivery, due, pending. ARGV: member, now (ms).
+-- KEYS: the delivery, due, the endpoint's due set, pending. ARGV: endpointId, deliveryId, now (ms).
 -- Answers the status it had, or 'missing'.
-local delivery, due, pending = KEYS[1], KEYS[2], KEYS[3]
-local member, now = ARGV[1], ARGV[2]
+local delivery, due, endpoint_due, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local endpoint, id, now = ARGV[1], ARGV[2], ARGV[3]
 local d = redis.call('HMGET', delivery, 'status', 'createdAt')
 if not d[1] then return 'missing' end
 if d[1] ~= 'pending' then
   redis.call('HSET', delivery, 'status', 'pending', 'manual', '1')
-  redis.call('ZADD', pending, d[2], member)
+  redis.call('ZADD', pending, d[2], id)
 end
 redis.call('HSET', delivery, 'nextAt', now)
-redis.call('ZADD', due, now, member)
+redis.call('ZADD', endpoint_due, now, id)
+refresh_due(due, endpoint_due, endpoint)
 return d[1]

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
-use super::store::{Attempt, Outgoing, member};
+use super::store::{Attempt, Outgoing};
 use super::{DeliveryId, DeliveryStatus, Endpoint, EndpointId, EventType};
 use crate::charges::{ChargeOutcome, NewCharge};
 use crate::refunds::RefundOutcome;
@@ -159,7 +159,9 @@ async fn an_event_fans_out_once_per_endpoint_however_often_it_is_relayed() {
         store.fan_out(&event("ord_1-completed"), &[&a, &b], 2_000).await.ok(),
         Some(0)
     );
-    assert_eq!(store.due(1_000, 10).await.expect("due").len(), 2);
+    let due = store.due_endpoints(1_000, 10).await.expect("due");
+    assert_eq!(due.len(), 2);
+    assert!(store.due_endpoints(999, 10).await.expect("due").is_empty());
     assert_eq!(store.queue().await.ok(), Some((2, Some(1_000))));
     let listed = store.deliveries(&a.id, None, 10).await.expect("deliveries");
     assert_eq!(listed.len(), 1);
@@ -177,20 +179,42 @@ async fn a_claim_is_a_lease_one_claimant_holds_until_it_runs_out() {
         .fan_out(&event("ord_2-completed"), &[&e], 1_000)
         .await
         .expect("fan out");
-    let m = member(&e.id, &DeliveryId::of("ord_2-completed", &e.id));
-    let first = store.claim(&m, 1_000, 6_000).await.expect("claim");
+    let first = store.claim(&e.id, 1_000, 6_000, 4).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(first[0].attempts == 0 && !first[0].manual && first[0].event_id == "ord_2-completed");
     assert!(
-        first
-            .as_ref()
-            .is_some_and(|c| c.attempts == 0 && !c.manual && c.event_id == "ord_2-completed")
-    );
-    assert!(
-        store.claim(&m, 2_000, 7_000).await.expect("claim").is_none(),
+        store.claim(&e.id, 2_000, 7_000, 4).await.expect("claim").is_empty(),
         "claimed twice"
     );
-    assert!(store.due(5_999, 10).await.expect("due").is_empty());
+    assert!(store.due_endpoints(5_999, 10).await.expect("due").is_empty());
     // The claimant died: at the lease's end it is due again.
-    assert!(store.claim(&m, 6_000, 11_000).await.expect("claim").is_some());
+    assert_eq!(store.due_endpoints(6_000, 10).await.expect("due"), std::slice::from_ref(&e.id));
+    assert_eq!(store.claim(&e.id, 6_000, 11_000, 4).await.expect("claim").len(), 1);
+}
+
+#[tokio::test]
+async fn one_endpoints_backlog_never_hides_anothers_due_delivery() {
+    let redis = TestRedis::start().await;
+    let store = store(&redis);
+    let (slow, other) = (endpoint(1), endpoint(2));
+    for n in 0..300 {
+        store
+            .fan_out(&event(&format!("ord_{n}-completed")), &[&slow], 1_000 + n)
+            .await
+            .expect("fan out");
+    }
+    store
+        .fan_out(&event("ord_x-completed"), &[&other], 5_000)
+        .await
+        .expect("fan out");
+    // However many of its own are due, the slow endpoint is one entry: the other is found.
+    let due = store.due_endpoints(6_000, 2).await.expect("due");
+    assert_eq!(due, [slow.id.clone(), other.id.clone()]);
+    let taken = store.claim(&slow.id, 6_000, 60_000, 4).await.expect("claim");
+    assert_eq!(taken.len(), 4, "no more than its free sends");
+    assert_eq!(taken[0].event_id, "ord_0-completed", "oldest first");
+    assert_eq!(store.claim(&other.id, 6_000, 60_000, 4).await.expect("claim").len(), 1);
+    assert_eq!(store.due_endpoints(6_000, 10).await.expect("due"), std::slice::from_ref(&slow.id));
 }
 
 #[tokio::test]
@@ -203,27 +227,30 @@ async fn attempts_are_recorded_and_a_dead_delivery_comes_back_by_a_manual_retry(
         .fan_out(&event("ord_3-completed"), &[&e], 1_000)
         .await
         .expect("fan out");
-    let m = member(&e.id, &d);
     let failed = |code| Attempt {
         at: "t".into(),
         status_code: Some(code),
         latency_ms: 3,
         error: Some("the endpoint answered 500".into()),
     };
-    let claimed = store.claim(&m, 1_000, 9_000).await.expect("claim").expect("due");
+    let one = |mut v: Vec<super::store::Claimed>| {
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    };
+    let claimed = one(store.claim(&e.id, 1_000, 9_000, 4).await.expect("claim"));
     store
         .record_attempt(&claimed, DeliveryStatus::Pending, &failed(500), Some(4_000))
         .await
         .expect("record");
-    assert!(store.due(3_999, 10).await.expect("due").is_empty());
-    assert_eq!(store.due(4_000, 10).await.expect("due"), std::slice::from_ref(&m));
-    let claimed = store.claim(&m, 4_000, 9_000).await.expect("claim").expect("due");
+    assert!(store.due_endpoints(3_999, 10).await.expect("due").is_empty());
+    assert_eq!(store.due_endpoints(4_000, 10).await.expect("due"), std::slice::from_ref(&e.id));
+    let claimed = one(store.claim(&e.id, 4_000, 9_000, 4).await.expect("claim"));
     assert_eq!(claimed.attempts, 1);
     store
         .record_attempt(&claimed, DeliveryStatus::Dead, &failed(503), None)
         .await
         .expect("record");
-    assert!(store.due(u64::MAX / 2, 10).await.expect("due").is_empty());
+    assert!(store.due_endpoints(u64::MAX / 2, 10).await.expect("due").is_empty());
     assert_eq!(store.queue().await.ok(), Some((0, None)));
     let dead = store
         .deliveries(&e.id, Some(DeliveryStatus::Dead), 10)
@@ -240,11 +267,8 @@ async fn attempts_are_recorded_and_a_dead_delivery_comes_back_by_a_manual_retry(
         store.retry_delivery(&e.id, &d, 20_000).await.ok(),
         Some(Some(DeliveryStatus::Dead))
     );
-    let claimed = store
-        .claim(&m, 20_000, 29_000)
-        .await
-        .expect("claim")
-        .expect("due again");
+    assert_eq!(store.queue().await.ok(), Some((1, Some(1_000))));
+    let claimed = one(store.claim(&e.id, 20_000, 29_000, 4).await.expect("claim"));
     assert!(claimed.manual);
     let ok = Attempt {
         status_code: Some(204),

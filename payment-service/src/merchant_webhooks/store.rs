@@ -10,32 +10,35 @@ use super::{DeliveryId, DeliveryStatus, Endpoint, EndpointId, EventType};
 use crate::error::PaymentError;
 use crate::store::Store;
 
-static FANOUT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("fanout.lua")));
-static CLAIM: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("claim.lua")));
-static ATTEMPT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("attempt.lua")));
-static RETRY: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("retry.lua")));
+/// `refresh_due`: the two-level queue (due.lua).
+static DUE_LIB: shared::lua::Lib = shared::lua::Lib {
+    name: "due",
+    source: include_str!("due.lua"),
+    needs: &[],
+};
+static FANOUT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&DUE_LIB], include_str!("fanout.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&DUE_LIB], include_str!("claim.lua")));
+static ATTEMPT: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&DUE_LIB], include_str!("attempt.lua")));
+static RETRY: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&DUE_LIB], include_str!("retry.lua")));
 
 const ENDPOINTS: &str = "payment:{wh}:endpoints";
+/// Endpoints with deliveries to send, each by its earliest due time (ms).
 const DUE: &str = "payment:{wh}:due";
 const PENDING: &str = "payment:{wh}:pending";
+const DELIVERY_PREFIX: &str = "payment:{wh}:d:";
 
 fn delivery_key(id: &str) -> String {
-    format!("payment:{{wh}}:d:{id}")
+    format!("{DELIVERY_PREFIX}{id}")
+}
+/// An endpoint's deliveries to send, each by its next attempt (ms).
+fn endpoint_due_key(endpoint: &EndpointId) -> String {
+    format!("payment:{{wh}}:due:{}", endpoint.as_str())
 }
 fn attempts_key(id: &str) -> String {
     format!("payment:{{wh}}:att:{id}")
 }
 fn history_key(endpoint: &EndpointId) -> String {
     format!("payment:{{wh}}:ep:{}", endpoint.as_str())
-}
-/// A delivery's member in the due and pending sets: its endpoint travels with it, so the
-/// dispatcher knows whose concurrency it takes before claiming it.
-pub fn member(endpoint: &EndpointId, delivery: &DeliveryId) -> String {
-    format!("{}/{}", endpoint.as_str(), delivery.as_str())
-}
-pub fn parse_member(member: &str) -> Option<(EndpointId, DeliveryId)> {
-    let (e, d) = member.split_once('/')?;
-    Some((EndpointId::parse(e)?, DeliveryId::parse(d)?))
 }
 
 /// An event ready to fan out: what every one of its deliveries sends.
@@ -51,7 +54,6 @@ pub struct Outgoing {
 /// A delivery taken for one attempt.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub member: String,
     pub endpoint: EndpointId,
     pub delivery: DeliveryId,
     pub event_id: String,
@@ -140,6 +142,7 @@ impl Store {
         for endpoint in endpoints {
             let delivery = DeliveryId::of(&event.event_id, &endpoint.id);
             inv.key(delivery_key(delivery.as_str()))
+                .key(endpoint_due_key(&endpoint.id))
                 .key(history_key(&endpoint.id))
                 .arg(endpoint.id.as_str())
                 .arg(delivery.as_str());
@@ -148,41 +151,46 @@ impl Store {
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
-    /// Up to `count` deliveries due at `now_ms`, soonest first.
-    pub async fn due(&self, now_ms: u64, count: isize) -> Result<Vec<String>, PaymentError> {
+    /// Up to `count` endpoints with a delivery due at `now_ms`, the longest waiting first.
+    pub async fn due_endpoints(&self, now_ms: u64, count: isize) -> Result<Vec<EndpointId>, PaymentError> {
         let mut conn = self.pool.get().await?;
-        Ok(conn.zrangebyscore_limit(DUE, "-inf", now_ms, 0, count).await?)
+        let ids: Vec<String> = conn.zrangebyscore_limit(DUE, "-inf", now_ms, 0, count).await?;
+        Ok(ids.iter().filter_map(|id| EndpointId::parse(id)).collect())
     }
 
-    /// Takes a due delivery for one attempt until `until_ms` (claim.lua); None when it is not
-    /// due any more (another replica took it) or gone.
-    pub async fn claim(&self, member: &str, now_ms: u64, until_ms: u64) -> Result<Option<Claimed>, PaymentError> {
-        let Some((endpoint, delivery)) = parse_member(member) else {
-            let mut conn = self.pool.get().await?;
-            let _: i64 = conn.zrem(DUE, member).await?;
-            return Ok(None);
-        };
+    /// Takes up to `count` of the endpoint's due deliveries for one attempt each, until
+    /// `until_ms` (claim.lua); none when another replica took them first.
+    pub async fn claim(
+        &self,
+        endpoint: &EndpointId,
+        now_ms: u64,
+        until_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Claimed>, PaymentError> {
         let mut conn = self.pool.get().await?;
-        let reply: Option<Vec<String>> = CLAIM
+        let reply: Vec<String> = CLAIM
             .key(DUE)
-            .key(delivery_key(delivery.as_str()))
-            .arg(member)
+            .key(endpoint_due_key(endpoint))
+            .arg(endpoint.as_str())
             .arg(now_ms)
             .arg(until_ms)
+            .arg(count)
+            .arg(DELIVERY_PREFIX)
             .invoke_async(&mut conn)
             .await?;
-        Ok(reply.map(|d| {
-            let field = |i: usize| d.get(i).cloned().unwrap_or_default();
-            Claimed {
-                member: member.to_string(),
-                endpoint,
-                delivery,
-                event_id: field(0),
-                body: field(2),
-                attempts: field(4).parse().unwrap_or(0),
-                manual: field(5) == "1",
-            }
-        }))
+        Ok(reply
+            .chunks(5)
+            .filter_map(|d| {
+                Some(Claimed {
+                    endpoint: endpoint.clone(),
+                    delivery: DeliveryId::parse(d.first()?)?,
+                    event_id: d.get(1)?.clone(),
+                    body: d.get(2)?.clone(),
+                    attempts: d.get(3)?.parse().unwrap_or(0),
+                    manual: d.get(4).is_some_and(|m| m == "1"),
+                })
+            })
+            .collect())
     }
 
     /// Records an attempt and what follows (attempt.lua): `next_ms` for a retry.
@@ -204,8 +212,10 @@ impl Store {
             .key(delivery_key(claimed.delivery.as_str()))
             .key(attempts_key(claimed.delivery.as_str()))
             .key(DUE)
+            .key(endpoint_due_key(&claimed.endpoint))
             .key(PENDING)
-            .arg(&claimed.member)
+            .arg(claimed.endpoint.as_str())
+            .arg(claimed.delivery.as_str())
             .arg(outcome)
             .arg(json)
             .arg(next_ms.unwrap_or(0))
@@ -230,8 +240,10 @@ impl Store {
         let had: String = RETRY
             .key(delivery_key(delivery.as_str()))
             .key(DUE)
+            .key(endpoint_due_key(endpoint))
             .key(PENDING)
-            .arg(member(endpoint, delivery))
+            .arg(endpoint.as_str())
+            .arg(delivery.as_str())
             .arg(now_ms)
             .invoke_async(&mut conn)
             .await?;
