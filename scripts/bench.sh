@@ -13,13 +13,15 @@
 #   wallet    the checkout paid from customers' wallets (no provider call)
 #   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
 #   stand-in-open  the stand-in in open loop at that same rate: the latency this machine allows
+#   checkout-hooks the checkout again with a merchant's webhook receiver subscribed to every
+#             event (BENCH_WEBHOOKS=1, the default): fan-out and delivery running beside it
 #   checkout-Nm    the checkout again (closed loop, the first fsync policy) on a Redis Cluster of
 #             N local masters (BENCH_MASTERS, default 3; 1 skips it), each with its own thread
 #             and AOF: what scaling Redis out buys on this machine
 # and prints one table of ratios and absolute numbers.
 #
 # BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 64), BENCH_FSYNC ("always everysec"),
-# BENCH_MASTERS (default 3), BENCH_PORT (first of the ports used, default 19080), REPLICAS as for
+# BENCH_MASTERS (default 3), BENCH_WEBHOOKS (1; 0 skips checkout-hooks), BENCH_PORT (first of the ports used, default 19080), REPLICAS as for
 # make run.
 set -euo pipefail
 
@@ -31,6 +33,7 @@ duration=${BENCH_DURATION:-10}
 connections=${BENCH_CONNECTIONS:-64}
 policies=${BENCH_FSYNC:-always everysec}
 masters=${BENCH_MASTERS:-3}
+webhooks=${BENCH_WEBHOOKS:-1}
 base=${BENCH_PORT:-19080}
 # One load generator is one caller: it is paced only by the limits it sets (the limiter still
 # runs on every request, so its cost is measured).
@@ -40,7 +43,7 @@ work=$(mktemp -d /tmp/checkout-bench.XXXXXX)
 results=$work/results
 : >"$results"
 
-require_binaries bench "$bin" order-service payment-service stock-service gateway-sim loadgen standin || exit 1
+require_binaries bench "$bin" order-service payment-service stock-service gateway-sim webhook-receiver loadgen standin || exit 1
 
 set -m
 pids=()
@@ -107,6 +110,15 @@ for policy in $policies; do
     loadgen open "$policy" --url "http://127.0.0.1:$gateway" --rate "$half" --warmup 0 --check-books
     loadgen stand-in-open "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/checkout \
         --rate "$half" --warmup 0
+    if [ "$webhooks" = 1 ]; then
+        # Last of the policy's runs: the deliveries it queues go on after it ends.
+        RECEIVER_PORT=$((base + 17)) RECEIVER_LOG=$data/receiver.jsonl "$bin/webhook-receiver" \
+            >"$work/receiver.log" 2>&1 &
+        pids+=($!)
+        wait_ready "$((base + 17))" /_recv/health || exit 1
+        loadgen checkout-hooks "$policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
+            --setup-stock 1000000000 --check-books --webhook "http://127.0.0.1:$((base + 17))/hooks"
+    fi
     stop
 done
 
@@ -143,7 +155,7 @@ printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %7s %7s %9s %9s\n' f
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
-    for label in trivial stand-in checkout wallet open stand-in-open "$cluster_label"; do
+    for label in trivial stand-in checkout wallet open stand-in-open checkout-hooks "$cluster_label"; do
         line=$(grep "policy=$policy label=$label " "$results") || continue
         rps=$(field "$line" rps)
         awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \

@@ -120,3 +120,29 @@ pub(super) async fn setup_wallets(shared: &Shared, wallets: u64) -> Result<(), S
     }
     Ok(())
 }
+
+/// Registers a platform webhook endpoint at `url` for every event type, so the run measures
+/// the checkout with fan-out and delivery beside it.
+pub(super) async fn subscribe(shared: &Shared, url: &str) -> Result<(), String> {
+    let events = [
+        "order.completed",
+        "order.failed",
+        "order.refunded",
+        "charge.succeeded",
+        "charge.refunded",
+        "wallet.credited",
+    ];
+    let resp = shared
+        .client
+        .post(format!("{}/payment/webhook-endpoints", shared.args.url))
+        .bearer_auth(&shared.args.token)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"url": url, "events": events}))
+        .send()
+        .await
+        .map_err(|e| format!("webhook endpoint: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("webhook endpoint: {}", resp.status()));
+    }
+    Ok(())
+}

@@ -38,7 +38,8 @@ const HELP: &str = "loadgen [options]
   --setup-stock UNITS    PUT every item with UNITS available first (needs --token)
   --wallets N            pay from N customers' wallets (credited first; needs --token)
                          instead of cards
-  --token T              internal token, for --setup-stock and --check-books
+  --webhook URL          first register a platform webhook endpoint at URL for every event
+  --token T              internal token, for --setup-stock, --wallets, --webhook and --check-books
   --check-books          afterwards, wait until nothing is processing and check the books
   --label NAME           name in the RESULT line (default checkout)
   --cpu-of PIDS          comma-separated pids: report the CPU time they and their descendants
@@ -64,6 +65,7 @@ struct Args {
     duplicate_share: f64,
     setup_stock: Option<i64>,
     wallets: u64,
+    webhook: Option<String>,
     token: String,
     check_books: bool,
     label: String,
@@ -128,6 +130,7 @@ fn parse_args() -> Result<Args, String> {
             .transpose()
             .map_err(|_| "--setup-stock")?,
         wallets: num("--wallets", "0")? as u64,
+        webhook: map.get("--webhook").cloned(),
         token: get("--token", "dev-internal-token"),
         check_books: map.contains_key("--check-books"),
         label: get("--label", "checkout"),
@@ -358,6 +361,12 @@ async fn main() -> ExitCode {
         failed: AtomicU64::new(0),
     });
     let a = &shared.args;
+    if let Some(url) = &a.webhook
+        && let Err(e) = books::subscribe(&shared, url).await
+    {
+        eprintln!("setup: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = books::setup_wallets(&shared, a.wallets).await {
         eprintln!("setup: {e}");
         return ExitCode::FAILURE;
