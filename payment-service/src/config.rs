@@ -76,7 +76,7 @@ pub const PROVIDER_WEBHOOK_SECRETS: EnvVar = EnvVar {
 pub const WEBHOOK_CLAIM_IDLE: EnvVar = EnvVar {
     name: "WEBHOOK_CLAIM_IDLE",
     default: "10s",
-    help: "A received provider webhook, or an outbox entry for merchant webhooks, taken by a worker that died (or could not finish it) is taken over by another after this long; at least 100ms.",
+    help: "A received webhook taken by a worker that died (or could not finish it) is taken over by another after this long; at least 100ms.",
 };
 
 pub const WEBHOOK_POLL: EnvVar = EnvVar {

@@ -75,7 +75,7 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if status ~= cur[1] and (status == 'completed' or status == 'failed') then
     redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', cur[5] or '', 'i', cur[6] or '', 'q', cur[7] or '',
       'u', cur[8] or '',
-      'm', amount, 'c', currency, 'at', c.at)
+      'm', amount, 'c', currency)
   end
   return 'ok'
 end

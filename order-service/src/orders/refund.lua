@@ -27,7 +27,7 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
   redis.call('XADD', outbox, '*', 't', 'order.refunded', 'o', cur[6] or '', 'i', cur[7] or '', 'q', cur[8] or '',
     'u', cur[9] or '',
-    'm', cur[3], 'c', cur[2], 'at', at, 'r', refund_id, 'ra', amount, 'f', string.format('%d', refunded), 's', status)
+    'm', cur[3], 'c', cur[2], 'r', refund_id, 'ra', amount, 'f', string.format('%d', refunded), 's', status)
 end
 if restocked == '1' and not cur[5] then
   set[#set + 1] = 'restocked'; set[#set + 1] = '1'

@@ -42,8 +42,8 @@ pub(crate) fn totals_key_of(id: &OrderId) -> String {
 /// The shard's outbox: a stream of ended and refunded orders, appended by the script that makes
 /// the change, read by payment-service's merchant-webhook dispatcher (the stream's fields are
 /// that service's to read: `t` type, `o` order, `i` item, `q` quantity, `u` customer, `m`
-/// amount, `c` currency, `at`; for a refund also `r` refund id, `ra` its amount, `f` refunded so
-/// far, `s` status).
+/// amount, `c` currency; for a refund also `r` refund id, `ra` its amount, `f` refunded so far,
+/// `s` status; the event's time is the entry id's).
 pub(crate) fn outbox_key_of(id: &OrderId) -> String {
     shared::outbox::order_outbox(id.shard())
 }

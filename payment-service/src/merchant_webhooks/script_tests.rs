@@ -188,7 +188,10 @@ async fn a_claim_is_a_lease_one_claimant_holds_until_it_runs_out() {
     );
     assert!(store.due_endpoints(5_999, 10).await.expect("due").is_empty());
     // The claimant died: at the lease's end it is due again.
-    assert_eq!(store.due_endpoints(6_000, 10).await.expect("due"), std::slice::from_ref(&e.id));
+    assert_eq!(
+        store.due_endpoints(6_000, 10).await.expect("due"),
+        std::slice::from_ref(&e.id)
+    );
     assert_eq!(store.claim(&e.id, 6_000, 11_000, 4).await.expect("claim").len(), 1);
 }
 
@@ -214,7 +217,10 @@ async fn one_endpoints_backlog_never_hides_anothers_due_delivery() {
     assert_eq!(taken.len(), 4, "no more than its free sends");
     assert_eq!(taken[0].event_id, "ord_0-completed", "oldest first");
     assert_eq!(store.claim(&other.id, 6_000, 60_000, 4).await.expect("claim").len(), 1);
-    assert_eq!(store.due_endpoints(6_000, 10).await.expect("due"), std::slice::from_ref(&slow.id));
+    assert_eq!(
+        store.due_endpoints(6_000, 10).await.expect("due"),
+        std::slice::from_ref(&slow.id)
+    );
 }
 
 #[tokio::test]
@@ -243,7 +249,10 @@ async fn attempts_are_recorded_and_a_dead_delivery_comes_back_by_a_manual_retry(
         .await
         .expect("record");
     assert!(store.due_endpoints(3_999, 10).await.expect("due").is_empty());
-    assert_eq!(store.due_endpoints(4_000, 10).await.expect("due"), std::slice::from_ref(&e.id));
+    assert_eq!(
+        store.due_endpoints(4_000, 10).await.expect("due"),
+        std::slice::from_ref(&e.id)
+    );
     let claimed = one(store.claim(&e.id, 4_000, 9_000, 4).await.expect("claim"));
     assert_eq!(claimed.attempts, 1);
     store
