@@ -168,6 +168,21 @@ async fn an_event_fans_out_once_per_endpoint_however_often_it_is_relayed() {
     assert_eq!(listed[0].event_id, "ord_1-completed");
     assert_eq!(listed[0].status, DeliveryStatus::Pending);
     assert_eq!(listed[0].payload["type"], "order.completed");
+    // An event past the retention later: the endpoint's history forgets the old id.
+    let later = 1_000 + super::store::RETENTION.as_millis() as u64 + 1;
+    store
+        .fan_out(&event("ord_2-completed"), &[&a], later)
+        .await
+        .expect("fan out");
+    let mut conn = redis.conn().await;
+    let history: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("payment:{{wh}}:ep:{}", a.id.as_str()))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(history, [DeliveryId::of("ord_2-completed", &a.id).as_str()]);
 }
 
 #[tokio::test]
@@ -271,12 +286,27 @@ async fn attempts_are_recorded_and_a_dead_delivery_comes_back_by_a_manual_retry(
         [Some(500), Some(503)]
     );
     assert!(dead[0].next_attempt_at.is_none());
+    // Finished, it is kept for the retention; retried by hand, it is kept until it ends again.
+    let ttl = |key: String| {
+        let redis = &redis;
+        async move {
+            let mut conn = redis.conn().await;
+            let ms: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.expect("PTTL");
+            ms
+        }
+    };
+    let retention = super::store::RETENTION.as_millis() as i64;
+    let delivery_key = format!("payment:{{wh}}:d:{}", d.as_str());
+    let attempts_key = format!("payment:{{wh}}:att:{}", d.as_str());
+    assert!((retention - 60_000..=retention).contains(&ttl(delivery_key.clone()).await));
+    assert!((retention - 60_000..=retention).contains(&ttl(attempts_key.clone()).await));
 
     assert_eq!(
         store.retry_delivery(&e.id, &d, 20_000).await.ok(),
         Some(Some(DeliveryStatus::Dead))
     );
     assert_eq!(store.queue().await.ok(), Some((1, Some(1_000))));
+    assert_eq!((ttl(delivery_key).await, ttl(attempts_key).await), (-1, -1));
     let claimed = one(store.claim(&e.id, 20_000, 29_000, 4).await.expect("claim"));
     assert!(claimed.manual);
     let ok = Attempt {

@@ -26,6 +26,9 @@ const ENDPOINTS: &str = "payment:{wh}:endpoints";
 const DUE: &str = "payment:{wh}:due";
 const PENDING: &str = "payment:{wh}:pending";
 const DELIVERY_PREFIX: &str = "payment:{wh}:d:";
+/// How long a succeeded or dead delivery and its attempts stay readable (and retryable by
+/// hand), as Stripe keeps events: 30 days.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 fn delivery_key(id: &str) -> String {
     format!("{DELIVERY_PREFIX}{id}")
@@ -138,7 +141,8 @@ impl Store {
             .arg(now_ms)
             .arg(&event.event_id)
             .arg(event.kind.as_str())
-            .arg(&event.body);
+            .arg(&event.body)
+            .arg(RETENTION.as_millis() as u64);
         for endpoint in endpoints {
             let delivery = DeliveryId::of(&event.event_id, &endpoint.id);
             inv.key(delivery_key(delivery.as_str()))
@@ -219,6 +223,7 @@ impl Store {
             .arg(outcome)
             .arg(json)
             .arg(next_ms.unwrap_or(0))
+            .arg(RETENTION.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
@@ -242,6 +247,7 @@ impl Store {
             .key(DUE)
             .key(endpoint_due_key(endpoint))
             .key(PENDING)
+            .key(attempts_key(delivery.as_str()))
             .arg(endpoint.as_str())
             .arg(delivery.as_str())
             .arg(now_ms)
