@@ -101,6 +101,25 @@ impl TestRedis {
             .await
             .expect("a connection to the test Redis")
     }
+
+    /// A stream's entries, oldest first, each a map of its fields (outbox tests).
+    ///
+    /// # Panics
+    /// When the key holds something else than a stream.
+    pub async fn stream(&self, key: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let mut conn = self.conn().await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, fields)| fields.into_iter().collect())
+            .collect()
+    }
 }
 
 impl Drop for TestRedis {

@@ -483,6 +483,32 @@ impl Stack {
         resp.json().await.expect("the ledger is JSON")
     }
 
+    /// A request through nginx with `bearer` (an API key, the internal token, or none), and a
+    /// fresh Idempotency-Key when it has a body.
+    pub async fn send(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.header("idempotency-key", new_key()).json(body);
+        }
+        Reply::from(req.send().await.expect("the request")).await
+    }
+
+    /// A new account, made by the platform: its id and its first API key.
+    pub async fn account(&self, name: &str) -> (String, String) {
+        let body = json!({"name": name});
+        let r = self
+            .send("POST", "/payment/accounts", Some(self.token()), Some(&body))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+        let api_key = r.json["apiKey"].as_str().unwrap_or_default().to_string();
+        assert!(api_key.starts_with("sk_test_"), "{}", r.json);
+        (r.json["accountId"].as_str().unwrap_or_default().to_string(), api_key)
+    }
+
     /// The receiver's URL for `path` (each test's endpoints use paths of their own).
     pub fn receiver_url(&self, path: &str) -> String {
         self.direct_url(Service::Receiver, path)

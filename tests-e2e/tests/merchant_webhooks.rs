@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::webhooks::{Secret, Signed, verify};
-use tests_e2e::{Reply, Service, Stack, StackOptions, new_key as key, slug};
+use tests_e2e::{Service, Stack, StackOptions, new_key as key, slug};
 
 async fn stack_with(payment_env: &[(&str, &str)]) -> Stack {
     Stack::launch(StackOptions {
@@ -21,36 +21,6 @@ async fn stack_with(payment_env: &[(&str, &str)]) -> Stack {
         ..StackOptions::default()
     })
     .await
-}
-
-/// A request with `bearer`, and an Idempotency-Key when it has a body.
-async fn send(stack: &Stack, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Reply {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-    let mut req = stack.client().request(method, stack.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(body) = body {
-        req = req.header("idempotency-key", key()).json(body);
-    }
-    Reply::from(req.send().await.expect("the request")).await
-}
-
-/// A new account: its id and its key.
-async fn account(stack: &Stack, name: &str) -> (String, String) {
-    let r = send(
-        stack,
-        "POST",
-        "/payment/accounts",
-        Some(stack.token()),
-        Some(&json!({"name": name})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.json);
-    (
-        r.json["accountId"].as_str().unwrap_or_default().to_string(),
-        r.json["apiKey"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 async fn owned_item(stack: &Stack, id: u64, owner: &str) {
@@ -70,7 +40,9 @@ async fn owned_item(stack: &Stack, id: u64, owner: &str) {
 /// Registers an endpoint at the receiver's `path`: its id and its secret.
 async fn endpoint(stack: &Stack, bearer: &str, path: &str, events: &[&str]) -> (String, String) {
     let body = json!({"url": stack.receiver_url(path), "events": events});
-    let r = send(stack, "POST", "/payment/webhook-endpoints", Some(bearer), Some(&body)).await;
+    let r = stack
+        .send("POST", "/payment/webhook-endpoints", Some(bearer), Some(&body))
+        .await;
     assert_eq!(r.status, 201, "{}", r.json);
     let secret = r.json["secret"].as_str().unwrap_or_default().to_string();
     assert!(secret.starts_with("whsec_"), "{}", r.json);
@@ -114,14 +86,14 @@ fn tail(log: &str) -> String {
 /// The endpoint's deliveries as payment shows them.
 async fn deliveries(stack: &Stack, bearer: &str, endpoint: &str, status: Option<&str>) -> Vec<Value> {
     let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
-    let r = send(
-        stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{endpoint}/deliveries{query}"),
-        Some(bearer),
-        None,
-    )
-    .await;
+    let r = stack
+        .send(
+            "GET",
+            &format!("/payment/webhook-endpoints/{endpoint}/deliveries{query}"),
+            Some(bearer),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.json);
     r.json["deliveries"].as_array().cloned().unwrap_or_default()
 }
@@ -169,8 +141,8 @@ fn body_of(request: &Value) -> Value {
 #[tokio::test]
 async fn a_completed_checkout_is_delivered_signed_to_its_items_owner_and_the_platform_only() {
     let stack = stack_with(&[]).await;
-    let (alice, alice_key) = account(&stack, "Alice").await;
-    let (_, bob_key) = account(&stack, "Bob").await;
+    let (alice, alice_key) = stack.account("Alice").await;
+    let (_, bob_key) = stack.account("Bob").await;
     owned_item(&stack, 11, &alice).await;
     let (alice_ep, alice_secret) =
         endpoint(&stack, &alice_key, "/alice", &["order.completed", "charge.succeeded"]).await;
@@ -234,14 +206,14 @@ async fn a_completed_checkout_is_delivered_signed_to_its_items_owner_and_the_pla
         assert_eq!(d["attempts"][0]["statusCode"], 200, "{d}");
     }
     // Bob may not read Alice's endpoint or its deliveries.
-    let r = send(
-        &stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{alice_ep}/deliveries"),
-        Some(&bob_key),
-        None,
-    )
-    .await;
+    let r = stack
+        .send(
+            "GET",
+            &format!("/payment/webhook-endpoints/{alice_ep}/deliveries"),
+            Some(&bob_key),
+            None,
+        )
+        .await;
     assert_eq!((r.status, slug(&r.json)), (403, "forbidden"), "{}", r.json);
 }
 
@@ -297,28 +269,28 @@ async fn a_receiver_down_for_the_whole_schedule_is_dead_lettered_and_a_manual_re
 
     stack.start(Service::Receiver).await;
     let id = dead["id"].as_str().unwrap_or_default();
-    let r = send(
-        &stack,
-        "POST",
-        &format!("/payment/webhook-endpoints/{ep}/deliveries/{id}/retry"),
-        Some(stack.token()),
-        None,
-    )
-    .await;
+    let r = stack
+        .send(
+            "POST",
+            &format!("/payment/webhook-endpoints/{ep}/deliveries/{id}/retry"),
+            Some(stack.token()),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.json);
     let got = received(&stack, "/down", 1, Duration::from_secs(10)).await;
     assert_eq!(verified(&got[0], &secret), format!("{order_id}-completed"));
     let done = delivery_becomes(&stack, stack.token(), &ep, "succeeded", Duration::from_secs(5)).await;
     assert_eq!(done["attempts"].as_array().map(Vec::len), Some(4), "{done}");
 
-    let unknown = send(
-        &stack,
-        "POST",
-        &format!("/payment/webhook-endpoints/{ep}/deliveries/dlv_00000000000000000000000000000000/retry"),
-        Some(stack.token()),
-        None,
-    )
-    .await;
+    let unknown = stack
+        .send(
+            "POST",
+            &format!("/payment/webhook-endpoints/{ep}/deliveries/dlv_00000000000000000000000000000000/retry"),
+            Some(stack.token()),
+            None,
+        )
+        .await;
     assert_eq!((unknown.status, slug(&unknown.json)), (404, "delivery-not-found"));
 }
 
@@ -409,17 +381,19 @@ async fn private_destinations_are_refused_at_registration_and_again_at_delivery(
         "ftp://example.com/hook",
         "not a url",
     ] {
-        let r = send(
-            &stack,
-            "POST",
-            "/payment/webhook-endpoints",
-            Some(stack.token()),
-            Some(&json!({"url": url, "events": ["order.completed"]})),
-        )
-        .await;
+        let r = stack
+            .send(
+                "POST",
+                "/payment/webhook-endpoints",
+                Some(stack.token()),
+                Some(&json!({"url": url, "events": ["order.completed"]})),
+            )
+            .await;
         assert_eq!((r.status, slug(&r.json)), (400, "invalid-request"), "{url}: {}", r.json);
     }
-    let listed = send(&stack, "GET", "/payment/webhook-endpoints", Some(stack.token()), None).await;
+    let listed = stack
+        .send("GET", "/payment/webhook-endpoints", Some(stack.token()), None)
+        .await;
     assert_eq!(listed.json["endpoints"], json!([]), "nothing stored: {}", listed.json);
 
     // Registered while allowed, then refused at delivery once private addresses are not.
@@ -442,8 +416,8 @@ async fn private_destinations_are_refused_at_registration_and_again_at_delivery(
 #[tokio::test]
 async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
     let stack = stack_with(&[]).await;
-    let (_, alice_key) = account(&stack, "Alice").await;
-    let (_, bob_key) = account(&stack, "Bob").await;
+    let (_, alice_key) = stack.account("Alice").await;
+    let (_, bob_key) = stack.account("Bob").await;
     let (ep, secret) = endpoint(
         &stack,
         &alice_key,
@@ -452,14 +426,14 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
     )
     .await;
 
-    let mine = send(
-        &stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{ep}"),
-        Some(&alice_key),
-        None,
-    )
-    .await;
+    let mine = stack
+        .send(
+            "GET",
+            &format!("/payment/webhook-endpoints/{ep}"),
+            Some(&alice_key),
+            None,
+        )
+        .await;
     assert_eq!(mine.status, 200);
     assert_eq!(
         mine.json["events"],
@@ -467,20 +441,19 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
         "duplicates dropped"
     );
     assert_eq!(mine.json["secret"], json!(secret));
-    let theirs = send(
-        &stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{ep}"),
-        Some(&bob_key),
-        None,
-    )
-    .await;
+    let theirs = stack
+        .send("GET", &format!("/payment/webhook-endpoints/{ep}"), Some(&bob_key), None)
+        .await;
     assert_eq!((theirs.status, slug(&theirs.json)), (403, "forbidden"));
-    let bobs = send(&stack, "GET", "/payment/webhook-endpoints", Some(&bob_key), None).await;
+    let bobs = stack
+        .send("GET", "/payment/webhook-endpoints", Some(&bob_key), None)
+        .await;
     assert_eq!(bobs.json["endpoints"], json!([]));
-    let all = send(&stack, "GET", "/payment/webhook-endpoints", Some(stack.token()), None).await;
+    let all = stack
+        .send("GET", "/payment/webhook-endpoints", Some(stack.token()), None)
+        .await;
     assert_eq!(all.json["endpoints"].as_array().map(Vec::len), Some(1));
-    let anonymous = send(&stack, "GET", "/payment/webhook-endpoints", None, None).await;
+    let anonymous = stack.send("GET", "/payment/webhook-endpoints", None, None).await;
     assert_eq!(anonymous.status, 401);
 
     for (body, what) in [
@@ -491,14 +464,9 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
         (json!({"url": stack.receiver_url("/x"), "events": []}), "events"),
         (json!({"url": 7, "events": ["order.completed"]}), "url"),
     ] {
-        let r = send(
-            &stack,
-            "POST",
-            "/payment/webhook-endpoints",
-            Some(&alice_key),
-            Some(&body),
-        )
-        .await;
+        let r = stack
+            .send("POST", "/payment/webhook-endpoints", Some(&alice_key), Some(&body))
+            .await;
         assert_eq!(
             (r.status, slug(&r.json)),
             (400, "invalid-request"),
@@ -520,41 +488,36 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
         .await
         .expect("POST");
     assert_eq!(no_key.status(), 400);
-    let bad_status = send(
-        &stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{ep}/deliveries?status=lost"),
-        Some(&alice_key),
-        None,
-    )
-    .await;
+    let bad_status = stack
+        .send(
+            "GET",
+            &format!("/payment/webhook-endpoints/{ep}/deliveries?status=lost"),
+            Some(&alice_key),
+            None,
+        )
+        .await;
     assert_eq!(bad_status.status, 400, "{}", bad_status.json);
 
-    let deleted = send(
-        &stack,
-        "DELETE",
-        &format!("/payment/webhook-endpoints/{ep}"),
-        Some(&alice_key),
-        None,
-    )
-    .await;
+    let deleted = stack
+        .send(
+            "DELETE",
+            &format!("/payment/webhook-endpoints/{ep}"),
+            Some(&alice_key),
+            None,
+        )
+        .await;
     assert_eq!((deleted.status, &deleted.json["deleted"]), (200, &json!(true)));
-    let gone = send(
-        &stack,
-        "GET",
-        &format!("/payment/webhook-endpoints/{ep}"),
-        Some(&alice_key),
-        None,
-    )
-    .await;
+    let gone = stack
+        .send(
+            "GET",
+            &format!("/payment/webhook-endpoints/{ep}"),
+            Some(&alice_key),
+            None,
+        )
+        .await;
     assert_eq!((gone.status, slug(&gone.json)), (404, "webhook-endpoint-not-found"));
-    let unknown = send(
-        &stack,
-        "DELETE",
-        "/payment/webhook-endpoints/we_nope",
-        Some(&alice_key),
-        None,
-    )
-    .await;
+    let unknown = stack
+        .send("DELETE", "/payment/webhook-endpoints/we_nope", Some(&alice_key), None)
+        .await;
     assert_eq!(unknown.status, 404);
 }

@@ -10,36 +10,6 @@ async fn stack() -> Stack {
     Stack::launch(StackOptions::default()).await
 }
 
-/// A request with `bearer` (an API key, the internal token, or none).
-async fn send(stack: &Stack, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Reply {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-    let mut req = stack.client().request(method, stack.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(body) = body {
-        req = req.header("idempotency-key", key()).json(body);
-    }
-    Reply::from(req.send().await.expect("the request")).await
-}
-
-/// A new account: its id and its first key.
-async fn account(stack: &Stack, name: &str) -> (String, String) {
-    let r = send(
-        stack,
-        "POST",
-        "/payment/accounts",
-        Some(stack.token()),
-        Some(&json!({"name": name})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.json);
-    let id = r.json["accountId"].as_str().unwrap_or_default().to_string();
-    let api_key = r.json["apiKey"].as_str().unwrap_or_default().to_string();
-    assert!(api_key.starts_with("sk_test_"), "{}", r.json);
-    (id, api_key)
-}
-
 async fn put_item(stack: &Stack, bearer: &str, id: u64, price: u64, owner: Option<&str>) -> Reply {
     let mut body = json!({"name": format!("Item {id}"), "price": price, "currency": "USD", "available": 1000});
     if let Some(owner) = owner {
@@ -62,14 +32,14 @@ fn rule(recipient: &str, percentage: Value) -> Value {
 }
 
 async fn create_split(stack: &Stack, bearer: &str, item: u64, rules: Vec<Value>) -> Reply {
-    send(
-        stack,
-        "POST",
-        "/payment/splits",
-        Some(bearer),
-        Some(&json!({"itemId": item, "rules": rules})),
-    )
-    .await
+    stack
+        .send(
+            "POST",
+            "/payment/splits",
+            Some(bearer),
+            Some(&json!({"itemId": item, "rules": rules})),
+        )
+        .await
 }
 
 async fn balance(stack: &Stack, recipient: &str) -> Value {
@@ -98,7 +68,9 @@ async fn charge_of(stack: &Stack, order_id: &str) -> Value {
 }
 
 async fn assert_verified(stack: &Stack) {
-    let r = send(stack, "POST", "/payment/admin/verify", Some(stack.token()), None).await;
+    let r = stack
+        .send("POST", "/payment/admin/verify", Some(stack.token()), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(r.json["mismatches"], json!([]), "{}", r.json);
 }
@@ -106,20 +78,22 @@ async fn assert_verified(stack: &Stack) {
 #[tokio::test]
 async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
     let stack = stack().await;
-    let (alice, alice_key) = account(&stack, "Alice").await;
-    let (_, bob_key) = account(&stack, "Bob").await;
+    let (alice, alice_key) = stack.account("Alice").await;
+    let (_, bob_key) = stack.account("Bob").await;
 
     // Creating accounts is the platform's; a replay does not show the key again.
-    let no_auth = send(&stack, "POST", "/payment/accounts", None, Some(&json!({"name": "x"}))).await;
+    let no_auth = stack
+        .send("POST", "/payment/accounts", None, Some(&json!({"name": "x"})))
+        .await;
     assert_eq!((no_auth.status, slug(&no_auth.json)), (401, "unauthorized"));
-    let by_account = send(
-        &stack,
-        "POST",
-        "/payment/accounts",
-        Some(&alice_key),
-        Some(&json!({"name": "x"})),
-    )
-    .await;
+    let by_account = stack
+        .send(
+            "POST",
+            "/payment/accounts",
+            Some(&alice_key),
+            Some(&json!({"name": "x"})),
+        )
+        .await;
     assert_eq!((by_account.status, slug(&by_account.json)), (403, "forbidden"));
     let k = key();
     let first = stack
@@ -160,24 +134,19 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
     assert_eq!((bad_key.status, slug(&bad_key.json)), (401, "unauthorized"));
 
     // A second key, then the first revoked: refused at once, the second still works.
-    let issued = send(
-        &stack,
-        "POST",
-        &format!("/payment/accounts/{alice}/api-keys"),
-        Some(&alice_key),
-        Some(&json!({})),
-    )
-    .await;
+    let issued = stack
+        .send(
+            "POST",
+            &format!("/payment/accounts/{alice}/api-keys"),
+            Some(&alice_key),
+            Some(&json!({})),
+        )
+        .await;
     assert_eq!(issued.status, 201, "{}", issued.json);
     let second = issued.json["apiKey"].as_str().unwrap_or_default().to_string();
-    let view = send(
-        &stack,
-        "GET",
-        &format!("/payment/accounts/{alice}"),
-        Some(&second),
-        None,
-    )
-    .await;
+    let view = stack
+        .send("GET", &format!("/payment/accounts/{alice}"), Some(&second), None)
+        .await;
     assert_eq!(view.json["keyIds"].as_array().map(Vec::len), Some(2), "{}", view.json);
     let first_id = view.json["keyIds"]
         .as_array()
@@ -187,23 +156,23 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
         .find(|k| Some(*k) != issued.json["keyId"].as_str())
         .unwrap_or_default()
         .to_string();
-    let by_bob = send(
-        &stack,
-        "DELETE",
-        &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-        Some(&bob_key),
-        None,
-    )
-    .await;
+    let by_bob = stack
+        .send(
+            "DELETE",
+            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
+            Some(&bob_key),
+            None,
+        )
+        .await;
     assert_eq!(by_bob.status, 403, "{}", by_bob.json);
-    let revoked = send(
-        &stack,
-        "DELETE",
-        &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-        Some(&second),
-        None,
-    )
-    .await;
+    let revoked = stack
+        .send(
+            "DELETE",
+            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
+            Some(&second),
+            None,
+        )
+        .await;
     assert_eq!(revoked.status, 200, "{}", revoked.json);
     assert_eq!(
         put_item(&stack, &alice_key, 501, 1000, None).await.status,
@@ -211,35 +180,37 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
         "revoked"
     );
     assert_eq!(put_item(&stack, &second, 501, 1200, None).await.status, 200);
-    let twice = send(
-        &stack,
-        "DELETE",
-        &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-        Some(&second),
-        None,
-    )
-    .await;
+    let twice = stack
+        .send(
+            "DELETE",
+            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
+            Some(&second),
+            None,
+        )
+        .await;
     assert_eq!((twice.status, slug(&twice.json)), (404, "api-key-not-found"));
-    let nobody = send(&stack, "GET", "/payment/accounts/acct_nope", Some(stack.token()), None).await;
+    let nobody = stack
+        .send("GET", "/payment/accounts/acct_nope", Some(stack.token()), None)
+        .await;
     assert_eq!((nobody.status, slug(&nobody.json)), (404, "account-not-found"));
 }
 
 #[tokio::test]
 async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_the_rule() {
     let stack = stack().await;
-    let (_, seller_key) = account(&stack, "Seller").await;
-    let (_, other_key) = account(&stack, "Other").await;
+    let (_, seller_key) = stack.account("Seller").await;
+    let (_, other_key) = stack.account("Other").await;
     assert_eq!(put_item(&stack, &seller_key, 601, 1000, None).await.status, 200);
     let half = || vec![rule("seller", json!(50)), rule("platform", json!(50))];
 
-    let no_auth = send(
-        &stack,
-        "POST",
-        "/payment/splits",
-        None,
-        Some(&json!({"itemId": 601, "rules": half()})),
-    )
-    .await;
+    let no_auth = stack
+        .send(
+            "POST",
+            "/payment/splits",
+            None,
+            Some(&json!({"itemId": 601, "rules": half()})),
+        )
+        .await;
     assert_eq!(no_auth.status, 401);
     let not_owner = create_split(&stack, &other_key, 601, half()).await;
     assert_eq!((not_owner.status, slug(&not_owner.json)), (403, "forbidden"));
@@ -281,14 +252,14 @@ async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_th
     .await;
     assert_eq!(second.status, 201, "the platform may split any item: {}", second.json);
     let later = shared::time::rfc3339_ms(shared::time::now_ms() + 3_600_000);
-    let future = send(
-        &stack,
-        "POST",
-        "/payment/splits",
-        Some(&seller_key),
-        Some(&json!({"itemId": 601, "effectiveFrom": later, "rules": half()})),
-    )
-    .await;
+    let future = stack
+        .send(
+            "POST",
+            "/payment/splits",
+            Some(&seller_key),
+            Some(&json!({"itemId": 601, "effectiveFrom": later, "rules": half()})),
+        )
+        .await;
     assert_eq!(
         (future.status, &future.json["active"]),
         (201, &json!(false)),
@@ -296,7 +267,9 @@ async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_th
         future.json
     );
 
-    let history = send(&stack, "GET", "/payment/splits?itemId=601", Some(&seller_key), None).await;
+    let history = stack
+        .send("GET", "/payment/splits?itemId=601", Some(&seller_key), None)
+        .await;
     assert_eq!(history.status, 200, "{}", history.json);
     assert_eq!(
         history.json["active"]["splitId"], second.json["splitId"],
@@ -320,7 +293,9 @@ async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_th
         .filter(|s| s["active"] == json!(true))
         .count();
     assert_eq!(actives, 1, "one active split");
-    let by_other = send(&stack, "GET", "/payment/splits?itemId=601", Some(&other_key), None).await;
+    let by_other = stack
+        .send("GET", "/payment/splits?itemId=601", Some(&other_key), None)
+        .await;
     assert_eq!(by_other.status, 403);
 
     // The active split divides the next sale; rule changes never rewrite a past one.
@@ -349,7 +324,7 @@ async fn only_the_owner_splits_an_item_one_split_is_active_and_bad_rules_name_th
 #[tokio::test]
 async fn concurrent_split_checkouts_and_refunds_keep_every_balance_equal_to_its_parts() {
     let stack = stack().await;
-    let (seller, seller_key) = account(&stack, "Seller").await;
+    let (seller, seller_key) = stack.account("Seller").await;
     assert_eq!(put_item(&stack, &seller_key, 701, 1001, None).await.status, 200);
     let split = create_split(
         &stack,
@@ -400,23 +375,18 @@ async fn concurrent_split_checkouts_and_refunds_keep_every_balance_equal_to_its_
     assert_eq!(net(&seller_after) + net(&platform_after), 12 * 1001 - 101);
     assert_eq!(seller_after["reversed"], charge["splits"][0]["reversed"]);
     // An account reads its own balance, not another's.
-    let own = send(
-        &stack,
-        "GET",
-        &format!("/payment/recipients/{seller}/balance"),
-        Some(&seller_key),
-        None,
-    )
-    .await;
+    let own = stack
+        .send(
+            "GET",
+            &format!("/payment/recipients/{seller}/balance"),
+            Some(&seller_key),
+            None,
+        )
+        .await;
     assert_eq!(own.status, 200);
-    let other = send(
-        &stack,
-        "GET",
-        "/payment/recipients/platform/balance",
-        Some(&seller_key),
-        None,
-    )
-    .await;
+    let other = stack
+        .send("GET", "/payment/recipients/platform/balance", Some(&seller_key), None)
+        .await;
     assert_eq!(other.status, 403);
     assert_verified(&stack).await;
 }

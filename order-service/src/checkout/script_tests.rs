@@ -68,26 +68,12 @@ impl Fixture {
 
     /// The order shard's outbox: (type, order, amount, currency) per entry.
     async fn outbox(&self, id: &OrderId) -> Vec<(String, String, String, String)> {
-        let mut conn = self.redis.conn().await;
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(shared::outbox::order_outbox(id.shard()))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
+        let get = |e: &std::collections::HashMap<String, String>, k: &str| e.get(k).cloned().unwrap_or_default();
+        self.redis
+            .stream(&shared::outbox::order_outbox(id.shard()))
             .await
-            .unwrap_or_default();
-        entries
-            .into_iter()
-            .map(|(_, fields)| {
-                let get = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(f, _)| f == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                (get("t"), get("o"), get("m"), get("c"))
-            })
+            .iter()
+            .map(|e| (get(e, "t"), get(e, "o"), get(e, "m"), get(e, "c")))
             .collect()
     }
 

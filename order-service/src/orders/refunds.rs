@@ -320,24 +320,11 @@ mod tests {
             .expect("LLEN");
         assert_eq!(steps, 3, "two refunds and one restock");
         // Each payment refund, once, is in the outbox for merchant webhooks; the restock is not.
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(shared::outbox::order_outbox(id.shard()))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
+        let refunds: Vec<(String, String)> = redis
+            .stream(&shared::outbox::order_outbox(id.shard()))
             .await
-            .expect("XRANGE");
-        let refunds: Vec<(String, String)> = entries
             .iter()
-            .map(|(_, f)| {
-                let get = |k: &str| {
-                    f.iter()
-                        .find(|(n, _)| n == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                (get("r"), get("s"))
-            })
+            .map(|e| (e["r"].clone(), e["s"].clone()))
             .collect();
         assert_eq!(
             refunds,

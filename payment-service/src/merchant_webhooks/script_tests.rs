@@ -39,26 +39,12 @@ fn event(id: &str) -> Outgoing {
 
 /// The outbox entries of a shard: (aggregate, sequence, item).
 async fn outbox(redis: &TestRedis, shard: u16) -> Vec<(String, String, String)> {
-    let mut conn = redis.conn().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(outbox_key(shard))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
+    let get = |e: &std::collections::HashMap<String, String>, k: &str| e.get(k).cloned().unwrap_or_default();
+    redis
+        .stream(&outbox_key(shard))
         .await
-        .expect("XRANGE");
-    entries
-        .into_iter()
-        .map(|(_, fields)| {
-            let get = |k: &str| {
-                fields
-                    .iter()
-                    .find(|(f, _)| f == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            (get("a"), get("s"), get("i"))
-        })
+        .iter()
+        .map(|e| (get(e, "a"), get(e, "s"), get(e, "i")))
         .collect()
 }
 

@@ -134,24 +134,14 @@ async fn a_pending_pix_is_not_money_until_paid_and_is_paid_and_counted_once() {
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["charge.pending", "charge.succeeded"]);
     // Paid, and only paid (not pending), is published for merchant webhooks: its event, once.
-    let mut conn = redis.conn().await;
-    let outbox: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(crate::store::outbox_key(shared::ids::shard_of("ord_pix1")))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE the outbox");
-    let pointers: Vec<&[(String, String)]> = outbox.iter().map(|(_, f)| f.as_slice()).collect();
-    assert_eq!(
-        pointers,
-        [[
-            ("a".to_string(), charge_id.clone()),
-            ("s".into(), "2".into()),
-            ("i".into(), String::new())
-        ]
-        .as_slice()]
-    );
+    let outbox = redis
+        .stream(&crate::store::outbox_key(shared::ids::shard_of("ord_pix1")))
+        .await;
+    let pointers: Vec<(&str, &str, &str)> = outbox
+        .iter()
+        .map(|e| (e["a"].as_str(), e["s"].as_str(), e["i"].as_str()))
+        .collect();
+    assert_eq!(pointers, [(charge_id.as_str(), "2", "")]);
     assert_eq!(
         store
             .pix_paid(&new_charge_id_for("ord_x"), 700, "{}")
