@@ -347,6 +347,33 @@ async fn kill_9_of_payment_and_a_redis_restart_lose_no_delivery() {
 }
 
 #[tokio::test]
+async fn events_wait_in_the_outbox_while_payment_and_then_stock_are_down() {
+    // Payment's workers asleep (an hour's poll): the checkouts' events stay in the outboxes.
+    let mut stack = stack_with(&[("WEBHOOK_POLL", "1h")]).await;
+    stack.put_item(17, "Mug", 300, 100).await;
+    let (_, secret) = endpoint(&stack, stack.token(), "/later", &["order.completed"]).await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        orders.push(format!("{}-completed", checkout(&stack, 17).await));
+    }
+    // Payment restarts awake while stock, which says who owns the item, is down.
+    stack.kill(Service::Stock).await;
+    stack.set_env(Service::Payment, "WEBHOOK_POLL", "100ms");
+    stack.kill(Service::Payment).await;
+    stack.start(Service::Payment).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(stack.receiver_requests("/later").await.is_empty());
+    assert!(stack.logs(Service::Payment).contains("left for later"));
+
+    stack.start(Service::Stock).await;
+    let got = received(&stack, "/later", 3, Duration::from_secs(15)).await;
+    let mut ids: Vec<String> = got.iter().map(|r| verified(r, &secret)).collect();
+    ids.sort();
+    orders.sort();
+    assert_eq!(ids, orders);
+}
+
+#[tokio::test]
 async fn a_slow_endpoint_holds_only_its_own_deliveries() {
     let stack = stack_with(&[("WEBHOOK_ENDPOINT_CONCURRENCY", "2")]).await;
     stack.put_item(16, "Mug", 300, 100).await;

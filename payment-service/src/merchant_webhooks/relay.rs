@@ -21,6 +21,8 @@ use crate::error::PaymentError;
 
 /// Entries read from the head of each outbox per poll.
 const BATCH: usize = 128;
+/// The longest wait between polls while entries cannot be relayed.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long an item's owner is trusted once read.
 const OWNER_FOR: Duration = Duration::from_secs(2);
 
@@ -175,23 +177,34 @@ pub async fn run(state: AppState) {
     // round trip.
     let chunk = if state.store.one_node { keys.len() } else { 1 };
     let mut owners = Owners::default();
+    let poll = state.settings.webhook_poll;
+    // After a failure (stock or Redis not answering), the next polls wait longer, up to
+    // MAX_BACKOFF, instead of asking a dependency that is down ten times a second.
+    let mut wait = poll;
     loop {
-        tokio::time::sleep(state.settings.webhook_poll).await;
+        tokio::time::sleep(wait).await;
         let mut entries = Vec::new();
+        let mut failed = false;
         for (n, part) in keys.chunks(chunk).enumerate() {
             match read(&state, part, n * chunk).await {
                 Ok(read) => entries.extend(read),
-                Err(e) => tracing::warn!(error = %e, "webhook relay: cannot read the outboxes; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook relay: cannot read the outboxes; retrying");
+                    failed = true;
+                }
             }
         }
-        if entries.is_empty() {
-            continue;
-        }
-        let endpoints = match state.store.endpoints().await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook relay: cannot read the endpoints; retrying");
-                continue;
+        let endpoints = if entries.is_empty() {
+            Vec::new()
+        } else {
+            match state.store.endpoints().await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook relay: cannot read the endpoints; retrying");
+                    entries.clear();
+                    failed = true;
+                    Vec::new()
+                }
             }
         };
         let mut done: HashMap<usize, Vec<String>> = HashMap::new();
@@ -201,8 +214,17 @@ pub async fn run(state: AppState) {
                     FANOUT.inc(&[("outcome", outcome)]);
                     done.entry(entry.stream).or_default().push(entry.id);
                 }
-                Err(e) => tracing::warn!(error = %e, entry = %entry.id, "webhook relay: left for later"),
+                Err(e) => {
+                    // This entry and those after it stay for a later poll.
+                    tracing::warn!(error = %e, entry = %entry.id, "webhook relay: left for later");
+                    failed = true;
+                    break;
+                }
             }
+        }
+        wait = if failed { backoff(wait, poll) } else { poll };
+        if done.is_empty() {
+            continue;
         }
         let done: Vec<(&str, Vec<String>)> = done.into_iter().map(|(n, ids)| (keys[n], ids)).collect();
         if let Err(e) = delete(&state, &done, chunk > 1).await {
@@ -245,6 +267,11 @@ async fn relay(
     }
     state.store.fan_out(&outgoing, &to, shared::time::now_ms()).await?;
     Ok("delivered")
+}
+
+/// The wait after a failed poll: doubled, between the poll interval and [`MAX_BACKOFF`].
+fn backoff(wait: Duration, poll: Duration) -> Duration {
+    (wait * 2).clamp(poll, MAX_BACKOFF.max(poll))
 }
 
 /// An entry id's time (`<ms>-<seq>`), as the webhooks' timestamps are written.
@@ -324,6 +351,17 @@ mod tests {
         let resolved = order_event(&refunded, "t").unwrap_or_else(|| panic!("no event"));
         assert_eq!(resolved.outgoing.event_id, "ord_1-refund-re_9");
         assert!(order_event(&fields(&[("t", "order.shipped"), ("o", "ord_1")]), "t").is_none());
+    }
+
+    #[test]
+    fn failed_polls_wait_longer_up_to_a_bound() {
+        let poll = Duration::from_millis(100);
+        assert_eq!(backoff(poll, poll), Duration::from_millis(200));
+        assert_eq!(backoff(Duration::from_secs(4), poll), MAX_BACKOFF);
+        assert_eq!(
+            backoff(Duration::from_secs(9), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
