@@ -655,3 +655,33 @@ async fn json_log_lines_of_a_checkout_carry_its_trace_id_and_never_the_token() {
         );
     }
 }
+
+#[tokio::test]
+async fn each_webhook_attempt_is_a_client_span_of_payment_naming_its_delivery() {
+    let collector = Collector::start().await;
+    let stack = traced_stack(&collector, |_| {}).await;
+    let body = json!({"url": stack.receiver_url("/traced"), "events": ["order.completed"]});
+    let r = stack
+        .post_internal("/payment/webhook-endpoints", Some(&key()), &body)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let (status, _, order) = stack.checkout(&key(), json!({"itemId": 1, "quantity": 1})).await;
+    assert_eq!(status, 200, "{order}");
+    let webhook_id = format!("{}-completed", order["orderId"].as_str().unwrap_or_default());
+    let started = std::time::Instant::now();
+    let span = loop {
+        let found = collector
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "webhook attempt" && s.attr("webhook_id") == Some(webhook_id.as_str()));
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(started.elapsed() < WAIT, "no webhook attempt span for {webhook_id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((span.service.as_str(), span.kind), (PAYMENT, Kind::Client));
+    assert_eq!(span.attr("endpoint"), r.json["id"].as_str());
+    assert_eq!(span.attr("attempt"), Some("1"));
+    assert!(span.attr("delivery").is_some_and(|d| d.starts_with("dlv_")), "{span:?}");
+}

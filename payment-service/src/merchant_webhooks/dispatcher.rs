@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use super::schedule::{Next, after_attempt};
 use super::store::{Attempt, Claimed};
@@ -94,7 +95,17 @@ pub async fn run(state: AppState, client: reqwest::Client) {
                 let Ok(permit) = semaphore.clone().try_acquire_owned() else {
                     break;
                 };
-                tokio::spawn(send(state.clone(), client.clone(), endpoint.clone(), claimed, permit));
+                // One span per attempt: a delivery's attempts show in Jaeger and in the logs.
+                let span = tracing::info_span!(
+                    "webhook attempt",
+                    otel.kind = "client",
+                    endpoint = claimed.endpoint.as_str(),
+                    delivery = claimed.delivery.as_str(),
+                    webhook_id = claimed.event_id.as_str(),
+                    attempt = claimed.attempts + 1,
+                );
+                let attempt = send(state.clone(), client.clone(), endpoint.clone(), claimed, permit);
+                tokio::spawn(attempt.instrument(span));
             }
         }
     }
@@ -145,10 +156,13 @@ async fn send(
     };
     DELIVERIES.inc(&[("outcome", outcome)]);
     if outcome == "dead" {
-        tracing::warn!(
-            delivery = claimed.delivery.as_str(),
-            endpoint = claimed.endpoint.as_str(),
-            "webhook dead-lettered"
+        tracing::warn!(status_code = ?record.status_code, error = ?record.error, "webhook dead-lettered");
+    } else {
+        tracing::info!(
+            status_code = ?record.status_code,
+            latency_ms = record.latency_ms,
+            outcome,
+            "webhook attempt"
         );
     }
     if let Err(e) = state.store.record_attempt(&claimed, status, &record, next_ms).await {
