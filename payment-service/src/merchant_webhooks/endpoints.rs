@@ -104,14 +104,13 @@ async fn register(
     address::check_destination(&url, state.settings.outbound.allow_private)
         .await
         .map_err(PaymentError::invalid)?;
-    let mut events = body.events;
-    events.dedup_by(|a, b| a == b);
-    let mut seen = Vec::new();
-    events.retain(|e| {
-        let new = !seen.contains(e);
-        seen.push(*e);
-        new
-    });
+    // Each type once, in the order first asked for.
+    let mut events: Vec<EventType> = Vec::new();
+    for e in body.events {
+        if !events.contains(&e) {
+            events.push(e);
+        }
+    }
     let secret =
         shared::webhooks::Secret::generate().map_err(|e| PaymentError::from(shared::CommonError::Internal(e)))?;
     let endpoint = Endpoint {
