@@ -227,7 +227,7 @@ pub async fn run(state: AppState) {
             continue;
         }
         let done: Vec<(&str, Vec<String>)> = done.into_iter().map(|(n, ids)| (keys[n], ids)).collect();
-        if let Err(e) = delete(&state, &done, chunk > 1).await {
+        if let Err(e) = delete(&state, &done, state.store.one_node).await {
             // Fanned out, not deleted: read again, they create nothing new.
             tracing::warn!(error = %e, "webhook relay: cannot delete relayed entries");
         }
