@@ -1,17 +1,28 @@
 -- The order record, for the checkout scripts (needs clock.lua and settle.lua). An order's
--- hash, its steps list, its shard's totals and recovery's set of active orders share a slot.
+-- hash, its shard's totals and recovery's set of active orders share a slot.
+--
+-- Every write is fsynced and lands in the AOF, so a checkout writes as little as it can:
+-- - Steps are fields of the order's hash ('n' counts them, 's1'..'sN' hold "name status at"),
+--   written by the HSET that records the change: a list beside it cost a command and its key
+--   name per step. `steps` in KEYS is the list older versions appended to: read with the
+--   order and deleted with it, never written.
+-- - A processing order is counted in the totals under XXX (ISO 4217 "no currency") with amount
+--   0, whatever its price, until it leaves processing: moving it to its currency's bucket when
+--   its reservation tells the price cost a reservation three HINCRBYs. A new order stores no
+--   currency or amount: none is XXX and 0.
 --
 -- new_order_from(argv): a new order's arguments by name, as CreateArgs in Rust passes them
 --   (ARGV[1..11]): id, item_id, quantity, customer_id, payment_method, at, step, idem_key, fp,
 --   owner, lease_ms.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.
--- change_from(argv): a change's arguments by name (ARGV[1..6]): at, step (JSON, '' for none),
+-- change_from(argv): a change's arguments by name (ARGV[1..6]): at, step ("name status at",
+--   '' for none),
 --   status, currency, amount ('' to keep each), owner.
 -- update_order(order, steps, totals, outbox, c, argv, pairs_from): records one saga event:
---   appends the step, sets the field/value pairs argv[pairs_from..], and when the status,
---   currency or amount changes moves the order between totals buckets in the same step, so the
---   totals always match the orders. A terminal order is never changed again, and only its owner
+--   adds the step, sets the field/value pairs argv[pairs_from..], and when the order's totals
+--   bucket (`bucket`) changes moves it there in the same step, so the totals always match the
+--   orders. A terminal order is never changed again, and only its owner
 --   changes it. An order that ends (completed, failed) is published in the same step to the
 --   shard's outbox stream, which payment's merchant-webhook dispatcher reads: the event is
 --   never lost between the change and its webhook.
@@ -31,9 +42,8 @@ local function create_order(order, steps, totals, active, o)
   if redis.call('EXISTS', order) == 1 then return 0 end
   local now = now_ms()
   redis.call('HSET', order, 'orderId', o.id, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
-    'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'currency', 'XXX', 'amount', '0', 'createdAt', o.at,
-    'updatedAt', o.at, 'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner)
-  redis.call('RPUSH', steps, o.step)
+    'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'createdAt', o.at,
+    'updatedAt', o.at, 'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner, 'n', '1', 's1', o.step)
   redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
   redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
   return 1
@@ -41,37 +51,45 @@ end
 local function change_from(argv)
   return { at = argv[1], step = argv[2], status = argv[3], currency = argv[4], amount = argv[5], owner = argv[6] }
 end
+-- The totals bucket an order is counted in, and the amount it counts there.
+local function bucket(status, currency, amount)
+  if status == 'processing' then return 'XXX:processing', '0' end
+  return currency .. ':' .. status, amount
+end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'orderId', 'itemId', 'quantity',
-    'customerId')
+    'customerId', 'n')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
+  local was_currency, was_amount = cur[2] or 'XXX', cur[3] or '0'
   local status = cur[1]
   if c.status ~= '' then status = c.status end
-  local currency = cur[2]
+  local currency = was_currency
   if c.currency ~= '' then currency = c.currency end
-  local amount = cur[3]
+  local amount = was_amount
   if c.amount ~= '' then amount = c.amount end
-  -- One HSET of what changed: every write is fsynced and lands in the AOF.
+  -- One HSET of what changed, the step included.
   local set = {'updatedAt', c.at}
   local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
-  if status ~= cur[1] or currency ~= cur[2] or amount ~= cur[3] then
-    local function add(bucket, field, n)
-      if tonumber(n) ~= 0 then redis.call('HINCRBY', totals, bucket .. ':' .. field, n) end
+  local from, from_amount = bucket(cur[1], was_currency, was_amount)
+  local to, to_amount = bucket(status, currency, amount)
+  if from ~= to or from_amount ~= to_amount then
+    local function add(b, field, n)
+      if tonumber(n) ~= 0 then redis.call('HINCRBY', totals, b .. ':' .. field, n) end
     end
-    add(cur[2] .. ':' .. cur[1], 'count', -1)
-    add(cur[2] .. ':' .. cur[1], 'amount', fmt(-tonumber(cur[3])))
-    add(currency .. ':' .. status, 'count', 1)
-    add(currency .. ':' .. status, 'amount', amount)
-    if status ~= cur[1] then put('status', status) end
-    if currency ~= cur[2] then put('currency', currency) end
-    if amount ~= cur[3] then put('amount', amount) end
+    add(from, 'count', -1)
+    add(from, 'amount', fmt(-tonumber(from_amount)))
+    add(to, 'count', 1)
+    add(to, 'amount', to_amount)
   end
+  if status ~= cur[1] then put('status', status) end
+  if currency ~= was_currency then put('currency', currency) end
+  if amount ~= was_amount then put('amount', amount) end
+  if c.step ~= '' then push_step(set, cur[9], c.step) end
   for i = pairs_from, #argv, 2 do put(argv[i], argv[i + 1]) end
   redis.call('HSET', order, unpack(set))
-  if c.step ~= '' then redis.call('RPUSH', steps, c.step) end
   if status ~= cur[1] and (status == 'completed' or status == 'failed') then
     redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', cur[5] or '', 'i', cur[6] or '', 'q', cur[7] or '',
       'u', cur[8] or '',

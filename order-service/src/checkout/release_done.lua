@@ -1,5 +1,9 @@
 -- An ended order's owed release was answered: no longer owed, and the step is on its record.
 -- Recovery retires the order when it settles its key.
--- KEYS: order, steps. ARGV: step JSON.
-if redis.call('HDEL', KEYS[1], 'releaseOwed') == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+-- KEYS: order, steps (the legacy list, unused). ARGV: step ("name status at").
+if redis.call('HDEL', KEYS[1], 'releaseOwed') == 1 then
+  local set = {}
+  push_step(set, redis.call('HGET', KEYS[1], 'n'), ARGV[1])
+  redis.call('HSET', KEYS[1], unpack(set))
+end
 return 1

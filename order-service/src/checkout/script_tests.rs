@@ -146,6 +146,9 @@ async fn update_moves_the_totals_with_the_order_and_refuses_other_owners_and_end
         )
         .await
         .ok();
+    // Priced while processing, it stays counted under XXX with amount 0: no totals write.
+    assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(1));
+    assert_eq!(f.processing_count(&o.order_id, "USD").await, None);
     let fenced = f.step(&o.order_id, OrderStatus::Failed, "someone-else").await;
     let ended = f.step(&o.order_id, OrderStatus::Failed, "run1").await;
     let after_end = f.step(&o.order_id, OrderStatus::Completed, "run1").await;
@@ -205,7 +208,31 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
     tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
 
     assert_eq!(ended, Some(Applied::Yes));
+    // The body is stored once, on the order; the key's replay reads it from there.
+    let mut conn = f.redis.conn().await;
+    let key_body: Option<String> = redis::cmd("HGET")
+        .arg(key.redis_key())
+        .arg("body")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(key_body.as_deref(), Some(""));
     assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp.clone())));
+    let steps: Vec<(String, String)> = f
+        .store
+        .get(&o.order_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.steps.into_iter().map(|s| (s.name, s.status)).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        steps,
+        [
+            ("created".into(), "succeeded".into()),
+            ("complete".into(), "succeeded".into())
+        ]
+    );
     assert_eq!(f.store.final_response(&o.order_id).await.ok().flatten(), Some(resp));
     assert!(
         f.due(&o.order_id).await.is_empty(),

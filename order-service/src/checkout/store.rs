@@ -17,14 +17,16 @@ use shared::lua::{self, CLOCK, Lib};
 
 use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
-use crate::model::{NewOrder, Step};
-use crate::orders::store::{OrderStore, active_key, active_key_of, order_key, outbox_key_of, steps_key, totals_key_of};
+use crate::model::NewOrder;
+use crate::orders::store::{
+    OrderStore, STEPS, active_key, active_key_of, order_key, outbox_key_of, step_text, steps_key, totals_key_of,
+};
 
 /// The order record's functions (order.lua).
 static ORDER: Lib = Lib {
     name: "order",
     source: include_str!("order.lua"),
-    needs: &[&CLOCK, &SETTLE],
+    needs: &[&CLOCK, &SETTLE, &STEPS],
 };
 
 static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&BEGIN, &ORDER], include_str!("begin.lua")));
@@ -36,7 +38,7 @@ static DUE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_s
 static UPDATE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("update.lua")));
 static UPDATE_AND_SETTLE: LazyLock<Script> =
     LazyLock::new(|| lua::script(&[&ORDER], include_str!("update_and_settle.lua")));
-static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| lua::script(&[], include_str!("release_done.lua")));
+static RELEASE_DONE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&STEPS], include_str!("release_done.lua")));
 static ABANDON: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("abandon.lua")));
 static AWAIT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("await.lua")));
 static WAKE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("wake.lua")));
@@ -133,15 +135,6 @@ pub struct Settle<'a> {
     pub idempotency: &'a IdempotencyStore,
 }
 
-fn step_json(name: StepName, status: StepStatus, at: &str) -> String {
-    serde_json::to_string(&Step {
-        name: name.as_str().into(),
-        status: status.as_str().into(),
-        at: at.into(),
-    })
-    .unwrap_or_default()
-}
-
 /// An order's four keys, in the order order.lua's functions take them: order, steps, totals,
 /// active.
 fn push_order_keys(inv: &mut ScriptInvocation<'_>, id: &OrderId) {
@@ -162,7 +155,7 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
         .arg(&order.customer_id)
         .arg(&order.payment_method)
         .arg(&at)
-        .arg(step_json(StepName::Created, StepStatus::Succeeded, &at))
+        .arg(step_text(StepName::Created, StepStatus::Succeeded, &at))
         .arg(key.redis_key())
         .arg(key.fingerprint())
         .arg(owner)
@@ -173,7 +166,7 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
 fn push_change(inv: &mut ScriptInvocation<'_>, change: &Change<'_>, owner: &str) {
     let at = shared::time::now_rfc3339();
     inv.arg(&at)
-        .arg(change.step.map(|(n, s)| step_json(n, s, &at)).unwrap_or_default())
+        .arg(change.step.map(|(n, s)| step_text(n, s, &at)).unwrap_or_default())
         .arg(change.status.map(OrderStatus::as_str).unwrap_or(""))
         .arg(change.reservation.map(|r| r.currency.as_str()).unwrap_or(""))
         .arg(change.reservation.map(|r| r.total_fee.to_string()).unwrap_or_default())
@@ -447,7 +440,7 @@ impl OrderStore {
         let _: i64 = RELEASE_DONE
             .key(order_key(order_id))
             .key(steps_key(order_id))
-            .arg(step_json(StepName::Release, status, &at))
+            .arg(step_text(StepName::Release, status, &at))
             .invoke_async(&mut conn)
             .await?;
         Ok(())

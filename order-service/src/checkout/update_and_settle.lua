@@ -1,9 +1,16 @@
 -- Records the order's end and, in the same step, settles its key and retires it from
 -- recovery's set: one round trip for the checkout's last state change.
+-- The answer's body is written once, on the order (respBody, among the field/value pairs): the
+-- key's record gets its status and an empty body, which begin.lua fills from the order on a
+-- replay. The order outlives the key, so the answer is never lost to this.
 -- KEYS: order, steps, totals, key record, active, the shard's outbox.
 -- ARGV: the change (change_from, 6), mode ('finish' or 'free'), finish's arguments
 -- (settle_from, 7), then field/value pairs.
 local order, steps, totals, key, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local r = update_order(order, steps, totals, KEYS[6], change_from(ARGV), ARGV, 15)
-if r == 'ok' then settle_checkout(key, active, order, ARGV[7], settle_from(ARGV, 8)) end
+if r == 'ok' then
+  local s = settle_from(ARGV, 8)
+  s.body = ''
+  settle_checkout(key, active, order, ARGV[7], s)
+end
 return r

@@ -5,23 +5,25 @@
 -- The order stays counted as completed: it was sold; `refunds` counts what went back, so the
 -- books read charged − refunded = completed − refunds.
 -- Each refund is published to the shard's outbox (order.refunded) for merchant webhooks.
--- KEYS: order, steps, totals, the order's refund ids, the shard's outbox.
--- ARGV: refundId ('' to record only a restock), amount, at, step (JSON), restocked ('1' or '').
+-- KEYS: order, steps (the legacy list, unused), totals, the order's refund ids, the shard's outbox.
+-- ARGV: refundId ('' to record only a restock), amount, at, step ("name status at"), restocked
+--   ('1' or '').
 local order, steps, totals, refunds, outbox = unpack(KEYS, 1, 5)
 local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
 local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked', 'orderId',
-  'itemId', 'quantity', 'customerId')
+  'itemId', 'quantity', 'customerId', 'n')
 if not cur[1] then return {'missing'} end
 if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refunded' then
   return {'not_refundable', cur[1]}
 end
 local refunded = tonumber(cur[4]) or 0
 local set = {'updatedAt', at}
+local steps_n = cur[10]
 if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
   redis.call('HINCRBY', totals, cur[2] .. ':refunds:count', 1)
   redis.call('HINCRBY', totals, cur[2] .. ':refunds:amount', amount)
-  redis.call('RPUSH', steps, step)
+  steps_n = push_step(set, steps_n, step)
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status
   set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
@@ -31,7 +33,7 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
 end
 if restocked == '1' and not cur[5] then
   set[#set + 1] = 'restocked'; set[#set + 1] = '1'
-  redis.call('RPUSH', steps, step)
+  steps_n = push_step(set, steps_n, step)
 end
 redis.call('HSET', order, unpack(set))
 local status = redis.call('HGET', order, 'status')

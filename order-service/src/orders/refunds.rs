@@ -19,14 +19,14 @@ use serde::{Deserialize, Serialize};
 use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
 use utoipa::ToSchema;
 
-use super::store::{OrderStore, order_key, outbox_key_of, steps_key, totals_key_of};
+use super::store::{OrderStore, STEPS, order_key, outbox_key_of, step_text, steps_key, totals_key_of};
 use crate::AppState;
 use crate::checkout::clients::PartRefund;
 use crate::checkout::core::{Call, TransitionAnswer};
 use crate::error::OrderError;
 use crate::ids::{OrderId, ReservationId, StepName, StepStatus};
 
-static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("refund.lua")));
+static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&STEPS], include_str!("refund.lua")));
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -77,7 +77,7 @@ impl OrderStore {
             StepName::Restock
         };
         let at = shared::time::now_rfc3339();
-        let step = serde_json::json!({"name": step, "status": StepStatus::Succeeded, "at": at}).to_string();
+        let step = step_text(step, StepStatus::Succeeded, &at);
         let mut conn = self.pool.get().await?;
         let reply: Vec<String> = REFUND
             .key(order_key(id))
@@ -312,13 +312,9 @@ mod tests {
             .expect("recorded");
         assert!(restocked.restocked);
         assert_eq!(refunds_tally(&redis, &id).await, (2, 1000));
-        let mut conn = redis.conn().await;
-        let steps: i64 = redis::cmd("LLEN")
-            .arg(steps_key(&id))
-            .query_async(&mut conn)
-            .await
-            .expect("LLEN");
-        assert_eq!(steps, 3, "two refunds and one restock");
+        let steps = store.get(&id).await.expect("redis").expect("order").steps;
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["refund", "refund", "restock"], "two refunds and one restock");
         // Each payment refund, once, is in the outbox for merchant webhooks; the restock is not.
         let refunds: Vec<(String, String)> = redis
             .stream(&shared::outbox::order_outbox(id.shard()))

@@ -2,8 +2,10 @@
 //!
 //! Keys (the `{ord:S}` hash tag, S = shard of the order id, keeps an order, its steps and the
 //! totals it moves in one Redis Cluster slot, so each change is one atomic script):
-//! - `order:{ord:S}:order:<orderId>` hash: the order, and its final response once terminal
-//! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event
+//! - `order:{ord:S}:order:<orderId>` hash: the order, its steps (`n` of them, fields `s1`..`sN`,
+//!   each "name status at", see steps.lua) and its final response once terminal
+//! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event, as older versions
+//!   kept them; read before the hash's, never written
 //! - `order:{ord:S}:totals` hash: `<CURRENCY>:<status>:count|amount`
 //! - `order:{ord:S}:key:<Idempotency-Key>` hash: the checkout's key record (see
 //!   `shared::idempotency`), in the shard of the client's key, where its orders are made too
@@ -13,22 +15,63 @@
 //!   one script) and drives it to its end. The order's `owner` field fences out a runner that
 //!   lost its lease: its changes are refused, so only the owner's view becomes the record.
 //!
-//! An order is counted under currency `XXX` (ISO 4217 "no currency") with amount 0 until its
-//! reservation tells its price, then moved to the item's currency.
+//! A processing order is counted under currency `XXX` (ISO 4217 "no currency") with amount 0,
+//! whatever its price; it moves to its currency's bucket when it leaves processing (see
+//! order.lua: a checkout writes fewer totals so).
 
 //!
 //! The checkout's writes (scripts) are in [`crate::checkout::store`].
 
 use shared::idempotency::StoredResponse;
 use shared::ids::SHARDS;
+use shared::lua::Lib;
 use shared::redis_pool::Pool;
 
-use crate::error::OrderError;
-use crate::ids::OrderId;
-use crate::model::{Bucket, OrderView, Totals};
+use std::collections::HashMap;
 
-/// An order is counted under this currency, with amount 0, until its reservation tells its price.
+use crate::error::OrderError;
+use crate::ids::{OrderId, StepName, StepStatus};
+use crate::model::{Bucket, OrderView, Step, Totals};
+
+/// A processing order is counted under this currency, with amount 0; an order whose reservation
+/// has not told its price has it.
 pub const NO_CURRENCY: &str = "XXX";
+
+/// The order's steps, fields of its hash (steps.lua).
+pub(crate) static STEPS: Lib = Lib {
+    name: "steps",
+    source: include_str!("steps.lua"),
+    needs: &[],
+};
+
+/// A step as steps.lua stores it: "name status at".
+pub(crate) fn step_text(name: StepName, status: StepStatus, at: &str) -> String {
+    format!("{} {} {at}", name.as_str(), status.as_str())
+}
+
+/// Reads a stored step: "name status at", or the JSON older versions kept in a list.
+fn parse_step(text: &str) -> Option<Step> {
+    if text.starts_with('{') {
+        return serde_json::from_str(text).ok();
+    }
+    let mut parts = text.splitn(3, ' ');
+    Some(Step {
+        name: parts.next()?.into(),
+        status: parts.next()?.into(),
+        at: parts.next()?.into(),
+    })
+}
+
+/// The steps of an order's hash, in order (`n`, then `s1`..`sN`), after the legacy list's.
+fn steps_of(fields: &HashMap<String, String>, legacy: &[String]) -> Vec<Step> {
+    let n: usize = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+    legacy
+        .iter()
+        .map(String::as_str)
+        .chain((1..=n).filter_map(|i| fields.get(&format!("s{i}")).map(String::as_str)))
+        .filter_map(parse_step)
+        .collect()
+}
 
 pub(crate) fn order_key(id: &OrderId) -> String {
     format!("order:{{ord:{}}}:order:{id}", id.shard())
@@ -100,50 +143,37 @@ impl OrderStore {
 
     pub async fn get(&self, order_id: &OrderId) -> Result<Option<OrderView>, OrderError> {
         let mut conn = self.pool.get().await?;
-        let (fields, steps): (Vec<Option<String>>, Vec<String>) = redis::pipe()
-            .cmd("HMGET")
+        // The whole hash: its steps are fields whose names depend on their number.
+        let (fields, legacy): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .cmd("HGETALL")
             .arg(order_key(order_id))
-            .arg(&[
-                "status",
-                "itemId",
-                "quantity",
-                "amount",
-                "currency",
-                "reservationId",
-                "chargeId",
-                "refundId",
-                "createdAt",
-                "updatedAt",
-                "pixCode",
-                "pixExpiresAtMs",
-            ])
             .cmd("LRANGE")
             .arg(steps_key(order_id))
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        let get = |i: usize| fields.get(i).cloned().flatten();
-        let Some(status) = get(0) else {
+        let get = |name: &str| fields.get(name).cloned();
+        let Some(status) = get("status") else {
             return Ok(None);
         };
-        let currency = get(4).filter(|c| c != NO_CURRENCY);
+        let currency = get("currency").filter(|c| c != NO_CURRENCY);
         Ok(Some(OrderView {
             order_id: order_id.to_string(),
             status,
-            item_id: get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
-            quantity: get(2).and_then(|v| v.parse().ok()).unwrap_or(0),
-            amount: currency.as_ref().and(get(3)).and_then(|v| v.parse().ok()),
+            item_id: get("itemId").and_then(|v| v.parse().ok()).unwrap_or(0),
+            quantity: get("quantity").and_then(|v| v.parse().ok()).unwrap_or(0),
+            amount: currency.as_ref().and(get("amount")).and_then(|v| v.parse().ok()),
             currency,
-            reservation_id: get(5),
-            charge_id: get(6),
-            refund_id: get(7),
-            pix: get(10)
-                .zip(get(11).and_then(|ms| ms.parse().ok()))
+            reservation_id: get("reservationId"),
+            charge_id: get("chargeId"),
+            refund_id: get("refundId"),
+            pix: get("pixCode")
+                .zip(get("pixExpiresAtMs").and_then(|ms| ms.parse().ok()))
                 .map(|(code, ms)| crate::model::PixView::new(code, ms)),
-            steps: steps.iter().filter_map(|s| serde_json::from_str(s).ok()).collect(),
-            created_at: get(8).unwrap_or_default(),
-            updated_at: get(9).unwrap_or_default(),
+            steps: steps_of(&fields, &legacy),
+            created_at: get("createdAt").unwrap_or_default(),
+            updated_at: get("updatedAt").unwrap_or_default(),
         }))
     }
 
@@ -181,5 +211,52 @@ impl OrderStore {
             }
         }
         Ok(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_read_in_number_order_after_the_legacy_lists() {
+        let fields: HashMap<String, String> = [
+            ("n", "3"),
+            ("s2", "charge succeeded 2026-12-05T10:00:01.000Z"),
+            ("s1", "reserve succeeded 2026-12-05T10:00:00.500Z"),
+            ("s3", "complete unknown 2026-12-05T10:00:02.000Z"),
+            ("s4", "left over past n"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let legacy = [r#"{"name":"created","status":"succeeded","at":"2026-12-05T09:59:59.000Z"}"#.to_string()];
+
+        let steps: Vec<(String, String, String)> = steps_of(&fields, &legacy)
+            .into_iter()
+            .map(|s| (s.name, s.status, s.at))
+            .collect();
+
+        let expect = |n: &str, s: &str, at: &str| (n.to_string(), s.to_string(), at.to_string());
+        assert_eq!(
+            steps,
+            [
+                expect("created", "succeeded", "2026-12-05T09:59:59.000Z"),
+                expect("reserve", "succeeded", "2026-12-05T10:00:00.500Z"),
+                expect("charge", "succeeded", "2026-12-05T10:00:01.000Z"),
+                expect("complete", "unknown", "2026-12-05T10:00:02.000Z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_reads_back_as_written() {
+        let text = step_text(StepName::Release, StepStatus::OutOfStock, "2026-12-05T10:00:00.000Z");
+        let step = parse_step(&text).expect("parses");
+        assert_eq!(
+            (step.name.as_str(), step.status.as_str(), step.at.as_str()),
+            ("release", "out_of_stock", "2026-12-05T10:00:00.000Z")
+        );
+        assert!(parse_step("half").is_none());
     }
 }
