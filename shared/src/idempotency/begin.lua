@@ -1,12 +1,17 @@
 -- Deciding what a request does with its Idempotency-Key, on Redis' clock (needs clock.lua).
 -- The record's fields: state, fp, token, lease (ms), status, ctype, body, location.
 --
--- hold(key, fp, token, lease_at, ttl_ms): writes the record as running under `token`.
+-- hold(key, fp, token, lease_at, ttl_ms, note): writes the record as running under `token`,
+--   with `note` when given (begin_noted.lua).
 -- begin(key, fp, token, lease_ms, ttl_ms, defer): new / replay / busy / reused / resume.
 --   With `defer`, a new key's record is not written: the caller writes it once it knows
 --   whether the work succeeded (answer.lua).
-local function hold(key, fp, token, lease_at, ttl_ms)
-  redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
+local function hold(key, fp, token, lease_at, ttl_ms, note)
+  if note then
+    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at, 'note', note)
+  else
+    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
+  end
   redis.call('PEXPIRE', key, ttl_ms)
 end
 local function begin(key, fp, token, lease_ms, ttl_ms, defer)

@@ -4,9 +4,10 @@
 -- note an earlier owner left and says so ('1'), or gets the given one ('0').
 -- KEYS: the key's record. ARGV: fingerprint, token, lease (ms), ttl (ms), note.
 local fp, token, lease_ms, ttl_ms, note = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local r = begin(KEYS[1], fp, token, lease_ms, ttl_ms)
+-- A new key's record is written once, with its note (begin defers it).
+local r = begin(KEYS[1], fp, token, lease_ms, ttl_ms, true)
 if r[1] == 'new' then
-  redis.call('HSET', KEYS[1], 'note', note)
+  hold(KEYS[1], fp, token, now_ms() + lease_ms, ttl_ms, note)
   return {'new', r[2], note, '0'}
 end
 if r[1] == 'resume' then
