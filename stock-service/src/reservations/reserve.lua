@@ -20,12 +20,12 @@ local function reserve()
     local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
   end
-  local it = redis.call('HMGET', item, 'available', 'price', 'currency')
+  local it = redis.call('HMGET', item, 'available', 'price', 'currency', 'reserved')
   if not it[1] then return {'not_found'} end
   local avail = tonumber(it[1])
   if avail < quantity then return {'out_of_stock', fmt(avail)} end
-  redis.call('HINCRBY', item, 'available', -quantity)
-  redis.call('HINCRBY', item, 'reserved', quantity)
+  -- Both counts were just read: one HSET writes them (one command in the AOF, not two).
+  redis.call('HSET', item, 'available', fmt(avail - quantity), 'reserved', fmt((tonumber(it[4]) or 0) + quantity))
   local total = fmt(tonumber(it[2]) * quantity)
   local expires = fmt(now + ttl_ms)
   local rk = prefix .. rid
