@@ -9,7 +9,8 @@
 -- - A processing order is counted in the totals under XXX (ISO 4217 "no currency") with amount
 --   0, whatever its price, until it leaves processing: moving it to its currency's bucket when
 --   its reservation tells the price cost a reservation three HINCRBYs. A new order stores no
---   currency or amount: none is XXX and 0.
+--   currency or amount (none is XXX and 0), nor its id (its key's name has it), nor updatedAt
+--   (a step's time is the update's: orders::store reads the latest).
 --
 -- new_order_from(argv): a new order's arguments by name, as CreateArgs in Rust passes them
 --   (ARGV[1..11]): id, item_id, quantity, customer_id, payment_method, at, step, idem_key, fp,
@@ -41,9 +42,9 @@ end
 local function create_order(order, steps, totals, active, o)
   if redis.call('EXISTS', order) == 1 then return 0 end
   local now = now_ms()
-  redis.call('HSET', order, 'orderId', o.id, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
+  redis.call('HSET', order, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
     'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'createdAt', o.at,
-    'updatedAt', o.at, 'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner, 'n', '1', 's1', o.step)
+    'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner, 'n', '1', 's1', o.step)
   redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
   redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
   return 1
@@ -51,6 +52,8 @@ end
 local function change_from(argv)
   return { at = argv[1], step = argv[2], status = argv[3], currency = argv[4], amount = argv[5], owner = argv[6] }
 end
+-- The id of the order whose hash is `order` (the hash does not repeat it).
+local function order_id_of(order) return string.match(order, ':order:(.+)$') end
 -- The totals bucket an order is counted in, and the amount it counts there.
 local function bucket(status, currency, amount)
   if status == 'processing' then return 'XXX:processing', '0' end
@@ -58,8 +61,8 @@ local function bucket(status, currency, amount)
 end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
-  local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'orderId', 'itemId', 'quantity',
-    'customerId', 'n')
+  local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'itemId', 'quantity', 'customerId',
+    'n')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -70,9 +73,11 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if c.currency ~= '' then currency = c.currency end
   local amount = was_amount
   if c.amount ~= '' then amount = c.amount end
-  -- One HSET of what changed, the step included.
-  local set = {'updatedAt', c.at}
+  -- One HSET of what changed, the step included. A step tells when the order was updated;
+  -- only a change without one writes updatedAt.
+  local set = {}
   local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
+  if c.step == '' then put('updatedAt', c.at) end
   local from, from_amount = bucket(cur[1], was_currency, was_amount)
   local to, to_amount = bucket(status, currency, amount)
   if from ~= to or from_amount ~= to_amount then
@@ -87,13 +92,12 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end
   if amount ~= was_amount then put('amount', amount) end
-  if c.step ~= '' then push_step(set, cur[9], c.step) end
+  if c.step ~= '' then push_step(set, cur[8], c.step) end
   for i = pairs_from, #argv, 2 do put(argv[i], argv[i + 1]) end
   redis.call('HSET', order, unpack(set))
   if status ~= cur[1] and (status == 'completed' or status == 'failed') then
-    redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', cur[5] or '', 'i', cur[6] or '', 'q', cur[7] or '',
-      'u', cur[8] or '',
-      'm', amount, 'c', currency)
+    redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', order_id_of(order), 'i', cur[5] or '',
+      'q', cur[6] or '', 'u', cur[7] or '', 'm', amount, 'c', currency)
   end
   return 'ok'
 end

@@ -12,6 +12,8 @@ local order, steps, totals, refunds, outbox = unpack(KEYS, 1, 5)
 local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
 local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked', 'orderId',
   'itemId', 'quantity', 'customerId', 'n')
+-- Orders stored since #29 do not repeat their id in their hash: it is the key's.
+cur[6] = cur[6] or string.match(order, ':order:(.+)$')
 if not cur[1] then return {'missing'} end
 if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refunded' then
   return {'not_refundable', cur[1]}

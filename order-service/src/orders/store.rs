@@ -62,6 +62,21 @@ fn parse_step(text: &str) -> Option<Step> {
     })
 }
 
+/// When the order last changed: the latest of its creation, its `updatedAt` (written by changes
+/// without a step) and its last step (RFC 3339 times of one format compare as text).
+fn updated_at(fields: &HashMap<String, String>, steps: &[Step]) -> String {
+    [
+        fields.get("createdAt"),
+        fields.get("updatedAt"),
+        steps.last().map(|s| &s.at),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .cloned()
+    .unwrap_or_default()
+}
+
 /// The steps of an order's hash, in order (`n`, then `s1`..`sN`), after the legacy list's.
 fn steps_of(fields: &HashMap<String, String>, legacy: &[String]) -> Vec<Step> {
     let n: usize = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -158,6 +173,7 @@ impl OrderStore {
             return Ok(None);
         };
         let currency = get("currency").filter(|c| c != NO_CURRENCY);
+        let steps = steps_of(&fields, &legacy);
         Ok(Some(OrderView {
             order_id: order_id.to_string(),
             status,
@@ -171,9 +187,9 @@ impl OrderStore {
             pix: get("pixCode")
                 .zip(get("pixExpiresAtMs").and_then(|ms| ms.parse().ok()))
                 .map(|(code, ms)| crate::model::PixView::new(code, ms)),
-            steps: steps_of(&fields, &legacy),
+            updated_at: updated_at(&fields, &steps),
+            steps,
             created_at: get("createdAt").unwrap_or_default(),
-            updated_at: get("updatedAt").unwrap_or_default(),
         }))
     }
 
@@ -247,6 +263,22 @@ mod tests {
                 expect("complete", "unknown", "2026-12-05T10:00:02.000Z"),
             ]
         );
+    }
+
+    #[test]
+    fn an_order_was_updated_at_its_latest_change_step_or_not() {
+        let at = |s: &str| Step {
+            name: "charge".into(),
+            status: "succeeded".into(),
+            at: s.into(),
+        };
+        let mut fields: HashMap<String, String> = HashMap::new();
+        fields.insert("createdAt".into(), "2026-12-05T10:00:00.000Z".into());
+        assert_eq!(updated_at(&fields, &[]), "2026-12-05T10:00:00.000Z");
+        let steps = [at("2026-12-05T10:00:00.000Z"), at("2026-12-05T10:00:02.500Z")];
+        assert_eq!(updated_at(&fields, &steps), "2026-12-05T10:00:02.500Z");
+        fields.insert("updatedAt".into(), "2026-12-05T10:00:09.000Z".into());
+        assert_eq!(updated_at(&fields, &steps), "2026-12-05T10:00:09.000Z");
     }
 
     #[test]
