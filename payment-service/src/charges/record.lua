@@ -1,5 +1,7 @@
 -- Recording a charge (charge.lua; wallet_charge.lua after the debit): one script so that the charge record, its order index, the totals that count it and
--- the Idempotency-Key marker are written together or not at all. If the marker exists (a retry
+-- the Idempotency-Key marker are written together or not at all. The marker is the stored
+-- answer's 'made' field when the request stores one (answer.lua), else a key of its own. If the
+-- marker exists (a retry
 -- after a crash between this script and the idempotency record's finish), the charge it names
 -- is returned ('found') instead of recording a second one ('charged'). A marker found for a
 -- different request (the key's idempotency record vanished, the marker not yet) is refused as
@@ -33,7 +35,7 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
   local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
     marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
     split_id, parts, split_event, recipient_prefix, recipients, pix_code, item = unpack(A, ai, ai + 20)
-  local prev = redis.call('GET', marker)
+  local prev = made_by(answer_at, ans) or redis.call('GET', marker)
   if prev then
     local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod',
       'declineCode', 'pixCode')
@@ -71,7 +73,7 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     redis.call('HSET', charge, 'splitId', split_id, 'splits', parts)
     append_event(events, aggregates, charge_id, split_event)
   end
-  redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms)
-  if ans then store_answer(answer_at, ans) end
+  -- A stored answer names its charge: the marker is written only for a request without one.
+  if ans then store_answer(answer_at, ans, nil, charge_id) else redis.call('SET', marker, charge_id, 'PX', marker_ttl_ms) end
   return {'charged', charge_id, order_id, amount, currency, decline_code, pix_code}
 end

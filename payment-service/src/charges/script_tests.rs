@@ -83,6 +83,20 @@ async fn charge_records_once_counts_it_and_its_key_finds_the_same_charge_again()
     assert!(first.fresh && !again.fresh);
     assert_eq!(again.charge_id, id);
     assert_eq!(charged_and_refunded(&store).await, (1, 1250, 0, 0));
+    // The stored answer names the charge: no marker key of its own is written.
+    let mut conn = redis.conn().await;
+    let made: Option<String> = redis::cmd("HGET")
+        .arg(answer_key("ord_1", "k1"))
+        .arg("made")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let marker: i64 = redis::cmd("EXISTS")
+        .arg(crate::store::op_key(shared::ids::shard_of("ord_1"), "k1"))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!((made.as_deref(), marker), (Some(id.as_str()), 0));
     let listed = store.charges_of_order("ord_1").await.ok().unwrap_or_default();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, "succeeded");
