@@ -15,7 +15,7 @@ if refused then return refused end
 local function reserve()
   local now = now_ms()
   sweep(item, expiring, prefix, now, 100)
-  local prev = made_by(answer_at, ans) or redis.call('GET', marker)
+  local prev = redis.call('GET', marker)
   if prev then
     local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
@@ -32,13 +32,12 @@ local function reserve()
   redis.call('HSET', rk, 'quantity', fmt(quantity), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
   redis.call('PEXPIRE', rk, ttl_ms + tonumber(marker_ttl_ms))
   redis.call('ZADD', expiring, expires, rid)
-  -- A stored answer names its reservation ('made'): the marker is for a request without one.
-  if not ans then redis.call('SET', marker, rid, 'PX', marker_ttl_ms) end
+  redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
   return {'reserved', rid, fmt(quantity), total, it[3], expires}
 end
 local out = reserve()
 if out[1] == 'reserved' and ans then
-  store_answer(answer_at, ans, fill(ans.body, {out[4], out[5], rfc3339_ms(tonumber(out[6]))}), out[2])
+  store_answer(answer_at, ans, fill(ans.body, {out[4], out[5], rfc3339_ms(tonumber(out[6]))}))
 end
 hold_key()
 return out
