@@ -26,11 +26,13 @@
 --   orders. A terminal order is never changed again, and only its owner
 --   changes it. An order that ends (completed, failed) is published in the same step to the
 --   shard's outbox stream, which payment's merchant-webhook dispatcher reads: the event is
---   never lost between the change and its webhook.
--- settle_checkout(key, active, order, mode, s): settles the checkout's key ('finish' with
+--   never lost between the change and its webhook. Returns 'ok' and whether the order owes a
+--   release after the change (for settle_checkout), or why nothing changed.
+-- settle_checkout(key, active, order, mode, s, owed): settles the checkout's key ('finish' with
 --   settle_from's `s`, or 'free') and takes the order out of recovery's set: a settled key leaves
 --   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
---   stays in the set, due at once, until a release gets through (release_done.lua).
+--   stays in the set, due at once, until a release gets through (release_done.lua). `owed`:
+--   whether it does, when the caller has just read it (nil: read here).
 -- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
 --   abandon.lua); 0 if it had begun after all.
 local function new_order_from(argv)
@@ -62,7 +64,7 @@ end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'itemId', 'quantity', 'customerId',
-    'n')
+    'n', 'releaseOwed')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -93,19 +95,24 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if currency ~= was_currency then put('currency', currency) end
   if amount ~= was_amount then put('amount', amount) end
   if c.step ~= '' then push_step(set, cur[8], c.step) end
-  for i = pairs_from, #argv, 2 do put(argv[i], argv[i + 1]) end
+  local owed = cur[9] ~= false
+  for i = pairs_from, #argv, 2 do
+    put(argv[i], argv[i + 1])
+    if argv[i] == 'releaseOwed' then owed = true end
+  end
   redis.call('HSET', order, unpack(set))
   if status ~= cur[1] and (status == 'completed' or status == 'failed') then
     redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', order_id_of(order), 'i', cur[5] or '',
       'q', cur[6] or '', 'u', cur[7] or '', 'm', amount, 'c', currency)
   end
-  return 'ok'
+  return 'ok', owed
 end
-local function settle_checkout(key, active, order, mode, s)
+local function settle_checkout(key, active, order, mode, s, owed)
   if mode == 'free' then free(key, s.token) else
     finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms)
   end
-  if redis.call('HEXISTS', order, 'releaseOwed') == 1 then
+  if owed == nil then owed = redis.call('HEXISTS', order, 'releaseOwed') == 1 end
+  if owed then
     redis.call('ZADD', active, now_ms(), s.token)
   else
     redis.call('ZREM', active, s.token)

@@ -266,6 +266,39 @@ async fn settle_frees_the_key_but_keeps_an_order_that_owes_a_release_due_for_rec
 }
 
 #[tokio::test]
+async fn an_end_that_owes_a_release_settles_its_key_and_stays_due_for_recovery() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let resp = StoredResponse::json(StatusCode::CONFLICT, &serde_json::json!({"status": "compensated"}));
+
+    // The debt is written by the very change that ends the order and settles its key.
+    let ended = f
+        .store
+        .update(
+            &o.order_id,
+            "run1",
+            Change {
+                status: Some(OrderStatus::Compensated),
+                fields: vec![("releaseOwed", "rsv_1_abc".into())],
+                response: Some(&resp),
+                settle: Some(Settle {
+                    key: &key,
+                    store: true,
+                    idempotency: &f.idem,
+                }),
+                ..Change::default()
+            },
+        )
+        .await
+        .ok();
+
+    assert_eq!(ended, Some(Applied::Yes));
+    assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp)));
+    assert_eq!(f.due(&o.order_id).await, vec![o.order_id.clone()]);
+}
+
+#[tokio::test]
 async fn release_done_clears_the_debt_and_records_the_step_once() {
     let f = fixture().await;
     let (o, key) = order("k1");
