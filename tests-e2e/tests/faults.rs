@@ -1593,7 +1593,11 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     let markers = scan(&mut conn, &format!("payment:*:op:charge:{charge_key}"))
         .await
         .expect("SCAN");
-    assert_eq!(markers.len(), 0, "a stored answer names the charge, no marker: {markers:?}");
+    assert_eq!(
+        markers.len(),
+        0,
+        "a stored answer names the charge, no marker: {markers:?}"
+    );
     let deleted: i64 = redis::cmd("DEL")
         .arg(&record)
         .arg(&answer)

@@ -35,7 +35,10 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
   local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
     marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
     split_id, parts, split_event, recipient_prefix, recipients, pix_code, item = unpack(A, ai, ai + 20)
-  local prev = made_by(answer_at, ans) or redis.call('GET', marker)
+  -- With an answer, the answer's record is where an earlier attempt named its charge (older
+  -- versions wrote a marker too, in the same script, so the answer is there whenever it is).
+  local prev
+  if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
     local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod',
       'declineCode', 'pixCode')
