@@ -193,7 +193,8 @@ async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult
 }
 
 /// A key record as a replay reads it: an empty stored body is its order's (begin.lua, which
-/// finds the order, the record's token, in the record's slot).
+/// finds the order, the record's token, in the record's slot), and a completed order, which
+/// stores none, answers its 200 rendered from its fields (`OrderStore::final_response`).
 async fn record_of(
     conn: &mut MultiplexedConnection,
     redis_key: &str,
@@ -205,12 +206,26 @@ async fn record_of(
         && h.get("state").map(String::as_str) == Some("done")
         && let Some((slot, _)) = redis_key.split_once(":key:")
     {
-        let order: Option<String> = redis::cmd("HGET")
-            .arg(format!("{slot}:order:{token}"))
+        let order_id = order_service::ids::OrderId::from_stored(token.clone());
+        let order_key = format!("{slot}:order:{token}");
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(&order_key)
             .arg("respBody")
             .query_async(conn)
             .await?;
-        body = order.unwrap_or_default();
+        body = match stored {
+            Some(stored) => stored,
+            None => {
+                let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                    .arg(&order_key)
+                    .arg(&order_service::orders::store::RESPONSE_FIELDS)
+                    .query_async(conn)
+                    .await?;
+                order_service::orders::store::stored_response(&order_id, &fields)
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .unwrap_or_default()
+            }
+        };
     }
     Ok(KeyRecord {
         state: h.get("state").cloned().unwrap_or_default(),

@@ -9,7 +9,7 @@ use shared::testing::TestRedis;
 
 use super::store::{Applied, Change, Claim, Reservation, Settle, checkout_key};
 use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
-use crate::model::NewOrder;
+use crate::model::{CheckoutCompleted, NewOrder};
 use crate::orders::store::OrderStore;
 
 const LEASE: Duration = Duration::from_millis(300);
@@ -184,7 +184,38 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
     let f = fixture().await;
     let (o, key) = order("k1");
     let _ = f.begin(&o, &key, "run1").await;
-    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"status": "completed"}));
+    let r = reservation();
+    let reserved = Change {
+        step: Some((StepName::Reserve, StepStatus::Succeeded)),
+        reservation: Some(&r),
+        ..Change::default()
+    };
+    let charged = Change {
+        step: Some((StepName::Charge, StepStatus::Succeeded)),
+        fields: vec![("chargeId", "ch_1".into())],
+        ..Change::default()
+    };
+    assert_eq!(
+        f.store.update(&o.order_id, "run1", reserved).await.ok(),
+        Some(Applied::Yes)
+    );
+    assert_eq!(
+        f.store.update(&o.order_id, "run1", charged).await.ok(),
+        Some(Applied::Yes)
+    );
+    let resp = StoredResponse::json(
+        StatusCode::OK,
+        &CheckoutCompleted {
+            order_id: o.order_id.to_string(),
+            status: "completed".into(),
+            item_id: o.item_id,
+            quantity: o.quantity,
+            amount: r.total_fee,
+            currency: r.currency.clone(),
+            reservation_id: r.reservation_id.to_string(),
+            charge_id: "ch_1".into(),
+        },
+    );
 
     let ended = f
         .store
@@ -208,7 +239,8 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
     tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
 
     assert_eq!(ended, Some(Applied::Yes));
-    // The body is stored once, on the order; the key's replay reads it from there.
+    // The body is stored nowhere: a completed order's 200 is rendered from its fields, byte
+    // for byte the answer its checkout gave.
     let mut conn = f.redis.conn().await;
     let key_body: Option<String> = redis::cmd("HGET")
         .arg(key.redis_key())
@@ -216,7 +248,13 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
         .query_async(&mut conn)
         .await
         .expect("HGET");
-    assert_eq!(key_body.as_deref(), Some(""));
+    let order_body: Option<String> = redis::cmd("HGET")
+        .arg(format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id))
+        .arg("respBody")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!((key_body.as_deref(), order_body), (Some(""), None));
     assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp.clone())));
     let steps: Vec<(String, String)> = f
         .store
@@ -230,6 +268,8 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
         steps,
         [
             ("created".into(), "succeeded".into()),
+            ("reserve".into(), "succeeded".into()),
+            ("charge".into(), "succeeded".into()),
             ("complete".into(), "succeeded".into())
         ]
     );

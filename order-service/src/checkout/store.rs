@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Script, ScriptInvocation};
+use shared::CommonError;
 use shared::idempotency::scripts::{BEGIN, SETTLE};
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::ids::shard_of;
@@ -194,7 +195,19 @@ impl OrderStore {
             )
         })
         .await?;
-        Ok(IdempotencyStore::decision(&reply)?)
+        let decision = IdempotencyStore::decision(&reply)?;
+        // A replay whose body neither the key nor its order stores is a completed order's 200,
+        // rendered from the order begin.lua names after the answer.
+        if let (Begin::Replay(resp), Some(redis::Value::BulkString(token))) = (&decision, reply.get(5))
+            && resp.body.is_empty()
+        {
+            let order_id = OrderId::from_stored(String::from_utf8_lossy(token).into_owned());
+            return match self.final_response(&order_id).await? {
+                Some(rendered) => Ok(Begin::Replay(rendered)),
+                None => Err(CommonError::Internal(format!("the answer of order {order_id} is missing")).into()),
+            };
+        }
+        Ok(decision)
     }
 
     /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so
@@ -240,7 +253,12 @@ impl OrderStore {
         for (field, value) in &change.fields {
             inv.arg(*field).arg(value);
         }
-        if let Some(resp) = change.response {
+        // A completed checkout's 200 is rendered from the order's fields when read
+        // (OrderStore::final_response): only other answers are stored with the order.
+        if let Some(resp) = change
+            .response
+            .filter(|r| !(r.status == 200 && change.status == Some(OrderStatus::Completed)))
+        {
             inv.arg("respStatus").arg(resp.status);
             inv.arg("respCtype").arg(&resp.content_type);
             inv.arg("respBody").arg(&resp.body[..]);

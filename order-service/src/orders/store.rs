@@ -3,7 +3,8 @@
 //! Keys (the `{ord:S}` hash tag, S = shard of the order id, keeps an order, its steps and the
 //! totals it moves in one Redis Cluster slot, so each change is one atomic script):
 //! - `order:{ord:S}:order:<orderId>` hash: the order, its steps (`n` of them, fields `s1`..`sN`,
-//!   each "name status at", see steps.lua) and its final response once terminal
+//!   each "name status at", see steps.lua) and its final response once terminal (none for a
+//!   completed order: its 200 is rendered from its fields, [`OrderStore::final_response`])
 //! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event, as older versions
 //!   kept them; read before the hash's, never written
 //! - `order:{ord:S}:totals` hash: `<CURRENCY>:<status>:count|amount`
@@ -22,6 +23,7 @@
 //!
 //! The checkout's writes (scripts) are in [`crate::checkout::store`].
 
+use actix_web::http::StatusCode;
 use shared::idempotency::StoredResponse;
 use shared::ids::SHARDS;
 use shared::lua::Lib;
@@ -30,8 +32,8 @@ use shared::redis_pool::Pool;
 use std::collections::HashMap;
 
 use crate::error::OrderError;
-use crate::ids::{OrderId, StepName, StepStatus};
-use crate::model::{Bucket, OrderView, Step, Totals};
+use crate::ids::{OrderId, OrderStatus, StepName, StepStatus};
+use crate::model::{Bucket, CheckoutCompleted, OrderView, Step, Totals};
 
 /// A processing order is counted under this currency, with amount 0; an order whose reservation
 /// has not told its price has it.
@@ -117,8 +119,24 @@ pub struct OrderStore {
     pub(crate) pool: Pool,
 }
 
-/// Reads `status, respStatus, respCtype, respBody`: the response once the order has ended.
-fn stored_response(fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
+/// The fields [`stored_response`] reads, in order.
+pub const RESPONSE_FIELDS: [&str; 10] = [
+    "status",
+    "respStatus",
+    "respCtype",
+    "respBody",
+    "itemId",
+    "quantity",
+    "amount",
+    "currency",
+    "reservationId",
+    "chargeId",
+];
+
+/// The response of an ended order: the one stored with it, or for a completed order without
+/// one, its 200 rendered from its fields (a completed checkout's answer is its order: storing
+/// its body too cost every checkout some 350 bytes in the AOF). None while it is processing.
+pub fn stored_response(id: &OrderId, fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
     let text = |i: usize| {
         fields
             .get(i)
@@ -126,18 +144,32 @@ fn stored_response(fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
-    if text(0)
-        .as_deref()
-        .is_none_or(|s| s == "processing" || s == "awaiting_payment")
-    {
+    let status = text(0)?;
+    if status == "processing" || status == "awaiting_payment" {
         return None;
     }
-    Some(StoredResponse {
-        status: text(1)?.parse().ok()?,
-        content_type: text(2)?,
-        body: fields.get(3).cloned().flatten()?,
-        location: None,
-    })
+    if let Some(stored) = text(1) {
+        return Some(StoredResponse {
+            status: stored.parse().ok()?,
+            content_type: text(2)?,
+            body: fields.get(3).cloned().flatten()?,
+            location: None,
+        });
+    }
+    (status == OrderStatus::Completed.as_str()).then_some(())?;
+    Some(StoredResponse::json(
+        StatusCode::OK,
+        &CheckoutCompleted {
+            order_id: id.to_string(),
+            status,
+            item_id: text(4)?.parse().ok()?,
+            quantity: text(5)?.parse().ok()?,
+            amount: text(6)?.parse().ok()?,
+            currency: text(7)?,
+            reservation_id: text(8)?,
+            charge_id: text(9)?,
+        },
+    ))
 }
 
 impl OrderStore {
@@ -150,10 +182,10 @@ impl OrderStore {
         let mut conn = self.pool.get().await?;
         let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(order_key(order_id))
-            .arg(&["status", "respStatus", "respCtype", "respBody"])
+            .arg(&RESPONSE_FIELDS)
             .query_async(&mut conn)
             .await?;
-        Ok(stored_response(&fields))
+        Ok(stored_response(order_id, &fields))
     }
 
     pub async fn get(&self, order_id: &OrderId) -> Result<Option<OrderView>, OrderError> {
