@@ -51,6 +51,21 @@ impl Fixture {
         self.store.begin_checkout(order, key, owner, &self.idem).await.ok()
     }
 
+    /// Ends `order` (as run1) with `change`, answering `resp` and storing it under `key` in the
+    /// same step (update_and_settle.lua).
+    async fn end(&self, order: &NewOrder, key: &KeyRef, change: Change<'_>, resp: &StoredResponse) -> Option<Applied> {
+        let change = Change {
+            response: Some(resp),
+            settle: Some(Settle {
+                key,
+                store: true,
+                idempotency: &self.idem,
+            }),
+            ..change
+        };
+        self.store.update(&order.order_id, "run1", change).await.ok()
+    }
+
     async fn due(&self, id: &OrderId) -> Vec<OrderId> {
         self.store.due(id.shard(), 10).await.unwrap_or_default()
     }
@@ -217,25 +232,12 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
         },
     );
 
-    let ended = f
-        .store
-        .update(
-            &o.order_id,
-            "run1",
-            Change {
-                step: Some((StepName::Complete, StepStatus::Succeeded)),
-                status: Some(OrderStatus::Completed),
-                response: Some(&resp),
-                settle: Some(Settle {
-                    key: &key,
-                    store: true,
-                    idempotency: &f.idem,
-                }),
-                ..Change::default()
-            },
-        )
-        .await
-        .ok();
+    let complete = Change {
+        step: Some((StepName::Complete, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Completed),
+        ..Change::default()
+    };
+    let ended = f.end(&o, &key, complete, &resp).await;
     tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
 
     assert_eq!(ended, Some(Applied::Yes));
@@ -313,25 +315,12 @@ async fn an_end_that_owes_a_release_settles_its_key_and_stays_due_for_recovery()
     let resp = StoredResponse::json(StatusCode::CONFLICT, &serde_json::json!({"status": "compensated"}));
 
     // The debt is written by the very change that ends the order and settles its key.
-    let ended = f
-        .store
-        .update(
-            &o.order_id,
-            "run1",
-            Change {
-                status: Some(OrderStatus::Compensated),
-                fields: vec![("releaseOwed", "rsv_1_abc".into())],
-                response: Some(&resp),
-                settle: Some(Settle {
-                    key: &key,
-                    store: true,
-                    idempotency: &f.idem,
-                }),
-                ..Change::default()
-            },
-        )
-        .await
-        .ok();
+    let owed = Change {
+        status: Some(OrderStatus::Compensated),
+        fields: vec![("releaseOwed", "rsv_1_abc".into())],
+        ..Change::default()
+    };
+    let ended = f.end(&o, &key, owed, &resp).await;
 
     assert_eq!(ended, Some(Applied::Yes));
     assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp)));
