@@ -1,8 +1,9 @@
 -- Records the order's end and, in the same step, settles its key and retires it from
 -- recovery's set: one round trip for the checkout's last state change.
--- The answer's body is written once, on the order (respBody, among the field/value pairs): the
--- key's record gets its status and an empty body, which begin.lua fills from the order on a
--- replay. The order outlives the key, so the answer is never lost to this.
+-- The key's record gets the answer's status and an empty body: the body is the order's
+-- (respBody, among the field/value pairs), or for a completed order none at all, its 200 being
+-- rendered from the order's fields; begin.lua finds either on a replay. The order outlives the
+-- key, so the answer is never lost to this.
 -- KEYS: order, steps, totals, key record, active, the shard's outbox.
 -- ARGV: the change (change_from, 6), mode ('finish' or 'free'), finish's arguments
 -- (settle_from, 7), then field/value pairs.
