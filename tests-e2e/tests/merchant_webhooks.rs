@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::webhooks::{Secret, Signed, verify};
-use tests_e2e::{Service, Stack, StackOptions, new_key as key, slug};
+use tests_e2e::{Reply, Service, Stack, StackOptions, new_key as key, slug};
 
 async fn stack_with(payment_env: &[(&str, &str)]) -> Stack {
     Stack::launch(StackOptions {
@@ -84,6 +84,12 @@ fn tail(log: &str) -> String {
 }
 
 /// The endpoint's deliveries as payment shows them.
+/// A manual retry of `delivery` at `endpoint`, as the platform.
+async fn retry(stack: &Stack, endpoint: &str, delivery: &str) -> Reply {
+    let path = format!("/payment/webhook-endpoints/{endpoint}/deliveries/{delivery}/retry");
+    stack.send("POST", &path, Some(stack.token()), None).await
+}
+
 async fn deliveries(stack: &Stack, bearer: &str, endpoint: &str, status: Option<&str>) -> Vec<Value> {
     let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
     let r = stack
@@ -269,28 +275,14 @@ async fn a_receiver_down_for_the_whole_schedule_is_dead_lettered_and_a_manual_re
 
     stack.start(Service::Receiver).await;
     let id = dead["id"].as_str().unwrap_or_default();
-    let r = stack
-        .send(
-            "POST",
-            &format!("/payment/webhook-endpoints/{ep}/deliveries/{id}/retry"),
-            Some(stack.token()),
-            None,
-        )
-        .await;
+    let r = retry(&stack, &ep, id).await;
     assert_eq!(r.status, 200, "{}", r.json);
     let got = received(&stack, "/down", 1, Duration::from_secs(10)).await;
     assert_eq!(verified(&got[0], &secret), format!("{order_id}-completed"));
     let done = delivery_becomes(&stack, stack.token(), &ep, "succeeded", Duration::from_secs(5)).await;
     assert_eq!(done["attempts"].as_array().map(Vec::len), Some(4), "{done}");
 
-    let unknown = stack
-        .send(
-            "POST",
-            &format!("/payment/webhook-endpoints/{ep}/deliveries/dlv_00000000000000000000000000000000/retry"),
-            Some(stack.token()),
-            None,
-        )
-        .await;
+    let unknown = retry(&stack, &ep, "dlv_00000000000000000000000000000000").await;
     assert_eq!((unknown.status, slug(&unknown.json)), (404, "delivery-not-found"));
 }
 

@@ -75,6 +75,12 @@ async fn assert_verified(stack: &Stack) {
     assert_eq!(r.json["mismatches"], json!([]), "{}", r.json);
 }
 
+/// DELETE of `account`'s API key `key_id`, asked with `bearer`.
+async fn revoke_key(stack: &Stack, account: &str, key_id: &str, bearer: &str) -> Reply {
+    let path = format!("/payment/accounts/{account}/api-keys/{key_id}");
+    stack.send("DELETE", &path, Some(bearer), None).await
+}
+
 #[tokio::test]
 async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
     let stack = stack().await;
@@ -156,23 +162,9 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
         .find(|k| Some(*k) != issued.json["keyId"].as_str())
         .unwrap_or_default()
         .to_string();
-    let by_bob = stack
-        .send(
-            "DELETE",
-            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-            Some(&bob_key),
-            None,
-        )
-        .await;
+    let by_bob = revoke_key(&stack, &alice, &first_id, &bob_key).await;
     assert_eq!(by_bob.status, 403, "{}", by_bob.json);
-    let revoked = stack
-        .send(
-            "DELETE",
-            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-            Some(&second),
-            None,
-        )
-        .await;
+    let revoked = revoke_key(&stack, &alice, &first_id, &second).await;
     assert_eq!(revoked.status, 200, "{}", revoked.json);
     assert_eq!(
         put_item(&stack, &alice_key, 501, 1000, None).await.status,
@@ -180,14 +172,7 @@ async fn api_keys_identify_accounts_until_revoked_and_items_obey_their_owner() {
         "revoked"
     );
     assert_eq!(put_item(&stack, &second, 501, 1200, None).await.status, 200);
-    let twice = stack
-        .send(
-            "DELETE",
-            &format!("/payment/accounts/{alice}/api-keys/{first_id}"),
-            Some(&second),
-            None,
-        )
-        .await;
+    let twice = revoke_key(&stack, &alice, &first_id, &second).await;
     assert_eq!((twice.status, slug(&twice.json)), (404, "api-key-not-found"));
     let nobody = stack
         .send("GET", "/payment/accounts/acct_nope", Some(stack.token()), None)
