@@ -445,14 +445,8 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
     )
     .await;
 
-    let mine = stack
-        .send(
-            "GET",
-            &format!("/payment/webhook-endpoints/{ep}"),
-            Some(&alice_key),
-            None,
-        )
-        .await;
+    let at = format!("/payment/webhook-endpoints/{ep}");
+    let mine = stack.send("GET", &at, Some(&alice_key), None).await;
     assert_eq!(mine.status, 200);
     assert_eq!(
         mine.json["events"],
@@ -460,9 +454,7 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
         "duplicates dropped"
     );
     assert_eq!(mine.json["secret"], json!(secret));
-    let theirs = stack
-        .send("GET", &format!("/payment/webhook-endpoints/{ep}"), Some(&bob_key), None)
-        .await;
+    let theirs = stack.send("GET", &at, Some(&bob_key), None).await;
     assert_eq!((theirs.status, slug(&theirs.json)), (403, "forbidden"));
     let bobs = stack
         .send("GET", "/payment/webhook-endpoints", Some(&bob_key), None)
@@ -517,23 +509,9 @@ async fn endpoints_are_their_accounts_and_bad_requests_say_what_is_wrong() {
         .await;
     assert_eq!(bad_status.status, 400, "{}", bad_status.json);
 
-    let deleted = stack
-        .send(
-            "DELETE",
-            &format!("/payment/webhook-endpoints/{ep}"),
-            Some(&alice_key),
-            None,
-        )
-        .await;
+    let deleted = stack.send("DELETE", &at, Some(&alice_key), None).await;
     assert_eq!((deleted.status, &deleted.json["deleted"]), (200, &json!(true)));
-    let gone = stack
-        .send(
-            "GET",
-            &format!("/payment/webhook-endpoints/{ep}"),
-            Some(&alice_key),
-            None,
-        )
-        .await;
+    let gone = stack.send("GET", &at, Some(&alice_key), None).await;
     assert_eq!((gone.status, slug(&gone.json)), (404, "webhook-endpoint-not-found"));
     let unknown = stack
         .send("DELETE", "/payment/webhook-endpoints/we_nope", Some(&alice_key), None)
