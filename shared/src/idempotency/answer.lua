@@ -45,19 +45,15 @@ local function hold_key()
   untaken = nil
 end
 local function store_answer(key, ans, body, made)
-  body = body or ans.body
-  local extra = made and {'made', made} or {}
-  if untaken then
-    redis.call('HSET', key, 'state', 'done', 'fp', ans.fp, 'status', ans.status, 'ctype', ans.ctype, 'body', body,
-      unpack(extra))
-    redis.call('PEXPIRE', key, ans.ttl_ms)
-    untaken = nil
-  elseif ans.token then
-    redis.call('HSET', key, 'state', 'done', 'status', ans.status, 'ctype', ans.ctype, 'body', body, unpack(extra))
-  else
-    redis.call('HSET', key, 'fp', ans.fp, 'status', ans.status, 'ctype', ans.ctype, 'body', body, unpack(extra))
-    redis.call('PEXPIRE', key, ans.ttl_ms)
-  end
+  -- An empty ctype (application/json) is not written, as settle.lua's finish does.
+  local set = {'status', ans.status, 'body', body or ans.body}
+  if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
+  if made then set[#set + 1] = 'made'; set[#set + 1] = made end
+  if untaken or ans.token then set[#set + 1] = 'state'; set[#set + 1] = 'done' end
+  if untaken or not ans.token then set[#set + 1] = 'fp'; set[#set + 1] = ans.fp end
+  redis.call('HSET', key, unpack(set))
+  if untaken or not ans.token then redis.call('PEXPIRE', key, ans.ttl_ms) end
+  untaken = nil
 end
 local function made_by(key, ans)
   if not key or not ans then return nil end

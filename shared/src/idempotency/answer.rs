@@ -30,7 +30,7 @@ impl Answer<'_> {
         inv.key(at)
             .arg(&self.key.fingerprint)
             .arg(self.response.status)
-            .arg(&self.response.content_type)
+            .arg(super::stored_ctype(&self.response.content_type))
             .arg(&self.response.body[..])
             .arg(self.ttl.as_millis() as u64);
         if let Some((token, lease)) = self.takes_key {

@@ -132,6 +132,20 @@ pub async fn read_post_as<T: serde::de::DeserializeOwned + utoipa::ToSchema + 's
     })
 }
 
+/// The content type most answers have: a key's record leaves it out (an empty `ctype`), one
+/// field less per record in the AOF.
+pub const JSON: &str = "application/json";
+
+/// A record's `ctype` as stored: empty for [`JSON`].
+pub fn stored_ctype(content_type: &str) -> &str {
+    if content_type == JSON { "" } else { content_type }
+}
+
+/// A stored `ctype` read back: none or empty is [`JSON`].
+pub fn read_ctype(stored: Option<String>) -> String {
+    stored.filter(|c| !c.is_empty()).unwrap_or_else(|| JSON.into())
+}
+
 /// A response as stored for replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -145,7 +159,7 @@ impl StoredResponse {
     pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
         Self {
             status: status.as_u16(),
-            content_type: "application/json".into(),
+            content_type: JSON.into(),
             body: serde_json::to_vec(value).unwrap_or_default(),
             location: None,
         }

@@ -134,6 +134,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_json_answer_is_stored_without_its_content_type_and_replayed_with_it_any_other_keeps_its_own() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let json = KeyRef::new("t:op", "json", "fp".into());
+        let problem = KeyRef::new("t:op", "problem", "fp".into());
+        let refused = StoredResponse::problem(&crate::problem::Problem::new(
+            StatusCode::CONFLICT,
+            "out-of-stock",
+            "Out of stock",
+            "none left",
+        ));
+        let _ = idem.begin(&json, "tok1").await;
+        let _ = idem.begin(&problem, "tok1").await;
+
+        let _ = idem.finish(&json, "tok1", &created()).await;
+        let _ = idem.finish(&problem, "tok1", &refused).await;
+
+        assert_eq!(
+            field(&redis, &json, "ctype").await,
+            None,
+            "application/json is not written"
+        );
+        assert_eq!(
+            field(&redis, &problem, "ctype").await.as_deref(),
+            Some("application/problem+json")
+        );
+        assert_eq!(idem.begin(&json, "tok2").await.ok(), Some(Begin::Replay(created())));
+        assert_eq!(idem.begin(&problem, "tok2").await.ok(), Some(Begin::Replay(refused)));
+    }
+
+    #[tokio::test]
     async fn finish_key_writes_a_vanished_record_again_whole() {
         let redis = TestRedis::start().await;
         let idem = store(&redis);
@@ -269,6 +300,15 @@ mod tests {
             "{replay:?}"
         );
         assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+        assert_eq!(
+            field(&redis, &key, "ctype").await,
+            None,
+            "application/json is not written"
+        );
+        assert_eq!(
+            replay,
+            Some(Ok(Begin::Replay(StoredResponse { location: None, ..resp })))
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::HttpResponse;
 
 use super::scripts::{BEGIN_KEY, BEGIN_NOTED, FINISH_KEY, FREE_KEY, RENEW_KEY, RENOTE_KEY};
-use super::{Answer, Begin, KeyRef, Note, Outcome, StoredResponse, reply_text};
+use super::{Answer, Begin, KeyRef, Note, Outcome, StoredResponse, read_ctype, reply_text, stored_ctype};
 use crate::problem::CommonError;
 use crate::redis_pool::{Pool, traced};
 
@@ -126,9 +126,9 @@ impl IdempotencyStore {
             })
             .await?;
         Ok(match (fp, status, ctype, body) {
-            (Some(fp), Some(status), Some(content_type), Some(body)) if fp == key.fingerprint => Some(StoredResponse {
+            (Some(fp), Some(status), ctype, Some(body)) if fp == key.fingerprint => Some(StoredResponse {
                 status,
-                content_type,
+                content_type: read_ctype(ctype),
                 body,
                 location: None,
             }),
@@ -235,7 +235,7 @@ impl IdempotencyStore {
                 let location = text(4);
                 Begin::Replay(StoredResponse {
                     status: text(1).parse().unwrap_or(500),
-                    content_type: text(2),
+                    content_type: read_ctype(Some(text(2))),
                     body: bytes(3),
                     location: (!location.is_empty()).then_some(location),
                 })
@@ -262,7 +262,7 @@ impl IdempotencyStore {
         inv.arg(token)
             .arg(&key.fingerprint)
             .arg(resp.status)
-            .arg(&resp.content_type)
+            .arg(stored_ctype(&resp.content_type))
             .arg(&resp.body[..])
             .arg(resp.location.as_deref().unwrap_or(""))
             .arg(self.ttl.as_millis() as u64);
