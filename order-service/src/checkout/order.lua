@@ -12,12 +12,13 @@
 --   currency or amount (none is XXX and 0), nor its id (its key's name has it), nor updatedAt
 --   (a step's time is the update's: orders::store reads the latest).
 --
--- new_order_from(argv): a new order's arguments by name, as CreateArgs in Rust passes them
+-- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
 --   (ARGV[1..11]): id, item_id, quantity, customer_id, payment_method, at, step, idem_key, fp,
 --   owner, lease_ms.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.
--- change_from(argv): a change's arguments by name (ARGV[1..6]): at, step ("name status at",
+-- change_from(argv): a change's arguments by name (ARGV[1..6]): at, steps ("name status at",
+--   one per line, oldest first: the saga records the steps that go on with the next write;
 --   '' for none),
 --   status, currency, amount ('' to keep each), owner.
 -- update_order(order, steps, totals, outbox, c, argv, pairs_from): records one saga event:
@@ -94,7 +95,7 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end
   if amount ~= was_amount then put('amount', amount) end
-  if c.step ~= '' then push_step(set, cur[8], c.step) end
+  if c.step ~= '' then push_steps(set, cur[8], c.step) end
   local owed = cur[9] ~= false
   for i = pairs_from, #argv, 2 do
     put(argv[i], argv[i + 1])

@@ -4,8 +4,11 @@
 //!
 //! Every step is an idempotent call keyed by the order (`<orderId>:<step>`), so running the
 //! saga again for the same order (after a crash, or when a client retries once the key's lease
-//! ran out) replays the steps that happened and continues from there. Each outcome is recorded
-//! on the order before the next step starts.
+//! ran out) replays the steps that happened and continues from there. So a step that goes on
+//! (reserved, charged) is not written on its own: it is recorded with the order's next write —
+//! its end, or a wait — and a run that dies before that loses nothing a replay does not find
+//! again (stock replays the reservation under its key; payment lists the order's charges, and
+//! a resumed run asks it for them before charging). Two fsynced round trips fewer per checkout.
 
 use actix_web::http::StatusCode;
 use shared::ServiceError;
@@ -21,7 +24,8 @@ use super::store::{Applied, Change, Progress, Reservation, Settle};
 use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::{CheckoutCompleted, CheckoutProcessing, NewOrder, PixView};
-use crate::orders::store::OrderStore;
+use crate::orders::store::{OrderStore, step_text};
+use std::sync::{Mutex, PoisonError};
 
 /// How a run of the saga ended, and so what becomes of the Idempotency-Key.
 #[derive(Debug)]
@@ -123,6 +127,7 @@ impl Saga {
             order,
             owner,
             key,
+            unwritten: Mutex::default(),
         };
         let end = attempt.proceed(progress).await;
         let outcome = match (&end, end.response().status) {
@@ -154,6 +159,26 @@ struct Attempt<'a> {
     order: &'a NewOrder,
     owner: &'a str,
     key: &'a KeyRef,
+    /// Steps taken and not yet written: the next write records them ([`Self::note`]).
+    unwritten: Mutex<Unwritten>,
+}
+
+/// What the saga learnt since its last write to the order.
+#[derive(Default)]
+struct Unwritten {
+    steps: Vec<String>,
+    reservation: Option<Reservation>,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Unwritten {
+    /// `change`, with what is unwritten recorded ahead of it in the same write.
+    fn onto<'a>(&'a self, mut change: Change<'a>) -> Change<'a> {
+        change.earlier = self.steps.clone();
+        change.reservation = change.reservation.or(self.reservation.as_ref());
+        change.fields.extend(self.fields.iter().cloned());
+        change
+    }
 }
 
 impl Attempt<'_> {
@@ -190,11 +215,12 @@ impl Attempt<'_> {
             if let Err(end) = taken {
                 return end;
             }
-            // A step this run took was not sent by an earlier one.
+            // A resumed run's next step may have been sent by an earlier run that did not live
+            // to record it: the steps that go on are recorded with the order's next write.
             recorded = Recorded {
                 reservation: reservation.is_some(),
                 charge: charge_id.is_some(),
-                resumed: false,
+                resumed: progress.resumed,
                 awaiting: false,
             };
         }
@@ -214,12 +240,7 @@ impl Attempt<'_> {
         };
         match (core::after_reserve(call, maybe_sent), reservation) {
             (Decision::Proceed, Some(r)) => {
-                let change = Change {
-                    step: Some((StepName::Reserve, StepStatus::Succeeded)),
-                    reservation: Some(&r),
-                    ..Change::default()
-                };
-                self.record(change).await?;
+                self.went_on(StepName::Reserve, |u| u.reservation = Some(r.clone()));
                 Ok(r)
             }
             (decision, _) => Err(self.carry_out(decision, None, None, vec![]).await),
@@ -264,12 +285,7 @@ impl Attempt<'_> {
         match (decision, charged, pending) {
             (Decision::Await, _, Some((charge_id, code))) => Err(self.await_payment(&charge_id, &code).await),
             (Decision::Proceed, Some(charge_id), _) => {
-                let change = Change {
-                    step: Some((StepName::Charge, StepStatus::Succeeded)),
-                    fields: vec![("chargeId", charge_id.to_string())],
-                    ..Change::default()
-                };
-                self.record(change).await?;
+                self.went_on(StepName::Charge, |u| u.fields.push(("chargeId", charge_id.to_string())));
                 Ok(charge_id)
             }
             (decision, ..) => Err(self.carry_out(decision, Some(reservation), None, vec![]).await),
@@ -295,7 +311,8 @@ impl Attempt<'_> {
             },
         )
         .with_location(format!("/order/orders/{}", self.id()));
-        let change = Change {
+        let unwritten = self.take_unwritten();
+        let change = unwritten.onto(Change {
             step: Some((StepName::Charge, StepStatus::Pending)),
             status: Some(OrderStatus::AwaitingPayment),
             fields: vec![
@@ -304,7 +321,7 @@ impl Attempt<'_> {
                 ("pixExpiresAtMs", expires_ms.to_string()),
             ],
             ..Change::default()
-        };
+        });
         let applied = self
             .saga
             .store
@@ -318,6 +335,9 @@ impl Attempt<'_> {
                 expires_ms,
             )
             .await;
+        if !matches!(applied, Ok(Applied::Yes)) {
+            self.keep_unwritten(unwritten);
+        }
         match applied {
             Ok(Applied::Yes) => SagaEnd::Settled(resp),
             Ok(_) => self.settled_elsewhere().await,
@@ -556,15 +576,44 @@ impl Attempt<'_> {
         }
     }
 
-    /// Records a change. When Redis cannot be reached its fate is unknown: the caller must
-    /// not give a definitive answer on it, and stops with 202 (recovery finishes later).
+    /// Records a change, with the steps taken since the last write ahead of it. When Redis
+    /// cannot be reached its fate is unknown: the caller must not give a definitive answer on
+    /// it, and stops with 202 (recovery finishes later).
     async fn note(&self, change: Change<'_>) -> Applied {
-        match self.saga.store.update(self.id(), self.owner, change).await {
+        let unwritten = self.take_unwritten();
+        let applied = match self
+            .saga
+            .store
+            .update(self.id(), self.owner, unwritten.onto(change))
+            .await
+        {
             Ok(applied) => applied,
             Err(e) => {
                 tracing::warn!(order_id = %self.id(), error = %e, "could not record a saga step");
                 Applied::Unknown
             }
+        };
+        // Not written: the next write carries it (an end after a failed release's note).
+        if applied != Applied::Yes {
+            self.keep_unwritten(unwritten);
         }
+        applied
+    }
+
+    /// A step succeeded and the saga goes on: it is recorded with the next write, `learnt`
+    /// (what the step made) with it.
+    fn went_on(&self, step: StepName, learnt: impl FnOnce(&mut Unwritten)) {
+        let at = shared::time::now_rfc3339();
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(PoisonError::into_inner);
+        unwritten.steps.push(step_text(step, StepStatus::Succeeded, &at));
+        learnt(&mut unwritten);
+    }
+
+    fn take_unwritten(&self) -> Unwritten {
+        std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn keep_unwritten(&self, unwritten: Unwritten) {
+        *self.unwritten.lock().unwrap_or_else(PoisonError::into_inner) = unwritten;
     }
 }

@@ -10,7 +10,7 @@ use shared::testing::TestRedis;
 use super::store::{Applied, Change, Claim, Reservation, Settle, checkout_key};
 use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::{CheckoutCompleted, NewOrder};
-use crate::orders::store::OrderStore;
+use crate::orders::store::{OrderStore, step_text};
 
 const LEASE: Duration = Duration::from_millis(300);
 
@@ -282,6 +282,64 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
     );
     let kinds: Vec<String> = f.outbox(&o.order_id).await.into_iter().map(|e| e.0).collect();
     assert_eq!(kinds, ["order.completed"]);
+}
+
+#[tokio::test]
+async fn an_end_records_the_steps_taken_since_the_last_write_in_order_with_their_own_times() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let r = reservation();
+    let reserved_at = "2026-12-05T10:00:00.001Z";
+    let charged_at = "2026-12-05T10:00:00.002Z";
+    let complete = Change {
+        earlier: vec![
+            step_text(StepName::Reserve, StepStatus::Succeeded, reserved_at),
+            step_text(StepName::Charge, StepStatus::Succeeded, charged_at),
+        ],
+        step: Some((StepName::Complete, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Completed),
+        reservation: Some(&r),
+        fields: vec![("chargeId", "ch_1".into())],
+        ..Change::default()
+    };
+    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+
+    assert_eq!(f.end(&o, &key, complete, &resp).await, Some(Applied::Yes));
+    let view = f.store.get(&o.order_id).await.ok().flatten().expect("the order");
+    let steps: Vec<(&str, &str, &str)> = view
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status.as_str(), s.at.as_str()))
+        .collect();
+    assert_eq!(steps.len(), 4, "{steps:?}");
+    assert_eq!(
+        steps[..3],
+        [
+            ("created", "succeeded", view.created_at.as_str()),
+            ("reserve", "succeeded", reserved_at),
+            ("charge", "succeeded", charged_at),
+        ]
+    );
+    assert_eq!((steps[3].0, steps[3].1), ("complete", "succeeded"));
+    // What the unwritten steps learnt is recorded with them: priced, with both ids.
+    assert_eq!(
+        (
+            view.amount,
+            view.currency.as_deref(),
+            view.reservation_id.as_deref(),
+            view.charge_id.as_deref()
+        ),
+        (Some(500), Some("USD"), Some("rsv_1_abc"), Some("ch_1"))
+    );
+    let mut conn = f.redis.conn().await;
+    let n: Option<String> = redis::cmd("HGET")
+        .arg(format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id))
+        .arg("n")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(n.as_deref(), Some("4"), "one count for the four steps");
 }
 
 #[tokio::test]

@@ -120,6 +120,9 @@ pub struct StoredOrder {
 /// One change to an order.
 #[derive(Default)]
 pub struct Change<'a> {
+    /// Steps taken before this change and not yet recorded, as `step_text` wrote them when
+    /// they happened: recorded ahead of `step`, in the same write.
+    pub earlier: Vec<String>,
     pub step: Option<(StepName, StepStatus)>,
     pub status: Option<OrderStatus>,
     pub reservation: Option<&'a Reservation>,
@@ -166,12 +169,31 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
 /// A change's arguments, as order.lua's `change_from` reads them.
 fn push_change(inv: &mut ScriptInvocation<'_>, change: &Change<'_>, owner: &str) {
     let at = shared::time::now_rfc3339();
+    // order.lua's push_steps reads them one per line, oldest first.
+    let mut steps = change.earlier.join("\n");
+    if let Some((n, s)) = change.step {
+        if !steps.is_empty() {
+            steps.push('\n');
+        }
+        steps.push_str(&step_text(n, s, &at));
+    }
     inv.arg(&at)
-        .arg(change.step.map(|(n, s)| step_text(n, s, &at)).unwrap_or_default())
+        .arg(steps)
         .arg(change.status.map(OrderStatus::as_str).unwrap_or(""))
         .arg(change.reservation.map(|r| r.currency.as_str()).unwrap_or(""))
         .arg(change.reservation.map(|r| r.total_fee.to_string()).unwrap_or_default())
         .arg(owner);
+}
+
+/// A change's field/value pairs, the last arguments of the scripts that record it: its
+/// reservation's id and its fields.
+fn push_pairs(inv: &mut ScriptInvocation<'_>, change: &Change<'_>) {
+    if let Some(r) = change.reservation {
+        inv.arg("reservationId").arg(r.reservation_id.as_str());
+    }
+    for (field, value) in &change.fields {
+        inv.arg(*field).arg(value);
+    }
 }
 
 impl OrderStore {
@@ -247,12 +269,7 @@ impl OrderStore {
                 .finish_args(&mut inv, settle.key, order_id.as_str(), resp);
         }
         inv.key(outbox_key_of(order_id));
-        if let Some(r) = change.reservation {
-            inv.arg("reservationId").arg(r.reservation_id.as_str());
-        }
-        for (field, value) in &change.fields {
-            inv.arg(*field).arg(value);
-        }
+        push_pairs(&mut inv, &change);
         // A completed checkout's 200 is rendered from the order's fields when read
         // (OrderStore::final_response): only other answers are stored with the order.
         if let Some(resp) = change
@@ -359,9 +376,7 @@ impl OrderStore {
         push_change(&mut inv, &change, owner);
         idempotency.finish_args(&mut inv, key, order_id.as_str(), answer);
         inv.arg(expires_ms);
-        for (field, value) in &change.fields {
-            inv.arg(*field).arg(value);
-        }
+        push_pairs(&mut inv, &change);
         let reply: String = inv.invoke_async(&mut conn).await?;
         Ok(Applied::from_reply(&reply))
     }

@@ -7,12 +7,16 @@
 //!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
-//!        [--order-round-trips 4] [--order-round-trips-after 0] [--call-round-trips 1,2,1]
+//!        [--order-round-trips 2] [--order-round-trips-after 0] [--call-round-trips 1,2,1]
 //!        [--provider-url http://127.0.0.1:9102] [--provider-call 1]
 //!
 //! With `--provider-url`, the internal call at index `--provider-call` (the charge) also sends
 //! a card charge to that provider simulator between its round trips, as payment-service does:
 //! the checkout's extra network hop, paid by the stand-in too.
+//!
+//! `--order-round-trips` is the order service's own: one script takes the key and creates the
+//! order, one records its end with the steps taken on the way and settles the key (the
+//! reservation and the charge are not written apart: a resumed run finds them again).
 //!
 //! `--call-round-trips` lists the internal calls, each with its round trips, as a checkout's
 //! make them on one Redis node: reserve and complete 1 (one script takes the key, applies the
@@ -164,7 +168,7 @@ async fn main() -> std::io::Result<()> {
         pool,
         http,
         internal_url: format!("http://127.0.0.1:{port}/internal"),
-        order_round_trips: number("--order-round-trips", 4),
+        order_round_trips: number("--order-round-trips", 2),
         order_round_trips_after: number("--order-round-trips-after", 0),
         call_round_trips: arg("--call-round-trips", "1,2,1")
             .split(',')
