@@ -8,7 +8,7 @@
 -- key's ttl (ms).
 local key, order, steps, totals, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local o = new_order_from(ARGV)
-local ttl_ms = ARGV[12]
+local ttl_ms = ARGV[11]
 local decision = begin(key, o.fp, o.id, tonumber(o.lease_ms), ttl_ms)
 if decision[1] == 'new' then create_order(order, steps, totals, active, o) end
 if decision[1] == 'replay' and decision[4] == '' then

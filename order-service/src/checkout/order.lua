@@ -13,8 +13,9 @@
 --   (a step's time is the update's: orders::store reads the latest).
 --
 -- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
---   (ARGV[1..11]): id, item_id, quantity, customer_id, payment_method, at, step, idem_key, fp,
---   owner, lease_ms.
+--   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key, fp, owner,
+--   lease_ms. Its 'created' step is not written: createdAt is its time (orders::store reads it
+--   so), and its first step is then s1.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.
 -- change_from(argv): a change's arguments by name (ARGV[1..6]): at, steps ("name status at",
@@ -39,7 +40,7 @@
 local function new_order_from(argv)
   return {
     id = argv[1], item_id = argv[2], quantity = argv[3], customer_id = argv[4], payment_method = argv[5],
-    at = argv[6], step = argv[7], idem_key = argv[8], fp = argv[9], owner = argv[10], lease_ms = argv[11],
+    at = argv[6], idem_key = argv[7], fp = argv[8], owner = argv[9], lease_ms = argv[10],
   }
 end
 local function create_order(order, steps, totals, active, o)
@@ -47,7 +48,7 @@ local function create_order(order, steps, totals, active, o)
   local now = now_ms()
   redis.call('HSET', order, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
     'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'createdAt', o.at,
-    'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner, 'n', '1', 's1', o.step)
+    'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner)
   redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
   redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
   return 1

@@ -159,7 +159,6 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
         .arg(&order.customer_id)
         .arg(&order.payment_method)
         .arg(&at)
-        .arg(step_text(StepName::Created, StepStatus::Succeeded, &at))
         .arg(key.redis_key())
         .arg(key.fingerprint())
         .arg(owner)

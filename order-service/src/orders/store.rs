@@ -82,12 +82,20 @@ fn updated_at(fields: &HashMap<String, String>, steps: &[Step]) -> String {
 /// The steps of an order's hash, in order (`n`, then `s1`..`sN`), after the legacy list's.
 fn steps_of(fields: &HashMap<String, String>, legacy: &[String]) -> Vec<Step> {
     let n: usize = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
-    legacy
+    let mut steps: Vec<Step> = legacy
         .iter()
         .map(String::as_str)
         .chain((1..=n).filter_map(|i| fields.get(&format!("s{i}")).map(String::as_str)))
         .filter_map(parse_step)
-        .collect()
+        .collect();
+    // An order is created at its createdAt: only older versions wrote that as a step too.
+    if let Some(at) = fields.get("createdAt")
+        && steps.first().is_none_or(|s| s.name != StepName::Created.as_str())
+    {
+        let created = step_text(StepName::Created, StepStatus::Succeeded, at);
+        steps.splice(0..0, parse_step(&created));
+    }
+    steps
 }
 
 pub(crate) fn order_key(id: &OrderId) -> String {
@@ -265,6 +273,34 @@ impl OrderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_is_created_at_its_created_at_whether_or_not_a_step_says_so() {
+        let at = "2026-12-05T09:59:59.000Z";
+        let hash = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let names = |steps: Vec<Step>| steps.into_iter().map(|s| (s.name, s.at)).collect::<Vec<_>>();
+        let created = ("created".to_string(), at.to_string());
+        let reserve = ("reserve".to_string(), "2026-12-05T10:00:00.000Z".to_string());
+
+        let new = hash(&[
+            ("createdAt", at),
+            ("n", "1"),
+            ("s1", "reserve succeeded 2026-12-05T10:00:00.000Z"),
+        ]);
+        let older = hash(&[
+            ("createdAt", at),
+            ("n", "2"),
+            ("s1", "created succeeded 2026-12-05T09:59:59.000Z"),
+            ("s2", "reserve succeeded 2026-12-05T10:00:00.000Z"),
+        ]);
+        let fresh = hash(&[("createdAt", at)]);
+
+        assert_eq!(names(steps_of(&new, &[])), [created.clone(), reserve.clone()]);
+        assert_eq!(names(steps_of(&older, &[])), [created.clone(), reserve]);
+        assert_eq!(names(steps_of(&fresh, &[])), [created]);
+    }
 
     #[test]
     fn steps_read_in_number_order_after_the_legacy_lists() {
