@@ -100,7 +100,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         settings: settings.clone(),
         // Markers live as long as the idempotency records they back up.
         store: Store::new(pool.clone(), settings.common.idempotency_ttl).on_one_node(!settings.common.redis_cluster),
-        idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common),
+        idempotency: IdempotencyStore::for_service(pool.clone(), &settings.common)
+            .effects_settle_held_keys(!settings.common.redis_cluster),
         gateways,
         pool: pool.clone(),
         accounts: shared::accounts::Accounts::new(pool.clone(), settings.common.internal_token.clone()),

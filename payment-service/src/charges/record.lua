@@ -9,7 +9,9 @@
 -- The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
 -- and a failing script keeps the writes made before the failure.
 -- A new charge also stores its answer, when given one, so that the Idempotency-Key's record
--- needs no second write; a found one is answered by the caller.
+-- needs no second write: on one node the answer settles that record itself (answer.lua's
+-- `held` key), on a cluster it is stored beside the charge; a found one is answered by the
+-- caller.
 -- The charge's first event (charge.succeeded or charge.declined, built by the caller: no JSON
 -- is assembled here) is appended in the same step (events.lua).
 -- The totals count per provider (`<gateway>:<CUR>:charged:amount`): the per-currency books are

@@ -2,7 +2,10 @@
 --
 -- answer_from(argv, first): the answer's arguments, as Answer::add_to in Rust passes them from
 --   ARGV[first] on, by name: fp, status, ctype, body, ttl_ms, and, when the script takes the key
---   itself, token and lease_ms. nil when there are none (the key has no place for an answer).
+--   itself, token and lease_ms; or, when it settles a key its request took before (on one node,
+--   the key's record given instead of a place beside the effect), that owner's token and
+--   'held' (read as `held`, the token). nil when there are none (the key has no place for an
+--   answer).
 -- take_key(key, ans), first: when the script takes the key (ans.token), decides it as `begin`
 --   does. nil to go on (new, or taken over: the record gets this owner's token, so this owner's
 --   settling counts), or {'idem', <begin's answer>} for the script to return as it is: a
@@ -12,7 +15,8 @@
 --   writing a new key's record once, done, instead of running and then done (every write is
 --   fsynced and lands in the AOF); or, beside the effect, writes the hash fp, status, ctype,
 --   body and its expiry. The fingerprint is kept there so that a lookup replays only the answer
---   of the request it was stored for.
+--   of the request it was stored for. A `held` key's record is settled as settle.lua's finish
+--   does (left alone if already done, unless with a 202; written whole if it vanished).
 -- hold_key(), last, on every way out after take_key: writes a new key's record as running
 --   under this owner when no answer was stored, so the caller settles or frees it as usual.
 -- An effect that must find what a request made (its retry after a crash) can name it in the
@@ -21,10 +25,12 @@
 local untaken
 local function answer_from(argv, first)
   if not argv[first] then return nil end
-  return {
+  local a = {
     fp = argv[first], status = argv[first + 1], ctype = argv[first + 2], body = argv[first + 3],
     ttl_ms = argv[first + 4], token = argv[first + 5], lease_ms = argv[first + 6],
   }
+  if a.lease_ms == 'held' then a.held, a.token, a.lease_ms = a.token, nil, nil end
+  return a
 end
 local function take_key(key, ans)
   if not key or not ans or not ans.token then return nil end
@@ -49,6 +55,16 @@ local function store_answer(key, ans, body, made)
   local set = {'status', ans.status, 'body', body or ans.body}
   if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
   if made then set[#set + 1] = 'made'; set[#set + 1] = made end
+  if ans.held then
+    local rec = redis.call('HMGET', key, 'state', 'status')
+    if rec[1] == 'done' and rec[2] ~= '202' then return end
+    set[#set + 1] = 'state'; set[#set + 1] = 'done'
+    if rec[1] then return redis.call('HSET', key, unpack(set)) end
+    set[#set + 1] = 'fp'; set[#set + 1] = ans.fp
+    set[#set + 1] = 'token'; set[#set + 1] = ans.held
+    redis.call('HSET', key, unpack(set))
+    return redis.call('PEXPIRE', key, ans.ttl_ms)
+  end
   if untaken or ans.token then set[#set + 1] = 'state'; set[#set + 1] = 'done' end
   if untaken or not ans.token then set[#set + 1] = 'fp'; set[#set + 1] = ans.fp end
   redis.call('HSET', key, unpack(set))

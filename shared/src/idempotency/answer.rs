@@ -12,20 +12,24 @@ pub struct Answer<'a> {
     pub(super) ttl: Duration,
     /// The owner's token and the lease, when the script takes the key itself.
     pub(super) takes_key: Option<(&'a str, Duration)>,
+    /// The owner's token, when the script settles the key this request took before it
+    /// ([`IdempotencyStore::effects_settle_held_keys`]).
+    pub(super) settles_held: Option<&'a str>,
 }
 
 impl Answer<'_> {
     /// Adds the script's last key and `answer.lua`'s arguments as its last ones: the key's
     /// record and seven (fingerprint, status, content type, body, ttl ms, token, lease ms) when
-    /// the script takes the key; else [`KeyRef::answer_key`] and the first five; nothing when
-    /// the key has no place for an answer, so the script sees no such key and stores none.
+    /// the script takes the key, or (…, token, `held`) when it settles the key taken before;
+    /// else [`KeyRef::answer_key`] and the first five; nothing when the key has no place for
+    /// an answer, so the script sees no such key and stores none.
     pub fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
         let Some(answer_key) = self.key.answer_key() else {
             return;
         };
-        let at = match self.takes_key {
-            Some(_) => self.key.redis_key(),
-            None => answer_key,
+        let at = match (self.takes_key, self.settles_held) {
+            (None, None) => answer_key,
+            _ => self.key.redis_key(),
         };
         inv.key(at)
             .arg(&self.key.fingerprint)
@@ -35,6 +39,8 @@ impl Answer<'_> {
             .arg(self.ttl.as_millis() as u64);
         if let Some((token, lease)) = self.takes_key {
             inv.arg(token).arg(lease.as_millis() as u64);
+        } else if let Some(token) = self.settles_held {
+            inv.arg(token).arg("held");
         }
     }
 

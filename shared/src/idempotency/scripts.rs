@@ -329,6 +329,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answer_lib_settles_a_key_taken_before_the_effect_in_the_effects_own_write_on_one_node() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_settle_held_keys(true);
+        let beside = "t:{e}:answer:k1";
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at(beside.into());
+        let _ = idem.begin(&key, "tok1").await;
+        let resp = created();
+
+        let effect_went_on = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        let retry = idem.begin(&key, "tok2").await.ok();
+
+        assert!(effect_went_on.is_none(), "{effect_went_on:?}");
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+        assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
+        let replayed = StoredResponse {
+            location: None,
+            ..created()
+        };
+        assert_eq!(retry, Some(Begin::Replay(replayed.clone())));
+        let mut conn = redis.conn().await;
+        let stored_beside: i64 = redis::cmd("EXISTS")
+            .arg(beside)
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        assert_eq!(stored_beside, 0, "nothing stored beside the effect");
+
+        // A record already settled keeps its answer; a vanished one is written again whole.
+        let other = StoredResponse::json(StatusCode::OK, &2);
+        let _ = effect(&redis, &idem.answer(&key, "tok1", &other), true).await;
+        assert_eq!(
+            idem.begin(&key, "tok3").await.ok(),
+            Some(Begin::Replay(replayed.clone()))
+        );
+        let _: i64 = redis::cmd("DEL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+        let _ = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "the rewritten record expires: {ttl}");
+        assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
+        assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
+    }
+
+    #[tokio::test]
     async fn answer_lib_stores_beside_the_effect_where_the_key_is_another_slot() {
         let redis = TestRedis::start().await;
         let idem = store(&redis);

@@ -15,6 +15,7 @@ pub struct IdempotencyStore {
     ttl: Duration,
     lease: Duration,
     effects_take_keys: bool,
+    effects_settle_held_keys: bool,
 }
 
 impl IdempotencyStore {
@@ -29,6 +30,7 @@ impl IdempotencyStore {
             ttl,
             lease,
             effects_take_keys: false,
+            effects_settle_held_keys: false,
         }
     }
 
@@ -39,6 +41,16 @@ impl IdempotencyStore {
     /// changes there.
     pub fn effects_take_keys(mut self, on_one_node: bool) -> Self {
         self.effects_take_keys = on_one_node;
+        self
+    }
+
+    /// For a service whose effect needs something from outside Redis first (a provider's
+    /// answer), so the key is taken before: on a single Redis node (`on_one_node`), the effect's
+    /// script that stores its answer settles the key's record with it, instead of storing the
+    /// answer beside the effect while the record stays running (one hash and its expiry fewer
+    /// per request). On Redis Cluster the record is another slot, so nothing changes there.
+    pub fn effects_settle_held_keys(mut self, on_one_node: bool) -> Self {
+        self.effects_settle_held_keys = on_one_node;
         self
     }
 
@@ -276,6 +288,7 @@ impl IdempotencyStore {
             response,
             ttl: self.ttl,
             takes_key: self.taken_by_effect(key).then_some((token, self.lease)),
+            settles_held: (!self.taken_by_effect(key) && self.effects_settle_held_keys).then_some(token),
         }
     }
 
