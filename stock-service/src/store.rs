@@ -5,8 +5,10 @@
 //! - `stock:{item:N}` hash: name, price, currency, available, reserved, sold
 //! - `stock:{item:N}:rsv:<reservationId>` hash: quantity, totalFee, currency, status, expiresAt
 //! - `stock:{item:N}:expiring` sorted set: live reservation ids by expiry time
-//! - `stock:{item:N}:op:<Idempotency-Key>`: the reservation a reserve request created, written
-//!   in the same script as the reservation, so a retry after a crash finds it
+//! - `stock:{item:N}:op:<Idempotency-Key>`: the reservation a reserve request without a place
+//!   for its answer created, written in the same script as the reservation, so a retry after a
+//!   crash finds it. A request with one names the reservation in its answer's record instead
+//!   (field `made`: the key's record on one node, the hash below on a cluster)
 //! - `stock:{item:N}:answer:<reserve|release|complete>:<Idempotency-Key>` hash: on Redis
 //!   Cluster, the answer to a reserve, release or complete that succeeded, stored by its script
 //!   for the key's replays (shared's `answer.lua`). On a single node the script

@@ -243,8 +243,9 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
         "the script's answer and Rust's agree byte for byte"
     );
     // What the key's expiry does, without the wait: its record and, on a cluster, the answer
-    // stored with the reservation go (on one node the record holds the answer); the
-    // reservation's marker stays.
+    // stored with the reservation go (on one node the record holds the answer). They were all
+    // that named the reservation, so the key is new again, as the contract's 24 h say: a second
+    // reservation, the first one untouched.
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
     for (gone, exists) in [(record, true), (beside, stack.on_cluster())] {
@@ -252,12 +253,14 @@ async fn a_reserves_answer_filled_in_by_its_script_is_the_one_rust_renders_now_a
         assert_eq!(deleted, i64::from(exists), "{gone}");
     }
 
-    // A new execution finds the reservation by its marker and renders its answer in Rust.
     let again = reserve(&stack, &k, 1, 2).await;
 
     assert_eq!((again.status, again.replayed()), (201, false), "{}", again.json);
-    assert_eq!(again.bytes, first.bytes, "the same reservation, the same answer");
-    assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
+    assert_ne!(
+        again.json["reservationId"], first.json["reservationId"],
+        "an expired key reserves anew"
+    );
+    assert_eq!(counts(&stack, 1).await, (6, 4, 0), "the first reservation untouched");
 }
 
 /// One reserve of 2 units of item 1 (10 stocked) under a fresh key: its answer, and where the
@@ -334,20 +337,19 @@ async fn a_key_left_running_is_busy_until_its_lease_ends_then_taken_over_and_set
         beside,
     } = one_reserve().await;
     // As if its owner had died after the reservation, before any answer was stored: the
-    // record running under another token, no answer anywhere.
+    // record running under another token, no answer anywhere; only the record the script
+    // wrote (on one node the key's, on a cluster the one beside the reservation) still names
+    // what the key made.
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    let _: i64 = redis::cmd("DEL")
-        .arg(&beside)
-        .query_async(&mut conn)
-        .await
-        .expect("DEL");
-    let _: i64 = redis::cmd("HDEL")
-        .arg(&record)
-        .arg(&["status", "ctype", "body"])
-        .query_async(&mut conn)
-        .await
-        .expect("HDEL");
+    for at in [&beside, &record] {
+        let _: i64 = redis::cmd("HDEL")
+            .arg(at)
+            .arg(&["status", "ctype", "body"])
+            .query_async(&mut conn)
+            .await
+            .expect("HDEL");
+    }
     let far = 4_000_000_000_000_u64;
     let _: i64 = redis::cmd("HSET")
         .arg(&record)
@@ -372,7 +374,7 @@ async fn a_key_left_running_is_busy_until_its_lease_ends_then_taken_over_and_set
     assert_eq!((taken.status, taken.replayed()), (201, false), "{}", taken.json);
     assert_eq!(
         taken.bytes, first.bytes,
-        "the reservation its marker names, the same answer"
+        "the reservation its record names, the same answer"
     );
     assert_eq!(counts(&stack, 1).await, (8, 2, 0), "reserved once");
     // The new owner settled the key: the next retry is a replay.

@@ -2,8 +2,11 @@
 -- Takes the request's key when told to (a replay, busy or reused key is answered
 -- {'idem', ...} at once), sweeps, then either returns the reservation this Idempotency-Key
 -- already made ('found'), or moves units from available to reserved, creates the reservation
--- and its marker ('reserved'), and stores the request's answer (its template filled) when given
--- one. A key taken here and settled with the answer is written once, as done.
+-- ('reserved'), and stores the request's answer (its template filled) when given one. A key
+-- taken here and settled with the answer is written once, as done.
+-- What the key made is named by the answer's record (answer.lua's `made`), one write less than
+-- a marker of its own; the marker is written only for a request without an answer, and still
+-- read, for the reservations older versions named only there.
 -- KEYS: item, expiring, marker[, answer or key].
 -- ARGV: reservation key prefix, quantity, new reservationId, reservation TTL (ms), marker TTL
 --   (ms)[, the answer (answer_from), its body a template].
@@ -15,7 +18,7 @@ if refused then return refused end
 local function reserve()
   local now = now_ms()
   sweep(item, expiring, prefix, now, 100)
-  local prev = redis.call('GET', marker)
+  local prev = made_by(answer_at, ans) or redis.call('GET', marker)
   if prev then
     local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
@@ -32,12 +35,13 @@ local function reserve()
   redis.call('HSET', rk, 'quantity', fmt(quantity), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
   redis.call('PEXPIRE', rk, ttl_ms + tonumber(marker_ttl_ms))
   redis.call('ZADD', expiring, expires, rid)
-  redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
+  if ans then
+    store_answer(answer_at, ans, fill(ans.body, {total, it[3], rfc3339_ms(tonumber(expires))}), rid)
+  else
+    redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
+  end
   return {'reserved', rid, fmt(quantity), total, it[3], expires}
 end
 local out = reserve()
-if out[1] == 'reserved' and ans then
-  store_answer(answer_at, ans, fill(ans.body, {out[4], out[5], rfc3339_ms(tonumber(out[6]))}))
-end
 hold_key()
 return out

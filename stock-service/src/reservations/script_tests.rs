@@ -226,6 +226,55 @@ async fn reserve_stores_its_answer_with_the_key_taken_in_the_same_step_and_repla
 }
 
 #[tokio::test]
+async fn reserve_names_its_reservation_in_the_answers_record_and_a_rerun_finds_it_there() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    // Not taking keys: the answer goes beside the reservation, as on a cluster.
+    let idem = idem(&redis);
+    let key = plain("k1").with_answer_at(answer_key(1, "reserve", "k1"));
+    let run = |rid: String| {
+        let (store, idem, key) = (&store, &idem, &key);
+        async move {
+            let template = StoredResponse {
+                status: 201,
+                content_type: "application/json".into(),
+                body: reservation_template(&rid, 1, 2),
+                location: None,
+            };
+            let answer = idem.answer(key, "tok", &template);
+            reserved(
+                store
+                    .reserve(1, 2, &rid, "k1", &answer, store.reservation_ttl)
+                    .await
+                    .unwrap_or_else(|e| panic!("reserve: {e}")),
+            )
+        }
+    };
+
+    let (first, fresh) = run(new_reservation_id(1)).await;
+    // A rerun of the script (its owner died before settling the key) under a new id.
+    let (again, fresh_again) = run(new_reservation_id(1)).await;
+
+    assert!(fresh && !fresh_again);
+    assert_eq!(first, again, "the reservation the answer's record names");
+    assert_eq!(counts(&store).await, (3, 2, 0), "reserved once");
+    let mut conn = redis.pool().get().await.expect("redis");
+    let made: Option<String> = redis::cmd("HGET")
+        .arg(answer_key(1, "reserve", "k1"))
+        .arg("made")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let marker: bool = redis::cmd("EXISTS")
+        .arg(crate::store::op_key(1, "k1"))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(made, Some(first));
+    assert!(!marker, "no marker beside a record that names the reservation");
+}
+
+#[tokio::test]
 async fn release_returns_units_once_and_refuses_a_completed_reservation() {
     let redis = TestRedis::start().await;
     let store = stock(&redis, 5).await;
