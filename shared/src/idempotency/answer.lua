@@ -21,7 +21,8 @@
 --   under this owner when no answer was stored, so the caller settles or frees it as usual.
 -- An effect that must find what a request made (its retry after a crash) can name it in the
 -- answer's record (`store_answer`'s `made`: field 'made') instead of a marker key of its own,
--- one write less per request: made_by(key, ans) reads it back (nil without an answer).
+-- one write less per request: made_by(key, ans) reads it back (nil without an answer, and
+-- for a key take_key has just taken new).
 local untaken
 local function answer_from(argv, first)
   if not argv[first] then return nil end
@@ -72,6 +73,7 @@ local function store_answer(key, ans, body, made)
   untaken = nil
 end
 local function made_by(key, ans)
-  if not key or not ans then return nil end
+  -- A key this script has just taken new has no record yet, so nothing made: no read.
+  if not key or not ans or untaken then return nil end
   return redis.call('HGET', key, 'made') or nil
 end

@@ -5,8 +5,9 @@
 -- ('reserved'), and stores the request's answer (its template filled) when given one. A key
 -- taken here and settled with the answer is written once, as done.
 -- What the key made is named by the answer's record (answer.lua's `made`), one write less than
--- a marker of its own; the marker is written only for a request without an answer, and still
--- read, for the reservations older versions named only there.
+-- a marker of its own; the marker is written and read only for a request without an answer.
+-- (Older versions wrote both in one script: a marker they left has an answer beside it, which
+-- is replayed before this script runs.)
 -- KEYS: item, expiring, marker[, answer or key].
 -- ARGV: reservation key prefix, quantity, new reservationId, reservation TTL (ms), marker TTL
 --   (ms)[, the answer (answer_from), its body a template].
@@ -18,7 +19,8 @@ if refused then return refused end
 local function reserve()
   local now = now_ms()
   sweep(item, expiring, prefix, now, 100)
-  local prev = made_by(answer_at, ans) or redis.call('GET', marker)
+  local prev
+  if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
     local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
