@@ -3,7 +3,7 @@
 -- KEYS: order, steps (the legacy list, unused). ARGV: step ("name status at").
 if redis.call('HDEL', KEYS[1], 'releaseOwed') == 1 then
   local set = {}
-  push_step(set, redis.call('HGET', KEYS[1], 'n'), ARGV[1])
+  push_steps(set, redis.call('HGET', KEYS[1], 'n'), ARGV[1])
   redis.call('HSET', KEYS[1], unpack(set))
 end
 return 1

@@ -25,7 +25,7 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
   redis.call('HINCRBY', totals, cur[2] .. ':refunds:count', 1)
   redis.call('HINCRBY', totals, cur[2] .. ':refunds:amount', amount)
-  steps_n = push_step(set, steps_n, step)
+  steps_n = push_steps(set, steps_n, step)
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status
   set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
@@ -35,7 +35,7 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
 end
 if restocked == '1' and not cur[5] then
   set[#set + 1] = 'restocked'; set[#set + 1] = '1'
-  steps_n = push_step(set, steps_n, step)
+  steps_n = push_steps(set, steps_n, step)
 end
 redis.call('HSET', order, unpack(set))
 local status = redis.call('HGET', order, 'status')

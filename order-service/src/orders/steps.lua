@@ -2,16 +2,9 @@
 -- "name status at" (orders::store::parse_step reads them). The HSET that records a change
 -- writes its step too: a list beside the hash cost a command and its key name per step.
 --
--- push_step(set, n, step): adds the step, as number n + 1, to `set`, the field/value pairs of
---   that HSET; `n` is the order's 'n' as read (nil for none). Returns n + 1.
--- push_steps(set, n, steps): as push_step for each line of `steps` (several steps recorded in
---   one write, oldest first), with one 'n'. Returns the new n.
-local function push_step(set, n, step)
-  local i = string.format('%d', (tonumber(n) or 0) + 1)
-  set[#set + 1] = 'n'; set[#set + 1] = i
-  set[#set + 1] = 's' .. i; set[#set + 1] = step
-  return i
-end
+-- push_steps(set, n, steps): adds each line of `steps` (one step, or several recorded in one
+--   write, oldest first) as steps n + 1, n + 2, … to `set`, the field/value pairs of that HSET,
+--   with one 'n'; `n` is the order's 'n' as read (nil for none). Returns the new n.
 local function push_steps(set, n, steps)
   local i = tonumber(n) or 0
   for step in string.gmatch(steps, '[^\n]+') do

@@ -92,8 +92,12 @@ fn steps_of(fields: &HashMap<String, String>, legacy: &[String]) -> Vec<Step> {
     if let Some(at) = fields.get("createdAt")
         && steps.first().is_none_or(|s| s.name != StepName::Created.as_str())
     {
-        let created = step_text(StepName::Created, StepStatus::Succeeded, at);
-        steps.splice(0..0, parse_step(&created));
+        let created = Step {
+            name: StepName::Created.as_str().into(),
+            status: StepStatus::Succeeded.as_str().into(),
+            at: at.clone(),
+        };
+        steps.insert(0, created);
     }
     steps
 }
