@@ -182,6 +182,39 @@ async fn replay_returns_the_same_bytes_with_the_replayed_header() {
 }
 
 #[tokio::test]
+async fn a_replay_after_the_order_was_refunded_still_answers_what_the_checkout_answered() {
+    let stack = stack().await;
+    stack.put_item(1, "Mug", 1250, 10).await;
+    let k = key();
+    let body = json!({"itemId": 1, "quantity": 2});
+    let (status, _, first) = stack.checkout(&k, body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let order_id = first["orderId"].as_str().unwrap_or_default().to_string();
+
+    // A partial refund, then the rest: the order is no longer "completed".
+    for amount in [500, 2000] {
+        let refund = stack
+            .post_internal(
+                &format!("/order/orders/{order_id}/refunds"),
+                Some(&key()),
+                &json!({"amount": amount, "restock": false}),
+            )
+            .await;
+        assert_eq!(refund.status, 200, "{}", refund.json);
+        let (status, headers, replay) = stack.checkout(&k, body.clone()).await;
+        assert_eq!(status, 200, "{replay}");
+        assert_eq!(
+            headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert_eq!(
+            replay, first,
+            "a replay answers what the request was answered, not the order now"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_changed_payload_with_the_same_key_is_refused_with_422() {
     let stack = stack().await;
     stack.put_item(1, "Mug", 1250, 10).await;

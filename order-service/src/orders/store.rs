@@ -147,7 +147,9 @@ pub const RESPONSE_FIELDS: [&str; 10] = [
 
 /// The response of an ended order: the one stored with it, or for a completed order without
 /// one, its 200 rendered from its fields (a completed checkout's answer is its order: storing
-/// its body too cost every checkout some 350 bytes in the AOF). None while it is processing.
+/// its body too cost every checkout some 350 bytes in the AOF). An order refunded since was
+/// completed when its checkout answered, and a replay answers what the checkout answered:
+/// "completed". None while it is processing.
 pub fn stored_response(id: &OrderId, fields: &[Option<Vec<u8>>]) -> Option<StoredResponse> {
     let text = |i: usize| {
         fields
@@ -168,12 +170,17 @@ pub fn stored_response(id: &OrderId, fields: &[Option<Vec<u8>>]) -> Option<Store
             location: None,
         });
     }
-    (status == OrderStatus::Completed.as_str()).then_some(())?;
+    let sold = [
+        OrderStatus::Completed,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+    ];
+    sold.iter().any(|s| s.as_str() == status).then_some(())?;
     Some(StoredResponse::json(
         StatusCode::OK,
         &CheckoutCompleted {
             order_id: id.to_string(),
-            status,
+            status: OrderStatus::Completed.as_str().into(),
             item_id: text(4)?.parse().ok()?,
             quantity: text(5)?.parse().ok()?,
             amount: text(6)?.parse().ok()?,
@@ -351,6 +358,34 @@ mod tests {
         assert_eq!(updated_at(&fields, &steps), "2026-12-05T10:00:02.500Z");
         fields.insert("updatedAt".into(), "2026-12-05T10:00:09.000Z".into());
         assert_eq!(updated_at(&fields, &steps), "2026-12-05T10:00:09.000Z");
+    }
+
+    #[test]
+    fn a_sold_order_answers_its_checkouts_200_whatever_was_refunded_since() {
+        let id = OrderId::from_stored("ord_x");
+        let fields = |status: &str| -> Vec<Option<Vec<u8>>> {
+            let values = [status, "", "", "", "7", "2", "2500", "USD", "rsv_7_a", "ch_b"];
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (!(1..=3).contains(&i)).then(|| v.as_bytes().to_vec()))
+                .collect()
+        };
+        let body = |resp: Option<StoredResponse>| -> Option<serde_json::Value> {
+            resp.and_then(|r| serde_json::from_slice(&r.body).ok())
+        };
+        let completed = body(stored_response(&id, &fields("completed")));
+        assert_eq!(
+            completed.as_ref().map(|b| b["status"].clone()),
+            Some("completed".into())
+        );
+        assert_eq!(completed.as_ref().map(|b| b["chargeId"].clone()), Some("ch_b".into()));
+        for later in ["partially_refunded", "refunded"] {
+            assert_eq!(body(stored_response(&id, &fields(later))), completed, "{later}");
+        }
+        for unsold in ["processing", "awaiting_payment", "failed"] {
+            assert!(stored_response(&id, &fields(unsold)).is_none(), "{unsold}");
+        }
     }
 
     #[test]
