@@ -6,17 +6,22 @@
 --   the key's record given instead of a place beside the effect), that owner's token and
 --   'held' (read as `held`, the token). nil when there are none (the key has no place for an
 --   answer).
--- take_key(key, ans), first: when the script takes the key (ans.token), decides it as `begin`
---   does. nil to go on (new, or taken over: the record gets this owner's token, so this owner's
---   settling counts), or {'idem', <begin's answer>} for the script to return as it is: a
---   replay, busy or reused. A new key's record is not written yet: the script is atomic, so
---   nobody can see the key untaken before it ends.
+-- take_key(key, ans, render), first: when the script takes the key (ans.token), decides it as
+--   `begin` does. nil to go on (new, or taken over: the record gets this owner's token, so this
+--   owner's settling counts), or {'idem', <begin's answer>} for the script to return as it is:
+--   a replay, busy or reused. A new key's record is not written yet: the script is atomic, so
+--   nobody can see the key untaken before it ends. A replay of a record that keeps no body
+--   (below) answers the request's own ans.body, through `render(made)` when given (which fills
+--   in what the key made; nil if that is gone: {'idem', 'lost'}).
 -- store_answer(key, ans, body, made): settles the record with the answer (`body`, or ans.body),
 --   writing a new key's record once, done, instead of running and then done (every write is
 --   fsynced and lands in the AOF); or, beside the effect, writes the hash fp, status, ctype,
 --   body and its expiry. The fingerprint is kept there so that a lookup replays only the answer
 --   of the request it was stored for. A `held` key's record is settled as settle.lua's finish
 --   does (left alone if already done, unless with a 202; written whole if it vanished).
+--   A record the script took itself keeps no body: it is only ever read by take_key, for a
+--   request with the same fingerprint, which carries the same answer again (its holes filled by
+--   `render` from what the key made), so the body would be bytes written for nothing.
 -- hold_key(), last, on every way out after take_key: writes a new key's record as running
 --   under this owner when no answer was stored, so the caller settles or frees it as usual.
 -- An effect that must find what a request made (its retry after a crash) can name it in the
@@ -33,9 +38,14 @@ local function answer_from(argv, first)
   if a.lease_ms == 'held' then a.held, a.token, a.lease_ms = a.token, nil, nil end
   return a
 end
-local function take_key(key, ans)
+local function take_key(key, ans, render)
   if not key or not ans or not ans.token then return nil end
   local d = begin(key, ans.fp, ans.token, tonumber(ans.lease_ms), ans.ttl_ms, true)
+  if d[1] == 'replay' and not d[4] then
+    d[4] = ans.body
+    if render then d[4] = render(redis.call('HGET', key, 'made')) end
+    if not d[4] then return {'idem', 'lost'} end
+  end
   if d[1] == 'new' then
     untaken = {key, ans.fp, ans.token, now_ms() + tonumber(ans.lease_ms), ans.ttl_ms}
     return nil
@@ -53,7 +63,8 @@ local function hold_key()
 end
 local function store_answer(key, ans, body, made)
   -- An empty ctype (application/json) is not written, as settle.lua's finish does.
-  local set = {'status', ans.status, 'body', body or ans.body}
+  local set = {'status', ans.status}
+  if not ans.token then set[3] = 'body'; set[4] = body or ans.body end
   if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
   if made then set[#set + 1] = 'made'; set[#set + 1] = made end
   if ans.held then

@@ -306,6 +306,11 @@ mod tests {
             "application/json is not written"
         );
         assert_eq!(
+            field(&redis, &key, "body").await,
+            None,
+            "nor the body: only a request with this fingerprint replays it, and it carries it"
+        );
+        assert_eq!(
             replay,
             Some(Ok(Begin::Replay(StoredResponse { location: None, ..resp })))
         );

@@ -47,7 +47,7 @@ pub(crate) async fn reserve_stock(
             let template = StoredResponse {
                 status: StatusCode::CREATED.as_u16(),
                 content_type: "application/json".into(),
-                body: reservation_template(&rid, body.item_id, body.quantity),
+                body: reservation_template(body.item_id, body.quantity),
                 location: None,
             };
             let answer = idempotency.answer(key_ref, &token, &template);

@@ -3,7 +3,8 @@
 -- {'idem', ...} at once), sweeps, then either returns the reservation this Idempotency-Key
 -- already made ('found'), or moves units from available to reserved, creates the reservation
 -- ('reserved'), and stores the request's answer (its template filled) when given one. A key
--- taken here and settled with the answer is written once, as done.
+-- taken here and settled with the answer is written once, as done, and keeps no body: its
+-- replay is the template filled in again from the reservation.
 -- What the key made is named by the answer's record (answer.lua's `made`), one write less than
 -- a marker of its own; the marker is written and read only for a request without an answer.
 -- (Older versions wrote both in one script: a marker they left has an answer beside it, which
@@ -14,7 +15,15 @@
 local item, expiring, marker, answer_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, quantity, rid, ttl_ms, marker_ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local ans = answer_from(ARGV, 6)
-local refused = take_key(answer_at, ans)
+-- A replay of the key's record, which keeps no body on one node: the template filled in from
+-- the reservation the key made, as when it was made (its status then: reserved).
+local function render(made)
+  if not made then return nil end
+  local r = redis.call('HMGET', prefix .. made, 'totalFee', 'currency', 'expiresAt')
+  if not r[1] then return nil end
+  return fill(ans.body, {made, r[1], r[2], rfc3339_ms(tonumber(r[3]))})
+end
+local refused = take_key(answer_at, ans, render)
 if refused then return refused end
 local function reserve()
   local now = now_ms()
@@ -38,7 +47,7 @@ local function reserve()
   redis.call('PEXPIRE', rk, ttl_ms + tonumber(marker_ttl_ms))
   redis.call('ZADD', expiring, expires, rid)
   if ans then
-    store_answer(answer_at, ans, fill(ans.body, {total, it[3], rfc3339_ms(tonumber(expires))}), rid)
+    store_answer(answer_at, ans, fill(ans.body, {rid, total, it[3], rfc3339_ms(tonumber(expires))}), rid)
   else
     redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
   end

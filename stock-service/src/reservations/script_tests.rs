@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use shared::idempotency::{IdempotencyStore, KeyRef, StoredResponse};
+use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
 use super::store::*;
@@ -189,40 +189,122 @@ async fn reserve_refuses_more_than_is_available_and_an_unknown_item() {
 }
 
 #[tokio::test]
-async fn reserve_stores_its_answer_with_the_key_taken_in_the_same_step_and_replays_it() {
+async fn reserve_settles_the_key_it_takes_without_a_body_and_its_replay_renders_the_same_bytes() {
     let redis = TestRedis::start().await;
     let store = stock(&redis, 5).await;
     let idem = idem(&redis).effects_take_keys(true);
     let key = plain("k1").with_answer_at(answer_key(1, "reserve", "k1"));
-    let rid = new_reservation_id(1);
     let template = StoredResponse {
         status: 201,
         content_type: "application/json".into(),
-        body: reservation_template(&rid, 1, 2),
+        body: reservation_template(1, 2),
         location: None,
     };
+    let attempt = |token: &'static str| {
+        let (store, idem, key, template) = (&store, &idem, &key, &template);
+        async move {
+            store
+                .reserve(
+                    1,
+                    2,
+                    &new_reservation_id(1),
+                    "k1",
+                    &idem.answer(key, token, template),
+                    store.reservation_ttl,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("reserve: {e}"))
+        }
+    };
 
-    let first = store
+    let first = attempt("tok1").await;
+    let replay = attempt("tok2").await;
+
+    let ReserveOutcome::Reserved {
+        reservation,
+        fresh: true,
+    } = first
+    else {
+        panic!("expected a fresh reservation, got {first:?}");
+    };
+    let ReserveOutcome::Refused(Begin::Replay(stored)) = replay else {
+        panic!("expected a replay, got {replay:?}");
+    };
+    assert_eq!(stored.status, 201);
+    assert_eq!(
+        String::from_utf8_lossy(&stored.body),
+        serde_json::to_string(&reservation).unwrap_or_default(),
+        "the replay is the answer the first request rendered, byte for byte"
+    );
+    assert_eq!(counts(&store).await, (3, 2, 0), "reserved once");
+    let mut conn = redis.pool().get().await.expect("redis");
+    let (state, body, made): (Option<String>, Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
+        .arg(key.redis_key())
+        .arg(&["state", "body", "made"])
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    assert_eq!(state.as_deref(), Some("done"));
+    assert_eq!(body, None, "the key's record keeps no body: its replay renders it");
+    assert_eq!(made.as_deref(), Some(reservation.reservation_id.as_str()));
+
+    // Should what the key made be gone (deleted by hand), the replay says so, not 201 empty.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!(
+            "{}{}",
+            crate::store::reservation_prefix(1),
+            reservation.reservation_id
+        ))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let lost = store
         .reserve(
             1,
             2,
-            &rid,
+            &new_reservation_id(1),
             "k1",
-            &idem.answer(&key, "tok1", &template),
+            &idem.answer(&key, "tok3", &template),
             store.reservation_ttl,
         )
-        .await
-        .ok();
-    let replay = idem.begin(&key, "tok2").await.ok();
+        .await;
+    assert!(lost.is_err(), "{lost:?}");
+    assert_eq!(counts(&store).await, (3, 2, 0), "nothing reserved again");
+}
 
-    assert!(matches!(first, Some(ReserveOutcome::Reserved { fresh: true, .. })));
-    let Some(shared::idempotency::Begin::Replay(stored)) = replay else {
+#[tokio::test]
+async fn a_complete_that_took_its_key_keeps_no_body_and_replays_the_answer_its_request_carries() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let (rid, _) = reserved(reserve(&store, &idem(&redis), "r1", 2).await);
+    let idem = idem(&redis).effects_take_keys(true);
+    let key = KeyRef::new("stock:complete", "c1", "fp".into()).with_answer_at(answer_key(1, "complete", "c1"));
+    let success = StoredResponse::json(
+        StatusCode::OK,
+        &serde_json::json!({"reservationId": rid, "status": "completed"}),
+    );
+
+    let first = store
+        .transition(Transition::Complete, &rid, &idem.answer(&key, "tok1", &success))
+        .await;
+    let replay = store
+        .transition(Transition::Complete, &rid, &idem.answer(&key, "tok2", &success))
+        .await;
+
+    assert!(matches!(first, Ok(TransitionOutcome::Completed)), "{first:?}");
+    let Ok(TransitionOutcome::Refused(Begin::Replay(stored))) = replay else {
         panic!("expected a replay, got {replay:?}");
     };
-    let body: serde_json::Value = serde_json::from_slice(&stored.body).unwrap_or_default();
-    assert_eq!(body["reservationId"], rid.as_str());
-    assert_eq!(body["totalFee"], 500);
-    assert_eq!(body["currency"], "USD");
+    assert_eq!((stored.status, stored.body), (200, success.body.clone()));
+    assert_eq!(counts(&store).await, (3, 0, 2), "sold once");
+    let mut conn = redis.pool().get().await.expect("redis");
+    let (state, body): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(key.redis_key())
+        .arg(&["state", "body"])
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    assert_eq!((state.as_deref(), body), (Some("done"), None));
 }
 
 #[tokio::test]
@@ -238,7 +320,7 @@ async fn reserve_names_its_reservation_in_the_answers_record_and_a_rerun_finds_i
             let template = StoredResponse {
                 status: 201,
                 content_type: "application/json".into(),
-                body: reservation_template(&rid, 1, 2),
+                body: reservation_template(1, 2),
                 location: None,
             };
             let answer = idem.answer(key, "tok", &template);

@@ -20,11 +20,12 @@ pub fn answer_key(item_id: u64, endpoint: &str, idempotency_key: &str) -> String
 /// characters), so no value can be taken for a hole.
 const HOLE: char = '\u{1}';
 
-/// The 201 answer to a reserve, with the three values only the script knows left as holes for
-/// its `fill`, in this order: totalFee, currency (inside its quotes), expiresAt (likewise).
-pub fn reservation_template(rid: &str, item_id: u64, quantity: u32) -> Vec<u8> {
+/// The 201 answer to a reserve, with the values only the script knows left as holes for its
+/// `fill`, in this order: reservationId (inside its quotes: a replay names the reservation the
+/// key made, not this attempt's), totalFee, currency (likewise), expiresAt (likewise).
+pub fn reservation_template(item_id: u64, quantity: u32) -> Vec<u8> {
     let probe = ReservationResponse {
-        reservation_id: rid.to_string(),
+        reservation_id: HOLE.to_string(),
         item_id,
         quantity,
         total_fee: 0,
@@ -80,6 +81,7 @@ static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("complete.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| script(include_str!("sweep.lua")));
 
+#[derive(Debug)]
 pub enum ReserveOutcome {
     /// `fresh`: made now, its answer stored with it; otherwise the one the key made before.
     Reserved {
@@ -94,6 +96,7 @@ pub enum ReserveOutcome {
     Refused(Begin),
 }
 
+#[derive(Debug)]
 pub enum TransitionOutcome {
     Released,
     Completed,
@@ -281,11 +284,11 @@ mod tests {
     #[test]
     fn a_filled_reservation_template_is_the_answer_serde_renders() {
         let rid = new_reservation_id(u64::MAX);
-        let template = String::from_utf8(reservation_template(&rid, u64::MAX, 1000)).unwrap_or_default();
+        let template = String::from_utf8(reservation_template(u64::MAX, 1000)).unwrap_or_default();
         let (total, currency, expires) = ("9000000000000", "USD", "2026-11-24T08:00:00.000Z");
         // What the script's `fill` does: each hole in turn takes the next value.
         let mut filled = String::new();
-        let mut values = [total, currency, expires].into_iter();
+        let mut values = [rid.as_str(), total, currency, expires].into_iter();
         for (i, piece) in template.split(HOLE).enumerate() {
             if i > 0 {
                 filled.push_str(values.next().unwrap_or("<too many holes>"));
@@ -294,7 +297,7 @@ mod tests {
         }
         assert_eq!(values.next(), None, "a value left over: too few holes in {template}");
         let answer = ReservationResponse {
-            reservation_id: rid,
+            reservation_id: rid.clone(),
             item_id: u64::MAX,
             quantity: 1000,
             total_fee: 9_000_000_000_000,
