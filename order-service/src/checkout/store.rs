@@ -160,7 +160,7 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
         .arg(&order.payment_method)
         .arg(&at)
         .arg(key.redis_key())
-        .arg(key.fingerprint())
+        .arg(key.stored_fingerprint())
         .arg(owner)
         .arg(lease.as_millis() as u64);
 }

@@ -32,7 +32,7 @@ impl Answer<'_> {
             _ => self.key.redis_key(),
         };
         inv.key(at)
-            .arg(&self.key.fingerprint)
+            .arg(self.key.stored_fingerprint())
             .arg(self.response.status)
             .arg(super::stored_ctype(&self.response.content_type))
             .arg(&self.response.body[..])

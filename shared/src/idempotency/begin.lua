@@ -21,7 +21,9 @@ local function begin(key, fp, token, lease_ms, ttl_ms, defer)
     if not defer then hold(key, fp, token, now + lease_ms, ttl_ms) end
     return {'new', token}
   end
-  if rec[2] ~= fp then return {'reused'} end
+  -- As stored (IdempotencyStore's stored_fp): a record written before fingerprints were cut
+  -- to 32 characters still matches its request.
+  if string.sub(rec[2] or '', 1, 32) ~= string.sub(fp, 1, 32) then return {'reused'} end
   if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
   local lease = tonumber(rec[3]) or 0
   if lease > now then return {'busy', tostring(lease - now)} end

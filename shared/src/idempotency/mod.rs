@@ -353,6 +353,29 @@ impl KeyRef {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
+
+    /// The fingerprint as records keep it: its first [`STORED_FP_LEN`] characters. Ids derived
+    /// from a request (a provider's key) keep using the whole [`Self::fingerprint`], so that a
+    /// request retried across versions still derives the same ones.
+    pub fn stored_fingerprint(&self) -> &str {
+        stored_fp(&self.fingerprint)
+    }
+}
+
+/// How much of a fingerprint a record keeps: 32 hex characters, 128 bits of SHA-256. A
+/// fingerprint only tells one request from another under the same key, which 128 bits do as
+/// surely as 256, and every checkout writes five of them into the fsynced AOF.
+pub const STORED_FP_LEN: usize = 32;
+
+/// `fp` as records keep it ([`KeyRef::stored_fingerprint`]).
+pub fn stored_fp(fp: &str) -> &str {
+    fp.get(..STORED_FP_LEN).unwrap_or(fp)
+}
+
+/// Whether a record's fingerprint is this request's: compared as stored, so that records
+/// written whole (before fingerprints were cut) still match (begin.lua compares the same way).
+pub fn same_fp(stored: &str, fp: &str) -> bool {
+    stored_fp(stored) == stored_fp(fp)
 }
 
 /// The first `bytes` bytes of SHA-256 over `text`, as hex: for keys derived from a request's
@@ -466,6 +489,23 @@ mod tests {
         let effect = [bulk("reserved"), bulk("rsv_1_x")];
         assert!(Answer::refusal(&effect).is_none());
         assert!(Answer::refusal(&[]).is_none());
+    }
+
+    #[test]
+    fn a_stored_fingerprint_is_its_first_128_bits_and_matches_the_whole_one() {
+        let whole = crate::body::fingerprint("POST", "/x", b"{}");
+        let key = KeyRef::new("svc:op", "k", whole.clone());
+        assert_eq!(whole.len(), 64);
+        assert_eq!(key.stored_fingerprint(), &whole[..32]);
+        assert_eq!(
+            key.fingerprint(),
+            whole,
+            "ids derived from the request keep the whole one"
+        );
+        assert!(same_fp(key.stored_fingerprint(), &whole) && same_fp(&whole, key.stored_fingerprint()));
+        let other = crate::body::fingerprint("POST", "/x", b"[]");
+        assert!(!same_fp(&other, &whole) && !same_fp(stored_fp(&other), &whole));
+        assert_eq!(stored_fp("fp"), "fp", "a short one is kept whole");
     }
 
     #[test]

@@ -95,6 +95,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_keeps_128_bits_of_fingerprint_and_one_that_kept_all_256_still_matches() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let fp = crate::body::fingerprint("POST", "/x", br#"{"a":1}"#);
+        let other = crate::body::fingerprint("POST", "/x", br#"{"a":2}"#);
+        let key = KeyRef::new("t:op", "k1", fp.clone());
+        let _ = idem.begin(&key, "tok1").await;
+        assert_eq!(field(&redis, &key, "fp").await.as_deref(), Some(&fp[..32]));
+        let reused = idem.begin(&KeyRef::new("t:op", "k1", other.clone()), "tok2").await.ok();
+        assert_eq!(reused, Some(Begin::Reused));
+
+        // A record an earlier version wrote, with the whole fingerprint, settled.
+        let old = KeyRef::new("t:op", "k2", fp.clone());
+        let mut conn = redis.conn().await;
+        let _: i64 = redis::cmd("HSET")
+            .arg(old.redis_key())
+            .arg(&["state", "done", "fp", fp.as_str(), "status", "201", "body", "{}"])
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
+        let same = idem.begin(&old, "tok3").await.ok();
+        let another = idem.begin(&KeyRef::new("t:op", "k2", other), "tok4").await.ok();
+
+        assert!(
+            matches!(same, Some(Begin::Replay(StoredResponse { status: 201, .. }))),
+            "{same:?}"
+        );
+        assert_eq!(another, Some(Begin::Reused));
+    }
+
+    #[tokio::test]
     async fn begin_key_hands_a_lapsed_lease_over_with_the_first_owners_token() {
         let redis = TestRedis::start().await;
         let idem = store(&redis);

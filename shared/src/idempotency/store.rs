@@ -138,12 +138,14 @@ impl IdempotencyStore {
             })
             .await?;
         Ok(match (fp, status, ctype, body) {
-            (Some(fp), Some(status), ctype, Some(body)) if fp == key.fingerprint => Some(StoredResponse {
-                status,
-                content_type: read_ctype(ctype),
-                body,
-                location: None,
-            }),
+            (Some(fp), Some(status), ctype, Some(body)) if super::same_fp(&fp, &key.fingerprint) => {
+                Some(StoredResponse {
+                    status,
+                    content_type: read_ctype(ctype),
+                    body,
+                    location: None,
+                })
+            }
             _ => None,
         })
     }
@@ -160,7 +162,7 @@ impl IdempotencyStore {
                 Some(_) => BEGIN_NOTED.key(&key.redis_key),
                 None => BEGIN_KEY.key(&key.redis_key),
             };
-            inv.arg(&key.fingerprint)
+            inv.arg(key.stored_fingerprint())
                 .arg(new_token)
                 .arg(self.lease.as_millis() as u64)
                 .arg(self.ttl.as_millis() as u64);
@@ -272,7 +274,7 @@ impl IdempotencyStore {
     /// The arguments of `settle.lua`'s `finish`, in order.
     pub fn finish_args(&self, inv: &mut redis::ScriptInvocation<'_>, key: &KeyRef, token: &str, resp: &StoredResponse) {
         inv.arg(token)
-            .arg(&key.fingerprint)
+            .arg(key.stored_fingerprint())
             .arg(resp.status)
             .arg(stored_ctype(&resp.content_type))
             .arg(&resp.body[..])
