@@ -907,13 +907,33 @@ pub fn free_port() -> u16 {
         if seed == 0 {
             seed = uuid::Uuid::new_v4().as_u128();
         }
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port))
+            && claim_port(port)
+        {
             let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
             held.get_or_insert_with(HashMap::new).insert(port, listener);
             return port;
         }
     }
     panic!("no free loopback port in 20000–32767")
+}
+
+/// Claims `port` for this test process for as long as it lives, in a file other test
+/// processes read: holding the port bound covers only the time until its process starts, and
+/// a process a test kills and starts again leaves its port unbound in between, where another
+/// test's [`free_port`] used to pick it (the restart then failed with "address in use"). A
+/// claim whose process is gone is stale and taken over.
+fn claim_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("checkout-e2e-ports");
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    let owner = fs::read_to_string(&path)
+        .ok()
+        .and_then(|o| o.trim().parse::<u32>().ok());
+    if owner.is_some_and(|pid| pid != me && Path::new(&format!("/proc/{pid}")).exists()) {
+        return false;
+    }
+    fs::create_dir_all(&dir).is_ok() && fs::write(&path, me.to_string()).is_ok()
 }
 
 /// Lets go of a port from [`free_port`] just before its process binds it.
