@@ -91,6 +91,16 @@ name_enum!(
     }
 );
 
+impl OrderStatus {
+    /// Whether `status` is an order's whose checkout completed: completed, or refunded since
+    /// (in part or whole). Only such an order can be refunded, and its checkout answered 200.
+    pub fn was_completed(status: &str) -> bool {
+        [Self::Completed, Self::PartiallyRefunded, Self::Refunded]
+            .iter()
+            .any(|s| s.as_str() == status)
+    }
+}
+
 name_enum!(
     /// A saga step, as the order's `steps` name it.
     StepName {

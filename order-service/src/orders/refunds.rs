@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::checkout::clients::PartRefund;
 use crate::checkout::core::{Call, TransitionAnswer};
 use crate::error::OrderError;
-use crate::ids::{OrderId, ReservationId, StepName, StepStatus};
+use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 
 static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&STEPS], include_str!("refund.lua")));
 
@@ -176,7 +176,7 @@ async fn refund(
         .get(order_id)
         .await?
         .ok_or_else(|| OrderError::OrderNotFound(order_id.to_string()))?;
-    let refundable = matches!(order.status.as_str(), "completed" | "partially_refunded" | "refunded");
+    let refundable = OrderStatus::was_completed(&order.status);
     let (Some(charge_id), Some(reservation_id), true) = (&order.charge_id, &order.reservation_id, refundable) else {
         return Err(OrderError::OrderNotRefundable {
             order_id: order_id.to_string(),

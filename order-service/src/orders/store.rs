@@ -170,12 +170,7 @@ pub fn stored_response(id: &OrderId, fields: &[Option<Vec<u8>>]) -> Option<Store
             location: None,
         });
     }
-    let sold = [
-        OrderStatus::Completed,
-        OrderStatus::PartiallyRefunded,
-        OrderStatus::Refunded,
-    ];
-    sold.iter().any(|s| s.as_str() == status).then_some(())?;
+    OrderStatus::was_completed(&status).then_some(())?;
     Some(StoredResponse::json(
         StatusCode::OK,
         &CheckoutCompleted {
