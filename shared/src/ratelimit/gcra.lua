@@ -5,7 +5,9 @@
 -- A refused request changes nothing, so a caller hammering past its limit does not push its
 -- own recovery further out. The timestamp is kept out of the AOF (REPL_NONE): losing it in a
 -- restart only gives every caller a fresh burst, and a write per request fsynced under
--- `appendfsync always` would be the dearest part of the limiter.
+-- `appendfsync always` would be the dearest part of the limiter. Its expiry, though, is
+-- replicated (a DEL in the AOF when it lapses): the key outlives its TAT by IDLE_MS, so a
+-- caller who comes back within that finds it (a TAT in the past reads as now) and costs no DEL.
 -- KEYS: the caller's TAT. ARGV: emission interval (µs per request), burst (requests).
 -- Returns {allowed (1|0), remaining, µs until another request is allowed (0 when allowed),
 --   µs until the bucket is full again}.
@@ -19,6 +21,7 @@ local tolerance = interval * burst
 if new_tat - now > tolerance then
   return {0, 0, new_tat - now - tolerance, tat - now}
 end
+local IDLE_MS = 60000
 redis.set_repl(redis.REPL_NONE)
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + IDLE_MS)
 return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}

@@ -367,4 +367,36 @@ mod script_tests {
         assert!(a.take("default", policy, "ip:1").await.expect("take").allowed);
         assert!(!b.take("default", policy, "ip:1").await.expect("take").allowed);
     }
+
+    /// The TAT is kept out of the AOF, but its expiry is not: a lapsed key is a replicated DEL,
+    /// an fsynced write. A caller who paused for longer than its bucket takes to refill still
+    /// finds its key, so a steady caller costs the AOF nothing.
+    #[tokio::test]
+    async fn a_caller_back_after_its_bucket_refilled_costs_no_expiry() {
+        let redis = TestRedis::start().await;
+        let policy = Policy {
+            per_second: 1000,
+            burst: 2,
+        };
+        let limits = RateLimits {
+            default: policy,
+            routes: Vec::new(),
+        };
+        let limiter = Limiter::new(redis.pool(), "svc", Secret::new("t"), limits);
+        assert!(limiter.take("default", policy, "ip:1").await.expect("take").allowed);
+        // The bucket is full again after 1 ms; a key that lived only as long would lapse here.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let back = limiter.take("default", policy, "ip:1").await.expect("take");
+        assert!(back.allowed && back.remaining == 1, "a full bucket again: {back:?}");
+        let mut conn = redis.conn().await;
+        let stats: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        assert!(
+            stats.lines().any(|l| l.trim() == "expired_keys:0"),
+            "no key lapsed:\n{stats}"
+        );
+    }
 }
