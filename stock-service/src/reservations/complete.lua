@@ -7,13 +7,11 @@ return transition(function(r)
   if r.status ~= 'reserved' then return 'released' end
   redis.call('ZREM', expiring, rid)
   if r.lapsed then
-    redis.call('HINCRBY', item, 'available', r.quantity)
-    redis.call('HINCRBY', item, 'reserved', -r.quantity)
+    move(item, 'reserved', 'available', r.quantity)
     redis.call('HSET', reservation, 'status', 'expired')
     return 'released'
   end
-  redis.call('HINCRBY', item, 'reserved', -r.quantity)
-  redis.call('HINCRBY', item, 'sold', r.quantity)
+  move(item, 'reserved', 'sold', r.quantity)
   redis.call('HSET', reservation, 'status', 'completed')
   return 'completed'
 end, 'completed')

@@ -8,7 +8,6 @@ if not r[1] then return 'not_found' end
 if r[1] == 'restocked' then return 'restocked' end
 if r[1] ~= 'completed' then return 'not_completed' end
 local q = tonumber(r[2])
-redis.call('HINCRBY', item, 'sold', -q)
-redis.call('HINCRBY', item, 'available', q)
+move(item, 'sold', 'available', q)
 redis.call('HSET', reservation, 'status', 'restocked')
 return 'restocked'

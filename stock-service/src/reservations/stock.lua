@@ -3,6 +3,9 @@
 -- sweep(item, expiring, prefix, now, limit): returns up to `limit` lapsed reservations of one
 --   item to `available`, bounded so no script runs long; how many it looked at.
 -- fmt(n): an integer as Redis stores it, never in Lua's exponent notation.
+-- move(item, from, to, q): q units from one of the item's counts to another, both written by
+--   one HSET: one command in the AOF, where two HINCRBYs were two.
+local function fmt(n) return string.format('%d', n) end
 local function fill(tpl, values)
   local out, pos = {}, 1
   for _, v in ipairs(values) do
@@ -14,19 +17,20 @@ local function fill(tpl, values)
   table.insert(out, string.sub(tpl, pos))
   return table.concat(out)
 end
+local function move(item, from, to, q)
+  local c = redis.call('HMGET', item, from, to)
+  redis.call('HSET', item, from, fmt((tonumber(c[1]) or 0) - q), to, fmt((tonumber(c[2]) or 0) + q))
+end
 local function sweep(item, expiring, prefix, now, limit)
   local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, limit)
   for _, rid in ipairs(due) do
     local rk = prefix .. rid
     local r = redis.call('HMGET', rk, 'status', 'quantity')
     if r[1] == 'reserved' then
-      local q = tonumber(r[2])
-      redis.call('HINCRBY', item, 'available', q)
-      redis.call('HINCRBY', item, 'reserved', -q)
+      move(item, 'reserved', 'available', tonumber(r[2]))
       redis.call('HSET', rk, 'status', 'expired')
     end
     redis.call('ZREM', expiring, rid)
   end
   return #due
 end
-local function fmt(n) return string.format('%d', n) end

@@ -56,7 +56,7 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-/// `fill`, `sweep` and `fmt`, for every stock script.
+/// `fill`, `move`, `sweep` and `fmt`, for every stock script.
 static STOCK: Lib = Lib {
     name: "stock",
     source: include_str!("stock.lua"),
@@ -76,9 +76,9 @@ fn script(main: &str) -> Script {
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("reserve.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("release.lua")));
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION, &STOCK], include_str!("release.lua")));
 static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("complete.lua")));
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION, &STOCK], include_str!("complete.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| script(include_str!("sweep.lua")));
 
 #[derive(Debug)]
@@ -233,7 +233,7 @@ impl Store {
     }
 }
 
-static RESTOCK: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("restock.lua")));
+static RESTOCK: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&STOCK], include_str!("restock.lua")));
 
 /// How a restock went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
