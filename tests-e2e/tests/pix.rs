@@ -209,6 +209,33 @@ async fn a_paid_pix_completes_its_order_and_the_key_then_replays_200() {
     let totals = stack.get_json("/order/totals", true).await;
     assert_eq!(totals["USD"]["completed"]["amount"], 900, "{totals}");
     assert_eq!(totals["USD"]["awaiting_payment"]["count"], 0, "{totals}");
+    // Payment's own replay of the charge, under the key order-service sent it with, still
+    // answers what it answered then, pending with its code, though the charge is paid now (on
+    // one node that answer is rendered from the charge).
+    let charged_again = stack
+        .post_internal(
+            "/payment/charge",
+            Some(&format!("{order_id}:charge")),
+            &json!({"orderId": order_id, "amount": 900, "currency": "USD", "customerId": "guest",
+                "paymentMethod": "pix", "itemId": 1}),
+        )
+        .await;
+    assert_eq!(
+        (charged_again.status, charged_again.replayed()),
+        (201, true),
+        "{}",
+        charged_again.json
+    );
+    assert_eq!(
+        (
+            &charged_again.json["chargeId"],
+            &charged_again.json["status"],
+            &charged_again.json["pix"]["code"]
+        ),
+        (&charge["chargeId"], &json!("pending"), &charge["pix"]["code"]),
+        "{}",
+        charged_again.json
+    );
     assert_books(&stack).await;
 }
 

@@ -62,6 +62,9 @@ pub(crate) async fn create_charge(
     let fresh = shared::ids::new_id("op");
     let (token, note) = match state.idempotency.begin_noted(&key_ref, &fresh, &first).await? {
         (Begin::Execute { token, .. }, Some(note)) => (token, note),
+        (Begin::Replay(stored), _) if stored.body.is_empty() => {
+            return replay_of_recorded(&state, &key_ref, stored).await;
+        }
         (other, _) => return Ok(IdempotencyStore::refusal(other)?),
     };
     // The split in effect now for the charge's item, read before anything is charged: a read
@@ -92,6 +95,34 @@ pub(crate) async fn create_charge(
             e.respond()
         }
     })
+}
+
+/// The replay of a key whose record keeps no body: the charge it recorded answers its 201
+/// again, as [`answer_to`] answered it then (the charge's fields that answer names never
+/// change). A record that names no charge replays as stored.
+async fn replay_of_recorded(
+    state: &AppState,
+    key_ref: &KeyRef,
+    stored: StoredResponse,
+) -> Result<HttpResponse, PaymentError> {
+    let Some(charge_id) = state.idempotency.made(key_ref).await? else {
+        return Ok(IdempotencyStore::refusal(Begin::Replay(stored))?);
+    };
+    let charge = state.store.get_charge(&charge_id).await?.ok_or_else(|| {
+        PaymentError::from(CommonError::Internal(format!(
+            "the charge {charge_id} its key's record names is gone"
+        )))
+    })?;
+    let recorded = Recorded {
+        charge_id: charge.charge_id,
+        order_id: charge.order_id,
+        amount: charge.amount,
+        currency: charge.currency,
+        decline_code: charge.decline_code,
+        fresh: false,
+        pix_code: charge.pix.map(|p| p.code),
+    };
+    Ok(IdempotencyStore::refusal(Begin::Replay(answer_to(&recorded)))?)
 }
 
 /// How a charge request ends for its key.
@@ -227,7 +258,7 @@ impl Attempt<'_> {
             // The debit and the charge's record in one script: one round trip, not two.
             let new = self.new_charge(&charge_id, WALLET, &transaction_id, None, None);
             let answer = self.answer_for(&charge_id, None, None);
-            let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
+            let stored = self.stored(&answer);
             match store.wallet_charge(&debit, &new, self.key, &stored).await {
                 Ok(WalletCharge::Charged(outcome)) => {
                     WALLET_EVENTS.inc(&[("event", "debited")]);
@@ -310,6 +341,19 @@ impl Attempt<'_> {
         })
     }
 
+    /// The answer as the charge's script stores it. The key's record names the charge
+    /// (`made`), so a 201's replay is rendered from it ([`replay_of_recorded`]) and the record
+    /// keeps no body; a decline's problem names the request that was declined (`instance`),
+    /// which no charge keeps, so its body is stored.
+    fn stored<'b>(&'b self, answer: &'b StoredResponse) -> idempotency::Answer<'b> {
+        let stored = self.state.idempotency.answer(self.key_ref, self.token, answer);
+        if answer.status == StatusCode::CREATED.as_u16() {
+            stored.rendered_on_replay()
+        } else {
+            stored
+        }
+    }
+
     /// Records the provider's answer with the charge, its key's marker and its answer, in one
     /// script. A declined charge is recorded too (the order's history shows it) and answered 402.
     async fn record(&self, gateway: &str, reply: ChargeReply, charge_id: String) -> Outcome {
@@ -320,7 +364,7 @@ impl Attempt<'_> {
         };
         let new = self.new_charge(&charge_id, gateway, reference, decline_code, pix_code);
         let answer = self.answer_for(&charge_id, decline_code, pix_code);
-        let stored = self.state.idempotency.answer(self.key_ref, self.token, &answer);
+        let stored = self.stored(&answer);
         let outcome = self.state.store.charge(&new, self.key, &stored).await;
         self.recorded(gateway, outcome, answer)
     }

@@ -19,6 +19,7 @@
 --   body and its expiry. The fingerprint is kept there so that a lookup replays only the answer
 --   of the request it was stored for. A `held` key's record is settled as settle.lua's finish
 --   does (left alone if already done, unless with a 202; written whole if it vanished).
+--   A held record given an empty body keeps none: its caller renders the replay from `made`.
 --   A record the script took itself keeps no body: it is only ever read by take_key, for a
 --   request with the same fingerprint, which carries the same answer again (its holes filled by
 --   `render` from what the key made), so the body would be bytes written for nothing.
@@ -64,7 +65,10 @@ end
 local function store_answer(key, ans, body, made)
   -- An empty ctype (application/json) is not written, as settle.lua's finish does.
   local set = {'status', ans.status}
-  if not ans.token then set[3] = 'body'; set[4] = body or ans.body end
+  body = body or ans.body
+  -- A held record's empty body is left out: its caller renders the replay from `made`
+  -- (Answer::rendered_on_replay), and a missing body reads as an empty one.
+  if not ans.token and not (ans.held and body == '') then set[3] = 'body'; set[4] = body end
   if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
   if made then set[#set + 1] = 'made'; set[#set + 1] = made end
   if ans.held then

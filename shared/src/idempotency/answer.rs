@@ -15,9 +15,23 @@ pub struct Answer<'a> {
     /// The owner's token, when the script settles the key this request took before it
     /// ([`IdempotencyStore::effects_settle_held_keys`]).
     pub(super) settles_held: Option<&'a str>,
+    /// The caller renders a replay of the key's record from what the key made
+    /// ([`IdempotencyStore::made`]), so a record this answer settles keeps no body.
+    pub(super) rendered_on_replay: bool,
 }
 
 impl Answer<'_> {
+    /// Declares that the caller renders this answer again, from what the key made, whenever
+    /// the key's record is replayed: the record the answer settles (a held key's, on one node)
+    /// is then written without its body, every byte of which is fsynced. An answer stored
+    /// beside the effect (a cluster) keeps its body: it is replayed by [`IdempotencyStore`]
+    /// itself.
+    #[must_use]
+    pub fn rendered_on_replay(mut self) -> Self {
+        self.rendered_on_replay = true;
+        self
+    }
+
     /// Adds the script's last key and `answer.lua`'s arguments as its last ones: the key's
     /// record and seven (fingerprint, status, content type, body, ttl ms, token, lease ms) when
     /// the script takes the key, or (…, token, `held`) when it settles the key taken before;
@@ -31,11 +45,16 @@ impl Answer<'_> {
             (None, None) => answer_key,
             _ => self.key.redis_key(),
         };
+        // answer.lua leaves out a held record's empty body.
+        let body = match self.settles_held {
+            Some(_) if self.rendered_on_replay => &[][..],
+            _ => &self.response.body[..],
+        };
         inv.key(at)
             .arg(self.key.stored_fingerprint())
             .arg(self.response.status)
             .arg(super::stored_ctype(&self.response.content_type))
-            .arg(&self.response.body[..])
+            .arg(body)
             .arg(self.ttl.as_millis() as u64);
         if let Some((token, lease)) = self.takes_key {
             inv.arg(token).arg(lease.as_millis() as u64);

@@ -301,15 +301,22 @@ mod tests {
              if refused then return refused end\n\
              redis.call('INCR', KEYS[1])\n\
              if ARGV[1] == 'answer' and KEYS[2] then store_answer(KEYS[2], ans) end\n\
+             if ARGV[1] == 'made' and KEYS[2] then store_answer(KEYS[2], ans, nil, 'thing_1') end\n\
              hold_key()\n\
              return {'done'}",
         )
     });
 
     async fn effect(redis: &TestRedis, answer: &Answer<'_>, store_it: bool) -> Option<Result<Begin, String>> {
+        effect_as(redis, answer, if store_it { "answer" } else { "hold" }).await
+    }
+
+    /// `mode`: 'answer' stores the answer, 'made' stores it naming what the effect made
+    /// (`thing_1`), 'hold' stores none.
+    async fn effect_as(redis: &TestRedis, answer: &Answer<'_>, mode: &str) -> Option<Result<Begin, String>> {
         let mut conn = redis.conn().await;
         let mut inv = EFFECT.key("t:{e}:count");
-        inv.arg(if store_it { "answer" } else { "hold" });
+        inv.arg(mode);
         answer.add_to(&mut inv);
         let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await.ok()?;
         Answer::refusal(&reply).map(|r| r.map_err(|e| e.to_string()))
@@ -413,6 +420,50 @@ mod tests {
         assert!(ttl > 0, "the rewritten record expires: {ttl}");
         assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
         assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
+    }
+
+    #[tokio::test]
+    async fn a_held_key_whose_caller_renders_its_replay_keeps_no_body_but_what_it_made() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_settle_held_keys(true);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let _ = idem.begin(&key, "tok1").await;
+        let resp = created();
+
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &resp).rendered_on_replay(), "made").await;
+        let retry = idem.begin(&key, "tok2").await.ok();
+
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+        assert_eq!(field(&redis, &key, "body").await, None, "the body is not written");
+        assert_eq!(
+            retry,
+            Some(Begin::Replay(StoredResponse {
+                body: Vec::new(),
+                location: None,
+                ..created()
+            })),
+            "the replay's status, with nothing for a body: its caller renders it"
+        );
+        assert_eq!(idem.made(&key).await.ok().flatten().as_deref(), Some("thing_1"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_stored_beside_the_effect_keeps_its_body_though_its_caller_could_render_it() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let _ = idem.begin(&key, "tok1").await;
+        let resp = created();
+
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &resp).rendered_on_replay(), "made").await;
+        tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+        let retry = idem.begin(&key, "tok2").await.ok();
+
+        let replayed = StoredResponse {
+            location: None,
+            ..created()
+        };
+        assert_eq!(retry, Some(Begin::Replay(replayed)), "replayed by the store itself");
     }
 
     #[tokio::test]

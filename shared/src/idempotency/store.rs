@@ -291,7 +291,23 @@ impl IdempotencyStore {
             ttl: self.ttl,
             takes_key: self.taken_by_effect(key).then_some((token, self.lease)),
             settles_held: (!self.taken_by_effect(key) && self.effects_settle_held_keys).then_some(token),
+            rendered_on_replay: false,
         }
+    }
+
+    /// What the key's request made, as its effect's script named it in the key's record
+    /// (`answer.lua`'s `made`): for a caller that renders the record's replay from it
+    /// ([`Answer::rendered_on_replay`]).
+    pub async fn made(&self, key: &KeyRef) -> Result<Option<String>, CommonError> {
+        traced("idempotency.made", async {
+            let mut conn = self.pool.get().await?;
+            Ok(redis::cmd("HGET")
+                .arg(&key.redis_key)
+                .arg("made")
+                .query_async(&mut conn)
+                .await?)
+        })
+        .await
     }
 
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
