@@ -56,6 +56,13 @@ pub static RFC3339: Lib = Lib {
     needs: &[],
 };
 
+/// `add_counts(hash, changes)`: several counters of one hash changed by one HSET.
+pub static COUNTS: Lib = Lib {
+    name: "counts",
+    source: include_str!("lua/counts.lua"),
+    needs: &[],
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +87,109 @@ mod tests {
     fn libraries_come_once_each_before_what_needs_them() {
         assert_eq!(source(&[&C, &B], "return 1"), "-- a\n-- b\n-- c\nreturn 1");
         assert_eq!(source(&[], "return 1"), "return 1");
+    }
+}
+
+#[cfg(test)]
+mod script_tests {
+    //! counts.lua against a real Redis.
+
+    use super::*;
+    use crate::testing::TestRedis;
+
+    /// `add_counts` called by a script with ARGV as its changes.
+    fn adder() -> Script {
+        script(
+            &[&COUNTS],
+            "add_counts(KEYS[1], ARGV)\nreturn redis.call('HGETALL', KEYS[1])",
+        )
+    }
+
+    async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .expect("info");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn several_counters_change_with_one_hset_and_a_zero_is_not_written() {
+        let redis = TestRedis::start().await;
+        let mut conn = redis.conn().await;
+        let _: () = redis::cmd("HSET")
+            .arg("t")
+            .arg(&["a", "5", "z", "7"])
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .expect("resetstat");
+        let all: Vec<String> = adder()
+            .key("t")
+            .arg(&["a", "-2", "b", "1000", "z", "0"])
+            .invoke_async(&mut conn)
+            .await
+            .expect("add");
+        let mut pairs: Vec<_> = all.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [
+                ("a".into(), "3".into()),
+                ("b".into(), "1000".into()),
+                ("z".into(), "7".into())
+            ]
+        );
+        assert_eq!(calls(&mut conn, "hset").await, 1, "one HSET for both changes");
+        assert_eq!(calls(&mut conn, "hincrby").await, 0);
+    }
+
+    /// Past 2^53 a double no longer holds every integer: such counts are added by Redis,
+    /// exactly, and an overflow is refused as HINCRBY refuses it.
+    #[tokio::test]
+    async fn counts_past_2_53_stay_exact_and_an_overflow_is_refused() {
+        let redis = TestRedis::start().await;
+        let mut conn = redis.conn().await;
+        let _: () = redis::cmd("HSET")
+            .arg("t")
+            .arg(&["big", "9007199254740993", "small", "1"])
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let all: Vec<String> = adder()
+            .key("t")
+            .arg(&["small", "1", "big", "1"])
+            .invoke_async(&mut conn)
+            .await
+            .expect("add");
+        let mut pairs: Vec<_> = all.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [("big".into(), "9007199254740994".into()), ("small".into(), "2".into())]
+        );
+        let huge: Result<Vec<String>, _> = adder()
+            .key("t")
+            .arg(&["big", "9223372036854775807"])
+            .invoke_async(&mut conn)
+            .await;
+        assert!(huge.is_err(), "an overflow is an error: {huge:?}");
+        let big: String = redis::cmd("HGET")
+            .arg("t")
+            .arg("big")
+            .query_async(&mut conn)
+            .await
+            .expect("hget");
+        assert_eq!(big, "9007199254740994", "nothing written by the refused change");
     }
 }

@@ -1,4 +1,4 @@
--- The order record, for the checkout scripts (needs clock.lua and settle.lua). An order's
+-- The order record, for the checkout scripts (needs clock.lua, settle.lua and counts.lua). An order's
 -- hash, its shard's totals and recovery's set of active orders share a slot.
 --
 -- Every write is fsynced and lands in the AOF, so a checkout writes as little as it can:
@@ -24,8 +24,8 @@
 --   status, currency, amount ('' to keep each), owner.
 -- update_order(order, steps, totals, outbox, c, argv, pairs_from): records one saga event:
 --   adds the step, sets the field/value pairs argv[pairs_from..], and when the order's totals
---   bucket (`bucket`) changes moves it there in the same step, so the totals always match the
---   orders. A terminal order is never changed again, and only its owner
+--   bucket (`bucket`) changes moves it there in the same step (one HSET of the counts it
+--   changes, add_counts), so the totals always match the orders. A terminal order is never changed again, and only its owner
 --   changes it. An order that ends (completed, failed) is published in the same step to the
 --   shard's outbox stream, which payment's merchant-webhook dispatcher reads: the event is
 --   never lost between the change and its webhook. Returns 'ok' and whether the order owes a
@@ -85,13 +85,8 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local from, from_amount = bucket(cur[1], was_currency, was_amount)
   local to, to_amount = bucket(status, currency, amount)
   if from ~= to or from_amount ~= to_amount then
-    local function add(b, field, n)
-      if tonumber(n) ~= 0 then redis.call('HINCRBY', totals, b .. ':' .. field, n) end
-    end
-    add(from, 'count', -1)
-    add(from, 'amount', fmt(-tonumber(from_amount)))
-    add(to, 'count', 1)
-    add(to, 'amount', to_amount)
+    add_counts(totals, {from .. ':count', -1, from .. ':amount', fmt(-tonumber(from_amount)),
+      to .. ':count', 1, to .. ':amount', to_amount})
   end
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end

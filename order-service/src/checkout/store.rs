@@ -27,7 +27,7 @@ use crate::orders::store::{
 static ORDER: Lib = Lib {
     name: "order",
     source: include_str!("order.lua"),
-    needs: &[&CLOCK, &SETTLE, &STEPS],
+    needs: &[&CLOCK, &SETTLE, &STEPS, &shared::lua::COUNTS],
 };
 
 static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&BEGIN, &ORDER], include_str!("begin.lua")));

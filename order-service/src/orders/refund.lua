@@ -23,8 +23,7 @@ local set = {'updatedAt', at}
 local steps_n = cur[10]
 if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
-  redis.call('HINCRBY', totals, cur[2] .. ':refunds:count', 1)
-  redis.call('HINCRBY', totals, cur[2] .. ':refunds:amount', amount)
+  add_counts(totals, {cur[2] .. ':refunds:count', 1, cur[2] .. ':refunds:amount', amount})
   steps_n = push_steps(set, steps_n, step)
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status

@@ -26,7 +26,8 @@ use crate::checkout::core::{Call, TransitionAnswer};
 use crate::error::OrderError;
 use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 
-static REFUND: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&STEPS], include_str!("refund.lua")));
+static REFUND: LazyLock<Script> =
+    LazyLock::new(|| shared::lua::script(&[&STEPS, &shared::lua::COUNTS], include_str!("refund.lua")));
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

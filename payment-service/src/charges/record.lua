@@ -6,8 +6,8 @@
 -- is returned ('found') instead of recording a second one ('charged'). A marker found for a
 -- different request (the key's idempotency record vanished, the marker not yet) is refused as
 -- a reused key.
--- The totals are incremented first: HINCRBY is the only write here that can fail (overflow),
--- and a failing script keeps the writes made before the failure.
+-- The totals are incremented first (add_counts): an overflow is the only failure a write here
+-- can meet, and a failing script keeps the writes made before the failure.
 -- A new charge also stores its answer, when given one, so that the Idempotency-Key's record
 -- needs no second write: on one node the answer settles that record itself (answer.lua's
 -- `held` key), on a cluster it is stored beside the charge; a found one is answered by the
@@ -53,8 +53,7 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
   end
   if status == 'succeeded' then
     local books = gateway .. ':' .. currency .. ':charged:'
-    redis.call('HINCRBY', totals, books .. 'amount', amount)
-    redis.call('HINCRBY', totals, books .. 'count', 1)
+    add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
   end
   -- Fields with nothing to say are left out (a missing one reads as empty): each byte is fsynced.
   local fields = {'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,

@@ -20,7 +20,11 @@ use crate::wallets::{Moved, Movement};
 static RECORD: Lib = Lib {
     name: "record",
     source: include_str!("record.lua"),
-    needs: &[&shared::idempotency::scripts::ANSWER, &crate::events::EVENTS],
+    needs: &[
+        &shared::idempotency::scripts::ANSWER,
+        &crate::events::EVENTS,
+        &shared::lua::COUNTS,
+    ],
 };
 
 static CHARGE: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[&RECORD], include_str!("charge.lua")));

@@ -13,8 +13,12 @@ use crate::splits::store::recipients_key;
 use crate::store::{Store, aggregates_key, charge_key, events_key, outbox_key, shard_of_charge, totals_key};
 
 static RECEIVE: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("receive.lua")));
-static PAID: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("paid.lua")));
+static PAID: LazyLock<Script> = LazyLock::new(|| {
+    shared::lua::script(
+        &[&crate::events::EVENTS, &shared::lua::COUNTS],
+        include_str!("paid.lua"),
+    )
+});
 static CANCEL: LazyLock<Script> =
     LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("cancel.lua")));
 

@@ -40,8 +40,7 @@ end
 local amount = asked == '' and remaining or tonumber(asked)
 if amount > remaining then return {'exceeds', int(remaining)} end
 local books = (c[5] or 'simulator') .. ':' .. c[3] .. ':refunded:'
-redis.call('HINCRBY', totals, books .. 'amount', amount)
-redis.call('HINCRBY', totals, books .. 'count', 1)
+add_counts(totals, {books .. 'amount', int(amount), books .. 'count', 1})
 refunded = refunded + amount
 local status = refunded == charged and 'refunded' or 'partially_refunded'
 redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,

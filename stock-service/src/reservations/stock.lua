@@ -1,10 +1,10 @@
--- What every stock script may call (needs clock.lua for its callers' `now_ms`).
+-- What every stock script may call (needs clock.lua for its callers' `now_ms`, and counts.lua).
 -- fill(tpl, values): an answer template's holes ('\1') filled in turn (reservation_template).
 -- sweep(item, expiring, prefix, now, limit): returns up to `limit` lapsed reservations of one
 --   item to `available`, bounded so no script runs long; how many it looked at.
 -- fmt(n): an integer as Redis stores it, never in Lua's exponent notation.
 -- move(item, from, to, q): q units from one of the item's counts to another, both written by
---   one HSET: one command in the AOF, where two HINCRBYs were two.
+--   one HSET (add_counts).
 local function fmt(n) return string.format('%d', n) end
 local function fill(tpl, values)
   local out, pos = {}, 1
@@ -18,8 +18,7 @@ local function fill(tpl, values)
   return table.concat(out)
 end
 local function move(item, from, to, q)
-  local c = redis.call('HMGET', item, from, to)
-  redis.call('HSET', item, from, fmt((tonumber(c[1]) or 0) - q), to, fmt((tonumber(c[2]) or 0) + q))
+  add_counts(item, {from, -q, to, q})
 end
 local function sweep(item, expiring, prefix, now, limit)
   local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, limit)

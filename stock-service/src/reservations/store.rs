@@ -60,7 +60,7 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
 static STOCK: Lib = Lib {
     name: "stock",
     source: include_str!("stock.lua"),
-    needs: &[&CLOCK],
+    needs: &[&CLOCK, &shared::lua::COUNTS],
 };
 
 /// `transition`, for release and complete.
