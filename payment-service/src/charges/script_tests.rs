@@ -349,6 +349,11 @@ async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
     assert_eq!(events[0].event_id, format!("{id}-1"));
     assert_eq!(events[0].data["amount"], 1250);
     assert_eq!(events[0].data["gateway"], "card-a");
+    assert!(
+        events[0].data.get("declineCode").is_none(),
+        "a charge that was not declined has no decline code: {}",
+        events[0].data
+    );
     let declined = store.events(&declined_id, 0, None).await.expect("events");
     assert_eq!(declined[0].kind, "charge.declined");
     assert_eq!(declined[0].data["declineCode"], "card_declined");

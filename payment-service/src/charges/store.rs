@@ -94,30 +94,28 @@ pub enum ChargeOutcome {
 }
 
 /// The charge's first event, as the log keeps it (events.lua): built here, so the script only
-/// appends it.
+/// appends it. Only a declined charge's data has a declineCode: a `null` in every other
+/// charge's event was 19 bytes fsynced per checkout that said nothing.
 fn event_of(new: &NewCharge<'_>, status: &str, at: &str) -> String {
     let kind = match status {
         "succeeded" => "charge.succeeded",
         "pending" => "charge.pending",
         _ => "charge.declined",
     };
-    serde_json::json!({
-        "type": kind,
-        "at": at,
-        "correlationId": new.order_id,
-        "data": {
-            "chargeId": new.charge_id,
-            "orderId": new.order_id,
-            "amount": new.amount,
-            "currency": new.currency,
-            "paymentMethod": new.payment_method,
-            "gateway": new.gateway,
-            "gatewayReference": new.gateway_reference,
-            "declineCode": new.decline_code,
-            "traceId": shared::telemetry::current_trace_id(),
-        },
-    })
-    .to_string()
+    let mut data = serde_json::json!({
+        "chargeId": new.charge_id,
+        "orderId": new.order_id,
+        "amount": new.amount,
+        "currency": new.currency,
+        "paymentMethod": new.payment_method,
+        "gateway": new.gateway,
+        "gatewayReference": new.gateway_reference,
+        "traceId": shared::telemetry::current_trace_id(),
+    });
+    if let Some(code) = new.decline_code {
+        data["declineCode"] = code.into();
+    }
+    serde_json::json!({"type": kind, "at": at, "correlationId": new.order_id, "data": data}).to_string()
 }
 
 impl Store {
