@@ -1,5 +1,6 @@
 -- An order's steps, kept in its hash: 'n' counts them and 's1'..'sN' hold them, each
--- "name status at" (orders::store::parse_step reads them). The HSET that records a change
+-- "name status at", `at` in milliseconds since the epoch (orders::store::step_text writes
+-- them, parse_step reads them). The HSET that records a change
 -- writes its step too: a list beside the hash cost a command and its key name per step.
 --
 -- push_steps(set, n, steps): adds each line of `steps` (one step, or several recorded in one

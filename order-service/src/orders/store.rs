@@ -46,21 +46,32 @@ pub(crate) static STEPS: Lib = Lib {
     needs: &[],
 };
 
-/// A step as steps.lua stores it: "name status at".
+/// A step as steps.lua stores it: "name status at", `at` in milliseconds since the epoch (13
+/// digits where RFC 3339 takes 24: every step is fsynced), rendered back by [`parse_step`].
 pub(crate) fn step_text(name: StepName, status: StepStatus, at: &str) -> String {
-    format!("{} {} {at}", name.as_str(), status.as_str())
+    // Only a time that renders back as given is shortened (the services write every `at` so).
+    match shared::time::parse_rfc3339_ms(at).filter(|&ms| shared::time::rfc3339_ms(ms) == at) {
+        Some(ms) => format!("{} {} {ms}", name.as_str(), status.as_str()),
+        None => format!("{} {} {at}", name.as_str(), status.as_str()),
+    }
 }
 
-/// Reads a stored step: "name status at", or the JSON older versions kept in a list.
+/// Reads a stored step: "name status at" (`at` in milliseconds, or RFC 3339 as older versions
+/// wrote it), or the JSON older versions kept in a list.
 fn parse_step(text: &str) -> Option<Step> {
     if text.starts_with('{') {
         return serde_json::from_str(text).ok();
     }
     let mut parts = text.splitn(3, ' ');
+    let (name, status, at) = (parts.next()?, parts.next()?, parts.next()?);
+    let at = match at.parse::<u64>() {
+        Ok(ms) => shared::time::rfc3339_ms(ms),
+        Err(_) => at.into(),
+    };
     Some(Step {
-        name: parts.next()?.into(),
-        status: parts.next()?.into(),
-        at: parts.next()?.into(),
+        name: name.into(),
+        status: status.into(),
+        at,
     })
 }
 
@@ -391,6 +402,16 @@ mod tests {
             (step.name.as_str(), step.status.as_str(), step.at.as_str()),
             ("release", "out_of_stock", "2026-12-05T10:00:00.000Z")
         );
+        assert_eq!(text, "release out_of_stock 1796464800000", "stored in milliseconds");
         assert!(parse_step("half").is_none());
+    }
+
+    #[test]
+    fn a_step_stored_with_an_rfc3339_time_still_reads_and_an_odd_time_is_kept_as_given() {
+        let older = parse_step("charge succeeded 2026-12-05T10:00:00.500Z").expect("parses");
+        assert_eq!(older.at, "2026-12-05T10:00:00.500Z");
+        let odd = step_text(StepName::Charge, StepStatus::Succeeded, "2026-12-05T10:00:00Z");
+        assert_eq!(odd, "charge succeeded 2026-12-05T10:00:00Z");
+        assert_eq!(parse_step(&odd).expect("parses").at, "2026-12-05T10:00:00Z");
     }
 }
