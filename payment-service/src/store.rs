@@ -3,7 +3,7 @@
 //! Keys all carry the `{pay:S}` hash tag, S = `shared::ids::shard_of(orderId)` (0..16): a charge,
 //! its order's index and the totals that count it share one Redis Cluster slot, so each script
 //! below writes an effect and its counters atomically, and the books balance at every instant.
-//! - `payment:{pay:S}:charge:<chargeId>` hash: chargeId, orderId, amount, currency, customerId,
+//! - `payment:{pay:S}:charge:<chargeId>` hash: orderId, amount, currency, customerId,
 //!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt,
 //!   refundedAt, gateway, gatewayReference
 //! - `payment:{pay:S}:order:<orderId>` list: the order's charge ids, oldest first
@@ -100,6 +100,8 @@ pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
     (shard < SHARDS).then_some(shard)
 }
 
+/// A charge's fields as [`charge_from`] reads them. The first is the charge's id only in
+/// charges written before #29's sixth pass: its key's name has it, so it is no longer stored.
 const CHARGE_FIELDS: [&str; 16] = [
     "chargeId",
     "status",
@@ -149,7 +151,7 @@ impl Store {
         };
         let mut conn = self.pool.get().await?;
         let fields: Vec<Option<String>> = charge_fields(shard, charge_id).query_async(&mut conn).await?;
-        charge_from(&fields)
+        charge_from(charge_id, &fields)
     }
 
     /// The order's charges, oldest first: its index, then every charge in one pipeline.
@@ -166,8 +168,8 @@ impl Store {
         }
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
         let mut charges = Vec::with_capacity(rows.len());
-        for row in rows {
-            if let Some(c) = charge_from(&row)? {
+        for (id, row) in ids.iter().zip(rows) {
+            if let Some(c) = charge_from(id, &row)? {
                 charges.push(c);
             }
         }
@@ -204,13 +206,15 @@ fn charge_fields(shard: u16, charge_id: &str) -> redis::Cmd {
     cmd
 }
 
-fn charge_from(f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
+/// The charge `charge_id` from its fields as read (CHARGE_FIELDS); None when it has none (every
+/// charge has a status).
+fn charge_from(charge_id: &str, f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
     let get = |i: usize| f.get(i).cloned().flatten().filter(|v| !v.is_empty());
-    let Some(charge_id) = get(0) else {
+    if get(1).is_none() {
         return Ok(None);
-    };
+    }
     Ok(Some(Charge {
-        charge_id,
+        charge_id: charge_id.to_string(),
         status: get(1).unwrap_or_default(),
         amount: parse_amount(&get(2).unwrap_or_default())?,
         currency: get(3).unwrap_or_default(),
@@ -308,13 +312,19 @@ mod tests {
         .iter()
         .map(|s| Some((*s).to_string()))
         .collect();
-        let c = charge_from(&row).ok().flatten();
+        let c = charge_from("ch_00aa", &row).ok().flatten();
         assert_eq!(c.as_ref().map(|c| c.amount), Some(1_000_000_000_000));
         assert_eq!(c.as_ref().and_then(|c| c.refund_id.clone()), None);
         assert_eq!(
             c.as_ref().and_then(|c| c.decline_code.clone()).as_deref(),
             Some("card_declined")
         );
-        assert!(matches!(charge_from(&[None, None]), Ok(None)));
+        assert_eq!(c.as_ref().map(|c| c.charge_id.as_str()), Some("ch_00aa"));
+        assert!(matches!(charge_from("ch_00aa", &[None, None]), Ok(None)));
+        // Charges since #29's sixth pass do not repeat their id: it is the one they were read by.
+        let mut newer = row.clone();
+        newer[0] = None;
+        let c = charge_from("ch_00bb", &newer).ok().flatten();
+        assert_eq!(c.map(|c| c.charge_id), Some("ch_00bb".to_string()));
     }
 }

@@ -56,7 +56,8 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
   end
   -- Fields with nothing to say are left out (a missing one reads as empty): each byte is fsynced.
-  local fields = {'chargeId', charge_id, 'orderId', order_id, 'amount', amount, 'currency', currency,
+  -- Nor is the charge's id: its key's name has it.
+  local fields = {'orderId', order_id, 'amount', amount, 'currency', currency,
     'customerId', customer_id, 'paymentMethod', method, 'status', status, 'createdAt', created_at, 'gateway', gateway,
     'gatewayReference', gateway_ref}
   if decline_code ~= '' then fields[#fields + 1] = 'declineCode'; fields[#fields + 1] = decline_code end

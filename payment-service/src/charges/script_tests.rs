@@ -198,7 +198,15 @@ async fn refund_counts_once_and_answers_the_same_refund_again() {
     assert!(matches!(unknown, Some(RefundOutcome::NotFound)));
     assert_eq!(charged_and_refunded(&store).await, (1, 1250, 1, 1250));
     let stored = store.get_charge(&id).await.ok().flatten();
-    assert_eq!(stored.map(|c| c.status), Some("refunded".into()));
+    assert_eq!(
+        stored.map(|c| (c.charge_id, c.status)),
+        Some((id.clone(), "refunded".into()))
+    );
+    // The charge's hash does not repeat its id; the refund's event still names it.
+    let events = store.events(&id, 0, None).await.expect("events");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].kind, "refund.succeeded");
+    assert_eq!(events[1].data["chargeId"], id.as_str());
 }
 
 fn refunded(outcome: Option<RefundOutcome>) -> (String, u64, bool) {
