@@ -22,8 +22,8 @@ local function begin(key, fp, token, lease_ms, ttl_ms, defer)
     return {'new', token}
   end
   -- As stored (IdempotencyStore's stored_fp): a record written before fingerprints were cut
-  -- to 32 characters still matches its request.
-  if string.sub(rec[2] or '', 1, 32) ~= string.sub(fp, 1, 32) then return {'reused'} end
+  -- to STORED_FP_LEN (16) characters, or to 32 before that, still matches its request.
+  if string.sub(rec[2] or '', 1, 16) ~= string.sub(fp, 1, 16) then return {'reused'} end
   if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
   local lease = tonumber(rec[3]) or 0
   if lease > now then return {'busy', tostring(lease - now)} end

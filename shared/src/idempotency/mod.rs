@@ -362,10 +362,12 @@ impl KeyRef {
     }
 }
 
-/// How much of a fingerprint a record keeps: 32 hex characters, 128 bits of SHA-256. A
-/// fingerprint only tells one request from another under the same key, which 128 bits do as
-/// surely as 256, and every checkout writes five of them into the fsynced AOF.
-pub const STORED_FP_LEN: usize = 32;
+/// How much of a fingerprint a record keeps: 16 hex characters, 64 bits of SHA-256. A
+/// fingerprint only tells one request from another under the same key: two different bodies
+/// sent with one key collide with a chance of 2^-64, and a collision would only replay that
+/// caller's own earlier answer instead of refusing the reused key (no money moves, nobody
+/// else's answer is shown). Every checkout writes five of them into the fsynced AOF.
+pub const STORED_FP_LEN: usize = 16;
 
 /// `fp` as records keep it ([`KeyRef::stored_fingerprint`]).
 pub fn stored_fp(fp: &str) -> &str {
@@ -492,11 +494,15 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_fingerprint_is_its_first_128_bits_and_matches_the_whole_one() {
+    fn a_stored_fingerprint_is_its_first_64_bits_and_matches_the_whole_one_and_older_cuts() {
         let whole = crate::body::fingerprint("POST", "/x", b"{}");
         let key = KeyRef::new("svc:op", "k", whole.clone());
         assert_eq!(whole.len(), 64);
-        assert_eq!(key.stored_fingerprint(), &whole[..32]);
+        assert_eq!(key.stored_fingerprint(), &whole[..16]);
+        assert!(
+            same_fp(&whole[..32], &whole),
+            "a record written when 128 bits were kept still matches"
+        );
         assert_eq!(
             key.fingerprint(),
             whole,

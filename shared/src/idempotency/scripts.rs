@@ -95,34 +95,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_keeps_128_bits_of_fingerprint_and_one_that_kept_all_256_still_matches() {
+    async fn a_record_keeps_64_bits_of_fingerprint_and_ones_that_kept_128_or_256_still_match() {
         let redis = TestRedis::start().await;
         let idem = store(&redis);
         let fp = crate::body::fingerprint("POST", "/x", br#"{"a":1}"#);
         let other = crate::body::fingerprint("POST", "/x", br#"{"a":2}"#);
         let key = KeyRef::new("t:op", "k1", fp.clone());
         let _ = idem.begin(&key, "tok1").await;
-        assert_eq!(field(&redis, &key, "fp").await.as_deref(), Some(&fp[..32]));
+        assert_eq!(field(&redis, &key, "fp").await.as_deref(), Some(&fp[..16]));
         let reused = idem.begin(&KeyRef::new("t:op", "k1", other.clone()), "tok2").await.ok();
         assert_eq!(reused, Some(Begin::Reused));
 
-        // A record an earlier version wrote, with the whole fingerprint, settled.
-        let old = KeyRef::new("t:op", "k2", fp.clone());
+        // Records earlier versions wrote, settled: with the whole fingerprint, and with 128 bits.
         let mut conn = redis.conn().await;
-        let _: i64 = redis::cmd("HSET")
-            .arg(old.redis_key())
-            .arg(&["state", "done", "fp", fp.as_str(), "status", "201", "body", "{}"])
-            .query_async(&mut conn)
-            .await
-            .expect("HSET");
-        let same = idem.begin(&old, "tok3").await.ok();
-        let another = idem.begin(&KeyRef::new("t:op", "k2", other), "tok4").await.ok();
+        for (k, kept) in [("k2", fp.as_str()), ("k3", &fp[..32])] {
+            let old = KeyRef::new("t:op", k, fp.clone());
+            let _: i64 = redis::cmd("HSET")
+                .arg(old.redis_key())
+                .arg(&["state", "done", "fp", kept, "status", "201", "body", "{}"])
+                .query_async(&mut conn)
+                .await
+                .expect("HSET");
+            let same = idem.begin(&old, "tok3").await.ok();
+            let another = idem.begin(&KeyRef::new("t:op", k, other.clone()), "tok4").await.ok();
 
-        assert!(
-            matches!(same, Some(Begin::Replay(StoredResponse { status: 201, .. }))),
-            "{same:?}"
-        );
-        assert_eq!(another, Some(Begin::Reused));
+            assert!(
+                matches!(same, Some(Begin::Replay(StoredResponse { status: 201, .. }))),
+                "{k}: {same:?}"
+            );
+            assert_eq!(another, Some(Begin::Reused), "{k}");
+        }
     }
 
     #[tokio::test]
