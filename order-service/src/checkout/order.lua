@@ -13,8 +13,9 @@
 --   (a step's time is the update's: orders::store reads the latest).
 --
 -- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
---   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key, fp, owner,
---   lease_ms. Its 'created' step is not written: createdAt is its time (orders::store reads it
+--   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key (the
+--   client's Idempotency-Key, stored as 'ik': its record's name is made from it, as older
+--   versions stored it in 'idemKey'), fp, owner, lease_ms. Its 'created' step is not written: createdAt is its time (orders::store reads it
 --   so), and its first step is then s1.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.
@@ -48,7 +49,7 @@ local function create_order(order, steps, totals, active, o)
   local now = now_ms()
   redis.call('HSET', order, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
     'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'createdAt', o.at,
-    'idemKey', o.idem_key, 'fp', o.fp, 'owner', o.owner)
+    'ik', o.idem_key, 'fp', o.fp, 'owner', o.owner)
   redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
   redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
   return 1

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::testing::TestRedis;
 
-use super::store::{Applied, Change, Claim, Reservation, Settle, checkout_key};
+use super::store::{Applied, Change, Claim, Progress, Reservation, Settle, StoredOrder, checkout_key};
 use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::{CheckoutCompleted, NewOrder};
 use crate::orders::store::{OrderStore, step_text};
@@ -590,4 +590,45 @@ async fn an_awaited_pix_replays_its_202_until_the_end_replaces_it_and_a_wake_mak
     assert!(f.due(id).await.is_empty());
     let unknown = OrderId::new_for_key("pix-none");
     assert_eq!(f.store.wake(&unknown).await.expect("wake"), None);
+}
+
+/// A resumed order must settle the key it was made for: the order keeps the client's key, and
+/// an order stored before (with its record's whole name) still names the same record.
+#[tokio::test]
+async fn a_loaded_order_names_its_keys_record_whether_it_stored_the_key_or_the_records_name() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let record_of = |loaded: Option<(StoredOrder, Progress)>| loaded.map(|(s, _)| s.idempotency_key);
+    assert_eq!(
+        record_of(f.store.load(&o.order_id).await.ok().flatten()),
+        Some(key.redis_key().to_string())
+    );
+    let mut conn = f.redis.conn().await;
+    let hash = crate::orders::store::order_key(&o.order_id);
+    let ik: Option<String> = redis::cmd("HGET")
+        .arg(&hash)
+        .arg("ik")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(ik.as_deref(), Some("k1"), "the client's key, not the record's name");
+
+    let _: () = redis::pipe()
+        .cmd("HDEL")
+        .arg(&hash)
+        .arg("ik")
+        .ignore()
+        .cmd("HSET")
+        .arg(&hash)
+        .arg("idemKey")
+        .arg(key.redis_key())
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("older order");
+    assert_eq!(
+        record_of(f.store.load(&o.order_id).await.ok().flatten()),
+        Some(key.redis_key().to_string())
+    );
 }

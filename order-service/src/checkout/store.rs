@@ -51,6 +51,13 @@ pub fn checkout_key(key: &str, fingerprint: String) -> KeyRef {
     KeyRef::from_stored(format!("order:{{ord:{}}}:key:{key}", shard_of(key)), fingerprint)
 }
 
+/// The client's Idempotency-Key a [`checkout_key`] record is named for: what an order stores,
+/// 30 bytes fewer than the record's name.
+fn client_key_of(record: &KeyRef) -> &str {
+    let name = record.redis_key();
+    name.split_once("}:key:").map_or(name, |(_, key)| key)
+}
+
 /// The reservation, as recorded on the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -159,7 +166,7 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
         .arg(&order.customer_id)
         .arg(&order.payment_method)
         .arg(&at)
-        .arg(key.redis_key())
+        .arg(client_key_of(key))
         .arg(key.stored_fingerprint())
         .arg(owner)
         .arg(lease.as_millis() as u64);
@@ -419,12 +426,16 @@ impl OrderStore {
                 "releaseOwed",
                 "status",
                 "pixExpiresAtMs",
+                "ik",
             ])
             .query_async(&mut conn)
             .await?;
         let get = |i: usize| fields.get(i).cloned().flatten();
+        // The client's key ('ik'), or its record's whole name as orders before #29's sixth
+        // pass kept it ('idemKey').
+        let record = get(13).map(|key| checkout_key(&key, String::new()).redis_key().to_string());
         let (Some(item_id), Some(quantity), Some(customer_id), Some(payment_method), Some(key), Some(fp)) =
-            (get(0), get(1), get(2), get(3), get(4), get(5))
+            (get(0), get(1), get(2), get(3), record.or(get(4)), get(5))
         else {
             return Ok(None);
         };
