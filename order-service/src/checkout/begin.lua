@@ -12,7 +12,7 @@ local ttl_ms = ARGV[11]
 local decision = begin(key, o.fp, o.id, tonumber(o.lease_ms), ttl_ms)
 if decision[1] == 'new' then create_order(order, steps, totals, active, o) end
 if decision[1] == 'replay' and decision[4] == '' then
-  local token = redis.call('HGET', key, 'token')
+  local token = record_get(key, {'token'})[1]
   if token then
     decision[4] = redis.call('HGET', string.match(order, '^(.*:order:)') .. token, 'respBody') or ''
     -- None there either: a completed order's 200, which Rust renders from the order (named last).

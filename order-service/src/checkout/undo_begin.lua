@@ -3,7 +3,7 @@
 -- this request (any more); 'held' when another request's order holds it.
 -- KEYS: key record, order, steps, totals, active. ARGV: the request's order id.
 local key, id = KEYS[1], ARGV[1]
-local holder = redis.call('HGET', key, 'token')
+local holder = record_get(key, {'token'})[1]
 if holder and holder ~= id then return 'held' end
 free(key, id)
 abandon_order(KEYS[2], KEYS[3], KEYS[4], KEYS[5], id)

@@ -22,7 +22,8 @@
 --   A held record given an empty body keeps none: its caller renders the replay from `made`.
 --   A record the script took itself keeps no body: it is only ever read by take_key, for a
 --   request with the same fingerprint, which carries the same answer again (its holes filled by
---   `render` from what the key made), so the body would be bytes written for nothing.
+--   `render` from what the key made), so the body would be bytes written for nothing; and it
+--   is written as a string, with its expiry, in one command (record.lua).
 -- hold_key(), last, on every way out after take_key: writes a new key's record as running
 --   under this owner when no answer was stored, so the caller settles or frees it as usual.
 -- An effect that must find what a request made (its retry after a crash) can name it in the
@@ -44,7 +45,7 @@ local function take_key(key, ans, render)
   local d = begin(key, ans.fp, ans.token, tonumber(ans.lease_ms), ans.ttl_ms, true)
   if d[1] == 'replay' and not d[4] then
     d[4] = ans.body
-    if render then d[4] = render(redis.call('HGET', key, 'made')) end
+    if render then d[4] = render(record_get(key, {'made'})[1]) end
     if not d[4] then return {'idem', 'lost'} end
   end
   if d[1] == 'new' then
@@ -72,7 +73,7 @@ local function store_answer(key, ans, body, made)
   if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
   if made then set[#set + 1] = 'made'; set[#set + 1] = made end
   if ans.held then
-    local rec = redis.call('HMGET', key, 'state', 'status')
+    local rec = record_get(key, {'state', 'status'})
     if rec[1] == 'done' and rec[2] ~= '202' then return end
     set[#set + 1] = 'state'; set[#set + 1] = 'done'
     if rec[1] then return redis.call('HSET', key, unpack(set)) end
@@ -81,14 +82,22 @@ local function store_answer(key, ans, body, made)
     redis.call('HSET', key, unpack(set))
     return redis.call('PEXPIRE', key, ans.ttl_ms)
   end
-  if untaken or ans.token then set[#set + 1] = 'state'; set[#set + 1] = 'done' end
-  if untaken or not ans.token then set[#set + 1] = 'fp'; set[#set + 1] = ans.fp end
+  if untaken then
+    -- New and done at once: it never changes again, so it is kept as a string (record.lua).
+    untaken = nil
+    set[#set + 1] = 'fp'; set[#set + 1] = ans.fp
+    if record_packable(set) then return record_write_done(key, set, ans.ttl_ms) end
+    set[#set + 1] = 'state'; set[#set + 1] = 'done'
+    redis.call('HSET', key, unpack(set))
+    return redis.call('PEXPIRE', key, ans.ttl_ms)
+  end
+  if ans.token then set[#set + 1] = 'state'; set[#set + 1] = 'done' end
+  if not ans.token then set[#set + 1] = 'fp'; set[#set + 1] = ans.fp end
   redis.call('HSET', key, unpack(set))
-  if untaken or not ans.token then redis.call('PEXPIRE', key, ans.ttl_ms) end
-  untaken = nil
+  if not ans.token then redis.call('PEXPIRE', key, ans.ttl_ms) end
 end
 local function made_by(key, ans)
   -- A key this script has just taken new has no record yet, so nothing made: no read.
   if not key or not ans or untaken then return nil end
-  return redis.call('HGET', key, 'made') or nil
+  return record_get(key, {'made'})[1] or nil
 end

@@ -1,4 +1,5 @@
--- Deciding what a request does with its Idempotency-Key, on Redis' clock (needs clock.lua).
+-- Deciding what a request does with its Idempotency-Key, on Redis' clock (needs clock.lua and
+-- record.lua).
 -- The record's fields: state, fp, token, lease (ms), status, ctype, body, location.
 --
 -- hold(key, fp, token, lease_at, ttl_ms, note): writes the record as running under `token`,
@@ -16,7 +17,7 @@ local function hold(key, fp, token, lease_at, ttl_ms, note)
 end
 local function begin(key, fp, token, lease_ms, ttl_ms, defer)
   local now = now_ms()
-  local rec = redis.call('HMGET', key, 'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location')
+  local rec = record_get(key, {'state', 'fp', 'lease', 'token', 'status', 'ctype', 'body', 'location'})
   if not rec[1] then
     if not defer then hold(key, fp, token, now + lease_ms, ttl_ms) end
     return {'new', token}

@@ -24,7 +24,10 @@
 //! goes one step further: its effect's script takes the
 //! key itself (`answer.lua`'s `take_key`) and settles it with the answer, one write for the
 //! whole request; the record is then written once, done, never as running first (the script is
-//! atomic, so nobody could have seen it running). A service that must take the key before its
+//! atomic, so nobody could have seen it running). Such a record never changes again, so it is
+//! kept as one string set with its expiry by one command, not a hash and its PEXPIRE
+//! (`record.lua`; every script reads both forms, and [`IdempotencyStore::field`] does in Rust).
+//! A service that must take the key before its
 //! effect's script runs (payment asks a provider in between) has that script settle the key's
 //! record with the answer instead ([`IdempotencyStore::effects_settle_held_keys`]). On Redis
 //! Cluster the key's record is a slot of its own, so it is taken first and the answer is stored

@@ -9,18 +9,25 @@ use redis::Script;
 
 use crate::lua::{self, CLOCK, Lib};
 
+/// `record_get` and the string form of a record written done at once.
+pub static RECORD: Lib = Lib {
+    name: "record",
+    source: include_str!("record.lua"),
+    needs: &[],
+};
+
 /// `hold` and `begin`: what a request does with its key.
 pub static BEGIN: Lib = Lib {
     name: "begin",
     source: include_str!("begin.lua"),
-    needs: &[&CLOCK],
+    needs: &[&CLOCK, &RECORD],
 };
 
 /// `finish` and `free`: a key's settling.
 pub static SETTLE: Lib = Lib {
     name: "settle",
     source: include_str!("settle.lua"),
-    needs: &[],
+    needs: &[&RECORD],
 };
 
 /// `answer_from`, `take_key`, `store_answer`, `hold_key`: an answer stored with the effect.
@@ -36,8 +43,13 @@ pub(super) static FINISH_KEY: LazyLock<Script> =
 pub(super) static FREE_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&SETTLE], include_str!("free_key.lua")));
 pub(super) static BEGIN_NOTED: LazyLock<Script> =
     LazyLock::new(|| lua::script(&[&BEGIN], include_str!("begin_noted.lua")));
-pub(super) static RENOTE_KEY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renote_key.lua")));
-pub(super) static RENEW_KEY: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("renew_key.lua")));
+pub(super) static RENOTE_KEY: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&RECORD], include_str!("renote_key.lua")));
+pub(super) static RENEW_KEY: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&CLOCK, &RECORD], include_str!("renew_key.lua")));
+/// One field of a key's record, whichever way it is kept (KEYS: the record; ARGV: the field).
+pub(super) static RECORD_FIELD: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&RECORD], "return record_get(KEYS[1], {ARGV[1]})[1]"));
 
 #[cfg(test)]
 mod tests {
@@ -62,14 +74,7 @@ mod tests {
     }
 
     async fn field(redis: &TestRedis, key: &KeyRef, name: &str) -> Option<String> {
-        let mut conn = redis.conn().await;
-        redis::cmd("HGET")
-            .arg(key.redis_key())
-            .arg(name)
-            .query_async(&mut conn)
-            .await
-            .ok()
-            .flatten()
+        store(redis).field(key, name).await.ok().flatten()
     }
 
     #[tokio::test]
@@ -353,6 +358,92 @@ mod tests {
         assert_eq!(
             replay,
             Some(Ok(Begin::Replay(StoredResponse { location: None, ..resp })))
+        );
+    }
+
+    /// A record written done at once never changes again: it is one string set with its expiry
+    /// (one command in the AOF, not an HSET and a PEXPIRE), and every reader and writer of
+    /// records takes it as the hash it replaces.
+    #[tokio::test]
+    async fn a_key_taken_and_answered_in_one_script_is_one_string_every_script_reads() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_take_keys(true);
+        let key = KeyRef::new("t:op", "k1", "fp-one".into()).with_answer_at("t:{e}:answer:k1".into());
+        let resp = StoredResponse::json(StatusCode::CREATED, &serde_json::json!({"id": 1}));
+        let mut conn = redis.conn().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .expect("RESETSTAT");
+
+        let first = effect_as(&redis, &idem.answer(&key, "tok1", &resp), "made").await;
+
+        assert!(first.is_none(), "the effect went on: {first:?}");
+        let kind: String = redis::cmd("TYPE")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        assert_eq!(kind, "string");
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        let written: Vec<&str> = stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| l.split(':').next())
+            .filter(|c| ["set", "hset", "pexpire", "expire"].contains(c))
+            .collect();
+        assert_eq!(written, ["set"], "{stats}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0 && ttl <= 60_000, "it expires as a hash record would: {ttl}");
+
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+        assert_eq!(field(&redis, &key, "status").await.as_deref(), Some("201"));
+        assert_eq!(field(&redis, &key, "fp").await.as_deref(), Some("fp-one"));
+        assert_eq!(idem.made(&key).await.ok().flatten().as_deref(), Some("thing_1"));
+        assert_eq!(idem.token_of(&key).await.ok(), Some(None));
+        let replay = effect_as(&redis, &idem.answer(&key, "tok2", &resp), "made").await;
+        assert_eq!(
+            replay,
+            Some(Ok(Begin::Replay(StoredResponse {
+                location: None,
+                ..resp.clone()
+            })))
+        );
+        let reused = KeyRef::new("t:op", "k1", "fp-two".into());
+        assert_eq!(idem.begin(&reused, "tok3").await.ok(), Some(Begin::Reused));
+        let plain = KeyRef::new("t:op", "k1", "fp-one".into());
+        assert!(
+            matches!(
+                idem.begin(&plain, "tok4").await,
+                Ok(Begin::Replay(StoredResponse { status: 201, .. }))
+            ),
+            "begin_key.lua replays it"
+        );
+        // A done record is not renewed, re-noted, finished again or freed.
+        assert_eq!(idem.renew(&plain, "tok1").await.ok(), Some(false));
+        assert_eq!(idem.renote(&plain, "tok1", "card-b").await.ok(), Some(false));
+        idem.free(&plain, "tok1").await.expect("free");
+        idem.finish(&plain, "tok1", &StoredResponse::json(StatusCode::OK, &2))
+            .await
+            .expect("finish");
+        let (noted, _) = idem.begin_noted(&plain, "tok5", "card-a").await.expect("begin_noted");
+        assert!(
+            matches!(noted, Begin::Replay(StoredResponse { status: 201, .. })),
+            "{noted:?}"
+        );
+        assert_eq!(
+            field(&redis, &key, "status").await.as_deref(),
+            Some("201"),
+            "still there"
         );
     }
 

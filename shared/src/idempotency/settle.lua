@@ -1,4 +1,4 @@
--- Settling a key's record.
+-- Settling a key's record (needs record.lua).
 --
 -- finish(key, token, fp, status, ctype, body, location, ttl_ms): stores the final response
 --   unless another owner already did. A stored 202 is not final (a checkout awaiting an
@@ -10,7 +10,7 @@
 --   that. Only a 202 is ever replaced, and it is JSON, so no other content type is left behind.
 -- free(key, token): frees the key, only for its owner and only while running (or holding a 202).
 local function finish(key, token, fp, status, ctype, body, location, ttl_ms)
-  local rec = redis.call('HMGET', key, 'state', 'token', 'status')
+  local rec = record_get(key, {'state', 'token', 'status'})
   if rec[1] == 'done' and rec[3] ~= '202' then return 0 end
   if rec[2] and rec[2] ~= token then return 0 end
   if rec[1] == 'done' and location == '' then redis.call('HDEL', key, 'location') end
@@ -28,7 +28,7 @@ local function finish(key, token, fp, status, ctype, body, location, ttl_ms)
   return 1
 end
 local function free(key, token)
-  local rec = redis.call('HMGET', key, 'state', 'token', 'status')
+  local rec = record_get(key, {'state', 'token', 'status'})
   if (rec[1] == 'running' or rec[3] == '202') and rec[2] == token then return redis.call('DEL', key) end
   return 0
 end

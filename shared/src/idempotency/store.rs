@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 
-use super::scripts::{BEGIN_KEY, BEGIN_NOTED, FINISH_KEY, FREE_KEY, RENEW_KEY, RENOTE_KEY};
+use super::scripts::{BEGIN_KEY, BEGIN_NOTED, FINISH_KEY, FREE_KEY, RECORD_FIELD, RENEW_KEY, RENOTE_KEY};
 use super::{Answer, Begin, KeyRef, Note, Outcome, StoredResponse, read_ctype, reply_text, stored_ctype};
 use crate::problem::CommonError;
 use crate::redis_pool::{Pool, traced};
@@ -299,15 +299,18 @@ impl IdempotencyStore {
     /// (`answer.lua`'s `made`): for a caller that renders the record's replay from it
     /// ([`Answer::rendered_on_replay`]).
     pub async fn made(&self, key: &KeyRef) -> Result<Option<String>, CommonError> {
-        traced("idempotency.made", async {
-            let mut conn = self.pool.get().await?;
-            Ok(redis::cmd("HGET")
-                .arg(&key.redis_key)
-                .arg("made")
-                .query_async(&mut conn)
-                .await?)
-        })
-        .await
+        traced("idempotency.made", self.field(key, "made")).await
+    }
+
+    /// One field of the key's record (`state`, `fp`, `token`, `status`, `made`, …), whichever
+    /// way the record is kept (record.lua: a hash, or a string once written done at once).
+    pub async fn field(&self, key: &KeyRef, name: &str) -> Result<Option<String>, CommonError> {
+        let mut conn = self.pool.get().await?;
+        Ok(RECORD_FIELD
+            .key(&key.redis_key)
+            .arg(name)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     pub async fn free(&self, key: &KeyRef, token: &str) -> Result<(), CommonError> {
@@ -335,16 +338,7 @@ impl IdempotencyStore {
 
     /// The token of whoever holds (or held) the key; None when there is no record.
     pub async fn token_of(&self, key: &KeyRef) -> Result<Option<String>, CommonError> {
-        traced("idempotency.token", async {
-            let mut conn = self.pool.get().await?;
-            let token: Option<String> = redis::cmd("HGET")
-                .arg(&key.redis_key)
-                .arg("token")
-                .query_async(&mut conn)
-                .await?;
-            Ok(token)
-        })
-        .await
+        traced("idempotency.token", self.field(key, "token")).await
     }
 
     /// Records the outcome. A failure to record is logged, not returned: the record stays

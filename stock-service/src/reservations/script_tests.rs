@@ -237,18 +237,17 @@ async fn reserve_settles_the_key_it_takes_without_a_body_and_its_replay_renders_
         "the replay is the answer the first request rendered, byte for byte"
     );
     assert_eq!(counts(&store).await, (3, 2, 0), "reserved once");
-    let mut conn = redis.pool().get().await.expect("redis");
-    let (state, body, made): (Option<String>, Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
-        .arg(key.redis_key())
-        .arg(&["state", "body", "made"])
-        .query_async(&mut conn)
-        .await
-        .expect("HMGET");
+    let field = |name: &'static str| {
+        let (idem, key) = (&idem, &key);
+        async move { idem.field(key, name).await.expect("field") }
+    };
+    let (state, body, made) = (field("state").await, field("body").await, field("made").await);
     assert_eq!(state.as_deref(), Some("done"));
     assert_eq!(body, None, "the key's record keeps no body: its replay renders it");
     assert_eq!(made.as_deref(), Some(reservation.reservation_id.as_str()));
 
     // Should what the key made be gone (deleted by hand), the replay says so, not 201 empty.
+    let mut conn = redis.pool().get().await.expect("redis");
     let _: i64 = redis::cmd("DEL")
         .arg(format!(
             "{}{}",
@@ -297,13 +296,8 @@ async fn a_complete_that_took_its_key_keeps_no_body_and_replays_the_answer_its_r
     };
     assert_eq!((stored.status, stored.body), (200, success.body.clone()));
     assert_eq!(counts(&store).await, (3, 0, 2), "sold once");
-    let mut conn = redis.pool().get().await.expect("redis");
-    let (state, body): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
-        .arg(key.redis_key())
-        .arg(&["state", "body"])
-        .query_async(&mut conn)
-        .await
-        .expect("HMGET");
+    let state = idem.field(&key, "state").await.expect("field");
+    let body = idem.field(&key, "body").await.expect("field");
     assert_eq!((state.as_deref(), body), (Some("done"), None));
 }
 
