@@ -22,6 +22,7 @@ order_port=${ORDER_PORT:-8081}
 payment_port=${PAYMENT_PORT:-8082}
 stock_port=${STOCK_PORT:-8083}
 appendfsync=${REDIS_APPENDFSYNC:-always}
+io_threads=${REDIS_IO_THREADS:-1}
 order_replicas=${ORDER_REPLICAS:-${REPLICAS:-1}}
 payment_replicas=${PAYMENT_REPLICAS:-${REPLICAS:-1}}
 stock_replicas=${STOCK_REPLICAS:-${REPLICAS:-1}}
@@ -141,6 +142,12 @@ else
     # CPU per checkout falls by more than half (docs/benchmark.md).
     redis_args=(--bind 127.0.0.1 --appendonly yes --appendfsync "$appendfsync" --save ""
         --hash-max-listpack-value 1024 --rdbcompression no --daemonize no)
+    # REDIS_IO_THREADS=n (n > 1): Redis reads and writes its sockets on n threads; commands,
+    # scripts and the AOF stay on its one main thread. Only for machines with cores to spare:
+    # on 2 CPUs, 2 threads cut the checkout by a quarter or more (docs/benchmark.md).
+    if [ "$io_threads" -gt 1 ]; then
+        redis_args+=(--io-threads "$io_threads" --io-threads-do-reads yes)
+    fi
     # REDIS_MASTERS=n (n > 1): a Redis Cluster of n masters instead, master i on REDIS_PORT +
     # 1000·i, each with its own thread and AOF (for make bench's one-node-against-three run).
     masters=${REDIS_MASTERS:-1}
