@@ -1,5 +1,5 @@
--- The order record, for the checkout scripts (needs clock.lua, settle.lua and counts.lua). An order's
--- hash, its shard's totals and recovery's set of active orders share a slot.
+-- The order record, for the checkout scripts (needs clock.lua, settle.lua and counts.lua). An
+-- order's hash, its shard's totals and recovery's set of active orders share a slot.
 --
 -- Every write is fsynced and lands in the AOF, so a checkout writes as little as it can:
 -- - Steps are fields of the order's hash ('n' counts them, 's1'..'sN' hold "name status at"),
@@ -14,9 +14,9 @@
 --
 -- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
 --   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key (the
---   client's Idempotency-Key, stored as 'ik': its record's name is made from it, as older
---   versions stored it in 'idemKey'), fp, owner, lease_ms. Its 'created' step is not written: createdAt is its time (orders::store reads it
---   so), and its first step is then s1.
+--   client's Idempotency-Key, stored as 'ik': its record's name is made from it; older versions
+--   stored that name in 'idemKey'), fp, owner, lease_ms. Its 'created' step is not written:
+--   createdAt is its time (orders::store reads it so), and its first step is then s1.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.
 -- change_from(argv): a change's arguments by name (ARGV[1..6]): at, steps ("name status at",
@@ -26,11 +26,12 @@
 -- update_order(order, steps, totals, outbox, c, argv, pairs_from): records one saga event:
 --   adds the step, sets the field/value pairs argv[pairs_from..], and when the order's totals
 --   bucket (`bucket`) changes moves it there in the same step (one HSET of the counts it
---   changes, add_counts), so the totals always match the orders. A terminal order is never changed again, and only its owner
---   changes it. An order that ends (completed, failed) is published in the same step to the
---   shard's outbox stream, which payment's merchant-webhook dispatcher reads: the event is
---   never lost between the change and its webhook. Returns 'ok' and whether the order owes a
---   release after the change (for settle_checkout), or why nothing changed.
+--   changes, add_counts), so the totals always match the orders. A terminal order is never
+--   changed again, and only its owner changes it. An order that ends (completed, failed) is
+--   published in the same step to the shard's outbox stream, which payment's merchant-webhook
+--   dispatcher reads: the event is never lost between the change and its webhook. Returns 'ok'
+--   and whether the order owes a release after the change (for settle_checkout), or why
+--   nothing changed.
 -- settle_checkout(key, active, order, mode, s, owed): settles the checkout's key ('finish' with
 --   settle_from's `s`, or 'free') and takes the order out of recovery's set: a settled key leaves
 --   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it

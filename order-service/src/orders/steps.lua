@@ -1,7 +1,7 @@
 -- An order's steps, kept in its hash: 'n' counts them and 's1'..'sN' hold them, each
 -- "name status at", `at` in milliseconds since the epoch (orders::store::step_text writes
--- them, parse_step reads them). The HSET that records a change
--- writes its step too: a list beside the hash cost a command and its key name per step.
+-- them, parse_step reads them). The HSET that records a change writes its step too: a list
+-- beside the hash cost a command and its key name per step.
 --
 -- push_steps(set, n, steps): adds each line of `steps` (one step, or several recorded in one
 --   write, oldest first) as steps n + 1, n + 2, … to `set`, the field/value pairs of that HSET,
