@@ -119,37 +119,47 @@ mod script_tests {
             .unwrap_or(0)
     }
 
+    async fn seed(conn: &mut redis::aio::MultiplexedConnection, fields: &[&str]) {
+        let _: () = redis::cmd("HSET")
+            .arg("t")
+            .arg(fields)
+            .query_async(conn)
+            .await
+            .expect("HSET");
+    }
+
+    /// Runs add_counts on hash `t` with `changes`: the hash after it, sorted by field.
+    async fn add(
+        conn: &mut redis::aio::MultiplexedConnection,
+        changes: &[&str],
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        let all: Vec<String> = adder().key("t").arg(changes).invoke_async(conn).await?;
+        let mut pairs: Vec<_> = all.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+        pairs.sort();
+        Ok(pairs)
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(f, v)| ((*f).to_string(), (*v).to_string()))
+            .collect()
+    }
+
     #[tokio::test]
     async fn several_counters_change_with_one_hset_and_a_zero_is_not_written() {
         let redis = TestRedis::start().await;
         let mut conn = redis.conn().await;
-        let _: () = redis::cmd("HSET")
-            .arg("t")
-            .arg(&["a", "5", "z", "7"])
-            .query_async(&mut conn)
-            .await
-            .expect("hset");
+        seed(&mut conn, &["a", "5", "z", "7"]).await;
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async(&mut conn)
             .await
             .expect("resetstat");
-        let all: Vec<String> = adder()
-            .key("t")
-            .arg(&["a", "-2", "b", "1000", "z", "0"])
-            .invoke_async(&mut conn)
-            .await
-            .expect("add");
-        let mut pairs: Vec<_> = all.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
-        pairs.sort();
-        assert_eq!(
-            pairs,
-            [
-                ("a".into(), "3".into()),
-                ("b".into(), "1000".into()),
-                ("z".into(), "7".into())
-            ]
-        );
+
+        let after = add(&mut conn, &["a", "-2", "b", "1000", "z", "0"]).await.expect("add");
+
+        assert_eq!(after, owned(&[("a", "3"), ("b", "1000"), ("z", "7")]));
         assert_eq!(calls(&mut conn, "hset").await, 1, "one HSET for both changes");
         assert_eq!(calls(&mut conn, "hincrby").await, 0);
     }
@@ -160,29 +170,12 @@ mod script_tests {
     async fn counts_past_2_53_stay_exact_and_an_overflow_is_refused() {
         let redis = TestRedis::start().await;
         let mut conn = redis.conn().await;
-        let _: () = redis::cmd("HSET")
-            .arg("t")
-            .arg(&["big", "9007199254740993", "small", "1"])
-            .query_async(&mut conn)
-            .await
-            .expect("hset");
-        let all: Vec<String> = adder()
-            .key("t")
-            .arg(&["small", "1", "big", "1"])
-            .invoke_async(&mut conn)
-            .await
-            .expect("add");
-        let mut pairs: Vec<_> = all.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
-        pairs.sort();
-        assert_eq!(
-            pairs,
-            [("big".into(), "9007199254740994".into()), ("small".into(), "2".into())]
-        );
-        let huge: Result<Vec<String>, _> = adder()
-            .key("t")
-            .arg(&["big", "9223372036854775807"])
-            .invoke_async(&mut conn)
-            .await;
+        seed(&mut conn, &["big", "9007199254740993", "small", "1"]).await;
+
+        let after = add(&mut conn, &["small", "1", "big", "1"]).await.expect("add");
+        let huge = add(&mut conn, &["big", "9223372036854775807"]).await;
+
+        assert_eq!(after, owned(&[("big", "9007199254740994"), ("small", "2")]));
         assert!(huge.is_err(), "an overflow is an error: {huge:?}");
         let big: String = redis::cmd("HGET")
             .arg("t")
