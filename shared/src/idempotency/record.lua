@@ -7,7 +7,9 @@
 -- always done, is not written.
 --
 -- record_get(key, names): the record's fields `names` (a table), as HMGET returns them (false
---   for a missing one), whichever way the record is kept.
+--   for a missing one), whichever way the record is kept. A string is found by HMGET's
+--   WRONGTYPE (no TYPE call on every read): each read of one, a replay, counts one error in
+--   INFO errorstats.
 -- record_packable(set): whether field/value pairs `set` can be kept as a string.
 -- record_write_done(key, set, ttl_ms): writes a new, done record of field/value pairs `set`
 --   (without 'state') as a string, with its expiry.
