@@ -32,8 +32,8 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// `ord_` + 32 hex digits, in the shard of the checkout's Idempotency-Key (its record and
-    /// its orders share a Redis slot).
+    /// `ord_` + 22 base-62 digits (32 hex in orders made before #29's sixth pass), in the shard
+    /// of the checkout's Idempotency-Key (its record and its orders share a Redis slot).
     OrderId
 );
 id_type!(

@@ -14,9 +14,10 @@
 //! - `payment:{pay:S}:answer:charge:<Idempotency-Key>` hash: the charge's answer, stored by the
 //!   same script for the key's replays (shared's `answer.lua`)
 //!
-//! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 30 hex), which is how refunds
-//! and reads find the slot without an index. Amounts travel as decimal strings and are added
-//! with HINCRBY, never through Lua's numbers.
+//! Charge ids carry their shard (`ch_` + 2 hex digits of shard + 20 base-62 digits; 30 hex in
+//! charges made before #29's sixth pass), which is how refunds and reads find the slot without
+//! an index. Amounts travel as decimal strings and are added exactly, never through Lua's
+//! numbers past 2^53.
 //!
 //! This file holds the keys, the ids and the [`Store`] handle with its reads; the writes are
 //! with their capability: `charges/store.rs` and `refunds/store.rs`, each script a `.lua` file
@@ -83,20 +84,27 @@ pub fn new_charge_id_for(order_id: &str) -> String {
     new_charge_id(shared::ids::shard_of(order_id))
 }
 
-/// A new charge id for an order's shard: `ch_` + the shard as 2 hex digits + 30 random hex.
+/// A new charge id for an order's shard: `ch_` + the shard as 2 hex digits + 20 base-62 digits
+/// of a UUID's random bits (119 of its 122). Charges made before #29's sixth pass have 30
+/// random hex digits there instead (32 in all); both read.
 pub fn new_charge_id(shard: u16) -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("ch_{:02x}{}", shard % SHARDS, &random[2..])
+    let random = uuid::Uuid::new_v4().as_u128();
+    format!("ch_{:02x}{}", shard % SHARDS, shared::ids::base62(random, 20))
 }
 
-/// The shard a charge id names, if it is exactly of the form [`new_charge_id`] makes.
+/// The shard a charge id names, if it is exactly of a form [`new_charge_id`] makes (or made).
 pub fn shard_of_charge(charge_id: &str) -> Option<u16> {
-    let hex = charge_id.strip_prefix("ch_")?;
-    let well_formed = hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let rest = charge_id.strip_prefix("ch_")?;
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let well_formed = match rest.len() {
+        32 => hex(rest),
+        22 => rest.get(..2).is_some_and(hex) && rest.bytes().all(|b| b.is_ascii_alphanumeric()),
+        _ => false,
+    };
     if !well_formed {
         return None;
     }
-    let shard = u16::from_str_radix(hex.get(..2)?, 16).ok()?;
+    let shard = u16::from_str_radix(rest.get(..2)?, 16).ok()?;
     (shard < SHARDS).then_some(shard)
 }
 
@@ -246,7 +254,7 @@ mod tests {
     fn charge_ids_carry_their_shard() {
         for shard in 0..SHARDS {
             let id = new_charge_id(shard);
-            assert_eq!(id.len(), 3 + 32, "{id}");
+            assert_eq!(id.len(), 3 + 22, "{id}");
             assert!(id.starts_with(&format!("ch_{shard:02x}")), "{id}");
             assert_eq!(shard_of_charge(&id), Some(shard), "{id}");
             assert!(shared::ids::is_safe_id(&id));
@@ -256,8 +264,14 @@ mod tests {
     #[test]
     fn malformed_charge_ids_find_no_shard() {
         let ok = "ch_0f0123456789abcdef0123456789abcd";
-        assert_eq!(shard_of_charge(ok), Some(15));
+        assert_eq!(shard_of_charge(ok), Some(15), "made before #29's sixth pass");
+        assert_eq!(shard_of_charge("ch_0fAbcdEFGH0123456789xz"), Some(15));
         for bad in [
+            "ch_0fAbcdEFGH0123456789x",  // 21 after the prefix
+            "ch_0FAbcdEFGH0123456789xz", // shard in uppercase
+            "ch_10AbcdEFGH0123456789xz", // shard 16
+            "ch_0fAbcdEFGH0123456789x}", // would break the key's hash tag
+            "ch_0fAbcdEFGH0123456789x-", // not a base-62 digit
             "",
             "ch_",
             "ch_0f0123456789abcdef0123456789abc",      // 31 hex

@@ -445,7 +445,7 @@ fn answer_to(recorded: &Recorded) -> StoredResponse {
 
 #[utoipa::path(
     get, path = "/charges/{chargeId}",
-    params(("chargeId" = String, Path, description = "`ch_` and 32 hex digits")),
+    params(("chargeId" = String, Path, description = "`ch_`, its shard as 2 hex digits and 20 letters or digits (older charges: `ch_` and 32 hex digits)")),
     responses((status = 200, body = Charge), (status = 404, description = "charge-not-found")),
     security(("bearer" = []))
 )]

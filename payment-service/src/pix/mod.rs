@@ -80,7 +80,7 @@ impl FromStr for ProviderSecrets {
 
 #[utoipa::path(
     post, path = "/charges/{chargeId}/cancel",
-    params(("chargeId" = String, Path, description = "`ch_` and 32 hex digits")),
+    params(("chargeId" = String, Path, description = "`ch_`, its shard as 2 hex digits and 20 letters or digits (older charges: `ch_` and 32 hex digits)")),
     responses(
         (status = 200, body = crate::model::Charge, description = "the charge after the call: a pending Pix is canceled (a payment that arrives later is refunded); any other is answered as it stands, so a Pix paid first stays succeeded. Naturally idempotent: no Idempotency-Key is needed"),
         (status = 404, description = "charge-not-found")

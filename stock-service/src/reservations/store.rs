@@ -43,7 +43,10 @@ pub fn reservation_template(item_id: u64, quantity: u32) -> Vec<u8> {
 /// Reservation ids carry their item (`rsv_<itemId>_<random>`), which is how release and
 /// complete find the item's slot without a lookup.
 pub fn new_reservation_id(item_id: u64) -> String {
-    format!("rsv_{item_id}_{}", uuid::Uuid::new_v4().simple())
+    format!(
+        "rsv_{item_id}_{}",
+        shared::ids::base62(uuid::Uuid::new_v4().as_u128(), 22)
+    )
 }
 
 pub fn item_of_reservation(rid: &str) -> Option<u64> {
