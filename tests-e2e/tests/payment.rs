@@ -1,7 +1,6 @@
 //! The payment service's contract through nginx, with the internal token: charges over the
 //! simulated gateway, refunds, their idempotency, the reads and the books.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -378,21 +377,40 @@ async fn a_charge_is_refunded_through_the_gateway_once_and_a_declined_one_never(
     assert_eq!(refunds[0]["amount"], 700);
 }
 
-/// Takes HINCRBY from (or gives it back to) the services' Redis user on every node. Only the
-/// charge's and the refund's records call it, so a refund then fails after the gateway was asked.
-fn allow_hincrby(stack: &Stack, allowed: bool) {
-    let rule = if allowed { "+hincrby" } else { "-hincrby" };
-    for port in stack.redis_node_ports() {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ACL", "SETUSER", "default", rule])
-            .output()
-            .expect("redis-cli");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "OK",
-            "ACL SETUSER on {port}"
-        );
-    }
+/// The key of the totals that count a charge: its shard's, named by the charge id's two hex
+/// digits after `ch_`.
+fn totals_of(charge_id: &str) -> String {
+    let shard = u16::from_str_radix(&charge_id[3..5], 16).expect("a charge id's shard");
+    format!("payment:{{pay:{shard}}}:totals")
+}
+
+/// Puts a string where the charge's totals were (set aside beside them, in their slot), or the
+/// totals back. A refund's script reads the totals before its first write, so it then fails
+/// after the gateway was asked, having written nothing.
+async fn break_totals(stack: &Stack, charge_id: &str, broken: bool) {
+    let totals = totals_of(charge_id);
+    let aside = format!("{totals}:aside");
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let step = if broken {
+        redis::pipe()
+            .cmd("RENAME")
+            .arg(&totals)
+            .arg(&aside)
+            .cmd("SET")
+            .arg(&totals)
+            .arg("not a hash")
+            .to_owned()
+    } else {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(&totals)
+            .cmd("RENAME")
+            .arg(&aside)
+            .arg(&totals)
+            .to_owned()
+    };
+    let _: () = step.query_async(&mut conn).await.expect("totals set aside or back");
 }
 
 #[tokio::test]
@@ -402,9 +420,9 @@ async fn a_refund_whose_record_fails_after_the_gateway_is_asked_again_under_the_
     let before = scrape(&stack, "/payment/metrics").await;
     let k = key();
 
-    allow_hincrby(&stack, false);
+    break_totals(&stack, &charge_id, true).await;
     let failed = refund(&stack, &k, &charge_id).await;
-    allow_hincrby(&stack, true);
+    break_totals(&stack, &charge_id, false).await;
     let between = get(&stack, &format!("/payment/charges/{charge_id}")).await;
     let retried = refund(&stack, &k, &charge_id).await;
 

@@ -209,6 +209,75 @@ async fn refund_counts_once_and_answers_the_same_refund_again() {
     assert_eq!(events[1].data["chargeId"], id.as_str());
 }
 
+#[tokio::test]
+async fn a_refund_whose_totals_cannot_be_counted_writes_nothing() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let id = new_charge_id_for("ord_1");
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
+    let shard = crate::store::shard_of_charge(&id).expect("the charge's shard");
+    let totals = crate::store::totals_key(shard);
+    let mut conn = redis.conn().await;
+    let counted: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&totals)
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    // The totals are the script's first write; a key of the wrong type fails it there.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&totals)
+        .cmd("SET")
+        .arg(&totals)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("totals broken");
+
+    let failed = store
+        .refund(&id, None, "r1", "re_sim", &crate::refunds::new_refund_id(), None)
+        .await;
+
+    assert!(failed.is_err(), "{failed:?}");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&totals)
+        .cmd("HSET")
+        .arg(&totals)
+        .arg(&counted)
+        .query_async(&mut conn)
+        .await
+        .expect("totals back");
+    let stored = store.get_charge(&id).await.ok().flatten();
+    assert_eq!(
+        stored.map(|c| c.status),
+        Some("succeeded".into()),
+        "the charge is as it was"
+    );
+    assert_eq!(
+        store.events(&id, 0, None).await.expect("events").len(),
+        1,
+        "no refund event"
+    );
+    assert_eq!(charged_and_refunded(&store).await, (1, 1250, 0, 0));
+    let again = store
+        .refund(&id, None, "r1", "re_sim", &crate::refunds::new_refund_id(), None)
+        .await
+        .ok();
+    assert!(
+        matches!(
+            again,
+            Some(RefundOutcome::Refunded {
+                amount: 1250,
+                fresh: true,
+                ..
+            })
+        ),
+        "the same key refunds once the totals can be counted: {again:?}"
+    );
+    assert_eq!(charged_and_refunded(&store).await, (1, 1250, 1, 1250));
+}
+
 fn refunded(outcome: Option<RefundOutcome>) -> (String, u64, bool) {
     match outcome {
         Some(RefundOutcome::Refunded {

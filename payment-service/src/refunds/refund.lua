@@ -42,11 +42,7 @@ end
 local amount = asked == '' and remaining or tonumber(asked)
 if amount > remaining then return {'exceeds', int(remaining)} end
 local books = (c[5] or 'simulator') .. ':' .. c[3] .. ':refunded:'
--- HINCRBYs, not add_counts' HSET: a refund is not on the checkout's path, and the e2e test of
--- a refund whose record fails after the provider was asked makes this script fail by denying
--- HINCRBY, its first write.
-redis.call('HINCRBY', totals, books .. 'amount', amount)
-redis.call('HINCRBY', totals, books .. 'count', 1)
+add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
 refunded = refunded + amount
 local status = refunded == charged and 'refunded' or 'partially_refunded'
 redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,

@@ -12,13 +12,18 @@ use crate::store::{
     totals_key,
 };
 
-static REFUND: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("refund.lua")));
+static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    shared::lua::script(
+        &[&crate::events::EVENTS, &shared::lua::COUNTS],
+        include_str!("refund.lua"),
+    )
+});
 
 pub fn new_refund_id() -> String {
     shared::ids::new_id("re")
 }
 
+#[derive(Debug)]
 pub enum RefundOutcome {
     /// `fresh` is false for a refund made before (by this key, or the last one of a charge with
     /// nothing left).
