@@ -14,9 +14,11 @@ pub fn shard_of(id: &str) -> u16 {
     (hash % u32::from(SHARDS)) as u16
 }
 
-/// A fresh random id with a readable prefix: `ord_3f2a…`.
+/// A fresh random id with a readable prefix and a UUID's bits as 22 base-62 digits
+/// ([`base62`]): `re_4ZRc…`. Ids made before #29's seventh pass had 32 hex digits; none is
+/// parsed beyond its prefix.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}_{}", base62(uuid::Uuid::new_v4().as_u128(), 22))
 }
 
 /// `n` as `width` base-62 digits (0-9, A-Z, a-z), zero-padded; a larger `n` loses its highest

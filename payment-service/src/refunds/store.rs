@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn refund_ids_are_distinct_and_prefixed() {
         let (a, b) = (new_refund_id(), new_refund_id());
-        assert!(a.starts_with("re_") && a.len() == 35, "{a}");
+        assert!(a.starts_with("re_") && a.len() == 25, "{a}");
         assert_ne!(a, b);
     }
 }
