@@ -182,57 +182,86 @@ const CHECKOUT_KEYS: &str = "order:{ord:*}:key:*";
 async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult<BTreeMap<String, KeyRecord>> {
     let mut records = BTreeMap::new();
     for redis_key in scan(conn, CHECKOUT_KEYS).await? {
-        let h = hash(conn, &redis_key).await?;
         let client_key = redis_key
             .split_once(":key:")
             .map_or(redis_key.as_str(), |(_, k)| k)
             .to_string();
-        records.insert(client_key, record_of(conn, &redis_key, &h).await?);
+        if let Some(record) = read_key_record(conn, &redis_key).await? {
+            records.insert(client_key, record);
+        }
     }
     Ok(records)
 }
 
-/// A key record as a replay reads it: an empty stored body is its order's (begin.lua, which
-/// finds the order, the record's token, in the record's slot), and a completed order, which
-/// stores none, answers its 200 rendered from its fields (`OrderStore::final_response`).
-async fn record_of(
-    conn: &mut MultiplexedConnection,
-    redis_key: &str,
-    h: &HashMap<String, String>,
-) -> redis::RedisResult<KeyRecord> {
-    let token = h.get("token").cloned().unwrap_or_default();
-    let mut body = h.get("body").cloned().unwrap_or_default();
-    if body.is_empty()
-        && h.get("state").map(String::as_str) == Some("done")
-        && let Some((slot, _)) = redis_key.split_once(":key:")
-    {
-        let order_id = order_service::ids::OrderId::from_stored(token.clone());
-        let order_key = format!("{slot}:order:{token}");
-        let stored: Option<String> = redis::cmd("HGET")
-            .arg(&order_key)
-            .arg("respBody")
-            .query_async(conn)
-            .await?;
-        body = match stored {
-            Some(stored) => stored,
-            None => {
-                let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+/// A key record as a replay reads it (begin.lua), None when there is none. A new key's record
+/// points at its order ("token\n<order id>", order.lua's hold_pointer): done once the order
+/// holds its answer (`OrderStore::final_response`), running until then. A hash record (a key
+/// holding a Pix's 202, or taken before the pointer) says so itself; an empty stored body is
+/// its order's, and a completed order, which stores none, answers its 200 rendered from its
+/// fields.
+async fn read_key_record(conn: &mut MultiplexedConnection, redis_key: &str) -> redis::RedisResult<Option<KeyRecord>> {
+    let kind: String = redis::cmd("TYPE").arg(redis_key).query_async(conn).await?;
+    let Some((slot, _)) = redis_key.split_once(":key:") else {
+        return Ok(None);
+    };
+    match kind.as_str() {
+        "none" => Ok(None),
+        "string" => {
+            let text: String = redis::cmd("GET").arg(redis_key).query_async(conn).await?;
+            let token = text.strip_prefix("token\n").unwrap_or_default().to_string();
+            let answer = order_answer(conn, slot, &token).await?;
+            Ok(Some(KeyRecord {
+                state: if answer.is_some() { "done" } else { "running" }.to_string(),
+                token,
+                status: answer.as_ref().map(|r| r.status),
+                body: answer
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .unwrap_or_default(),
+            }))
+        }
+        _ => {
+            let h = hash(conn, redis_key).await?;
+            let token = h.get("token").cloned().unwrap_or_default();
+            let mut body = h.get("body").cloned().unwrap_or_default();
+            if body.is_empty() && h.get("state").map(String::as_str) == Some("done") {
+                let order_key = format!("{slot}:order:{token}");
+                let stored: Option<String> = redis::cmd("HGET")
                     .arg(&order_key)
-                    .arg(&order_service::orders::store::RESPONSE_FIELDS)
+                    .arg("respBody")
                     .query_async(conn)
                     .await?;
-                order_service::orders::store::stored_response(&order_id, &fields)
-                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-                    .unwrap_or_default()
+                body = match stored {
+                    Some(stored) => stored,
+                    None => order_answer(conn, slot, &token)
+                        .await?
+                        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                        .unwrap_or_default(),
+                };
             }
-        };
+            Ok(Some(KeyRecord {
+                state: h.get("state").cloned().unwrap_or_default(),
+                token,
+                status: h.get("status").and_then(|s| s.parse().ok()),
+                body,
+            }))
+        }
     }
-    Ok(KeyRecord {
-        state: h.get("state").cloned().unwrap_or_default(),
-        token,
-        status: h.get("status").and_then(|s| s.parse().ok()),
-        body,
-    })
+}
+
+/// The answer order `token` of `slot` holds, as the order service renders it; None while it has
+/// none.
+async fn order_answer(
+    conn: &mut MultiplexedConnection,
+    slot: &str,
+    token: &str,
+) -> redis::RedisResult<Option<shared::idempotency::StoredResponse>> {
+    let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+        .arg(format!("{slot}:order:{token}"))
+        .arg(&order_service::orders::store::RESPONSE_FIELDS)
+        .query_async(conn)
+        .await?;
+    let order_id = order_service::ids::OrderId::from_stored(token.to_string());
+    Ok(order_service::orders::store::stored_response(&order_id, &fields))
 }
 
 async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
@@ -240,11 +269,9 @@ async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
     let redis_key = order_service::checkout::store::checkout_key(client_key, String::new())
         .redis_key()
         .to_string();
-    let h = hash(&mut conn, &redis_key).await.expect("HGETALL key record");
-    if h.is_empty() {
-        return None;
-    }
-    Some(record_of(&mut conn, &redis_key, &h).await.expect("the record's order"))
+    read_key_record(&mut conn, &redis_key)
+        .await
+        .expect("the key's record and its order")
 }
 
 /// A reservation's status (`reserved`, `released`, `expired`, `completed`), if still stored.
@@ -1974,8 +2001,7 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
 
 /// An order leased to a runner that died at once (its lease already run out), written with the
 /// service's own store code but without taking its key: the service now takes the key and
-/// creates the order in one step, so this state comes only from an older version's crash — or
-/// with the key taken as well (the caller does that), from a crash right after that step.
+/// creates the order in one step, so this state comes only from an older version's crash.
 async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
     let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
     let store = order_service::orders::store::OrderStore::new(pool);
@@ -2035,16 +2061,31 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
     stack.put_item(1, "Mug", 1250, 10).await;
     let k = key();
     let raw = br#"{"itemId":1,"quantity":1}"#;
-    // The SIGKILL window between taking the key and the saga's first step.
-    let (order_id, key_ref) = order_left_by_a_dead_runner(&stack, &k, raw).await;
+    // The SIGKILL window between taking the key and the saga's first step: the key and its
+    // order written as the service writes them (one step, the key pointing at the order), the
+    // runner's lease already run out.
     let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
+    let store = order_service::orders::store::OrderStore::new(pool.clone());
     let idempotency =
-        shared::idempotency::IdempotencyStore::new(pool, Duration::from_secs(3600), Duration::from_secs(1));
-    let begin = idempotency.begin(&key_ref, &order_id).await.expect("begin");
+        shared::idempotency::IdempotencyStore::new(pool, Duration::from_secs(3600), Duration::from_millis(1));
+    let key_ref = order_service::checkout::store::checkout_key(&k, shared::body::fingerprint("POST", "/checkout", raw));
+    let order_id = order_service::ids::OrderId::new_for_key(&k);
+    let order = order_service::model::NewOrder {
+        order_id: order_id.clone(),
+        item_id: 1,
+        quantity: 1,
+        customer_id: "guest".into(),
+        payment_method: "pm_card_visa".into(),
+    };
+    let begin = store
+        .begin_checkout(&order, &key_ref, "run_dead", &idempotency)
+        .await
+        .expect("begin");
     assert!(
         matches!(begin, shared::idempotency::Begin::Execute { resumed: false, .. }),
         "{begin:?}"
     );
+    let order_id = order_id.to_string();
 
     let settled = wait_until_settled(&stack, SETTLE_TIMEOUT).await;
 

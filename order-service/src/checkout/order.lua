@@ -33,12 +33,27 @@
 --   and whether the order owes a release after the change (for settle_checkout), or why
 --   nothing changed.
 -- settle_checkout(key, active, order, mode, s, owed): settles the checkout's key ('finish' with
---   settle_from's `s`, or 'free') and takes the order out of recovery's set: a settled key leaves
+--   settle_from's `s`, or 'free'; a pointer is left as it is when its order holds the answer,
+--   deleted when freed) and takes the order out of recovery's set: a settled key leaves
 --   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
 --   stays in the set, due at once, until a release gets through (release_done.lua). `owed`:
 --   whether it does, when the caller has just read it (nil: read here).
 -- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
 --   abandon.lua); 0 if it had begun after all.
+--
+-- The checkout's key record is a pointer to its order: one string, "token\n<order id>", set
+-- with the key's expiry by one SET ... PX (record.lua's packed form, so record_get and
+-- IdempotencyStore::token_of read its token). The order already holds what a hash record
+-- repeated: the request's fingerprint ('fp'), the runner's lease (its score in recovery's set)
+-- and the answer (a completed order's 200 is rendered from its fields, any other is stored
+-- with it: respStatus, respCtype, respBody). An answer the order does not hold (a Pix's 202,
+-- with its Location) turns the pointer into the hash record keys taken before #29's seventh
+-- pass are, which the shared begin, finish and free read as before.
+-- key_pointer(key): the order id the key points at, or nil and the key's type ('hash', 'none').
+-- hold_pointer(key, id, ttl_ms): takes the key for order `id`.
+-- pointer_begin(active, order_prefix, id, fp): what a retry of a key pointing at order `id`
+--   gets (begin's decisions), or nil when that order is gone (the key is then free).
+-- settle_pointer(key, order, id, mode, s): settle_checkout's settling of a pointer.
 local function new_order_from(argv)
   return {
     id = argv[1], item_id = argv[2], quantity = argv[3], customer_id = argv[4], payment_method = argv[5],
@@ -106,10 +121,48 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   end
   return 'ok', owed
 end
-local function settle_checkout(key, active, order, mode, s, owed)
-  if mode == 'free' then free(key, s.token) else
-    finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms)
+local function key_pointer(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'string' then return nil, kind end
+  return string.match(redis.call('GET', key), '^token\n(.+)$'), kind
+end
+local function hold_pointer(key, id, ttl_ms)
+  redis.call('SET', key, 'token\n' .. id, 'PX', ttl_ms)
+end
+-- Statuses of an order whose checkout completed (OrderStatus::was_completed): its 200 is
+-- rendered from its fields.
+local WAS_COMPLETED = {completed = true, partially_refunded = true, refunded = true}
+local function pointer_begin(active, order_prefix, id, fp)
+  local cur = redis.call('HMGET', order_prefix .. id, 'status', 'fp', 'respStatus', 'respCtype', 'respBody')
+  if not cur[1] then return nil end
+  if string.sub(cur[2] or '', 1, 16) ~= string.sub(fp, 1, 16) then return {'reused'} end
+  if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then
+    if cur[3] then return {'replay', cur[3], cur[4] or '', cur[5] or '', ''} end
+    if WAS_COMPLETED[cur[1]] then return {'replay', '200', '', '', '', id} end
   end
+  -- Not answered yet: busy while its runner's lease lasts, else the retry may take it over
+  -- (claim.lua then decides, on the order, who runs it).
+  local lease = tonumber(redis.call('ZSCORE', active, id)) or 0
+  local now = now_ms()
+  if lease > now then return {'busy', tostring(lease - now)} end
+  return {'resume', id}
+end
+local function settle_pointer(key, order, id, mode, s)
+  if id ~= s.token then return end
+  if mode == 'free' then redis.call('DEL', key); return end
+  local cur = redis.call('HMGET', order, 'status', 'respStatus')
+  if (s.status == '200' and WAS_COMPLETED[cur[1]]) or (cur[2] == s.status and s.location == '') then return end
+  -- An answer its order does not hold: the key keeps it, as a hash record, for what is left
+  -- of its expiry.
+  local ttl = redis.call('PTTL', key)
+  redis.call('DEL', key)
+  finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, ttl > 0 and ttl or s.ttl_ms)
+end
+local function settle_checkout(key, active, order, mode, s, owed)
+  local id = key_pointer(key)
+  if id then settle_pointer(key, order, id, mode, s)
+  elseif mode == 'free' then free(key, s.token)
+  else finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms) end
   if owed == nil then owed = redis.call('HEXISTS', order, 'releaseOwed') == 1 end
   if owed then
     redis.call('ZADD', active, now_ms(), s.token)

@@ -66,6 +66,50 @@ impl Fixture {
         self.store.update(&order.order_id, "run1", change).await.ok()
     }
 
+    /// The order a key's record points at (order.lua's hold_pointer), None when the record is
+    /// not a pointer (a hash record, or none).
+    async fn pointer(&self, key: &KeyRef) -> Option<String> {
+        let mut conn = self.redis.conn().await;
+        let kind: String = redis::cmd("TYPE")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        if kind != "string" {
+            return None;
+        }
+        let text: String = redis::cmd("GET")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        text.strip_prefix("token\n").map(str::to_string)
+    }
+
+    /// The key's record as the hash keys taken before #29's seventh pass were (and a Pix's
+    /// 202 is): running for `order`, fingerprint "fp", its lease `lease_ms` from now.
+    async fn hash_record(&self, key: &KeyRef, order: &OrderId, lease_ms: i64) {
+        let mut conn = self.redis.conn().await;
+        let now = shared::time::now_ms() as i64;
+        let _: () = redis::pipe()
+            .cmd("DEL")
+            .arg(key.redis_key())
+            .ignore()
+            .cmd("HSET")
+            .arg(key.redis_key())
+            .arg(&["state", "running", "fp", "fp", "token", order.as_str()])
+            .arg("lease")
+            .arg(now + lease_ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key.redis_key())
+            .arg(60_000)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("a hash record");
+    }
+
     async fn due(&self, id: &OrderId) -> Vec<OrderId> {
         self.store.due(id.shard(), 10).await.unwrap_or_default()
     }
@@ -241,22 +285,19 @@ async fn update_and_settle_ends_the_order_stores_its_answer_and_retires_it_in_on
     tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
 
     assert_eq!(ended, Some(Applied::Yes));
-    // The body is stored nowhere: a completed order's 200 is rendered from its fields, byte
-    // for byte the answer its checkout gave.
+    // The body is stored nowhere, and the key still only points at its order: a completed
+    // order's 200 is rendered from its fields, byte for byte the answer its checkout gave.
     let mut conn = f.redis.conn().await;
-    let key_body: Option<String> = redis::cmd("HGET")
-        .arg(key.redis_key())
-        .arg("body")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
     let order_body: Option<String> = redis::cmd("HGET")
         .arg(format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id))
         .arg("respBody")
         .query_async(&mut conn)
         .await
         .expect("HGET");
-    assert_eq!((key_body.as_deref(), order_body), (Some(""), None));
+    assert_eq!(
+        (f.pointer(&key).await, order_body),
+        (Some(o.order_id.to_string()), None)
+    );
     assert_eq!(f.begin(&o, &key, "run2").await, Some(Begin::Replay(resp.clone())));
     let steps: Vec<(String, String)> = f
         .store
@@ -631,4 +672,119 @@ async fn a_loaded_order_names_its_keys_record_whether_it_stored_the_key_or_the_r
         record_of(f.store.load(&o.order_id).await.ok().flatten()),
         Some(key.redis_key().to_string())
     );
+}
+
+/// The key's record is one string naming its order, set with its expiry in one command; what a
+/// retry needs (fingerprint, lease, answer) is read from the order.
+#[tokio::test]
+async fn a_new_keys_record_points_at_its_order_which_decides_every_retry() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let (other, _) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let mut conn = f.redis.conn().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key.redis_key())
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+
+    let busy = f.begin(&other, &key, "run2").await;
+    let reused = f.begin(&other, &checkout_key("k1", "other-body".into()), "run3").await;
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+    let lapsed = f.begin(&other, &key, "run4").await;
+    let declined = StoredResponse::json(StatusCode::PAYMENT_REQUIRED, &serde_json::json!({"type": "declined"}));
+    let failed = Change {
+        step: Some((StepName::Charge, StepStatus::Declined)),
+        status: Some(OrderStatus::Failed),
+        ..Change::default()
+    };
+    let _ = f.store.claim(&o.order_id, "run1", LEASE).await;
+    let ended = f.end(&o, &key, failed, &declined).await;
+
+    assert_eq!(f.pointer(&key).await, Some(o.order_id.to_string()));
+    assert!(ttl > 59_000 && ttl <= 60_000, "the key's expiry is set with it: {ttl}");
+    assert_eq!(
+        f.idem.token_of(&key).await.ok().flatten(),
+        Some(o.order_id.to_string()),
+        "recovery reads the key's order as it read a hash record's token"
+    );
+    assert!(
+        matches!(busy, Some(Begin::InUse { .. })),
+        "the order's lease is live: {busy:?}"
+    );
+    assert_eq!(reused, Some(Begin::Reused), "the order's fingerprint is the request's");
+    assert_eq!(
+        lapsed,
+        Some(Begin::Execute {
+            token: o.order_id.to_string(),
+            resumed: true
+        }),
+        "a lapsed lease lets the retry take the order over"
+    );
+    assert_eq!(ended, Some(Applied::Yes));
+    assert_eq!(
+        f.pointer(&key).await,
+        Some(o.order_id.to_string()),
+        "the answer is the order's: the key is not written again"
+    );
+    assert_eq!(f.begin(&other, &key, "run5").await, Some(Begin::Replay(declined)));
+}
+
+/// Keys taken before the pointer (hash records) are decided and settled as they were.
+#[tokio::test]
+async fn a_hash_record_from_before_the_pointer_is_still_decided_and_settled_by_the_shared_record() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let (other, _) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    f.hash_record(&key, &o.order_id, 60_000).await;
+
+    let busy = f.begin(&other, &key, "run2").await;
+    let declined = StoredResponse::json(StatusCode::PAYMENT_REQUIRED, &serde_json::json!({"type": "declined"}));
+    let failed = Change {
+        status: Some(OrderStatus::Failed),
+        ..Change::default()
+    };
+    let ended = f.end(&o, &key, failed, &declined).await;
+
+    assert!(matches!(busy, Some(Begin::InUse { .. })), "{busy:?}");
+    assert_eq!(ended, Some(Applied::Yes));
+    assert_eq!(f.pointer(&key).await, None, "still a hash record");
+    let mut conn = f.redis.conn().await;
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(key.redis_key())
+        .arg("state")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(state.as_deref(), Some("done"));
+    assert_eq!(f.begin(&other, &key, "run3").await, Some(Begin::Replay(declined)));
+}
+
+/// A pointer whose order is gone (dropped as never begun) leaves the key free for a new order.
+#[tokio::test]
+async fn a_key_pointing_at_an_order_that_is_gone_is_taken_afresh() {
+    let f = fixture().await;
+    let (gone, key) = order("k1");
+    let (next, _) = order("k1");
+    let _ = f.begin(&gone, &key, "run1").await;
+    let mut conn = f.redis.conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(crate::orders::store::order_key(&gone.order_id))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+
+    let retry = f.begin(&next, &key, "run2").await;
+
+    assert_eq!(
+        retry,
+        Some(Begin::Execute {
+            token: next.order_id.to_string(),
+            resumed: false
+        })
+    );
+    assert_eq!(f.pointer(&key).await, Some(next.order_id.to_string()));
+    assert!(f.store.load(&next.order_id).await.ok().flatten().is_some());
 }

@@ -5,6 +5,6 @@
 local key, id = KEYS[1], ARGV[1]
 local holder = record_get(key, {'token'})[1]
 if holder and holder ~= id then return 'held' end
-free(key, id)
+if key_pointer(key) == id then redis.call('DEL', key) else free(key, id) end
 abandon_order(KEYS[2], KEYS[3], KEYS[4], KEYS[5], id)
 return 'undone'
