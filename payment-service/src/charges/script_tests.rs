@@ -431,6 +431,21 @@ async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
         "a charge that was not declined has no decline code: {}",
         events[0].data
     );
+    assert_eq!(
+        (&events[0].data["chargeId"], &events[0].data["orderId"]),
+        (&serde_json::json!(id), &serde_json::json!("ord_1")),
+        "served with its ids"
+    );
+    // Stored without them: its list's name and its correlation are they.
+    let shard = crate::store::shard_of_charge(&id).expect("shard");
+    let mut conn = redis.conn().await;
+    let stored: String = redis::cmd("LINDEX")
+        .arg(crate::store::events_key(shard, &id))
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("LINDEX");
+    assert!(!stored.contains("chargeId") && !stored.contains("orderId"), "{stored}");
     let declined = store.events(&declined_id, 0, None).await.expect("events");
     assert_eq!(declined[0].kind, "charge.declined");
     assert_eq!(declined[0].data["declineCode"], "card_declined");

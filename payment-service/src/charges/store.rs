@@ -102,9 +102,9 @@ fn event_of(new: &NewCharge<'_>, status: &str, at: &str) -> String {
         "pending" => "charge.pending",
         _ => "charge.declined",
     };
+    // Stored without chargeId and orderId: the event's aggregate and correlation are they, and
+    // events::parse_event gives them back (each byte is fsynced).
     let mut data = serde_json::json!({
-        "chargeId": new.charge_id,
-        "orderId": new.order_id,
         "amount": new.amount,
         "currency": new.currency,
         "paymentMethod": new.payment_method,
