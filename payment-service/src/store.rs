@@ -4,8 +4,8 @@
 //! its order's index and the totals that count it share one Redis Cluster slot, so each script
 //! below writes an effect and its counters atomically, and the books balance at every instant.
 //! - `payment:{pay:S}:charge:<chargeId>` hash: orderId, amount, currency, customerId,
-//!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt,
-//!   refundedAt, gateway, gatewayReference
+//!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt
+//!   (ms; RFC 3339 text before #29's seventh pass), refundedAt, gateway, gatewayReference
 //! - `payment:{pay:S}:order:<orderId>` list: the order's charge ids, oldest first
 //! - `payment:{pay:S}:totals` hash: `<gateway>:<CUR>:charged:count`, `…:charged:amount`,
 //!   `…:refunded:count`, `…:refunded:amount`; the per-currency books are their sum
@@ -229,7 +229,7 @@ fn charge_from(charge_id: &str, f: &[Option<String>]) -> Result<Option<Charge>, 
         order_id: get(4).unwrap_or_default(),
         refund_id: get(5),
         decline_code: get(6),
-        created_at: get(7).unwrap_or_default(),
+        created_at: get(7).map(|at| shared::time::stored_time(&at)).unwrap_or_default(),
         refunded_at: get(8),
         gateway: get(9).unwrap_or_default(),
         gateway_reference: get(10).unwrap_or_default(),

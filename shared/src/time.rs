@@ -33,6 +33,16 @@ pub fn now_rfc3339() -> String {
     rfc3339_ms(now_ms())
 }
 
+/// A time as a record stores it, as served: milliseconds since the epoch (13 digits where RFC
+/// 3339 takes 24, and records are fsynced) rendered with [`rfc3339_ms`]; text written before
+/// records stored milliseconds, as it is.
+pub fn stored_time(text: &str) -> String {
+    match text.parse::<u64>() {
+        Ok(ms) => rfc3339_ms(ms),
+        Err(_) => text.to_string(),
+    }
+}
+
 /// A UTC RFC 3339 time (`2026-12-04T10:00:00Z`, fractions of a second optional, `Z` or
 /// `+00:00`) as Unix milliseconds; `None` for anything else, or a time before 1970.
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
@@ -121,6 +131,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_time_in_milliseconds_is_served_as_rfc3339_and_older_text_as_it_is() {
+        assert_eq!(stored_time("1764928800123"), "2025-12-05T10:00:00.123Z");
+        assert_eq!(stored_time("2026-12-05T10:00:00.000Z"), "2026-12-05T10:00:00.000Z");
+        assert_eq!(stored_time(""), "");
+    }
 
     #[test]
     fn formats_known_instants() {

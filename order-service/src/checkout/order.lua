@@ -15,7 +15,8 @@
 -- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
 --   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key (the
 --   client's Idempotency-Key, stored as 'ik': its record's name is made from it; older versions
---   stored that name in 'idemKey'), fp, owner, lease_ms. Its 'created' step is not written:
+--   stored that name in 'idemKey'), fp, owner, lease_ms. `at` is in milliseconds (older orders
+--   kept RFC 3339 text; orders::store reads both). Its 'created' step is not written:
 --   createdAt is its time (orders::store reads it so), and its first step is then s1.
 -- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
 --   it to its runner; 0 if it exists.

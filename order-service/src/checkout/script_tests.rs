@@ -171,6 +171,18 @@ async fn begin_creates_the_order_with_its_key_and_refuses_a_second_request_while
         "a refused request writes nothing"
     );
     assert_eq!(f.processing_count(&o.order_id, "XXX").await, Some(1));
+    // Its creation time is stored in milliseconds and served as RFC 3339.
+    let mut conn = f.redis.conn().await;
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg(crate::orders::store::order_key(&o.order_id))
+        .arg("createdAt")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let stored_ms: Option<u64> = stored.and_then(|t| t.parse().ok());
+    let served = f.store.get(&o.order_id).await.ok().flatten().map(|v| v.created_at);
+    assert_eq!(served.as_deref().and_then(shared::time::parse_rfc3339_ms), stored_ms);
+    assert!(stored_ms.is_some());
 }
 
 #[tokio::test]

@@ -157,7 +157,8 @@ fn push_order_keys(inv: &mut ScriptInvocation<'_>, id: &OrderId) {
 
 /// A new order's keys and arguments, as order.lua's `new_order_from` reads them.
 fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef, owner: &str, lease: Duration) {
-    let at = shared::time::now_rfc3339();
+    // Stored in milliseconds, served as RFC 3339 (shared::time::stored_time).
+    let at = shared::time::now_ms().to_string();
     let id = &order.order_id;
     push_order_keys(inv, id);
     inv.arg(id.as_str())

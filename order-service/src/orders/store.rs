@@ -64,14 +64,10 @@ fn parse_step(text: &str) -> Option<Step> {
     }
     let mut parts = text.splitn(3, ' ');
     let (name, status, at) = (parts.next()?, parts.next()?, parts.next()?);
-    let at = match at.parse::<u64>() {
-        Ok(ms) => shared::time::rfc3339_ms(ms),
-        Err(_) => at.into(),
-    };
     Some(Step {
         name: name.into(),
         status: status.into(),
-        at,
+        at: shared::time::stored_time(at),
     })
 }
 
@@ -216,7 +212,7 @@ impl OrderStore {
     pub async fn get(&self, order_id: &OrderId) -> Result<Option<OrderView>, OrderError> {
         let mut conn = self.pool.get().await?;
         // The whole hash: its steps are fields whose names depend on their number.
-        let (fields, legacy): (HashMap<String, String>, Vec<String>) = redis::pipe()
+        let (mut fields, legacy): (HashMap<String, String>, Vec<String>) = redis::pipe()
             .cmd("HGETALL")
             .arg(order_key(order_id))
             .cmd("LRANGE")
@@ -225,6 +221,9 @@ impl OrderStore {
             .arg(-1)
             .query_async(&mut conn)
             .await?;
+        if let Some(at) = fields.get_mut("createdAt") {
+            *at = shared::time::stored_time(at);
+        }
         let get = |name: &str| fields.get(name).cloned();
         let Some(status) = get("status") else {
             return Ok(None);

@@ -436,6 +436,9 @@ async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
         (&serde_json::json!(id), &serde_json::json!("ord_1")),
         "served with its ids"
     );
+    // The charge's createdAt (stored in milliseconds) is served as the event's time.
+    let shown = store.get_charge(&id).await.ok().flatten().map(|c| c.created_at);
+    assert_eq!(shown.as_deref(), Some(events[0].at.as_str()));
     // Stored without them: its list's name and its correlation are they.
     let shard = crate::store::shard_of_charge(&id).expect("shard");
     let mut conn = redis.conn().await;

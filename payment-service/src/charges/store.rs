@@ -130,7 +130,8 @@ impl Store {
             (None, Some(_)) => "pending",
             (None, None) => "succeeded",
         };
-        let created_at = shared::time::now_rfc3339();
+        let created_ms = shared::time::now_ms();
+        let created_at = shared::time::rfc3339_ms(created_ms);
         inv.key(charge_key(shard, charge_id))
             .key(order_key(shard, new.order_id))
             .key(totals_key(shard))
@@ -146,7 +147,9 @@ impl Store {
             .arg(new.payment_method)
             .arg(status)
             .arg(new.decline_code.unwrap_or(""))
-            .arg(&created_at)
+            // The charge stores milliseconds (served as RFC 3339: store::charge_from); its
+            // events keep the text they are served with.
+            .arg(created_ms.to_string())
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(charge_prefix(shard))
             .arg(new.gateway)
