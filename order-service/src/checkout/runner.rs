@@ -1,10 +1,13 @@
 //! Running a checkout to its end and settling its Idempotency-Key, for the request that
 //! started it, for a client retry that takes it over, and for the recovery worker alike.
 //!
-//! While a runner works it holds two leases and renews both: the key's (so a retry gets 409
-//! in-use, not a second execution) and the order's (so recovery leaves it alone). If the process
-//! dies, both run out; a retry or the recovery worker claims the order and resumes it from its
-//! last recorded step — every step is an idempotent downstream call, so nothing acts twice.
+//! While a runner works it holds the order's lease and renews it: the key's record points at
+//! the order, so that one lease makes a retry wait (409 in-use, not a second execution) and
+//! recovery leave the order alone. If the process dies, it runs out; a retry or the recovery
+//! worker claims the order and resumes it from its last recorded step — every step is an
+//! idempotent downstream call, so nothing acts twice. (A key taken before #29's seventh pass is
+//! a hash with a lease of its own, no longer renewed: a retry once it lapsed claims the order,
+//! which answers 202 processing while the order's lease lasts.)
 
 use std::time::Duration;
 
@@ -45,7 +48,7 @@ impl Runner {
     /// locked and asks recovery to try again soon. Returns the response for the client.
     pub async fn drive(&self, order: &NewOrder, key: &KeyRef, owner: &str, progress: Progress) -> StoredResponse {
         let id = &order.order_id;
-        let renewer = tokio::spawn(renew(self.clone(), key.clone(), id.clone(), owner.to_string()));
+        let renewer = tokio::spawn(renew(self.clone(), id.clone(), owner.to_string()));
         let end = self.saga.run(order, progress, owner, key).await;
         renewer.abort();
         self.settle(id, key, owner, end).await
@@ -147,15 +150,12 @@ impl Runner {
     }
 }
 
-/// Keeps both leases alive while the saga works. Stops when the order is no longer ours.
-async fn renew(runner: Runner, key: KeyRef, order_id: OrderId, owner: String) {
+/// Keeps the order's lease alive while the saga works. Stops when the order is no longer ours.
+async fn renew(runner: Runner, order_id: OrderId, owner: String) {
     let lease = runner.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = runner.idempotency.renew(&key, order_id.as_str()).await {
-            tracing::warn!(%order_id, error = %e, "could not renew the checkout's key lease");
-        }
         match runner.store.lease(&order_id, &owner, lease).await {
             Ok(true) => {}
             Ok(false) => {
