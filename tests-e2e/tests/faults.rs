@@ -1999,26 +1999,39 @@ async fn a_checkout_told_everything_was_undone_is_never_completed_later() {
     assert_books_of_item_1_hold(&stack, vec![reply]).await;
 }
 
-/// An order leased to a runner that died at once (its lease already run out), written with the
-/// service's own store code but without taking its key: the service now takes the key and
-/// creates the order in one step, so this state comes only from an older version's crash.
-async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> (String, shared::idempotency::KeyRef) {
+/// A checkout of one unit of item 1 under key `k` with body `raw`, as a runner would write it:
+/// a pool on the stack's Redis, the order and its key's record.
+fn dead_runners_checkout(
+    stack: &Stack,
+    k: &str,
+    raw: &[u8],
+) -> (
+    shared::redis_pool::Pool,
+    order_service::model::NewOrder,
+    shared::idempotency::KeyRef,
+) {
     let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
-    let store = order_service::orders::store::OrderStore::new(pool);
-    let order_id = order_service::ids::OrderId::new_for_key(k);
     let key_ref = order_service::checkout::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
     let order = order_service::model::NewOrder {
-        order_id: order_id.clone(),
+        order_id: order_service::ids::OrderId::new_for_key(k),
         item_id: 1,
         quantity: 1,
         customer_id: "guest".into(),
         payment_method: "pm_card_visa".into(),
     };
-    store
+    (pool, order, key_ref)
+}
+
+/// An order leased to a runner that died at once (its lease already run out), written with the
+/// service's own store code but without taking its key: the service now takes the key and
+/// creates the order in one step, so this state comes only from an older version's crash.
+async fn order_left_by_a_dead_runner(stack: &Stack, k: &str, raw: &[u8]) -> String {
+    let (pool, order, key_ref) = dead_runners_checkout(stack, k, raw);
+    order_service::orders::store::OrderStore::new(pool)
         .create(&order, &key_ref, "run_dead", Duration::from_millis(1))
         .await
         .expect("create the order");
-    (order_id.to_string(), key_ref)
+    order.order_id.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2028,7 +2041,7 @@ async fn an_order_whose_process_died_before_taking_its_key_is_dropped_and_the_ke
     let k = key();
     let raw = br#"{"itemId":1,"quantity":1}"#;
     // The SIGKILL window between writing the order and taking its key.
-    let (order_id, _) = order_left_by_a_dead_runner(&stack, &k, raw).await;
+    let order_id = order_left_by_a_dead_runner(&stack, &k, raw).await;
 
     let settled = wait_until_settled(&stack, SETTLE_TIMEOUT).await;
 
@@ -2064,20 +2077,10 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
     // The SIGKILL window between taking the key and the saga's first step: the key and its
     // order written as the service writes them (one step, the key pointing at the order), the
     // runner's lease already run out.
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
-    let store = order_service::orders::store::OrderStore::new(pool.clone());
+    let (pool, order, key_ref) = dead_runners_checkout(&stack, &k, raw);
     let idempotency =
-        shared::idempotency::IdempotencyStore::new(pool, Duration::from_secs(3600), Duration::from_millis(1));
-    let key_ref = order_service::checkout::store::checkout_key(&k, shared::body::fingerprint("POST", "/checkout", raw));
-    let order_id = order_service::ids::OrderId::new_for_key(&k);
-    let order = order_service::model::NewOrder {
-        order_id: order_id.clone(),
-        item_id: 1,
-        quantity: 1,
-        customer_id: "guest".into(),
-        payment_method: "pm_card_visa".into(),
-    };
-    let begin = store
+        shared::idempotency::IdempotencyStore::new(pool.clone(), Duration::from_secs(3600), Duration::from_millis(1));
+    let begin = order_service::orders::store::OrderStore::new(pool)
         .begin_checkout(&order, &key_ref, "run_dead", &idempotency)
         .await
         .expect("begin");
@@ -2085,7 +2088,7 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
         matches!(begin, shared::idempotency::Begin::Execute { resumed: false, .. }),
         "{begin:?}"
     );
-    let order_id = order_id.to_string();
+    let order_id = order.order_id.to_string();
 
     let settled = wait_until_settled(&stack, SETTLE_TIMEOUT).await;
 
