@@ -9,10 +9,7 @@ local order, steps, totals, key, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KE
 local r = update_order(order, steps, totals, KEYS[6], change_from(ARGV), ARGV, 15)
 if r == 'ok' then
   local s = settle_from(ARGV, 7)
-  local id = key_pointer(key)
-  if id then settle_pointer(key, order, id, 'finish', s) else
-    finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms)
-  end
+  settle_key(key, order, 'finish', s)
   redis.call('ZADD', active, ARGV[14], s.token)
 end
 return r

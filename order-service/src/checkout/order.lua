@@ -55,6 +55,8 @@
 -- pointer_begin(active, order_prefix, id, fp): what a retry of a key pointing at order `id`
 --   gets (begin's decisions), or nil when that order is gone (the key is then free).
 -- settle_pointer(key, order, id, mode, s): settle_checkout's settling of a pointer.
+-- settle_key(key, order, mode, s): settles the key alone ('finish' or 'free'), a pointer or a
+--   hash record.
 local function new_order_from(argv)
   return {
     id = argv[1], item_id = argv[2], quantity = argv[3], customer_id = argv[4], payment_method = argv[5],
@@ -159,11 +161,14 @@ local function settle_pointer(key, order, id, mode, s)
   redis.call('DEL', key)
   finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, ttl > 0 and ttl or s.ttl_ms)
 end
-local function settle_checkout(key, active, order, mode, s, owed)
+local function settle_key(key, order, mode, s)
   local id = key_pointer(key)
   if id then settle_pointer(key, order, id, mode, s)
   elseif mode == 'free' then free(key, s.token)
   else finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms) end
+end
+local function settle_checkout(key, active, order, mode, s, owed)
+  settle_key(key, order, mode, s)
   if owed == nil then owed = redis.call('HEXISTS', order, 'releaseOwed') == 1 end
   if owed then
     redis.call('ZADD', active, now_ms(), s.token)
