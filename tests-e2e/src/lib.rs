@@ -212,6 +212,18 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A field of an Idempotency-Key's record (`record`: its Redis key), read as the services
+    /// read it: a hash, or one string of its fields (shared's record.lua).
+    pub async fn record_field(&self, record: &str, name: &str) -> Option<String> {
+        let store = shared::idempotency::IdempotencyStore::new(
+            self.redis_pool(),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
+        let key = shared::idempotency::KeyRef::from_stored(record.to_string(), String::new());
+        store.field(&key, name).await.expect("the record's field")
+    }
+
     /// The ports of every Redis node (one, or the cluster's three masters).
     pub fn redis_node_ports(&self) -> Vec<u16> {
         self.redis_ports()

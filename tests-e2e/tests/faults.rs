@@ -1626,13 +1626,7 @@ async fn a_charge_made_before_a_crash_is_found_not_made_again_when_recovery_come
     let record = format!("idem:{{payment:charge:{charge_key}}}");
     let waited = Instant::now();
     loop {
-        let made: Option<String> = redis::cmd("HGET")
-            .arg(&record)
-            .arg("made")
-            .query_async(&mut conn)
-            .await
-            .expect("HGET");
-        if made.is_some() {
+        if stack.record_field(&record, "made").await.is_some() {
             break;
         }
         assert!(

@@ -149,24 +149,13 @@ async fn a_charge_stores_its_answer_with_the_charge_and_replays_it_during_and_af
     // The charge's script stored the answer, so the key needed no write of its own: on one node
     // in the key's record, settling it; on a cluster (the record another slot) beside the
     // charge, the record left running until its lease runs out.
-    let pool = stack.redis_pool();
-    let mut conn = pool.get().await.expect("redis");
-    let state: Option<String> = redis::cmd("HGET")
-        .arg(format!("idem:{{payment:charge:{k}}}"))
-        .arg("state")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
+    let record = format!("idem:{{payment:charge:{k}}}");
+    let state = stack.record_field(&record, "state").await;
     let settled_by_the_charge = if stack.on_cluster() { "running" } else { "done" };
     assert_eq!(state.as_deref(), Some(settled_by_the_charge));
     // On one node the record keeps no body: it names the charge, which its replay is rendered
     // from (below, byte for byte the first answer).
-    let stored_body: Option<String> = redis::cmd("HGET")
-        .arg(format!("idem:{{payment:charge:{k}}}"))
-        .arg("body")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
+    let stored_body = stack.record_field(&record, "body").await;
     assert_eq!(stored_body, None);
     let during = charge(&stack, &k, &body).await;
     assert_eq!((during.status, during.replayed()), (201, true), "{}", during.json);

@@ -58,21 +58,9 @@ async fn put(stack: &Stack, id: &str, body: &Value) -> Reply {
     Reply::from(req.send().await.expect("PUT item")).await
 }
 
-/// A field of a key's record, read as the services read it (a record written done at once is
-/// a string, not a hash).
-async fn record_field(stack: &Stack, record: &str, name: &str) -> Option<String> {
-    let store = shared::idempotency::IdempotencyStore::new(
-        stack.redis_pool(),
-        Duration::from_secs(3600),
-        Duration::from_secs(60),
-    );
-    let key = shared::idempotency::KeyRef::from_stored(record.to_string(), String::new());
-    store.field(&key, name).await.expect("the record's field")
-}
-
 /// The lease field of a key's record: only a record that was ever running has one.
 async fn lease_of(stack: &Stack, record: &str) -> Option<u64> {
-    record_field(stack, record, "lease").await.and_then(|l| l.parse().ok())
+    stack.record_field(record, "lease").await.and_then(|l| l.parse().ok())
 }
 
 /// `(available, reserved, sold)` of an item.
@@ -304,11 +292,9 @@ async fn a_reserve_settles_its_key_in_its_own_script_on_one_node_and_beside_it_o
     } = one_reserve().await;
     let pool = stack.redis_pool();
     let mut conn = pool.get().await.expect("redis");
-    let state = record_field(&stack, &record, "state").await;
-    let status: Option<u16> = record_field(&stack, &record, "status")
-        .await
-        .and_then(|s| s.parse().ok());
-    let body = record_field(&stack, &record, "body").await;
+    let state = stack.record_field(&record, "state").await;
+    let status: Option<u16> = stack.record_field(&record, "status").await.and_then(|s| s.parse().ok());
+    let body = stack.record_field(&record, "body").await;
     let (beside_status, beside_body): (Option<u16>, Option<Vec<u8>>) = redis::cmd("HMGET")
         .arg(&beside)
         .arg(&["status", "body"])
@@ -354,8 +340,8 @@ async fn a_key_left_running_is_busy_until_its_lease_ends_then_taken_over_and_set
     // On one node the record was written done at once, as one string: what it keeps of the
     // request (its fingerprint, what it made) goes into the hash a running record is.
     let (fp, made) = (
-        record_field(&stack, &record, "fp").await,
-        record_field(&stack, &record, "made").await,
+        stack.record_field(&record, "fp").await,
+        stack.record_field(&record, "made").await,
     );
     let kind: String = redis::cmd("TYPE")
         .arg(&record)

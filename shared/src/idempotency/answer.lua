@@ -53,7 +53,7 @@ local function take_key(key, ans, render)
     return nil
   end
   if d[1] == 'resume' then
-    redis.call('HSET', key, 'token', ans.token)
+    record_set(key, {'token', ans.token})
     return nil
   end
   table.insert(d, 1, 'idem')
@@ -76,7 +76,7 @@ local function store_answer(key, ans, body, made)
     local rec = record_get(key, {'state', 'status'})
     if rec[1] == 'done' and rec[2] ~= '202' then return end
     set[#set + 1] = 'state'; set[#set + 1] = 'done'
-    if rec[1] then return redis.call('HSET', key, unpack(set)) end
+    if rec[1] then return record_set(key, set) end
     set[#set + 1] = 'fp'; set[#set + 1] = ans.fp
     set[#set + 1] = 'token'; set[#set + 1] = ans.held
     redis.call('HSET', key, unpack(set))

@@ -3,17 +3,14 @@
 -- The record's fields: state, fp, token, lease (ms), status, ctype, body, location.
 --
 -- hold(key, fp, token, lease_at, ttl_ms, note): writes the record as running under `token`,
---   with `note` when given (begin_noted.lua).
+--   with `note` when given (begin_noted.lua): one string with its expiry (record.lua).
 -- begin(key, fp, token, lease_ms, ttl_ms, defer): new / replay / busy / reused / resume.
 --   With `defer`, a new key's record is not written: the caller writes it once it knows
 --   whether the work succeeded (answer.lua).
 local function hold(key, fp, token, lease_at, ttl_ms, note)
-  if note then
-    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at, 'note', note)
-  else
-    redis.call('HSET', key, 'state', 'running', 'fp', fp, 'token', token, 'lease', lease_at)
-  end
-  redis.call('PEXPIRE', key, ttl_ms)
+  local set = {'state', 'running', 'fp', fp, 'token', token, 'lease', string.format('%d', lease_at)}
+  if note then set[9] = 'note'; set[10] = note end
+  record_write(key, set, ttl_ms)
 end
 local function begin(key, fp, token, lease_ms, ttl_ms, defer)
   local now = now_ms()
@@ -28,6 +25,6 @@ local function begin(key, fp, token, lease_ms, ttl_ms, defer)
   if rec[1] == 'done' then return {'replay', rec[5], rec[6], rec[7], rec[8] or ''} end
   local lease = tonumber(rec[3]) or 0
   if lease > now then return {'busy', tostring(lease - now)} end
-  redis.call('HSET', key, 'lease', now + lease_ms)
+  record_set(key, {'lease', string.format('%d', now + lease_ms)})
   return {'resume', rec[4]}
 end

@@ -11,9 +11,9 @@ if r[1] == 'new' then
   return {'new', r[2], note, '0'}
 end
 if r[1] == 'resume' then
-  local left = redis.call('HGET', KEYS[1], 'note')
+  local left = record_get(KEYS[1], {'note'})[1]
   if left and left ~= '' then return {'resume', r[2], left, '1'} end
-  redis.call('HSET', KEYS[1], 'note', note)
+  record_set(KEYS[1], {'note', note})
   return {'resume', r[2], note, '0'}
 end
 return r

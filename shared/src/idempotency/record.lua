@@ -1,10 +1,12 @@
--- A key's record, as every script reads it. It is a hash while it can change (running, or a
--- 202 its owner replaces). A record an effect's script writes done at once, for a key it took
--- itself (answer.lua), never changes again: it is one string of its fields, set with its expiry
--- by one command (SET … PX), where a hash took an HSET and a PEXPIRE, each with the key's name,
--- into the fsynced AOF. Its fields are "name\nvalue" pairs joined by "\n" (none of their
--- values, a status, a content type, an id, a fingerprint, holds a newline), and its state,
--- always done, is not written.
+-- A key's record, as every script reads and writes it. It is one string of its fields, set
+-- with its expiry by one command (SET … PX), where a hash took an HSET and a PEXPIRE, each with
+-- the key's name, into the fsynced AOF. Its fields are "name\nvalue" pairs joined by "\n" (none
+-- of their values, a state, a fingerprint, a token, a lease, a status, a content type, an id,
+-- holds a newline). A record written done at once does not write its state: a string without
+-- one is done. A change to a string record is APPENDed ("\nname\nvalue…"): a later pair wins
+-- over an earlier one of the same name, and the expiry stays. Records written before #29's
+-- eighth pass, and one given a value with a newline (a body), are hashes, read and changed as
+-- such.
 --
 -- record_get(key, names): the record's fields `names` (a table), as HMGET returns them (false
 --   for a missing one), whichever way the record is kept. A string is found by HMGET's
@@ -13,15 +15,37 @@
 -- record_packable(set): whether field/value pairs `set` can be kept as a string.
 -- record_write_done(key, set, ttl_ms): writes a new, done record of field/value pairs `set`
 --   (without 'state') as a string, with its expiry.
-local function record_get(key, names)
-  local fields = redis.pcall('HMGET', key, unpack(names))
-  if not fields.err then return fields end
-  local packed = redis.call('GET', key)
-  local found = {state = 'done'}
+-- record_write(key, set, ttl_ms): writes a new record of field/value pairs `set` (with its
+--   'state') as a string, with its expiry; a hash when a value holds a newline.
+-- record_set(key, set): sets fields of an existing record, whichever way it is kept. A string
+--   given a value with a newline becomes a hash of all its fields, its expiry kept.
+-- How record_get found a key kept, for record_set: 'string', or 'hash' when it answered
+-- HMGET (nil: not read yet in this script).
+local record_kind = {}
+-- A string record's fields: each name's last value (a missing state is done), and the names
+-- in the order they first came.
+local function record_unpack(packed)
+  local found, order = {}, {}
   local name
   for part in string.gmatch(packed .. '\n', '([^\n]*)\n') do
-    if name then found[name] = part; name = nil else name = part end
+    if name then
+      if found[name] == nil then order[#order + 1] = name end
+      found[name] = part; name = nil
+    else
+      name = part
+    end
   end
+  if not found.state then found.state = 'done'; order[#order + 1] = 'state' end
+  return found, order
+end
+local function record_get(key, names)
+  local fields = redis.pcall('HMGET', key, unpack(names))
+  if not fields.err then
+    record_kind[key] = 'hash'
+    return fields
+  end
+  record_kind[key] = 'string'
+  local found = record_unpack(redis.call('GET', key))
   local out = {}
   for i, n in ipairs(names) do out[i] = found[n] or false end
   return out
@@ -34,4 +58,25 @@ local function record_packable(set)
 end
 local function record_write_done(key, set, ttl_ms)
   redis.call('SET', key, table.concat(set, '\n'), 'PX', ttl_ms)
+  record_kind[key] = 'string'
+end
+local function record_write(key, set, ttl_ms)
+  if record_packable(set) then return record_write_done(key, set, ttl_ms) end
+  redis.call('HSET', key, unpack(set))
+  redis.call('PEXPIRE', key, ttl_ms)
+  record_kind[key] = 'hash'
+end
+local function record_set(key, set)
+  local kind = record_kind[key] or redis.call('TYPE', key)['ok']
+  if kind ~= 'string' then return redis.call('HSET', key, unpack(set)) end
+  if record_packable(set) then return redis.call('APPEND', key, '\n' .. table.concat(set, '\n')) end
+  local ttl = redis.call('PTTL', key)
+  local found, order = record_unpack(redis.call('GET', key))
+  local all = {}
+  for _, name in ipairs(order) do all[#all + 1] = name; all[#all + 1] = found[name] end
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(all))
+  redis.call('HSET', key, unpack(set))
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  record_kind[key] = 'hash'
 end

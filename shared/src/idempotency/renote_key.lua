@@ -2,5 +2,5 @@
 -- KEYS: the key's record. ARGV: token, note.
 local rec = record_get(KEYS[1], {'state', 'token'})
 if rec[1] ~= 'running' or rec[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'note', ARGV[2])
+record_set(KEYS[1], {'note', ARGV[2]})
 return 1

@@ -299,6 +299,121 @@ mod tests {
         assert!(matches!(replay, Begin::Replay(_)), "{replay:?}");
     }
 
+    #[tokio::test]
+    async fn a_running_record_is_one_string_changed_by_appending_and_a_body_with_a_newline_makes_it_a_hash() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let mut conn = redis.conn().await;
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let (_, _) = idem.begin_noted(&key, "tok1", "card-a").await.expect("begin");
+        let kind: String = redis::cmd("TYPE")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert_eq!(kind, "string", "taken in one SET with its expiry");
+        assert!(ttl > 50_000, "{ttl}");
+
+        assert!(idem.renote(&key, "tok1", "card-b").await.expect("renote"));
+        assert!(idem.renew(&key, "tok1").await.expect("renew"));
+        let text: String = redis::cmd("GET")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        assert!(
+            text.starts_with("state\nrunning\nfp\nfp\ntoken\ntok1\nlease\n")
+                && text.contains("\nnote\ncard-a\nnote\ncard-b\nlease\n"),
+            "written once, then appended to: {text:?}"
+        );
+        assert_eq!(
+            field(&redis, &key, "note").await.as_deref(),
+            Some("card-b"),
+            "the last note wins"
+        );
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("running"));
+
+        // An answer whose body has a newline cannot be a string's field: the record becomes a
+        // hash of everything it held, its expiry kept, and replays byte for byte.
+        let pretty = StoredResponse {
+            status: 201,
+            content_type: "application/json".into(),
+            body: b"{\n  \"id\": 1\n}".to_vec(),
+            location: None,
+        };
+        idem.finish(&key, "tok1", &pretty).await.expect("finish");
+        let kind: String = redis::cmd("TYPE")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert_eq!(kind, "hash");
+        assert!(ttl > 50_000, "expiry kept: {ttl}");
+        assert_eq!(field(&redis, &key, "note").await.as_deref(), Some("card-b"));
+        assert_eq!(field(&redis, &key, "fp").await.as_deref(), Some("fp"));
+        let replay = idem.begin(&key, "tok2").await.expect("replay");
+        assert!(
+            matches!(&replay, Begin::Replay(r) if r.body == pretty.body && r.status == 201),
+            "{replay:?}"
+        );
+
+        // A string record settled with a compact body stays a string: one APPEND.
+        let other = KeyRef::new("t:op", "k2", "fp".into());
+        let _ = idem.begin(&other, "tok1").await;
+        idem.finish(&other, "tok1", &created()).await.expect("finish");
+        let kind: String = redis::cmd("TYPE")
+            .arg(other.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        assert_eq!(kind, "string");
+        let replay = idem.begin(&other, "tok2").await.expect("replay");
+        assert_eq!(replay, Begin::Replay(created()));
+    }
+
+    #[tokio::test]
+    async fn a_running_record_kept_as_a_hash_by_an_earlier_version_is_still_renewed_and_settled() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let mut conn = redis.conn().await;
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(key.redis_key())
+            .arg(&[
+                "state", "running", "fp", "fp", "token", "tok1", "lease", "0", "note", "card-a",
+            ])
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key.redis_key())
+            .arg(60_000)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("an old record");
+        assert!(idem.renote(&key, "tok1", "card-b").await.expect("renote"));
+        assert!(idem.renew(&key, "tok1").await.expect("renew"));
+        idem.finish(&key, "tok1", &created()).await.expect("finish");
+        let kind: String = redis::cmd("TYPE")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        assert_eq!(kind, "hash");
+        assert_eq!(idem.begin(&key, "tok2").await.ok(), Some(Begin::Replay(created())));
+        assert_eq!(field(&redis, &key, "note").await.as_deref(), Some("card-b"));
+    }
+
     /// An effect's script built as stock's and payment's are: take the key, store the answer.
     static EFFECT: LazyLock<Script> = LazyLock::new(|| {
         lua::script(
