@@ -3,7 +3,8 @@
 //! Keys (the `{item:N}` hash tag puts an item and everything that changes its counts in one
 //! Redis Cluster slot, so each script below is atomic there too):
 //! - `stock:{item:N}` hash: name, price, currency, available, reserved, sold
-//! - `stock:{item:N}:rsv:<reservationId>` hash: quantity, totalFee, currency, status, expiresAt
+//! - `stock:{item:N}:rsv:<reservationId>`: quantity, totalFee, currency, status, expiresAt, as
+//!   one string of name/value pairs (shared's record.lua; a hash before #29's eighth pass)
 //! - `stock:{item:N}:expiring` sorted set: live reservation ids by expiry time
 //! - `stock:{item:N}:op:<Idempotency-Key>`: the reservation a reserve request without a place
 //!   for its answer created, written in the same script as the reservation, so a retry after a

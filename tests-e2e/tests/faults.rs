@@ -274,15 +274,20 @@ async fn key_record(stack: &Stack, client_key: &str) -> Option<KeyRecord> {
         .expect("the key's record and its order")
 }
 
-/// A reservation's status (`reserved`, `released`, `expired`, `completed`), if still stored.
+/// A reservation's status (`reserved`, `released`, `expired`, `completed`), if still stored:
+/// one string of its fields (a hash before #29's eighth pass).
 async fn reservation_status(conn: &mut MultiplexedConnection, item_id: u64, rid: &str) -> Option<String> {
-    redis::cmd("HGET")
-        .arg(format!("stock:{{item:{item_id}}}:rsv:{rid}"))
-        .arg("status")
-        .query_async(conn)
-        .await
-        .ok()
-        .flatten()
+    let key = format!("stock:{{item:{item_id}}}:rsv:{rid}");
+    match redis::cmd("GET").arg(&key).query_async::<Option<String>>(conn).await {
+        Ok(packed) => packed.and_then(|p| shared::idempotency::packed_field(&p, "status").map(str::to_string)),
+        Err(_) => redis::cmd("HGET")
+            .arg(&key)
+            .arg("status")
+            .query_async(conn)
+            .await
+            .ok()
+            .flatten(),
+    }
 }
 
 async fn get_internal(stack: &Stack, path: &str) -> Value {

@@ -395,6 +395,17 @@ pub fn short_digest(text: &str, bytes: usize) -> String {
 }
 
 /// Element `i` of a script's answer as text; empty when missing or not text or a number.
+/// A field of a record kept as one string (record.lua: "name\nvalue" pairs joined by "\n",
+/// changes appended, so a name's last value is its value), for readers outside Lua.
+pub fn packed_field<'a>(packed: &'a str, name: &str) -> Option<&'a str> {
+    let parts: Vec<&str> = packed.split('\n').collect();
+    parts
+        .chunks_exact(2)
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1])
+        .next_back()
+}
+
 pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
     match reply.get(i) {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
@@ -406,6 +417,16 @@ pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_packed_records_field_is_its_last_value() {
+        let packed = "status\nreserved\nquantity\n2\nstatus\ncompleted\nlocation\n";
+        assert_eq!(super::packed_field(packed, "status"), Some("completed"));
+        assert_eq!(super::packed_field(packed, "quantity"), Some("2"));
+        assert_eq!(super::packed_field(packed, "location"), Some(""));
+        assert_eq!(super::packed_field(packed, "2"), None, "values are not names");
+        assert_eq!(super::packed_field(packed, "body"), None);
+    }
+
     use super::*;
     use actix_web::test::TestRequest;
 

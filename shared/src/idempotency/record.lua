@@ -8,10 +8,11 @@
 -- eighth pass, and one given a value with a newline (a body), are hashes, read and changed as
 -- such.
 --
--- record_get(key, names): the record's fields `names` (a table), as HMGET returns them (false
---   for a missing one), whichever way the record is kept. A string is found by HMGET's
---   WRONGTYPE (no TYPE call on every read): each read of one, a replay, counts one error in
---   INFO errorstats.
+-- record_get(key, names, strings_first): the record's fields `names` (a table), as HMGET
+--   returns them (false for a missing one), whichever way the record is kept. A string is
+--   found by HMGET's WRONGTYPE (no TYPE call on every read): each read of one, a replay, counts
+--   one error in INFO errorstats. With `strings_first`, for records that are mostly strings
+--   (stock's reservations), GET is tried first and a hash is found by its WRONGTYPE.
 -- record_packable(set): whether field/value pairs `set` can be kept as a string.
 -- record_write_done(key, set, ttl_ms): writes a new, done record of field/value pairs `set`
 --   (without 'state') as a string, with its expiry.
@@ -38,15 +39,24 @@ local function record_unpack(packed)
   if not found.state then found.state = 'done'; order[#order + 1] = 'state' end
   return found, order
 end
-local function record_get(key, names)
-  local fields = redis.pcall('HMGET', key, unpack(names))
-  if not fields.err then
-    record_kind[key] = 'hash'
-    return fields
+local function record_get(key, names, strings_first)
+  local packed
+  if strings_first then packed = redis.pcall('GET', key) end
+  if not strings_first or type(packed) == 'table' then
+    local fields = redis.pcall('HMGET', key, unpack(names))
+    if not fields.err then
+      record_kind[key] = 'hash'
+      return fields
+    end
+    packed = redis.call('GET', key)
+  end
+  local out = {}
+  if not packed then
+    for i = 1, #names do out[i] = false end
+    return out
   end
   record_kind[key] = 'string'
-  local found = record_unpack(redis.call('GET', key))
-  local out = {}
+  local found = record_unpack(packed)
   for i, n in ipairs(names) do out[i] = found[n] or false end
   return out
 end

@@ -19,7 +19,7 @@ local ans = answer_from(ARGV, 6)
 -- the reservation the key made, as when it was made (its status then: reserved).
 local function render(made)
   if not made then return nil end
-  local r = redis.call('HMGET', prefix .. made, 'totalFee', 'currency', 'expiresAt')
+  local r = rsv_get(prefix .. made, {'totalFee', 'currency', 'expiresAt'})
   if not r[1] then return nil end
   return fill(ans.body, {made, r[1], r[2], rfc3339_ms(tonumber(r[3]))})
 end
@@ -31,7 +31,7 @@ local function reserve()
   local prev
   if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
-    local r = redis.call('HMGET', prefix .. prev, 'quantity', 'totalFee', 'currency', 'expiresAt')
+    local r = rsv_get(prefix .. prev, {'quantity', 'totalFee', 'currency', 'expiresAt'})
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
   end
   local it = redis.call('HMGET', item, 'available', 'price', 'currency', 'reserved')
@@ -43,8 +43,8 @@ local function reserve()
   local total = fmt(tonumber(it[2]) * quantity)
   local expires = fmt(now + ttl_ms)
   local rk = prefix .. rid
-  redis.call('HSET', rk, 'quantity', fmt(quantity), 'totalFee', total, 'currency', it[3], 'status', 'reserved', 'expiresAt', expires)
-  redis.call('PEXPIRE', rk, ttl_ms + tonumber(marker_ttl_ms))
+  record_write(rk, {'quantity', fmt(quantity), 'totalFee', total, 'currency', it[3], 'status', 'reserved',
+    'expiresAt', expires}, ttl_ms + tonumber(marker_ttl_ms))
   redis.call('ZADD', expiring, expires, rid)
   if ans then
     store_answer(answer_at, ans, fill(ans.body, {rid, total, it[3], rfc3339_ms(tonumber(expires))}), rid)

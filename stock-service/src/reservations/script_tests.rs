@@ -436,6 +436,93 @@ async fn a_lapsed_reservation_cannot_be_completed_and_its_units_return() {
 }
 
 #[tokio::test]
+async fn a_reservation_is_one_string_with_its_expiry_and_its_status_changes_are_appended() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let (rid, _) = reserved(reserve(&store, &idem, "k1", 2).await);
+    let rk = format!("{}{rid}", crate::store::reservation_prefix(1));
+    let mut conn = redis.conn().await;
+    let kind: String = redis::cmd("TYPE").arg(&rk).query_async(&mut conn).await.expect("TYPE");
+    let ttl: i64 = redis::cmd("PTTL").arg(&rk).query_async(&mut conn).await.expect("PTTL");
+    assert_eq!(kind, "string", "written by one SET with its expiry");
+    assert!(ttl > TTL.as_millis() as i64, "kept past its hold: {ttl}");
+
+    let _ = transition(&store, &idem, Transition::Complete, &rid).await;
+    let _ = store.restock(&rid).await;
+    let text: String = redis::cmd("GET").arg(&rk).query_async(&mut conn).await.expect("GET");
+    assert!(
+        text.starts_with("quantity\n2\ntotalFee\n500\ncurrency\nUSD\nstatus\nreserved\nexpiresAt\n")
+            && text.ends_with("\nstatus\ncompleted\nstatus\nrestocked"),
+        "{text:?}"
+    );
+    let ttl_after: i64 = redis::cmd("PTTL").arg(&rk).query_async(&mut conn).await.expect("PTTL");
+    assert!(ttl_after > 0 && ttl_after <= ttl, "expiry kept: {ttl_after}");
+    assert_eq!(counts(&store).await, (5, 0, 0));
+    // The last status is the one read: restocked answers as completed.
+    assert!(matches!(
+        transition(&store, &idem, Transition::Release, &rid).await,
+        TransitionOutcome::Completed
+    ));
+}
+
+#[tokio::test]
+async fn a_reservation_kept_as_a_hash_by_an_earlier_version_still_completes_and_lapses() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let mut conn = redis.conn().await;
+    // Two reservations as earlier versions wrote them (and the units they hold), one lapsed.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    for (rid, expires) in [("rsv_1_old", now + 60_000), ("rsv_1_lapsed", now - 1)] {
+        let rk = format!("{}{rid}", crate::store::reservation_prefix(1));
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(&rk)
+            .arg(&[
+                "quantity", "1", "totalFee", "250", "currency", "USD", "status", "reserved",
+            ])
+            .arg("expiresAt")
+            .arg(expires)
+            .ignore()
+            .cmd("ZADD")
+            .arg("stock:{item:1}:expiring")
+            .arg(expires)
+            .arg(rid)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg("stock:{item:1}")
+            .arg("available")
+            .arg(-1)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg("stock:{item:1}")
+            .arg("reserved")
+            .arg(1)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("old reservations");
+    }
+    assert_eq!(counts(&store).await, (3, 2, 0));
+
+    assert_eq!(store.sweep_all().await.ok(), Some(1), "the lapsed one");
+    let done = transition(&store, &idem, Transition::Complete, "rsv_1_old").await;
+    assert!(matches!(done, TransitionOutcome::Completed), "{done:?}");
+    assert_eq!(counts(&store).await, (4, 0, 1));
+    let status: Option<String> = redis::cmd("HGET")
+        .arg("stock:{item:1}:rsv:rsv_1_old")
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .expect("still a hash");
+    assert_eq!(status.as_deref(), Some("completed"));
+}
+
+#[tokio::test]
 async fn sweep_returns_every_lapsed_reservation_and_leaves_live_ones() {
     let redis = TestRedis::start().await;
     let store = stock(&redis, 5).await;

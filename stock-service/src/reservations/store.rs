@@ -59,18 +59,18 @@ pub fn item_of_reservation(rid: &str) -> Option<u64> {
     item.parse().ok().filter(|id| *id >= 1)
 }
 
-/// `fill`, `move`, `sweep` and `fmt`, for every stock script.
+/// `fill`, `move`, `sweep`, `fmt` and a reservation's reads and writes, for every stock script.
 static STOCK: Lib = Lib {
     name: "stock",
     source: include_str!("stock.lua"),
-    needs: &[&CLOCK, &shared::lua::COUNTS],
+    needs: &[&CLOCK, &shared::lua::COUNTS, &shared::idempotency::scripts::RECORD],
 };
 
 /// `transition`, for release and complete.
 static TRANSITION: Lib = Lib {
     name: "transition",
     source: include_str!("transition.lua"),
-    needs: &[&shared::idempotency::scripts::ANSWER],
+    needs: &[&shared::idempotency::scripts::ANSWER, &STOCK],
 };
 
 fn script(main: &str) -> Script {
@@ -79,9 +79,9 @@ fn script(main: &str) -> Script {
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("reserve.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION, &STOCK], include_str!("release.lua")));
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("release.lua")));
 static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION, &STOCK], include_str!("complete.lua")));
+    LazyLock::new(|| shared::lua::script(&[&CLOCK, &TRANSITION], include_str!("complete.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| script(include_str!("sweep.lua")));
 
 #[derive(Debug)]

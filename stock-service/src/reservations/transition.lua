@@ -1,4 +1,4 @@
--- What release.lua and complete.lua share (needs answer.lua). Both are idempotent by state, and
+-- What release.lua and complete.lua share (needs answer.lua and stock.lua). Both are idempotent by state, and
 -- the Idempotency-Key adds byte-identical replays and payload-reuse detection on top. Both run
 -- on KEYS: item, reservation, expiring[, answer or key]; ARGV: reservationId[, the answer].
 --
@@ -15,7 +15,7 @@ local function transition(apply, succeeds_with)
   local refused = take_key(answer_at, ans)
   if refused then return refused end
   local out
-  local r = redis.call('HMGET', KEYS[2], 'status', 'quantity', 'expiresAt')
+  local r = rsv_get(KEYS[2], {'status', 'quantity', 'expiresAt'})
   if not r[1] then
     out = 'not_found'
   elseif r[1] == 'completed' or r[1] == 'restocked' then
