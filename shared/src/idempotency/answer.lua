@@ -99,5 +99,6 @@ end
 local function made_by(key, ans)
   -- A key this script has just taken new has no record yet, so nothing made: no read.
   if not key or not ans or untaken then return nil end
-  return record_get(key, {'made'})[1] or nil
+  -- Beside the effect (neither taken nor held here) the answer is a hash.
+  return record_get(key, {'made'}, not (ans.token or ans.held))[1] or nil
 end

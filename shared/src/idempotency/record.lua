@@ -8,11 +8,12 @@
 -- eighth pass, and one given a value with a newline (a body), are hashes, read and changed as
 -- such.
 --
--- record_get(key, names, strings_first): the record's fields `names` (a table), as HMGET
---   returns them (false for a missing one), whichever way the record is kept. A string is
---   found by HMGET's WRONGTYPE (no TYPE call on every read): each read of one, a replay, counts
---   one error in INFO errorstats. With `strings_first`, for records that are mostly strings
---   (stock's reservations), GET is tried first and a hash is found by its WRONGTYPE.
+-- record_get(key, names, hashes_first): the record's fields `names` (a table), as HMGET
+--   returns them (false for a missing one), whichever way the record is kept. GET is tried
+--   first, and a hash is found by its WRONGTYPE (no TYPE call on every read; each such read
+--   counts one error in INFO errorstats, and a failed call inside a script costs more than a
+--   second command). With `hashes_first`, for a place that is mostly a hash (an answer stored
+--   beside its effect), the other way round.
 -- record_packable(set): whether field/value pairs `set` can be kept as a string.
 -- record_write_done(key, set, ttl_ms): writes a new, done record of field/value pairs `set`
 --   (without 'state') as a string, with its expiry.
@@ -39,10 +40,10 @@ local function record_unpack(packed)
   if not found.state then found.state = 'done'; order[#order + 1] = 'state' end
   return found, order
 end
-local function record_get(key, names, strings_first)
+local function record_get(key, names, hashes_first)
   local packed
-  if strings_first then packed = redis.pcall('GET', key) end
-  if not strings_first or type(packed) == 'table' then
+  if not hashes_first then packed = redis.pcall('GET', key) end
+  if hashes_first or type(packed) == 'table' then
     local fields = redis.pcall('HMGET', key, unpack(names))
     if not fields.err then
       record_kind[key] = 'hash'

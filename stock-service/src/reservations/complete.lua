@@ -8,10 +8,10 @@ return transition(function(r)
   redis.call('ZREM', expiring, rid)
   if r.lapsed then
     move(item, 'reserved', 'available', r.quantity)
-    rsv_set(reservation, {'status', 'expired'})
+    record_set(reservation, {'status', 'expired'})
     return 'released'
   end
   move(item, 'reserved', 'sold', r.quantity)
-  rsv_set(reservation, {'status', 'completed'})
+  record_set(reservation, {'status', 'completed'})
   return 'completed'
 end, 'completed')

@@ -6,7 +6,7 @@ local item, reservation, expiring, rid = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 return transition(function(r)
   if r.status == 'reserved' then
     move(item, 'reserved', 'available', r.quantity)
-    rsv_set(reservation, {'status', r.lapsed and 'expired' or 'released'})
+    record_set(reservation, {'status', r.lapsed and 'expired' or 'released'})
     redis.call('ZREM', expiring, rid)
   end
   return 'released'

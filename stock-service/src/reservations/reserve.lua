@@ -19,7 +19,7 @@ local ans = answer_from(ARGV, 6)
 -- the reservation the key made, as when it was made (its status then: reserved).
 local function render(made)
   if not made then return nil end
-  local r = rsv_get(prefix .. made, {'totalFee', 'currency', 'expiresAt'})
+  local r = record_get(prefix .. made, {'totalFee', 'currency', 'expiresAt'})
   if not r[1] then return nil end
   return fill(ans.body, {made, r[1], r[2], rfc3339_ms(tonumber(r[3]))})
 end
@@ -31,7 +31,7 @@ local function reserve()
   local prev
   if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
-    local r = rsv_get(prefix .. prev, {'quantity', 'totalFee', 'currency', 'expiresAt'})
+    local r = record_get(prefix .. prev, {'quantity', 'totalFee', 'currency', 'expiresAt'})
     if r[1] then return {'found', prev, r[1], r[2], r[3], r[4]} end
   end
   local it = redis.call('HMGET', item, 'available', 'price', 'currency', 'reserved')

@@ -3,8 +3,7 @@
 -- A reservation is kept as an Idempotency-Key's record is (record.lua): one string of its
 -- fields, written with its expiry by one SET ... PX (a hash took an HSET and a PEXPIRE into
 -- the fsynced AOF), its status changes appended; reservations made before #29's eighth pass
--- are hashes, read and changed as such. rsv_get(rk, names) reads one, rsv_set(rk, set)
--- changes one it has read.
+-- are hashes, read and changed as such (record_get, record_set).
 -- fill(tpl, values): an answer template's holes ('\1') filled in turn (reservation_template).
 -- sweep(item, expiring, prefix, now, limit): returns up to `limit` lapsed reservations of one
 --   item to `available`, bounded so no script runs long; how many it looked at.
@@ -12,8 +11,6 @@
 -- move(item, from, to, q): q units from one of the item's counts to another, both written by
 --   one HSET (add_counts).
 local function fmt(n) return string.format('%d', n) end
-local function rsv_get(rk, names) return record_get(rk, names, true) end
-local function rsv_set(rk, set) return record_set(rk, set) end
 local function fill(tpl, values)
   local out, pos = {}, 1
   for _, v in ipairs(values) do
@@ -32,10 +29,10 @@ local function sweep(item, expiring, prefix, now, limit)
   local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, limit)
   for _, rid in ipairs(due) do
     local rk = prefix .. rid
-    local r = rsv_get(rk, {'status', 'quantity'})
+    local r = record_get(rk, {'status', 'quantity'})
     if r[1] == 'reserved' then
       move(item, 'reserved', 'available', tonumber(r[2]))
-      rsv_set(rk, {'status', 'expired'})
+      record_set(rk, {'status', 'expired'})
     end
     redis.call('ZREM', expiring, rid)
   end

@@ -15,7 +15,7 @@ local function transition(apply, succeeds_with)
   local refused = take_key(answer_at, ans)
   if refused then return refused end
   local out
-  local r = rsv_get(KEYS[2], {'status', 'quantity', 'expiresAt'})
+  local r = record_get(KEYS[2], {'status', 'quantity', 'expiresAt'})
   if not r[1] then
     out = 'not_found'
   elseif r[1] == 'completed' or r[1] == 'restocked' then
