@@ -13,6 +13,9 @@
 #   wallet    the checkout paid from customers' wallets (no provider call)
 #   open      the checkout in open loop at half its peak rate (latency without coordinated omission)
 #   stand-in-open  the stand-in in open loop at that same rate: the latency this machine allows
+#   open-rw, stand-in-rw  both again with an AOF rewrite started 3 s in (BENCH_REWRITE=1, the
+#             default): Redis rewrites by itself whenever its AOF has doubled (past 512 MB), so a
+#             long-lived dataset has one from time to time; this is what a run with one looks like
 #   checkout-hooks the checkout again with a merchant's webhook receiver subscribed to every
 #             event (BENCH_WEBHOOKS=1, the default): fan-out and delivery running beside it
 #   checkout-Nm    the checkout again (closed loop, the first fsync policy) on a Redis Cluster of
@@ -21,7 +24,8 @@
 # and prints one table of ratios and absolute numbers.
 #
 # BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 64), BENCH_FSYNC ("always everysec"),
-# BENCH_MASTERS (default 3), BENCH_WEBHOOKS (1; 0 skips checkout-hooks), BENCH_PORT (first of the ports used, default 19080), REPLICAS as for
+# BENCH_MASTERS (default 3), BENCH_WEBHOOKS (1; 0 skips checkout-hooks), BENCH_REWRITE (1; 0 skips
+# open-rw and stand-in-rw), BENCH_PORT (first of the ports used, default 19080), REPLICAS as for
 # make run.
 set -euo pipefail
 
@@ -34,6 +38,7 @@ connections=${BENCH_CONNECTIONS:-64}
 policies=${BENCH_FSYNC:-always everysec}
 masters=${BENCH_MASTERS:-3}
 webhooks=${BENCH_WEBHOOKS:-1}
+rewrite=${BENCH_REWRITE:-1}
 base=${BENCH_PORT:-19080}
 # One load generator is one caller: it is paced only by the limits it sets (the limiter still
 # runs on every request, so its cost is measured).
@@ -110,6 +115,12 @@ for policy in $policies; do
     loadgen open "$policy" --url "http://127.0.0.1:$gateway" --rate "$half" --warmup 0 --check-books
     loadgen stand-in-open "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/checkout \
         --rate "$half" --warmup 0
+    if [ "$rewrite" = 1 ]; then
+        loadgen open-rw "$policy" --url "http://127.0.0.1:$gateway" --rate "$half" --warmup 0 --check-books \
+            --rewrite-after 3
+        loadgen stand-in-rw "$policy" --url "http://127.0.0.1:$standin_gateway" --path /order/checkout \
+            --rate "$half" --warmup 0 --rewrite-after 3
+    fi
     if [ "$webhooks" = 1 ]; then
         # Last of the policy's runs: the deliveries it queues go on after it ends.
         RECEIVER_PORT=$((base + 17)) RECEIVER_LOG=$data/receiver.jsonl "$bin/webhook-receiver" \
@@ -155,7 +166,7 @@ printf '%-9s %-13s %10s %8s %8s %8s %8s %9s %9s %9s %9s %9s %7s %7s %9s %9s\n' f
 for policy in $policies; do
     trivial=$(field "$(grep "policy=$policy label=trivial " "$results")" rps)
     standin=$(field "$(grep "policy=$policy label=stand-in " "$results")" rps)
-    for label in trivial stand-in checkout wallet open stand-in-open checkout-hooks "$cluster_label"; do
+    for label in trivial stand-in checkout wallet open stand-in-open open-rw stand-in-rw checkout-hooks "$cluster_label"; do
         line=$(grep "policy=$policy label=$label " "$results") || continue
         rps=$(field "$line" rps)
         awk -v p="$policy" -v l="$label" -v r="$rps" -v s="$standin" -v t="$trivial" \
@@ -196,11 +207,15 @@ target "checkout throughput / stand-in's" "$(ratio "$(got checkout rps)" "$(got 
 target "script time per checkout / stand-in's" "$(ratio "$(got checkout script_us)" "$(got stand-in script_us)")" 2 le ×
 target "AOF bytes per checkout / stand-in's" "$(ratio "$aof" "$(got stand-in aof_bytes)")" 2 le ×
 target "open-loop p99 / stand-in's at the same rate" "$(ratio "$(got open p99)" "$(got stand-in-open p99)")" 2 le ×
+if [ "$rewrite" = 1 ]; then
+    target "  the same, an AOF rewrite in both runs" "$(ratio "$(got open-rw p99)" "$(got stand-in-rw p99)")" 2 le ×
+fi
 if [ "$masters" -gt 1 ]; then
     target "checkout on $masters masters / on one node" "$(ratio "$(got "$cluster_label" rps)" "$(got checkout rps)")" 2 ge ×
 fi
 echo
 echo "stand-in-open runs the stand-in at the checkout's open-loop rate: the latency the machine allows there."
+echo "open-rw and stand-in-rw: the same two with an AOF rewrite started 3 s in (a young dataset's is short)."
 echo "Redis µs: the part of CPU µs that was Redis' (with its AOF-rewrite child); script µs: time Redis spent"
 echo "running scripts per request (INFO commandstats; wall time, the commands they call included); cmds: Redis"
 echo "commands per request, inside scripts or on their own (INFO commandstats); AOF B: bytes appended to the AOF"

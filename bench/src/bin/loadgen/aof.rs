@@ -159,6 +159,19 @@ pub(super) fn work_in(commandstats: &str, persistence: &str) -> Work {
     work
 }
 
+/// Asks Redis to rewrite its AOF `after` from now, as it does by itself whenever the AOF has
+/// doubled: what a run with a rewrite in it looks like, whatever the dataset's age.
+pub fn rewrite_after(mut conn: MultiplexedConnection, after: Duration) -> tokio::task::JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        redis::cmd("BGREWRITEAOF")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
 pub async fn wait_idle(mut conn: MultiplexedConnection) -> Result<(), String> {
     let start = Instant::now();
     let mut said = false;

@@ -50,6 +50,8 @@ const HELP: &str = "loadgen [options]
                          ran during the measured run (the first node's), and Redis' work per
                          request, summed over the nodes: script time, commands and AOF bytes
                          (INFO commandstats and persistence)
+  --rewrite-after SECS   with --redis-url: have the first node rewrite its AOF (BGREWRITEAOF)
+                         SECS into the measured run, to see what one costs
   --seed N               random seed (default: from the clock)";
 
 struct Args {
@@ -71,6 +73,7 @@ struct Args {
     label: String,
     cpu_of: Vec<u32>,
     redis_url: Option<String>,
+    rewrite_after: Option<Duration>,
     seed: u64,
 }
 
@@ -140,6 +143,16 @@ fn parse_args() -> Result<Args, String> {
             .map(|p| p.trim().parse().map_err(|_| "--cpu-of takes pids like 12,34"))
             .collect::<Result<_, _>>()?,
         redis_url: map.get("--redis-url").cloned(),
+        rewrite_after: match map.get("--rewrite-after") {
+            Some(s) => Some(
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or("--rewrite-after must be a number of seconds")?,
+            ),
+            None => None,
+        },
         seed: seed | 1,
     })
 }
@@ -428,6 +441,14 @@ async fn main() -> ExitCode {
         None => None,
     };
     let rewrites = redis.as_ref().and_then(|nodes| nodes.first()).cloned().map(aof::watch);
+    let forced = match (a.rewrite_after, redis.as_ref().and_then(|nodes| nodes.first())) {
+        (Some(after), Some(conn)) => Some(aof::rewrite_after(conn.clone(), after)),
+        (Some(_), None) => {
+            eprintln!("--rewrite-after needs --redis-url");
+            return ExitCode::FAILURE;
+        }
+        _ => None,
+    };
     let started = Instant::now();
     match a.rate {
         Some(rate) => open_loop(shared.clone(), rate, a.duration).await,
@@ -447,6 +468,13 @@ async fn main() -> ExitCode {
         Some(watch) => Some(watch.stop().await),
         None => None,
     };
+    if let Some(Err(e)) = match forced {
+        Some(task) => Some(task.await.map_err(|e| e.to_string()).and_then(|r| r)),
+        None => None,
+    } {
+        eprintln!("redis: could not start the AOF rewrite: {e}");
+        return ExitCode::FAILURE;
+    }
     ticker.abort();
 
     let (mut lat, outcomes) = {
