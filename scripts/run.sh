@@ -146,7 +146,7 @@ else
     # behind its writes (p99 ×5 – ×10 while it runs). Redis' 64mb floor rewrote a young dataset
     # every ~16 000 checkouts; 512mb waits for ~130 000 (4 KB of AOF each). The cost: up to
     # 512 MB more disk, and a restart replays up to 512 MB of commands (7 – 7.6 s measured here,
-    # against ~1 s at 64mb). Past 256 MB of live data the percentage governs, as before.
+    # against ~1 s at 64mb). Past a 256 MB rewritten base the percentage governs, as before.
     redis_args=(--bind 127.0.0.1 --appendonly yes --appendfsync "$appendfsync" --save ""
         --hash-max-listpack-value 1024 --rdbcompression no --daemonize no
         --auto-aof-rewrite-min-size "$aof_rewrite_min_size" --auto-aof-rewrite-percentage "$aof_rewrite_percentage")
