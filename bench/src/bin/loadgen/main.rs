@@ -468,10 +468,9 @@ async fn main() -> ExitCode {
         Some(watch) => Some(watch.stop().await),
         None => None,
     };
-    if let Some(Err(e)) = match forced {
-        Some(task) => Some(task.await.map_err(|e| e.to_string()).and_then(|r| r)),
-        None => None,
-    } {
+    if let Some(task) = forced
+        && let Err(e) = task.await.map_err(|e| e.to_string()).and_then(|r| r)
+    {
         eprintln!("redis: could not start the AOF rewrite: {e}");
         return ExitCode::FAILURE;
     }
