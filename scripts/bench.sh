@@ -209,10 +209,14 @@ target "checkout throughput / stand-in's" "$(ratio "$(got checkout rps)" "$(got 
 target "script time per checkout / stand-in's" "$(ratio "$(got checkout script_us)" "$(got stand-in script_us)")" 2 le ×
 target "AOF bytes per checkout / stand-in's" "$(ratio "$aof" "$(got stand-in aof_bytes)")" 2 le ×
 target "open-loop p99 / stand-in's at the same rate" "$(ratio "$(got open p99)" "$(got stand-in-open p99)")" 2 le ×
-# Only a pair in which a rewrite ran says what one costs.
-if [ "$rewrite" = 1 ] && awk -v a="$(got open-rw aof_rewrite_s)" -v b="$(got stand-in-rw aof_rewrite_s)" \
-    'BEGIN { exit !(a + 0 > 0 && b + 0 > 0) }'; then
-    target "  the same, an AOF rewrite in both runs" "$(ratio "$(got open-rw p99)" "$(got stand-in-rw p99)")" 2 le ×
+if [ "$rewrite" = 1 ]; then
+    # Only a pair in which a rewrite ran says what one costs; "-" otherwise.
+    with_rewrite=
+    if awk -v a="$(got open-rw aof_rewrite_s)" -v b="$(got stand-in-rw aof_rewrite_s)" \
+        'BEGIN { exit !(a + 0 > 0 && b + 0 > 0) }'; then
+        with_rewrite=$(ratio "$(got open-rw p99)" "$(got stand-in-rw p99)")
+    fi
+    target "  the same, an AOF rewrite in both runs" "$with_rewrite" 2 le ×
 fi
 if [ "$masters" -gt 1 ]; then
     target "checkout on $masters masters / on one node" "$(ratio "$(got "$cluster_label" rps)" "$(got checkout rps)")" 2 ge ×
