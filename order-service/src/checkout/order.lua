@@ -30,15 +30,16 @@
 --   changes, add_counts), so the totals always match the orders. A terminal order is never
 --   changed again, and only its owner changes it. An order that ends (completed, failed) is
 --   published in the same step to the shard's outbox stream, which payment's merchant-webhook
---   dispatcher reads: the event is never lost between the change and its webhook. Returns 'ok'
---   and whether the order owes a release after the change (for settle_checkout), or why
---   nothing changed.
--- settle_checkout(key, active, order, mode, s, owed): settles the checkout's key ('finish' with
+--   dispatcher reads: the event is never lost between the change and its webhook. Returns 'ok',
+--   whether the order owes a release after the change and its status and respStatus after it
+--   (for settle_checkout, which then reads neither again), or why nothing changed.
+-- settle_checkout(key, active, order, mode, s, owed, known): settles the checkout's key ('finish' with
 --   settle_from's `s`, or 'free'; a pointer is left as it is when its order holds the answer,
 --   deleted when freed) and takes the order out of recovery's set: a settled key leaves
 --   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
 --   stays in the set, due at once, until a release gets through (release_done.lua). `owed`:
---   whether it does, when the caller has just read it (nil: read here).
+--   whether it does, when the caller has just read it (nil: read here); `known`: the order's
+--   {status, respStatus}, likewise.
 -- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
 --   abandon.lua); 0 if it had begun after all.
 --
@@ -50,12 +51,14 @@
 -- with it: respStatus, respCtype, respBody). An answer the order does not hold (a Pix's 202,
 -- with its Location) turns the pointer into the hash record keys taken before #29's seventh
 -- pass are, which the shared begin, finish and free read as before.
--- key_pointer(key): the order id the key points at, or nil and the key's type ('hash', 'none').
+-- key_pointer(key): the order id the key points at, or nil and the key's kind ('hash', 'none').
+--   One GET: a hash record (a 202, or a key taken before the pointers) answers it WRONGTYPE,
+--   dearer than a TYPE first but rare, where every checkout's pointer saves that TYPE.
 -- hold_pointer(key, id, ttl_ms): takes the key for order `id`.
 -- pointer_begin(active, order_prefix, id, fp): what a retry of a key pointing at order `id`
 --   gets (begin's decisions), or nil when that order is gone (the key is then free).
--- settle_pointer(key, order, id, mode, s): settle_checkout's settling of a pointer.
--- settle_key(key, order, mode, s): settles the key alone ('finish' or 'free'), a pointer or a
+-- settle_pointer(key, order, id, mode, s, known): settle_checkout's settling of a pointer.
+-- settle_key(key, order, mode, s, known): settles the key alone ('finish' or 'free'), a pointer or a
 --   hash record.
 local function new_order_from(argv)
   return {
@@ -86,7 +89,7 @@ end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'itemId', 'quantity', 'customerId',
-    'n', 'releaseOwed')
+    'n', 'releaseOwed', 'respStatus')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -113,21 +116,24 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if amount ~= was_amount then put('amount', amount) end
   if c.step ~= '' then push_steps(set, cur[8], c.step) end
   local owed = cur[9] ~= false
+  local resp_status = cur[10]
   for i = pairs_from, #argv, 2 do
     put(argv[i], argv[i + 1])
     if argv[i] == 'releaseOwed' then owed = true end
+    if argv[i] == 'respStatus' then resp_status = argv[i + 1] end
   end
   redis.call('HSET', order, unpack(set))
   if status ~= cur[1] and (status == 'completed' or status == 'failed') then
     redis.call('XADD', outbox, '*', 't', 'order.' .. status, 'o', order_id_of(order), 'i', cur[5] or '',
       'q', cur[6] or '', 'u', cur[7] or '', 'm', amount, 'c', currency)
   end
-  return 'ok', owed
+  return 'ok', owed, {status, resp_status}
 end
 local function key_pointer(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'string' then return nil, kind end
-  return string.match(redis.call('GET', key), '^token\n(.+)$'), kind
+  local v = redis.pcall('GET', key)
+  if not v then return nil, 'none' end
+  if type(v) == 'table' then return nil, 'hash' end
+  return string.match(v, '^token\n(.+)$'), 'string'
 end
 local function hold_pointer(key, id, ttl_ms)
   redis.call('SET', key, 'token\n' .. id, 'PX', ttl_ms)
@@ -150,10 +156,10 @@ local function pointer_begin(active, order_prefix, id, fp)
   if lease > now then return {'busy', tostring(lease - now)} end
   return {'resume', id}
 end
-local function settle_pointer(key, order, id, mode, s)
+local function settle_pointer(key, order, id, mode, s, known)
   if id ~= s.token then return end
   if mode == 'free' then redis.call('DEL', key); return end
-  local cur = redis.call('HMGET', order, 'status', 'respStatus')
+  local cur = known or redis.call('HMGET', order, 'status', 'respStatus')
   if (s.status == '200' and WAS_COMPLETED[cur[1]]) or (cur[2] == s.status and s.location == '') then return end
   -- An answer its order does not hold: the key keeps it, as a hash record, for what is left
   -- of its expiry.
@@ -161,14 +167,14 @@ local function settle_pointer(key, order, id, mode, s)
   redis.call('DEL', key)
   finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, ttl > 0 and ttl or s.ttl_ms)
 end
-local function settle_key(key, order, mode, s)
+local function settle_key(key, order, mode, s, known)
   local id = key_pointer(key)
-  if id then settle_pointer(key, order, id, mode, s)
+  if id then settle_pointer(key, order, id, mode, s, known)
   elseif mode == 'free' then free(key, s.token)
   else finish(key, s.token, s.fp, s.status, s.ctype, s.body, s.location, s.ttl_ms) end
 end
-local function settle_checkout(key, active, order, mode, s, owed)
-  settle_key(key, order, mode, s)
+local function settle_checkout(key, active, order, mode, s, owed, known)
+  settle_key(key, order, mode, s, known)
   if owed == nil then owed = redis.call('HEXISTS', order, 'releaseOwed') == 1 end
   if owed then
     redis.call('ZADD', active, now_ms(), s.token)

@@ -8,10 +8,10 @@
 -- ARGV: the change (change_from, 6), mode ('finish' or 'free'), finish's arguments
 -- (settle_from, 7), then field/value pairs.
 local order, steps, totals, key, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local r, owed = update_order(order, steps, totals, KEYS[6], change_from(ARGV), ARGV, 15)
+local r, owed, known = update_order(order, steps, totals, KEYS[6], change_from(ARGV), ARGV, 15)
 if r == 'ok' then
   local s = settle_from(ARGV, 8)
   s.body = ''
-  settle_checkout(key, active, order, ARGV[7], s, owed)
+  settle_checkout(key, active, order, ARGV[7], s, owed, known)
 end
 return r

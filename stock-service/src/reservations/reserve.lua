@@ -1,8 +1,12 @@
 -- Reserve: one script so that concurrent reserves can never both pass the availability check.
 -- Takes the request's key when told to (a replay, busy or reused key is answered
--- {'idem', ...} at once), sweeps, then either returns the reservation this Idempotency-Key
+-- {'idem', ...} at once), then either returns the reservation this Idempotency-Key
 -- already made ('found'), or moves units from available to reserved, creates the reservation
--- ('reserved'), and stores the request's answer (its template filled) when given one. A key
+-- ('reserved'), and stores the request's answer (its template filled) when given one. It
+-- sweeps the item's lapsed reservations first only when the item cannot cover the request
+-- without their units: otherwise the sweeper (expiry.rs) returns them within its interval, and
+-- the checkout's reserve saves a ZRANGEBYSCORE and its loop. No request is refused for units a
+-- lapsed reservation still holds. A key
 -- taken here and settled with the answer is written once, as done, and keeps no body: its
 -- replay is the template filled in again from the reservation.
 -- What the key made is named by the answer's record (answer.lua's `made`), one write less than
@@ -27,7 +31,6 @@ local refused = take_key(answer_at, ans, render)
 if refused then return refused end
 local function reserve()
   local now = now_ms()
-  sweep(item, expiring, prefix, now, 100)
   local prev
   if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
@@ -37,6 +40,10 @@ local function reserve()
   local it = redis.call('HMGET', item, 'available', 'price', 'currency', 'reserved')
   if not it[1] then return {'not_found'} end
   local avail = tonumber(it[1])
+  if avail < quantity and sweep(item, expiring, prefix, now, 100) > 0 then
+    it = redis.call('HMGET', item, 'available', 'price', 'currency', 'reserved')
+    avail = tonumber(it[1])
+  end
   if avail < quantity then return {'out_of_stock', fmt(avail)} end
   -- Both counts were just read: one HSET writes them (one command in the AOF, not two).
   redis.call('HSET', item, 'available', fmt(avail - quantity), 'reserved', fmt((tonumber(it[4]) or 0) + quantity))

@@ -533,11 +533,31 @@ async fn sweep_returns_every_lapsed_reservation_and_leaves_live_ones() {
     let early = store.sweep_all().await.ok();
     tokio::time::sleep(TTL + Duration::from_millis(50)).await;
     let (live, _) = reserved(reserve(&store, &idem, "k3", 1).await);
-    // Reserve swept its own item first: nothing is left for the sweeper but the live one.
+    // The item could cover k3 without the lapsed units: reserve left them to the sweeper.
+    assert_eq!(counts(&store).await, (1, 4, 0));
     let late = store.sweep_all().await.ok();
 
-    assert_eq!((early, late), (Some(0), Some(0)));
+    assert_eq!((early, late), (Some(0), Some(2)));
     assert_eq!(counts(&store).await, (4, 1, 0));
+    assert!(matches!(
+        transition(&store, &idem, Transition::Complete, &live).await,
+        TransitionOutcome::Completed
+    ));
+}
+
+#[tokio::test]
+async fn a_reserve_the_item_covers_only_with_lapsed_units_sweeps_them_first() {
+    let redis = TestRedis::start().await;
+    let store = stock(&redis, 5).await;
+    let idem = idem(&redis);
+    let _ = reserve(&store, &idem, "k1", 3).await;
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+
+    // 2 available, 3 held by a lapsed reservation: no sweeper has run, yet 4 fit.
+    let (live, _) = reserved(reserve(&store, &idem, "k2", 4).await);
+
+    assert_eq!(counts(&store).await, (1, 4, 0));
+    assert_eq!(store.sweep_all().await.ok(), Some(0), "reserve swept the lapsed one");
     assert!(matches!(
         transition(&store, &idem, Transition::Complete, &live).await,
         TransitionOutcome::Completed
