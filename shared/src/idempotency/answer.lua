@@ -29,8 +29,12 @@
 -- An effect that must find what a request made (its retry after a crash) can name it in the
 -- answer's record (`store_answer`'s `made`: field 'made') instead of a marker key of its own,
 -- one write less per request: made_by(key, ans) reads it back (nil without an answer, and
--- for a key take_key has just taken new).
+-- for a key take_key has just taken new). For a `held` key it reads the record's state and
+-- status with it, which store_answer then settles by without a second read: no script writes
+-- the answer's record between the two.
 local untaken
+-- A held record's {state, status} as made_by read them, by key.
+local held_read = {}
 local function answer_from(argv, first)
   if not argv[first] then return nil end
   local a = {
@@ -73,7 +77,8 @@ local function store_answer(key, ans, body, made)
   if ans.ctype ~= '' then set[#set + 1] = 'ctype'; set[#set + 1] = ans.ctype end
   if made then set[#set + 1] = 'made'; set[#set + 1] = made end
   if ans.held then
-    local rec = record_get(key, {'state', 'status'})
+    local rec = held_read[key] or record_get(key, {'state', 'status'})
+    held_read[key] = nil
     if rec[1] == 'done' and rec[2] ~= '202' then return end
     set[#set + 1] = 'state'; set[#set + 1] = 'done'
     if rec[1] then return record_set(key, set) end
@@ -100,5 +105,7 @@ local function made_by(key, ans)
   -- A key this script has just taken new has no record yet, so nothing made: no read.
   if not key or not ans or untaken then return nil end
   -- Beside the effect (neither taken nor held here) the answer is a hash.
-  return record_get(key, {'made'}, not (ans.token or ans.held))[1] or nil
+  local rec = record_get(key, {'made', 'state', 'status'}, not (ans.token or ans.held))
+  if ans.held then held_read[key] = {rec[2], rec[3]} end
+  return rec[1] or nil
 end

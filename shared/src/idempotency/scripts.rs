@@ -421,8 +421,9 @@ mod tests {
             "local ans = answer_from(ARGV, 2)\n\
              local refused = take_key(KEYS[2], ans)\n\
              if refused then return refused end\n\
+             if ARGV[1] == 'seen' then made_by(KEYS[2], ans) end\n\
              redis.call('INCR', KEYS[1])\n\
-             if ARGV[1] == 'answer' and KEYS[2] then store_answer(KEYS[2], ans) end\n\
+             if (ARGV[1] == 'answer' or ARGV[1] == 'seen') and KEYS[2] then store_answer(KEYS[2], ans) end\n\
              if ARGV[1] == 'made' and KEYS[2] then store_answer(KEYS[2], ans, nil, 'thing_1') end\n\
              hold_key()\n\
              return {'done'}",
@@ -433,8 +434,9 @@ mod tests {
         effect_as(redis, answer, if store_it { "answer" } else { "hold" }).await
     }
 
-    /// `mode`: 'answer' stores the answer, 'made' stores it naming what the effect made
-    /// (`thing_1`), 'hold' stores none.
+    /// `mode`: 'answer' stores the answer, 'seen' too after reading what the key made (made_by,
+    /// as charge and reserve do), 'made' stores it naming what the effect made (`thing_1`),
+    /// 'hold' stores none.
     async fn effect_as(redis: &TestRedis, answer: &Answer<'_>, mode: &str) -> Option<Result<Begin, String>> {
         let mut conn = redis.conn().await;
         let mut inv = EFFECT.key("t:{e}:count");
@@ -628,6 +630,52 @@ mod tests {
         assert!(ttl > 0, "the rewritten record expires: {ttl}");
         assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
         assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
+    }
+
+    /// Charge and reserve read what a held key made (made_by) before they settle it: the state
+    /// and status read with it decide the settling as the read of its own did.
+    #[tokio::test]
+    async fn a_held_key_read_by_made_by_is_settled_by_that_read() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis).effects_settle_held_keys(true);
+        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
+        let _ = idem.begin(&key, "tok1").await;
+        let replayed = StoredResponse {
+            location: None,
+            ..created()
+        };
+
+        let went_on = effect_as(&redis, &idem.answer(&key, "tok1", &created()), "seen").await;
+        assert!(went_on.is_none(), "{went_on:?}");
+        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
+        assert_eq!(
+            idem.begin(&key, "tok2").await.ok(),
+            Some(Begin::Replay(replayed.clone()))
+        );
+
+        // Settled already: left as it is.
+        let other = StoredResponse::json(StatusCode::OK, &2);
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &other), "seen").await;
+        assert_eq!(
+            idem.begin(&key, "tok3").await.ok(),
+            Some(Begin::Replay(replayed.clone()))
+        );
+
+        // Vanished: written again whole, with its expiry.
+        let mut conn = redis.conn().await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &created()), "seen").await;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key.redis_key())
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "the rewritten record expires: {ttl}");
+        assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
     }
 
     #[tokio::test]
