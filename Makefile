@@ -5,7 +5,7 @@ SERVICES := -p order-service -p stock-service -p payment-service -p gateway-sim
 # nextest runs every test in its own process with timeouts; plain cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
-.PHONY: run test deps deps-runtime release build fmt fmt-check lint unit e2e bench chaos clean
+.PHONY: run test deps deps-runtime release build fmt fmt-check lint unit e2e bench script-cost chaos clean
 
 ## run: build release binaries, install redis-server/nginx if missing, start the stack (Ctrl-C stops)
 run: deps-runtime release
@@ -50,6 +50,12 @@ e2e: build
 bench: deps-runtime
 	$(CARGO) build --release --locked $(SERVICES) -p bench
 	scripts/bench.sh
+
+## script-cost: release build, then each checkout script's time replayed on an idle Redis
+## (scripts/script-cost.sh; give it BIN_DIRS="old/target/release target/release" for an A/B)
+script-cost: deps-runtime
+	$(CARGO) build --release --locked $(SERVICES) -p bench
+	scripts/script-cost.sh $(BIN_DIRS)
 
 ## chaos: release build, then kill -9 services and Redis at random under load and check the books
 chaos: deps-runtime

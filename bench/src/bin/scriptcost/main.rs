@@ -1,0 +1,324 @@
+//! What the checkout's scripts cost inside Redis, measured where nothing else runs: replays the
+//! scripts a stack ran (captured with `redis-cli monitor`, see scripts/script-cost.sh) on an
+//! idle Redis, in the order they ran, and reads the time from `INFO commandstats`. On a shared
+//! 2-CPU machine `make bench`'s script µs drift by ±20 % from run to run, more than one
+//! script's change is worth; replaying two captures in alternating rounds compares them on
+//! the same minute of the same machine.
+//!
+//! Usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] CAPTURE...
+//!
+//! Every round flushes the idle Redis and replays each capture whole (the stock set up first,
+//! then the checkouts). Per capture it prints the scripts and the commands they ran per
+//! checkout, and the script µs per checkout (minimum and median of the rounds), then each
+//! script's µs per call and per checkout: the median of a second replay in every round, with
+//! SLOWLOG on (which adds ~10 %). A checkout is counted
+//! per call of the script whose label starts with `--per` (default: the order's key taken by
+//! begin, `order:{ord:#}:key:`). A label is the script's first key with its ids as `#`, its
+//! number of keys and the start of its SHA.
+
+mod monitor;
+
+use std::collections::HashMap;
+
+use redis::aio::MultiplexedConnection;
+
+struct Capture {
+    name: String,
+    /// (sha, source) of every script loaded while it was captured.
+    sources: Vec<(String, Vec<u8>)>,
+    /// The EVALSHA calls clients made, in order: (label, arguments after the command name).
+    calls: Vec<(String, Vec<Vec<u8>>)>,
+}
+
+/// The script's first key with digits and id-like runs as `#`, its number of keys and the start
+/// of its SHA (two scripts may share the rest: reserve and complete).
+fn label(args: &[Vec<u8>]) -> String {
+    let sha: String = args
+        .first()
+        .map(|s| String::from_utf8_lossy(s).chars().take(8).collect())
+        .unwrap_or_default();
+    let keys = args
+        .get(1)
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let first = args
+        .get(2)
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let id_like = run.len() >= 12 || run.chars().all(|c| c.is_ascii_digit());
+        if !run.is_empty() {
+            out.push_str(if id_like { "#" } else { run.as_str() });
+        }
+        run.clear();
+    };
+    for c in first.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    format!("{out} ({keys} keys, {sha})")
+}
+
+fn read_capture(path: &str) -> Result<Capture, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let text = String::from_utf8_lossy(&text);
+    let mut sources = Vec::new();
+    let mut calls = Vec::new();
+    for line in text.lines().filter_map(monitor::parse) {
+        if line.from_script {
+            continue;
+        }
+        let name = line.args[0].to_ascii_uppercase();
+        if name == b"SCRIPT" && line.args.len() == 3 && line.args[1].eq_ignore_ascii_case(b"LOAD") {
+            let source = line.args[2].clone();
+            let sha = redis::Script::new(&String::from_utf8_lossy(&source))
+                .get_hash()
+                .to_string();
+            sources.push((sha, source));
+        } else if name == b"EVALSHA" && line.args.len() >= 3 {
+            let args = line.args[1..].to_vec();
+            calls.push((label(&args), args));
+        }
+    }
+    if calls.is_empty() {
+        return Err(format!(
+            "{path}: no EVALSHA in it (was the capture taken with redis-cli monitor?)"
+        ));
+    }
+    Ok(Capture {
+        name: path.to_string(),
+        sources,
+        calls,
+    })
+}
+
+/// One replay of a capture on a flushed Redis: (µs of EVALSHA, commands the scripts ran,
+/// EVALSHA calls, error replies).
+async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(u64, u64, u64, u64), String> {
+    let e = |e: redis::RedisError| e.to_string();
+    redis::cmd("FLUSHALL").query_async::<()>(conn).await.map_err(e)?;
+    for (_, source) in &capture.sources {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(source)
+            .query_async::<String>(conn)
+            .await
+            .map_err(e)?;
+    }
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    let mut errors = 0;
+    for (_, args) in &capture.calls {
+        let reply: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA").arg(args).query_async(conn).await;
+        if matches!(reply, Err(_) | Ok(redis::Value::ServerError(_))) {
+            errors += 1;
+        }
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .map_err(e)?;
+    let (mut usec, mut inner, mut evals) = (0, 0, 0);
+    for line in stats.lines() {
+        let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        let field = |key: &str| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match name {
+            "evalsha" => {
+                usec = field("usec=");
+                evals = field("calls=");
+            }
+            "info" | "config" => {}
+            _ => inner += field("calls="),
+        }
+    }
+    Ok((usec, inner, evals, errors))
+}
+
+/// Each script's µs per call from SLOWLOG, by label: one more replay with every command logged.
+async fn breakdown(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<HashMap<String, (u64, u64)>, String> {
+    let e = |e: redis::RedisError| e.to_string();
+    let by_sha: HashMap<&[u8], &str> = capture
+        .calls
+        .iter()
+        .map(|(label, args)| (args[0].as_slice(), label.as_str()))
+        .collect();
+    let set = |name: &'static str, value: i64| redis::cmd("CONFIG").arg("SET").arg(name).arg(value).clone();
+    set("slowlog-max-len", 1_000_000)
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    set("slowlog-log-slower-than", 0)
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    let replayed = replay(conn, capture).await;
+    set("slowlog-log-slower-than", 10_000)
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    replayed?;
+    // Each entry: id, time, µs, arguments[, client address, client name].
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .map_err(e)?;
+    // Freed now, not in the middle of the next replay.
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(conn)
+        .await
+        .map_err(e)?;
+    let entries = entries.into_iter().filter_map(|entry| {
+        let redis::Value::Array(items) = entry else { return None };
+        let mut it = items.into_iter().skip(2);
+        let micros: i64 = redis::from_redis_value(it.next()?).ok()?;
+        let args: Vec<Vec<u8>> = redis::from_redis_value(it.next()?).ok()?;
+        Some((micros, args))
+    });
+    let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+    for (micros, args) in entries {
+        if args.len() > 1
+            && args[0].eq_ignore_ascii_case(b"EVALSHA")
+            && let Some(label) = by_sha.get(args[1].as_slice())
+        {
+            let slot = out.entry((*label).to_string()).or_default();
+            slot.0 += 1;
+            slot.1 += micros.max(0) as u64;
+        }
+    }
+    Ok(out)
+}
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("scriptcost: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] CAPTURE...");
+        return Ok(());
+    }
+    let url = arg_value(&args, "--redis-url").ok_or("--redis-url is required (an idle Redis: it is flushed)")?;
+    let rounds: usize = arg_value(&args, "--rounds")
+        .map(|r| r.parse().map_err(|_| "--rounds must be a number"))
+        .transpose()?
+        .unwrap_or(5);
+    let per = arg_value(&args, "--per").unwrap_or_else(|| "order:{ord:#}:key:".to_string());
+    let mut paths = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i].starts_with("--") {
+            i += 2;
+        } else {
+            paths.push(args[i].clone());
+            i += 1;
+        }
+    }
+    let captures = paths.iter().map(|p| read_capture(p)).collect::<Result<Vec<_>, _>>()?;
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+
+    let mut totals: Vec<Vec<f64>> = vec![Vec::new(); captures.len()];
+    let mut counts = vec![(0.0, 0.0, 0); captures.len()];
+    // Per capture, per label: calls per checkout, and µs per call of each SLOWLOG round.
+    let mut shares: Vec<HashMap<String, (f64, Vec<f64>)>> = vec![HashMap::new(); captures.len()];
+    for _ in 0..rounds {
+        for (i, capture) in captures.iter().enumerate() {
+            let checkouts = capture.calls.iter().filter(|(l, _)| l.starts_with(&per)).count().max(1) as f64;
+            let (usec, inner, evals, errors) = replay(&mut conn, capture).await?;
+            totals[i].push(usec as f64 / checkouts);
+            counts[i] = (evals as f64 / checkouts, inner as f64 / checkouts, errors);
+            for (label, (calls, micros)) in breakdown(&mut conn, capture).await? {
+                let slot = shares[i].entry(label).or_default();
+                slot.0 = calls as f64 / checkouts;
+                slot.1.push(micros as f64 / calls.max(1) as f64);
+            }
+        }
+    }
+    for (i, capture) in captures.iter().enumerate() {
+        let checkouts = capture.calls.iter().filter(|(l, _)| l.starts_with(&per)).count().max(1) as f64;
+        let min = totals[i].iter().copied().fold(f64::INFINITY, f64::min);
+        let (evals, inner, errors) = counts[i];
+        println!(
+            "{}: {checkouts} checkouts; per checkout {evals:.2} scripts running {inner:.1} commands; \
+             script µs per checkout min {min:.1}, median {:.1} of {rounds} rounds; {errors} error replies",
+            capture.name,
+            median(&mut totals[i])
+        );
+        let mut rows: Vec<(String, f64, f64)> = shares[i]
+            .iter_mut()
+            .map(|(label, (calls, per_call))| (label.clone(), *calls, median(per_call)))
+            .collect();
+        rows.sort_by(|a, b| (b.1 * b.2).total_cmp(&(a.1 * a.2)));
+        println!(
+            "  {:>9} {:>9} {:>12}  script (median of the SLOWLOG rounds)",
+            "calls/co", "µs/call", "µs/checkout"
+        );
+        for (label, calls, per_call) in rows {
+            println!("  {calls:>9.2} {per_call:>9.1} {:>12.1}  {label}", calls * per_call);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_hides_ids_and_counts_keys() {
+        let args = |key: &str| vec![b"0123456789abcdef".to_vec(), b"5".to_vec(), key.as_bytes().to_vec()];
+        assert_eq!(
+            label(&args("order:{ord:12}:key:a1ea4c62-414a-43c8-bf0d-606b02ca42e7")),
+            "order:{ord:#}:key:# (5 keys, 01234567)"
+        );
+        assert_eq!(
+            label(&args("payment:{pay:3}:charge:ch_0cHtVRH4t1TaWRhsMiDLrT")),
+            "payment:{pay:#}:charge:# (5 keys, 01234567)"
+        );
+    }
+}
