@@ -54,13 +54,7 @@ require_binaries bench "$bin" order-service payment-service stock-service gatewa
 
 set -m
 pids=()
-stop() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
-}
-trap 'stop; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'stop_groups; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 # loadgen LABEL POLICY ARGS...: runs the generator, keeps its RESULT line tagged with the policy.
@@ -132,7 +126,7 @@ for policy in $policies; do
         loadgen checkout-hooks "$policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
             --setup-stock 1000000000 --check-books --webhook "http://127.0.0.1:$((base + 17))/hooks"
     fi
-    stop
+    stop_groups
 done
 
 # The checkout on a Redis Cluster of $masters masters (master i on the one-node port + 1000·i),
@@ -154,7 +148,7 @@ if [ "$masters" -gt 1 ]; then
     loadgen "$cluster_label" "$first_policy" --url "http://127.0.0.1:$gateway" --connections "$connections" \
         --setup-stock 1000000000 --check-books
     unset redis_urls
-    stop
+    stop_groups
 fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)

@@ -1,4 +1,4 @@
-# Shared by scripts/bench.sh and scripts/chaos.sh (sourced, not run).
+# Shared by scripts/bench.sh, scripts/chaos.sh and scripts/script-cost.sh (sourced, not run).
 
 # wait_ready PORT PATH: waits up to 30 s until GET PATH on 127.0.0.1:PORT answers 200 (plain
 # bash: no curl needed). Says so on stderr and fails if it never does.
@@ -24,4 +24,14 @@ require_binaries() {
     for name in "$@"; do
         [ -x "$dir/$name" ] || { echo "$script: $dir/$name missing (make $script builds it)" >&2; return 1; }
     done
+}
+
+# stop_groups: stops every process group whose leader is in the array `pids` (each started in
+# the background with job control on, `set -m`, so a group is a supervisor and what it runs),
+# waits for them and empties `pids`.
+stop_groups() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
 }

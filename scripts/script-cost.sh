@@ -33,13 +33,7 @@ work=$(mktemp -d /tmp/script-cost.XXXXXX)
 
 set -m
 pids=()
-stop() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
-}
-trap 'stop; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'stop_groups; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 gateway=$base redis=$((base + 1)) idle=$((base + 2))
@@ -63,7 +57,7 @@ for i in "${!dirs[@]}"; do
     sleep 0.5
     kill "$monitor" 2>/dev/null || true
     wait "$monitor" 2>/dev/null || true
-    stop
+    stop_groups
     captures+=("$work/capture-$i")
     echo "capture $i: ${dir}"
 done

@@ -77,6 +77,19 @@ mod tests {
         store(redis).field(key, name).await.ok().flatten()
     }
 
+    /// `command key` (TYPE, PTTL, DEL …) and its answer.
+    async fn on_key<T: redis::FromRedisValue>(
+        conn: &mut redis::aio::MultiplexedConnection,
+        command: &str,
+        key: impl redis::ToRedisArgs,
+    ) -> T {
+        redis::cmd(command)
+            .arg(key)
+            .query_async(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}"))
+    }
+
     #[tokio::test]
     async fn begin_key_takes_a_new_key_then_refuses_it_while_held_and_for_another_body() {
         let redis = TestRedis::start().await;
@@ -306,16 +319,8 @@ mod tests {
         let mut conn = redis.conn().await;
         let key = KeyRef::new("t:op", "k1", "fp".into());
         let (_, _) = idem.begin_noted(&key, "tok1", "card-a").await.expect("begin");
-        let kind: String = redis::cmd("TYPE")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("TYPE");
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
+        let kind: String = on_key(&mut conn, "TYPE", key.redis_key()).await;
+        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert_eq!(kind, "string", "taken in one SET with its expiry");
         assert!(ttl > 50_000, "{ttl}");
 
@@ -347,16 +352,8 @@ mod tests {
             location: None,
         };
         idem.finish(&key, "tok1", &pretty).await.expect("finish");
-        let kind: String = redis::cmd("TYPE")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("TYPE");
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
+        let kind: String = on_key(&mut conn, "TYPE", key.redis_key()).await;
+        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert_eq!(kind, "hash");
         assert!(ttl > 50_000, "expiry kept: {ttl}");
         assert_eq!(field(&redis, &key, "note").await.as_deref(), Some("card-b"));
@@ -371,11 +368,7 @@ mod tests {
         let other = KeyRef::new("t:op", "k2", "fp".into());
         let _ = idem.begin(&other, "tok1").await;
         idem.finish(&other, "tok1", &created()).await.expect("finish");
-        let kind: String = redis::cmd("TYPE")
-            .arg(other.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("TYPE");
+        let kind: String = on_key(&mut conn, "TYPE", other.redis_key()).await;
         assert_eq!(kind, "string");
         let replay = idem.begin(&other, "tok2").await.expect("replay");
         assert_eq!(replay, Begin::Replay(created()));
@@ -404,11 +397,7 @@ mod tests {
         assert!(idem.renote(&key, "tok1", "card-b").await.expect("renote"));
         assert!(idem.renew(&key, "tok1").await.expect("renew"));
         idem.finish(&key, "tok1", &created()).await.expect("finish");
-        let kind: String = redis::cmd("TYPE")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("TYPE");
+        let kind: String = on_key(&mut conn, "TYPE", key.redis_key()).await;
         assert_eq!(kind, "hash");
         assert_eq!(idem.begin(&key, "tok2").await.ok(), Some(Begin::Replay(created())));
         assert_eq!(field(&redis, &key, "note").await.as_deref(), Some("card-b"));
@@ -497,11 +486,7 @@ mod tests {
         let first = effect_as(&redis, &idem.answer(&key, "tok1", &resp), "made").await;
 
         assert!(first.is_none(), "the effect went on: {first:?}");
-        let kind: String = redis::cmd("TYPE")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("TYPE");
+        let kind: String = on_key(&mut conn, "TYPE", key.redis_key()).await;
         assert_eq!(kind, "string");
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
@@ -515,11 +500,7 @@ mod tests {
             .filter(|c| ["set", "hset", "pexpire", "expire"].contains(c))
             .collect();
         assert_eq!(written, ["set"], "{stats}");
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
+        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert!(ttl > 0 && ttl <= 60_000, "it expires as a hash record would: {ttl}");
 
         assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
@@ -616,17 +597,9 @@ mod tests {
             idem.begin(&key, "tok3").await.ok(),
             Some(Begin::Replay(replayed.clone()))
         );
-        let _: i64 = redis::cmd("DEL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("DEL");
+        let _: i64 = on_key(&mut conn, "DEL", key.redis_key()).await;
         let _ = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
+        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert!(ttl > 0, "the rewritten record expires: {ttl}");
         assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
         assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
@@ -663,17 +636,9 @@ mod tests {
 
         // Vanished: written again whole, with its expiry.
         let mut conn = redis.conn().await;
-        let _: i64 = redis::cmd("DEL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("DEL");
+        let _: i64 = on_key(&mut conn, "DEL", key.redis_key()).await;
         let _ = effect_as(&redis, &idem.answer(&key, "tok1", &created()), "seen").await;
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(key.redis_key())
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
+        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert!(ttl > 0, "the rewritten record expires: {ttl}");
         assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
     }

@@ -99,11 +99,16 @@ fn read_capture(path: &str) -> Result<Capture, String> {
     })
 }
 
+/// Runs a command whose answer is only OK.
+async fn ok(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result<(), String> {
+    cmd.query_async::<()>(conn).await.map_err(|e| e.to_string())
+}
+
 /// One replay of a capture on a flushed Redis: (µs of EVALSHA, commands the scripts ran,
 /// EVALSHA calls, error replies).
 async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(u64, u64, u64, u64), String> {
     let e = |e: redis::RedisError| e.to_string();
-    redis::cmd("FLUSHALL").query_async::<()>(conn).await.map_err(e)?;
+    ok(conn, &redis::cmd("FLUSHALL")).await?;
     for (_, source) in &capture.sources {
         redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -112,11 +117,7 @@ async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(
             .await
             .map_err(e)?;
     }
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
+    ok(conn, redis::cmd("CONFIG").arg("RESETSTAT")).await?;
     let mut errors = 0;
     for (_, args) in &capture.calls {
         let reply: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA").arg(args).query_async(conn).await;
@@ -161,24 +162,11 @@ async fn breakdown(conn: &mut MultiplexedConnection, capture: &Capture) -> Resul
         .map(|(label, args)| (args[0].as_slice(), label.as_str()))
         .collect();
     let set = |name: &'static str, value: i64| redis::cmd("CONFIG").arg("SET").arg(name).arg(value).clone();
-    set("slowlog-max-len", 1_000_000)
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
-    set("slowlog-log-slower-than", 0)
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
-    redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
+    ok(conn, &set("slowlog-max-len", 1_000_000)).await?;
+    ok(conn, &set("slowlog-log-slower-than", 0)).await?;
+    ok(conn, redis::cmd("SLOWLOG").arg("RESET")).await?;
     let replayed = replay(conn, capture).await;
-    set("slowlog-log-slower-than", 10_000)
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
+    ok(conn, &set("slowlog-log-slower-than", 10_000)).await?;
     replayed?;
     // Each entry: id, time, µs, arguments[, client address, client name].
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
@@ -188,11 +176,7 @@ async fn breakdown(conn: &mut MultiplexedConnection, capture: &Capture) -> Resul
         .await
         .map_err(e)?;
     // Freed now, not in the middle of the next replay.
-    redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query_async::<()>(conn)
-        .await
-        .map_err(e)?;
+    ok(conn, redis::cmd("SLOWLOG").arg("RESET")).await?;
     let entries = entries.into_iter().filter_map(|entry| {
         let redis::Value::Array(items) = entry else { return None };
         let mut it = items.into_iter().skip(2);
