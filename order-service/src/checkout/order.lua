@@ -33,13 +33,13 @@
 --   dispatcher reads: the event is never lost between the change and its webhook. Returns 'ok',
 --   whether the order owes a release after the change and its status and respStatus after it
 --   (for settle_checkout, which then reads neither again), or why nothing changed.
--- settle_checkout(key, active, order, mode, s, owed, known): settles the checkout's key ('finish' with
---   settle_from's `s`, or 'free'; a pointer is left as it is when its order holds the answer,
---   deleted when freed) and takes the order out of recovery's set: a settled key leaves
---   recovery nothing to do, unless the order still owes stock a release (`releaseOwed`): then it
---   stays in the set, due at once, until a release gets through (release_done.lua). `owed`:
---   whether it does, when the caller has just read it (nil: read here); `known`: the order's
---   {status, respStatus}, likewise.
+-- settle_checkout(key, active, order, mode, s, owed, known): settles the checkout's key
+--   ('finish' with settle_from's `s`, or 'free'; a pointer is left as it is when its order
+--   holds the answer, deleted when freed) and takes the order out of recovery's set: a
+--   settled key leaves recovery nothing to do, unless the order still owes stock a release
+--   (`releaseOwed`): then it stays in the set, due at once, until a release gets through
+--   (release_done.lua). `owed`: whether it does, when the caller has just read it (nil: read
+--   here); `known`: the order's {status, respStatus}, likewise.
 -- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
 --   abandon.lua); 0 if it had begun after all.
 --
@@ -58,8 +58,8 @@
 -- pointer_begin(active, order_prefix, id, fp): what a retry of a key pointing at order `id`
 --   gets (begin's decisions), or nil when that order is gone (the key is then free).
 -- settle_pointer(key, order, id, mode, s, known): settle_checkout's settling of a pointer.
--- settle_key(key, order, mode, s, known): settles the key alone ('finish' or 'free'), a pointer or a
---   hash record.
+-- settle_key(key, order, mode, s, known): settles the key alone ('finish' or 'free'), a
+--   pointer or a hash record.
 local function new_order_from(argv)
   return {
     id = argv[1], item_id = argv[2], quantity = argv[3], customer_id = argv[4], payment_method = argv[5],
