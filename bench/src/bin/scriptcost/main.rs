@@ -24,8 +24,8 @@ use redis::aio::MultiplexedConnection;
 
 struct Capture {
     name: String,
-    /// (sha, source) of every script loaded while it was captured.
-    sources: Vec<(String, Vec<u8>)>,
+    /// The source of every script loaded while it was captured.
+    sources: Vec<Vec<u8>>,
     /// The EVALSHA calls clients made, in order: (label, arguments after the command name).
     calls: Vec<(String, Vec<Vec<u8>>)>,
 }
@@ -77,11 +77,7 @@ fn read_capture(path: &str) -> Result<Capture, String> {
         }
         let name = line.args[0].to_ascii_uppercase();
         if name == b"SCRIPT" && line.args.len() == 3 && line.args[1].eq_ignore_ascii_case(b"LOAD") {
-            let source = line.args[2].clone();
-            let sha = redis::Script::new(&String::from_utf8_lossy(&source))
-                .get_hash()
-                .to_string();
-            sources.push((sha, source));
+            sources.push(line.args[2].clone());
         } else if name == b"EVALSHA" && line.args.len() >= 3 {
             let args = line.args[1..].to_vec();
             calls.push((label(&args), args));
@@ -99,6 +95,13 @@ fn read_capture(path: &str) -> Result<Capture, String> {
     })
 }
 
+impl Capture {
+    /// Its checkouts: the calls of the script whose label starts with `per` (at least 1).
+    fn checkouts(&self, per: &str) -> f64 {
+        self.calls.iter().filter(|(l, _)| l.starts_with(per)).count().max(1) as f64
+    }
+}
+
 /// Runs a command whose answer is only OK.
 async fn ok(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result<(), String> {
     cmd.query_async::<()>(conn).await.map_err(|e| e.to_string())
@@ -109,7 +112,7 @@ async fn ok(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result<(), St
 async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(u64, u64, u64, u64), String> {
     let e = |e: redis::RedisError| e.to_string();
     ok(conn, &redis::cmd("FLUSHALL")).await?;
-    for (_, source) in &capture.sources {
+    for source in &capture.sources {
         redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(source)
@@ -246,13 +249,14 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
 
+    let checkouts: Vec<f64> = captures.iter().map(|c| c.checkouts(&per)).collect();
     let mut totals: Vec<Vec<f64>> = vec![Vec::new(); captures.len()];
     let mut counts = vec![(0.0, 0.0, 0); captures.len()];
     // Per capture, per label: calls per checkout, and µs per call of each SLOWLOG round.
     let mut shares: Vec<HashMap<String, (f64, Vec<f64>)>> = vec![HashMap::new(); captures.len()];
     for _ in 0..rounds {
         for (i, capture) in captures.iter().enumerate() {
-            let checkouts = capture.calls.iter().filter(|(l, _)| l.starts_with(&per)).count().max(1) as f64;
+            let checkouts = checkouts[i];
             let (usec, inner, evals, errors) = replay(&mut conn, capture).await?;
             totals[i].push(usec as f64 / checkouts);
             counts[i] = (evals as f64 / checkouts, inner as f64 / checkouts, errors);
@@ -264,7 +268,7 @@ async fn run() -> Result<(), String> {
         }
     }
     for (i, capture) in captures.iter().enumerate() {
-        let checkouts = capture.calls.iter().filter(|(l, _)| l.starts_with(&per)).count().max(1) as f64;
+        let checkouts = checkouts[i];
         let min = totals[i].iter().copied().fold(f64::INFINITY, f64::min);
         let (evals, inner, errors) = counts[i];
         println!(
