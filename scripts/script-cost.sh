@@ -23,9 +23,9 @@ rounds=${SCRIPT_COST_ROUNDS:-6}
 base=${BENCH_PORT:-19180}
 dirs=("$@")
 [ ${#dirs[@]} -gt 0 ] || dirs=("$bin")
-require_binaries bench "$bin" loadgen scriptcost || exit 1
+require_binaries script-cost "$bin" loadgen scriptcost || exit 1
 for dir in "${dirs[@]}"; do
-    require_binaries bench "$dir" order-service payment-service stock-service gateway-sim || exit 1
+    require_binaries script-cost "$dir" order-service payment-service stock-service gateway-sim || exit 1
 done
 export RATE_LIMIT_CHECKOUT=1000000 RATE_LIMIT_CHECKOUT_BURST=1000000
 export RATE_LIMIT_DEFAULT=1000000 RATE_LIMIT_DEFAULT_BURST=1000000
