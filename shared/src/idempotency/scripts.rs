@@ -564,6 +564,19 @@ mod tests {
 
     #[tokio::test]
     async fn answer_lib_settles_a_key_taken_before_the_effect_in_the_effects_own_write_on_one_node() {
+        settles_a_held_key_in_the_effects_write("answer").await;
+    }
+
+    /// Charge and reserve read what a held key made (made_by) before they settle it: the state
+    /// and status read with it decide the settling as a read of its own would.
+    #[tokio::test]
+    async fn a_held_key_read_by_made_by_is_settled_by_that_read() {
+        settles_a_held_key_in_the_effects_write("seen").await;
+    }
+
+    /// `mode` as for [`effect_as`]: 'answer' settles the held key after a read of its own,
+    /// 'seen' by what made_by read first.
+    async fn settles_a_held_key_in_the_effects_write(mode: &str) {
         let redis = TestRedis::start().await;
         let idem = store(&redis).effects_settle_held_keys(true);
         let beside = "t:{e}:answer:k1";
@@ -571,7 +584,7 @@ mod tests {
         let _ = idem.begin(&key, "tok1").await;
         let resp = created();
 
-        let effect_went_on = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        let effect_went_on = effect_as(&redis, &idem.answer(&key, "tok1", &resp), mode).await;
         let retry = idem.begin(&key, "tok2").await.ok();
 
         assert!(effect_went_on.is_none(), "{effect_went_on:?}");
@@ -592,55 +605,17 @@ mod tests {
 
         // A record already settled keeps its answer; a vanished one is written again whole.
         let other = StoredResponse::json(StatusCode::OK, &2);
-        let _ = effect(&redis, &idem.answer(&key, "tok1", &other), true).await;
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &other), mode).await;
         assert_eq!(
             idem.begin(&key, "tok3").await.ok(),
             Some(Begin::Replay(replayed.clone()))
         );
         let _: i64 = on_key(&mut conn, "DEL", key.redis_key()).await;
-        let _ = effect(&redis, &idem.answer(&key, "tok1", &resp), true).await;
+        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &resp), mode).await;
         let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
         assert!(ttl > 0, "the rewritten record expires: {ttl}");
         assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
         assert_eq!(field(&redis, &key, "token").await.as_deref(), Some("tok1"));
-    }
-
-    /// Charge and reserve read what a held key made (made_by) before they settle it: the state
-    /// and status read with it decide the settling as the read of its own did.
-    #[tokio::test]
-    async fn a_held_key_read_by_made_by_is_settled_by_that_read() {
-        let redis = TestRedis::start().await;
-        let idem = store(&redis).effects_settle_held_keys(true);
-        let key = KeyRef::new("t:op", "k1", "fp".into()).with_answer_at("t:{e}:answer:k1".into());
-        let _ = idem.begin(&key, "tok1").await;
-        let replayed = StoredResponse {
-            location: None,
-            ..created()
-        };
-
-        let went_on = effect_as(&redis, &idem.answer(&key, "tok1", &created()), "seen").await;
-        assert!(went_on.is_none(), "{went_on:?}");
-        assert_eq!(field(&redis, &key, "state").await.as_deref(), Some("done"));
-        assert_eq!(
-            idem.begin(&key, "tok2").await.ok(),
-            Some(Begin::Replay(replayed.clone()))
-        );
-
-        // Settled already: left as it is.
-        let other = StoredResponse::json(StatusCode::OK, &2);
-        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &other), "seen").await;
-        assert_eq!(
-            idem.begin(&key, "tok3").await.ok(),
-            Some(Begin::Replay(replayed.clone()))
-        );
-
-        // Vanished: written again whole, with its expiry.
-        let mut conn = redis.conn().await;
-        let _: i64 = on_key(&mut conn, "DEL", key.redis_key()).await;
-        let _ = effect_as(&redis, &idem.answer(&key, "tok1", &created()), "seen").await;
-        let ttl: i64 = on_key(&mut conn, "PTTL", key.redis_key()).await;
-        assert!(ttl > 0, "the rewritten record expires: {ttl}");
-        assert_eq!(idem.begin(&key, "tok4").await.ok(), Some(Begin::Replay(replayed)));
     }
 
     #[tokio::test]
