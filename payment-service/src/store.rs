@@ -158,8 +158,10 @@ impl Store {
             return Ok(None);
         };
         let mut conn = self.pool.get().await?;
-        let fields: Vec<Option<String>> = charge_fields(shard, charge_id).query_async(&mut conn).await?;
-        charge_from(charge_id, &fields)
+        let mut pipe = redis::pipe();
+        add_charge_reads(&mut pipe, shard, charge_id);
+        let (fields, first): (Vec<Option<String>>, Option<String>) = pipe.query_async(&mut conn).await?;
+        charge_from(charge_id, &fields, first.as_deref())
     }
 
     /// The order's charges, oldest first: its index, then every charge in one pipeline.
@@ -172,12 +174,14 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.add_command(charge_fields(shard, id));
+            add_charge_reads(&mut pipe, shard, id);
         }
+        // Each charge's two replies in turn: its fields, then its first event.
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
-        let mut charges = Vec::with_capacity(rows.len());
-        for (id, row) in ids.iter().zip(rows) {
-            if let Some(c) = charge_from(id, &row)? {
+        let mut charges = Vec::with_capacity(ids.len());
+        for (id, pair) in ids.iter().zip(rows.chunks(2)) {
+            let first = pair.get(1).and_then(|e| e.first().cloned().flatten());
+            if let Some(c) = charge_from(id, &pair[0], first.as_deref())? {
                 charges.push(c);
             }
         }
@@ -208,16 +212,56 @@ pub(crate) fn parse_amount(raw: &str) -> Result<u64, PaymentError> {
     })
 }
 
-fn charge_fields(shard: u16, charge_id: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("HMGET");
-    cmd.arg(charge_key(shard, charge_id)).arg(&CHARGE_FIELDS);
-    cmd
+/// A charge's reads: its hash's fields (CHARGE_FIELDS), then its first event, which holds its
+/// facts (see [`charge_from`]).
+fn add_charge_reads(pipe: &mut redis::Pipeline, shard: u16, charge_id: &str) {
+    pipe.cmd("HMGET").arg(charge_key(shard, charge_id)).arg(&CHARGE_FIELDS);
+    pipe.cmd("LINDEX").arg(events_key(shard, charge_id)).arg(0);
 }
 
-/// The charge `charge_id` from its fields as read (CHARGE_FIELDS); None when it has none (every
-/// charge has a status).
-fn charge_from(charge_id: &str, f: &[Option<String>]) -> Result<Option<Charge>, PaymentError> {
-    let get = |i: usize| f.get(i).cloned().flatten().filter(|v| !v.is_empty());
+/// A charge's fact as its first event says it (events.lua's CHARGE_FACTS, for the fields of
+/// CHARGE_FIELDS at `i`): charges recorded since #29's eleventh pass keep their facts there
+/// alone; older ones in their hash too, which wins.
+fn fact_of(first: &serde_json::Value, i: usize) -> Option<String> {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let data = &first["data"];
+    match CHARGE_FIELDS.get(i).copied()? {
+        "orderId" => text(&first["correlationId"]),
+        "createdAt" => text(&first["at"]),
+        name @ ("amount" | "currency" | "gateway" | "gatewayReference" | "declineCode") => text(&data[name]),
+        _ => None,
+    }
+}
+
+/// The charge `charge_id` from its fields as read (CHARGE_FIELDS) and its first event (the
+/// facts its hash does not hold); None when it has none (every charge has a status).
+fn charge_from(
+    charge_id: &str,
+    fields: &[Option<String>],
+    first: Option<&str>,
+) -> Result<Option<Charge>, PaymentError> {
+    let first: serde_json::Value = match first {
+        Some(raw) => serde_json::from_str(raw).map_err(|e| {
+            PaymentError::from(shared::CommonError::Internal(format!(
+                "charge {charge_id}'s first event: {e}"
+            )))
+        })?,
+        None => serde_json::Value::Null,
+    };
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .cloned()
+            .flatten()
+            .or_else(|| fact_of(&first, i))
+            .filter(|v| !v.is_empty())
+    };
+    let f = (0..CHARGE_FIELDS.len()).map(get).collect::<Vec<_>>();
+    let get = |i: usize| f.get(i).cloned().flatten();
     if get(1).is_none() {
         return Ok(None);
     }
@@ -326,7 +370,7 @@ mod tests {
         .iter()
         .map(|s| Some((*s).to_string()))
         .collect();
-        let c = charge_from("ch_00aa", &row).ok().flatten();
+        let c = charge_from("ch_00aa", &row, None).ok().flatten();
         assert_eq!(c.as_ref().map(|c| c.amount), Some(1_000_000_000_000));
         assert_eq!(c.as_ref().and_then(|c| c.refund_id.clone()), None);
         assert_eq!(
@@ -334,11 +378,11 @@ mod tests {
             Some("card_declined")
         );
         assert_eq!(c.as_ref().map(|c| c.charge_id.as_str()), Some("ch_00aa"));
-        assert!(matches!(charge_from("ch_00aa", &[None, None]), Ok(None)));
+        assert!(matches!(charge_from("ch_00aa", &[None, None], None), Ok(None)));
         // Charges since #29's sixth pass do not repeat their id: it is the one they were read by.
         let mut newer = row.clone();
         newer[0] = None;
-        let c = charge_from("ch_00bb", &newer).ok().flatten();
+        let c = charge_from("ch_00bb", &newer, None).ok().flatten();
         assert_eq!(c.map(|c| c.charge_id), Some("ch_00bb".to_string()));
     }
 }

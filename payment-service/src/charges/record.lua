@@ -20,8 +20,9 @@
 --   marker, the charge's events, the shard's aggregates, the shard's outbox; ARGV from A[ai] (positions, not a
 --   table of names: a table per call costs script time on every checkout):
 --   chargeId, orderId, amount, currency, customerId, paymentMethod, status, declineCode,
---   createdAt, marker TTL (ms), charge key prefix (to read the marker's charge: same slot),
---   gateway, gatewayReference, the event (JSON), then the split: splitId ('' = none), its parts
+--   marker TTL (ms), charge key prefix (to read the marker's charge: same slot), gateway, the
+--   event (JSON: it holds the charge's facts, its creation time and provider reference among
+--   them; see events.lua's charge_fields), then the split: splitId ('' = none), its parts
 --   (`recipient:amount:0;…`, divided by the caller), the split.executed event (JSON), the
 --   recipients' key prefix and the shard's recipients set (both in the charge's slot); `ans`
 --   the answer to store, if any; then the Pix code ('' for any other charge), the itemId ('' for
@@ -34,16 +35,16 @@
 -- appends split.executed, in the same step as the charge: a charge is never without its split.
 local function record_charge(K, ki, A, ai, answer_at, ans)
   local charge, order_index, totals, marker, events, aggregates, outbox = unpack(K, ki, ki + 6)
-  local charge_id, order_id, amount, currency, customer_id, method, status, decline_code, created_at,
-    marker_ttl_ms, charge_prefix, gateway, gateway_ref, event,
-    split_id, parts, split_event, recipient_prefix, recipients, pix_code, item = unpack(A, ai, ai + 20)
+  local charge_id, order_id, amount, currency, customer_id, method, status, decline_code,
+    marker_ttl_ms, charge_prefix, gateway, event,
+    split_id, parts, split_event, recipient_prefix, recipients, pix_code, item = unpack(A, ai, ai + 18)
   -- With an answer, the answer's record is where an earlier attempt named its charge (older
   -- versions wrote a marker too, in the same script, so the answer is there whenever it is).
   local prev
   if ans then prev = made_by(answer_at, ans) else prev = redis.call('GET', marker) end
   if prev then
-    local c = redis.call('HMGET', charge_prefix .. prev, 'orderId', 'amount', 'currency', 'customerId', 'paymentMethod',
-      'declineCode', 'pixCode')
+    local c = charge_fields(charge_prefix .. prev, string.match(events, '^(.*:ev:)') .. prev,
+      {'orderId', 'amount', 'currency', 'customerId', 'paymentMethod', 'declineCode', 'pixCode'})
     if c[1] then
       if c[1] ~= order_id or c[2] ~= amount or c[3] ~= currency or c[4] ~= customer_id or c[5] ~= method then
         return {'reused'}
@@ -55,14 +56,14 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     local books = gateway .. ':' .. currency .. ':charged:'
     add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
   end
-  -- Fields with nothing to say are left out (a missing one reads as empty): each byte is fsynced.
-  -- Nor is the charge's id: its key's name has it.
-  local fields = {'orderId', order_id, 'amount', amount, 'currency', currency,
-    'customerId', customer_id, 'paymentMethod', method, 'status', status, 'createdAt', created_at, 'gateway', gateway,
-    'gatewayReference', gateway_ref}
-  if decline_code ~= '' then fields[#fields + 1] = 'declineCode'; fields[#fields + 1] = decline_code end
-  if item ~= '' then fields[#fields + 1] = 'itemId'; fields[#fields + 1] = item end
-  redis.call('HSET', charge, unpack(fields))
+  -- The hash holds what its first event (appended below) does not: the facts are the event's
+  -- (charge_fields reads them there), and each byte is fsynced. Nor is the charge's id: its
+  -- key's name has it. A field with nothing to say is left out (a missing one reads as empty).
+  if item ~= '' then
+    redis.call('HSET', charge, 'status', status, 'customerId', customer_id, 'itemId', item)
+  else
+    redis.call('HSET', charge, 'status', status, 'customerId', customer_id)
+  end
   redis.call('RPUSH', order_index, charge_id)
   local seq = append_event(events, aggregates, charge_id, event)
   if status == 'succeeded' then publish(outbox, charge_id, seq, item) end

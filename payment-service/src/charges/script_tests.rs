@@ -453,3 +453,139 @@ async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
     assert_eq!(declined[0].kind, "charge.declined");
     assert_eq!(declined[0].data["declineCode"], "card_declined");
 }
+
+#[tokio::test]
+async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_still_reads() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let id = new_charge_id_for("ord_1");
+    let declined_id = new_charge_id_for("ord_1");
+    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
+    let _ = charge(
+        &store,
+        &idem,
+        "k2",
+        &new_charge(&declined_id, 99, Some("card_declined")),
+    )
+    .await;
+    let shard = crate::store::shard_of_charge(&id).expect("shard");
+    let mut conn = redis.conn().await;
+
+    // The hash holds only what the event does not.
+    let hash: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(crate::store::charge_key(shard, &id))
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    let names: Vec<&str> = hash.keys().map(String::as_str).collect();
+    assert_eq!(names, ["customerId", "status"], "{hash:?}");
+    // Read whole, by id and by order, the facts coming from the event.
+    let facts = |c: &crate::model::Charge| {
+        (
+            c.status.clone(),
+            c.amount,
+            c.currency.clone(),
+            c.order_id.clone(),
+            c.gateway.clone(),
+            c.gateway_reference.clone(),
+            c.decline_code.clone(),
+            c.customer_id.clone(),
+        )
+    };
+    let expected = (
+        "succeeded".to_string(),
+        1250,
+        "USD".to_string(),
+        "ord_1".to_string(),
+        "card-a".to_string(),
+        "ch_sim".to_string(),
+        None,
+        "guest".to_string(),
+    );
+    let read = store.get_charge(&id).await.expect("read").expect("charge");
+    assert_eq!(facts(&read), expected);
+    let first = store.events(&id, 0, None).await.expect("events").remove(0);
+    assert_eq!(read.created_at, first.at);
+    let listed = store.charges_of_order("ord_1").await.expect("listed");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(facts(&listed[0]), expected);
+    assert_eq!(
+        (
+            listed[1].status.as_str(),
+            listed[1].amount,
+            listed[1].decline_code.as_deref()
+        ),
+        ("failed", 99, Some("card_declined"))
+    );
+
+    // A charge recorded before the facts left the hash (no event of them): read from its hash,
+    // refunded by it, and its hash wins over an event that would say otherwise.
+    let older = new_charge_id_for("ord_2");
+    let _: () = redis::cmd("HSET")
+        .arg(crate::store::charge_key(shard_of_order("ord_2"), &older))
+        .arg(&[
+            ("orderId", "ord_2"),
+            ("amount", "700"),
+            ("currency", "EUR"),
+            ("customerId", "cus_1"),
+            ("paymentMethod", "pm_card_visa"),
+            ("status", "succeeded"),
+            ("createdAt", "1796464800000"),
+            ("gateway", "card-b"),
+            ("gatewayReference", "older"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("RPUSH")
+        .arg(crate::store::events_key(shard_of_order("ord_2"), &older))
+        .arg(r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_x","data":{"amount":1,"currency":"USD","gateway":"card-a","gatewayReference":"newer"}}"#)
+        .query_async(&mut conn)
+        .await
+        .expect("RPUSH");
+    let read = store.get_charge(&older).await.expect("read").expect("charge");
+    assert_eq!(
+        (
+            read.amount,
+            read.currency.as_str(),
+            read.order_id.as_str(),
+            read.gateway.as_str()
+        ),
+        (700, "EUR", "ord_2", "card-b")
+    );
+    assert_eq!(
+        (read.gateway_reference.as_str(), read.created_at.as_str()),
+        ("older", "2026-12-05T10:00:00.000Z")
+    );
+    let refund = store
+        .refund(
+            &older,
+            Some(200),
+            "r1",
+            "re_sim",
+            &crate::refunds::new_refund_id(),
+            None,
+        )
+        .await
+        .expect("refund");
+    assert!(
+        matches!(
+            refund,
+            RefundOutcome::Refunded {
+                amount: 200,
+                fresh: true,
+                ..
+            }
+        ),
+        "{refund:?}"
+    );
+    let totals = store.totals().await.expect("totals");
+    assert_eq!(
+        totals.by_gateway["card-b"]["EUR"].refunded.amount, 200,
+        "counted against the hash's provider and currency"
+    );
+}
+
+fn shard_of_order(order_id: &str) -> u16 {
+    shared::ids::shard_of(order_id)
+}

@@ -130,8 +130,7 @@ impl Store {
             (None, Some(_)) => "pending",
             (None, None) => "succeeded",
         };
-        let created_ms = shared::time::now_ms();
-        let created_at = shared::time::rfc3339_ms(created_ms);
+        let created_at = shared::time::rfc3339_ms(shared::time::now_ms());
         inv.key(charge_key(shard, charge_id))
             .key(order_key(shard, new.order_id))
             .key(totals_key(shard))
@@ -147,13 +146,11 @@ impl Store {
             .arg(new.payment_method)
             .arg(status)
             .arg(new.decline_code.unwrap_or(""))
-            // The charge stores milliseconds (served as RFC 3339: store::charge_from); its
-            // events keep the text they are served with.
-            .arg(created_ms.to_string())
             .arg(self.marker_ttl.as_millis() as u64)
             .arg(charge_prefix(shard))
             .arg(new.gateway)
-            .arg(new.gateway_reference)
+            // The charge's facts, its creation time and provider reference among them, are
+            // this event's alone (events.lua: charge_fields; store::charge_from).
             .arg(event_of(new, status, &created_at));
         match new.split {
             Some(plan) => {

@@ -5,10 +5,10 @@
 -- in the wallet) is answered as move_wallet answers it, after 'debit', and the caller goes on
 -- the two-step way.
 -- KEYS: wallet.lua's six, record.lua's seven[, answer]. ARGV: wallet.lua's ten, record.lua's
--- twenty-one[, the answer].
+-- nineteen[, the answer].
 local moved = move_wallet(KEYS, 1, ARGV, 1)
 if moved[1] ~= 'moved' then
   table.insert(moved, 1, 'debit')
   return moved
 end
-return record_charge(KEYS, 7, ARGV, 11, KEYS[14], answer_from(ARGV, 32))
+return record_charge(KEYS, 7, ARGV, 11, KEYS[14], answer_from(ARGV, 30))

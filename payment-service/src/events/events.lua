@@ -10,6 +10,13 @@
 -- event_json(kind, at, correlation, data): an event's JSON; `data` is a JSON object as text
 --   (amounts as exact integers: Lua's cjson would print large numbers in floating point).
 -- int(n): an integer as JSON text, exactly (Lua's tostring would print 1e+15).
+-- charge_fields(charge, events, names): a charge's fields `names` as HMGET answers them (false
+--   for a missing one). A charge's facts (CHARGE_FACTS: its order, amount, currency, method,
+--   provider and reference, decline code and creation time) are its first event's, which every
+--   charge has: since #29's eleventh pass its hash holds only what the event does not (status,
+--   customer, item, refunds, …), each fact being fsynced once. The event (its `events` list's
+--   first) is read and decoded only when a fact asked for is not in the hash; older charges
+--   hold them there, and the hash wins.
 -- publish(outbox, aggregate, seq, item): tells the merchant-webhook dispatcher that an event
 --   merchants may subscribe to (charge.succeeded, refund.succeeded, wallet.credited) was
 --   appended, in the same step: a pointer to it in the shard's outbox stream, not a copy (the
@@ -26,6 +33,37 @@ end
 local function event_json(kind, at, correlation, data)
   return '{"type":"' .. kind .. '","at":"' .. at .. '","correlationId":' .. cjson.encode(correlation) ..
     ',"data":' .. data .. '}'
+end
+-- What a charge's first event says of each fact (nil: nothing). Its amount is an exact integer
+-- as text (cjson decodes numbers as doubles: exact up to 2^53, above shared::money::MAX_CHARGE).
+local function event_text(v)
+  if v == nil or v == cjson.null then return nil end
+  return v
+end
+local CHARGE_FACTS = {
+  orderId = function(e) return event_text(e.correlationId) end,
+  createdAt = function(e) return event_text(e.at) end,
+  amount = function(e)
+    local n = event_text(e.data.amount)
+    return n and int(n)
+  end,
+}
+for _, name in ipairs({'currency', 'paymentMethod', 'gateway', 'gatewayReference', 'declineCode'}) do
+  CHARGE_FACTS[name] = function(e) return event_text(e.data[name]) end
+end
+local function charge_fields(charge, events, names)
+  local c = redis.call('HMGET', charge, unpack(names))
+  local first
+  for i, name in ipairs(names) do
+    if not c[i] and CHARGE_FACTS[name] then
+      if first == nil then
+        local raw = redis.call('LINDEX', events, 0)
+        first = raw and cjson.decode(raw) or false
+      end
+      if first then c[i] = CHARGE_FACTS[name](first) or false end
+    end
+  end
+  return c
 end
 local function publish(outbox, aggregate, seq, item)
   redis.call('XADD', outbox, '*', 'a', aggregate, 's', seq, 'i', item)

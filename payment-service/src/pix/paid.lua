@@ -11,8 +11,8 @@
 -- Answers {'paid'|'late'|'already'|'missing'|'mismatch', status, lateRefund ('1' or '')}.
 local charge, totals, events, aggregates, recipients, outbox = unpack(KEYS, 1, 6)
 local charge_id, amount, event, paid_at, recipient_prefix = unpack(ARGV, 1, 5)
-local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'gateway', 'pendingSplits', 'splitEvent', 'lateRefund',
-  'itemId')
+local c = charge_fields(charge, events, {'status', 'amount', 'currency', 'gateway', 'pendingSplits', 'splitEvent',
+  'lateRefund', 'itemId'})
 if not c[1] then return {'missing', '', ''} end
 if c[1] ~= 'pending' and c[1] ~= 'canceled' then return {'already', c[1], c[7] or ''} end
 if c[2] ~= amount then return {'mismatch', c[1], ''} end

@@ -19,8 +19,8 @@
 local charge, totals, marker, events, aggregates, outbox = unpack(KEYS, 1, 6)
 local refund_id, refunded_at, asked, marker_ttl_ms, reference, trace_id,
   read_refunded, parts, reversals, split_event, recipient_prefix = unpack(ARGV, 1, 11)
-local c = redis.call('HMGET', charge, 'status', 'amount', 'currency', 'refundId', 'gateway', 'amountRefunded',
-  'lastRefundAmount', 'orderId', 'chargeId', 'itemId')
+local c = charge_fields(charge, events, {'status', 'amount', 'currency', 'refundId', 'gateway', 'amountRefunded',
+  'lastRefundAmount', 'orderId', 'chargeId', 'itemId'})
 if not c[1] then return {'not_found'} end
 -- Charges recorded since #29's sixth pass do not repeat their id: their key's name has it.
 c[9] = c[9] or string.match(charge, ':charge:(.+)$')
