@@ -357,12 +357,44 @@ async fn events_wait_in_the_outbox_while_payment_and_then_stock_are_down() {
     assert!(stack.receiver_requests("/later").await.is_empty());
     assert!(stack.logs(Service::Payment).contains("left for later"));
 
+    assert_eq!(
+        outboxed(&stack).await,
+        6,
+        "three order.completed, three charge.succeeded"
+    );
+
     stack.start(Service::Stock).await;
     let got = received(&stack, "/later", 3, Duration::from_secs(15)).await;
     let mut ids: Vec<String> = got.iter().map(|r| verified(r, &secret)).collect();
     ids.sort();
     orders.sort();
     assert_eq!(ids, orders);
+    // Relayed, every entry leaves its outbox.
+    let started = Instant::now();
+    while outboxed(&stack).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the outboxes keep relayed entries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Entries in every outbox, order's and payment's.
+async fn outboxed(stack: &Stack) -> u64 {
+    let pool = stack.redis_pool();
+    let mut conn = pool.get().await.expect("redis");
+    let mut n = 0;
+    for shard in 0..shared::ids::SHARDS {
+        for key in [
+            shared::outbox::order_outbox(shard),
+            shared::outbox::payment_outbox(shard),
+        ] {
+            let len: u64 = redis::cmd("XLEN").arg(key).query_async(&mut conn).await.expect("XLEN");
+            n += len;
+        }
+    }
+    n
 }
 
 #[tokio::test]

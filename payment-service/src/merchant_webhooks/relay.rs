@@ -295,14 +295,27 @@ async fn read(state: &AppState, keys: &[&str], first: usize) -> Result<Vec<Entry
         .collect())
 }
 
-/// Deletes what was relayed, each stream's entries in one command; on one node every stream
-/// in one round trip, on a cluster one per stream.
+/// The least id an outbox keeps once every entry up to `last` is relayed (XTRIM's MINID: the
+/// entries below it go). Ids are `<ms>-<seq>`, and XADD '*' only ever appends above the last.
+fn kept_from(last: &str) -> Option<String> {
+    let (ms, seq) = last.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{ms}-{}", seq.checked_add(1)?))
+}
+
+/// Deletes what was relayed: each stream's relayed entries are the head of what was read (the
+/// loop stops at the first it cannot relay), so one XTRIM MINID per stream takes them, however
+/// many (an XDEL named each, 22 fsynced bytes apiece). On one node every stream in one round
+/// trip, on a cluster one per stream.
 async fn delete(state: &AppState, done: &[(&str, Vec<String>)], one_node: bool) -> Result<(), PaymentError> {
     let groups: Vec<&[(&str, Vec<String>)]> = if one_node { vec![done] } else { done.chunks(1).collect() };
     for group in groups.into_iter().filter(|g| !g.is_empty()) {
         let mut pipe = redis::pipe();
         for (key, ids) in group {
-            pipe.xdel(*key, ids).ignore();
+            match ids.last().and_then(|last| kept_from(last)) {
+                Some(min) => pipe.cmd("XTRIM").arg(*key).arg("MINID").arg(min).ignore(),
+                None => pipe.xdel(*key, ids).ignore(),
+            };
         }
         let mut conn = state.store.pool.get().await?;
         let () = pipe.query_async(&mut conn).await?;
@@ -316,6 +329,14 @@ mod tests {
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_outbox_keeps_from_just_above_the_last_relayed_entry() {
+        assert_eq!(kept_from("1796464800000-0").as_deref(), Some("1796464800000-1"));
+        assert_eq!(kept_from("1796464800000-41").as_deref(), Some("1796464800000-42"));
+        assert_eq!(kept_from("garbage"), None);
+        assert_eq!(kept_from(&format!("1-{}", u64::MAX)), None);
     }
 
     #[test]
