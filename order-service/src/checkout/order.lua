@@ -2,9 +2,8 @@
 -- order's hash, its shard's totals and recovery's set of active orders share a slot.
 --
 -- Every write is fsynced and lands in the AOF, so a checkout writes as little as it can:
--- - Steps are fields of the order's hash ('n' counts them, 's1'..'sN' hold "name status at"),
---   written by the HSET that records the change: a list beside it cost a command and its key
---   name per step. `steps` in KEYS is the list older versions appended to: read with the
+-- - Steps are a field of the order's hash ('st', a line per step: steps.lua), written by the
+--   HSET that records the change: a list beside it cost a command and its key name per step. `steps` in KEYS is the list older versions appended to: read with the
 --   order and deleted with it, never written.
 -- - A processing order is counted in the totals under XXX (ISO 4217 "no currency") with amount
 --   0, whatever its price, until it leaves processing: moving it to its currency's bucket when
@@ -89,7 +88,7 @@ end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'itemId', 'quantity', 'customerId',
-    'n', 'releaseOwed', 'respStatus')
+    'n', 'releaseOwed', 'respStatus', 'st', 'createdAt')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -114,7 +113,7 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end
   if amount ~= was_amount then put('amount', amount) end
-  if c.step ~= '' then push_steps(set, cur[8], c.step) end
+  if c.step ~= '' then push_steps(set, steps_of(cur[8], cur[11], cur[12]), c.step) end
   local owed = cur[9] ~= false
   local resp_status = cur[10]
   for i = pairs_from, #argv, 2 do

@@ -386,14 +386,59 @@ async fn an_end_records_the_steps_taken_since_the_last_write_in_order_with_their
         (Some(500), Some("USD"), Some("rsv_1_abc"), Some("ch_1"))
     );
     let mut conn = f.redis.conn().await;
-    let n: Option<String> = redis::cmd("HGET")
+    let (n, st): (Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id))
         .arg("n")
+        .arg("st")
         .query_async(&mut conn)
         .await
-        .expect("HGET");
-    // One count for the three steps written: 'created' is the order's createdAt.
-    assert_eq!(n.as_deref(), Some("3"));
+        .expect("HMGET");
+    // One field for the three steps written ('created' is the order's createdAt), each timed
+    // from it: these two, given times before the order was created, by a negative distance.
+    let st = st.unwrap_or_default();
+    let lines: Vec<&str> = st.lines().collect();
+    assert_eq!((n, lines.len()), (None, 3), "{st}");
+    assert!(
+        lines[0].starts_with("reserve succeeded -") && lines[2].starts_with("complete succeeded +"),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_stored_with_numbered_steps_goes_on_numbering_them() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let order = format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id);
+    let mut conn = f.redis.conn().await;
+    // As versions before #29's eleventh pass wrote its first step.
+    let _: () = redis::cmd("HSET")
+        .arg(&order)
+        .arg(&[("n", "1"), ("s1", "reserve succeeded 2026-12-05T10:00:00.001Z")])
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let r = reservation();
+    let complete = Change {
+        step: Some((StepName::Complete, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Completed),
+        reservation: Some(&r),
+        ..Change::default()
+    };
+    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+
+    assert_eq!(f.end(&o, &key, complete, &resp).await, Some(Applied::Yes));
+    let (n, s2, st): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(&order)
+        .arg(&["n", "s2", "st"])
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    assert_eq!(n.as_deref(), Some("2"));
+    assert!(s2.is_some_and(|s| s.starts_with("complete succeeded ")) && st.is_none());
+    let view = f.store.get(&o.order_id).await.ok().flatten().expect("the order");
+    let names: Vec<&str> = view.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["created", "reserve", "complete"]);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 local order, steps, totals, refunds, outbox = unpack(KEYS, 1, 5)
 local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
 local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked', 'orderId',
-  'itemId', 'quantity', 'customerId', 'n')
+  'itemId', 'quantity', 'customerId', 'n', 'st', 'createdAt')
 -- Orders stored since #29 do not repeat their id in their hash: it is the key's.
 cur[6] = cur[6] or string.match(order, ':order:(.+)$')
 if not cur[1] then return {'missing'} end
@@ -20,11 +20,11 @@ if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refun
 end
 local refunded = tonumber(cur[4]) or 0
 local set = {'updatedAt', at}
-local steps_n = cur[10]
+local taken = steps_of(cur[10], cur[11], cur[12])
 if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
   add_counts(totals, {cur[2] .. ':refunds:count', 1, cur[2] .. ':refunds:amount', amount})
-  steps_n = push_steps(set, steps_n, step)
+  push_steps(set, taken, step)
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status
   set[#set + 1] = 'amountRefunded'; set[#set + 1] = string.format('%d', refunded)
@@ -34,7 +34,7 @@ if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
 end
 if restocked == '1' and not cur[5] then
   set[#set + 1] = 'restocked'; set[#set + 1] = '1'
-  steps_n = push_steps(set, steps_n, step)
+  push_steps(set, taken, step)
 end
 redis.call('HSET', order, unpack(set))
 local status = redis.call('HGET', order, 'status')
