@@ -173,6 +173,12 @@ for policy in $policies; do
             'BEGIN { printf "%-9s %-13s %10.0f %8s %8s %8s %8s %8.0f%% %8.0f%% %9s %9s %9s %7s %7s %9s %9s\n", p, l, r, p50, p90, p99, p999, 100 * r / s, 100 * r / t, c, rc, sc, cm, ab, w, b }'
     done
 done
+echo
+echo "CPU µs per request by process ($first_policy):"
+for label in stand-in checkout; do
+    line=$(grep "policy=$first_policy label=$label " "$results") || continue
+    printf '  %-9s %s\n' "$label" "$(field "$line" cpu_by | sed 's/,/, /g; s/:/ /g')"
+done
 if one=$(grep "policy=$first_policy label=checkout " "$results") &&
     many=$(grep "policy=$first_policy label=$cluster_label " "$results"); then
     awk -v o="$(field "$one" rps)" -v m="$(field "$many" rps)" -v n="$masters" \

@@ -2,14 +2,35 @@
 //! machine moves with its neighbours; CPU time per request moves much less, so it is the number
 //! to compare two builds or two stacks by.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Clock ticks of a set of processes: all of them, and Redis' part.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Clock ticks of a set of processes: all of them, Redis' part, and each command name's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ticks {
     pub total: u64,
     /// Processes named `redis-*`: the server and the AOF-rewrite child it forks.
     pub redis: u64,
+    /// Per command name (`order-service`, `nginx`, …: every process of a name together).
+    pub by_name: BTreeMap<String, u64>,
+}
+
+impl Ticks {
+    /// Each name's ticks since `before`, most first, leaving out names that used none.
+    pub fn by_name_since(&self, before: &Ticks) -> Vec<(String, u64)> {
+        let mut used: Vec<(String, u64)> = self
+            .by_name
+            .iter()
+            .map(|(name, &t)| {
+                (
+                    name.clone(),
+                    t.saturating_sub(before.by_name.get(name).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, t)| *t > 0)
+            .collect();
+        used.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        used
+    }
 }
 
 /// utime + stime + the reaped children's (Redis's AOF rewrites are children it reaps), in
@@ -20,7 +41,7 @@ pub fn ticks(roots: &[u32]) -> Ticks {
         return sum;
     }
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut own: HashMap<u32, (u64, bool)> = HashMap::new();
+    let mut own: HashMap<u32, (u64, String)> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return sum;
     };
@@ -35,20 +56,21 @@ pub fn ticks(roots: &[u32]) -> Ticks {
         let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
-        let is_redis = head.split_once('(').is_some_and(|(_, comm)| comm.starts_with("redis-"));
+        let name = head.split_once('(').map_or("?", |(_, comm)| comm).to_string();
         let f: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         // After ')': state, ppid, … utime is the 12th, then stime, cutime, cstime.
         children.entry(field(1) as u32).or_default().push(pid);
-        own.insert(pid, (field(11) + field(12) + field(13) + field(14), is_redis));
+        own.insert(pid, (field(11) + field(12) + field(13) + field(14), name));
     }
     let mut stack: Vec<u32> = roots.to_vec();
     while let Some(pid) = stack.pop() {
-        if let Some(&(ticks, is_redis)) = own.get(&pid) {
+        if let Some((ticks, name)) = own.get(&pid) {
             sum.total += ticks;
-            if is_redis {
+            if name.starts_with("redis-") {
                 sum.redis += ticks;
             }
+            *sum.by_name.entry(name.clone()).or_default() += ticks;
         }
         stack.extend(children.get(&pid).into_iter().flatten());
     }
@@ -89,6 +111,8 @@ mod tests {
         let busy = seconds(after.total.saturating_sub(before.total));
         assert!(busy >= 0.1, "a process spinning for 0.7 s added only {busy:.2} s");
         assert_eq!(after.redis, before.redis, "no Redis below this test, so no Redis time");
+        let named = after.by_name_since(&before);
+        assert!(named.iter().any(|(name, t)| name == "sh" && *t > 0), "{named:?}");
         assert_eq!(ticks(&[]), Ticks::default(), "no roots, no time");
     }
 }

@@ -504,11 +504,21 @@ async fn main() -> ExitCode {
     let per_request = |seconds: f64| (!a.cpu_of.is_empty() && total > 0).then(|| seconds * 1e6 / total as f64);
     let cpu_us = per_request(cpu_used);
     let redis_cpu_us = per_request(redis_cpu_used);
+    // Where the stack's CPU went, per process name: "name:µs,…", most first.
+    let mut cpu_by = "-".to_string();
     if let (Some(us), Some(redis_us)) = (cpu_us, redis_cpu_us) {
         println!(
             "  CPU of the stack (not the load generator): {us:.0} µs per request ({redis_us:.0} of them Redis'), {:.2} cores busy",
             cpu_used / elapsed
         );
+        let us_per_tick = cpu::seconds(1) * 1e6 / total as f64;
+        let by_name: Vec<String> = cpu_after
+            .by_name_since(&cpu_before)
+            .into_iter()
+            .map(|(name, ticks)| format!("{name}:{:.0}", ticks as f64 * us_per_tick))
+            .collect();
+        println!("    by process, µs per request: {}", by_name.join(" "));
+        cpu_by = by_name.join(",");
     }
     let (script_us, commands, aof_bytes) = match &work {
         Some(Ok((usec, commands, aof))) if total > 0 => {
@@ -562,7 +572,7 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} redis_cpu_us={} script_us={} cmds={} aof_bytes={} aof_rewrite_s={} books={}",
+        "RESULT label={} rps={rps:.1} p50={p50:.2} p90={p90:.2} p99={p99:.2} p999={p999:.2} max={max:.2} failed={failed} cpu_us={} redis_cpu_us={} script_us={} cmds={} aof_bytes={} aof_rewrite_s={} books={} cpu_by={cpu_by}",
         a.label,
         cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
         redis_cpu_us.map_or("-".to_string(), |us| format!("{us:.0}")),
