@@ -194,7 +194,7 @@ async fn all_key_records(conn: &mut MultiplexedConnection) -> redis::RedisResult
 }
 
 /// A key record as a replay reads it (begin.lua), None when there is none. A new key's record
-/// points at its order ("token\n<order id>", order.lua's hold_pointer): done once the order
+/// points at its order ("t\n<order id>", order.lua's hold_pointer): done once the order
 /// holds its answer (`OrderStore::final_response`), running until then. A hash record (a key
 /// holding a Pix's 202, or taken before the pointer) says so itself; an empty stored body is
 /// its order's, and a completed order, which stores none, answers its 200 rendered from its
@@ -208,7 +208,9 @@ async fn read_key_record(conn: &mut MultiplexedConnection, redis_key: &str) -> r
         "none" => Ok(None),
         "string" => {
             let text: String = redis::cmd("GET").arg(redis_key).query_async(conn).await?;
-            let token = text.strip_prefix("token\n").unwrap_or_default().to_string();
+            let token = shared::idempotency::packed_field(&text, "token")
+                .unwrap_or_default()
+                .to_string();
             let answer = order_answer(conn, slot, &token).await?;
             Ok(Some(KeyRecord {
                 state: if answer.is_some() { "done" } else { "running" }.to_string(),

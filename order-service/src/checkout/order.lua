@@ -42,7 +42,8 @@
 -- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
 --   abandon.lua); 0 if it had begun after all.
 --
--- The checkout's key record is a pointer to its order: one string, "token\n<order id>", set
+-- The checkout's key record is a pointer to its order: one string, "t\n<order id>" (older
+-- versions wrote "token\n<order id>"), set
 -- with the key's expiry by one SET ... PX (record.lua's packed form, so record_get and
 -- IdempotencyStore::token_of read its token). The order already holds what a hash record
 -- repeated: the request's fingerprint ('fp'), the runner's lease (its score in recovery's set)
@@ -132,10 +133,10 @@ local function key_pointer(key)
   local v = redis.pcall('GET', key)
   if not v then return nil, 'none' end
   if type(v) == 'table' then return nil, 'hash' end
-  return string.match(v, '^token\n(.+)$'), 'string'
+  return string.match(v, '^t\n(.+)$') or string.match(v, '^token\n(.+)$'), 'string'
 end
 local function hold_pointer(key, id, ttl_ms)
-  redis.call('SET', key, 'token\n' .. id, 'PX', ttl_ms)
+  redis.call('SET', key, 't\n' .. id, 'PX', ttl_ms)
 end
 -- Statuses of an order whose checkout completed (OrderStatus::was_completed): its 200 is
 -- rendered from its fields.

@@ -83,7 +83,7 @@ impl Fixture {
             .query_async(&mut conn)
             .await
             .ok()?;
-        text.strip_prefix("token\n").map(str::to_string)
+        text.strip_prefix("t\n").map(str::to_string)
     }
 
     /// The key's record as the hash keys taken before #29's seventh pass were (and a Pix's
@@ -786,6 +786,38 @@ async fn a_new_keys_record_points_at_its_order_which_decides_every_retry() {
         "the answer is the order's: the key is not written again"
     );
     assert_eq!(f.begin(&other, &key, "run5").await, Some(Begin::Replay(declined)));
+}
+
+/// A pointer as versions before #29's eleventh pass wrote it ("token\n<order id>").
+#[tokio::test]
+async fn a_pointer_with_its_name_in_full_from_an_earlier_version_is_still_followed() {
+    let f = fixture().await;
+    let (o, key) = order("k1");
+    let (other, _) = order("k1");
+    let _ = f.begin(&o, &key, "run1").await;
+    let mut conn = f.redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(key.redis_key())
+        .arg(format!("token\n{}", o.order_id))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("an older pointer");
+
+    let busy = f.begin(&other, &key, "run2").await;
+    let declined = StoredResponse::json(StatusCode::PAYMENT_REQUIRED, &serde_json::json!({"type": "declined"}));
+    let failed = Change {
+        step: Some((StepName::Charge, StepStatus::Declined)),
+        status: Some(OrderStatus::Failed),
+        ..Change::default()
+    };
+    let ended = f.end(&o, &key, failed, &declined).await;
+
+    assert!(matches!(busy, Some(Begin::InUse { .. })), "{busy:?}");
+    assert_eq!(f.idem.token_of(&key).await.ok().flatten(), Some(o.order_id.to_string()));
+    assert_eq!(ended, Some(Applied::Yes));
+    assert_eq!(f.begin(&other, &key, "run3").await, Some(Begin::Replay(declined)));
 }
 
 /// Keys taken before the pointer (hash records) are decided and settled as they were.

@@ -394,18 +394,38 @@ pub fn short_digest(text: &str, bytes: usize) -> String {
         .collect()
 }
 
-/// Element `i` of a script's answer as text; empty when missing or not text or a number.
-/// A field of a record kept as one string (record.lua: "name\nvalue" pairs joined by "\n",
-/// changes appended, so a name's last value is its value), for readers outside Lua.
+/// The letter a string record writes for each field name (record.lua's RECORD_LETTER).
+const RECORD_LETTERS: [(&str, &str); 14] = [
+    ("state", "e"),
+    ("fp", "f"),
+    ("token", "t"),
+    ("lease", "l"),
+    ("note", "n"),
+    ("status", "s"),
+    ("made", "m"),
+    ("body", "b"),
+    ("ctype", "c"),
+    ("location", "L"),
+    ("quantity", "q"),
+    ("totalFee", "p"),
+    ("currency", "u"),
+    ("expiresAt", "x"),
+];
+
+/// A field of a record kept as one string (record.lua: "name\nvalue" pairs joined by "\n", a
+/// name written as its letter or, by older versions, in full; changes appended, so a name's
+/// last value is its value), for readers outside Lua.
 pub fn packed_field<'a>(packed: &'a str, name: &str) -> Option<&'a str> {
+    let letter = RECORD_LETTERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l);
     let parts: Vec<&str> = packed.split('\n').collect();
     parts
         .chunks_exact(2)
-        .filter(|pair| pair[0] == name)
+        .filter(|pair| pair[0] == name || Some(pair[0]) == letter)
         .map(|pair| pair[1])
         .next_back()
 }
 
+/// Element `i` of a script's answer as text; empty when missing or not text or a number.
 pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
     match reply.get(i) {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
@@ -417,6 +437,41 @@ pub fn reply_text(reply: &[redis::Value], i: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_letters_of_record_names_are_record_luas_both_ways() {
+        let lua = include_str!("record.lua");
+        for (name, letter) in super::RECORD_LETTERS {
+            assert!(lua.contains(&format!("{name} = '{letter}'")), "RECORD_LETTER: {name}");
+            assert!(lua.contains(&format!("{letter} = '{name}'")), "RECORD_NAME: {letter}");
+            assert!(
+                super::RECORD_LETTERS.iter().all(|(n, _)| *n != letter),
+                "{letter} is also a name"
+            );
+        }
+        let table = |name: &str| {
+            let from = lua.find(&format!("local {name} = {{")).unwrap_or(0);
+            let body = &lua[from..];
+            body[..body.find('}').unwrap_or(0)].matches(" = '").count()
+        };
+        assert_eq!(
+            (table("RECORD_LETTER"), table("RECORD_NAME")),
+            (super::RECORD_LETTERS.len(), super::RECORD_LETTERS.len()),
+            "no letter left out"
+        );
+    }
+
+    #[test]
+    fn a_packed_records_field_is_its_last_value_by_letter_or_name() {
+        let letters = "s\nreserved\nq\n2\nstatus\ncompleted\nL\n";
+        assert_eq!(
+            super::packed_field(letters, "status"),
+            Some("completed"),
+            "a name in full (older) wins when later"
+        );
+        assert_eq!(super::packed_field(letters, "quantity"), Some("2"));
+        assert_eq!(super::packed_field(letters, "location"), Some(""));
+    }
+
     #[test]
     fn a_packed_records_field_is_its_last_value() {
         let packed = "status\nreserved\nquantity\n2\nstatus\ncompleted\nlocation\n";

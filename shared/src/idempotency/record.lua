@@ -1,12 +1,12 @@
 -- A key's record, as every script reads and writes it. It is one string of its fields, set
 -- with its expiry by one command (SET … PX), where a hash took an HSET and a PEXPIRE, each with
--- the key's name, into the fsynced AOF. Its fields are "name\nvalue" pairs joined by "\n" (none
--- of their values, a state, a fingerprint, a token, a lease, a status, a content type, an id,
--- holds a newline). A record written done at once does not write its state: a string without
--- one is done. A change to a string record is APPENDed ("\nname\nvalue…"): a later pair wins
--- over an earlier one of the same name, and the expiry stays. Records written before #29's
--- eighth pass, and one given a value with a newline (a body), are hashes, read and changed as
--- such.
+-- the key's name, into the fsynced AOF. Its fields are "name\nvalue" pairs joined by "\n", a
+-- name written as its letter (RECORD_LETTER; none of their values, a state, a fingerprint, a
+-- token, a lease, a status, a content type, an id, holds a newline). A record written done at
+-- once does not write its state: a string without one is done. A change to a string record is
+-- APPENDed ("\nname\nvalue…"): a later pair wins over an earlier one of the same name, and the
+-- expiry stays. Records written before #29's eighth pass, and one given a value with a
+-- newline (a body), are hashes, read and changed as such.
 --
 -- record_get(key, names, hashes_first): the record's fields `names` (a table), as HMGET
 --   returns them (false for a missing one), whichever way the record is kept. GET is tried
@@ -24,6 +24,27 @@
 -- How record_get found a key kept, for record_set: 'string', or 'hash' when it answered
 -- HMGET (nil: not read yet in this script).
 local record_kind = {}
+-- A string record names its fields by these letters (since #29's eleventh pass; a hash keeps
+-- the names): a record's names were a third of its fsynced bytes. Read, a letter is its name
+-- again, and a name written in full by an older version reads as itself. No letter is a name.
+local RECORD_LETTER = {
+  state = 'e', fp = 'f', token = 't', lease = 'l', note = 'n', status = 's', made = 'm',
+  body = 'b', ctype = 'c', location = 'L', quantity = 'q', totalFee = 'p', currency = 'u',
+  expiresAt = 'x',
+}
+local RECORD_NAME = {
+  e = 'state', f = 'fp', t = 'token', l = 'lease', n = 'note', s = 'status', m = 'made',
+  b = 'body', c = 'ctype', L = 'location', q = 'quantity', p = 'totalFee', u = 'currency',
+  x = 'expiresAt',
+}
+-- Field/value pairs `set` as a string record writes them: "l1\nvalue\nl2\nvalue…".
+local function record_pack(set)
+  local out = {}
+  for i = 1, #set, 2 do
+    out[i] = RECORD_LETTER[set[i]] or set[i]; out[i + 1] = set[i + 1]
+  end
+  return table.concat(out, '\n')
+end
 -- A string record's fields: each name's last value (a missing state is done), and the names
 -- in the order they first came.
 local function record_unpack(packed)
@@ -34,7 +55,7 @@ local function record_unpack(packed)
       if found[name] == nil then order[#order + 1] = name end
       found[name] = part; name = nil
     else
-      name = part
+      name = RECORD_NAME[part] or part
     end
   end
   if not found.state then found.state = 'done'; order[#order + 1] = 'state' end
@@ -68,7 +89,7 @@ local function record_packable(set)
   return true
 end
 local function record_write_done(key, set, ttl_ms)
-  redis.call('SET', key, table.concat(set, '\n'), 'PX', ttl_ms)
+  redis.call('SET', key, record_pack(set), 'PX', ttl_ms)
   record_kind[key] = 'string'
 end
 local function record_write(key, set, ttl_ms)
@@ -80,7 +101,7 @@ end
 local function record_set(key, set)
   local kind = record_kind[key] or redis.call('TYPE', key)['ok']
   if kind ~= 'string' then return redis.call('HSET', key, unpack(set)) end
-  if record_packable(set) then return redis.call('APPEND', key, '\n' .. table.concat(set, '\n')) end
+  if record_packable(set) then return redis.call('APPEND', key, '\n' .. record_pack(set)) end
   local ttl = redis.call('PTTL', key)
   local found, order = record_unpack(redis.call('GET', key))
   local all = {}

@@ -332,9 +332,8 @@ mod tests {
             .await
             .expect("GET");
         assert!(
-            text.starts_with("state\nrunning\nfp\nfp\ntoken\ntok1\nlease\n")
-                && text.contains("\nnote\ncard-a\nnote\ncard-b\nlease\n"),
-            "written once, then appended to: {text:?}"
+            text.starts_with("e\nrunning\nf\nfp\nt\ntok1\nl\n") && text.contains("\nn\ncard-a\nn\ncard-b\nl\n"),
+            "written once, each name its letter, then appended to: {text:?}"
         );
         assert_eq!(
             field(&redis, &key, "note").await.as_deref(),
@@ -401,6 +400,37 @@ mod tests {
         assert_eq!(kind, "hash");
         assert_eq!(idem.begin(&key, "tok2").await.ok(), Some(Begin::Replay(created())));
         assert_eq!(field(&redis, &key, "note").await.as_deref(), Some("card-b"));
+    }
+
+    #[tokio::test]
+    async fn a_string_record_with_names_in_full_from_an_earlier_version_is_still_read_and_settled() {
+        let redis = TestRedis::start().await;
+        let idem = store(&redis);
+        let mut conn = redis.conn().await;
+        let key = KeyRef::new("t:op", "k1", "fp".into());
+        let _: () = redis::cmd("SET")
+            .arg(key.redis_key())
+            .arg("state\nrunning\nfp\nfp\ntoken\ntok1\nlease\n0\nnote\ncard-a")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .expect("an old record");
+        assert_eq!(idem.token_of(&key).await.expect("token").as_deref(), Some("tok1"));
+        assert!(idem.renote(&key, "tok1", "card-b").await.expect("renote"));
+        assert!(idem.renew(&key, "tok1").await.expect("renew"));
+        assert_eq!(
+            field(&redis, &key, "note").await.as_deref(),
+            Some("card-b"),
+            "a letter after a name wins"
+        );
+        idem.finish(&key, "tok1", &created()).await.expect("finish");
+        assert_eq!(idem.begin(&key, "tok2").await.ok(), Some(Begin::Replay(created())));
+        let text: String = on_key(&mut conn, "GET", key.redis_key()).await;
+        assert!(
+            text.starts_with("state\nrunning\n") && text.contains("\ne\ndone"),
+            "{text:?}"
+        );
     }
 
     /// An effect's script built as stock's and payment's are: take the key, store the answer.
