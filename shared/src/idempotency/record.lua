@@ -1,7 +1,7 @@
 -- A key's record, as every script reads and writes it. It is one string of its fields, set
 -- with its expiry by one command (SET … PX), where a hash took an HSET and a PEXPIRE, each with
 -- the key's name, into the fsynced AOF. Its fields are "name\nvalue" pairs joined by "\n", a
--- name written as its letter (RECORD_LETTER; none of their values, a state, a fingerprint, a
+-- name written as its letter (record_letter; none of their values, a state, a fingerprint, a
 -- token, a lease, a status, a content type, an id, holds a newline). A record written done at
 -- once does not write its state: a string without one is done. A change to a string record is
 -- APPENDed ("\nname\nvalue…"): a later pair wins over an earlier one of the same name, and the
@@ -24,26 +24,36 @@
 -- How record_get found a key kept, for record_set: 'string', or 'hash' when it answered
 -- HMGET (nil: not read yet in this script).
 local record_kind = {}
--- A string record names its fields by these letters (since #29's eleventh pass; a hash keeps
--- the names): a record's names were a third of its fsynced bytes. Read, a letter is its name
+-- A string record names its fields by letters (since #29's eleventh pass; a hash keeps the
+-- names): a record's names were a third of its fsynced bytes. Read, a letter is its name
 -- again, and a name written in full by an older version reads as itself. No letter is a name.
-local RECORD_LETTER = {
-  state = 'e', fp = 'f', token = 't', lease = 'l', note = 'n', status = 's', made = 'm',
-  body = 'b', ctype = 'c', location = 'L', quantity = 'q', totalFee = 'p', currency = 'u',
-  expiresAt = 'x',
-}
-local RECORD_NAME = {
-  e = 'state', f = 'fp', t = 'token', l = 'lease', n = 'note', s = 'status', m = 'made',
-  b = 'body', c = 'ctype', L = 'location', q = 'quantity', p = 'totalFee', u = 'currency',
-  x = 'expiresAt',
-}
--- Field/value pairs `set` as a string record writes them: "l1\nvalue\nl2\nvalue…".
+-- Chains of comparisons, not tables: a script's libraries are built again on every call, and
+-- two tables of fourteen cost each script more than its lookups do.
+local function record_letter(name)
+  if name == 'status' then return 's' elseif name == 'made' then return 'm'
+  elseif name == 'fp' then return 'f' elseif name == 'state' then return 'e'
+  elseif name == 'token' then return 't' elseif name == 'lease' then return 'l'
+  elseif name == 'note' then return 'n' elseif name == 'body' then return 'b'
+  elseif name == 'ctype' then return 'c' elseif name == 'location' then return 'L'
+  elseif name == 'quantity' then return 'q' elseif name == 'totalFee' then return 'p'
+  elseif name == 'currency' then return 'u' elseif name == 'expiresAt' then return 'x' end
+  return name
+end
+local function record_name(l)
+  if l == 's' then return 'status' elseif l == 'm' then return 'made'
+  elseif l == 'f' then return 'fp' elseif l == 'e' then return 'state'
+  elseif l == 't' then return 'token' elseif l == 'l' then return 'lease'
+  elseif l == 'n' then return 'note' elseif l == 'b' then return 'body'
+  elseif l == 'c' then return 'ctype' elseif l == 'L' then return 'location'
+  elseif l == 'q' then return 'quantity' elseif l == 'p' then return 'totalFee'
+  elseif l == 'u' then return 'currency' elseif l == 'x' then return 'expiresAt' end
+  return l
+end
+-- Field/value pairs `set` as a string record writes them: "l1\nvalue\nl2\nvalue…". Its
+-- names become letters in place (no second table): `set` is written once, then dropped.
 local function record_pack(set)
-  local out = {}
-  for i = 1, #set, 2 do
-    out[i] = RECORD_LETTER[set[i]] or set[i]; out[i + 1] = set[i + 1]
-  end
-  return table.concat(out, '\n')
+  for i = 1, #set, 2 do set[i] = record_letter(set[i]) end
+  return table.concat(set, '\n')
 end
 -- A string record's fields: each name's last value (a missing state is done), and the names
 -- in the order they first came.
@@ -55,7 +65,7 @@ local function record_unpack(packed)
       if found[name] == nil then order[#order + 1] = name end
       found[name] = part; name = nil
     else
-      name = RECORD_NAME[part] or part
+      name = record_name(part)
     end
   end
   if not found.state then found.state = 'done'; order[#order + 1] = 'state' end
