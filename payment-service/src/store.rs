@@ -219,7 +219,7 @@ fn add_charge_reads(pipe: &mut redis::Pipeline, shard: u16, charge_id: &str) {
     pipe.cmd("LINDEX").arg(events_key(shard, charge_id)).arg(0);
 }
 
-/// A charge's fact as its first event says it (events.lua's CHARGE_FACTS, for the fields of
+/// A charge's fact as its first event says it (events.lua's charge_fact, for the fields of
 /// CHARGE_FIELDS at `i`): charges recorded since #29's eleventh pass keep their facts there
 /// alone; older ones in their hash too, which wins.
 fn fact_of(first: &serde_json::Value, i: usize) -> Option<String> {

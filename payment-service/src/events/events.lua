@@ -11,7 +11,7 @@
 --   (amounts as exact integers: Lua's cjson would print large numbers in floating point).
 -- int(n): an integer as JSON text, exactly (Lua's tostring would print 1e+15).
 -- charge_fields(charge, events, names): a charge's fields `names` as HMGET answers them (false
---   for a missing one). A charge's facts (CHARGE_FACTS: its order, amount, currency, method,
+--   for a missing one). A charge's facts (charge_fact: its order, amount, currency, method,
 --   provider and reference, decline code and creation time) are its first event's, which every
 --   charge has: since #29's eleventh pass its hash holds only what the event does not (status,
 --   customer, item, refunds, …), each fact being fsynced once. The event (its `events` list's
@@ -34,33 +34,34 @@ local function event_json(kind, at, correlation, data)
   return '{"type":"' .. kind .. '","at":"' .. at .. '","correlationId":' .. cjson.encode(correlation) ..
     ',"data":' .. data .. '}'
 end
--- What a charge's first event says of each fact (nil: nothing). Its amount is an exact integer
--- as text (cjson decodes numbers as doubles: exact up to 2^53, above shared::money::MAX_CHARGE).
-local function event_text(v)
-  if v == nil or v == cjson.null then return nil end
-  return v
+-- What a charge's first event `e` says of fact `name` (nil: nothing, or not a fact). Its
+-- amount is an exact integer as text (cjson decodes numbers as doubles: exact up to 2^53,
+-- above shared::money::MAX_CHARGE). A chain, not a table of functions: a script's libraries
+-- are built again on every call.
+local function charge_in_data(name)
+  return name == 'amount' or name == 'currency' or name == 'paymentMethod' or name == 'gateway'
+    or name == 'gatewayReference' or name == 'declineCode'
 end
-local CHARGE_FACTS = {
-  orderId = function(e) return event_text(e.correlationId) end,
-  createdAt = function(e) return event_text(e.at) end,
-  amount = function(e)
-    local n = event_text(e.data.amount)
-    return n and int(n)
-  end,
-}
-for _, name in ipairs({'currency', 'paymentMethod', 'gateway', 'gatewayReference', 'declineCode'}) do
-  CHARGE_FACTS[name] = function(e) return event_text(e.data[name]) end
+local function charge_fact(e, name)
+  local v
+  if name == 'orderId' then v = e.correlationId
+  elseif name == 'createdAt' then v = e.at
+  elseif charge_in_data(name) then v = e.data[name]
+  end
+  if v == nil or v == cjson.null then return nil end
+  if name == 'amount' then return int(v) end
+  return v
 end
 local function charge_fields(charge, events, names)
   local c = redis.call('HMGET', charge, unpack(names))
   local first
   for i, name in ipairs(names) do
-    if not c[i] and CHARGE_FACTS[name] then
+    if not c[i] and (name == 'orderId' or name == 'createdAt' or charge_in_data(name)) then
       if first == nil then
         local raw = redis.call('LINDEX', events, 0)
         first = raw and cjson.decode(raw) or false
       end
-      if first then c[i] = CHARGE_FACTS[name](first) or false end
+      if first then c[i] = charge_fact(first, name) or false end
     end
   end
   return c
