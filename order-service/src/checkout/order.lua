@@ -89,7 +89,7 @@ end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
   local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'owner', 'itemId', 'quantity', 'customerId',
-    'n', 'releaseOwed', 'respStatus', 'st', 'createdAt')
+    'n', 'releaseOwed', 'respStatus', 'st')
   if not cur[1] then return 'missing' end
   if cur[1] ~= 'processing' and cur[1] ~= 'awaiting_payment' then return 'terminal' end
   if cur[4] and cur[4] ~= c.owner then return 'fenced' end
@@ -114,7 +114,7 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end
   if amount ~= was_amount then put('amount', amount) end
-  if c.step ~= '' then push_steps(set, steps_of(cur[8], cur[11], cur[12]), c.step) end
+  if c.step ~= '' then push_steps(set, steps_of(cur[8], cur[11]), c.step) end
   local owed = cur[9] ~= false
   local resp_status = cur[10]
   for i = pairs_from, #argv, 2 do

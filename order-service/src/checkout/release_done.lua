@@ -3,8 +3,8 @@
 -- KEYS: order, steps (the legacy list, unused). ARGV: step ("name status at").
 if redis.call('HDEL', KEYS[1], 'releaseOwed') == 1 then
   local set = {}
-  local cur = redis.call('HMGET', KEYS[1], 'n', 'st', 'createdAt')
-  push_steps(set, steps_of(cur[1], cur[2], cur[3]), ARGV[1])
+  local cur = redis.call('HMGET', KEYS[1], 'n', 'st')
+  push_steps(set, steps_of(cur[1], cur[2]), ARGV[1])
   redis.call('HSET', KEYS[1], unpack(set))
 end
 return 1

@@ -11,7 +11,7 @@
 local order, steps, totals, refunds, outbox = unpack(KEYS, 1, 5)
 local refund_id, amount, at, step, restocked = unpack(ARGV, 1, 5)
 local cur = redis.call('HMGET', order, 'status', 'currency', 'amount', 'amountRefunded', 'restocked', 'orderId',
-  'itemId', 'quantity', 'customerId', 'n', 'st', 'createdAt')
+  'itemId', 'quantity', 'customerId', 'n', 'st')
 -- Orders stored since #29 do not repeat their id in their hash: it is the key's.
 cur[6] = cur[6] or string.match(order, ':order:(.+)$')
 if not cur[1] then return {'missing'} end
@@ -20,7 +20,7 @@ if cur[1] ~= 'completed' and cur[1] ~= 'partially_refunded' and cur[1] ~= 'refun
 end
 local refunded = tonumber(cur[4]) or 0
 local set = {'updatedAt', at}
-local taken = steps_of(cur[10], cur[11], cur[12])
+local taken = steps_of(cur[10], cur[11])
 if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
   add_counts(totals, {cur[2] .. ':refunds:count', 1, cur[2] .. ':refunds:amount', amount})
