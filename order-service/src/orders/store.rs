@@ -321,13 +321,18 @@ mod tests {
     }
 
     #[test]
-    fn steps_read_in_number_order_after_the_legacy_lists() {
+    fn steps_read_in_number_order_after_the_legacy_lists_then_the_one_fields() {
         let fields: HashMap<String, String> = [
             ("n", "3"),
             ("s2", "charge succeeded 2026-12-05T10:00:01.000Z"),
             ("s1", "reserve succeeded 2026-12-05T10:00:00.500Z"),
             ("s3", "complete unknown 2026-12-05T10:00:02.000Z"),
             ("s4", "left over past n"),
+            // Steps in one field (steps.lua; an order has either these or numbered ones).
+            (
+                "st",
+                "release succeeded 1796464803000\nrestock succeeded 2026-12-05T10:00:04.000Z",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -347,35 +352,8 @@ mod tests {
                 expect("reserve", "succeeded", "2026-12-05T10:00:00.500Z"),
                 expect("charge", "succeeded", "2026-12-05T10:00:01.000Z"),
                 expect("complete", "unknown", "2026-12-05T10:00:02.000Z"),
-            ]
-        );
-    }
-
-    #[test]
-    fn steps_of_one_field_read_a_line_each_after_numbered_ones() {
-        let fields: HashMap<String, String> = [
-            ("createdAt", "2026-12-05T10:00:00.000Z"),
-            (
-                "st",
-                "reserve succeeded 1796464800002\ncharge declined 2026-12-05T10:00:01.500Z",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-
-        let steps: Vec<(String, String, String)> = steps_of(&fields, &[])
-            .into_iter()
-            .map(|s| (s.name, s.status, s.at))
-            .collect();
-
-        let expect = |n: &str, s: &str, at: &str| (n.to_string(), s.to_string(), at.to_string());
-        assert_eq!(
-            steps,
-            [
-                expect("created", "succeeded", "2026-12-05T10:00:00.000Z"),
-                expect("reserve", "succeeded", "2026-12-05T10:00:00.002Z"),
-                expect("charge", "declined", "2026-12-05T10:00:01.500Z"),
+                expect("release", "succeeded", "2026-12-05T10:00:03.000Z"),
+                expect("restock", "succeeded", "2026-12-05T10:00:04.000Z"),
             ]
         );
     }

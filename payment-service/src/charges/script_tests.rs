@@ -404,21 +404,21 @@ async fn concurrent_partial_refunds_never_exceed_the_charge() {
     );
 }
 
+/// Two charges of order ord_1: 1250 succeeded under key k1, 99 declined under k2.
+async fn charged_and_declined(store: &Store, idem: &IdempotencyStore) -> (String, String) {
+    let id = new_charge_id_for("ord_1");
+    let declined_id = new_charge_id_for("ord_1");
+    let _ = charge(store, idem, "k1", &new_charge(&id, 1250, None)).await;
+    let _ = charge(store, idem, "k2", &new_charge(&declined_id, 99, Some("card_declined"))).await;
+    (id, declined_id)
+}
+
 #[tokio::test]
 async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
     let redis = TestRedis::start().await;
     let (store, idem) = stores(&redis);
-    let id = new_charge_id_for("ord_1");
-    let declined_id = new_charge_id_for("ord_1");
+    let (id, declined_id) = charged_and_declined(&store, &idem).await;
     let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
-    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
-    let _ = charge(
-        &store,
-        &idem,
-        "k2",
-        &new_charge(&declined_id, 99, Some("card_declined")),
-    )
-    .await;
 
     let events = store.events(&id, 0, None).await.expect("events");
     assert_eq!(events.len(), 1, "the retry found the charge and appended nothing");
@@ -458,16 +458,7 @@ async fn a_charge_appends_its_first_event_with_the_order_as_correlation() {
 async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_still_reads() {
     let redis = TestRedis::start().await;
     let (store, idem) = stores(&redis);
-    let id = new_charge_id_for("ord_1");
-    let declined_id = new_charge_id_for("ord_1");
-    let _ = charge(&store, &idem, "k1", &new_charge(&id, 1250, None)).await;
-    let _ = charge(
-        &store,
-        &idem,
-        "k2",
-        &new_charge(&declined_id, 99, Some("card_declined")),
-    )
-    .await;
+    let (id, declined_id) = charged_and_declined(&store, &idem).await;
     let shard = crate::store::shard_of_charge(&id).expect("shard");
     let mut conn = redis.conn().await;
 
@@ -511,11 +502,12 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
     assert_eq!(facts(&listed[0]), expected);
     assert_eq!(
         (
+            listed[1].charge_id.as_str(),
             listed[1].status.as_str(),
             listed[1].amount,
             listed[1].decline_code.as_deref()
         ),
-        ("failed", 99, Some("card_declined"))
+        (declined_id.as_str(), "failed", 99, Some("card_declined"))
     );
 
     // A charge recorded before the facts left the hash (no event of them): read from its hash,
