@@ -54,7 +54,10 @@ local function reserve()
     'expiresAt', expires}, ttl_ms + tonumber(marker_ttl_ms))
   redis.call('ZADD', expiring, expires, rid)
   if ans then
-    store_answer(answer_at, ans, fill(ans.body, {rid, total, it[3], rfc3339_ms(tonumber(expires))}), rid)
+    -- A key this script took keeps no body (answer.lua): its replay fills the template again
+    -- (render). Only an answer stored beside the reservation (a cluster) is filled in here.
+    local body = not ans.token and fill(ans.body, {rid, total, it[3], rfc3339_ms(tonumber(expires))}) or nil
+    store_answer(answer_at, ans, body, rid)
   else
     redis.call('SET', marker, rid, 'PX', marker_ttl_ms)
   end

@@ -335,17 +335,21 @@ async fn reserve_names_its_reservation_in_the_answers_record_and_a_rerun_finds_i
     assert_eq!(first, again, "the reservation the answer's record names");
     assert_eq!(counts(&store).await, (3, 2, 0), "reserved once");
     let mut conn = redis.pool().get().await.expect("redis");
-    let made: Option<String> = redis::cmd("HGET")
+    let (made, body): (Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(answer_key(1, "reserve", "k1"))
         .arg("made")
+        .arg("body")
         .query_async(&mut conn)
         .await
-        .expect("HGET");
+        .expect("HMGET");
     let marker: bool = redis::cmd("EXISTS")
         .arg(crate::store::op_key(1, "k1"))
         .query_async(&mut conn)
         .await
         .expect("EXISTS");
+    // Stored beside, the answer is the template filled in: what a replay sends as it is.
+    let body = body.unwrap_or_default();
+    assert!(body.contains(&first) && !body.contains('\u{1}'), "{body:?}");
     assert_eq!(made, Some(first));
     assert!(!marker, "no marker beside a record that names the reservation");
 }
