@@ -252,15 +252,16 @@ fn charge_from(
         })?,
         None => serde_json::Value::Null,
     };
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .cloned()
-            .flatten()
-            .or_else(|| fact_of(&first, i))
-            .filter(|v| !v.is_empty())
-    };
-    let f = (0..CHARGE_FIELDS.len()).map(get).collect::<Vec<_>>();
+    let f: Vec<Option<String>> = (0..CHARGE_FIELDS.len())
+        .map(|i| {
+            fields
+                .get(i)
+                .cloned()
+                .flatten()
+                .or_else(|| fact_of(&first, i))
+                .filter(|v| !v.is_empty())
+        })
+        .collect();
     let get = |i: usize| f.get(i).cloned().flatten();
     if get(1).is_none() {
         return Ok(None);

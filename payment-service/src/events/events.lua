@@ -46,7 +46,7 @@ local function charge_fact(e, name)
   local v
   if name == 'orderId' then v = e.correlationId
   elseif name == 'createdAt' then v = e.at
-  elseif charge_in_data(name) then v = e.data[name]
+  elseif charge_in_data(name) and type(e.data) == 'table' then v = e.data[name]
   end
   if v == nil or v == cjson.null then return nil end
   if name == 'amount' then return int(v) end
