@@ -3,8 +3,9 @@
 --
 -- Every write is fsynced and lands in the AOF, so a checkout writes as little as it can:
 -- - Steps are a field of the order's hash ('st', a line per step: steps.lua), written by the
---   HSET that records the change: a list beside it cost a command and its key name per step. `steps` in KEYS is the list older versions appended to: read with the
---   order and deleted with it, never written.
+--   HSET that records the change: a list beside it cost a command and its key name per step.
+--   `steps` in KEYS is the list older versions appended to: read with the order and deleted
+--   with it, never written.
 -- - A processing order is counted in the totals under XXX (ISO 4217 "no currency") with amount
 --   0, whatever its price, until it leaves processing: moving it to its currency's bucket when
 --   its reservation tells the price cost a reservation three HINCRBYs. A new order stores no
@@ -43,14 +44,14 @@
 --   abandon.lua); 0 if it had begun after all.
 --
 -- The checkout's key record is a pointer to its order: one string, "t\n<order id>" (older
--- versions wrote "token\n<order id>"), set
--- with the key's expiry by one SET ... PX (record.lua's packed form, so record_get and
--- IdempotencyStore::token_of read its token). The order already holds what a hash record
--- repeated: the request's fingerprint ('fp'), the runner's lease (its score in recovery's set)
--- and the answer (a completed order's 200 is rendered from its fields, any other is stored
--- with it: respStatus, respCtype, respBody). An answer the order does not hold (a Pix's 202,
--- with its Location) turns the pointer into the hash record keys taken before #29's seventh
--- pass are, which the shared begin, finish and free read as before.
+-- versions wrote "token\n<order id>"), set with the key's expiry by one SET ... PX
+-- (record.lua's packed form, so record_get and IdempotencyStore::token_of read its token).
+-- The order already holds what a hash record repeated: the request's fingerprint ('fp'), the
+-- runner's lease (its score in recovery's set) and the answer (a completed order's 200 is
+-- rendered from its fields, any other is stored with it: respStatus, respCtype, respBody).
+-- An answer the order does not hold (a Pix's 202, with its Location) turns the pointer into
+-- the hash record keys taken before #29's seventh pass are, which the shared begin, finish
+-- and free read as before.
 -- key_pointer(key): the order id the key points at, or nil and the key's kind ('hash', 'none').
 --   One GET: a hash record (a 202, or a key taken before the pointers) answers it WRONGTYPE,
 --   dearer than a TYPE first but rare, where every checkout's pointer saves that TYPE.

@@ -25,7 +25,7 @@
 -- HMGET (nil: not read yet in this script).
 local record_kind = {}
 -- A string record names its fields by letters (since #29's eleventh pass; a hash keeps the
--- names): a record's names were a third of its fsynced bytes. Read, a letter is its name
+-- names): its names were a quarter to a half of a record's bytes. Read, a letter is its name
 -- again, and a name written in full by an older version reads as itself. No letter is a name.
 -- Chains of comparisons, not tables: a script's libraries are built again on every call, and
 -- two tables of fourteen cost each script more than its lookups do.
