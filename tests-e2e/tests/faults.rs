@@ -2082,11 +2082,17 @@ async fn a_key_taken_by_a_process_that_died_before_any_step_is_finished_by_recov
     let idempotency =
         shared::idempotency::IdempotencyStore::new(pool.clone(), Duration::from_secs(3600), Duration::from_millis(1));
     let begin = order_service::orders::store::OrderStore::new(pool)
-        .begin_checkout(&order, &key_ref, "run_dead", &idempotency)
+        .begin_checkout(&order, &key_ref, "run_dead", &idempotency, None)
         .await
         .expect("begin");
     assert!(
-        matches!(begin, shared::idempotency::Begin::Execute { resumed: false, .. }),
+        matches!(
+            begin,
+            order_service::checkout::store::Started::Began(
+                shared::idempotency::Begin::Execute { resumed: false, .. },
+                None
+            )
+        ),
         "{begin:?}"
     );
     let order_id = order.order_id.to_string();

@@ -9,12 +9,13 @@ use shared::{CommonError, ids};
 
 use super::runner::{Resumer, Runner};
 use super::saga::processing_response;
-use super::store::{self, Claim, Progress};
+use super::store::{self, Claim, Progress, Started};
 use crate::AppState;
 use crate::error::OrderError;
 use crate::ids::OrderId;
 use crate::model::{CheckoutCompleted, CheckoutProcessing, CheckoutRequest, NewOrder};
 use shared::money::PaymentMethod;
+use shared::ratelimit::Deferred;
 
 const DEFAULT_CUSTOMER: &str = "guest";
 
@@ -57,12 +58,23 @@ pub(crate) async fn create_checkout(
     let owner = ids::new_id("run");
     // The key and a new key's order are written in one step: no crash can leave one without
     // the other, and a refused or resumed request writes nothing.
+    let limit = Deferred::of(&req);
     let begin = match runner
         .store
-        .begin_checkout(&candidate, &key_ref, &owner, &runner.idempotency)
+        .begin_checkout(&candidate, &key_ref, &owner, &runner.idempotency, limit.as_ref())
         .await
     {
-        Ok(begin) => begin,
+        Ok(Started::Began(begin, taken)) => {
+            if let Some(taken) = taken {
+                Deferred::taken(&req, taken);
+            }
+            begin
+        }
+        // The middleware answers the 429 in place of this.
+        Ok(Started::Limited(refused)) => {
+            Deferred::taken(&req, refused);
+            return Ok(HttpResponse::TooManyRequests().finish());
+        }
         Err(e) => return Err(unanswered_begin(&runner, &candidate.order_id, &key_ref, e).await),
     };
     let (order_id, resumed) = match begin {

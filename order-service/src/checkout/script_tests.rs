@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
+use shared::ratelimit::Deferred;
 use shared::testing::TestRedis;
 
-use super::store::{Applied, Change, Claim, Progress, Reservation, Settle, StoredOrder, checkout_key};
+use super::store::{Applied, Change, Claim, Progress, Reservation, Settle, Started, StoredOrder, checkout_key};
 use crate::ids::{OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::{CheckoutCompleted, NewOrder};
 use crate::orders::store::{OrderStore, step_text};
@@ -48,7 +49,10 @@ fn reservation() -> Reservation {
 
 impl Fixture {
     async fn begin(&self, order: &NewOrder, key: &KeyRef, owner: &str) -> Option<Begin> {
-        self.store.begin_checkout(order, key, owner, &self.idem).await.ok()
+        match self.store.begin_checkout(order, key, owner, &self.idem, None).await {
+            Ok(Started::Began(begin, None)) => Some(begin),
+            _ => None,
+        }
     }
 
     /// Ends `order` (as run1) with `change`, answering `resp` and storing it under `key` in the
@@ -144,6 +148,101 @@ impl Fixture {
         };
         self.store.update(id, owner, change).await.unwrap_or(Applied::Unknown)
     }
+}
+
+/// The bytes Redis has appended to its AOF so far (AOF on, its first rewrite done).
+async fn aof_text(f: &Fixture) -> String {
+    let mut conn = f.redis.conn().await;
+    let dir: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("dir")
+        .query_async(&mut conn)
+        .await
+        .expect("dir");
+    let dir = std::path::Path::new(&dir[1]).join("appendonlydir");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&dir).expect("appendonlydir").flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".incr.aof") {
+            text.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).expect("aof")));
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn begin_takes_the_callers_rate_limit_first_and_a_request_over_it_writes_nothing() {
+    let f = fixture().await;
+    let mut conn = f.redis.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("appendonly");
+    for _ in 0..100 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One request a minute, a burst of one.
+    let limit = Deferred {
+        key: "rl:{order-service:checkout:ip:10.0.0.1}".into(),
+        interval_us: 60_000_000,
+        burst: 1,
+    };
+    let (a, key_a) = order("k-limited-a");
+    let (b, key_b) = order("k-limited-b");
+
+    let first = f
+        .store
+        .begin_checkout(&a, &key_a, "run1", &f.idem, Some(&limit))
+        .await
+        .ok();
+    let second = f
+        .store
+        .begin_checkout(&b, &key_b, "run1", &f.idem, Some(&limit))
+        .await
+        .ok();
+
+    match first {
+        Some(Started::Began(Begin::Execute { resumed: false, .. }, Some(d))) => {
+            assert!(d.allowed && d.remaining == 0, "{d:?}")
+        }
+        other => panic!("the first request is allowed and begins: {other:?}"),
+    }
+    match second {
+        Some(Started::Limited(d)) => assert!(
+            !d.allowed && d.retry_after > Duration::from_secs(50),
+            "refused for about a minute: {d:?}"
+        ),
+        other => panic!("the second is over the limit: {other:?}"),
+    }
+    assert!(
+        f.store.load(&b.order_id).await.ok().flatten().is_none(),
+        "no order for it"
+    );
+    let held: bool = redis::cmd("EXISTS")
+        .arg(key_b.redis_key())
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!held, "nothing stored under its key");
+    let aof = aof_text(&f).await;
+    assert!(
+        aof.contains(a.order_id.as_str()),
+        "the first order's writes are in the AOF"
+    );
+    assert!(
+        !aof.contains("rl:{"),
+        "the limiter's timestamp is kept out of it:\n{aof}"
+    );
 }
 
 #[tokio::test]

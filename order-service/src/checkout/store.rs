@@ -15,6 +15,7 @@ use shared::idempotency::scripts::{BEGIN, SETTLE};
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::ids::shard_of;
 use shared::lua::{self, CLOCK, Lib};
+use shared::ratelimit::{self, Decision, Deferred};
 
 use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
@@ -30,7 +31,8 @@ static ORDER: Lib = Lib {
     needs: &[&CLOCK, &SETTLE, &STEPS, &shared::lua::COUNTS],
 };
 
-static BEGIN_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&BEGIN, &ORDER], include_str!("begin.lua")));
+static BEGIN_CHECKOUT: LazyLock<Script> =
+    LazyLock::new(|| lua::script(&[&BEGIN, &ORDER, &ratelimit::GCRA], include_str!("begin.lua")));
 static CREATE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("create.lua")));
 static SETTLE_CHECKOUT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("settle.lua")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("claim.lua")));
@@ -44,6 +46,14 @@ static ABANDON: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], inclu
 static AWAIT: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("await.lua")));
 static WAKE: LazyLock<Script> = LazyLock::new(|| lua::script(&[&CLOCK], include_str!("wake.lua")));
 static UNDO_BEGIN: LazyLock<Script> = LazyLock::new(|| lua::script(&[&ORDER], include_str!("undo_begin.lua")));
+
+/// What [`OrderStore::begin_checkout`] did: refused the request over its caller's rate limit,
+/// or decided on its key, with the limit's decision when it took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    Limited(Decision),
+    Began(Begin, Option<Decision>),
+}
 
 /// A checkout's Idempotency-Key record, kept in the slot of the orders made for it: the shard
 /// of the client's key, which [`OrderId::new_for_key`] gives the order too.
@@ -206,24 +216,45 @@ fn push_pairs(inv: &mut ScriptInvocation<'_>, change: &Change<'_>) {
 impl OrderStore {
     /// Takes the checkout's key ([`checkout_key`]) for `order` and, when the key is new, creates
     /// the order leased to `owner`, in one step. Any other decision leaves nothing behind.
+    /// With `limit` (the caller's rate limit, which the middleware left to this step) it takes
+    /// that first, and a request over it does nothing at all.
     pub async fn begin_checkout(
         &self,
         order: &NewOrder,
         key: &KeyRef,
         owner: &str,
         idempotency: &IdempotencyStore,
-    ) -> Result<Begin, OrderError> {
+        limit: Option<&Deferred>,
+    ) -> Result<Started, OrderError> {
         let reply: Vec<redis::Value> = shared::redis_pool::traced("idempotency.begin", async {
             let mut conn = self.pool.get().await?;
             let mut inv = BEGIN_CHECKOUT.key(key.redis_key());
             push_new_order(&mut inv, order, key, owner, idempotency.lease());
-            Ok::<_, OrderError>(
-                inv.arg(idempotency.ttl().as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await?,
-            )
+            inv.arg(idempotency.ttl().as_millis() as u64);
+            if let Some(limit) = limit {
+                inv.key(&limit.key).arg(limit.interval_us).arg(limit.burst);
+            }
+            Ok::<_, OrderError>(inv.invoke_async(&mut conn).await?)
         })
         .await?;
+        let (reply, taken) = match limit {
+            None => (reply, None),
+            Some(_) => {
+                let taken = match reply.get(1) {
+                    Some(redis::Value::Array(numbers)) => Decision::from_reply(
+                        &numbers
+                            .iter()
+                            .map(|n| if let redis::Value::Int(n) = n { *n } else { 0 })
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ => return Err(CommonError::Internal("begin.lua answered no rate limit".into()).into()),
+                };
+                match reply.into_iter().next() {
+                    Some(redis::Value::Array(decision)) => (decision, Some(taken)),
+                    _ => return Ok(Started::Limited(taken)),
+                }
+            }
+        };
         let decision = IdempotencyStore::decision(&reply)?;
         // A replay whose body neither the key nor its order stores is a completed order's 200,
         // rendered from the order begin.lua names after the answer.
@@ -232,11 +263,11 @@ impl OrderStore {
         {
             let order_id = OrderId::from_stored(String::from_utf8_lossy(token).into_owned());
             return match self.final_response(&order_id).await? {
-                Some(rendered) => Ok(Begin::Replay(rendered)),
+                Some(rendered) => Ok(Started::Began(Begin::Replay(rendered), taken)),
                 None => Err(CommonError::Internal(format!("the answer of order {order_id} is missing")).into()),
             };
         }
-        Ok(decision)
+        Ok(Started::Began(decision, taken))
     }
 
     /// Creates the order, leased to `owner` for `lease`, remembering its Idempotency-Key so

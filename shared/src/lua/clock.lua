@@ -1,10 +1,12 @@
--- Redis' clock in milliseconds, one clock for every replica, read once per script: a second
--- TIME would cost a command and give the same instant but for microseconds.
-local clock
-local function now_ms()
-  if not clock then
+-- Redis' clock, one clock for every replica, read once per script: a second TIME would cost a
+-- command and give the same instant but for microseconds. now_us() in microseconds, now_ms()
+-- in milliseconds.
+local clock_us
+local function now_us()
+  if not clock_us then
     local t = redis.call('TIME')
-    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    clock_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
-  return clock
+  return clock_us
 end
+local function now_ms() return math.floor(now_us() / 1000) end

@@ -10,6 +10,10 @@
 //! answer carries the IETF `RateLimit-Policy` and `RateLimit` headers
 //! (draft-ietf-httpapi-ratelimit-headers). If Redis cannot be asked, the request goes through:
 //! a limiter must not turn a Redis hiccup into an outage of its own.
+//!
+//! A route may take its limit in its handler's first script instead ([`Route::deferred`],
+//! [`Deferred`]): the same GCRA, one round trip fewer. The handler then refuses before it does
+//! anything, and the middleware answers the 429 and the headers as for any other route.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -27,7 +31,15 @@ use crate::config::{self, ConfigError, EnvVar, Secret};
 use crate::problem::Problem;
 use crate::redis_pool::Pool;
 
-static GCRA: LazyLock<Script> = LazyLock::new(|| crate::lua::script(&[], include_str!("gcra.lua")));
+/// `take_rate(key, interval, burst)`: one request against a caller's limit, for a script of a
+/// route whose handler takes it ([`Deferred`]).
+pub static GCRA: crate::lua::Lib = crate::lua::Lib {
+    name: "gcra",
+    source: include_str!("gcra.lua"),
+    needs: &[&crate::lua::CLOCK],
+};
+
+static LIMIT: LazyLock<Script> = LazyLock::new(|| crate::lua::script(&[&GCRA], include_str!("limit.lua")));
 
 pub const RATE_LIMIT_DEFAULT: EnvVar = EnvVar {
     name: "RATE_LIMIT_DEFAULT",
@@ -74,6 +86,9 @@ pub struct Route {
     pub path: &'static str,
     pub name: &'static str,
     pub policy: Policy,
+    /// Its handler takes the limit in its own first script ([`Deferred`]). Only where that
+    /// script's keys and the caller's may share a script: on one Redis node, not a cluster.
+    pub deferred: bool,
 }
 
 /// The limits a service applies: its routes' own, and the default for the rest.
@@ -91,12 +106,13 @@ impl RateLimits {
         })
     }
 
-    fn for_request(&self, method: &Method, path: &str) -> (&'static str, Policy) {
+    /// The limit's name, its policy, and whether the route's handler takes it.
+    fn for_request(&self, method: &Method, path: &str) -> (&'static str, Policy, bool) {
         self.routes
             .iter()
             .find(|r| r.method == method && r.path == path)
-            .map(|r| (r.name, r.policy))
-            .unwrap_or(("default", self.default))
+            .map(|r| (r.name, r.policy, r.deferred))
+            .unwrap_or(("default", self.default, false))
     }
 }
 
@@ -110,6 +126,17 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// take_rate's answer (gcra.lua): allowed, remaining, µs to wait, µs until full.
+    pub fn from_reply(reply: &[i64]) -> Self {
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
+        Self {
+            allowed: at(0) == 1,
+            remaining: at(1),
+            retry_after: Duration::from_micros(at(2)),
+            reset: Duration::from_micros(at(3)),
+        }
+    }
+
     /// `RateLimit`: what remains and the seconds until the quota is whole again.
     pub fn header(&self, name: &str) -> String {
         format!(
@@ -144,22 +171,51 @@ impl Limiter {
         }
     }
 
+    /// The key of `caller`'s TAT under the limit named `name`.
+    fn key(&self, name: &str, caller: &str) -> String {
+        format!("rl:{{{}:{name}:{caller}}}", self.service)
+    }
+
     /// Counts one request of `caller` against `policy` (named `name`).
     pub async fn take(&self, name: &str, policy: Policy, caller: &str) -> Result<Decision, crate::CommonError> {
         let mut conn = self.pool.get().await?;
-        let reply: Vec<i64> = GCRA
-            .key(format!("rl:{{{}:{name}:{caller}}}", self.service))
+        let reply: Vec<i64> = LIMIT
+            .key(self.key(name, caller))
             .arg(policy.interval_us())
             .arg(policy.burst)
             .invoke_async(&mut conn)
             .await?;
-        let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(Decision {
-            allowed: at(0) == 1,
-            remaining: at(1),
-            retry_after: Duration::from_micros(at(2)),
-            reset: Duration::from_micros(at(3)),
-        })
+        Ok(Decision::from_reply(&reply))
+    }
+}
+
+/// A limit the middleware leaves to the route's handler ([`Route::deferred`]), in the request's
+/// extensions: the handler's first script runs `take_rate` (gcra.lua) on `key` before anything
+/// else, refuses when it says so, and hands its [`Decision`] back with [`Deferred::taken`].
+/// A handler that answers without reaching that script (a malformed request, a missing
+/// header) hands none back, and the middleware then takes the limit itself: every request
+/// still counts, and one over the limit is still answered 429.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    /// The caller's TAT.
+    pub key: String,
+    /// µs per request.
+    pub interval_us: u64,
+    pub burst: u64,
+}
+
+impl Deferred {
+    /// The limit the middleware left to this request's handler, if it left one.
+    pub fn of(req: &actix_web::HttpRequest) -> Option<Self> {
+        use actix_web::HttpMessage;
+        req.extensions().get::<Self>().cloned()
+    }
+
+    /// Hands the handler's decision back to the middleware, which answers a refusal with the
+    /// 429 (whatever the handler answered) and adds the headers.
+    pub fn taken(req: &actix_web::HttpRequest, decision: Decision) {
+        use actix_web::HttpMessage;
+        req.extensions_mut().insert(decision);
     }
 }
 
@@ -213,7 +269,44 @@ fn set(headers: &mut actix_web::http::header::HeaderMap, name: &'static str, val
 /// millisecond when Redis is healthy.
 const TAKE_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// The middleware: 429 before the handler when over the limit, the headers on every limited
+/// The 429 for a request over its limit, with the headers.
+fn refusal(name: &str, policy: Policy, decision: &Decision) -> actix_web::HttpResponse {
+    crate::metrics::event("rate_limit", "limited");
+    let wait = decision.retry_after_secs();
+    let problem = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "over the limit of {} requests per second (bursts of {}) for this caller; retry in {wait} s. Nothing was done, and nothing is stored under an Idempotency-Key",
+            policy.per_second, policy.burst
+        ),
+    )
+    .retry_after(wait);
+    let mut resp = problem.response();
+    set(resp.headers_mut(), "ratelimit-policy", &policy.header(name));
+    set(resp.headers_mut(), "ratelimit", &decision.header(name));
+    resp
+}
+
+/// Asks for `caller`'s limit, or None (logged) when Redis does not answer in time: the
+/// request then goes through unchecked.
+async fn take_in_time(limiter: &Limiter, name: &str, policy: Policy, caller: &str) -> Option<Decision> {
+    match tokio::time::timeout(TAKE_TIMEOUT, limiter.take(name, policy, caller)).await {
+        Ok(Ok(d)) => Some(d),
+        unchecked => {
+            let error = match unchecked {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {} ms", TAKE_TIMEOUT.as_millis()),
+            };
+            tracing::warn!(%error, "rate limit not checked: Redis did not answer; letting the request through");
+            None
+        }
+    }
+}
+
+/// The middleware: 429 before the handler when over the limit (or, for a deferred route, in
+/// place of the handler's answer: the handler did nothing), the headers on every limited
 /// answer.
 pub async fn middleware(
     req: ServiceRequest,
@@ -225,40 +318,48 @@ pub async fn middleware(
     let Some(caller) = caller_of(&req, &limiter.token) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let (name, policy) = limiter.limits.for_request(req.method(), req.path());
-    let decision = match tokio::time::timeout(TAKE_TIMEOUT, limiter.take(name, policy, &caller)).await {
-        Ok(Ok(d)) => d,
-        unchecked => {
-            let error = match unchecked {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("no answer within {} ms", TAKE_TIMEOUT.as_millis()),
-            };
-            tracing::warn!(%error, "rate limit not checked: Redis did not answer; letting the request through");
-            return Ok(next.call(req).await?.map_into_left_body());
+    let (name, policy, deferred) = limiter.limits.for_request(req.method(), req.path());
+    if deferred {
+        {
+            use actix_web::HttpMessage;
+            req.extensions_mut().insert(Deferred {
+                key: limiter.key(name, &caller),
+                interval_us: policy.interval_us(),
+                burst: policy.burst,
+            });
         }
+        let mut res = next.call(req).await?;
+        let taken = {
+            use actix_web::HttpMessage;
+            res.request().extensions().get::<Decision>().copied()
+        };
+        let decision = match taken {
+            Some(d) => d,
+            None => match take_in_time(&limiter, name, policy, &caller).await {
+                Some(d) => d,
+                None => return Ok(res.map_into_left_body()),
+            },
+        };
+        if !decision.allowed {
+            return Ok(res
+                .into_response(refusal(name, policy, &decision))
+                .map_into_right_body());
+        }
+        set(res.headers_mut(), "ratelimit-policy", &policy.header(name));
+        set(res.headers_mut(), "ratelimit", &decision.header(name));
+        return Ok(res.map_into_left_body());
+    }
+    let Some(decision) = take_in_time(&limiter, name, policy, &caller).await else {
+        return Ok(next.call(req).await?.map_into_left_body());
     };
-    let (policy_header, state_header) = (policy.header(name), decision.header(name));
     if !decision.allowed {
-        crate::metrics::event("rate_limit", "limited");
-        let wait = decision.retry_after_secs();
-        let problem = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too many requests",
-            format!(
-                "over the limit of {} requests per second (bursts of {}) for this caller; retry in {wait} s. Nothing was done, and nothing is stored under an Idempotency-Key",
-                policy.per_second, policy.burst
-            ),
-        )
-        .retry_after(wait);
-        let mut resp = problem.response();
-        set(resp.headers_mut(), "ratelimit-policy", &policy_header);
-        set(resp.headers_mut(), "ratelimit", &state_header);
-        return Ok(req.into_response(resp).map_into_right_body());
+        return Ok(req
+            .into_response(refusal(name, policy, &decision))
+            .map_into_right_body());
     }
     let mut res = next.call(req).await?;
-    set(res.headers_mut(), "ratelimit-policy", &policy_header);
-    set(res.headers_mut(), "ratelimit", &state_header);
+    set(res.headers_mut(), "ratelimit-policy", &policy.header(name));
+    set(res.headers_mut(), "ratelimit", &decision.header(name));
     Ok(res.map_into_left_body())
 }
 
@@ -306,9 +407,10 @@ mod tests {
                 path: "/checkout",
                 name: "checkout",
                 policy: own,
+                deferred: false,
             }],
         };
-        assert_eq!(limits.for_request(&Method::POST, "/checkout"), ("checkout", own));
+        assert_eq!(limits.for_request(&Method::POST, "/checkout"), ("checkout", own, false));
         assert_eq!(limits.for_request(&Method::GET, "/checkout").0, "default");
         assert_eq!(limits.for_request(&Method::POST, "/orders/x").0, "default");
     }
@@ -398,5 +500,91 @@ mod script_tests {
             stats.lines().any(|l| l.trim() == "expired_keys:0"),
             "no key lapsed:\n{stats}"
         );
+    }
+
+    /// A deferred route counts each request once: when its handler takes the limit, the
+    /// middleware only answers for it (a refusal becomes the 429 whatever the handler said);
+    /// when the handler answers without taking it (a malformed request), the middleware takes it.
+    #[actix_web::test]
+    async fn a_deferred_route_counts_each_request_once_whoever_takes_it() {
+        use actix_web::{App, HttpRequest, HttpResponse, test};
+
+        async fn handler(req: HttpRequest, limiter: web::Data<Limiter>) -> HttpResponse {
+            if req.query_string() != "take" {
+                return HttpResponse::BadRequest().finish();
+            }
+            let Some(limit) = Deferred::of(&req) else {
+                return HttpResponse::InternalServerError().body("no deferred limit");
+            };
+            let mut conn = limiter.pool.get().await.expect("conn");
+            let reply: Vec<i64> = LIMIT
+                .key(&limit.key)
+                .arg(limit.interval_us)
+                .arg(limit.burst)
+                .invoke_async(&mut conn)
+                .await
+                .expect("take_rate");
+            Deferred::taken(&req, Decision::from_reply(&reply));
+            HttpResponse::Ok().body("ran")
+        }
+
+        let redis = TestRedis::start().await;
+        let limits = RateLimits {
+            default: Policy {
+                per_second: 1000,
+                burst: 1000,
+            },
+            routes: vec![Route {
+                method: Method::POST,
+                path: "/deferred",
+                name: "d",
+                policy: Policy {
+                    per_second: 1,
+                    burst: 2,
+                },
+                deferred: true,
+            }],
+        };
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(Limiter::new(
+                    redis.pool(),
+                    "svc",
+                    Secret::new("t"),
+                    limits,
+                )))
+                .wrap(actix_web::middleware::from_fn(middleware))
+                .route("/deferred", web::post().to(handler)),
+        )
+        .await;
+        let call = |ip: &'static str, query: &'static str| {
+            test::TestRequest::post()
+                .uri(&format!("/deferred{query}"))
+                .insert_header(("x-real-ip", ip))
+                .to_request()
+        };
+        let mut taken_by_handler = Vec::new();
+        for _ in 0..3 {
+            let res = test::call_service(&app, call("10.0.0.1", "?take")).await;
+            let state = res
+                .headers()
+                .get("ratelimit")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            taken_by_handler.push((res.status().as_u16(), state));
+        }
+        assert_eq!(
+            taken_by_handler,
+            [
+                (200, Some("\"d\";r=1;t=1".to_string())),
+                (200, Some("\"d\";r=0;t=2".to_string())),
+                (429, Some("\"d\";r=0;t=2".to_string())),
+            ],
+            "a burst of two, each counted once"
+        );
+        let mut taken_by_middleware = Vec::new();
+        for _ in 0..3 {
+            taken_by_middleware.push(test::call_service(&app, call("10.0.0.2", "")).await.status().as_u16());
+        }
+        assert_eq!(taken_by_middleware, [400, 400, 429], "malformed requests count too");
     }
 }
