@@ -11,10 +11,10 @@
 -- On one node it first takes the caller's rate limit (ratelimit::Deferred: gcra.lua's
 -- take_rate, one round trip fewer than the middleware's own), and a request over it does
 -- nothing else. It then answers {decision or false when refused, take_rate's answer}.
--- KEYS: key record, order, steps, totals, active, and the caller's TAT when it takes the limit.
+-- KEYS: key record, order, steps, active, and the caller's TAT when it takes the limit.
 -- ARGV: the new order (new_order_from), the key's ttl (ms), then the limit's interval and burst
 -- when it takes it.
-local key, order, steps, totals, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local key, order, steps, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local function decide()
   local o = new_order_from(ARGV)
   local ttl_ms = ARGV[11]
@@ -26,7 +26,7 @@ local function decide()
     kind = 'none'
   end
   if kind == 'none' then
-    create_order(order, steps, totals, active, o)
+    create_order(order, active, o)
     hold_pointer(key, o.id, ttl_ms)
     return {'new', o.id}
   end
@@ -41,8 +41,8 @@ local function decide()
   end
   return decision
 end
-if KEYS[6] then
-  local limit = take_rate(KEYS[6], ARGV[12], ARGV[13])
+if KEYS[5] then
+  local limit = take_rate(KEYS[5], ARGV[12], ARGV[13])
   if limit[1] == 0 then return {false, limit} end
   return {decide(), limit}
 end

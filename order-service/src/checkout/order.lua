@@ -6,11 +6,13 @@
 --   HSET that records the change: a list beside it cost a command and its key name per step.
 --   `steps` in KEYS is the list older versions appended to: read with the order and deleted
 --   with it, never written.
--- - A processing order is counted in the totals under XXX (ISO 4217 "no currency") with amount
---   0, whatever its price, until it leaves processing: moving it to its currency's bucket when
---   its reservation tells the price cost a reservation three HINCRBYs. A new order stores no
---   currency or amount (none is XXX and 0), nor its id (its key's name has it), nor updatedAt
---   (a step's time is the update's: orders::store reads the latest).
+-- - A processing order is not in the totals: GET /order/totals counts it when read, from
+--   recovery's set (totals.lua), which holds every processing order anyway. An order is
+--   counted once, when it leaves processing, in its currency's bucket (XXX, ISO 4217 "no
+--   currency", for one whose price was never known). Counting it at its start and moving it
+--   at its end cost every checkout a command and two fields. A new order stores no currency
+--   or amount (none is XXX and 0), nor its id (its key's name has it), nor updatedAt (a
+--   step's time is the update's: orders::store reads the latest).
 --
 -- new_order_from(argv): a new order's arguments by name, as push_new_order in Rust passes them
 --   (ARGV[1..10]): id, item_id, quantity, customer_id, payment_method, at, idem_key (the
@@ -18,8 +20,7 @@
 --   stored that name in 'idemKey'), fp, owner, lease_ms. `at` is in milliseconds (older orders
 --   kept RFC 3339 text; orders::store reads both). Its 'created' step is not written:
 --   createdAt is its time (orders::store reads it so), and its first step is then s1.
--- create_order(order, steps, totals, active, o): creates it, counts it as processing and leases
---   it to its runner; 0 if it exists.
+-- create_order(order, active, o): creates it and leases it to its runner; 0 if it exists.
 -- change_from(argv): a change's arguments by name (ARGV[1..6]): at, steps ("name status at",
 --   one per line, oldest first: the saga records the steps that go on with the next write;
 --   '' for none),
@@ -40,8 +41,8 @@
 --   (`releaseOwed`): then it stays in the set, due at once, until a release gets through
 --   (release_done.lua). `owed`: whether it does, when the caller has just read it (nil: read
 --   here); `known`: the order's {status, respStatus}, likewise.
--- abandon_order(order, steps, totals, active, id): deletes an order that never began (see
---   abandon.lua); 0 if it had begun after all.
+-- abandon_order(order, steps, active, id): deletes an order that never began (see
+--   abandon.lua); 0 if it had begun after all. Processing, it was in no totals.
 --
 -- The checkout's key record is a pointer to its order: one string, "t\n<order id>" (older
 -- versions wrote "token\n<order id>"), set with the key's expiry by one SET ... PX
@@ -67,13 +68,12 @@ local function new_order_from(argv)
     at = argv[6], idem_key = argv[7], fp = argv[8], owner = argv[9], lease_ms = argv[10],
   }
 end
-local function create_order(order, steps, totals, active, o)
+local function create_order(order, active, o)
   if redis.call('EXISTS', order) == 1 then return 0 end
   local now = now_ms()
   redis.call('HSET', order, 'status', 'processing', 'itemId', o.item_id, 'quantity', o.quantity,
     'customerId', o.customer_id, 'paymentMethod', o.payment_method, 'createdAt', o.at,
     'ik', o.idem_key, 'fp', o.fp, 'owner', o.owner)
-  redis.call('HINCRBY', totals, 'XXX:processing:count', 1)
   redis.call('ZADD', active, now + tonumber(o.lease_ms), o.id)
   return 1
 end
@@ -82,9 +82,10 @@ local function change_from(argv)
 end
 -- The id of the order whose hash is `order` (the hash does not repeat it).
 local function order_id_of(order) return string.match(order, ':order:(.+)$') end
--- The totals bucket an order is counted in, and the amount it counts there.
+-- The totals bucket an order is counted in, and the amount it counts there; nil while it is
+-- processing (counted by totals.lua).
 local function bucket(status, currency, amount)
-  if status == 'processing' then return 'XXX:processing', '0' end
+  if status == 'processing' then return nil end
   return currency .. ':' .. status, amount
 end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
@@ -109,8 +110,15 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local from, from_amount = bucket(cur[1], was_currency, was_amount)
   local to, to_amount = bucket(status, currency, amount)
   if from ~= to or from_amount ~= to_amount then
-    add_counts(totals, {from .. ':count', -1, from .. ':amount', fmt(-tonumber(from_amount)),
-      to .. ':count', 1, to .. ':amount', to_amount})
+    local counts = {}
+    if from then
+      counts = {from .. ':count', -1, from .. ':amount', fmt(-tonumber(from_amount))}
+    end
+    if to then
+      counts[#counts + 1] = to .. ':count'; counts[#counts + 1] = 1
+      counts[#counts + 1] = to .. ':amount'; counts[#counts + 1] = to_amount
+    end
+    add_counts(totals, counts)
   end
   if status ~= cur[1] then put('status', status) end
   if currency ~= was_currency then put('currency', currency) end
@@ -183,11 +191,10 @@ local function settle_checkout(key, active, order, mode, s, owed, known)
     redis.call('ZREM', active, s.token)
   end
 end
-local function abandon_order(order, steps, totals, active, id)
+local function abandon_order(order, steps, active, id)
   local cur = redis.call('HMGET', order, 'status', 'reservationId', 'chargeId')
   if cur[1] ~= 'processing' or cur[2] or cur[3] then return 0 end
   redis.call('DEL', order, steps)
-  redis.call('HINCRBY', totals, 'XXX:processing:count', -1)
   redis.call('ZREM', active, id)
   return 1
 end

@@ -156,13 +156,10 @@ pub struct Settle<'a> {
     pub idempotency: &'a IdempotencyStore,
 }
 
-/// An order's four keys, in the order order.lua's functions take them: order, steps, totals,
-/// active.
+/// A new order's keys, in the order its scripts take them: order, steps, active (a processing
+/// order is in no totals).
 fn push_order_keys(inv: &mut ScriptInvocation<'_>, id: &OrderId) {
-    inv.key(order_key(id))
-        .key(steps_key(id))
-        .key(totals_key_of(id))
-        .key(active_key_of(id));
+    inv.key(order_key(id)).key(steps_key(id)).key(active_key_of(id));
 }
 
 /// A new order's keys and arguments, as order.lua's `new_order_from` reads them.

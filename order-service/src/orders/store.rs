@@ -16,9 +16,10 @@
 //!   one script) and drives it to its end. The order's `owner` field fences out a runner that
 //!   lost its lease: its changes are refused, so only the owner's view becomes the record.
 //!
-//! A processing order is counted under currency `XXX` (ISO 4217 "no currency") with amount 0,
-//! whatever its price; it moves to its currency's bucket when it leaves processing (see
-//! order.lua: a checkout writes fewer totals so).
+//! An order is counted in the totals when it leaves processing, in its currency's bucket (`XXX`,
+//! ISO 4217 "no currency", when its price was never known). Processing orders are counted when
+//! the totals are read (totals.lua), under `XXX` with amount 0, whatever their price: a
+//! checkout writes its totals once so (see order.lua).
 
 //!
 //! The checkout's writes (scripts) are in [`crate::checkout::store`].
@@ -35,9 +36,13 @@ use crate::error::OrderError;
 use crate::ids::{OrderId, OrderStatus, StepName, StepStatus};
 use crate::model::{Bucket, CheckoutCompleted, OrderView, Step, Totals};
 
-/// A processing order is counted under this currency, with amount 0; an order whose reservation
+/// Processing orders are reported under this currency, with amount 0; an order whose reservation
 /// has not told its price has it.
 pub const NO_CURRENCY: &str = "XXX";
+
+/// A shard's totals as read (totals.lua): the source, sent with EVAL (read rarely, by the
+/// reconciliation endpoint, and pipelined over the shards).
+const TOTALS: &str = include_str!("totals.lua");
 
 /// The order's steps, fields of its hash (steps.lua).
 pub(crate) static STEPS: Lib = Lib {
@@ -251,37 +256,46 @@ impl OrderStore {
         }))
     }
 
-    /// Sums the per-shard totals (one pipelined round trip on a single node).
+    /// Sums the per-shard totals (totals.lua; one pipelined round trip on a single node).
     pub async fn totals(&self) -> Result<Totals, OrderError> {
         let mut conn = self.pool.get().await?;
         let cmds = (0..SHARDS)
             .map(|shard| {
-                redis::cmd("HGETALL")
+                redis::cmd("EVAL")
+                    .arg(TOTALS)
+                    .arg(2)
                     .arg(format!("order:{{ord:{shard}}}:totals"))
+                    .arg(active_key(shard))
                     .to_owned()
             })
             .collect();
-        let shards: Vec<Vec<(String, i64)>> = conn.each(cmds).await?;
+        let shards: Vec<(Vec<(String, i64)>, i64)> = conn.each(cmds).await?;
         let mut totals = Totals::new();
-        for (field, value) in shards.into_iter().flatten() {
-            let mut parts = field.splitn(3, ':');
-            let (Some(currency), Some(status), Some(measure)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
-            };
-            let entry = totals.entry(currency.to_string()).or_default();
-            let bucket: &mut Bucket = match status {
-                "completed" => &mut entry.completed,
-                "failed" => &mut entry.failed,
-                "compensated" => &mut entry.compensated,
-                "processing" => &mut entry.processing,
-                "awaiting_payment" => &mut entry.awaiting_payment,
-                "refunds" => &mut entry.refunds,
-                _ => continue,
-            };
-            match measure {
-                "count" => bucket.count += value,
-                "amount" => bucket.amount += value,
-                _ => {}
+        for (fields, processing) in shards {
+            if processing > 0 {
+                totals.entry(NO_CURRENCY.to_string()).or_default().processing.count += processing;
+            }
+            for (field, value) in fields {
+                let mut parts = field.splitn(3, ':');
+                let (Some(currency), Some(status), Some(measure)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                let entry = totals.entry(currency.to_string()).or_default();
+                let bucket: &mut Bucket = match status {
+                    "completed" => &mut entry.completed,
+                    "failed" => &mut entry.failed,
+                    "compensated" => &mut entry.compensated,
+                    // Counted when read (totals.lua); older versions' counts are stale.
+                    "processing" => continue,
+                    "awaiting_payment" => &mut entry.awaiting_payment,
+                    "refunds" => &mut entry.refunds,
+                    _ => continue,
+                };
+                match measure {
+                    "count" => bucket.count += value,
+                    "amount" => bucket.amount += value,
+                    _ => {}
+                }
             }
         }
         Ok(totals)
