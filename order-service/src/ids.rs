@@ -101,31 +101,55 @@ impl OrderStatus {
     }
 }
 
-name_enum!(
+/// A [`name_enum!`] whose values an order's stored steps write as one letter each
+/// (orders::store::step_text): every step is fsynced, and a letter saves 5 to 13 bytes. A
+/// letter given twice is an unreachable pattern, which the build refuses.
+macro_rules! coded_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal / $code:literal),+ $(,)? }) => {
+        name_enum!($(#[$doc])* $name { $($variant => $text),+ });
+
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            /// Its letter in a stored step.
+            pub fn code(self) -> &'static str {
+                match self { $(Self::$variant => $code),+ }
+            }
+
+            /// The name a stored letter stands for.
+            pub fn name_of_code(code: &str) -> Option<&'static str> {
+                #[deny(unreachable_patterns)]
+                match code { $($code => Some($text),)+ _ => None }
+            }
+        }
+    };
+}
+
+coded_enum!(
     /// A saga step, as the order's `steps` name it.
     StepName {
-        Created => "created",
-        Reserve => "reserve",
-        Charge => "charge",
-        Complete => "complete",
-        Release => "release",
-        Refund => "refund",
-        Restock => "restock",
+        Created => "created" / "n",
+        Reserve => "reserve" / "r",
+        Charge => "charge" / "c",
+        Complete => "complete" / "k",
+        Release => "release" / "l",
+        Refund => "refund" / "f",
+        Restock => "restock" / "s",
     }
 );
 
-name_enum!(
+coded_enum!(
     /// How a step went.
     StepStatus {
-        Succeeded => "succeeded",
-        Declined => "declined",
-        Refused => "refused",
-        Unknown => "unknown",
-        Unavailable => "unavailable",
-        ItemNotFound => "item_not_found",
-        OutOfStock => "out_of_stock",
-        Pending => "pending",
-        Expired => "expired",
+        Succeeded => "succeeded" / "s",
+        Declined => "declined" / "d",
+        Refused => "refused" / "r",
+        Unknown => "unknown" / "u",
+        Unavailable => "unavailable" / "a",
+        ItemNotFound => "item_not_found" / "i",
+        OutOfStock => "out_of_stock" / "o",
+        Pending => "pending" / "p",
+        Expired => "expired" / "e",
     }
 );
 

@@ -1,6 +1,7 @@
 -- An order's steps, kept in its hash: one field 'st', a line per step, oldest first, each
--- "name status at", `at` in milliseconds since the epoch (orders::store::step_text writes
--- them, parse_step reads them). The HSET that records a change writes its steps too: a list
+-- "name status at", name and status as a letter each (older orders' in full) and `at` in
+-- milliseconds since the epoch (orders::store::step_text writes them, parse_step reads them;
+-- this file never reads one). The HSET that records a change writes its steps too: a list
 -- beside the hash cost a command and its key name per step, a field per step its name.
 -- Orders stored before #29's eleventh pass keep theirs in 's1'..'sN', 'n' counting them, and
 -- go on so. (Each step's time as its distance from createdAt would save ~10 bytes a step, but

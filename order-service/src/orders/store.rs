@@ -51,18 +51,20 @@ pub(crate) static STEPS: Lib = Lib {
     needs: &[],
 };
 
-/// A step as steps.lua stores it: "name status at", `at` in milliseconds since the epoch (13
-/// digits where RFC 3339 takes 24: every step is fsynced), rendered back by [`parse_step`].
+/// A step as steps.lua stores it: "name status at", the name and status as their letters
+/// ([`StepName::code`], [`StepStatus::code`]) and `at` in milliseconds since the epoch (13
+/// digits where RFC 3339 takes 24): every step is fsynced. [`parse_step`] renders it back.
 pub(crate) fn step_text(name: StepName, status: StepStatus, at: &str) -> String {
     // Only a time that renders back as given is shortened (the services write every `at` so).
     match shared::time::parse_rfc3339_ms(at).filter(|&ms| shared::time::rfc3339_ms(ms) == at) {
-        Some(ms) => format!("{} {} {ms}", name.as_str(), status.as_str()),
-        None => format!("{} {} {at}", name.as_str(), status.as_str()),
+        Some(ms) => format!("{} {} {ms}", name.code(), status.code()),
+        None => format!("{} {} {at}", name.code(), status.code()),
     }
 }
 
-/// Reads a stored step: "name status at" (`at` in milliseconds, or RFC 3339 as older versions
-/// wrote it), or the JSON older versions kept in a list.
+/// Reads a stored step: "name status at" (name and status as letters, or in full as orders
+/// stored before #29's twelfth pass have them; `at` in milliseconds, or RFC 3339 as older
+/// versions wrote it), or the JSON older versions kept in a list.
 fn parse_step(text: &str) -> Option<Step> {
     if text.starts_with('{') {
         return serde_json::from_str(text).ok();
@@ -70,8 +72,8 @@ fn parse_step(text: &str) -> Option<Step> {
     let mut parts = text.splitn(3, ' ');
     let (name, status, at) = (parts.next()?, parts.next()?, parts.next()?);
     Some(Step {
-        name: name.into(),
-        status: status.into(),
+        name: StepName::name_of_code(name).unwrap_or(name).into(),
+        status: StepStatus::name_of_code(status).unwrap_or(status).into(),
         at: shared::time::stored_time(at),
     })
 }
@@ -424,8 +426,28 @@ mod tests {
             (step.name.as_str(), step.status.as_str(), step.at.as_str()),
             ("release", "out_of_stock", "2026-12-05T10:00:00.000Z")
         );
-        assert_eq!(text, "release out_of_stock 1796464800000", "stored in milliseconds");
+        assert_eq!(text, "l o 1796464800000", "stored as letters and milliseconds");
         assert!(parse_step("half").is_none());
+    }
+
+    #[test]
+    fn every_step_name_and_status_reads_back_from_its_letter_and_in_full() {
+        let at = "2026-12-05T10:00:00.000Z";
+        for &name in StepName::ALL {
+            for &status in StepStatus::ALL {
+                let step = parse_step(&step_text(name, status, at)).expect("parses");
+                assert_eq!(
+                    (step.name.as_str(), step.status.as_str()),
+                    (name.as_str(), status.as_str())
+                );
+                let full = format!("{name} {status} 1796464800000");
+                let older = parse_step(&full).expect("an older step parses");
+                assert_eq!(
+                    (older.name.as_str(), older.status.as_str(), older.at.as_str()),
+                    (name.as_str(), status.as_str(), at)
+                );
+            }
+        }
     }
 
     #[test]
@@ -433,7 +455,7 @@ mod tests {
         let older = parse_step("charge succeeded 2026-12-05T10:00:00.500Z").expect("parses");
         assert_eq!(older.at, "2026-12-05T10:00:00.500Z");
         let odd = step_text(StepName::Charge, StepStatus::Succeeded, "2026-12-05T10:00:00Z");
-        assert_eq!(odd, "charge succeeded 2026-12-05T10:00:00Z");
+        assert_eq!(odd, "c s 2026-12-05T10:00:00Z");
         assert_eq!(parse_step(&odd).expect("parses").at, "2026-12-05T10:00:00Z");
     }
 }
