@@ -119,12 +119,12 @@ pub struct OrderCharges {
 }
 
 fn add(entry: &mut CurrencyTotals, kind: &str, metric: &str, value: u64) {
-    let tally = if kind == "charged" {
+    let tally = if matches!(kind, "c" | "charged") {
         &mut entry.charged
     } else {
         &mut entry.refunded
     };
-    if metric == "count" {
+    if matches!(metric, "n" | "count") {
         tally.count = tally.count.saturating_add(value);
     } else {
         tally.amount = tally.amount.saturating_add(value);
@@ -182,9 +182,11 @@ impl utoipa::PartialSchema for Totals {
 impl ToSchema for Totals {}
 
 impl Totals {
-    /// Adds one shard's counter field, `card-a:USD:charged:amount` → value, to its currency and
-    /// its provider (a field without a provider, from before providers, to its currency only);
-    /// unknown fields are ignored.
+    /// Adds one shard's counter field, `card-a:USD:c:a` → value (charged, amount; `r` refunded,
+    /// `n` count), to its currency and its provider. Fields named in full
+    /// (`card-a:USD:charged:amount`, as older versions counted) add to the same, and a field
+    /// without a provider, from before providers, to its currency only; unknown fields are
+    /// ignored.
     pub fn add_field(&mut self, field: &str, value: u64) {
         let parts: Vec<&str> = field.split(':').collect();
         let (gateway, currency, kind, metric) = match parts[..] {
@@ -192,7 +194,9 @@ impl Totals {
             [currency, kind, metric] => (None, currency, kind, metric),
             _ => return,
         };
-        if !valid_currency(currency) || !matches!(kind, "charged" | "refunded") || !matches!(metric, "count" | "amount")
+        if !valid_currency(currency)
+            || !matches!(kind, "c" | "r" | "charged" | "refunded")
+            || !matches!(metric, "n" | "a" | "count" | "amount")
         {
             return;
         }
@@ -310,12 +314,15 @@ mod tests {
     #[test]
     fn totals_sum_shards_per_currency_and_per_provider_and_always_show_both_tallies() {
         let mut t = Totals::default();
-        t.add_field("card-a:USD:charged:count", 2);
-        t.add_field("card-a:USD:charged:amount", 1998);
-        t.add_field("card-b:USD:charged:count", 1);
-        t.add_field("card-b:USD:charged:amount", 1000);
-        t.add_field("card-a:USD:refunded:count", 1);
-        t.add_field("card-a:USD:refunded:amount", 999);
+        // Letters, and beside them the full names older versions counted in.
+        t.add_field("card-a:USD:charged:count", 1);
+        t.add_field("card-a:USD:charged:amount", 998);
+        t.add_field("card-a:USD:c:n", 1);
+        t.add_field("card-a:USD:c:a", 1000);
+        t.add_field("card-b:USD:c:n", 1);
+        t.add_field("card-b:USD:c:a", 1000);
+        t.add_field("card-a:USD:r:n", 1);
+        t.add_field("card-a:USD:r:a", 999);
         t.add_field("EUR:charged:count", 1);
         t.add_field("EUR:charged:amount", 500);
         t.add_field("junk", 7);

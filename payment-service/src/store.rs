@@ -7,8 +7,10 @@
 //!   paymentMethod, status (succeeded | failed | refunded), declineCode, refundId, createdAt
 //!   (ms; RFC 3339 text before #29's seventh pass), refundedAt, gateway, gatewayReference
 //! - `payment:{pay:S}:order:<orderId>` list: the order's charge ids, oldest first
-//! - `payment:{pay:S}:totals` hash: `<gateway>:<CUR>:charged:count`, `…:charged:amount`,
-//!   `…:refunded:count`, `…:refunded:amount`; the per-currency books are their sum
+//! - `payment:{pay:S}:totals` hash: `<gateway>:<CUR>:c:n` (charged, count), `…:c:a` (charged,
+//!   amount), `…:r:n`, `…:r:a` (refunded): every write is fsynced, so the names are letters;
+//!   totals written before #29's twelfth pass keep counting in `…:charged:count` and the like,
+//!   and the reader adds both. The per-currency books are their sum
 //! - `payment:{pay:S}:op:charge:<Idempotency-Key>`: the charge that key created, written in the
 //!   same script as the charge, so a retry after a crash finds it instead of charging again
 //! - `payment:{pay:S}:answer:charge:<Idempotency-Key>` hash: the charge's answer, stored by the

@@ -83,10 +83,19 @@ end
 -- The id of the order whose hash is `order` (the hash does not repeat it).
 local function order_id_of(order) return string.match(order, ':order:(.+)$') end
 -- The totals bucket an order is counted in, and the amount it counts there; nil while it is
--- processing (counted by totals.lua).
+-- processing (counted by totals.lua). A bucket is named by its currency and a letter for the
+-- status (orders::store::BUCKETS), its fields ':n' (count) and ':a' (amount): every write is
+-- fsynced. Totals written before #29's twelfth pass go on counting in fields named in full,
+-- which the reader adds to these.
 local function bucket(status, currency, amount)
   if status == 'processing' then return nil end
-  return currency .. ':' .. status, amount
+  local letter = status
+  if status == 'completed' then letter = 'c'
+  elseif status == 'failed' then letter = 'f'
+  elseif status == 'compensated' then letter = 'x'
+  elseif status == 'awaiting_payment' then letter = 'w'
+  end
+  return currency .. ':' .. letter, amount
 end
 local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   local function fmt(n) return string.format('%d', n) end
@@ -112,11 +121,11 @@ local function update_order(order, steps, totals, outbox, c, argv, pairs_from)
   if from ~= to or from_amount ~= to_amount then
     local counts = {}
     if from then
-      counts = {from .. ':count', -1, from .. ':amount', fmt(-tonumber(from_amount))}
+      counts = {from .. ':n', -1, from .. ':a', fmt(-tonumber(from_amount))}
     end
     if to then
-      counts[#counts + 1] = to .. ':count'; counts[#counts + 1] = 1
-      counts[#counts + 1] = to .. ':amount'; counts[#counts + 1] = to_amount
+      counts[#counts + 1] = to .. ':n'; counts[#counts + 1] = 1
+      counts[#counts + 1] = to .. ':a'; counts[#counts + 1] = to_amount
     end
     add_counts(totals, counts)
   end

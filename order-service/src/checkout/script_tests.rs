@@ -315,6 +315,50 @@ async fn processing_orders_are_counted_when_read_and_older_counts_are_left_out()
     assert_eq!(totals.get("XXX").map(|t| t.failed.count), Some(1), "{totals:?}");
 }
 
+/// Totals are counted in letters (`USD:c:n`, `USD:c:a`); a shard's older fields, named in full,
+/// add to the same buckets.
+#[tokio::test]
+async fn an_ended_order_is_counted_in_letters_and_older_totals_named_in_full_add_to_them() {
+    let f = fixture().await;
+    let (o, key) = order("k-letters");
+    let _ = f.begin(&o, &key, "run1").await;
+    let totals = format!("order:{{ord:{}}}:totals", o.order_id.shard());
+    let mut conn = f.redis.conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&totals)
+        .arg(&[("USD:completed:count", "2"), ("USD:completed:amount", "1000")])
+        .query_async(&mut conn)
+        .await
+        .expect("an older version's totals");
+    let r = reservation();
+    let complete = Change {
+        step: Some((StepName::Complete, StepStatus::Succeeded)),
+        status: Some(OrderStatus::Completed),
+        reservation: Some(&r),
+        ..Change::default()
+    };
+    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+
+    assert_eq!(f.end(&o, &key, complete, &resp).await, Some(Applied::Yes));
+    let letters: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg(&totals)
+        .arg(&["USD:c:n", "USD:c:a"])
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    assert_eq!(letters, [Some(1), Some(500)]);
+    let usd = f
+        .store
+        .totals()
+        .await
+        .ok()
+        .unwrap_or_default()
+        .get("USD")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!((usd.completed.count, usd.completed.amount), (3, 1500));
+}
+
 #[tokio::test]
 async fn create_makes_an_order_once() {
     let f = fixture().await;

@@ -23,7 +23,7 @@ local set = {'updatedAt', at}
 local taken = steps_of(cur[10], cur[11])
 if refund_id ~= '' and redis.call('SADD', refunds, refund_id) == 1 then
   refunded = refunded + tonumber(amount)
-  add_counts(totals, {cur[2] .. ':refunds:count', 1, cur[2] .. ':refunds:amount', amount})
+  add_counts(totals, {cur[2] .. ':r:n', 1, cur[2] .. ':r:a', amount})
   push_steps(set, taken, step)
   local status = refunded >= tonumber(cur[3]) and 'refunded' or 'partially_refunded'
   set[#set + 1] = 'status'; set[#set + 1] = status

@@ -265,15 +265,10 @@ mod tests {
             .expect("HSET order");
     }
 
-    async fn refunds_tally(redis: &TestRedis, id: &OrderId) -> (i64, i64) {
-        let mut conn = redis.conn().await;
-        let v: Vec<Option<i64>> = redis::cmd("HMGET")
-            .arg(totals_key_of(id))
-            .arg(&["USD:refunds:count", "USD:refunds:amount"])
-            .query_async(&mut conn)
-            .await
-            .expect("HMGET totals");
-        (v[0].unwrap_or(0), v[1].unwrap_or(0))
+    async fn refunds_tally(redis: &TestRedis) -> (i64, i64) {
+        let totals = OrderStore::new(redis.pool()).totals().await.expect("totals");
+        let usd = totals.get("USD").cloned().unwrap_or_default();
+        (usd.refunds.count, usd.refunds.amount)
     }
 
     #[tokio::test]
@@ -298,7 +293,7 @@ mod tests {
         );
         let again = again.expect("recorded");
         assert_eq!(again.amount_refunded, 400, "the same payment refund counts once");
-        assert_eq!(refunds_tally(&redis, &id).await, (1, 400));
+        assert_eq!(refunds_tally(&redis).await, (1, 400));
 
         let rest = store
             .record_refund(&id, Some(("re_2", 600)), false)
@@ -312,7 +307,7 @@ mod tests {
             .expect("redis")
             .expect("recorded");
         assert!(restocked.restocked);
-        assert_eq!(refunds_tally(&redis, &id).await, (2, 1000));
+        assert_eq!(refunds_tally(&redis).await, (2, 1000));
         let steps = store.get(&id).await.expect("redis").expect("order").steps;
         let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["refund", "refund", "restock"], "two refunds and one restock");

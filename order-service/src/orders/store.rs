@@ -7,7 +7,8 @@
 //!   completed order: its 200 is rendered from its fields, [`OrderStore::final_response`])
 //! - `order:{ord:S}:steps:<orderId>` list: one JSON step per saga event, as older versions
 //!   kept them; read before the hash's, never written
-//! - `order:{ord:S}:totals` hash: `<CURRENCY>:<status>:count|amount`
+//! - `order:{ord:S}:totals` hash: `<CURRENCY>:<bucket>:n|a` (count, amount), the bucket a letter
+//!   ([`bucket_of`]); older totals also count in `<CURRENCY>:<status>:count|amount`
 //! - `order:{ord:S}:key:<Idempotency-Key>` hash: the checkout's key record (see
 //!   `shared::idempotency`), in the shard of the client's key, where its orders are made too
 //! - `order:{ord:S}:active` sorted set: orders whose Idempotency-Key is not settled yet, scored
@@ -39,6 +40,29 @@ use crate::model::{Bucket, CheckoutCompleted, OrderView, Step, Totals};
 /// Processing orders are reported under this currency, with amount 0; an order whose reservation
 /// has not told its price has it.
 pub const NO_CURRENCY: &str = "XXX";
+
+/// The totals' buckets, as order.lua's `bucket` and refund.lua name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buckets {
+    Completed,
+    Failed,
+    Compensated,
+    AwaitingPayment,
+    Refunds,
+}
+
+/// The bucket a totals field's status part names: a letter (order.lua's `bucket`, refund.lua),
+/// or the status in full as totals written before #29's twelfth pass name it.
+fn bucket_of(status: &str) -> Option<Buckets> {
+    match status {
+        "c" | "completed" => Some(Buckets::Completed),
+        "f" | "failed" => Some(Buckets::Failed),
+        "x" | "compensated" => Some(Buckets::Compensated),
+        "w" | "awaiting_payment" => Some(Buckets::AwaitingPayment),
+        "r" | "refunds" => Some(Buckets::Refunds),
+        _ => None,
+    }
+}
 
 /// A shard's totals as read (totals.lua): the source, sent with EVAL (read rarely, by the
 /// reconciliation endpoint, and pipelined over the shards).
@@ -283,19 +307,19 @@ impl OrderStore {
                     continue;
                 };
                 let entry = totals.entry(currency.to_string()).or_default();
-                let bucket: &mut Bucket = match status {
-                    "completed" => &mut entry.completed,
-                    "failed" => &mut entry.failed,
-                    "compensated" => &mut entry.compensated,
-                    // Counted when read (totals.lua); older versions' counts are stale.
-                    "processing" => continue,
-                    "awaiting_payment" => &mut entry.awaiting_payment,
-                    "refunds" => &mut entry.refunds,
-                    _ => continue,
+                let bucket: &mut Bucket = match bucket_of(status) {
+                    Some(Buckets::Completed) => &mut entry.completed,
+                    Some(Buckets::Failed) => &mut entry.failed,
+                    Some(Buckets::Compensated) => &mut entry.compensated,
+                    Some(Buckets::AwaitingPayment) => &mut entry.awaiting_payment,
+                    Some(Buckets::Refunds) => &mut entry.refunds,
+                    // Processing is counted when read (totals.lua); older versions' counts of
+                    // it are stale.
+                    None => continue,
                 };
                 match measure {
-                    "count" => bucket.count += value,
-                    "amount" => bucket.amount += value,
+                    "n" | "count" => bucket.count += value,
+                    "a" | "amount" => bucket.amount += value,
                     _ => {}
                 }
             }

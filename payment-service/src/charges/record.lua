@@ -14,8 +14,9 @@
 -- caller.
 -- The charge's first event (charge.succeeded or charge.declined, built by the caller: no JSON
 -- is assembled here) is appended in the same step (events.lua).
--- The totals count per provider (`<gateway>:<CUR>:charged:amount`): the per-currency books are
--- their sum, read at GET /totals, so byGateway costs no extra write here.
+-- The totals count per provider (`<gateway>:<CUR>:c:a`, charged amount: payment::store names
+-- the fields): the per-currency books are their sum, read at GET /totals, so byGateway costs
+-- no extra write here.
 -- record_charge(K, ki, A, ai, answer_at, ans): KEYS from K[ki]: charge, order index, totals,
 --   marker, the charge's events, the shard's aggregates, the shard's outbox; ARGV from A[ai] (positions, not a
 --   table of names: a table per call costs script time on every checkout):
@@ -53,8 +54,8 @@ local function record_charge(K, ki, A, ai, answer_at, ans)
     end
   end
   if status == 'succeeded' then
-    local books = gateway .. ':' .. currency .. ':charged:'
-    add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
+    local books = gateway .. ':' .. currency .. ':c:'
+    add_counts(totals, {books .. 'a', amount, books .. 'n', 1})
   end
   -- The hash holds what its first event (appended below) does not: the facts are the event's
   -- (charge_fields reads them there), and each byte is fsynced. Nor is the charge's id: its

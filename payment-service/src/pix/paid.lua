@@ -16,8 +16,8 @@ local c = charge_fields(charge, events, {'status', 'amount', 'currency', 'gatewa
 if not c[1] then return {'missing', '', ''} end
 if c[1] ~= 'pending' and c[1] ~= 'canceled' then return {'already', c[1], c[7] or ''} end
 if c[2] ~= amount then return {'mismatch', c[1], ''} end
-local books = c[4] .. ':' .. c[3] .. ':charged:'
-add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
+local books = c[4] .. ':' .. c[3] .. ':c:'
+add_counts(totals, {books .. 'a', amount, books .. 'n', 1})
 local late = c[1] == 'canceled'
 redis.call('HSET', charge, 'status', 'succeeded', 'paidAt', paid_at)
 if late then redis.call('HSET', charge, 'lateRefund', '1') end

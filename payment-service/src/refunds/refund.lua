@@ -41,8 +41,8 @@ if asked == '' and remaining == 0 then
 end
 local amount = asked == '' and remaining or tonumber(asked)
 if amount > remaining then return {'exceeds', int(remaining)} end
-local books = (c[5] or 'simulator') .. ':' .. c[3] .. ':refunded:'
-add_counts(totals, {books .. 'amount', amount, books .. 'count', 1})
+local books = (c[5] or 'simulator') .. ':' .. c[3] .. ':r:'
+add_counts(totals, {books .. 'a', amount, books .. 'n', 1})
 refunded = refunded + amount
 local status = refunded == charged and 'refunded' or 'partially_refunded'
 redis.call('HSET', charge, 'status', status, 'refundId', refund_id, 'refundedAt', refunded_at,
