@@ -230,11 +230,18 @@ fn fact_of(first: &serde_json::Value, i: usize) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    let data = &first["data"];
+    // Named by letters since #29's twelfth pass (events::CHARGE_LETTERS), in full before.
+    let either = |v: &serde_json::Value, full: &str, letter: &str| v.get(letter).or_else(|| v.get(full)).and_then(text);
+    let data = first
+        .get("d")
+        .or_else(|| first.get("data"))
+        .unwrap_or(&serde_json::Value::Null);
     match CHARGE_FIELDS.get(i).copied()? {
-        "orderId" => text(&first["correlationId"]),
+        "orderId" => either(first, "correlationId", "c"),
         "createdAt" => text(&first["at"]),
-        name @ ("amount" | "currency" | "gateway" | "gatewayReference" | "declineCode") => text(&data[name]),
+        name @ ("amount" | "currency" | "gateway" | "gatewayReference" | "declineCode") => {
+            either(data, name, crate::events::charge_letter(name)?)
+        }
         _ => None,
     }
 }

@@ -576,6 +576,58 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
         totals.by_gateway["card-b"]["EUR"].refunded.amount, 200,
         "counted against the hash's provider and currency"
     );
+
+    // A script reads the facts from the event too: a refund of the charge above takes its
+    // amount, currency and provider from its event's letters, and one of a charge whose event
+    // names them in full (as charges recorded in #29's eleventh pass have it) from those.
+    let eleventh = new_charge_id_for("ord_3");
+    let _: () = redis::cmd("HSET")
+        .arg(crate::store::charge_key(shard_of_order("ord_3"), &eleventh))
+        .arg(&[("status", "succeeded"), ("customerId", "cus_1")])
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("RPUSH")
+        .arg(crate::store::events_key(shard_of_order("ord_3"), &eleventh))
+        .arg(r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_3","data":{"amount":900,"currency":"GBP","gateway":"card-b","gatewayReference":"full","paymentMethod":"pm_card_visa"}}"#)
+        .query_async(&mut conn)
+        .await
+        .expect("RPUSH");
+    let read = store.get_charge(&eleventh).await.expect("read").expect("charge");
+    assert_eq!(
+        (
+            read.amount,
+            read.currency.as_str(),
+            read.order_id.as_str(),
+            read.gateway_reference.as_str()
+        ),
+        (900, "GBP", "ord_3", "full")
+    );
+    for (charge, amount) in [(&id, 250), (&eleventh, 100)] {
+        let refund = store
+            .refund(
+                charge,
+                Some(amount),
+                &format!("r-{charge}"),
+                "re_sim",
+                &crate::refunds::new_refund_id(),
+                None,
+            )
+            .await
+            .expect("refund");
+        assert!(
+            matches!(refund, RefundOutcome::Refunded { fresh: true, .. }),
+            "{refund:?}"
+        );
+    }
+    let totals = store.totals().await.expect("totals");
+    assert_eq!(
+        (
+            totals.by_gateway["card-a"]["USD"].refunded.amount,
+            totals.by_gateway["card-b"]["GBP"].refunded.amount
+        ),
+        (250, 100)
+    );
 }
 
 fn shard_of_order(order_id: &str) -> u16 {

@@ -42,11 +42,27 @@ local function charge_in_data(name)
   return name == 'amount' or name == 'currency' or name == 'paymentMethod' or name == 'gateway'
     or name == 'gatewayReference' or name == 'declineCode'
 end
+-- The letter a fact is stored under in a charge's first event since #29's twelfth pass (as
+-- events::CHARGE_LETTERS says), its envelope's correlation and data being 'c' and 'd'.
+local function charge_letter(name)
+  if name == 'amount' then return 'a'
+  elseif name == 'currency' then return 'u'
+  elseif name == 'paymentMethod' then return 'm'
+  elseif name == 'gateway' then return 'g'
+  elseif name == 'gatewayReference' then return 'r'
+  elseif name == 'declineCode' then return 'd'
+  end
+end
 local function charge_fact(e, name)
   local v
-  if name == 'orderId' then v = e.correlationId
+  if name == 'orderId' then v = e.c or e.correlationId
   elseif name == 'createdAt' then v = e.at
-  elseif charge_in_data(name) and type(e.data) == 'table' then v = e.data[name]
+  elseif charge_in_data(name) then
+    local data = e.d or e.data
+    if type(data) == 'table' then
+      v = data[charge_letter(name)]
+      if v == nil then v = data[name] end
+    end
   end
   if v == nil or v == cjson.null then return nil end
   if name == 'amount' then return int(v) end

@@ -76,15 +76,37 @@ pub fn shard_of_aggregate(aggregate_id: &str) -> Option<u16> {
     shard_of_charge(aggregate_id)
 }
 
-/// An event as its list keeps it: its id, sequence and aggregate are its list and position.
+/// An event as its list keeps it: its id, sequence and aggregate are its list and position. A
+/// charge's first event (charges::store::event_of) names its type, correlation and data `t`,
+/// `c` and `d`, and its data's fields by [`CHARGE_LETTERS`]; every other event, and charges'
+/// first events stored before #29's twelfth pass, in full.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredEvent {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", alias = "t")]
     kind: String,
     at: String,
+    #[serde(alias = "c")]
     correlation_id: String,
+    #[serde(alias = "d")]
     data: serde_json::Value,
+}
+
+/// A charge's first event's data fields, in full and as it stores them (events.lua's
+/// `charge_letter` says the same; a script test reads the facts back through both).
+pub const CHARGE_LETTERS: [(&str, &str); 7] = [
+    ("amount", "a"),
+    ("currency", "u"),
+    ("paymentMethod", "m"),
+    ("gateway", "g"),
+    ("gatewayReference", "r"),
+    ("traceId", "x"),
+    ("declineCode", "d"),
+];
+
+/// The letter a charge's first event stores `name` under.
+pub fn charge_letter(name: &str) -> Option<&'static str> {
+    CHARGE_LETTERS.iter().find(|(full, _)| *full == name).map(|(_, l)| *l)
 }
 
 fn parse_event(raw: &str, aggregate_id: &str, sequence: u64) -> Result<Event, PaymentError> {
@@ -95,6 +117,11 @@ fn parse_event(raw: &str, aggregate_id: &str, sequence: u64) -> Result<Event, Pa
     if stored.kind.starts_with("charge.")
         && let Some(data) = stored.data.as_object_mut()
     {
+        for (full, letter) in CHARGE_LETTERS {
+            if let Some(value) = data.remove(letter) {
+                data.insert(full.into(), value);
+            }
+        }
         data.entry("chargeId").or_insert_with(|| aggregate_id.into());
         data.entry("orderId")
             .or_insert_with(|| stored.correlation_id.clone().into());
@@ -192,11 +219,14 @@ mod tests {
         let older = r#"{"type":"charge.succeeded","at":"t","correlationId":"ord_1","data":{"amount":5,"chargeId":"ch_1","orderId":"ord_1"}}"#;
         let refund = r#"{"type":"refund.succeeded","at":"t","correlationId":"ord_1","data":{"refundId":"re_1"}}"#;
 
+        let lettered = r#"{"t":"charge.succeeded","at":"t","c":"ord_1","d":{"a":5}}"#;
+
         let served = |raw: &str| parse_event(raw, "ch_1", 1).expect("parsed").data;
 
         let full = serde_json::json!({"amount": 5, "chargeId": "ch_1", "orderId": "ord_1"});
         assert_eq!(served(compact), full);
         assert_eq!(served(older), full);
+        assert_eq!(served(lettered), full);
         assert_eq!(
             served(refund),
             serde_json::json!({"refundId": "re_1"}),
