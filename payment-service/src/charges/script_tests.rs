@@ -633,3 +633,49 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
 fn shard_of_order(order_id: &str) -> u16 {
     shared::ids::shard_of(order_id)
 }
+
+/// On one node a new charge is added to no set (~80 bytes fsynced per checkout): verify finds
+/// its events by SCAN, and still every aggregate a set names (older versions recorded them so).
+#[tokio::test]
+async fn on_one_node_verify_finds_charges_by_their_events_and_older_ones_by_their_set() {
+    let redis = TestRedis::start().await;
+    let (store, idem) = stores(&redis);
+    let store = store.on_one_node(true);
+    let (id, declined_id) = charged_and_declined(&store, &idem).await;
+    let shard = shard_of_order("ord_1");
+    let mut conn = redis.conn().await;
+    let set = crate::store::aggregates_key(shard);
+    let recorded: u64 = redis::cmd("SCARD")
+        .arg(&set)
+        .query_async(&mut conn)
+        .await
+        .expect("SCARD");
+    let _: () = redis::cmd("SADD")
+        .arg(&set)
+        .arg("ch_older")
+        .query_async(&mut conn)
+        .await
+        .expect("SADD");
+
+    let found = crate::events::verify::aggregates(&store).await.expect("aggregates");
+
+    let nameless: u64 = redis::cmd("EXISTS")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(
+        (recorded, nameless),
+        (0, 0),
+        "no set member for a new charge, in no set"
+    );
+    let in_shard: Vec<&str> = found[usize::from(shard)].iter().map(String::as_str).collect();
+    let mut expected = vec!["ch_older", id.as_str(), declined_id.as_str()];
+    expected.sort();
+    assert_eq!(in_shard, expected);
+    assert_eq!(
+        found.iter().map(|s| s.len()).sum::<usize>(),
+        3,
+        "nothing else: {found:?}"
+    );
+}

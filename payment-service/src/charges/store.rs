@@ -11,8 +11,7 @@ use crate::error::PaymentError;
 use crate::splits::store::{recipient_prefix, recipients_key};
 use crate::splits::{SplitPlan, encode_parts};
 use crate::store::{
-    Store, aggregates_key, charge_key, charge_prefix, events_key, op_key, order_key, outbox_key, parse_amount,
-    totals_key,
+    Store, charge_key, charge_prefix, events_key, op_key, order_key, outbox_key, parse_amount, totals_key,
 };
 use crate::wallets::{Moved, Movement};
 
@@ -138,7 +137,7 @@ impl Store {
             .key(totals_key(shard))
             .key(op_key(shard, idempotency_key))
             .key(events_key(shard, charge_id))
-            .key(aggregates_key(shard))
+            .key(self.aggregates_key(shard))
             .key(outbox_key(shard))
             .arg(charge_id)
             .arg(new.order_id)

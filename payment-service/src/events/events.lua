@@ -6,7 +6,8 @@
 -- SCAN. Events are never expired.
 --
 -- append_event(list, index, aggregate, event): appends `event` (JSON text, from event_json or
---   built by the caller) and returns its sequence.
+--   built by the caller) and returns its sequence. A new aggregate is added to the set `index`
+--   for verify to find, unless `index` is '' (one node: verify scans; Store::aggregates_key).
 -- event_json(kind, at, correlation, data): an event's JSON; `data` is a JSON object as text
 --   (amounts as exact integers: Lua's cjson would print large numbers in floating point).
 -- int(n): an integer as JSON text, exactly (Lua's tostring would print 1e+15).
@@ -27,7 +28,7 @@ local function int(n)
 end
 local function append_event(list, index, aggregate, event)
   local seq = redis.call('RPUSH', list, event)
-  if seq == 1 then redis.call('SADD', index, aggregate) end
+  if seq == 1 and index ~= '' then redis.call('SADD', index, aggregate) end
   return seq
 end
 local function event_json(kind, at, correlation, data)

@@ -2,7 +2,7 @@
 //! rebuilt from the event log alone ([`fold_charge`], [`fold_wallet`]: pure) and compared with
 //! the stored state. After any test or fault run, nothing may differ.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::error::PaymentError;
 use crate::model::{CurrencyTotals, Totals};
 use crate::splits::store::Earned;
-use crate::store::aggregates_key;
+use crate::store::{Store, aggregates_key};
 
 /// A charge as its events tell it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -160,19 +160,57 @@ pub struct VerifyReport {
     pub mismatches: Vec<String>,
 }
 
+/// Every aggregate with events, by shard: its shard's set names it (events.lua's
+/// append_event: always on a cluster, on one node before #29's twelfth pass), and on one node a
+/// SCAN of the event lists' names finds it too.
+pub(crate) async fn aggregates(store: &Store) -> Result<Vec<BTreeSet<String>>, PaymentError> {
+    let mut found = vec![BTreeSet::new(); usize::from(SHARDS)];
+    let mut conn = store.pool.get().await?;
+    for (shard, set) in (0..SHARDS).zip(found.iter_mut()) {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(aggregates_key(shard))
+            .query_async(&mut conn)
+            .await?;
+        set.extend(members);
+    }
+    if store.one_node {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("payment:{pay:*}:ev:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            for key in keys {
+                let named = key
+                    .strip_prefix("payment:{pay:")
+                    .and_then(|rest| rest.split_once("}:ev:"))
+                    .and_then(|(shard, aggregate)| Some((shard.parse::<usize>().ok()?, aggregate)));
+                if let Some((shard, aggregate)) = named
+                    && let Some(set) = found.get_mut(shard)
+                {
+                    set.insert(aggregate.to_string());
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(found)
+}
+
 async fn run(state: &AppState) -> Result<VerifyReport, PaymentError> {
     let store = &state.store;
     let mut mismatches = Vec::new();
     let mut checked = 0;
     let mut rebuilt = Totals::default();
     let mut recipients: BTreeMap<String, BTreeMap<String, Earned>> = BTreeMap::new();
-    for shard in 0..SHARDS {
-        let mut conn = store.pool.get().await?;
-        let aggregates: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(aggregates_key(shard))
-            .query_async(&mut conn)
-            .await?;
-        drop(conn);
+    for aggregates in aggregates(store).await? {
         for aggregate in aggregates {
             checked += 1;
             // Sequences are list positions (events.lua): gapless by construction.

@@ -10,7 +10,7 @@ use redis::{AsyncCommands, Value};
 
 use crate::error::PaymentError;
 use crate::splits::store::recipients_key;
-use crate::store::{Store, aggregates_key, charge_key, events_key, outbox_key, shard_of_charge, totals_key};
+use crate::store::{Store, charge_key, events_key, outbox_key, shard_of_charge, totals_key};
 
 static RECEIVE: LazyLock<Script> = LazyLock::new(|| shared::lua::script(&[], include_str!("receive.lua")));
 static PAID: LazyLock<Script> = LazyLock::new(|| {
@@ -158,7 +158,7 @@ impl Store {
             .key(charge_key(shard, charge_id))
             .key(totals_key(shard))
             .key(events_key(shard, charge_id))
-            .key(aggregates_key(shard))
+            .key(self.aggregates_key(shard))
             .key(recipients_key(shard))
             .key(outbox_key(shard))
             .arg(charge_id)
@@ -190,7 +190,7 @@ impl Store {
         let status: String = CANCEL
             .key(charge_key(shard, charge_id))
             .key(events_key(shard, charge_id))
-            .key(aggregates_key(shard))
+            .key(self.aggregates_key(shard))
             .arg(charge_id)
             .arg(event)
             .invoke_async(&mut conn)

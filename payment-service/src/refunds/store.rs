@@ -8,8 +8,7 @@ use redis::Script;
 use crate::error::PaymentError;
 use crate::splits::store::recipient_prefix;
 use crate::store::{
-    Store, aggregates_key, charge_key, events_key, outbox_key, parse_amount, refund_marker_key, shard_of_charge,
-    totals_key,
+    Store, charge_key, events_key, outbox_key, parse_amount, refund_marker_key, shard_of_charge, totals_key,
 };
 
 static REFUND: LazyLock<Script> = LazyLock::new(|| {
@@ -77,7 +76,7 @@ impl Store {
             .key(totals_key(shard))
             .key(refund_marker_key(shard, key))
             .key(events_key(shard, charge_id))
-            .key(aggregates_key(shard))
+            .key(self.aggregates_key(shard))
             .key(outbox_key(shard))
             .arg(refund_id)
             .arg(shared::time::now_rfc3339())

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::error::PaymentError;
 use crate::model::Charge;
-use crate::store::{Store, aggregates_key, events_key, outbox_key, tag};
+use crate::store::{Store, events_key, outbox_key, tag};
 
 /// `move_wallet`: for move.lua, and for wallet_charge.lua with the charge's record.
 pub(crate) static WALLET_LIB: shared::lua::Lib = shared::lua::Lib {
@@ -120,7 +120,7 @@ impl Store {
             .key(transactions_key(shard, m.customer_id))
             .key(marker_key(shard, m.key))
             .key(events_key(shard, &aggregate_id(m.customer_id)))
-            .key(aggregates_key(shard))
+            .key(self.aggregates_key(shard))
             .key(outbox_key(shard))
             .arg(m.kind.as_str())
             .arg(m.amount.to_string())
