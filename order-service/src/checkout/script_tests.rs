@@ -137,6 +137,34 @@ impl Fixture {
             .collect()
     }
 
+    /// Begins `order` (as run1), writes `older` into `hash` as an older version left them, then
+    /// completes the order, answering 200.
+    async fn complete_over(
+        &self,
+        order: &NewOrder,
+        key: &KeyRef,
+        hash: &str,
+        older: &[(&str, &str)],
+    ) -> Option<Applied> {
+        let _ = self.begin(order, key, "run1").await;
+        let mut conn = self.redis.conn().await;
+        let _: () = redis::cmd("HSET")
+            .arg(hash)
+            .arg(older)
+            .query_async(&mut conn)
+            .await
+            .expect("HSET as an older version");
+        let r = reservation();
+        let complete = Change {
+            step: Some((StepName::Complete, StepStatus::Succeeded)),
+            status: Some(OrderStatus::Completed),
+            reservation: Some(&r),
+            ..Change::default()
+        };
+        let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+        self.end(order, key, complete, &resp).await
+    }
+
     async fn step(&self, id: &OrderId, status: OrderStatus, owner: &str) -> Applied {
         let change = Change {
             step: Some((StepName::Reserve, StepStatus::Succeeded)),
@@ -321,25 +349,11 @@ async fn processing_orders_are_counted_when_read_and_older_counts_are_left_out()
 async fn an_ended_order_is_counted_in_letters_and_older_totals_named_in_full_add_to_them() {
     let f = fixture().await;
     let (o, key) = order("k-letters");
-    let _ = f.begin(&o, &key, "run1").await;
     let totals = format!("order:{{ord:{}}}:totals", o.order_id.shard());
-    let mut conn = f.redis.conn().await;
-    let _: () = redis::cmd("HSET")
-        .arg(&totals)
-        .arg(&[("USD:completed:count", "2"), ("USD:completed:amount", "1000")])
-        .query_async(&mut conn)
-        .await
-        .expect("an older version's totals");
-    let r = reservation();
-    let complete = Change {
-        step: Some((StepName::Complete, StepStatus::Succeeded)),
-        status: Some(OrderStatus::Completed),
-        reservation: Some(&r),
-        ..Change::default()
-    };
-    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+    let older = [("USD:completed:count", "2"), ("USD:completed:amount", "1000")];
 
-    assert_eq!(f.end(&o, &key, complete, &resp).await, Some(Applied::Yes));
+    assert_eq!(f.complete_over(&o, &key, &totals, &older).await, Some(Applied::Yes));
+    let mut conn = f.redis.conn().await;
     let letters: Vec<Option<i64>> = redis::cmd("HMGET")
         .arg(&totals)
         .arg(&["USD:c:n", "USD:c:a"])
@@ -579,26 +593,12 @@ async fn an_end_records_the_steps_taken_since_the_last_write_in_order_with_their
 async fn an_order_stored_with_numbered_steps_goes_on_numbering_them() {
     let f = fixture().await;
     let (o, key) = order("k1");
-    let _ = f.begin(&o, &key, "run1").await;
     let order = format!("order:{{ord:{}}}:order:{}", o.order_id.shard(), o.order_id);
-    let mut conn = f.redis.conn().await;
     // As versions before #29's eleventh pass wrote its first step.
-    let _: () = redis::cmd("HSET")
-        .arg(&order)
-        .arg(&[("n", "1"), ("s1", "reserve succeeded 2026-12-05T10:00:00.001Z")])
-        .query_async(&mut conn)
-        .await
-        .expect("HSET");
-    let r = reservation();
-    let complete = Change {
-        step: Some((StepName::Complete, StepStatus::Succeeded)),
-        status: Some(OrderStatus::Completed),
-        reservation: Some(&r),
-        ..Change::default()
-    };
-    let resp = StoredResponse::json(StatusCode::OK, &serde_json::json!({"ok": true}));
+    let older = [("n", "1"), ("s1", "reserve succeeded 2026-12-05T10:00:00.001Z")];
 
-    assert_eq!(f.end(&o, &key, complete, &resp).await, Some(Applied::Yes));
+    assert_eq!(f.complete_over(&o, &key, &order, &older).await, Some(Applied::Yes));
+    let mut conn = f.redis.conn().await;
     let (n, s2, st): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(&order)
         .arg(&["n", "s2", "st"])

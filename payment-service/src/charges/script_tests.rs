@@ -512,10 +512,10 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
 
     // A charge recorded before the facts left the hash (no event of them): read from its hash,
     // refunded by it, and its hash wins over an event that would say otherwise.
-    let older = new_charge_id_for("ord_2");
-    let _: () = redis::cmd("HSET")
-        .arg(crate::store::charge_key(shard_of_order("ord_2"), &older))
-        .arg(&[
+    let older = stored_as_before(
+        &mut conn,
+        "ord_2",
+        &[
             ("orderId", "ord_2"),
             ("amount", "700"),
             ("currency", "EUR"),
@@ -525,16 +525,10 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
             ("createdAt", "1796464800000"),
             ("gateway", "card-b"),
             ("gatewayReference", "older"),
-        ])
-        .query_async(&mut conn)
-        .await
-        .expect("HSET");
-    let _: () = redis::cmd("RPUSH")
-        .arg(crate::store::events_key(shard_of_order("ord_2"), &older))
-        .arg(r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_x","data":{"amount":1,"currency":"USD","gateway":"card-a","gatewayReference":"newer"}}"#)
-        .query_async(&mut conn)
-        .await
-        .expect("RPUSH");
+        ],
+        r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_x","data":{"amount":1,"currency":"USD","gateway":"card-a","gatewayReference":"newer"}}"#,
+    )
+    .await;
     let read = store.get_charge(&older).await.expect("read").expect("charge");
     assert_eq!(
         (
@@ -549,50 +543,16 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
         (read.gateway_reference.as_str(), read.created_at.as_str()),
         ("older", "2026-12-05T10:00:00.000Z")
     );
-    let refund = store
-        .refund(
-            &older,
-            Some(200),
-            "r1",
-            "re_sim",
-            &crate::refunds::new_refund_id(),
-            None,
-        )
-        .await
-        .expect("refund");
-    assert!(
-        matches!(
-            refund,
-            RefundOutcome::Refunded {
-                amount: 200,
-                fresh: true,
-                ..
-            }
-        ),
-        "{refund:?}"
-    );
-    let totals = store.totals().await.expect("totals");
-    assert_eq!(
-        totals.by_gateway["card-b"]["EUR"].refunded.amount, 200,
-        "counted against the hash's provider and currency"
-    );
-
-    // A script reads the facts from the event too: a refund of the charge above takes its
-    // amount, currency and provider from its event's letters, and one of a charge whose event
-    // names them in full (as charges recorded in #29's eleventh pass have it) from those.
-    let eleventh = new_charge_id_for("ord_3");
-    let _: () = redis::cmd("HSET")
-        .arg(crate::store::charge_key(shard_of_order("ord_3"), &eleventh))
-        .arg(&[("status", "succeeded"), ("customerId", "cus_1")])
-        .query_async(&mut conn)
-        .await
-        .expect("HSET");
-    let _: () = redis::cmd("RPUSH")
-        .arg(crate::store::events_key(shard_of_order("ord_3"), &eleventh))
-        .arg(r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_3","data":{"amount":900,"currency":"GBP","gateway":"card-b","gatewayReference":"full","paymentMethod":"pm_card_visa"}}"#)
-        .query_async(&mut conn)
-        .await
-        .expect("RPUSH");
+    // A script reads the facts where they are: a refund of the older charge takes its provider
+    // and currency from its hash, of the first charge above from its event's letters, and of a
+    // charge whose event names them in full (as #29's eleventh pass recorded them) from those.
+    let eleventh = stored_as_before(
+        &mut conn,
+        "ord_3",
+        &[("status", "succeeded"), ("customerId", "cus_1")],
+        r#"{"type":"charge.succeeded","at":"2026-12-05T10:00:00.000Z","correlationId":"ord_3","data":{"amount":900,"currency":"GBP","gateway":"card-b","gatewayReference":"full","paymentMethod":"pm_card_visa"}}"#,
+    )
+    .await;
     let read = store.get_charge(&eleventh).await.expect("read").expect("charge");
     assert_eq!(
         (
@@ -603,7 +563,7 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
         ),
         (900, "GBP", "ord_3", "full")
     );
-    for (charge, amount) in [(&id, 250), (&eleventh, 100)] {
+    for (charge, amount) in [(&older, 200), (&id, 250), (&eleventh, 100)] {
         let refund = store
             .refund(
                 charge,
@@ -616,18 +576,44 @@ async fn a_charges_facts_are_its_first_events_alone_and_an_older_hash_of_them_st
             .await
             .expect("refund");
         assert!(
-            matches!(refund, RefundOutcome::Refunded { fresh: true, .. }),
+            matches!(refund, RefundOutcome::Refunded { fresh: true, amount: a, .. } if a == amount),
             "{refund:?}"
         );
     }
     let totals = store.totals().await.expect("totals");
     assert_eq!(
         (
+            totals.by_gateway["card-b"]["EUR"].refunded.amount,
             totals.by_gateway["card-a"]["USD"].refunded.amount,
             totals.by_gateway["card-b"]["GBP"].refunded.amount
         ),
-        (250, 100)
+        (200, 250, 100)
     );
+}
+
+/// A charge of `order_id` stored as an older version left it: its hash's `fields` and its
+/// first event as `first_event` says; its id.
+async fn stored_as_before(
+    conn: &mut redis::aio::MultiplexedConnection,
+    order_id: &str,
+    fields: &[(&str, &str)],
+    first_event: &str,
+) -> String {
+    let id = new_charge_id_for(order_id);
+    let shard = shard_of_order(order_id);
+    let _: () = redis::cmd("HSET")
+        .arg(crate::store::charge_key(shard, &id))
+        .arg(fields)
+        .query_async(conn)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("RPUSH")
+        .arg(crate::store::events_key(shard, &id))
+        .arg(first_event)
+        .query_async(conn)
+        .await
+        .expect("RPUSH");
+    id
 }
 
 fn shard_of_order(order_id: &str) -> u16 {
