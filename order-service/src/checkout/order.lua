@@ -84,9 +84,9 @@ end
 local function order_id_of(order) return string.match(order, ':order:(.+)$') end
 -- The totals bucket an order is counted in, and the amount it counts there; nil while it is
 -- processing (counted by totals.lua). A bucket is named by its currency and a letter for the
--- status (orders::store::BUCKETS), its fields ':n' (count) and ':a' (amount): every write is
--- fsynced. Totals written before #29's twelfth pass go on counting in fields named in full,
--- which the reader adds to these.
+-- status (orders::store's bucket_of reads them), its fields ':n' (count) and ':a' (amount):
+-- every write is fsynced. Totals written before #29's twelfth pass go on counting in fields
+-- named in full, which the reader adds to these.
 local function bucket(status, currency, amount)
   if status == 'processing' then return nil end
   local letter = status

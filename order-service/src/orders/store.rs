@@ -35,31 +35,23 @@ use std::collections::HashMap;
 
 use crate::error::OrderError;
 use crate::ids::{OrderId, OrderStatus, StepName, StepStatus};
-use crate::model::{Bucket, CheckoutCompleted, OrderView, Step, Totals};
+use crate::model::{Bucket, CheckoutCompleted, CurrencyTotals, OrderView, Step, Totals};
 
 /// Processing orders are reported under this currency, with amount 0; an order whose reservation
 /// has not told its price has it.
 pub const NO_CURRENCY: &str = "XXX";
 
-/// The totals' buckets, as order.lua's `bucket` and refund.lua name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Buckets {
-    Completed,
-    Failed,
-    Compensated,
-    AwaitingPayment,
-    Refunds,
-}
-
-/// The bucket a totals field's status part names: a letter (order.lua's `bucket`, refund.lua),
-/// or the status in full as totals written before #29's twelfth pass name it.
-fn bucket_of(status: &str) -> Option<Buckets> {
+/// The bucket of `entry` a totals field's status part names: a letter (order.lua's `bucket`,
+/// refund.lua), or the status in full as totals written before #29's twelfth pass name it. None
+/// for processing (counted when read, totals.lua; older versions' counts of it are stale) and
+/// anything unknown.
+fn bucket_of<'a>(entry: &'a mut CurrencyTotals, status: &str) -> Option<&'a mut Bucket> {
     match status {
-        "c" | "completed" => Some(Buckets::Completed),
-        "f" | "failed" => Some(Buckets::Failed),
-        "x" | "compensated" => Some(Buckets::Compensated),
-        "w" | "awaiting_payment" => Some(Buckets::AwaitingPayment),
-        "r" | "refunds" => Some(Buckets::Refunds),
+        "c" | "completed" => Some(&mut entry.completed),
+        "f" | "failed" => Some(&mut entry.failed),
+        "x" | "compensated" => Some(&mut entry.compensated),
+        "w" | "awaiting_payment" => Some(&mut entry.awaiting_payment),
+        "r" | "refunds" => Some(&mut entry.refunds),
         _ => None,
     }
 }
@@ -307,15 +299,8 @@ impl OrderStore {
                     continue;
                 };
                 let entry = totals.entry(currency.to_string()).or_default();
-                let bucket: &mut Bucket = match bucket_of(status) {
-                    Some(Buckets::Completed) => &mut entry.completed,
-                    Some(Buckets::Failed) => &mut entry.failed,
-                    Some(Buckets::Compensated) => &mut entry.compensated,
-                    Some(Buckets::AwaitingPayment) => &mut entry.awaiting_payment,
-                    Some(Buckets::Refunds) => &mut entry.refunds,
-                    // Processing is counted when read (totals.lua); older versions' counts of
-                    // it are stale.
-                    None => continue,
+                let Some(bucket) = bucket_of(entry, status) else {
+                    continue;
                 };
                 match measure {
                     "n" | "count" => bucket.count += value,
