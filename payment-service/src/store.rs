@@ -54,6 +54,14 @@ pub(crate) fn totals_key(shard: u16) -> String {
 pub(crate) fn events_key(shard: u16, aggregate_id: &str) -> String {
     format!("{}:ev:{aggregate_id}", tag(shard))
 }
+/// What every [`events_key`] matches, as a SCAN pattern.
+pub(crate) const EVENTS_KEYS: &str = "payment:{pay:*}:ev:*";
+/// The shard and aggregate an [`events_key`] names; None for any other key.
+pub(crate) fn events_key_parts(key: &str) -> Option<(u16, &str)> {
+    let (shard, aggregate) = key.strip_prefix("payment:{pay:")?.split_once("}:ev:")?;
+    let shard = shard.parse().ok()?;
+    (events_key(shard, aggregate) == key).then_some((shard, aggregate))
+}
 /// The shard's aggregates that have events (for `verify`): on a cluster, and on one node as
 /// versions before #29's twelfth pass recorded them ([`Store::aggregates_key`]).
 pub(crate) fn aggregates_key(shard: u16) -> String {

@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::error::PaymentError;
 use crate::model::{CurrencyTotals, Totals};
 use crate::splits::store::Earned;
-use crate::store::{Store, aggregates_key};
+use crate::store::{EVENTS_KEYS, Store, aggregates_key, events_key_parts};
 
 /// A charge as its events tell it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -179,18 +179,14 @@ pub(crate) async fn aggregates(store: &Store) -> Result<Vec<BTreeSet<String>>, P
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg("payment:{pay:*}:ev:*")
+                .arg(EVENTS_KEYS)
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
             for key in keys {
-                let named = key
-                    .strip_prefix("payment:{pay:")
-                    .and_then(|rest| rest.split_once("}:ev:"))
-                    .and_then(|(shard, aggregate)| Some((shard.parse::<usize>().ok()?, aggregate)));
-                if let Some((shard, aggregate)) = named
-                    && let Some(set) = found.get_mut(shard)
+                if let Some((shard, aggregate)) = events_key_parts(&key)
+                    && let Some(set) = found.get_mut(usize::from(shard))
                 {
                     set.insert(aggregate.to_string());
                 }
