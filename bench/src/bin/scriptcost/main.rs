@@ -5,6 +5,9 @@
 //! script's change is worth; replaying two captures in alternating rounds compares them on
 //! the same minute of the same machine.
 //!
+//! Scripts run as Redis Functions (FCALL, loaded by FUNCTION LOAD) or, in a build from before
+//! #29's thirteenth pass, by EVALSHA (loaded by SCRIPT LOAD): a capture is replayed as it ran.
+//!
 //! Usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] CAPTURE...
 //!
 //! Every round flushes the idle Redis and replays each capture whole (the stock set up first,
@@ -24,14 +27,18 @@ use redis::aio::MultiplexedConnection;
 
 struct Capture {
     name: String,
-    /// The source of every script loaded while it was captured.
-    sources: Vec<Vec<u8>>,
-    /// The EVALSHA calls clients made, in order: (label, arguments after the command name).
-    calls: Vec<(String, Vec<Vec<u8>>)>,
+    /// What was loaded while it was captured: (`SCRIPT` or `FUNCTION`, the source).
+    sources: Vec<(&'static str, Vec<u8>)>,
+    /// The script calls clients made, in order: (label, `EVALSHA` or `FCALL`, arguments after
+    /// the command name).
+    calls: Vec<(String, &'static str, Vec<Vec<u8>>)>,
 }
 
+/// The commands that call a script, as INFO commandstats names them.
+const CALLS: [&str; 2] = ["evalsha", "fcall"];
+
 /// The script's first key with digits and id-like runs as `#`, its number of keys and the start
-/// of its SHA (two scripts may share the rest: reserve and complete).
+/// of its SHA or function name (two scripts may share the rest: reserve and complete).
 fn label(args: &[Vec<u8>]) -> String {
     let sha: String = args
         .first()
@@ -76,16 +83,21 @@ fn read_capture(path: &str) -> Result<Capture, String> {
             continue;
         }
         let name = line.args[0].to_ascii_uppercase();
-        if name == b"SCRIPT" && line.args.len() == 3 && line.args[1].eq_ignore_ascii_case(b"LOAD") {
-            sources.push(line.args[2].clone());
-        } else if name == b"EVALSHA" && line.args.len() >= 3 {
+        let loads = line.args.len() >= 3 && line.args[1].eq_ignore_ascii_case(b"LOAD");
+        if name == b"SCRIPT" && loads {
+            sources.push(("SCRIPT", line.args[2].clone()));
+        } else if name == b"FUNCTION" && loads {
+            // FUNCTION LOAD [REPLACE] code: the code is last.
+            sources.push(("FUNCTION", line.args[line.args.len() - 1].clone()));
+        } else if (name == b"EVALSHA" || name == b"FCALL") && line.args.len() >= 3 {
             let args = line.args[1..].to_vec();
-            calls.push((label(&args), args));
+            let command = if name == b"FCALL" { "FCALL" } else { "EVALSHA" };
+            calls.push((label(&args), command, args));
         }
     }
     if calls.is_empty() {
         return Err(format!(
-            "{path}: no EVALSHA in it (was the capture taken with redis-cli monitor?)"
+            "{path}: no EVALSHA or FCALL in it (was the capture taken with redis-cli monitor?)"
         ));
     }
     Ok(Capture {
@@ -98,7 +110,7 @@ fn read_capture(path: &str) -> Result<Capture, String> {
 impl Capture {
     /// Its checkouts: the calls of the script whose label starts with `per` (at least 1).
     fn checkouts(&self, per: &str) -> f64 {
-        self.calls.iter().filter(|(l, _)| l.starts_with(per)).count().max(1) as f64
+        self.calls.iter().filter(|(l, _, _)| l.starts_with(per)).count().max(1) as f64
     }
 }
 
@@ -107,23 +119,24 @@ async fn ok(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result<(), St
     cmd.query_async::<()>(conn).await.map_err(|e| e.to_string())
 }
 
-/// One replay of a capture on a flushed Redis: (µs of EVALSHA, commands the scripts ran,
-/// EVALSHA calls, error replies).
+/// One replay of a capture on a flushed Redis: (µs of script calls, commands the scripts ran,
+/// script calls, error replies).
 async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(u64, u64, u64, u64), String> {
     let e = |e: redis::RedisError| e.to_string();
     ok(conn, &redis::cmd("FLUSHALL")).await?;
-    for source in &capture.sources {
-        redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(source)
-            .query_async::<String>(conn)
-            .await
-            .map_err(e)?;
+    ok(conn, redis::cmd("FUNCTION").arg("FLUSH")).await?;
+    for (kind, source) in &capture.sources {
+        let mut load = redis::cmd(kind);
+        load.arg("LOAD");
+        if *kind == "FUNCTION" {
+            load.arg("REPLACE");
+        }
+        load.arg(source).query_async::<String>(conn).await.map_err(e)?;
     }
     ok(conn, redis::cmd("CONFIG").arg("RESETSTAT")).await?;
     let mut errors = 0;
-    for (_, args) in &capture.calls {
-        let reply: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA").arg(args).query_async(conn).await;
+    for (_, command, args) in &capture.calls {
+        let reply: redis::RedisResult<redis::Value> = redis::cmd(command).arg(args).query_async(conn).await;
         if matches!(reply, Err(_) | Ok(redis::Value::ServerError(_))) {
             errors += 1;
         }
@@ -145,9 +158,9 @@ async fn replay(conn: &mut MultiplexedConnection, capture: &Capture) -> Result<(
                 .unwrap_or(0)
         };
         match name {
-            "evalsha" => {
-                usec = field("usec=");
-                evals = field("calls=");
+            _ if CALLS.contains(&name) => {
+                usec += field("usec=");
+                evals += field("calls=");
             }
             "info" | "config" => {}
             _ => inner += field("calls="),
@@ -162,7 +175,7 @@ async fn breakdown(conn: &mut MultiplexedConnection, capture: &Capture) -> Resul
     let by_sha: HashMap<&[u8], &str> = capture
         .calls
         .iter()
-        .map(|(label, args)| (args[0].as_slice(), label.as_str()))
+        .map(|(label, _, args)| (args[0].as_slice(), label.as_str()))
         .collect();
     let set = |name: &'static str, value: i64| redis::cmd("CONFIG").arg("SET").arg(name).arg(value).clone();
     ok(conn, &set("slowlog-max-len", 1_000_000)).await?;
@@ -190,7 +203,7 @@ async fn breakdown(conn: &mut MultiplexedConnection, capture: &Capture) -> Resul
     let mut out: HashMap<String, (u64, u64)> = HashMap::new();
     for (micros, args) in entries {
         if args.len() > 1
-            && args[0].eq_ignore_ascii_case(b"EVALSHA")
+            && (args[0].eq_ignore_ascii_case(b"EVALSHA") || args[0].eq_ignore_ascii_case(b"FCALL"))
             && let Some(label) = by_sha.get(args[1].as_slice())
         {
             let slot = out.entry((*label).to_string()).or_default();
