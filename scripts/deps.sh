@@ -12,13 +12,14 @@ have() {
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
 }
 
-# The services speak RESP3 to Redis (shared/src/redis_pool.rs), which Redis has had since 6.
+# The services run their scripts as Redis Functions (shared/src/lua.rs), which Redis has had
+# since 7.0 (Debian 12, Ubuntu 24.04); they also speak RESP3 and trim streams by MINID.
 redis_new_enough() {
     local program version
     program=$(command -v redis-server || echo /usr/bin/redis-server)
     version=$("$program" --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
-    if [ -n "$version" ] && [ "$version" -lt 6 ]; then
-        echo "deps: $("$program" --version | cut -d' ' -f3) is too old: the services need Redis 6 or later" >&2
+    if [ -n "$version" ] && [ "$version" -lt 7 ]; then
+        echo "deps: $("$program" --version | cut -d' ' -f3) is too old: the services need Redis 7 or later" >&2
         exit 1
     fi
 }

@@ -30,7 +30,7 @@ pub const HOST: EnvVar = EnvVar {
 pub const REDIS_URL: EnvVar = EnvVar {
     name: "REDIS_URL",
     default: "redis://127.0.0.1:6379",
-    help: "Redis (6 or later: spoken to in RESP3) holding the service's state and idempotency keys.",
+    help: "Redis (7 or later: its scripts are Redis Functions; spoken to in RESP3) holding the service's state and idempotency keys.",
 };
 
 pub const REDIS_POOL_SIZE: EnvVar = EnvVar {

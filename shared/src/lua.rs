@@ -3,8 +3,20 @@
 //! functions and nothing else. A library names the libraries it calls in turn, so a script
 //! lists only what it calls itself and can never miss a function a library needs: no function
 //! reaches a script unless something names the file that defines it.
+//!
+//! A script runs as a Redis Function (`FCALL`), not `EVALSHA`: the text `EVAL` runs is run
+//! whole on every call, so every `local function` of its libraries was made again each time
+//! (~20 – 40 % of a checkout script's time, measured: docs/benchmark.md, thirteenth pass). As a
+//! function library the libraries are made once, when Redis loads it, and each call runs only
+//! the entry file. A library's per-call state (a `local` at its top that is not a function and
+//! not a CONSTANT, such as the clock read once per call) is set again at the start of every
+//! call, so no call sees another's. The library is loaded the first time a call finds it
+//! missing (`FUNCTION LOAD REPLACE`, on every master of a cluster); Redis keeps it in its AOF
+//! like the data. Its name carries the hash of its text, so two versions of a service can run
+//! side by side.
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{FromRedisValue, RedisResult, ToRedisArgs};
 
 /// A Lua library: `local function`s in one file.
 #[derive(Debug)]
@@ -17,6 +29,12 @@ pub struct Lib {
 
 /// The text of a script: `needs` (and what they need, each once, dependencies first), then `main`.
 pub fn source(needs: &[&'static Lib], main: &str) -> String {
+    let (libraries, main) = parts(needs, main);
+    libraries + main
+}
+
+/// [`source`] in its two parts: the libraries (each followed by a newline) and `main`.
+fn parts<'m>(needs: &[&'static Lib], main: &'m str) -> (String, &'m str) {
     fn add(lib: &'static Lib, seen: &mut Vec<&'static str>, out: &mut String) {
         if seen.contains(&lib.name) {
             return;
@@ -33,13 +51,150 @@ pub fn source(needs: &[&'static Lib], main: &str) -> String {
     for lib in needs {
         add(lib, &mut seen, &mut out);
     }
-    out.push_str(main);
-    out
+    (out, main)
 }
 
-/// A script ready to run: [`source`] of `needs` and `main`.
+/// The statements that give a library's per-call state its first value again: for each
+/// top-level `local` that is not a function and whose names are not all CONSTANTS, the same
+/// declaration as an assignment (`local seen = {}` → `seen = {}`, `local t` → `t = nil`).
+/// Err names a declaration that spans lines: it could not be repeated from one line.
+pub fn per_call_state(libraries: &str) -> Result<String, String> {
+    let mut out = String::new();
+    for line in libraries.lines() {
+        let Some(decl) = line.strip_prefix("local ") else {
+            continue;
+        };
+        if decl.starts_with("function ") {
+            continue;
+        }
+        let (names, value) = match decl.split_once('=') {
+            Some((names, value)) => (names.trim(), value.trim()),
+            None => (decl.trim(), "nil"),
+        };
+        let constant = names.split(',').all(|n| {
+            n.trim()
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        });
+        if constant {
+            continue;
+        }
+        let balanced = |open: char, close: char| value.matches(open).count() == value.matches(close).count();
+        if value.is_empty() || !balanced('{', '}') || !balanced('(', ')') {
+            return Err(format!(
+                "a library's per-call state must be declared on one line: `{line}`"
+            ));
+        }
+        out.push_str(&format!("{names} = {value}\n"));
+    }
+    Ok(out)
+}
+
+/// A script ready to run: [`source`] of `needs` and `main`, as a Redis Function library.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// The function's name (and its library's): `f` and the library text's SHA-1.
+    name: String,
+    /// What `FUNCTION LOAD` is given.
+    library: String,
+}
+
+/// A script composed of `needs` and `main` (see [`Script`]). Panics when a library's
+/// per-call state spans lines: a fault of the source, found by the script's tests.
 pub fn script(needs: &[&'static Lib], main: &str) -> Script {
-    Script::new(&source(needs, main))
+    let (libraries, main) = parts(needs, main);
+    let state = per_call_state(&libraries).unwrap_or_else(|e| panic!("{e}"));
+    // KEYS and ARGV are the call's, as under EVAL; the libraries see them as upvalues.
+    let body = format!(
+        "local KEYS, ARGV\n{libraries}\nlocal function call(keys, argv)\nKEYS, ARGV = keys, argv\n{state}{main}\nend\n"
+    );
+    let hash = redis::Script::new(&body).get_hash().to_string();
+    let name = format!("f{hash}");
+    let library = format!("#!lua name={name}\n{body}redis.register_function('{name}', call)\n");
+    Script { name, library }
+}
+
+impl Script {
+    /// The function's name, as `FCALL` and `FUNCTION LIST` show it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An invocation with this key (more follow with [`Invocation::key`]).
+    pub fn key<T: ToRedisArgs>(&self, key: T) -> Invocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.key(key);
+        inv
+    }
+
+    /// An invocation with this argument.
+    pub fn arg<T: ToRedisArgs>(&self, arg: T) -> Invocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.arg(arg);
+        inv
+    }
+
+    /// An invocation with no keys or arguments yet.
+    pub fn prepare_invoke(&self) -> Invocation<'_> {
+        Invocation {
+            script: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Loads the library (again: `REPLACE`), on every master of a cluster.
+    pub async fn load_async<C: ConnectionLike>(&self, con: &mut C) -> RedisResult<()> {
+        let _: redis::Value = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&self.library)
+            .query_async(con)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A call being put together: the script, its keys and its arguments.
+pub struct Invocation<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation<'_> {
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// `FCALL`, loading the library first when Redis does not have it (a new Redis, a new
+    /// version, `FUNCTION FLUSH`).
+    pub async fn invoke_async<T: FromRedisValue>(&self, con: &mut impl ConnectionLike) -> RedisResult<T> {
+        let mut fcall = redis::cmd("FCALL");
+        fcall
+            .arg(&self.script.name)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        match fcall.query_async(con).await {
+            Err(e) if is_missing_function(&e) => {
+                self.script.load_async(con).await?;
+                fcall.query_async(con).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Redis' answer to an `FCALL` of a function it has not loaded.
+fn is_missing_function(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
 }
 
 /// Redis' clock, read once per script: `now_ms()`.
@@ -88,14 +243,110 @@ mod tests {
         assert_eq!(source(&[&C, &B], "return 1"), "-- a\n-- b\n-- c\nreturn 1");
         assert_eq!(source(&[], "return 1"), "return 1");
     }
+
+    #[test]
+    fn a_librarys_state_is_declared_again_per_call_and_its_constants_and_functions_are_not() {
+        let libraries = "-- a comment\nlocal clock\nlocal seen = {}\nlocal a, b = 1, {x = 2}\nlocal LIMIT = 9\n\
+                         local ONE, TWO = 1, 2\nlocal function f()\n  local inner = 1\nend\n";
+        assert_eq!(
+            per_call_state(libraries).as_deref(),
+            Ok("clock = nil\nseen = {}\na, b = 1, {x = 2}\n")
+        );
+        assert_eq!(per_call_state("local function f() end\n").as_deref(), Ok(""));
+    }
+
+    #[test]
+    fn state_declared_over_several_lines_is_refused() {
+        let err = per_call_state("local seen = {\n  a = 1,\n}\n");
+        assert!(err.is_err_and(|e| e.contains("local seen = {")));
+        assert!(per_call_state("local x =\n  1\n").is_err());
+    }
+
+    #[test]
+    fn a_scripts_name_follows_its_text() {
+        let one = script(&[&A], "return 1");
+        assert_eq!(one.name(), script(&[&A], "return 1").name());
+        assert_ne!(one.name(), script(&[&A], "return 2").name());
+        assert!(one.library.starts_with(&format!("#!lua name={}\n", one.name())));
+    }
 }
 
 #[cfg(test)]
 mod script_tests {
-    //! counts.lua against a real Redis.
+    //! Scripts as Redis Functions, and counts.lua, against a real Redis.
 
     use super::*;
     use crate::testing::TestRedis;
+
+    static STATEFUL: Lib = Lib {
+        name: "stateful",
+        source: "local calls = 0\nlocal seen = {}\nlocal function note(v) calls = calls + 1; seen[#seen + 1] = v end",
+        needs: &[],
+    };
+
+    /// Each call notes its argument twice and answers how many notes it saw: 2 when no state
+    /// is left over from an earlier call.
+    fn counter() -> Script {
+        script(
+            &[&STATEFUL],
+            "note(ARGV[1])\nnote(KEYS[1])\nreturn {calls, #seen, seen[1], seen[2]}",
+        )
+    }
+
+    #[tokio::test]
+    async fn no_call_sees_the_state_another_call_left_in_a_library() {
+        let redis = TestRedis::start().await;
+        let mut conn = redis.conn().await;
+        let script = counter();
+
+        let first: (i64, i64, String, String) = script.key("k1").arg("a").invoke_async(&mut conn).await.expect("fcall");
+        let second: (i64, i64, String, String) =
+            script.key("k2").arg("b").invoke_async(&mut conn).await.expect("fcall");
+
+        assert_eq!(first, (2, 2, "a".into(), "k1".into()));
+        assert_eq!(second, (2, 2, "b".into(), "k2".into()));
+    }
+
+    #[tokio::test]
+    async fn a_function_redis_lost_is_loaded_again_by_the_next_call() {
+        let redis = TestRedis::start().await;
+        let mut conn = redis.conn().await;
+        let script = counter();
+        let _: (i64, i64, String, String) = script.key("k").arg("a").invoke_async(&mut conn).await.expect("fcall");
+        let _: () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .expect("flush");
+
+        let again: (i64, i64, String, String) = script.key("k").arg("b").invoke_async(&mut conn).await.expect("fcall");
+
+        assert_eq!(again.0, 2);
+        let listed: redis::Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .arg("LIBRARYNAME")
+            .arg(script.name())
+            .query_async(&mut conn)
+            .await
+            .expect("list");
+        assert!(format!("{listed:?}").contains(script.name()), "{listed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_scripts_own_error_is_not_taken_for_a_missing_function() {
+        let redis = TestRedis::start().await;
+        let mut conn = redis.conn().await;
+        let failing = script(&[], "return redis.error_reply('refused here')");
+
+        let err = failing
+            .key("k")
+            .invoke_async::<()>(&mut conn)
+            .await
+            .expect_err("an error");
+
+        let text = err.to_string();
+        assert!(text.contains("refused") && text.contains("here"), "{text}");
+    }
 
     /// `add_counts` called by a script with ARGV as its changes.
     fn adder() -> Script {

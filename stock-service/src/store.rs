@@ -61,7 +61,7 @@ impl Store {
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &shared::lua::Invocation<'_>,
     ) -> Result<T, StockError> {
         traced(operation, async {
             let mut conn = self.pool.get().await?;

@@ -1788,8 +1788,8 @@ const TWO_TIMEOUTS_STALL: Duration = Duration::from_secs(6);
 /// service's first command is applied after its sender gave up on it, as when a reply is lost,
 /// and the next is answered; with [`TWO_TIMEOUTS_STALL`], the next goes unanswered too.
 /// `warm_up` makes the same kind of request first: the service's scripts are then loaded (a
-/// first EVALSHA would only be refused) and its connection is handed over without a PING,
-/// which the stopped Redis would not answer either.
+/// first FCALL of a function Redis lacks would only be refused) and its connection is handed
+/// over without a PING, which the stopped Redis would not answer either.
 async fn sent_into_a_redis_stall<T>(
     stack: &Stack,
     stall: Duration,

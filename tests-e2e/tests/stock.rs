@@ -432,16 +432,16 @@ async fn scripts_write_timestamps_exactly_as_rust_does() {
         253_402_300_799_999, // 9999-12-31, last millisecond
         1_234_567_890_123,
     ];
-    let script = redis::Script::new(&format!(
-        "{}\nlocal out = {{}}\nfor i, ms in ipairs(ARGV) do out[i] = rfc3339_ms(tonumber(ms)) end\nreturn out",
-        shared::time::RFC3339_LUA
-    ));
+    let script = shared::lua::script(
+        &[&shared::lua::RFC3339],
+        "local out = {}\nfor i, ms in ipairs(ARGV) do out[i] = rfc3339_ms(tonumber(ms)) end\nreturn out",
+    );
     let mut invocation = script.key("e2e:{time}");
     for ms in instants {
         invocation.arg(ms);
     }
 
-    let written: Vec<String> = invocation.invoke_async(&mut conn).await.expect("EVALSHA");
+    let written: Vec<String> = invocation.invoke_async(&mut conn).await.expect("FCALL");
 
     let expected: Vec<String> = instants.iter().map(|ms| shared::time::rfc3339_ms(*ms)).collect();
     assert_eq!(written, expected);

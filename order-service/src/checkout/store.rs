@@ -9,12 +9,12 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation};
 use shared::CommonError;
 use shared::idempotency::scripts::{BEGIN, SETTLE};
 use shared::idempotency::{Begin, IdempotencyStore, KeyRef, StoredResponse};
 use shared::ids::shard_of;
 use shared::lua::{self, CLOCK, Lib};
+use shared::lua::{Invocation as ScriptInvocation, Script};
 use shared::ratelimit::{self, Decision, Deferred};
 
 use crate::error::OrderError;

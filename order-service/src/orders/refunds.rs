@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use shared::idempotency::{self, IdempotentPost, KeyRef, Outcome, StoredResponse};
+use shared::lua::Script;
 use utoipa::ToSchema;
 
 use super::store::{OrderStore, STEPS, order_key, outbox_key_of, step_text, steps_key, totals_key_of};

@@ -3,9 +3,9 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
 use shared::idempotency::Answer;
 use shared::lua::Lib;
+use shared::lua::Script;
 
 use crate::error::PaymentError;
 use crate::splits::store::{recipient_prefix, recipients_key};
@@ -123,7 +123,7 @@ impl Store {
     /// Records `new` under `idempotency_key`, with `answer` stored beside it, unless the key
     /// already made a charge: that one is returned (not fresh) and `answer` is not stored.
     /// record.lua's keys and arguments for `new`, in order.
-    fn add_charge(&self, inv: &mut redis::ScriptInvocation<'_>, new: &NewCharge<'_>, idempotency_key: &str) {
+    fn add_charge(&self, inv: &mut shared::lua::Invocation<'_>, new: &NewCharge<'_>, idempotency_key: &str) {
         let shard = shared::ids::shard_of(new.order_id);
         let charge_id = new.charge_id;
         let status = match (new.decline_code, new.pix_code) {

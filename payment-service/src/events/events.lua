@@ -37,8 +37,7 @@ local function event_json(kind, at, correlation, data)
 end
 -- What a charge's first event `e` says of fact `name` (nil: nothing, or not a fact). Its
 -- amount is an exact integer as text (cjson decodes numbers as doubles: exact up to 2^53,
--- above shared::money::MAX_CHARGE). A chain, not a table of functions: a script's libraries
--- are built again on every call.
+-- above shared::money::MAX_CHARGE). A chain, not a table of functions.
 local function charge_in_data(name)
   return name == 'amount' or name == 'currency' or name == 'paymentMethod' or name == 'gateway'
     or name == 'gatewayReference' or name == 'declineCode'

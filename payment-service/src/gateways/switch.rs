@@ -21,7 +21,7 @@ pub fn switch_events_key(aggregate_id: &str) -> String {
     format!("payment:{{gateways}}:ev:{aggregate_id}")
 }
 
-static SWITCH: std::sync::LazyLock<redis::Script> =
+static SWITCH: std::sync::LazyLock<shared::lua::Script> =
     std::sync::LazyLock::new(|| shared::lua::script(&[&crate::events::EVENTS], include_str!("switch.lua")));
 
 async fn read(pool: &Pool) -> Result<HashMap<String, bool>, CommonError> {

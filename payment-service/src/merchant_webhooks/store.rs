@@ -2,8 +2,9 @@
 
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use shared::lua::Script;
 use utoipa::ToSchema;
 
 use super::{DeliveryId, DeliveryStatus, Endpoint, EndpointId, EventType};

@@ -4,9 +4,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
+use shared::lua::Script;
 
 use crate::error::PaymentError;
 use crate::splits::store::recipients_key;

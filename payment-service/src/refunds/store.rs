@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use shared::lua::Script;
 
 use crate::error::PaymentError;
 use crate::splits::store::recipient_prefix;

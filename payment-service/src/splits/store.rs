@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use shared::ids::SHARDS;
+use shared::lua::Script;
 
 use super::rules::Rule;
 use crate::error::PaymentError;

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use redis::Script;
 use serde::{Deserialize, Serialize};
+use shared::lua::Script;
 use utoipa::ToSchema;
 
 use crate::error::PaymentError;
@@ -114,7 +114,7 @@ fn parse_tx(raw: &str) -> Result<Transaction, PaymentError> {
 
 impl Store {
     /// wallet.lua's keys and arguments for `m`, in order.
-    pub(crate) fn add_move(&self, inv: &mut redis::ScriptInvocation<'_>, m: &Movement<'_>) {
+    pub(crate) fn add_move(&self, inv: &mut shared::lua::Invocation<'_>, m: &Movement<'_>) {
         let shard = shared::ids::shard_of(m.customer_id);
         inv.key(wallet_key(shard, m.customer_id))
             .key(transactions_key(shard, m.customer_id))

@@ -16,7 +16,9 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use actix_web::HttpRequest;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
+
+use crate::lua::Script;
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;

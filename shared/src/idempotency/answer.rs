@@ -37,7 +37,7 @@ impl Answer<'_> {
     /// the script takes the key, or (…, token, `held`) when it settles the key taken before;
     /// else [`KeyRef::answer_key`] and the first five; nothing when the key has no place for
     /// an answer, so the script sees no such key and stores none.
-    pub fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+    pub fn add_to(&self, inv: &mut crate::lua::Invocation<'_>) {
         let Some(answer_key) = self.key.answer_key() else {
             return;
         };

@@ -27,8 +27,9 @@ local record_kind = {}
 -- A string record names its fields by letters (since #29's eleventh pass; a hash keeps the
 -- names): its names were a quarter to a half of a record's bytes. Read, a letter is its name
 -- again, and a name written in full by an older version reads as itself. No letter is a name.
--- Chains of comparisons, not tables: a script's libraries are built again on every call, and
--- two tables of fourteen cost each script more than its lookups do.
+-- Chains of comparisons, not tables: a table here would be per-call state (shared::lua sets
+-- such a `local` again on every call), and two tables of fourteen cost each script more than
+-- its lookups do.
 local function record_letter(name)
   if name == 'status' then return 's' elseif name == 'made' then return 'm'
   elseif name == 'fp' then return 'f' elseif name == 'state' then return 'e'

@@ -5,7 +5,7 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use crate::lua::Script;
 
 use crate::lua::{self, CLOCK, Lib};
 

@@ -272,7 +272,7 @@ impl IdempotencyStore {
     }
 
     /// The arguments of `settle.lua`'s `finish`, in order.
-    pub fn finish_args(&self, inv: &mut redis::ScriptInvocation<'_>, key: &KeyRef, token: &str, resp: &StoredResponse) {
+    pub fn finish_args(&self, inv: &mut crate::lua::Invocation<'_>, key: &KeyRef, token: &str, resp: &StoredResponse) {
         inv.arg(token)
             .arg(key.stored_fingerprint())
             .arg(resp.status)

@@ -18,13 +18,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::lua::Script;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::web;
-use redis::Script;
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, ConfigError, EnvVar, Secret};

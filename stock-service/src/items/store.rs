@@ -2,7 +2,8 @@
 
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
+use shared::lua::Script;
 
 use crate::error::StockError;
 use crate::model::Item;

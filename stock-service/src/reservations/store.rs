@@ -2,8 +2,9 @@
 
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use shared::idempotency::{Answer, Begin};
+use shared::lua::Script;
 use shared::lua::{CLOCK, Lib, RFC3339};
 
 use crate::error::StockError;
