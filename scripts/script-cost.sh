@@ -6,7 +6,10 @@
 # checkouts go through (no declines, no duplicate keys), then stops it. `scriptcost`
 # (bench/src/bin/scriptcost/) replays every capture on an idle Redis of its own (no
 # persistence: the time inside scripts, not the fsync), in alternating rounds, and prints the
-# scripts and commands per checkout, script µs per checkout and each script's share.
+# scripts and commands per checkout, script µs per checkout and each script's share; then the
+# same for its floor: each call replaced by a script running only the commands it ran, the
+# time no Lua of the scripts' own could go below. And the stand-in's (bench/src/bin/standin),
+# captured on the first stack's Redis: the reference `make bench` holds script time to.
 #
 #   scripts/script-cost.sh                                # this build
 #   scripts/script-cost.sh /tmp/old/target/release target/release   # A/B, on the same minute
@@ -23,7 +26,7 @@ rounds=${SCRIPT_COST_ROUNDS:-6}
 base=${BENCH_PORT:-19180}
 dirs=("$@")
 [ ${#dirs[@]} -gt 0 ] || dirs=("$bin")
-require_binaries script-cost "$bin" loadgen scriptcost || exit 1
+require_binaries script-cost "$bin" loadgen scriptcost standin || exit 1
 for dir in "${dirs[@]}"; do
     require_binaries script-cost "$dir" order-service payment-service stock-service gateway-sim || exit 1
 done
@@ -59,6 +62,25 @@ for i in "${!dirs[@]}"; do
     sleep 0.5
     kill "$monitor" 2>/dev/null || true
     wait "$monitor" 2>/dev/null || true
+    if [ "$i" -eq 0 ]; then
+        # The stand-in on this stack's Redis, its provider this stack's card-b.
+        "$bin/standin" --port $((base + 17)) --redis-url "redis://127.0.0.1:$redis" \
+            --provider-url "http://127.0.0.1:$((base + 15))" >"$work/standin.log" 2>&1 &
+        pids+=($!)
+        wait_ready $((base + 17)) /ready || { cat "$work/standin.log" >&2; exit 1; }
+        redis-cli -p "$redis" monitor >"$work/capture-standin" &
+        monitor=$!
+        # The stack's chores run beside it: their sources too must be in this capture.
+        redis-cli -p "$redis" script flush >/dev/null
+        redis-cli -p "$redis" function flush >/dev/null
+        requests=$("$bin/loadgen" --url "http://127.0.0.1:$((base + 17))" --path /checkout --connections 1 \
+            --duration "$seconds" --warmup 0 --decline-share 0 --duplicate-share 0 |
+            sed -n 's/^ *requests \([0-9]*\).*/\1/p')
+        sleep 0.5
+        kill "$monitor" 2>/dev/null || true
+        wait "$monitor" 2>/dev/null || true
+        standin=("--stand-in" "$work/capture-standin=$requests")
+    fi
     stop_groups
     captures+=("$work/capture-$i")
     echo "capture $i: ${dir}"
@@ -68,4 +90,4 @@ redis-server --port "$idle" --bind 127.0.0.1 --save '' --appendonly no --daemoni
     --dir "$work" >"$work/idle-redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do redis-cli -p "$idle" ping >/dev/null 2>&1 && break; sleep 0.1; done
-"$bin/scriptcost" --redis-url "redis://127.0.0.1:$idle" --rounds "$rounds" "${captures[@]}"
+"$bin/scriptcost" --redis-url "redis://127.0.0.1:$idle" --rounds "$rounds" --floor "${standin[@]}" "${captures[@]}"

@@ -8,7 +8,15 @@
 //! Scripts run as Redis Functions (FCALL, loaded by FUNCTION LOAD) or, in a build from before
 //! #29's thirteenth pass, by EVALSHA (loaded by SCRIPT LOAD): a capture is replayed as it ran.
 //!
-//! Usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] CAPTURE...
+//! With `--floor` each capture is followed by its floor: every script call replaced by a
+//! script that runs the very commands the call ran (names and arguments as captured, passed
+//! as ARGV) and nothing else. What a checkout's scripts would cost with no Lua of their own:
+//! the part of the time that only fewer commands can cut.
+//!
+//! `--stand-in PATH=N` replays the stand-in's capture of N requests first (bench/src/bin/standin:
+//! the round trips without the work) and ends with each capture's time as a multiple of its.
+//!
+//! Usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] [--floor] [--stand-in PATH=N] CAPTURE...
 //!
 //! Every round flushes the idle Redis and replays each capture whole (the stock set up first,
 //! then the checkouts). Per capture it prints the scripts and the commands they ran per
@@ -32,6 +40,10 @@ struct Capture {
     /// The script calls clients made, in order: (label, `EVALSHA` or `FCALL`, arguments after
     /// the command name).
     calls: Vec<(String, &'static str, Vec<Vec<u8>>)>,
+    /// The commands each call ran, as MONITOR showed them after it.
+    ran: Vec<Vec<Vec<Vec<u8>>>>,
+    /// Its checkouts when given, not counted by label (the stand-in's requests).
+    given: Option<f64>,
 }
 
 /// The commands that call a script, as INFO commandstats names them.
@@ -78,8 +90,13 @@ fn read_capture(path: &str) -> Result<Capture, String> {
     let text = String::from_utf8_lossy(&text);
     let mut sources = Vec::new();
     let mut calls = Vec::new();
+    let mut ran: Vec<Vec<Vec<Vec<u8>>>> = Vec::new();
     for line in text.lines().filter_map(monitor::parse) {
         if line.from_script {
+            // A script's commands follow its call: Redis runs one thing at a time.
+            if let Some(last) = ran.last_mut() {
+                last.push(line.args);
+            }
             continue;
         }
         let name = line.args[0].to_ascii_uppercase();
@@ -93,6 +110,7 @@ fn read_capture(path: &str) -> Result<Capture, String> {
             let args = line.args[1..].to_vec();
             let command = if name == b"FCALL" { "FCALL" } else { "EVALSHA" };
             calls.push((label(&args), command, args));
+            ran.push(Vec::new());
         }
     }
     if calls.is_empty() {
@@ -104,13 +122,67 @@ fn read_capture(path: &str) -> Result<Capture, String> {
         name: path.to_string(),
         sources,
         calls,
+        ran,
+        given: None,
     })
 }
 
+/// A script that runs `shape`'s commands (name, number of arguments) with the arguments from
+/// ARGV in order, and nothing else.
+fn floor_source(shape: &[(String, usize)]) -> String {
+    let mut out = String::new();
+    let mut next = 1;
+    for (name, n) in shape {
+        out.push_str(&format!("redis.call('{name}'"));
+        for i in next..next + n {
+            out.push_str(&format!(", ARGV[{i}]"));
+        }
+        out.push_str(")\n");
+        next += n;
+    }
+    out.push_str("return 1\n");
+    out
+}
+
 impl Capture {
+    /// The same calls, each replaced by a script that runs only the commands it ran (see
+    /// [`floor_source`]), under the same labels.
+    fn floor(&self) -> Capture {
+        let mut shas: HashMap<Vec<(String, usize)>, String> = HashMap::new();
+        let mut sources = Vec::new();
+        let mut calls = Vec::new();
+        for ((label, _, _), commands) in self.calls.iter().zip(&self.ran) {
+            let shape: Vec<(String, usize)> = commands
+                .iter()
+                .map(|c| (String::from_utf8_lossy(&c[0]).into_owned(), c.len() - 1))
+                .collect();
+            let sha = shas
+                .entry(shape)
+                .or_insert_with_key(|shape| {
+                    let source = floor_source(shape);
+                    let sha = redis::Script::new(&source).get_hash().to_string();
+                    sources.push(("SCRIPT", source.into_bytes()));
+                    sha
+                })
+                .clone();
+            let mut args = vec![sha.into_bytes(), b"0".to_vec()];
+            args.extend(commands.iter().flat_map(|c| c[1..].iter().cloned()));
+            calls.push((label.clone(), "EVALSHA", args));
+        }
+        Capture {
+            name: format!("{} (floor: its scripts' commands alone)", self.name),
+            sources,
+            ran: vec![Vec::new(); calls.len()],
+            calls,
+            given: self.given,
+        }
+    }
+
     /// Its checkouts: the calls of the script whose label starts with `per` (at least 1).
     fn checkouts(&self, per: &str) -> f64 {
-        self.calls.iter().filter(|(l, _, _)| l.starts_with(per)).count().max(1) as f64
+        self.given
+            .unwrap_or_else(|| self.calls.iter().filter(|(l, _, _)| l.starts_with(per)).count() as f64)
+            .max(1.0)
     }
 }
 
@@ -236,7 +308,9 @@ async fn main() {
 async fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] CAPTURE...");
+        println!(
+            "usage: scriptcost --redis-url URL [--rounds N] [--per PREFIX] [--floor] [--stand-in PATH=N] CAPTURE..."
+        );
         return Ok(());
     }
     let url = arg_value(&args, "--redis-url").ok_or("--redis-url is required (an idle Redis: it is flushed)")?;
@@ -245,17 +319,37 @@ async fn run() -> Result<(), String> {
         .transpose()?
         .unwrap_or(5);
     let per = arg_value(&args, "--per").unwrap_or_else(|| "order:{ord:#}:key:".to_string());
+    let floor = args.iter().any(|a| a == "--floor");
     let mut paths = Vec::new();
     let mut i = 0;
     while i < args.len() {
-        if args[i].starts_with("--") {
+        if args[i] == "--floor" {
+            i += 1;
+        } else if args[i].starts_with("--") {
             i += 2;
         } else {
             paths.push(args[i].clone());
             i += 1;
         }
     }
-    let captures = paths.iter().map(|p| read_capture(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut captures = Vec::new();
+    let stand_in = arg_value(&args, "--stand-in");
+    if let Some(spec) = &stand_in {
+        let (path, n) = spec
+            .rsplit_once('=')
+            .and_then(|(p, n)| Some((p, n.parse::<f64>().ok()?)))
+            .ok_or("--stand-in takes PATH=N, N its requests")?;
+        let mut capture = read_capture(path)?;
+        capture.name = format!("{path} (the stand-in)");
+        capture.given = Some(n);
+        captures.push(capture);
+    }
+    for path in &paths {
+        let capture = read_capture(path)?;
+        let floor = floor.then(|| capture.floor());
+        captures.push(capture);
+        captures.extend(floor);
+    }
     let client = redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -280,6 +374,7 @@ async fn run() -> Result<(), String> {
             }
         }
     }
+    let medians: Vec<f64> = totals.iter_mut().map(|t| median(t)).collect();
     for (i, capture) in captures.iter().enumerate() {
         let checkouts = checkouts[i];
         let min = totals[i].iter().copied().fold(f64::INFINITY, f64::min);
@@ -287,8 +382,7 @@ async fn run() -> Result<(), String> {
         println!(
             "{}: {checkouts} checkouts; per checkout {evals:.2} scripts running {inner:.1} commands; \
              script µs per checkout min {min:.1}, median {:.1} of {rounds} rounds; {errors} error replies",
-            capture.name,
-            median(&mut totals[i])
+            capture.name, medians[i]
         );
         let mut rows: Vec<(String, f64, f64)> = shares[i]
             .iter_mut()
@@ -303,12 +397,49 @@ async fn run() -> Result<(), String> {
             println!("  {calls:>9.2} {per_call:>9.1} {:>12.1}  {label}", calls * per_call);
         }
     }
+    if stand_in.is_some() && medians[0] > 0.0 {
+        println!("Script µs per checkout / the stand-in's (medians):");
+        for (capture, m) in captures.iter().zip(&medians).skip(1) {
+            println!("  {:>6.2}×  {}", m / medians[0], capture.name);
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_floor_script_runs_each_command_with_its_arguments_in_order() {
+        let shape = vec![("HSET".to_string(), 3), ("ZREM".to_string(), 2)];
+        assert_eq!(
+            floor_source(&shape),
+            "redis.call('HSET', ARGV[1], ARGV[2], ARGV[3])\nredis.call('ZREM', ARGV[4], ARGV[5])\nreturn 1\n"
+        );
+    }
+
+    #[test]
+    fn a_floor_keeps_each_calls_label_and_passes_the_commands_arguments() {
+        let capture = Capture {
+            name: "c".into(),
+            sources: Vec::new(),
+            calls: vec![
+                ("a".into(), "FCALL", vec![b"f1".to_vec(), b"0".to_vec()]),
+                ("b".into(), "FCALL", vec![b"f2".to_vec(), b"0".to_vec()]),
+            ],
+            ran: vec![
+                vec![vec![b"GET".to_vec(), b"k".to_vec()]],
+                vec![vec![b"GET".to_vec(), b"j".to_vec()]],
+            ],
+            given: None,
+        };
+        let floor = capture.floor();
+        assert_eq!(floor.sources.len(), 1, "one script per shape of commands");
+        assert_eq!(floor.calls[0].0, "a");
+        assert_eq!(floor.calls[1].2[2..], [b"j".to_vec()]);
+        assert_eq!(floor.calls[0].2[0], floor.calls[1].2[0]);
+    }
 
     #[test]
     fn a_label_hides_ids_and_counts_keys() {
