@@ -6,11 +6,11 @@
 //! 1. The script that makes a change appends a pointer to the shard's outbox stream in the same
 //!    step (`shared::outbox`; order-service for `order.*`, payment's events.lua `publish` for
 //!    charges, refunds and credits): never a change without its event.
-//! 2. [`relay`]: each replica reads every outbox as one consumer group, finds the endpoints the
-//!    event belongs to ([`recipients`]) and writes one delivery per endpoint (fanout.lua, with
-//!    ids derived from the event and the endpoint, so a re-read creates nothing twice); only
-//!    then is the outbox entry acknowledged and deleted. An entry a dead replica held is taken
-//!    over after `WEBHOOK_CLAIM_IDLE`.
+//! 2. [`relay`]: each replica reads every outbox from its head, finds the endpoints the event
+//!    belongs to ([`recipients`]) and writes one delivery per endpoint (fanout.lua, with ids
+//!    derived from the event and the endpoint, so a re-read creates nothing twice); only then
+//!    is the outbox entry deleted (by a trim once a second). An entry a dead replica read is
+//!    still there for the next.
 //! 3. [`dispatcher`]: deliveries wait in their endpoint's sorted set scored by their next
 //!    attempt, and endpoints with something due in another. A replica claims an endpoint's due
 //!    deliveries by pushing their scores past the attempt's timeout (claim.lua: a lease, so a
