@@ -123,6 +123,19 @@ async fn checkout_moves_stock_to_sold_and_records_one_charge() {
             "complete:succeeded"
         ]
     );
+    // Each step's time reads back as a time, in order: the steps written together are stored
+    // with each time after the first as the distance from the one before.
+    let ats: Vec<&str> = order["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["at"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        ats.iter().all(|at| shared::time::parse_rfc3339_ms(at).is_some()),
+        "{ats:?}"
+    );
+    assert!(ats.windows(2).all(|w| w[0] <= w[1]), "{ats:?}");
     assert_books_balance(&stack).await;
 }
 

@@ -21,7 +21,8 @@ use crate::error::OrderError;
 use crate::ids::{ChargeId, OrderId, OrderStatus, ReservationId, StepName, StepStatus};
 use crate::model::NewOrder;
 use crate::orders::store::{
-    OrderStore, STEPS, active_key, active_key_of, order_key, outbox_key_of, step_text, steps_key, totals_key_of,
+    OrderStore, STEPS, active_key, active_key_of, order_key, outbox_key_of, relative_steps, step_text, steps_key,
+    totals_key_of,
 };
 
 /// The order record's functions (order.lua).
@@ -184,13 +185,11 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
 fn push_change(inv: &mut ScriptInvocation<'_>, change: &Change<'_>, owner: &str) {
     let at = shared::time::now_rfc3339();
     // order.lua's push_steps reads them one per line, oldest first.
-    let mut steps = change.earlier.join("\n");
+    let mut lines = change.earlier.clone();
     if let Some((n, s)) = change.step {
-        if !steps.is_empty() {
-            steps.push('\n');
-        }
-        steps.push_str(&step_text(n, s, &at));
+        lines.push(step_text(n, s, &at));
     }
+    let steps = relative_steps(&lines);
     inv.arg(&at)
         .arg(steps)
         .arg(change.status.map(OrderStatus::as_str).unwrap_or(""))

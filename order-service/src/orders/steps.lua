@@ -1,11 +1,12 @@
 -- An order's steps, kept in its hash: one field 'st', a line per step, oldest first, each
 -- "name status at", name and status as a letter each (older orders' in full) and `at` in
--- milliseconds since the epoch (orders::store::step_text writes them, parse_step reads them;
--- this file never reads one). The HSET that records a change writes its steps too: a list
--- beside the hash cost a command and its key name per step, a field per step its name.
--- Orders stored before #29's eleventh pass keep theirs in 's1'..'sN', 'n' counting them, and
--- go on so. (Each step's time as its distance from createdAt would save ~10 bytes a step, but
--- converting them here cost the order's last script more than its fsync of them.)
+-- milliseconds since the epoch, or, for a step written together with the one before it,
+-- `+<ms>` after that one (orders::store::step_text and relative_steps write them, parse_steps
+-- reads them; this file never reads one: the order service does the arithmetic, which cost
+-- this script more than the fsync of the digits when it was done here). The HSET that records
+-- a change writes its steps too: a list beside the hash cost a command and its key name per
+-- step, a field per step its name. Orders stored before #29's eleventh pass keep theirs in
+-- 's1'..'sN', 'n' counting them, and go on so.
 --
 -- steps_of(n, st): the order's steps as read (its 'n' and 'st', false or nil for none), for
 --   push_steps.

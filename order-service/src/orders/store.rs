@@ -78,6 +78,48 @@ pub(crate) fn step_text(name: StepName, status: StepStatus, at: &str) -> String 
     }
 }
 
+/// Steps written together (one write's `st` lines, oldest first), joined a line each: a step
+/// after another whose time is in milliseconds keeps its time as `+<ms>` after that one's
+/// (a checkout's three steps are written together, and 13 digits are fsynced where 1 – 3
+/// say the same). [`parse_steps`] reads them back.
+pub(crate) fn relative_steps(lines: &[String]) -> String {
+    let mut out = String::new();
+    let mut before: Option<u64> = None;
+    for line in lines {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let (head, at) = line.rsplit_once(' ').unwrap_or((line, ""));
+        let ms = at.parse::<u64>().ok();
+        match (before, ms) {
+            (Some(b), Some(ms)) if ms >= b => out.push_str(&format!("{head} +{}", ms - b)),
+            _ => out.push_str(line),
+        }
+        before = ms;
+    }
+    out
+}
+
+/// Reads stored steps in order ([`parse_step`] each), a time written `+<ms>` as that long after
+/// the step before it ([`relative_steps`]).
+fn parse_steps<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Step> {
+    let mut before: Option<u64> = None;
+    lines
+        .filter_map(|line| {
+            let absolute = match line.rsplit_once(' ') {
+                Some((head, rel)) if rel.starts_with('+') => {
+                    let ms = before.zip(rel[1..].parse::<u64>().ok()).map(|(b, d)| b + d);
+                    ms.map(|ms| format!("{head} {ms}"))
+                }
+                _ => None,
+            };
+            let line = absolute.as_deref().unwrap_or(line);
+            before = line.rsplit_once(' ').and_then(|(_, at)| at.parse().ok());
+            parse_step(line)
+        })
+        .collect()
+}
+
 /// Reads a stored step: "name status at" (name and status as letters, or in full as orders
 /// stored before #29's twelfth pass have them; `at` in milliseconds, or RFC 3339 as older
 /// versions wrote it), or the JSON older versions kept in a list.
@@ -113,13 +155,13 @@ fn updated_at(fields: &HashMap<String, String>, steps: &[Step]) -> String {
 /// orders stored before #29's eleventh pass keep them), then the lines of `st` (steps.lua).
 fn steps_of(fields: &HashMap<String, String>, legacy: &[String]) -> Vec<Step> {
     let n: usize = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
-    let mut steps: Vec<Step> = legacy
-        .iter()
-        .map(String::as_str)
-        .chain((1..=n).filter_map(|i| fields.get(&format!("s{i}")).map(String::as_str)))
-        .chain(fields.get("st").into_iter().flat_map(|st| st.lines()))
-        .filter_map(parse_step)
-        .collect();
+    let mut steps: Vec<Step> = parse_steps(
+        legacy
+            .iter()
+            .map(String::as_str)
+            .chain((1..=n).filter_map(|i| fields.get(&format!("s{i}")).map(String::as_str)))
+            .chain(fields.get("st").into_iter().flat_map(|st| st.lines())),
+    );
     // An order is created at its createdAt: only older versions wrote that as a step too.
     if let Some(at) = fields.get("createdAt")
         && steps.first().is_none_or(|s| s.name != StepName::Created.as_str())
@@ -457,6 +499,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn steps_written_together_keep_later_times_relative_and_read_back_absolute() {
+        let lines: Vec<String> = [
+            (StepName::Reserve, "2026-12-05T10:00:00.100Z"),
+            (StepName::Charge, "2026-12-05T10:00:00.115Z"),
+            (StepName::Complete, "2026-12-05T10:00:00.115Z"),
+        ]
+        .iter()
+        .map(|(name, at)| step_text(*name, StepStatus::Succeeded, at))
+        .collect();
+
+        let written = relative_steps(&lines);
+
+        assert_eq!(written, "r s 1796464800100\nc s +15\nk s +0");
+        let later = "l o 1796464900000";
+        let read = parse_steps(written.lines().chain([later]));
+        let ats: Vec<&str> = read.iter().map(|s| s.at.as_str()).collect();
+        assert_eq!(
+            ats,
+            [
+                "2026-12-05T10:00:00.100Z",
+                "2026-12-05T10:00:00.115Z",
+                "2026-12-05T10:00:00.115Z",
+                "2026-12-05T10:01:40.000Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_after_one_without_milliseconds_or_earlier_in_time_stays_absolute() {
+        let lines = vec![
+            "c s 2026-12-05T10:00:00Z".to_string(),
+            "k s 1796464800100".to_string(),
+            "l o 1796464800000".to_string(),
+        ];
+        assert_eq!(relative_steps(&lines), lines.join("\n"));
+        let orphan = parse_steps(["k s +5"].into_iter());
+        assert_eq!(
+            orphan.len(),
+            1,
+            "a relative step with nothing before it is still a step"
+        );
     }
 
     #[test]
