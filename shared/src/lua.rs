@@ -284,8 +284,11 @@ mod script_tests {
         needs: &[],
     };
 
-    /// Each call notes its argument twice and answers how many notes it saw: 2 when no state
-    /// is left over from an earlier call.
+    /// What [`counter`] answers: the notes it saw, how many it kept, and those two.
+    type Noted = (i64, i64, String, String);
+
+    /// Each call notes its argument and its key and answers what it saw: two notes when no
+    /// state is left over from an earlier call.
     fn counter() -> Script {
         script(
             &[&STATEFUL],
@@ -293,15 +296,17 @@ mod script_tests {
         )
     }
 
+    async fn count(conn: &mut redis::aio::MultiplexedConnection, key: &str, arg: &str) -> Noted {
+        counter().key(key).arg(arg).invoke_async(conn).await.expect("fcall")
+    }
+
     #[tokio::test]
     async fn no_call_sees_the_state_another_call_left_in_a_library() {
         let redis = TestRedis::start().await;
         let mut conn = redis.conn().await;
-        let script = counter();
 
-        let first: (i64, i64, String, String) = script.key("k1").arg("a").invoke_async(&mut conn).await.expect("fcall");
-        let second: (i64, i64, String, String) =
-            script.key("k2").arg("b").invoke_async(&mut conn).await.expect("fcall");
+        let first = count(&mut conn, "k1", "a").await;
+        let second = count(&mut conn, "k2", "b").await;
 
         assert_eq!(first, (2, 2, "a".into(), "k1".into()));
         assert_eq!(second, (2, 2, "b".into(), "k2".into()));
@@ -311,25 +316,25 @@ mod script_tests {
     async fn a_function_redis_lost_is_loaded_again_by_the_next_call() {
         let redis = TestRedis::start().await;
         let mut conn = redis.conn().await;
-        let script = counter();
-        let _: (i64, i64, String, String) = script.key("k").arg("a").invoke_async(&mut conn).await.expect("fcall");
+        count(&mut conn, "k", "a").await;
         let _: () = redis::cmd("FUNCTION")
             .arg("FLUSH")
             .query_async(&mut conn)
             .await
             .expect("flush");
 
-        let again: (i64, i64, String, String) = script.key("k").arg("b").invoke_async(&mut conn).await.expect("fcall");
+        let again = count(&mut conn, "k", "b").await;
 
         assert_eq!(again.0, 2);
+        let name = counter().name().to_string();
         let listed: redis::Value = redis::cmd("FUNCTION")
             .arg("LIST")
             .arg("LIBRARYNAME")
-            .arg(script.name())
+            .arg(&name)
             .query_async(&mut conn)
             .await
             .expect("list");
-        assert!(format!("{listed:?}").contains(script.name()), "{listed:?}");
+        assert!(format!("{listed:?}").contains(&name), "{listed:?}");
     }
 
     #[tokio::test]
