@@ -6,9 +6,10 @@
 //!
 //! A script runs as a Redis Function (`FCALL`), not `EVALSHA`: the text `EVAL` runs is run
 //! whole on every call, so every `local function` of its libraries was made again each time
-//! (~20 – 40 % of a checkout script's time, measured: docs/benchmark.md, thirteenth pass). As a
-//! function library the libraries are made once, when Redis loads it, and each call runs only
-//! the entry file. A library's per-call state (a `local` at its top that is not a function and
+//! (~24 µs of a checkout's scripts, measured; FCALL's own path gives some back, and the whole
+//! checkout's script time fell ~6 %: docs/benchmark.md, thirteenth pass). As a function
+//! library the libraries are made once, when Redis loads it, and each call runs only the entry
+//! file. A library's per-call state (a `local` at its top that is not a function and
 //! not a CONSTANT, such as the clock read once per call) is set again at the start of every
 //! call, so no call sees another's. The library is loaded the first time a call finds it
 //! missing (`FUNCTION LOAD REPLACE`, on every master of a cluster); Redis keeps it in its AOF
@@ -27,14 +28,9 @@ pub struct Lib {
     pub needs: &'static [&'static Lib],
 }
 
-/// The text of a script: `needs` (and what they need, each once, dependencies first), then `main`.
-pub fn source(needs: &[&'static Lib], main: &str) -> String {
-    let (libraries, main) = parts(needs, main);
-    libraries + main
-}
-
-/// [`source`] in its two parts: the libraries (each followed by a newline) and `main`.
-fn parts<'m>(needs: &[&'static Lib], main: &'m str) -> (String, &'m str) {
+/// The libraries a script made of `needs` runs: each needed one (and what it needs, each once,
+/// dependencies first), each followed by a newline.
+fn libraries(needs: &[&'static Lib]) -> String {
     fn add(lib: &'static Lib, seen: &mut Vec<&'static str>, out: &mut String) {
         if seen.contains(&lib.name) {
             return;
@@ -51,14 +47,14 @@ fn parts<'m>(needs: &[&'static Lib], main: &'m str) -> (String, &'m str) {
     for lib in needs {
         add(lib, &mut seen, &mut out);
     }
-    (out, main)
+    out
 }
 
 /// The statements that give a library's per-call state its first value again: for each
 /// top-level `local` that is not a function and whose names are not all CONSTANTS, the same
 /// declaration as an assignment (`local seen = {}` → `seen = {}`, `local t` → `t = nil`).
 /// Err names a declaration that spans lines: it could not be repeated from one line.
-pub fn per_call_state(libraries: &str) -> Result<String, String> {
+fn per_call_state(libraries: &str) -> Result<String, String> {
     let mut out = String::new();
     for line in libraries.lines() {
         let Some(decl) = line.strip_prefix("local ") else {
@@ -90,7 +86,8 @@ pub fn per_call_state(libraries: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// A script ready to run: [`source`] of `needs` and `main`, as a Redis Function library.
+/// A script ready to run: the [`libraries`] of its `needs`, then its `main`, as a Redis
+/// Function library.
 #[derive(Debug, Clone)]
 pub struct Script {
     /// The function's name (and its library's): `f` and the library text's SHA-1.
@@ -102,12 +99,13 @@ pub struct Script {
 /// A script composed of `needs` and `main` (see [`Script`]). Panics when a library's
 /// per-call state spans lines: a fault of the source, found by the script's tests.
 pub fn script(needs: &[&'static Lib], main: &str) -> Script {
-    let (libraries, main) = parts(needs, main);
-    let state = per_call_state(&libraries).unwrap_or_else(|e| panic!("{e}"));
+    let libs = libraries(needs);
+    let state = per_call_state(&libs).unwrap_or_else(|e| panic!("{e}"));
     // KEYS and ARGV are the call's, as under EVAL; the libraries see them as upvalues.
     let body = format!(
-        "local KEYS, ARGV\n{libraries}\nlocal function call(keys, argv)\nKEYS, ARGV = keys, argv\n{state}{main}\nend\n"
+        "local KEYS, ARGV\n{libs}\nlocal function call(keys, argv)\nKEYS, ARGV = keys, argv\n{state}{main}\nend\n"
     );
+    // redis::Script hashes its text (SHA-1) the way Redis names scripts: no crate of our own.
     let hash = redis::Script::new(&body).get_hash().to_string();
     let name = format!("f{hash}");
     let library = format!("#!lua name={name}\n{body}redis.register_function('{name}', call)\n");
@@ -240,8 +238,8 @@ mod tests {
 
     #[test]
     fn libraries_come_once_each_before_what_needs_them() {
-        assert_eq!(source(&[&C, &B], "return 1"), "-- a\n-- b\n-- c\nreturn 1");
-        assert_eq!(source(&[], "return 1"), "return 1");
+        assert_eq!(libraries(&[&C, &B]), "-- a\n-- b\n-- c\n");
+        assert_eq!(libraries(&[]), "");
     }
 
     #[test]
