@@ -185,10 +185,13 @@ fn push_new_order(inv: &mut ScriptInvocation<'_>, order: &NewOrder, key: &KeyRef
 fn push_change(inv: &mut ScriptInvocation<'_>, change: &Change<'_>, owner: &str) {
     let at = shared::time::now_rfc3339();
     // order.lua's push_steps reads them one per line, oldest first.
-    let mut lines = change.earlier.clone();
-    if let Some((n, s)) = change.step {
-        lines.push(step_text(n, s, &at));
-    }
+    let now = change.step.map(|(n, s)| step_text(n, s, &at));
+    let lines: Vec<&str> = change
+        .earlier
+        .iter()
+        .map(String::as_str)
+        .chain(now.as_deref())
+        .collect();
     let steps = relative_steps(&lines);
     inv.arg(&at)
         .arg(steps)

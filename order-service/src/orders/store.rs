@@ -82,14 +82,14 @@ pub(crate) fn step_text(name: StepName, status: StepStatus, at: &str) -> String 
 /// after another whose time is in milliseconds keeps its time as `+<ms>` after that one's
 /// (a checkout's three steps are written together, and 13 digits are fsynced where 1 – 3
 /// say the same). [`parse_steps`] reads them back.
-pub(crate) fn relative_steps(lines: &[String]) -> String {
+pub(crate) fn relative_steps(lines: &[&str]) -> String {
     let mut out = String::new();
     let mut before: Option<u64> = None;
     for line in lines {
         if !out.is_empty() {
             out.push('\n');
         }
-        let (head, at) = line.rsplit_once(' ').unwrap_or((line, ""));
+        let (head, at) = line.rsplit_once(' ').unwrap_or((*line, ""));
         let ms = at.parse::<u64>().ok();
         match (before, ms) {
             (Some(b), Some(ms)) if ms >= b => out.push_str(&format!("{head} +{}", ms - b)),
@@ -512,7 +512,7 @@ mod tests {
         .map(|(name, at)| step_text(*name, StepStatus::Succeeded, at))
         .collect();
 
-        let written = relative_steps(&lines);
+        let written = relative_steps(&lines.iter().map(String::as_str).collect::<Vec<_>>());
 
         assert_eq!(written, "r s 1796464800100\nc s +15\nk s +0");
         let later = "l o 1796464900000";
@@ -531,11 +531,7 @@ mod tests {
 
     #[test]
     fn a_step_after_one_without_milliseconds_or_earlier_in_time_stays_absolute() {
-        let lines = vec![
-            "c s 2026-12-05T10:00:00Z".to_string(),
-            "k s 1796464800100".to_string(),
-            "l o 1796464800000".to_string(),
-        ];
+        let lines = ["c s 2026-12-05T10:00:00Z", "k s 1796464800100", "l o 1796464800000"];
         assert_eq!(relative_steps(&lines), lines.join("\n"));
         let orphan = parse_steps(["k s +5"].into_iter());
         assert_eq!(
