@@ -36,7 +36,7 @@ pub const REDIS_URL: EnvVar = EnvVar {
 pub const REDIS_POOL_SIZE: EnvVar = EnvVar {
     name: "REDIS_POOL_SIZE",
     default: "32",
-    help: "Redis connections per service process; at least 1.",
+    help: "Redis connections per thread of a service (each HTTP worker and the background chores' thread keep their own); at least 1.",
 };
 
 pub const REDIS_RESPONSE_TIMEOUT: EnvVar = EnvVar {
