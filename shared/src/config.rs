@@ -33,12 +33,6 @@ pub const REDIS_URL: EnvVar = EnvVar {
     help: "Redis (7 or later: its scripts are Redis Functions; spoken to in RESP3) holding the service's state and idempotency keys.",
 };
 
-pub const REDIS_POOL_SIZE: EnvVar = EnvVar {
-    name: "REDIS_POOL_SIZE",
-    default: "32",
-    help: "Redis connections per thread of a service (each HTTP worker and the background chores' thread keep their own); at least 1.",
-};
-
 pub const REDIS_RESPONSE_TIMEOUT: EnvVar = EnvVar {
     name: "REDIS_RESPONSE_TIMEOUT",
     default: "2s",
@@ -104,7 +98,6 @@ pub const COMMON_ENV: &[EnvVar] = &[
     HOST,
     REDIS_URL,
     REDIS_CLUSTER,
-    REDIS_POOL_SIZE,
     REDIS_RESPONSE_TIMEOUT,
     INTERNAL_TOKEN,
     IDEMPOTENCY_TTL,
@@ -282,7 +275,6 @@ pub struct CommonSettings {
     pub port: u16,
     pub redis_url: String,
     pub redis_cluster: bool,
-    pub redis_pool_size: usize,
     pub redis_response_timeout: Duration,
     pub internal_token: Secret,
     pub idempotency_ttl: Duration,
@@ -335,7 +327,6 @@ impl CommonSettings {
             port: parse(port_var)?,
             redis_url: var(&REDIS_URL),
             redis_cluster: boolean(&REDIS_CLUSTER)?,
-            redis_pool_size: at_least(&REDIS_POOL_SIZE, 1)?,
             redis_response_timeout: duration_at_least(&REDIS_RESPONSE_TIMEOUT, Duration::from_millis(1))?,
             internal_token: Secret::new(var(&INTERNAL_TOKEN)),
             idempotency_ttl: ttl,
@@ -392,7 +383,6 @@ mod tests {
     fn common_settings_outside_their_bounds_are_refused_naming_the_bound() {
         let cases: &[Refusal] = &[
             (&[("WORKERS", "0")], "WORKERS", "must be at least 1"),
-            (&[("REDIS_POOL_SIZE", "0")], "REDIS_POOL_SIZE", "must be at least 1"),
             (
                 &[("REDIS_RESPONSE_TIMEOUT", "0")],
                 "REDIS_RESPONSE_TIMEOUT",
@@ -418,7 +408,6 @@ mod tests {
         assert_refused(cases, || CommonSettings::from_env("test", &TEST_PORT));
         let at_the_bounds = [
             ("WORKERS", "1"),
-            ("REDIS_POOL_SIZE", "1"),
             ("REDIS_RESPONSE_TIMEOUT", "1ms"),
             ("IDEMPOTENCY_LEASE", "1s"),
             ("IDEMPOTENCY_TTL", "1m"),

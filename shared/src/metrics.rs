@@ -10,7 +10,7 @@
 //! | `downstream_attempts_total` | dependency, result | attempts of those calls, by status or transport error |
 //! | `downstream_retries_total` | dependency | attempts after the first |
 //! | `idempotency_events_total` | event | `replay`, `in_use` (conflict), `reused` |
-//! | `redis_pool_connections` | state | `in_use`, `idle`, `waiting` (sampled at scrape) |
+//! | `redis_connections` | | Redis connections open: one per thread that uses Redis, shared by its tasks (sampled at scrape) |
 //!
 //! A service adds counters, gauges and histograms of its own with [`CounterFamily::register`],
 //! [`GaugeFamily::register`] and [`HistogramFamily::register`].
@@ -40,7 +40,7 @@ pub struct Metrics {
     attempts: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     calls: Family<Labels, Counter>,
-    pool: Family<Labels, Gauge>,
+    connections: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,7 +58,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let attempts = Family::<Labels, Counter>::default();
     let retries = Family::<Labels, Counter>::default();
     let calls = Family::<Labels, Counter>::default();
-    let pool = Family::<Labels, Gauge>::default();
+    let connections = Gauge::default();
     registry.register(
         "http_requests",
         "HTTP requests by route, method and status",
@@ -95,9 +95,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         calls.clone(),
     );
     registry.register(
-        "redis_pool_connections",
-        "Redis pool connections by state",
-        pool.clone(),
+        "redis_connections",
+        "Redis connections open, one per thread that uses Redis",
+        connections.clone(),
     );
     Metrics {
         registry: Mutex::new(registry),
@@ -108,7 +108,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         attempts,
         retries,
         calls,
-        pool,
+        connections,
     }
 });
 
@@ -213,19 +213,7 @@ impl HistogramFamily {
 
 pub fn render(pool: Option<&crate::redis_pool::Pool>) -> String {
     if let Some(pool) = pool {
-        let status = pool.status();
-        METRICS
-            .pool
-            .get_or_create(&labels(&[("state", "in_use")]))
-            .set((status.size - status.available) as i64);
-        METRICS
-            .pool
-            .get_or_create(&labels(&[("state", "idle")]))
-            .set(status.available as i64);
-        METRICS
-            .pool
-            .get_or_create(&labels(&[("state", "waiting")]))
-            .set(status.waiting as i64);
+        METRICS.connections.set(pool.open_connections() as i64);
     }
     let mut out = String::new();
     let encoded = match METRICS.registry.lock() {

@@ -114,7 +114,7 @@ pub enum CommonError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::redis_pool::PoolError),
     #[error("internal error: {0}")]
     Internal(String),
 }

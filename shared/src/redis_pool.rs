@@ -1,40 +1,48 @@
-//! Redis connection pool set-up and the readiness probe, for a single node or a Redis Cluster
-//! (chosen by REDIS_CLUSTER). Every key the services use carries a hash tag and every script
-//! touches one slot, so the same code runs on both; the one difference callers see is that a
-//! pipeline must not span slots on a cluster — [`Conn::each`] handles that case.
+//! Redis connections and the readiness probe, for a single node or a Redis Cluster (chosen by
+//! REDIS_CLUSTER). Every key the services use carries a hash tag and every script touches one
+//! slot, so the same code runs on both; the one difference callers see is that a pipeline must
+//! not span slots on a cluster — [`Conn::each`] handles that case.
 //!
 //! Also the spans of Redis operations ([`traced`]), so a checkout's trace shows its Redis time.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
-pub use deadpool_redis::PoolError;
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind,
-    RedisError, RedisFuture, RedisResult, Value,
+    RedisFuture, RedisResult, Value,
 };
 
 use crate::config::CommonSettings;
 
-/// A connection handed out again within this long of its last use is not PINGed first.
-///
-/// deadpool-redis checks every connection it hands out with a PING round trip: a checkout,
-/// which takes a connection for each of its scripts, paid a second round trip for each
-/// (measured under load: 194 674 PINGs for 182 899 scripts, and 738 → 1 111 checkouts/s once
-/// they were gone). A connection in steady use has just proven itself, and one that broke is
-/// flagged ([`Pooled::failed`]) and never handed out again.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How long opening a connection may take before the request that needed it fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed attempt to open a connection, a thread's requests fail at once for this
+/// long instead of each trying again: a dead Redis turns into quick 503s, not a queue of
+/// requests each waiting out its own attempt.
+const RETRY_CONNECT_AFTER: Duration = Duration::from_millis(250);
 
-/// A connection as the pool keeps it.
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// This thread's last attempt failed less than [`RETRY_CONNECT_AFTER`] ago.
+    #[error("cannot connect: the last attempt failed a moment ago")]
+    RecentlyFailed,
+}
+
+/// A connection to Redis, and whether it broke.
+#[derive(Clone)]
 pub struct Pooled<C> {
     conn: C,
     /// Set when the connection broke: by a request that failed on it, or (single node) by the
@@ -63,203 +71,169 @@ impl<C: ConnectionLike + Send> Pooled<C> {
             self.failed.store(true, Ordering::Relaxed);
         }
     }
-
-    /// The recycling decision that needs no round trip, if there is one.
-    fn recycle_unchecked(&self, metrics: &Metrics) -> Option<RecycleResult<RedisError>> {
-        if self.failed.load(Ordering::Relaxed) {
-            Some(Err(RecycleError::message("the connection broke")))
-        } else if metrics.last_used() < CHECK_IDLE_AFTER {
-            Some(Ok(()))
-        } else {
-            None
-        }
-    }
 }
 
-/// Boxes a future the pool seldom runs (connecting, checking an idle connection). Unboxed, its
-/// state is inlined into every `Pool::get` future, and so into every Redis operation's and
-/// every handler's: a checkout's task grew to 16 KiB, and moving it on spawn showed in profiles.
+/// Boxes a future the pool seldom runs (connecting). Unboxed, its state is inlined into every
+/// `Pool::get` future, and so into every Redis operation's and every handler's: a checkout's
+/// task grew to 16 KiB, and moving it on spawn showed in profiles.
 fn rare<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
     Box::pin(future)
 }
 
-/// Connections to one Redis node.
-#[derive(Clone)]
-pub struct NodeManager {
-    client: redis::Client,
-    response_timeout: Duration,
+/// How connections are opened.
+enum Opener {
+    Node {
+        client: redis::Client,
+        response_timeout: Duration,
+    },
+    /// A cluster connection follows the cluster's slots and reconnects to its nodes by itself;
+    /// its client carries the response timeout (without one, a stalled node would hold requests
+    /// until their callers give up).
+    Cluster(redis::cluster::ClusterClient),
 }
 
-impl managed::Manager for NodeManager {
-    type Type = Pooled<MultiplexedConnection>;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<Self::Type, RedisError> {
+impl Opener {
+    async fn open(&self) -> RedisResult<Conn> {
         let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_push_sender(move |info: PushInfo| {
-                if info.kind == PushKind::Disconnection {
-                    flag.store(true, Ordering::Relaxed);
-                }
-                Ok::<(), redis::aio::SendError>(())
-            });
-        // Boxed (see `rare`): connecting is a 4 KiB future.
-        let conn = rare(self.client.get_multiplexed_async_connection_with_config(&config)).await?;
-        Ok(Pooled { conn, failed })
-    }
-
-    async fn recycle(&self, pooled: &mut Self::Type, metrics: &Metrics) -> RecycleResult<RedisError> {
-        if let Some(decision) = pooled.recycle_unchecked(metrics) {
-            return decision;
-        }
-        let _: String = rare(redis::cmd("PING").query_async(&mut pooled.conn)).await?;
-        Ok(())
-    }
-}
-
-/// Connections to a Redis Cluster, which follow the cluster's slots and reconnect to its nodes
-/// by themselves. Ours rather than deadpool-redis's manager, whose client cannot be given a
-/// response timeout (without one, a stalled node would hold requests until their callers give up).
-#[derive(Clone)]
-pub struct ClusterManager {
-    client: redis::cluster::ClusterClient,
-}
-
-impl managed::Manager for ClusterManager {
-    type Type = Pooled<redis::cluster_async::ClusterConnection>;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<Self::Type, RedisError> {
-        Ok(Pooled {
-            conn: rare(self.client.get_async_connection()).await?,
-            failed: Arc::default(),
+        Ok(match self {
+            Opener::Node {
+                client,
+                response_timeout,
+            } => {
+                let flag = failed.clone();
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(*response_timeout))
+                    .set_push_sender(move |info: PushInfo| {
+                        if info.kind == PushKind::Disconnection {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                        Ok::<(), redis::aio::SendError>(())
+                    });
+                let conn = rare(client.get_multiplexed_async_connection_with_config(&config)).await?;
+                Conn::Single(Pooled { conn, failed })
+            }
+            Opener::Cluster(client) => Conn::Cluster(Pooled {
+                conn: rare(client.get_async_connection()).await?,
+                failed,
+            }),
         })
     }
-
-    async fn recycle(&self, pooled: &mut Self::Type, metrics: &Metrics) -> RecycleResult<RedisError> {
-        if let Some(decision) = pooled.recycle_unchecked(metrics) {
-            return decision;
-        }
-        let _: String = rare(redis::cmd("PING").query_async(&mut pooled.conn)).await?;
-        Ok(())
-    }
 }
 
-/// Connections to Redis, a pool of them for each thread that asks (each up to the size given).
+/// Connections to Redis: one for each thread that asks, shared by that thread's tasks.
 ///
-/// A connection's reader and writer run as a task on the runtime of the thread that opened
-/// it, and every service runs its actix worker and its background chores (recovery, the
-/// webhook relay, the sweeper, the refreshers) on current-thread runtimes of their own. One
-/// pool shared by them handed a connection opened by one thread to the other, and then each
-/// command woke the opener's thread twice (the command in, its reply out). Measured under load,
-/// three alternated pairs: payment's main thread went from 17.6 to 10.9 µs per checkout, stock's
-/// from 5.5 to none, and the three services together from 477 to 443 (docs/benchmark.md,
-/// fourteenth pass). A thread's pool is made on its first [`Pool::get`] and opens connections
-/// as it needs them; the services' threads are few and live as long as the process, so an
-/// entry is never removed.
+/// A connection is multiplexed: the commands of every task that holds a clone of it go out on
+/// one socket, written together when they come together, and their replies come back the same
+/// way. Redis then reads and answers a service's concurrent commands with one system call each
+/// way instead of one per command. A pool that lent each request a connection of its own (32
+/// per service) cost Redis' one thread a read and a write per command. Measured under load, three
+/// alternated pairs: Redis' CPU per checkout 285 → 243 µs, the services' 424 → 341, throughput
+/// +16 % (docs/benchmark.md, fourteenth pass).
+///
+/// Per thread, because a connection's reader and writer run as a task on the runtime of the
+/// thread that opened it, and every service runs its actix worker and its background chores
+/// (recovery, the webhook relay, the sweeper, the refreshers) on current-thread runtimes of
+/// their own: a connection opened by one and used by another woke the opener's thread twice
+/// per command (payment's main thread spent 17.6 µs per checkout on the worker's commands, 10.9
+/// once each thread had its own). The services' threads are few and live as long as the
+/// process, so a thread's entry is never removed.
+///
+/// A connection that broke ([`Pooled::failed`]) is replaced by the next `get` on its thread;
+/// requests still waiting on it fail as they would have.
 #[derive(Clone)]
 pub struct Pool(Arc<Pools>);
 
 struct Pools {
-    config: PoolConfig,
-    /// The pool `connect` made, from which each thread's is made alike.
-    first: Inner,
-    by_thread: Mutex<Vec<(ThreadId, Inner)>>,
+    opener: Opener,
+    by_thread: Mutex<Vec<(ThreadId, Arc<Slot>)>>,
 }
 
+/// A thread's connection, and when opening one last failed.
+#[derive(Default)]
+struct Slot(tokio::sync::Mutex<(Option<Conn>, Option<Instant>)>);
+
+/// A connection of either kind; use it wherever a redis connection is expected.
 #[derive(Clone)]
-enum Inner {
-    Single(managed::Pool<NodeManager>),
-    Cluster(managed::Pool<ClusterManager>),
+pub enum Conn {
+    Single(Pooled<MultiplexedConnection>),
+    Cluster(Pooled<ClusterConnection>),
 }
 
-impl Inner {
-    /// An empty pool with this one's manager (its client and timeouts) and `config`.
-    fn alike(&self, config: PoolConfig) -> Result<Inner, managed::BuildError> {
-        Ok(match self {
-            Inner::Single(p) => Inner::Single(build(p.manager().clone(), config)?),
-            Inner::Cluster(p) => Inner::Cluster(build(p.manager().clone(), config)?),
-        })
+impl Conn {
+    fn failed(&self) -> bool {
+        match self {
+            Conn::Single(c) => c.failed.load(Ordering::Relaxed),
+            Conn::Cluster(c) => c.failed.load(Ordering::Relaxed),
+        }
     }
 }
 
-fn build<M: managed::Manager>(manager: M, config: PoolConfig) -> Result<managed::Pool<M>, managed::BuildError> {
-    managed::Pool::builder(manager)
-        .config(config)
-        .runtime(Runtime::Tokio1)
-        .build()
-}
-
-/// A pooled connection of either kind; use it wherever a redis connection is expected.
-pub enum Conn {
-    Single(Object<NodeManager>),
-    Cluster(Object<ClusterManager>),
-}
-
-/// Pool occupancy, for the metrics.
-pub struct Status {
-    pub size: usize,
-    pub available: usize,
-    pub waiting: usize,
-}
-
 impl Pool {
-    fn new(config: PoolConfig, first: Inner) -> Self {
+    fn new(opener: Opener) -> Self {
         Pool(Arc::new(Pools {
-            config,
-            first,
+            opener,
             by_thread: Mutex::new(Vec::new()),
         }))
     }
 
-    /// A connection from this thread's pool.
+    /// This thread's connection, opened when it has none or its last one broke.
     pub async fn get(&self) -> Result<Conn, PoolError> {
-        Ok(match self.of_this_thread()? {
-            Inner::Single(p) => Conn::Single(p.get().await?),
-            Inner::Cluster(p) => Conn::Cluster(p.get().await?),
-        })
+        let slot = self.slot_of_this_thread();
+        // Held while connecting, so that a thread's tasks wait for one attempt, not one each.
+        let mut slot = slot.0.lock().await;
+        let (current, failed_at) = &mut *slot;
+        if let Some(conn) = current.as_ref()
+            && !conn.failed()
+        {
+            return Ok(conn.clone());
+        }
+        if let Some(at) = failed_at
+            && at.elapsed() < RETRY_CONNECT_AFTER
+        {
+            return Err(PoolError::RecentlyFailed);
+        }
+        let opened = match tokio::time::timeout(CONNECT_TIMEOUT, self.0.opener.open()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                *failed_at = Some(Instant::now());
+                return Err(PoolError::Connect(e.to_string()));
+            }
+            Err(_) => {
+                *failed_at = Some(Instant::now());
+                return Err(PoolError::Timeout(CONNECT_TIMEOUT));
+            }
+        };
+        *current = Some(opened.clone());
+        *failed_at = None;
+        Ok(opened)
     }
 
-    fn of_this_thread(&self) -> Result<Inner, PoolError> {
+    fn slot_of_this_thread(&self) -> Arc<Slot> {
         let me = std::thread::current().id();
         // Held only to find or add an entry: nothing awaits under it, and a panic elsewhere
         // cannot leave the list half-changed.
         let mut threads = self.0.by_thread.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, pool)) = threads.iter().find(|(thread, _)| *thread == me) {
-            return Ok(pool.clone());
+        if let Some((_, slot)) = threads.iter().find(|(thread, _)| *thread == me) {
+            return slot.clone();
         }
-        let pool = if threads.is_empty() {
-            self.0.first.clone()
-        } else {
-            self.0
-                .first
-                .alike(self.0.config)
-                .map_err(|_| PoolError::NoRuntimeSpecified)?
-        };
-        threads.push((me, pool.clone()));
-        Ok(pool)
+        let slot = Arc::new(Slot::default());
+        threads.push((me, slot.clone()));
+        slot
     }
 
-    /// All threads' pools together.
-    pub fn status(&self) -> Status {
+    /// How many threads hold an open connection (one each), for the metrics.
+    pub fn open_connections(&self) -> usize {
         let threads = self.0.by_thread.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut total = Status {
-            size: 0,
-            available: 0,
-            waiting: 0,
-        };
-        for (_, pool) in threads.iter() {
-            let s = match pool {
-                Inner::Single(p) => p.status(),
-                Inner::Cluster(p) => p.status(),
-            };
-            total.size += s.size;
-            total.available += s.available;
-            total.waiting += s.waiting;
-        }
-        total
+        threads
+            .iter()
+            .filter(|(_, slot)| {
+                slot.0
+                    .try_lock()
+                    .map(|s| s.0.as_ref().is_some_and(|c| !c.failed()))
+                    // Someone is connecting on it: count it as it will most likely be.
+                    .unwrap_or(true)
+            })
+            .count()
     }
 }
 
@@ -318,24 +292,17 @@ pub fn create(settings: &CommonSettings) -> Result<Pool, String> {
     connect(
         &settings.redis_url,
         settings.redis_cluster,
-        settings.redis_pool_size,
         settings.redis_response_timeout,
     )
 }
 
-/// A pool of up to `size` connections to `redis_url` (on a cluster, comma-separated nodes).
+/// Connections to `redis_url` (on a cluster, comma-separated nodes), opened when first asked
+/// for.
 ///
 /// A command unanswered after `response_timeout` fails, and its connection is replaced. The
 /// client library's own default (500ms) turned an fsync stall under load into failed requests.
-pub fn connect(redis_url: &str, cluster: bool, size: usize, response_timeout: Duration) -> Result<Pool, String> {
-    let mut config = PoolConfig::new(size);
-    // Bounded waits: a dead Redis must turn into a quick 503, not a request that hangs.
-    config.timeouts = Timeouts {
-        wait: Some(Duration::from_secs(2)),
-        create: Some(Duration::from_secs(2)),
-        recycle: Some(Duration::from_secs(2)),
-    };
-    let fail = |e: String| format!("redis pool for {redis_url}: {e}");
+pub fn connect(redis_url: &str, cluster: bool, response_timeout: Duration) -> Result<Pool, String> {
+    let fail = |e: String| format!("redis connections to {redis_url}: {e}");
     if cluster {
         let urls: Vec<String> = redis_url
             .split(',')
@@ -346,26 +313,19 @@ pub fn connect(redis_url: &str, cluster: bool, size: usize, response_timeout: Du
             .response_timeout(response_timeout)
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        build(ClusterManager { client }, config)
-            .map(|p| Pool::new(config, Inner::Cluster(p)))
-            .map_err(|e| fail(e.to_string()))
+        Ok(Pool::new(Opener::Cluster(client)))
     } else {
         // RESP3 (Redis 6 and later): the protocol in which a connection reports its own
-        // disconnection, which is what lets the pool skip the PING (see `CHECK_IDLE_AFTER`).
+        // disconnection, which is how a broken connection is replaced before a request fails on it.
         let info = redis_url.into_connection_info().map_err(|e| fail(e.to_string()))?;
         let info = info
             .clone()
             .set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
         let client = redis::Client::open(info).map_err(|e| fail(e.to_string()))?;
-        build(
-            NodeManager {
-                client,
-                response_timeout,
-            },
-            config,
-        )
-        .map(|p| Pool::new(config, Inner::Single(p)))
-        .map_err(|e| fail(e.to_string()))
+        Ok(Pool::new(Opener::Node {
+            client,
+            response_timeout,
+        }))
     }
 }
 
@@ -413,48 +373,95 @@ where
 
 #[cfg(test)]
 mod tests {
-    //! The pool against a real Redis.
+    //! The connections against a real Redis.
     use super::*;
     use crate::testing::TestRedis;
 
-    /// The ids Redis gives the connections of two `get`s in a row (the first given back before
-    /// the second) on `pool`, from inside the current task's thread.
-    async fn two_client_ids(pool: &Pool) -> (i64, i64) {
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            let mut conn = pool.get().await.expect("a connection");
-            ids.push(
-                redis::cmd("CLIENT")
-                    .arg("ID")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("CLIENT ID"),
-            );
-        }
-        (ids[0], ids[1])
+    async fn client_id(conn: &mut Conn) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(conn)
+            .await
+            .expect("CLIENT ID")
+    }
+
+    /// The ids Redis gives the connections of two `get`s held at once on `pool`.
+    async fn two_held_at_once(pool: &Pool) -> (i64, i64) {
+        let (mut a, mut b) = (pool.get().await.expect("a"), pool.get().await.expect("b"));
+        (client_id(&mut a).await, client_id(&mut b).await)
     }
 
     #[tokio::test]
-    async fn a_thread_is_handed_only_connections_it_opened_itself() {
+    async fn a_threads_tasks_share_one_connection_and_another_thread_opens_its_own() {
         let redis = TestRedis::start().await;
-        let pool = connect(&redis.url(), false, 1, Duration::from_secs(5)).expect("a pool");
-        let (here, here_again) = two_client_ids(&pool).await;
-        assert_eq!(here, here_again, "one thread reuses its connection");
+        let pool = connect(&redis.url(), false, Duration::from_secs(5)).expect("connections");
+        let (here, here_too) = two_held_at_once(&pool).await;
+        assert_eq!(
+            here, here_too,
+            "two requests in flight on one thread share its connection"
+        );
 
         // Another thread with a runtime of its own, as an actix worker beside the main thread.
         let elsewhere = pool.clone();
-        let (there, there_again) = std::thread::spawn(move || {
+        let (there, there_too) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(two_client_ids(&elsewhere))
+            runtime.block_on(two_held_at_once(&elsewhere))
         })
         .join()
         .expect("the other thread");
 
-        assert_eq!(there, there_again, "the other thread reuses its own connection");
+        assert_eq!(there, there_too);
         assert_ne!(here, there, "a connection opened on one thread was handed to another");
-        assert_eq!(pool.status().size, 2, "a pool of one connection per thread");
+        assert_eq!(pool.open_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_redis_closed_is_replaced_before_the_next_request_uses_it() {
+        let redis = TestRedis::start().await;
+        let pool = connect(&redis.url(), false, Duration::from_secs(5)).expect("connections");
+        let mut conn = pool.get().await.expect("a connection");
+        let first = client_id(&mut conn).await;
+        let mut admin = redis.conn().await;
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(first)
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL");
+        // The driver flags the connection when its socket closes; give it that moment.
+        for _ in 0..100 {
+            if conn.failed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(conn.failed(), "the closed connection is flagged");
+
+        let mut next = pool.get().await.expect("a new connection");
+        let second = client_id(&mut next).await;
+        assert_ne!(first, second);
+        let pong: String = redis::cmd("PING").query_async(&mut next).await.expect("PING");
+        assert_eq!(pong, "PONG");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_connect_the_threads_next_requests_fail_at_once() {
+        // A port nobody listens on: connecting is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let pool = connect(&format!("redis://127.0.0.1:{port}"), false, Duration::from_secs(1)).expect("connections");
+        assert!(matches!(pool.get().await, Err(PoolError::Connect(_))));
+        assert!(matches!(pool.get().await, Err(PoolError::RecentlyFailed)));
+        tokio::time::sleep(RETRY_CONNECT_AFTER).await;
+        assert!(
+            matches!(pool.get().await, Err(PoolError::Connect(_))),
+            "tried again once the pause is over"
+        );
     }
 }

@@ -87,7 +87,7 @@ impl TestRedis {
     /// # Panics
     /// When the pool cannot be built for this server's URL.
     pub fn pool(&self) -> Pool {
-        crate::redis_pool::connect(&self.url(), false, 4, Duration::from_secs(5)).expect("a pool for the test Redis")
+        crate::redis_pool::connect(&self.url(), false, Duration::from_secs(5)).expect("a pool for the test Redis")
     }
 
     /// A plain connection, for running a script and reading what it wrote.

@@ -208,7 +208,7 @@ impl Stack {
 
     /// A Redis pool like the services' own: cluster-aware when the stack runs a cluster.
     pub fn redis_pool(&self) -> shared::redis_pool::Pool {
-        shared::redis_pool::connect(&self.redis_url(), self.on_cluster(), 4, Duration::from_secs(2))
+        shared::redis_pool::connect(&self.redis_url(), self.on_cluster(), Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -1938,10 +1938,10 @@ async fn a_checkout_whose_step_cannot_be_taken_back_while_redis_stalls_sends_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_never_hands_out_a_connection_that_a_redis_restart_broke() {
-    // The pool skips its PING for connections used within the last second, so this is the
-    // case that matters: every connection was in use a moment before Redis died.
+    // Each thread's one connection is handed out without a check, so this is the case that
+    // matters: every connection was in use a moment before Redis died.
     let mut stack = Stack::launch(StackOptions::default()).await;
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, Duration::from_secs(2)).expect("pool");
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut conn = pool.get().await.expect("connection");
@@ -1949,7 +1949,7 @@ async fn the_pool_never_hands_out_a_connection_that_a_redis_restart_broke() {
         held.push(conn);
     }
     drop(held);
-    assert_eq!(pool.status().size, 4);
+    assert!(pool.open_connections() >= 1, "the connections in use are open");
 
     stack.kill(Service::Redis).await;
     stack.start(Service::Redis).await;
@@ -2011,7 +2011,7 @@ fn dead_runners_checkout(
     order_service::model::NewOrder,
     shared::idempotency::KeyRef,
 ) {
-    let pool = shared::redis_pool::connect(&stack.redis_url(), false, 4, Duration::from_secs(2)).expect("pool");
+    let pool = shared::redis_pool::connect(&stack.redis_url(), false, Duration::from_secs(2)).expect("pool");
     let key_ref = order_service::checkout::store::checkout_key(k, shared::body::fingerprint("POST", "/checkout", raw));
     let order = order_service::model::NewOrder {
         order_id: order_service::ids::OrderId::new_for_key(k),

@@ -564,14 +564,12 @@ async fn a_checkout_and_its_replay_move_the_request_checkout_downstream_and_idem
         ),
         1.0
     );
-    assert!(order.contains_key(&(
-        "redis_pool_connections".to_string(),
-        [("state".to_string(), "in_use".to_string())].into()
-    )));
-    assert!(order.contains_key(&(
-        "redis_pool_connections".to_string(),
-        [("state".to_string(), "waiting".to_string())].into()
-    )));
+    // The checkout's scripts went over the order service's worker's one connection: it is open.
+    assert!(
+        value(&order, "redis_connections", &[]) >= 1.0,
+        "order's redis_connections: {}",
+        value(&order, "redis_connections", &[])
+    );
 }
 
 #[tokio::test]

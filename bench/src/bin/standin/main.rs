@@ -4,7 +4,7 @@
 //!   round trips, then three sequential internal HTTP calls (reserve, charge, complete), each
 //!   doing the downstream service's Redis round trips, then the answer — and, like the order
 //!   service, the round trips it makes after answering (taking the order out of recovery's set). Every round trip is a script that
-//!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over pooled connections.
+//!   writes (so AOF fsync is paid as a checkout pays it), called by SHA over the services' own connections.
 //!
 //! Usage: standin --port 9090 --redis-url redis://127.0.0.1:6380 [--workers 2]
 //!        [--order-round-trips 2] [--order-round-trips-after 0] [--call-round-trips 1,2,1]
@@ -154,10 +154,9 @@ async fn main() -> std::io::Result<()> {
     let port = number("--port", 9090) as u16;
     let redis_url = arg("--redis-url", "redis://127.0.0.1:6379");
     let workers = number("--workers", 2);
-    // The services' own pool, so both pay the same for a connection.
+    // The services' own connections, so both pay the same for a round trip.
     let timeout = shared::config::duration(&shared::config::REDIS_RESPONSE_TIMEOUT).map_err(std::io::Error::other)?;
-    let pool =
-        shared::redis_pool::connect(&redis_url, false, number("--pool", 32), timeout).map_err(std::io::Error::other)?;
+    let pool = shared::redis_pool::connect(&redis_url, false, timeout).map_err(std::io::Error::other)?;
     let http = shared::tls::client_builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
