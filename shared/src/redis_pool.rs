@@ -8,10 +8,10 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
@@ -24,10 +24,6 @@ use crate::config::CommonSettings;
 
 /// How long opening a connection may take before the request that needed it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// After a failed attempt to open a connection, a thread's requests fail at once for this
-/// long instead of each trying again: a dead Redis turns into quick 503s, not a queue of
-/// requests each waiting out its own attempt.
-const RETRY_CONNECT_AFTER: Duration = Duration::from_millis(250);
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +32,9 @@ pub enum PoolError {
     Timeout(Duration),
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// This thread's last attempt failed less than [`RETRY_CONNECT_AFTER`] ago.
-    #[error("cannot connect: the last attempt failed a moment ago")]
-    RecentlyFailed,
+    /// The request waited for another's attempt to connect, which failed.
+    #[error("cannot connect: the attempt this request waited for failed")]
+    AttemptFailed,
 }
 
 /// A connection to Redis, and whether it broke.
@@ -148,9 +144,12 @@ struct Pools {
     by_thread: Mutex<Vec<(ThreadId, Arc<Slot>)>>,
 }
 
-/// A thread's connection, and when opening one last failed.
+/// A thread's connection, and how many attempts to open one have failed.
 #[derive(Default)]
-struct Slot(tokio::sync::Mutex<(Option<Conn>, Option<Instant>)>);
+struct Slot {
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    failed_attempts: AtomicU64,
+}
 
 /// A connection of either kind; use it wherever a redis connection is expected.
 #[derive(Clone)]
@@ -177,34 +176,35 @@ impl Pool {
     }
 
     /// This thread's connection, opened when it has none or its last one broke.
+    ///
+    /// One attempt to connect at a time: the thread's other requests wait for it and share
+    /// its outcome, so a Redis that does not answer costs each request at most one
+    /// [`CONNECT_TIMEOUT`], not a queue of attempts one after the other; a request that comes
+    /// after a failed attempt makes the next, so a Redis back up is used at once.
     pub async fn get(&self) -> Result<Conn, PoolError> {
         let slot = self.slot_of_this_thread();
-        // Held while connecting, so that a thread's tasks wait for one attempt, not one each.
-        let mut slot = slot.0.lock().await;
-        let (current, failed_at) = &mut *slot;
+        let failed_before = slot.failed_attempts.load(Ordering::Acquire);
+        let mut current = slot.conn.lock().await;
         if let Some(conn) = current.as_ref()
             && !conn.failed()
         {
             return Ok(conn.clone());
         }
-        if let Some(at) = failed_at
-            && at.elapsed() < RETRY_CONNECT_AFTER
-        {
-            return Err(PoolError::RecentlyFailed);
+        if slot.failed_attempts.load(Ordering::Acquire) != failed_before {
+            return Err(PoolError::AttemptFailed);
         }
         let opened = match tokio::time::timeout(CONNECT_TIMEOUT, self.0.opener.open()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                *failed_at = Some(Instant::now());
+                slot.failed_attempts.fetch_add(1, Ordering::Release);
                 return Err(PoolError::Connect(e.to_string()));
             }
             Err(_) => {
-                *failed_at = Some(Instant::now());
+                slot.failed_attempts.fetch_add(1, Ordering::Release);
                 return Err(PoolError::Timeout(CONNECT_TIMEOUT));
             }
         };
         *current = Some(opened.clone());
-        *failed_at = None;
         Ok(opened)
     }
 
@@ -227,9 +227,9 @@ impl Pool {
         threads
             .iter()
             .filter(|(_, slot)| {
-                slot.0
+                slot.conn
                     .try_lock()
-                    .map(|s| s.0.as_ref().is_some_and(|c| !c.failed()))
+                    .map(|c| c.as_ref().is_some_and(|c| !c.failed()))
                     // Someone is connecting on it: count it as it will most likely be.
                     .unwrap_or(true)
             })
@@ -449,19 +449,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_failed_connect_the_threads_next_requests_fail_at_once() {
-        // A port nobody listens on: connecting is refused.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+    async fn requests_waiting_on_a_connect_share_its_failure_and_the_next_request_tries_again() {
+        // A server that takes connections and never answers Redis' handshake: every attempt
+        // to connect lasts until a timeout (the response timeout's, here 1 s).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
         let pool = connect(&format!("redis://127.0.0.1:{port}"), false, Duration::from_secs(1)).expect("connections");
+
+        let (first, second) = tokio::join!(pool.get(), pool.get());
+        assert!(
+            matches!(first, Err(PoolError::Connect(_) | PoolError::Timeout(_))),
+            "the attempt fails"
+        );
+        assert!(
+            matches!(second, Err(PoolError::AttemptFailed)),
+            "the request that waited shares its outcome instead of a second attempt after it"
+        );
+        silent.abort();
+
+        // Nobody listens there now: the next request makes an attempt of its own.
         assert!(matches!(pool.get().await, Err(PoolError::Connect(_))));
-        assert!(matches!(pool.get().await, Err(PoolError::RecentlyFailed)));
-        tokio::time::sleep(RETRY_CONNECT_AFTER).await;
         assert!(
             matches!(pool.get().await, Err(PoolError::Connect(_))),
-            "tried again once the pause is over"
+            "and so does the one after it"
         );
     }
 }
